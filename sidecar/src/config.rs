@@ -1,0 +1,345 @@
+//! Sidecar configuration: command-line flags with environment fallbacks.
+//!
+//! This module is the contract between the operator and the sidecar: the operator renders
+//! arguments and environment for [`SidecarArgs`] and its tests parse them with
+//! [`SidecarArgs::try_parse_from`] (plus [`crate::membership::MembersFile::parse`] for the
+//! mounted members file), so it can never render a pod the sidecar cannot start.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::validate::{validate_name, NameError};
+
+/// Default path of the app-facing Unix socket.
+pub const DEFAULT_SOCKET: &str = "/run/ordo/ordo.sock";
+/// Default loopback address of the app-facing TCP listener.
+pub const DEFAULT_APP_LISTEN: &str = "127.0.0.1:7070";
+/// Default peer (member-to-member) listen address.
+pub const DEFAULT_PEER_LISTEN: &str = "0.0.0.0:7071";
+/// Default admin HTTP listen address (`/live`, `/ready`, `/metrics`, `/status`).
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:7072";
+/// Default peer port, used by the operator for Services and NetworkPolicies.
+pub const DEFAULT_PEER_PORT: u16 = 7071;
+/// Default admin port, used by the operator for probes.
+pub const DEFAULT_ADMIN_PORT: u16 = 7072;
+/// Default number of IDs a sidecar leases per refill of a sequence's buffer.
+pub const DEFAULT_RANGE_SIZE: u64 = 1024;
+
+/// What this sidecar does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Stores registers durably and votes in quorums (SeqCluster pods).
+    Member,
+    /// Holds no data; proposes to the members named in the members file (WorkDivider pods).
+    Client,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal, human-readable otherwise.
+    Auto,
+    /// One JSON object per line (in cluster).
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+/// `ordo-sidecar` flags. Every flag has an `ORDO_*` environment fallback.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ordo-sidecar",
+    version,
+    about = "Ordo sidecar: quorum sequencer served over a localhost gRPC socket"
+)]
+pub struct SidecarArgs {
+    /// Member (stores data, votes) or client (proposes to a SeqCluster's members).
+    #[arg(long, env = "ORDO_ROLE", value_enum, default_value = "member")]
+    pub role: Role,
+
+    /// This sidecar's id; a member's id must appear in the members file. Defaults to the pod name.
+    #[arg(long, env = "ORDO_ID")]
+    pub id: Option<String>,
+
+    /// Data directory of a member (the embedded store lives here).
+    #[arg(long, env = "ORDO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Members file (YAML or JSON: epoch, members, optional quorum sizes and previous configuration).
+    /// Reloaded when it changes.
+    #[arg(long, env = "ORDO_MEMBERS_FILE")]
+    pub members_file: PathBuf,
+
+    /// Peer API listen address (member role).
+    #[arg(long, env = "ORDO_PEER_LISTEN", default_value = DEFAULT_PEER_LISTEN)]
+    pub peer_listen: SocketAddr,
+
+    /// File holding the shared peer token (a mounted Secret).
+    #[arg(long, env = "ORDO_PEER_TOKEN_FILE", conflicts_with = "peer_token")]
+    pub peer_token_file: Option<PathBuf>,
+
+    /// The shared peer token itself (prefer --peer-token-file outside development).
+    #[arg(long, env = "ORDO_PEER_TOKEN", hide_env_values = true)]
+    pub peer_token: Option<String>,
+
+    /// App API Unix socket.
+    #[arg(long = "socket", env = "ORDO_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub app_socket: PathBuf,
+
+    /// App API TCP listener; must be a loopback address. `off` disables it.
+    #[arg(long, env = "ORDO_APP_LISTEN", default_value = DEFAULT_APP_LISTEN)]
+    pub app_listen: String,
+
+    /// Admin HTTP listen address: /live, /ready, /metrics, /status.
+    #[arg(long, env = "ORDO_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
+
+    /// IDs leased per buffer refill, for sequences without their own setting.
+    #[arg(long, env = "ORDO_RANGE_SIZE", default_value_t = DEFAULT_RANGE_SIZE)]
+    pub range_size: u64,
+
+    /// Per-sequence range sizes, `NAME=SIZE`, comma-separated or repeated.
+    #[arg(long = "sequence-range", env = "ORDO_SEQUENCE_RANGES", value_delimiter = ',', value_parser = parse_sequence_range)]
+    pub sequence_ranges: Vec<(String, u64)>,
+
+    /// Largest `count` one Next request may ask for.
+    #[arg(long, env = "ORDO_MAX_COUNT", default_value_t = 1_000_000)]
+    pub max_count: u64,
+
+    /// Deadline of one app request (quorum rounds included), in milliseconds.
+    #[arg(long, env = "ORDO_REQUEST_TIMEOUT_MS", default_value_t = 2000)]
+    pub request_timeout_ms: u64,
+
+    /// How long SIGTERM waits for in-flight requests before exiting, in milliseconds.
+    #[arg(long, env = "ORDO_DRAIN_TIMEOUT_MS", default_value_t = 5000)]
+    pub drain_timeout_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "ORDO_LOG_FORMAT", value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+}
+
+/// A configuration that parsed but cannot run.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    /// Member role without a data directory.
+    #[error("--data-dir (ORDO_DATA_DIR) is required in the member role")]
+    MissingDataDir,
+    /// No peer token anywhere.
+    #[error(
+        "a peer token is required: set --peer-token-file (ORDO_PEER_TOKEN_FILE) or --peer-token (ORDO_PEER_TOKEN)"
+    )]
+    MissingToken,
+    /// The token file could not be read or is empty.
+    #[error("peer token file {path}: {reason}")]
+    TokenFile { path: String, reason: String },
+    /// No id given and no pod name or hostname to fall back on.
+    #[error("--id (ORDO_ID) is required: no POD_NAME or HOSTNAME to default to")]
+    MissingId,
+    /// The id is not a valid name.
+    #[error("invalid id: {0}")]
+    InvalidId(NameError),
+    /// App TCP listener on a non-loopback address.
+    #[error("--app-listen must be a loopback address (the app API is local only), got {0}")]
+    AppListenNotLoopback(String),
+    /// A numeric setting out of range.
+    #[error("{0}")]
+    OutOfRange(String),
+}
+
+impl SidecarArgs {
+    /// Effective id: `--id`, else `POD_NAME`, else `HOSTNAME`.
+    pub fn resolved_id(&self) -> Result<String, ConfigError> {
+        let id = self
+            .id
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .filter(|s| !s.is_empty())
+            .ok_or(ConfigError::MissingId)?;
+        validate_name(&id).map_err(ConfigError::InvalidId)?;
+        Ok(id)
+    }
+
+    /// The peer token from the file or the flag.
+    pub fn resolved_token(&self) -> Result<String, ConfigError> {
+        if let Some(path) = &self.peer_token_file {
+            let raw = std::fs::read_to_string(path).map_err(|e| ConfigError::TokenFile {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let token = raw.trim().to_string();
+            if token.is_empty() {
+                return Err(ConfigError::TokenFile {
+                    path: path.display().to_string(),
+                    reason: "empty".into(),
+                });
+            }
+            return Ok(token);
+        }
+        self.peer_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or(ConfigError::MissingToken)
+    }
+
+    /// The app TCP listener, `None` when disabled.
+    pub fn app_tcp(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.app_listen.is_empty() || self.app_listen == "off" {
+            return Ok(None);
+        }
+        let addr: SocketAddr = self
+            .app_listen
+            .parse()
+            .map_err(|_| ConfigError::AppListenNotLoopback(self.app_listen.clone()))?;
+        if !addr.ip().is_loopback() {
+            return Err(ConfigError::AppListenNotLoopback(self.app_listen.clone()));
+        }
+        Ok(Some(addr))
+    }
+
+    /// Per-sequence range sizes.
+    pub fn range_overrides(&self) -> BTreeMap<String, u64> {
+        self.sequence_ranges.iter().cloned().collect()
+    }
+
+    /// Request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Checks everything that parsing alone cannot (files are only read for the token).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.resolved_id()?;
+        if self.role == Role::Member && self.data_dir.is_none() {
+            return Err(ConfigError::MissingDataDir);
+        }
+        self.resolved_token()?;
+        self.app_tcp()?;
+        if self.range_size == 0 || self.range_size > self.max_count.max(1) * 1024 {
+            return Err(ConfigError::OutOfRange(format!(
+                "--range-size must be in 1..={}",
+                self.max_count.max(1) * 1024
+            )));
+        }
+        if self.max_count == 0 {
+            return Err(ConfigError::OutOfRange("--max-count must be at least 1".into()));
+        }
+        if self.request_timeout_ms < 10 {
+            return Err(ConfigError::OutOfRange(
+                "--request-timeout-ms must be at least 10".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_sequence_range(s: &str) -> Result<(String, u64), String> {
+    let (name, size) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=SIZE, got {s:?}"))?;
+    validate_name(name).map_err(|e| e.to_string())?;
+    let size: u64 = size
+        .parse()
+        .map_err(|_| format!("range size of {name} is not a number: {size:?}"))?;
+    if size == 0 {
+        return Err(format!("range size of {name} must be at least 1"));
+    }
+    Ok((name.to_string(), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> SidecarArgs {
+        let mut all = vec!["ordo-sidecar"];
+        all.extend_from_slice(args);
+        SidecarArgs::try_parse_from(all).expect("parses")
+    }
+
+    #[test]
+    fn member_defaults() {
+        let a = parse(&[
+            "--id",
+            "m-0",
+            "--data-dir",
+            "/d",
+            "--members-file",
+            "/m.yaml",
+            "--peer-token",
+            "t",
+        ]);
+        assert_eq!(a.role, Role::Member);
+        assert_eq!(a.app_socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(a.app_tcp().unwrap(), Some("127.0.0.1:7070".parse().unwrap()));
+        assert_eq!(a.range_size, 1024);
+        a.validate().unwrap();
+    }
+
+    #[test]
+    fn member_without_data_dir_is_rejected() {
+        let a = parse(&["--id", "m-0", "--members-file", "/m.yaml", "--peer-token", "t"]);
+        assert_eq!(a.validate(), Err(ConfigError::MissingDataDir));
+    }
+
+    #[test]
+    fn app_listener_must_be_loopback() {
+        let a = parse(&[
+            "--id",
+            "c",
+            "--role",
+            "client",
+            "--members-file",
+            "/m",
+            "--peer-token",
+            "t",
+            "--app-listen",
+            "0.0.0.0:7070",
+        ]);
+        assert!(matches!(a.validate(), Err(ConfigError::AppListenNotLoopback(_))));
+        let off = parse(&[
+            "--id",
+            "c",
+            "--role",
+            "client",
+            "--members-file",
+            "/m",
+            "--peer-token",
+            "t",
+            "--app-listen",
+            "off",
+        ]);
+        assert_eq!(off.app_tcp().unwrap(), None);
+    }
+
+    #[test]
+    fn sequence_ranges_parse_and_reject_garbage() {
+        let a = parse(&["--members-file", "/m", "--sequence-range", "orders=10,users=1"]);
+        assert_eq!(a.range_overrides().get("orders"), Some(&10));
+        let mut bad = vec!["ordo-sidecar", "--members-file", "/m", "--sequence-range", "orders=0"];
+        assert!(SidecarArgs::try_parse_from(&bad).is_err());
+        bad[4] = "no-equals";
+        assert!(SidecarArgs::try_parse_from(&bad).is_err());
+    }
+
+    #[test]
+    fn token_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "secret\n").unwrap();
+        let a = parse(&[
+            "--id",
+            "m",
+            "--members-file",
+            "/m",
+            "--peer-token-file",
+            p.to_str().unwrap(),
+        ]);
+        assert_eq!(a.resolved_token().unwrap(), "secret");
+    }
+}

@@ -1,0 +1,11 @@
+//! `ordo-sidecar`: the per-pod sidecar of Ordo.
+//!
+//! Layout: [`quorum`] is the leaderless CASPaxos register store (acceptor, proposer, catch-up,
+//! migration), [`sequencer`] builds ID ranges and per-sequence buffers on it, [`api`] holds the
+//! thin gRPC/HTTP adapters, [`config`] and [`membership`] the configuration contract that the
+//! operator renders.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod membership;
+pub mod validate;
