@@ -9,3 +9,8 @@
 pub mod config;
 pub mod membership;
 pub mod validate;
+pub mod api;
+pub mod metrics;
+pub mod node;
+pub mod quorum;
+pub mod sequencer;

@@ -1,0 +1,7 @@
+//! Transport adapters: the app gRPC API (Unix socket + loopback TCP), the peer gRPC API and
+//! its client, and the admin HTTP endpoints. Domain logic lives in [`crate::quorum`] and
+//! [`crate::sequencer`]; these modules translate and validate.
+
+pub mod admin;
+pub mod app;
+pub mod peer;

@@ -1,0 +1,141 @@
+//! Prometheus metrics of the sidecar (served on the admin port at `/metrics`).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of an app request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// gRPC method.
+    pub method: String,
+    /// gRPC status code name.
+    pub code: String,
+}
+
+/// Labels with just a method.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// gRPC method.
+    pub method: String,
+}
+
+/// Labels of a quorum round.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoundLabels {
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
+/// Every metric the sidecar exports.
+pub struct Metrics {
+    registry: Registry,
+    /// App requests by method and status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// App request latency by method.
+    pub request_seconds: Family<MethodLabels, Histogram>,
+    /// Quorum rounds by result.
+    pub rounds: Family<RoundLabels, Counter>,
+    /// Quorum round latency.
+    pub round_seconds: Histogram,
+    /// Changes folded into each round.
+    pub round_batch: Histogram,
+    /// Rounds pre-empted by another proposer's ballot.
+    pub conflicts: Counter,
+    /// Sequence buffer refills.
+    pub refills: Counter,
+    /// IDs handed out to apps.
+    pub ids_issued: Counter,
+    /// Peers that answered the last probe.
+    pub peers_reachable: Gauge,
+    /// 1 when this member votes.
+    pub caught_up: Gauge,
+    /// 1 when ready.
+    pub ready: Gauge,
+    /// Configuration epoch.
+    pub epoch: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `ordo` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ordo");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let rounds = Family::<RoundLabels, Counter>::default();
+        let round_seconds = latency_histogram();
+        let round_batch = Histogram::new(exponential_buckets(1.0, 2.0, 13));
+        let conflicts = Counter::default();
+        let refills = Counter::default();
+        let ids_issued = Counter::default();
+        let peers_reachable = Gauge::default();
+        let caught_up = Gauge::default();
+        let ready = Gauge::default();
+        let epoch = Gauge::default();
+        registry.register("app_requests", "App API requests by method and status", requests.clone());
+        registry.register("app_request_seconds", "App API request latency", request_seconds.clone());
+        registry.register("quorum_rounds", "Quorum rounds by result", rounds.clone());
+        registry.register("quorum_round_seconds", "Quorum round latency", round_seconds.clone());
+        registry.register("quorum_round_batch", "Changes folded into one quorum round", round_batch.clone());
+        registry.register("quorum_conflicts", "Rounds pre-empted by a higher ballot", conflicts.clone());
+        registry.register("sequence_buffer_refills", "Sequence buffer refills", refills.clone());
+        registry.register("sequence_ids_issued", "IDs handed out to apps", ids_issued.clone());
+        registry.register("peers_reachable", "Members that answered the last probe (self included)", peers_reachable.clone());
+        registry.register("caught_up", "1 when this member counts in quorums", caught_up.clone());
+        registry.register("ready", "1 when ready (caught up, quorum reachable)", ready.clone());
+        registry.register("config_epoch", "Configuration epoch", epoch.clone());
+        Self {
+            registry,
+            requests,
+            request_seconds,
+            rounds,
+            round_seconds,
+            round_batch,
+            conflicts,
+            refills,
+            ids_issued,
+            peers_reachable,
+            caught_up,
+            ready,
+            epoch,
+        }
+    }
+
+    /// Records one quorum round.
+    pub fn observe_round(&self, took: Duration, ok: bool, batch: usize) {
+        let result = if ok { "ok" } else { "failed" };
+        self.rounds.get_or_create(&RoundLabels { result: result.into() }).inc();
+        self.round_seconds.observe(took.as_secs_f64());
+        self.round_batch.observe(batch as f64);
+    }
+
+    /// Records one app request.
+    pub fn observe_request(&self, method: &str, code: tonic::Code, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { method: method.into(), code: format!("{code:?}") })
+            .inc();
+        self.request_seconds.get_or_create(&MethodLabels { method: method.into() }).observe(took.as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String cannot fail");
+        out
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00005, 2.0, 18))
+}

@@ -1,0 +1,230 @@
+//! The acceptor's state machine: pure functions over a register's durable state.
+//! Persistence and group commit live in [`super::store`].
+
+use std::collections::HashMap;
+
+use super::Ballot;
+
+/// Durable state of one register on one acceptor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegisterState {
+    /// Highest ballot promised.
+    pub promised: Ballot,
+    /// Ballot of the accepted value.
+    pub accepted: Ballot,
+    /// Accepted value; `None` for a register never written.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A member whose promise a proposer counted, with the incarnation that gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Voter {
+    /// Member id.
+    pub member: String,
+    /// Incarnation (random id chosen when its data directory was created).
+    pub incarnation: u64,
+}
+
+/// Reply to a Prepare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrepareReply {
+    /// Promise given; the highest accepted ballot and its value.
+    Promised { accepted: Ballot, value: Option<Vec<u8>> },
+    /// A higher ballot was promised before.
+    Rejected { promised: Ballot },
+}
+
+/// Reply to an Accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcceptReply {
+    /// Value accepted (and `promise_next`, if any, promised).
+    Accepted,
+    /// A higher ballot was promised before.
+    Rejected { promised: Ballot },
+    /// The round counted a promise from an incarnation that has since been replaced.
+    StaleVoter { member: String },
+}
+
+/// Everything an acceptor knows: registers and the latest incarnation of each member.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AcceptorState {
+    /// Registers by key.
+    pub registers: HashMap<String, RegisterState>,
+    /// Latest known incarnation of each member.
+    pub fences: HashMap<String, u64>,
+}
+
+impl AcceptorState {
+    /// Phase 1. Equal ballots are promised again (a retried message from the same proposer).
+    /// Returns the reply and whether the state changed (must be persisted before replying).
+    pub fn prepare(&mut self, key: &str, ballot: &Ballot) -> (PrepareReply, bool) {
+        let reg = self.registers.entry(key.to_string()).or_default();
+        if *ballot < reg.promised {
+            return (PrepareReply::Rejected { promised: reg.promised.clone() }, false);
+        }
+        let changed = *ballot != reg.promised;
+        reg.promised = ballot.clone();
+        (PrepareReply::Promised { accepted: reg.accepted.clone(), value: reg.value.clone() }, changed)
+    }
+
+    /// Phase 2, with the optional promise of the proposer's next ballot.
+    pub fn accept(
+        &mut self,
+        key: &str,
+        ballot: &Ballot,
+        value: Vec<u8>,
+        promise_next: Option<&Ballot>,
+        voters: &[Voter],
+    ) -> (AcceptReply, bool) {
+        if let Some(v) = voters.iter().find(|v| self.fences.get(&v.member).is_some_and(|inc| *inc != v.incarnation)) {
+            return (AcceptReply::StaleVoter { member: v.member.clone() }, false);
+        }
+        let reg = self.registers.entry(key.to_string()).or_default();
+        if *ballot < reg.promised {
+            return (AcceptReply::Rejected { promised: reg.promised.clone() }, false);
+        }
+        reg.promised = match promise_next {
+            Some(next) if next > ballot => next.clone(),
+            _ => ballot.clone(),
+        };
+        reg.accepted = ballot.clone();
+        reg.value = Some(value);
+        (AcceptReply::Accepted, true)
+    }
+
+    /// Records `member`'s latest incarnation. Returns whether the state changed.
+    pub fn fence(&mut self, member: &str, incarnation: u64) -> bool {
+        self.fences.insert(member.to_string(), incarnation) != Some(incarnation)
+    }
+
+    /// Installs a copied state (catch-up): keeps whichever accepted ballot is higher and the
+    /// highest promise. Returns whether anything changed.
+    pub fn merge_copy(&mut self, key: &str, copy: &RegisterState) -> bool {
+        let reg = self.registers.entry(key.to_string()).or_default();
+        let before = reg.clone();
+        if copy.accepted > reg.accepted {
+            reg.accepted = copy.accepted.clone();
+            reg.value = copy.value.clone();
+        }
+        reg.promised = reg.promised.clone().max(copy.promised.clone()).max(reg.accepted.clone());
+        *reg != before
+    }
+}
+
+/// Encodes a register state for storage (versioned, length-prefixed).
+pub fn encode_register(r: &RegisterState) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + r.value.as_ref().map_or(0, Vec::len));
+    out.push(1u8);
+    put_ballot(&mut out, &r.promised);
+    put_ballot(&mut out, &r.accepted);
+    match &r.value {
+        None => out.push(0),
+        Some(v) => {
+            out.push(1);
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(v);
+        }
+    }
+    out
+}
+
+/// Decodes what [`encode_register`] wrote; `None` for corrupt input (never panics).
+pub fn decode_register(mut b: &[u8]) -> Option<RegisterState> {
+    if take(&mut b, 1)? != [1] {
+        return None;
+    }
+    let promised = get_ballot(&mut b)?;
+    let accepted = get_ballot(&mut b)?;
+    let value = match take(&mut b, 1)? {
+        [0] => None,
+        [1] => {
+            let len = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?) as usize;
+            Some(take(&mut b, len)?.to_vec())
+        }
+        _ => return None,
+    };
+    b.is_empty().then_some(RegisterState { promised, accepted, value })
+}
+
+fn put_ballot(out: &mut Vec<u8>, b: &Ballot) {
+    out.extend_from_slice(&b.round.to_le_bytes());
+    out.extend_from_slice(&(b.proposer.len() as u16).to_le_bytes());
+    out.extend_from_slice(b.proposer.as_bytes());
+}
+
+fn get_ballot(b: &mut &[u8]) -> Option<Ballot> {
+    let round = u64::from_le_bytes(take(b, 8)?.try_into().ok()?);
+    let len = u16::from_le_bytes(take(b, 2)?.try_into().ok()?) as usize;
+    let proposer = String::from_utf8(take(b, len)?.to_vec()).ok()?;
+    Some(Ballot { round, proposer })
+}
+
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if b.len() < n {
+        return None;
+    }
+    let (head, tail) = b.split_at(n);
+    *b = tail;
+    Some(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn b(r: u64, p: &str) -> Ballot {
+        Ballot::new(r, p)
+    }
+
+    #[test]
+    fn promise_then_reject_lower() {
+        let mut s = AcceptorState::default();
+        assert!(matches!(s.prepare("k", &b(2, "a")).0, PrepareReply::Promised { .. }));
+        assert_eq!(s.prepare("k", &b(1, "z")).0, PrepareReply::Rejected { promised: b(2, "a") });
+        assert_eq!(s.accept("k", &b(1, "z"), vec![1], None, &[]).0, AcceptReply::Rejected { promised: b(2, "a") });
+        assert_eq!(s.accept("k", &b(2, "a"), vec![7], Some(&b(3, "a")), &[]).0, AcceptReply::Accepted);
+        // The fast-path promise blocks a ballot between the two.
+        assert!(matches!(s.accept("k", &b(2, "b"), vec![9], None, &[]).0, AcceptReply::Rejected { .. }));
+        match s.prepare("k", &b(4, "b")).0 {
+            PrepareReply::Promised { accepted, value } => {
+                assert_eq!(accepted, b(2, "a"));
+                assert_eq!(value, Some(vec![7]));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn stale_voters_are_refused() {
+        let mut s = AcceptorState::default();
+        s.fence("m1", 2);
+        let stale = [Voter { member: "m1".into(), incarnation: 1 }];
+        assert_eq!(s.accept("k", &b(1, "p"), vec![], None, &stale).0, AcceptReply::StaleVoter { member: "m1".into() });
+        let fresh = [Voter { member: "m1".into(), incarnation: 2 }, Voter { member: "m2".into(), incarnation: 9 }];
+        assert_eq!(s.accept("k", &b(1, "p"), vec![], None, &fresh).0, AcceptReply::Accepted);
+    }
+
+    #[test]
+    fn merge_copy_keeps_highest() {
+        let mut s = AcceptorState::default();
+        s.accept("k", &b(5, "a"), vec![5], None, &[]);
+        let older = RegisterState { promised: b(9, "x"), accepted: b(3, "b"), value: Some(vec![3]) };
+        assert!(s.merge_copy("k", &older));
+        assert_eq!(s.registers["k"].value, Some(vec![5]));
+        assert_eq!(s.registers["k"].promised, b(9, "x"));
+    }
+
+    proptest! {
+        #[test]
+        fn codec_round_trips(round in any::<u64>(), p in "[a-z0-9-]{0,40}", ar in any::<u64>(), v in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64))) {
+            let r = RegisterState { promised: b(round, &p), accepted: b(ar, "q"), value: v };
+            prop_assert_eq!(decode_register(&encode_register(&r)), Some(r));
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = decode_register(&bytes);
+        }
+    }
+}

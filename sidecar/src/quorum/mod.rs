@@ -1,0 +1,58 @@
+//! The quorum store: leaderless, linearizable compare-and-set registers (CASPaxos).
+//!
+//! # Protocol and why it is safe
+//!
+//! Every register is an independent single-decree-at-a-time CASPaxos instance (Rystsov,
+//! "CASPaxos: Replicated State Machines without logs", 2018). Any sidecar can propose.
+//! A round with ballot `b` (ordered by `(round, proposer id)`, unique per proposer):
+//!
+//! 1. **Prepare**: acceptors promise not to accept ballots below `b` and report their highest
+//!    accepted `(ballot, value)`. With a read quorum of promises, the proposer takes the value of
+//!    the highest accepted ballot as the current value.
+//! 2. **Accept**: the proposer applies the change function and asks acceptors to accept
+//!    `(b, new)`; they do unless they promised a higher ballot. With a write quorum of accepts
+//!    the change is chosen and the caller is answered.
+//!
+//! Safety is Paxos's: every read quorum intersects every write quorum (`R + W > N`), so a
+//! prepare quorum for `b' > b` sees any value chosen at `b`, and ballots are totally ordered
+//! and unique, so two proposers never both win with different values on the same state: the
+//! second one's prepare sees the first one's accepted value and builds on it. Acceptors persist
+//! promises and accepted values (fsync, see [`store`]) before they answer, so `kill -9` loses
+//! nothing acknowledged.
+//!
+//! **One-round-trip fast path**: an accept for `b` may also carry a promise for `b+1` (same
+//! proposer). If a read quorum accepted it, the proposer's next round skips Prepare: those
+//! acceptors' replies to a Prepare for `b+1` would have been exactly "promised, accepted
+//! `(b, v)`". If anyone prepared in between, the accept fails and the proposer falls back.
+//!
+//! **Batching**: concurrent changes to one register on one sidecar are applied in order to the
+//! value of a single round ([`proposer`]); acceptors group-commit every message that arrives
+//! while the disk is busy into one fsync ([`store`]).
+//!
+//! **Contention** between proposers: a rejected round retries with a higher ballot after a
+//! randomized exponential backoff, so two proposers cannot keep pre-empting each other forever
+//! (with probability 1 one of them completes both phases inside the other's backoff).
+//!
+//! **Lost data** ([`catchup`]): a member whose data directory is empty does not vote (it
+//! refuses Prepare and Accept) until it has (1) *fenced* its new incarnation on enough peers
+//! that no round counting a promise of its old incarnation can still reach a write quorum
+//! (accepts carry the incarnations of the promises they rely on, and fenced acceptors refuse
+//! stale ones), and (2) copied the highest accepted state of every register from a set of
+//! caught-up members that meets every write quorum outside itself. Its state is then one an
+//! acceptor could have reached by receiving those accepts late, which Paxos tolerates.
+//!
+//! **Membership changes** ([`migration`], [`crate::membership`]): from configuration A to B the
+//! cluster goes through a joint epoch where every quorum must be a quorum of A *and* of B
+//! (intersecting every quorum of either), then each member rewrites every register through a
+//! joint quorum (so a quorum of B alone holds it), and only then B alone. Peers reject messages
+//! from another epoch, so rounds of an older configuration cannot complete after the change.
+
+pub mod acceptor;
+pub mod ballot;
+pub mod catchup;
+pub mod migration;
+pub mod proposer;
+pub mod store;
+pub mod transport;
+
+pub use ballot::Ballot;

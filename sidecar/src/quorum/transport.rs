@@ -1,0 +1,94 @@
+//! What the quorum logic needs from the network, as a trait: the gRPC implementation lives in
+//! [`crate::api::peer`], tests can substitute an in-memory one.
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::acceptor::{AcceptReply, PrepareReply, Voter};
+use super::store::Snapshot;
+use super::Ballot;
+use crate::membership::Member;
+
+/// Why a peer call did not produce a reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// Network failure or deadline.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The peer is at another configuration epoch.
+    #[error("epoch mismatch: the peer is at epoch {theirs}")]
+    EpochMismatch {
+        /// The peer's epoch.
+        theirs: u64,
+    },
+    /// The peer is catching up and does not vote.
+    #[error("catching up")]
+    NotCaughtUp,
+    /// Any other refusal (authentication, validation, not a member).
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// State a peer reports about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeInfo {
+    /// Member id.
+    pub id: String,
+    /// Its configuration epoch.
+    pub epoch: u64,
+    /// It votes.
+    pub caught_up: bool,
+    /// Its readiness.
+    pub ready: bool,
+    /// Process id.
+    pub pid: u32,
+    /// Its app socket path.
+    pub app_socket: String,
+    /// Its admin address.
+    pub admin_addr: String,
+    /// Highest joint epoch it finished migrating.
+    pub migrated_epoch: u64,
+}
+
+/// Calls to other members' acceptors. `epoch` is the caller's configuration epoch.
+pub trait Peers: Send + Sync + 'static {
+    /// CASPaxos phase 1; returns the reply and the acceptor's incarnation.
+    fn prepare(
+        &self,
+        to: &Member,
+        epoch: u64,
+        key: &str,
+        ballot: &Ballot,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(PrepareReply, u64), PeerError>> + Send;
+
+    /// CASPaxos phase 2; returns the reply and the acceptor's incarnation.
+    #[allow(clippy::too_many_arguments)]
+    fn accept(
+        &self,
+        to: &Member,
+        epoch: u64,
+        key: &str,
+        ballot: &Ballot,
+        value: &[u8],
+        promise_next: Option<&Ballot>,
+        voters: &[Voter],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(AcceptReply, u64), PeerError>> + Send;
+
+    /// Records `member`'s new incarnation on the peer.
+    fn fence(
+        &self,
+        to: &Member,
+        epoch: u64,
+        member: &str,
+        incarnation: u64,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), PeerError>> + Send;
+
+    /// Every register the peer holds.
+    fn dump(&self, to: &Member, epoch: u64, timeout: Duration) -> impl Future<Output = Result<Snapshot, PeerError>> + Send;
+
+    /// The peer's state.
+    fn probe(&self, to: &Member, epoch: u64, timeout: Duration) -> impl Future<Output = Result<ProbeInfo, PeerError>> + Send;
+}

@@ -1,0 +1,159 @@
+//! The sequencer: unique, increasing IDs from counter registers in the quorum store.
+//!
+//! A sequence `NAME` is the register `seq/NAME` holding the next free ID (absent = 1). An
+//! allocation of `n` IDs is the change `x -> x + n`, which returns `[x, x + n)`; CASPaxos makes
+//! the change linearizable, so two allocations never overlap whatever their sizes (unlike
+//! rr_seq's read-max-then-set). Buffered requests are served from a per-sidecar
+//! [`buffer::RangeBuffer`]; strict ones allocate directly, so their IDs follow real time.
+
+pub mod buffer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::quorum::proposer::{decode_u64, Change, ChangeError, Proposer};
+use crate::quorum::transport::Peers;
+use crate::validate::{validate_name, NameError};
+use buffer::RangeBuffer;
+
+/// First ID of every sequence.
+pub const FIRST_ID: u64 = 1;
+
+/// Why a sequencer request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeqError {
+    /// Bad sequence name.
+    #[error("invalid sequence name: {0}")]
+    InvalidName(#[from] NameError),
+    /// Count 0 or above the limit.
+    #[error("count must be between 1 and {max}, got {got}")]
+    InvalidCount {
+        /// Requested.
+        got: u64,
+        /// Configured maximum.
+        max: u64,
+    },
+    /// `Current` of a sequence nobody allocated from.
+    #[error("sequence {0:?} does not exist (no ID was ever allocated from it)")]
+    NotFound(String),
+    /// The quorum did not answer in time, or the register cannot be used.
+    #[error(transparent)]
+    Quorum(#[from] ChangeError),
+}
+
+/// Settings of the sequencer.
+#[derive(Debug, Clone)]
+pub struct SequencerConfig {
+    /// Default range size of a buffer refill.
+    pub range_size: u64,
+    /// Range size per sequence.
+    pub range_overrides: BTreeMap<String, u64>,
+    /// Largest count of one request.
+    pub max_count: u64,
+    /// Deadline of one request.
+    pub timeout: Duration,
+}
+
+/// Allocates ranges from sequence registers through the quorum.
+pub struct RangeAllocator<P: Peers> {
+    proposer: Proposer<P>,
+    timeout: Duration,
+}
+
+impl<P: Peers> Clone for RangeAllocator<P> {
+    fn clone(&self) -> Self {
+        Self { proposer: self.proposer.clone(), timeout: self.timeout }
+    }
+}
+
+fn key(name: &str) -> String {
+    format!("seq/{name}")
+}
+
+impl<P: Peers> RangeAllocator<P> {
+    /// Allocates `n` contiguous IDs through a quorum round.
+    pub async fn allocate(&self, name: &str, n: u64) -> Result<Range<u64>, SeqError> {
+        let deadline = Instant::now() + self.timeout;
+        let o = self.proposer.change(&key(name), Change::Add { n, start: FIRST_ID }, deadline).await?;
+        let start = decode_u64(o.before.as_deref()).unwrap_or(FIRST_ID);
+        let end = decode_u64(o.after.as_deref()).ok_or_else(|| ChangeError::Invalid("counter vanished".into()))?;
+        Ok(start..end)
+    }
+
+    /// The next ID the quorum would hand out (linearizable read).
+    pub async fn current(&self, name: &str) -> Result<u64, SeqError> {
+        let deadline = Instant::now() + self.timeout;
+        let o = self.proposer.change(&key(name), Change::Read, deadline).await?;
+        match o.before.as_deref() {
+            None => Err(SeqError::NotFound(name.to_string())),
+            v => decode_u64(v).ok_or_else(|| ChangeError::Invalid(format!("register of {name:?} is not a counter")).into()),
+        }
+    }
+}
+
+/// The app-facing sequencer of one sidecar.
+pub struct Sequencer<P: Peers> {
+    allocator: RangeAllocator<P>,
+    config: SequencerConfig,
+    buffers: Mutex<HashMap<String, Arc<RangeBuffer<P>>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl<P: Peers> Sequencer<P> {
+    /// A sequencer proposing through `proposer`.
+    pub fn new(proposer: Proposer<P>, config: SequencerConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            allocator: RangeAllocator { proposer, timeout: config.timeout },
+            config,
+            buffers: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Validates a sequence name and a count.
+    pub fn validate(&self, name: &str, count: u64) -> Result<(), SeqError> {
+        validate_name(name)?;
+        if count == 0 || count > self.config.max_count {
+            return Err(SeqError::InvalidCount { got: count, max: self.config.max_count });
+        }
+        Ok(())
+    }
+
+    /// Range size of a sequence's buffer.
+    pub fn range_size(&self, name: &str) -> u64 {
+        self.config.range_overrides.get(name).copied().unwrap_or(self.config.range_size)
+    }
+
+    /// `count` contiguous IDs: from the buffer, or through the quorum when `strict`.
+    pub async fn next(&self, name: &str, count: u64, strict: bool) -> Result<Range<u64>, SeqError> {
+        self.validate(name, count)?;
+        let r = if strict {
+            self.allocator.allocate(name, count).await?
+        } else {
+            self.buffer(name).take(count).await?
+        };
+        self.metrics.ids_issued.inc_by(r.end - r.start);
+        Ok(r)
+    }
+
+    /// The next ID the quorum would hand out.
+    pub async fn current(&self, name: &str) -> Result<u64, SeqError> {
+        validate_name(name)?;
+        self.allocator.current(name).await
+    }
+
+    fn buffer(&self, name: &str) -> Arc<RangeBuffer<P>> {
+        let mut buffers = self.buffers.lock().expect("buffers lock");
+        buffers
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(RangeBuffer::new(name.to_string(), self.range_size(name), self.allocator.clone(), self.metrics.clone()))
+            })
+            .clone()
+    }
+}
