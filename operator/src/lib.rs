@@ -1,0 +1,18 @@
+//! `ordo-operator`: reconciles `SeqCluster` and `WorkDivider` objects into StatefulSets running
+//! `ordo-sidecar`.
+//!
+//! Each kind is a pipeline `validate -> build -> apply -> status` under its own module; the
+//! builders are pure, so `render` and the tests use exactly what the controllers apply.
+#![forbid(unsafe_code)]
+
+pub mod conditions;
+pub mod context;
+pub mod crd;
+pub mod crdgen;
+pub mod labels;
+pub mod metrics;
+pub mod pod;
+pub mod probe;
+pub mod seqcluster;
+pub mod spec_error;
+pub mod ssa;

@@ -1,0 +1,92 @@
+//! SeqCluster spec -> [`ValidSeqCluster`], the only input the builders read.
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+use ordo_sidecar::membership::check_quorum_sizes;
+
+use crate::crd::{SeqCluster, SidecarSpec};
+use crate::spec_error::{check_app_template, check_name, check_sidecar, Problems, SpecError};
+
+/// A SeqCluster whose spec can be realised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSeqCluster {
+    /// Object name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Owner reference put on every child.
+    pub owner: OwnerReference,
+    /// Desired members.
+    pub replicas: u32,
+    /// Read quorum override.
+    pub read_quorum: Option<u32>,
+    /// Write quorum override.
+    pub write_quorum: Option<u32>,
+    /// Sidecar settings.
+    pub sidecar: SidecarSpec,
+    /// Volume size per member.
+    pub storage_size: Quantity,
+    /// Storage class.
+    pub storage_class: Option<String>,
+    /// App containers.
+    pub app: PodTemplateSpec,
+    /// Whether to create the PodDisruptionBudget.
+    pub pod_disruption_budget: bool,
+    /// Whether to create the NetworkPolicy.
+    pub network_policy: bool,
+}
+
+impl ValidSeqCluster {
+    /// Write quorum of a configuration of `n` members with this spec's override.
+    pub fn write_quorum_of(&self, n: u32) -> u32 {
+        self.write_quorum.filter(|w| *w <= n).unwrap_or(n / 2 + 1)
+    }
+}
+
+/// Checks everything the builders rely on.
+pub fn validate(sc: &SeqCluster) -> Result<ValidSeqCluster, SpecError> {
+    let mut problems = Problems::default();
+    let name = sc.name_any();
+    check_name(&name, &mut problems);
+    let namespace = sc.namespace().unwrap_or_else(|| "default".into());
+    let owner = sc.controller_owner_ref(&()).unwrap_or_else(|| {
+        problems.add("metadata.uid", "missing; the object must come from the API server");
+        OwnerReference::default()
+    });
+    let spec = &sc.spec;
+    let replicas = u32::try_from(spec.replicas).unwrap_or(0);
+    if !(1..=31).contains(&replicas) {
+        problems.add("spec.replicas", format!("{} is not between 1 and 31", spec.replicas));
+    }
+    let read_quorum = spec.read_quorum.map(|r| u32::try_from(r).unwrap_or(0));
+    let write_quorum = spec.write_quorum.map(|w| u32::try_from(w).unwrap_or(0));
+    if replicas >= 1 {
+        let n = replicas as usize;
+        let r = read_quorum.map_or(n / 2 + 1, |r| r as usize);
+        let w = write_quorum.map_or(n / 2 + 1, |w| w as usize);
+        if let Err(e) = check_quorum_sizes(n, r, w) {
+            problems.add("spec.readQuorum/writeQuorum", e);
+        }
+    }
+    check_sidecar(&spec.sidecar, &mut problems);
+    if spec.storage.size.trim().is_empty() {
+        problems.add("spec.storage.size", "is empty; set a size such as 1Gi");
+    }
+    let app = check_app_template(spec.template.as_ref(), &mut problems);
+    problems.finish(ValidSeqCluster {
+        name,
+        namespace,
+        owner,
+        replicas,
+        read_quorum,
+        write_quorum,
+        sidecar: spec.sidecar.clone(),
+        storage_size: Quantity(spec.storage.size.clone()),
+        storage_class: spec.storage.storage_class_name.clone(),
+        app,
+        pod_disruption_budget: spec.pod_disruption_budget,
+        network_policy: spec.network_policy,
+    })
+}
