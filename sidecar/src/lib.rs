@@ -6,11 +6,12 @@
 //! operator renders.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod config;
 pub mod membership;
-pub mod validate;
-pub mod api;
 pub mod metrics;
 pub mod node;
 pub mod quorum;
 pub mod sequencer;
+pub mod server;
+pub mod validate;

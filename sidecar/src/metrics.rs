@@ -72,7 +72,8 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("ordo");
         let requests = Family::<RequestLabels, Counter>::default();
-        let request_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let request_seconds =
+            Family::<MethodLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         let rounds = Family::<RoundLabels, Counter>::default();
         let round_seconds = latency_histogram();
         let round_batch = Histogram::new(exponential_buckets(1.0, 2.0, 13));
@@ -83,15 +84,35 @@ impl Metrics {
         let caught_up = Gauge::default();
         let ready = Gauge::default();
         let epoch = Gauge::default();
-        registry.register("app_requests", "App API requests by method and status", requests.clone());
-        registry.register("app_request_seconds", "App API request latency", request_seconds.clone());
+        registry.register(
+            "app_requests",
+            "App API requests by method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "app_request_seconds",
+            "App API request latency",
+            request_seconds.clone(),
+        );
         registry.register("quorum_rounds", "Quorum rounds by result", rounds.clone());
         registry.register("quorum_round_seconds", "Quorum round latency", round_seconds.clone());
-        registry.register("quorum_round_batch", "Changes folded into one quorum round", round_batch.clone());
-        registry.register("quorum_conflicts", "Rounds pre-empted by a higher ballot", conflicts.clone());
+        registry.register(
+            "quorum_round_batch",
+            "Changes folded into one quorum round",
+            round_batch.clone(),
+        );
+        registry.register(
+            "quorum_conflicts",
+            "Rounds pre-empted by a higher ballot",
+            conflicts.clone(),
+        );
         registry.register("sequence_buffer_refills", "Sequence buffer refills", refills.clone());
         registry.register("sequence_ids_issued", "IDs handed out to apps", ids_issued.clone());
-        registry.register("peers_reachable", "Members that answered the last probe (self included)", peers_reachable.clone());
+        registry.register(
+            "peers_reachable",
+            "Members that answered the last probe (self included)",
+            peers_reachable.clone(),
+        );
         registry.register("caught_up", "1 when this member counts in quorums", caught_up.clone());
         registry.register("ready", "1 when ready (caught up, quorum reachable)", ready.clone());
         registry.register("config_epoch", "Configuration epoch", epoch.clone());
@@ -123,9 +144,14 @@ impl Metrics {
     /// Records one app request.
     pub fn observe_request(&self, method: &str, code: tonic::Code, took: Duration) {
         self.requests
-            .get_or_create(&RequestLabels { method: method.into(), code: format!("{code:?}") })
+            .get_or_create(&RequestLabels {
+                method: method.into(),
+                code: format!("{code:?}"),
+            })
             .inc();
-        self.request_seconds.get_or_create(&MethodLabels { method: method.into() }).observe(took.as_secs_f64());
+        self.request_seconds
+            .get_or_create(&MethodLabels { method: method.into() })
+            .observe(took.as_secs_f64());
     }
 
     /// The text exposition format.

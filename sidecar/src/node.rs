@@ -181,7 +181,12 @@ impl<P: Peers> Node<P> {
     pub fn spawn_background(self: &Arc<Self>) {
         if let Some(store) = &self.store {
             if !store.meta().caught_up {
-                tokio::spawn(catchup::run(self.id.clone(), store.clone(), self.peers.clone(), self.watch_config()));
+                tokio::spawn(catchup::run(
+                    self.id.clone(),
+                    store.clone(),
+                    self.peers.clone(),
+                    self.watch_config(),
+                ));
             }
         }
         tokio::spawn(self.clone().reload_loop());
@@ -196,7 +201,10 @@ impl<P: Peers> Node<P> {
             return Ok(false);
         }
         if next.epoch < cur.epoch {
-            return Err(format!("members file has epoch {} but this sidecar is at epoch {}; ignored", next.epoch, cur.epoch));
+            return Err(format!(
+                "members file has epoch {} but this sidecar is at epoch {}; ignored",
+                next.epoch, cur.epoch
+            ));
         }
         if next.epoch == cur.epoch {
             return Err(format!(
@@ -208,9 +216,17 @@ impl<P: Peers> Node<P> {
             tracing::warn!(id = %self.id, epoch = next.epoch, "this member is not in the new configuration; it stops voting");
         }
         if let Some(store) = &self.store {
-            store.set_meta(Some(next.epoch), next.previous.is_none().then_some(next.epoch)).await.map_err(|e| e.to_string())?;
+            store
+                .set_meta(Some(next.epoch), next.previous.is_none().then_some(next.epoch))
+                .await
+                .map_err(|e| e.to_string())?;
         }
-        tracing::info!(epoch = next.epoch, members = next.current.len(), joint = next.previous.is_some(), "installed new configuration");
+        tracing::info!(
+            epoch = next.epoch,
+            members = next.current.len(),
+            joint = next.previous.is_some(),
+            "installed new configuration"
+        );
         self.metrics.epoch.set(next.epoch as i64);
         self.config_tx.send_replace(Arc::new(next));
         Ok(true)
@@ -243,13 +259,21 @@ impl<P: Peers> Node<P> {
         let mut config = self.watch_config();
         loop {
             let cfg = config.borrow_and_update().clone();
-            if cfg.previous.is_some() && store.meta().migrated_epoch < cfg.epoch && cfg.contains(&self.id) && self.caught_up() {
+            if cfg.previous.is_some()
+                && store.meta().migrated_epoch < cfg.epoch
+                && cfg.contains(&self.id)
+                && self.caught_up()
+            {
                 match migration::migrate(&self.proposer, self.peers.as_ref(), &cfg).await {
                     Ok(n) => {
                         if let Err(e) = store.set_meta(None, Some(cfg.epoch)).await {
                             tracing::error!(error = %e, "could not record the migration");
                         } else {
-                            tracing::info!(epoch = cfg.epoch, registers = n, "migrated every register to the joint configuration");
+                            tracing::info!(
+                                epoch = cfg.epoch,
+                                registers = n,
+                                "migrated every register to the joint configuration"
+                            );
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, epoch = cfg.epoch, "migration not finished; retrying"),
@@ -275,9 +299,12 @@ impl<P: Peers> Node<P> {
     pub async fn probe_once(&self) {
         let cfg = self.config();
         let epoch = cfg.epoch;
-        let probes = futures::future::join_all(cfg.all_members().into_iter().filter(|m| m.id != self.id).map(|m| async move {
-            (m.id.clone(), self.peers.probe(m, epoch, PROBE_TIMEOUT).await)
-        }))
+        let probes = futures::future::join_all(
+            cfg.all_members()
+                .into_iter()
+                .filter(|m| m.id != self.id)
+                .map(|m| async move { (m.id.clone(), self.peers.probe(m, epoch, PROBE_TIMEOUT).await) }),
+        )
         .await;
         let mut views = BTreeMap::new();
         let mut voters: Vec<String> = Vec::new();
@@ -304,7 +331,8 @@ impl<P: Peers> Node<P> {
             views.insert(id, view);
         }
         *self.peer_views.lock().expect("peer views") = views;
-        let quorum = cfg.is_read_quorum(voters.iter().map(String::as_str)) && cfg.is_write_quorum(voters.iter().map(String::as_str));
+        let quorum = cfg.is_read_quorum(voters.iter().map(String::as_str))
+            && cfg.is_write_quorum(voters.iter().map(String::as_str));
         let member_ok = self.role == Role::Client || cfg.contains(&self.id);
         let ready = quorum && self.caught_up() && member_ok && !self.draining.load(std::sync::atomic::Ordering::SeqCst);
         self.metrics.peers_reachable.set(voters.len() as i64);

@@ -50,15 +50,25 @@ pub fn ballot_from_pb(b: Option<pb::Ballot>, what: &str) -> Result<Ballot, Strin
         return Err(format!("{what} ballot round must be at least 1"));
     }
     validate_name(&b.proposer).map_err(|e| format!("{what} ballot proposer: {e}"))?;
-    Ok(Ballot { round: b.round, proposer: b.proposer })
+    Ok(Ballot {
+        round: b.round,
+        proposer: b.proposer,
+    })
 }
 
 fn opt_ballot(b: Option<pb::Ballot>) -> Ballot {
-    b.map(|b| Ballot { round: b.round, proposer: b.proposer }).unwrap_or_default()
+    b.map(|b| Ballot {
+        round: b.round,
+        proposer: b.proposer,
+    })
+    .unwrap_or_default()
 }
 
 fn ballot_to_pb(b: &Ballot) -> Option<pb::Ballot> {
-    (!b.is_zero()).then(|| pb::Ballot { round: b.round, proposer: b.proposer.clone() })
+    (!b.is_zero()).then(|| pb::Ballot {
+        round: b.round,
+        proposer: b.proposer.clone(),
+    })
 }
 
 /// A validated Accept request.
@@ -91,7 +101,10 @@ pub fn accept_from_pb(r: pb::AcceptRequest) -> Result<AcceptMsg, String> {
         }
     };
     if r.value.len() > MAX_VALUE_BYTES {
-        return Err(format!("value is {} bytes; the limit is {MAX_VALUE_BYTES}", r.value.len()));
+        return Err(format!(
+            "value is {} bytes; the limit is {MAX_VALUE_BYTES}",
+            r.value.len()
+        ));
     }
     if r.voters.len() > 64 {
         return Err("more than 64 voters".into());
@@ -99,10 +112,21 @@ pub fn accept_from_pb(r: pb::AcceptRequest) -> Result<AcceptMsg, String> {
     let voters = r
         .voters
         .into_iter()
-        .map(|v| validate_name(&v.member).map(|_| Voter { member: v.member, incarnation: v.incarnation }))
+        .map(|v| {
+            validate_name(&v.member).map(|_| Voter {
+                member: v.member,
+                incarnation: v.incarnation,
+            })
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("voter: {e}"))?;
-    Ok(AcceptMsg { key: r.key, ballot, value: r.value, promise_next, voters })
+    Ok(AcceptMsg {
+        key: r.key,
+        ballot,
+        value: r.value,
+        promise_next,
+        voters,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -120,10 +144,17 @@ impl PeerService {
         node: Arc<Node<GrpcPeers>>,
         store: RegisterStore,
         token: String,
-    ) -> InterceptedService<pb::quorum_peer_server::QuorumPeerServer<PeerService>, impl tonic::service::Interceptor + Clone> {
+    ) -> InterceptedService<
+        pb::quorum_peer_server::QuorumPeerServer<PeerService>,
+        impl tonic::service::Interceptor + Clone,
+    > {
         let expected = format!("Bearer {token}");
         let check = move |req: Request<()>| -> Result<Request<()>, Status> {
-            let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let given = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
                 Ok(req)
             } else {
@@ -165,7 +196,8 @@ fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::NotCaughtUp => {
             let mut s = Status::unavailable(e.to_string());
-            s.metadata_mut().insert(CATCHING_UP_HEADER, MetadataValue::from_static("1"));
+            s.metadata_mut()
+                .insert(CATCHING_UP_HEADER, MetadataValue::from_static("1"));
             s
         }
         other => Status::unavailable(other.to_string()),
@@ -195,9 +227,12 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
                 value: value.unwrap_or_default(),
                 incarnation,
             },
-            PrepareReply::Rejected { promised } => {
-                pb::PrepareResponse { ok: false, promised: ballot_to_pb(&promised), incarnation, ..Default::default() }
-            }
+            PrepareReply::Rejected { promised } => pb::PrepareResponse {
+                ok: false,
+                promised: ballot_to_pb(&promised),
+                incarnation,
+                ..Default::default()
+            },
         }))
     }
 
@@ -206,13 +241,23 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
         self.check_epoch(r.epoch)?;
         self.check_voting()?;
         let m = accept_from_pb(r).map_err(Status::invalid_argument)?;
-        let reply = self.store.accept(m.key, m.ballot, m.value, m.promise_next, m.voters).await.map_err(store_status)?;
+        let reply = self
+            .store
+            .accept(m.key, m.ballot, m.value, m.promise_next, m.voters)
+            .await
+            .map_err(store_status)?;
         let incarnation = self.store.meta().incarnation;
         Ok(Response::new(match reply {
-            AcceptReply::Accepted => pb::AcceptResponse { ok: true, promised: None, incarnation },
-            AcceptReply::Rejected { promised } => {
-                pb::AcceptResponse { ok: false, promised: ballot_to_pb(&promised), incarnation }
-            }
+            AcceptReply::Accepted => pb::AcceptResponse {
+                ok: true,
+                promised: None,
+                incarnation,
+            },
+            AcceptReply::Rejected { promised } => pb::AcceptResponse {
+                ok: false,
+                promised: ballot_to_pb(&promised),
+                incarnation,
+            },
             AcceptReply::StaleVoter { member } => {
                 return Err(Status::aborted(format!(
                     "the round counted a promise of an old incarnation of {member}, which lost its data since"
@@ -226,7 +271,10 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
         self.check_epoch(r.epoch)?;
         validate_name(&r.member).map_err(|e| Status::invalid_argument(format!("member: {e}")))?;
         if !self.node.config().contains(&r.member) {
-            return Err(Status::failed_precondition(format!("{} is not a member of epoch {}", r.member, r.epoch)));
+            return Err(Status::failed_precondition(format!(
+                "{} is not a member of epoch {}",
+                r.member, r.epoch
+            )));
         }
         self.store.fence(r.member, r.incarnation).await.map_err(store_status)?;
         Ok(Response::new(pb::FenceResponse {}))
@@ -250,7 +298,14 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
                     value: r.value.unwrap_or_default(),
                 })
                 .collect(),
-            fences: snap.fences.into_iter().map(|v| pb::Voter { member: v.member, incarnation: v.incarnation }).collect(),
+            fences: snap
+                .fences
+                .into_iter()
+                .map(|v| pb::Voter {
+                    member: v.member,
+                    incarnation: v.incarnation,
+                })
+                .collect(),
         }))
     }
 
@@ -299,7 +354,11 @@ impl tonic::service::Interceptor for AuthHeader {
 impl GrpcPeers {
     /// A client presenting `token`.
     pub fn new(token: String) -> Self {
-        Self { local: OnceLock::new(), token, channels: Mutex::new(HashMap::new()) }
+        Self {
+            local: OnceLock::new(),
+            token,
+            channels: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Routes calls for member `id` to `store` in-process.
@@ -336,7 +395,12 @@ impl GrpcPeers {
 }
 
 fn peer_error(s: Status) -> PeerError {
-    if let Some(theirs) = s.metadata().get(EPOCH_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
+    if let Some(theirs) = s
+        .metadata()
+        .get(EPOCH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
         return PeerError::EpochMismatch { theirs };
     }
     if s.metadata().get(CATCHING_UP_HEADER).is_some() {
@@ -364,7 +428,10 @@ async fn with_timeout<T>(
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
         Ok(Err(s)) => Err(peer_error(s)),
-        Err(_) => Err(PeerError::Unreachable(format!("no answer within {} ms", timeout.as_millis()))),
+        Err(_) => Err(PeerError::Unreachable(format!(
+            "no answer within {} ms",
+            timeout.as_millis()
+        ))),
     }
 }
 
@@ -375,18 +442,37 @@ fn timed<T>(msg: T, timeout: Duration) -> Request<T> {
 }
 
 impl Peers for GrpcPeers {
-    async fn prepare(&self, to: &Member, epoch: u64, key: &str, ballot: &Ballot, timeout: Duration) -> Result<(PrepareReply, u64), PeerError> {
+    async fn prepare(
+        &self,
+        to: &Member,
+        epoch: u64,
+        key: &str,
+        ballot: &Ballot,
+        timeout: Duration,
+    ) -> Result<(PrepareReply, u64), PeerError> {
         if let Some(store) = self.local_store(to) {
-            let r = store.prepare(key.to_string(), ballot.clone()).await.map_err(local_error)?;
+            let r = store
+                .prepare(key.to_string(), ballot.clone())
+                .await
+                .map_err(local_error)?;
             return Ok((r, store.meta().incarnation));
         }
         let mut c = self.client(to)?;
-        let req = pb::PrepareRequest { epoch, key: key.to_string(), ballot: ballot_to_pb(ballot) };
+        let req = pb::PrepareRequest {
+            epoch,
+            key: key.to_string(),
+            ballot: ballot_to_pb(ballot),
+        };
         let r = with_timeout(timeout, c.prepare(timed(req, timeout))).await?;
         let reply = if r.ok {
-            PrepareReply::Promised { accepted: opt_ballot(r.accepted), value: r.has_value.then_some(r.value) }
+            PrepareReply::Promised {
+                accepted: opt_ballot(r.accepted),
+                value: r.has_value.then_some(r.value),
+            }
         } else {
-            PrepareReply::Rejected { promised: opt_ballot(r.promised) }
+            PrepareReply::Rejected {
+                promised: opt_ballot(r.promised),
+            }
         };
         Ok((reply, r.incarnation))
     }
@@ -404,7 +490,13 @@ impl Peers for GrpcPeers {
     ) -> Result<(AcceptReply, u64), PeerError> {
         if let Some(store) = self.local_store(to) {
             let r = store
-                .accept(key.to_string(), ballot.clone(), value.to_vec(), promise_next.cloned(), voters.to_vec())
+                .accept(
+                    key.to_string(),
+                    ballot.clone(),
+                    value.to_vec(),
+                    promise_next.cloned(),
+                    voters.to_vec(),
+                )
                 .await
                 .map_err(local_error)?;
             return Ok((r, store.meta().incarnation));
@@ -416,22 +508,44 @@ impl Peers for GrpcPeers {
             ballot: ballot_to_pb(ballot),
             value: value.to_vec(),
             promise_next: promise_next.and_then(ballot_to_pb),
-            voters: voters.iter().map(|v| pb::Voter { member: v.member.clone(), incarnation: v.incarnation }).collect(),
+            voters: voters
+                .iter()
+                .map(|v| pb::Voter {
+                    member: v.member.clone(),
+                    incarnation: v.incarnation,
+                })
+                .collect(),
         };
         match with_timeout(timeout, c.accept(timed(req, timeout))).await {
             Ok(r) if r.ok => Ok((AcceptReply::Accepted, r.incarnation)),
-            Ok(r) => Ok((AcceptReply::Rejected { promised: opt_ballot(r.promised) }, r.incarnation)),
+            Ok(r) => Ok((
+                AcceptReply::Rejected {
+                    promised: opt_ballot(r.promised),
+                },
+                r.incarnation,
+            )),
             Err(PeerError::Refused(m)) if m.starts_with("Aborted") => Ok((AcceptReply::StaleVoter { member: m }, 0)),
             Err(e) => Err(e),
         }
     }
 
-    async fn fence(&self, to: &Member, epoch: u64, member: &str, incarnation: u64, timeout: Duration) -> Result<(), PeerError> {
+    async fn fence(
+        &self,
+        to: &Member,
+        epoch: u64,
+        member: &str,
+        incarnation: u64,
+        timeout: Duration,
+    ) -> Result<(), PeerError> {
         if let Some(store) = self.local_store(to) {
             return store.fence(member.to_string(), incarnation).await.map_err(local_error);
         }
         let mut c = self.client(to)?;
-        let req = pb::FenceRequest { epoch, member: member.to_string(), incarnation };
+        let req = pb::FenceRequest {
+            epoch,
+            member: member.to_string(),
+            incarnation,
+        };
         with_timeout(timeout, c.fence(timed(req, timeout))).await.map(|_| ())
     }
 
@@ -456,7 +570,14 @@ impl Peers for GrpcPeers {
                     (s.key, reg)
                 })
                 .collect(),
-            fences: r.fences.into_iter().map(|v| Voter { member: v.member, incarnation: v.incarnation }).collect(),
+            fences: r
+                .fences
+                .into_iter()
+                .map(|v| Voter {
+                    member: v.member,
+                    incarnation: v.incarnation,
+                })
+                .collect(),
         })
     }
 
@@ -494,17 +615,29 @@ mod tests {
         let ok = pb::AcceptRequest {
             epoch: 1,
             key: "seq/a".into(),
-            ballot: Some(pb::Ballot { round: 3, proposer: "m-0".into() }),
+            ballot: Some(pb::Ballot {
+                round: 3,
+                proposer: "m-0".into(),
+            }),
             value: vec![0; 8],
-            promise_next: Some(pb::Ballot { round: 4, proposer: "m-0".into() }),
-            voters: vec![pb::Voter { member: "m-1".into(), incarnation: 7 }],
+            promise_next: Some(pb::Ballot {
+                round: 4,
+                proposer: "m-0".into(),
+            }),
+            voters: vec![pb::Voter {
+                member: "m-1".into(),
+                incarnation: 7,
+            }],
         };
         assert!(accept_from_pb(ok.clone()).is_ok());
         let mut bad = ok.clone();
         bad.ballot = None;
         assert!(accept_from_pb(bad).unwrap_err().contains("missing"));
         let mut bad = ok.clone();
-        bad.promise_next = Some(pb::Ballot { round: 9, proposer: "other".into() });
+        bad.promise_next = Some(pb::Ballot {
+            round: 9,
+            proposer: "other".into(),
+        });
         assert!(accept_from_pb(bad).is_err());
         let mut bad = ok;
         bad.value = vec![0; MAX_VALUE_BYTES + 1];

@@ -12,8 +12,8 @@
 //!    includes every chosen value, and is a state an acceptor could have reached by receiving
 //!    those accept messages late.
 //!
-//! A brand-new cluster bootstraps when every member answers, none is caught up and none holds a
-//! register. If more members lost their data than the quorums tolerate, the member keeps
+//! A brand-new cluster bootstraps when every member answers and none holds a value: nothing
+//! was ever chosen, so an empty state is that of an acceptor that never voted. If more members lost their data than the quorums tolerate, the member keeps
 //! waiting and says why: it never invents state.
 
 use std::collections::HashMap;
@@ -72,7 +72,12 @@ pub async fn run<P: Peers>(me: String, store: RegisterStore, peers: Arc<P>, conf
 }
 
 /// One attempt: fence, dump, then copy or bootstrap if the answers allow it.
-pub async fn attempt<P: Peers>(me: &str, store: &RegisterStore, peers: &P, cfg: &MembersFile) -> Result<Attempt, StoreError> {
+pub async fn attempt<P: Peers>(
+    me: &str,
+    store: &RegisterStore,
+    peers: &P,
+    cfg: &MembersFile,
+) -> Result<Attempt, StoreError> {
     let incarnation = store.meta().incarnation;
     let others: Vec<_> = cfg.all_members().into_iter().filter(|m| m.id != me).collect();
     let answers = join_all(others.iter().map(|m| async move {
@@ -82,16 +87,26 @@ pub async fn attempt<P: Peers>(me: &str, store: &RegisterStore, peers: &P, cfg: 
     }))
     .await;
 
-    let fenced: Vec<&str> = answers.iter().filter(|(_, f, _)| f.is_ok()).map(|(id, _, _)| *id).collect();
+    let fenced: Vec<&str> = answers
+        .iter()
+        .filter(|(_, f, _)| f.is_ok())
+        .map(|(id, _, _)| *id)
+        .collect();
     let fence_enough = cfg
         .quorum_sets()
         .iter()
         .filter(|s| s.contains(me))
         .all(|s| fenced.iter().filter(|id| s.contains(id)).count() + s.write_quorum() >= s.len());
     if !fence_enough {
-        return Ok(Attempt::Waiting(describe("could not fence the old incarnation on enough peers", &answers)));
+        return Ok(Attempt::Waiting(describe(
+            "could not fence the old incarnation on enough peers",
+            &answers,
+        )));
     }
-    let dumps: Vec<_> = answers.iter().filter_map(|(id, _, d)| d.as_ref().ok().map(|s| (*id, s))).collect();
+    let dumps: Vec<_> = answers
+        .iter()
+        .filter_map(|(id, _, d)| d.as_ref().ok().map(|s| (*id, s)))
+        .collect();
     let caught_up: Vec<&str> = dumps.iter().filter(|(_, s)| s.caught_up).map(|(id, _)| *id).collect();
 
     if cfg.covers_write_quorums(caught_up.iter().copied()) {
@@ -115,20 +130,34 @@ pub async fn attempt<P: Peers>(me: &str, store: &RegisterStore, peers: &P, cfg: 
         store
             .install_copy(
                 registers.into_iter().collect(),
-                fences.into_iter().map(|(member, incarnation)| Voter { member, incarnation }).collect(),
+                fences
+                    .into_iter()
+                    .map(|(member, incarnation)| Voter { member, incarnation })
+                    .collect(),
             )
             .await?;
-        return Ok(Attempt::Copied { from: caught_up.iter().map(|s| s.to_string()).collect(), registers: n });
+        return Ok(Attempt::Copied {
+            from: caught_up.iter().map(|s| s.to_string()).collect(),
+            registers: n,
+        });
     }
 
+    // Nobody holds a value: nothing was ever chosen (outside members that lost their data too),
+    // so starting empty is the state of an acceptor that never voted.
     let everyone_answered = dumps.len() == others.len();
-    let all_new = dumps.iter().all(|(_, s)| !s.caught_up && s.registers.iter().all(|(_, r)| r.value.is_none()));
-    if everyone_answered && all_new && fenced.len() == others.len() {
+    let nothing_written = dumps
+        .iter()
+        .all(|(_, s)| s.registers.iter().all(|(_, r)| r.value.is_none()));
+    if everyone_answered && nothing_written && fenced.len() == others.len() {
         store.install_copy(Vec::new(), Vec::new()).await?;
         return Ok(Attempt::Bootstrapped);
     }
     Ok(Attempt::Waiting(describe(
-        &format!("{} caught-up peer(s) answered ({}), not enough to cover every write quorum", caught_up.len(), caught_up.join(", ")),
+        &format!(
+            "{} caught-up peer(s) answered ({}), not enough to cover every write quorum",
+            caught_up.len(),
+            caught_up.join(", ")
+        ),
         &answers,
     )))
 }

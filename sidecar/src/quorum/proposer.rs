@@ -87,21 +87,39 @@ impl Change {
     fn apply(&self, current: Option<&[u8]>) -> Result<Outcome, ChangeError> {
         let before = current.map(<[u8]>::to_vec);
         match self {
-            Change::Read => Ok(Outcome { after: before.clone(), before, applied: true }),
+            Change::Read => Ok(Outcome {
+                after: before.clone(),
+                before,
+                applied: true,
+            }),
             Change::Add { n, start } => {
                 let x = match current {
                     None => *start,
                     Some(_) => decode_u64(current)
                         .ok_or_else(|| ChangeError::Invalid("register does not hold a counter".into()))?,
                 };
-                let y = x.checked_add(*n).ok_or_else(|| ChangeError::Invalid("counter would overflow u64".into()))?;
-                Ok(Outcome { before, after: Some(y.to_be_bytes().to_vec()), applied: true })
+                let y = x
+                    .checked_add(*n)
+                    .ok_or_else(|| ChangeError::Invalid("counter would overflow u64".into()))?;
+                Ok(Outcome {
+                    before,
+                    after: Some(y.to_be_bytes().to_vec()),
+                    applied: true,
+                })
             }
             Change::CompareAndSet { expect, new } => {
                 if expect.as_deref() == current {
-                    Ok(Outcome { before, after: Some(new.clone()), applied: true })
+                    Ok(Outcome {
+                        before,
+                        after: Some(new.clone()),
+                        applied: true,
+                    })
                 } else {
-                    Ok(Outcome { after: before.clone(), before, applied: false })
+                    Ok(Outcome {
+                        after: before.clone(),
+                        before,
+                        applied: false,
+                    })
                 }
             }
         }
@@ -121,7 +139,9 @@ pub struct Proposer<P: Peers> {
 
 impl<P: Peers> Clone for Proposer<P> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -143,19 +163,35 @@ struct FastPath {
 
 enum RoundError {
     Conflict,
-    Unavailable { answered: usize, total: usize, detail: String },
+    Unavailable {
+        answered: usize,
+        total: usize,
+        detail: String,
+    },
 }
 
 impl<P: Peers> Proposer<P> {
     /// A proposer with id `id` (unique among proposers: the member or pod name).
     pub fn new(id: String, peers: Arc<P>, config: watch::Receiver<Arc<MembersFile>>, metrics: Arc<Metrics>) -> Self {
-        Self { inner: Arc::new(Inner { id, peers, config, workers: Mutex::new(HashMap::new()), metrics }) }
+        Self {
+            inner: Arc::new(Inner {
+                id,
+                peers,
+                config,
+                workers: Mutex::new(HashMap::new()),
+                metrics,
+            }),
+        }
     }
 
     /// Applies `change` to register `key` through a quorum, waiting at most until `deadline`.
     pub async fn change(&self, key: &str, change: Change, deadline: Instant) -> Result<Outcome, ChangeError> {
         let (reply, rx) = oneshot::channel();
-        let mut pending = Pending { change, deadline, reply };
+        let mut pending = Pending {
+            change,
+            deadline,
+            reply,
+        };
         loop {
             let tx = {
                 let mut workers = self.inner.workers.lock().expect("workers lock");
@@ -205,7 +241,11 @@ async fn run_worker<P: Peers>(inner: Arc<Inner<P>>, key: String, mut rx: mpsc::U
             }
         }
         let mut attempt = 0u32;
-        let mut last = ChangeError::Unavailable { answered: 0, total: 0, detail: "deadline passed before the first attempt".into() };
+        let mut last = ChangeError::Unavailable {
+            answered: 0,
+            total: 0,
+            detail: "deadline passed before the first attempt".into(),
+        };
         loop {
             let now = Instant::now();
             let (live, expired): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.deadline > now);
@@ -219,7 +259,9 @@ async fn run_worker<P: Peers>(inner: Arc<Inner<P>>, key: String, mut rx: mpsc::U
             let deadline = batch.iter().map(|p| p.deadline).max().expect("non-empty");
             let started = Instant::now();
             let result = round(&inner, &key, &batch, &mut fast, &mut max_round, deadline).await;
-            inner.metrics.observe_round(started.elapsed(), result.is_ok(), batch.len());
+            inner
+                .metrics
+                .observe_round(started.elapsed(), result.is_ok(), batch.len());
             match result {
                 Ok(outcomes) => {
                     for (p, o) in batch.drain(..).zip(outcomes) {
@@ -231,9 +273,21 @@ async fn run_worker<P: Peers>(inner: Arc<Inner<P>>, key: String, mut rx: mpsc::U
                     last = match e {
                         RoundError::Conflict => {
                             inner.metrics.conflicts.inc();
-                            ChangeError::Unavailable { answered: 0, total: 0, detail: "rounds kept conflicting with other proposers until the deadline".into() }
+                            ChangeError::Unavailable {
+                                answered: 0,
+                                total: 0,
+                                detail: "rounds kept conflicting with other proposers until the deadline".into(),
+                            }
                         }
-                        RoundError::Unavailable { answered, total, detail } => ChangeError::Unavailable { answered, total, detail },
+                        RoundError::Unavailable {
+                            answered,
+                            total,
+                            detail,
+                        } => ChangeError::Unavailable {
+                            answered,
+                            total,
+                            detail,
+                        },
                     };
                     attempt = attempt.saturating_add(1);
                     let cap = BACKOFF_BASE.saturating_mul(1 << attempt.min(12)).min(BACKOFF_MAX);
@@ -299,7 +353,10 @@ async fn round<P: Peers>(
                 match r {
                     (PrepareReply::Promised { accepted, value }, inc) => {
                         *max_round = (*max_round).max(accepted.round);
-                        voters.push(Voter { member: id.clone(), incarnation: *inc });
+                        voters.push(Voter {
+                            member: id.clone(),
+                            incarnation: *inc,
+                        });
                         if best.as_ref().is_none_or(|(b, _)| accepted > b) {
                             best = Some((accepted.clone(), value.clone()));
                         }
@@ -338,7 +395,10 @@ async fn round<P: Peers>(
     let mut conflict = false;
     for (id, r) in &replies.replies {
         match r {
-            (AcceptReply::Accepted, inc) => accepted.push(Voter { member: id.clone(), incarnation: *inc }),
+            (AcceptReply::Accepted, inc) => accepted.push(Voter {
+                member: id.clone(),
+                incarnation: *inc,
+            }),
             (AcceptReply::Rejected { promised }, _) => {
                 *max_round = (*max_round).max(promised.round);
                 conflict = true;
@@ -350,7 +410,12 @@ async fn round<P: Peers>(
         return Err(replies.failure("accept", accepted.len(), members.len(), conflict));
     }
     if cfg.is_read_quorum(accepted.iter().map(|v| v.member.as_str())) {
-        *fast = Some(FastPath { epoch, ballot: next, value: new_value, voters: accepted });
+        *fast = Some(FastPath {
+            epoch,
+            ballot: next,
+            value: new_value,
+            voters: accepted,
+        });
     }
     Ok(outcomes)
 }
@@ -367,7 +432,10 @@ impl<T> Gathered<T> {
         if conflict && self.failures.is_empty() && self.timed_out == 0 {
             return RoundError::Conflict;
         }
-        let mut detail = format!("{} of {total} members answered the {phase} phase ({oks} in favour)", self.replies.len());
+        let mut detail = format!(
+            "{} of {total} members answered the {phase} phase ({oks} in favour)",
+            self.replies.len()
+        );
         for (id, e) in &self.failures {
             detail.push_str(&format!("; {id}: {e}"));
         }
@@ -377,7 +445,11 @@ impl<T> Gathered<T> {
         if conflict {
             detail.push_str("; conflicting ballots seen");
         }
-        RoundError::Unavailable { answered: self.replies.len(), total, detail }
+        RoundError::Unavailable {
+            answered: self.replies.len(),
+            total,
+            detail,
+        }
     }
 }
 
@@ -402,7 +474,11 @@ where
             async move { (m.id.as_str(), fut.await) }
         })
         .collect();
-    let mut out = Gathered { replies: Vec::new(), failures: Vec::new(), timed_out: 0 };
+    let mut out = Gathered {
+        replies: Vec::new(),
+        failures: Vec::new(),
+        timed_out: 0,
+    };
     let mut oks: Vec<&str> = Vec::new();
     let sleep = tokio::time::sleep_until(deadline);
     tokio::pin!(sleep);
@@ -438,14 +514,19 @@ mod tests {
     fn add_counts_from_start_and_checks_overflow() {
         let o = Change::Add { n: 5, start: 1 }.apply(None).unwrap();
         assert_eq!(decode_u64(o.after.as_deref()), Some(6));
-        let o = Change::Add { n: 1, start: 1 }.apply(Some(&u64::MAX.to_be_bytes())).unwrap_err();
+        let o = Change::Add { n: 1, start: 1 }
+            .apply(Some(&u64::MAX.to_be_bytes()))
+            .unwrap_err();
         assert!(o.to_string().contains("overflow"));
         assert!(Change::Add { n: 1, start: 1 }.apply(Some(b"abc")).is_err());
     }
 
     #[test]
     fn compare_and_set() {
-        let cas = Change::CompareAndSet { expect: None, new: b"x".to_vec() };
+        let cas = Change::CompareAndSet {
+            expect: None,
+            new: b"x".to_vec(),
+        };
         assert!(cas.apply(None).unwrap().applied);
         assert!(!cas.apply(Some(b"y")).unwrap().applied);
     }

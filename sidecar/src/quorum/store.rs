@@ -69,7 +69,11 @@ pub struct Snapshot {
 }
 
 enum Op {
-    Prepare { key: String, ballot: Ballot, reply: oneshot::Sender<Result<PrepareReply, StoreError>> },
+    Prepare {
+        key: String,
+        ballot: Ballot,
+        reply: oneshot::Sender<Result<PrepareReply, StoreError>>,
+    },
     Accept {
         key: String,
         ballot: Ballot,
@@ -78,10 +82,24 @@ enum Op {
         voters: Vec<Voter>,
         reply: oneshot::Sender<Result<AcceptReply, StoreError>>,
     },
-    Fence { member: String, incarnation: u64, reply: oneshot::Sender<Result<(), StoreError>> },
-    Snapshot { reply: oneshot::Sender<Result<Snapshot, StoreError>> },
-    InstallCopy { registers: Vec<(String, RegisterState)>, fences: Vec<Voter>, reply: oneshot::Sender<Result<(), StoreError>> },
-    SetMeta { max_epoch: Option<u64>, migrated_epoch: Option<u64>, reply: oneshot::Sender<Result<(), StoreError>> },
+    Fence {
+        member: String,
+        incarnation: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Result<Snapshot, StoreError>>,
+    },
+    InstallCopy {
+        registers: Vec<(String, RegisterState)>,
+        fences: Vec<Voter>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    SetMeta {
+        max_epoch: Option<u64>,
+        migrated_epoch: Option<u64>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// Handle to the durable acceptor of this member.
@@ -103,7 +121,16 @@ impl RegisterStore {
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("ordo-store".into())
-            .spawn(move || Writer { member, db, state, meta, meta_tx }.run(rx))
+            .spawn(move || {
+                Writer {
+                    member,
+                    db,
+                    state,
+                    meta,
+                    meta_tx,
+                }
+                .run(rx)
+            })
             .map_err(|e| StoreError::Storage(e.to_string()))?;
         Ok(Self { tx, meta: meta_rx })
     }
@@ -138,12 +165,25 @@ impl RegisterStore {
         promise_next: Option<Ballot>,
         voters: Vec<Voter>,
     ) -> Result<AcceptReply, StoreError> {
-        self.call(|reply| Op::Accept { key, ballot, value, promise_next, voters, reply }).await
+        self.call(|reply| Op::Accept {
+            key,
+            ballot,
+            value,
+            promise_next,
+            voters,
+            reply,
+        })
+        .await
     }
 
     /// Records a member's new incarnation.
     pub async fn fence(&self, member: String, incarnation: u64) -> Result<(), StoreError> {
-        self.call(|reply| Op::Fence { member, incarnation, reply }).await
+        self.call(|reply| Op::Fence {
+            member,
+            incarnation,
+            reply,
+        })
+        .await
     }
 
     /// All registers and fences.
@@ -152,13 +192,27 @@ impl RegisterStore {
     }
 
     /// Installs copied registers and fences and marks the store caught up.
-    pub async fn install_copy(&self, registers: Vec<(String, RegisterState)>, fences: Vec<Voter>) -> Result<(), StoreError> {
-        self.call(|reply| Op::InstallCopy { registers, fences, reply }).await
+    pub async fn install_copy(
+        &self,
+        registers: Vec<(String, RegisterState)>,
+        fences: Vec<Voter>,
+    ) -> Result<(), StoreError> {
+        self.call(|reply| Op::InstallCopy {
+            registers,
+            fences,
+            reply,
+        })
+        .await
     }
 
     /// Persists the highest loaded epoch and/or the highest migrated epoch.
     pub async fn set_meta(&self, max_epoch: Option<u64>, migrated_epoch: Option<u64>) -> Result<(), StoreError> {
-        self.call(|reply| Op::SetMeta { max_epoch, migrated_epoch, reply }).await
+        self.call(|reply| Op::SetMeta {
+            max_epoch,
+            migrated_epoch,
+            reply,
+        })
+        .await
     }
 }
 
@@ -196,7 +250,9 @@ fn load(db: &Database, member: &str) -> Result<(AcceptorState, StoreMeta), Store
         state.fences.insert(k.value().to_string(), v.value());
     }
     let meta_t = txn.open_table(META).map_err(|e| err(&e))?;
-    let get = |k: &str| -> Result<u64, StoreError> { Ok(meta_t.get(k).map_err(|e| err(&e))?.map(|g| g.value()).unwrap_or(0)) };
+    let get = |k: &str| -> Result<u64, StoreError> {
+        Ok(meta_t.get(k).map_err(|e| err(&e))?.map(|g| g.value()).unwrap_or(0))
+    };
     let meta = StoreMeta {
         incarnation: get("incarnation")?,
         caught_up: get("caught_up")? == 1,
@@ -204,7 +260,10 @@ fn load(db: &Database, member: &str) -> Result<(AcceptorState, StoreMeta), Store
         migrated_epoch: get("migrated_epoch")?,
     };
     if fresh {
-        tracing::info!(incarnation = meta.incarnation, "created a new data directory; this member catches up before it votes");
+        tracing::info!(
+            incarnation = meta.incarnation,
+            "created a new data directory; this member catches up before it votes"
+        );
     }
     Ok((state, meta))
 }
@@ -268,7 +327,13 @@ impl Writer {
         }
     }
 
-    fn apply(&mut self, op: Op, dirty: &mut HashSet<String>, fences_dirty: &mut bool, meta_dirty: &mut bool) -> Deferred {
+    fn apply(
+        &mut self,
+        op: Op,
+        dirty: &mut HashSet<String>,
+        fences_dirty: &mut bool,
+        meta_dirty: &mut bool,
+    ) -> Deferred {
         match op {
             Op::Prepare { key, ballot, reply } => {
                 if !self.meta.caught_up {
@@ -280,7 +345,14 @@ impl Writer {
                 }
                 defer(reply, Ok(r))
             }
-            Op::Accept { key, ballot, value, promise_next, voters, reply } => {
+            Op::Accept {
+                key,
+                ballot,
+                value,
+                promise_next,
+                voters,
+                reply,
+            } => {
                 if !self.meta.caught_up {
                     return defer(reply, Err(StoreError::NotCaughtUp));
                 }
@@ -290,25 +362,41 @@ impl Writer {
                 }
                 defer(reply, Ok(r))
             }
-            Op::Fence { member, incarnation, reply } => {
+            Op::Fence {
+                member,
+                incarnation,
+                reply,
+            } => {
                 *fences_dirty |= self.state.fence(&member, incarnation);
                 defer(reply, Ok(()))
             }
             Op::Snapshot { reply } => {
                 let snap = Snapshot {
                     caught_up: self.meta.caught_up,
-                    registers: self.state.registers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    registers: self
+                        .state
+                        .registers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                     fences: self
                         .state
                         .fences
                         .iter()
-                        .map(|(m, i)| Voter { member: m.clone(), incarnation: *i })
+                        .map(|(m, i)| Voter {
+                            member: m.clone(),
+                            incarnation: *i,
+                        })
                         .collect(),
                     incarnation: self.meta.incarnation,
                 };
                 defer(reply, Ok(snap))
             }
-            Op::InstallCopy { registers, fences, reply } => {
+            Op::InstallCopy {
+                registers,
+                fences,
+                reply,
+            } => {
                 for (k, r) in &registers {
                     if self.state.merge_copy(k, r) {
                         dirty.insert(k.clone());
@@ -322,7 +410,11 @@ impl Writer {
                 *meta_dirty = true;
                 defer(reply, Ok(()))
             }
-            Op::SetMeta { max_epoch, migrated_epoch, reply } => {
+            Op::SetMeta {
+                max_epoch,
+                migrated_epoch,
+                reply,
+            } => {
                 if let Some(e) = max_epoch.filter(|e| *e > self.meta.max_epoch) {
                     self.meta.max_epoch = e;
                     *meta_dirty = true;
@@ -342,7 +434,8 @@ impl Writer {
             let mut regs = txn.open_table(REGISTERS).map_err(redb::Error::from)?;
             for key in dirty {
                 if let Some(r) = self.state.registers.get(key) {
-                    regs.insert(key.as_str(), encode_register(r).as_slice()).map_err(redb::Error::from)?;
+                    regs.insert(key.as_str(), encode_register(r).as_slice())
+                        .map_err(redb::Error::from)?;
                 }
             }
             if fences_dirty {
@@ -353,9 +446,12 @@ impl Writer {
             }
             if meta_dirty {
                 let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
-                meta.insert("caught_up", u64::from(self.meta.caught_up)).map_err(redb::Error::from)?;
-                meta.insert("max_epoch", self.meta.max_epoch).map_err(redb::Error::from)?;
-                meta.insert("migrated_epoch", self.meta.migrated_epoch).map_err(redb::Error::from)?;
+                meta.insert("caught_up", u64::from(self.meta.caught_up))
+                    .map_err(redb::Error::from)?;
+                meta.insert("max_epoch", self.meta.max_epoch)
+                    .map_err(redb::Error::from)?;
+                meta.insert("migrated_epoch", self.meta.migrated_epoch)
+                    .map_err(redb::Error::from)?;
             }
         }
         txn.commit().map_err(redb::Error::from)?;
@@ -373,16 +469,31 @@ mod tests {
         let store = RegisterStore::open(dir.path(), "m0").unwrap();
         let inc = store.meta().incarnation;
         assert!(!store.meta().caught_up);
-        assert!(matches!(store.prepare("k".into(), Ballot::new(1, "p")).await, Err(StoreError::NotCaughtUp)));
+        assert!(matches!(
+            store.prepare("k".into(), Ballot::new(1, "p")).await,
+            Err(StoreError::NotCaughtUp)
+        ));
         store.install_copy(vec![], vec![]).await.unwrap();
         assert!(store.meta().caught_up);
-        store.accept("k".into(), Ballot::new(1, "p"), vec![42], Some(Ballot::new(2, "p")), vec![]).await.unwrap();
+        store
+            .accept(
+                "k".into(),
+                Ballot::new(1, "p"),
+                vec![42],
+                Some(Ballot::new(2, "p")),
+                vec![],
+            )
+            .await
+            .unwrap();
         store.set_meta(Some(3), Some(2)).await.unwrap();
         drop(store);
         // The writer thread exits when the handle drops; give redb the file back.
         let store = reopen(dir.path()).await;
         let m = store.meta();
-        assert_eq!((m.incarnation, m.caught_up, m.max_epoch, m.migrated_epoch), (inc, true, 3, 2));
+        assert_eq!(
+            (m.incarnation, m.caught_up, m.max_epoch, m.migrated_epoch),
+            (inc, true, 3, 2)
+        );
         let snap = store.snapshot().await.unwrap();
         let (_, reg) = snap.registers.iter().find(|(k, _)| k == "k").unwrap();
         assert_eq!(reg.value, Some(vec![42]));

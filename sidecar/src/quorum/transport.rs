@@ -87,8 +87,18 @@ pub trait Peers: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), PeerError>> + Send;
 
     /// Every register the peer holds.
-    fn dump(&self, to: &Member, epoch: u64, timeout: Duration) -> impl Future<Output = Result<Snapshot, PeerError>> + Send;
+    fn dump(
+        &self,
+        to: &Member,
+        epoch: u64,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Snapshot, PeerError>> + Send;
 
     /// The peer's state.
-    fn probe(&self, to: &Member, epoch: u64, timeout: Duration) -> impl Future<Output = Result<ProbeInfo, PeerError>> + Send;
+    fn probe(
+        &self,
+        to: &Member,
+        epoch: u64,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ProbeInfo, PeerError>> + Send;
 }

@@ -67,7 +67,10 @@ pub struct RangeAllocator<P: Peers> {
 
 impl<P: Peers> Clone for RangeAllocator<P> {
     fn clone(&self) -> Self {
-        Self { proposer: self.proposer.clone(), timeout: self.timeout }
+        Self {
+            proposer: self.proposer.clone(),
+            timeout: self.timeout,
+        }
     }
 }
 
@@ -79,7 +82,10 @@ impl<P: Peers> RangeAllocator<P> {
     /// Allocates `n` contiguous IDs through a quorum round.
     pub async fn allocate(&self, name: &str, n: u64) -> Result<Range<u64>, SeqError> {
         let deadline = Instant::now() + self.timeout;
-        let o = self.proposer.change(&key(name), Change::Add { n, start: FIRST_ID }, deadline).await?;
+        let o = self
+            .proposer
+            .change(&key(name), Change::Add { n, start: FIRST_ID }, deadline)
+            .await?;
         let start = decode_u64(o.before.as_deref()).unwrap_or(FIRST_ID);
         let end = decode_u64(o.after.as_deref()).ok_or_else(|| ChangeError::Invalid("counter vanished".into()))?;
         Ok(start..end)
@@ -91,7 +97,8 @@ impl<P: Peers> RangeAllocator<P> {
         let o = self.proposer.change(&key(name), Change::Read, deadline).await?;
         match o.before.as_deref() {
             None => Err(SeqError::NotFound(name.to_string())),
-            v => decode_u64(v).ok_or_else(|| ChangeError::Invalid(format!("register of {name:?} is not a counter")).into()),
+            v => decode_u64(v)
+                .ok_or_else(|| ChangeError::Invalid(format!("register of {name:?} is not a counter")).into()),
         }
     }
 }
@@ -108,7 +115,10 @@ impl<P: Peers> Sequencer<P> {
     /// A sequencer proposing through `proposer`.
     pub fn new(proposer: Proposer<P>, config: SequencerConfig, metrics: Arc<Metrics>) -> Self {
         Self {
-            allocator: RangeAllocator { proposer, timeout: config.timeout },
+            allocator: RangeAllocator {
+                proposer,
+                timeout: config.timeout,
+            },
             config,
             buffers: Mutex::new(HashMap::new()),
             metrics,
@@ -119,14 +129,21 @@ impl<P: Peers> Sequencer<P> {
     pub fn validate(&self, name: &str, count: u64) -> Result<(), SeqError> {
         validate_name(name)?;
         if count == 0 || count > self.config.max_count {
-            return Err(SeqError::InvalidCount { got: count, max: self.config.max_count });
+            return Err(SeqError::InvalidCount {
+                got: count,
+                max: self.config.max_count,
+            });
         }
         Ok(())
     }
 
     /// Range size of a sequence's buffer.
     pub fn range_size(&self, name: &str) -> u64 {
-        self.config.range_overrides.get(name).copied().unwrap_or(self.config.range_size)
+        self.config
+            .range_overrides
+            .get(name)
+            .copied()
+            .unwrap_or(self.config.range_size)
     }
 
     /// `count` contiguous IDs: from the buffer, or through the quorum when `strict`.
@@ -152,7 +169,12 @@ impl<P: Peers> Sequencer<P> {
         buffers
             .entry(name.to_string())
             .or_insert_with(|| {
-                Arc::new(RangeBuffer::new(name.to_string(), self.range_size(name), self.allocator.clone(), self.metrics.clone()))
+                Arc::new(RangeBuffer::new(
+                    name.to_string(),
+                    self.range_size(name),
+                    self.allocator.clone(),
+                    self.metrics.clone(),
+                ))
             })
             .clone()
     }

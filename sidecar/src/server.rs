@@ -1,0 +1,262 @@
+//! The sidecar process: parse config, init tracing, serve, drain on SIGTERM. Used by the
+//! `ordo-sidecar` binary and by `ordoctl dev` when no `ordo-sidecar` binary is beside it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ordo_proto::v1 as pb;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+use crate::api::{admin, app, peer::GrpcPeers, peer::PeerService};
+use crate::config::{LogFormat, Role, SidecarArgs};
+use crate::membership::MembersFile;
+use crate::metrics::Metrics;
+use crate::node::{Endpoints, Node};
+use crate::quorum::store::RegisterStore;
+use crate::sequencer::{Sequencer, SequencerConfig};
+
+/// Runs a sidecar until SIGTERM or Ctrl-C.
+pub fn main_with(args: SidecarArgs) -> Result<()> {
+    init_tracing(args.log_format);
+    args.validate()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORDO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Loads the members file, waiting while it is missing or older than what this member saw.
+async fn load_members(path: &Path, min_epoch: u64) -> Result<MembersFile> {
+    let mut warned = false;
+    loop {
+        match MembersFile::load(path) {
+            Ok(f) if f.epoch >= min_epoch => return Ok(f),
+            Ok(f) if !warned => {
+                tracing::warn!(
+                    file_epoch = f.epoch,
+                    min_epoch,
+                    "members file is older than this member's data; waiting for it to catch up"
+                );
+                warned = true;
+            }
+            Err(e) if !path.exists() && !warned => {
+                tracing::warn!(error = %e, "members file missing; waiting for it");
+                warned = true;
+            }
+            Err(e) if path.exists() => bail!("{e}"),
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn bind_socket(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        // A socket left by a previous run of this sidecar: nobody can be listening on it now
+        // unless another sidecar shares the path, which the connect check catches.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("{} is in use by another process", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))
+}
+
+async fn run(args: SidecarArgs) -> Result<()> {
+    let id = args.resolved_id()?;
+    let token = args.resolved_token()?;
+    let metrics = Arc::new(Metrics::new());
+    let peers = Arc::new(GrpcPeers::new(token.clone()));
+
+    let store = match args.role {
+        Role::Member => {
+            let dir = args.data_dir.as_ref().context("data dir")?;
+            let store =
+                RegisterStore::open(dir, &id).with_context(|| format!("opening the store in {}", dir.display()))?;
+            peers.set_local(id.clone(), store.clone());
+            Some(store)
+        }
+        Role::Client => None,
+    };
+    let min_epoch = store.as_ref().map_or(0, |s| s.meta().max_epoch);
+    let members = load_members(&args.members_file, min_epoch).await?;
+    if args.role == Role::Member && !members.contains(&id) {
+        tracing::warn!(%id, "this member is not in the members file yet; it will not vote until it is");
+    }
+    if let Some(s) = &store {
+        s.set_meta(Some(members.epoch), members.previous.is_none().then_some(members.epoch))
+            .await?;
+    }
+    metrics.epoch.set(members.epoch as i64);
+
+    let app_tcp = args.app_tcp()?;
+    let socket_listener = bind_socket(&args.app_socket)?;
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding admin {}", args.admin_listen))?;
+    let endpoints = Endpoints {
+        app_socket: args.app_socket.display().to_string(),
+        app_tcp: app_tcp.map(|a| a.to_string()).unwrap_or_default(),
+        admin_addr: admin_listener.local_addr()?.to_string(),
+    };
+    let node = Node::new(
+        id.clone(),
+        args.role,
+        store.clone(),
+        peers,
+        members,
+        args.members_file.clone(),
+        metrics.clone(),
+        endpoints,
+    );
+    node.spawn_background();
+
+    let sequencer = Arc::new(Sequencer::new(
+        node.proposer.clone(),
+        SequencerConfig {
+            range_size: args.range_size,
+            range_overrides: args.range_overrides(),
+            max_count: args.max_count,
+            timeout: args.request_timeout(),
+        },
+        metrics.clone(),
+    ));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    // Health follows readiness.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let ready = node.ready();
+                if last != Some(ready) {
+                    let status = if ready {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    health_reporter.set_service_status("", status).await;
+                    health_reporter.set_service_status("ordo.v1.Sequencer", status).await;
+                    last = Some(ready);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ordo_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let app_router = || {
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(pb::sequencer_server::SequencerServer::new(app::SequencerService::new(
+                sequencer.clone(),
+                node.clone(),
+            )))
+            .add_service(pb::cluster_server::ClusterServer::new(app::ClusterService::new(
+                node.clone(),
+            )))
+            .add_service(health_service.clone())
+            .add_service(reflection.clone())
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let uds = app_router()
+        .serve_with_incoming_shutdown(UnixListenerStream::new(socket_listener), shutdown(shutdown_rx.clone()));
+    tasks.spawn(async move { uds.await.context("app socket server") });
+    if let Some(addr) = app_tcp {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding app {addr}"))?;
+        let tcp = app_router().serve_with_incoming_shutdown(TcpListenerStream::new(l), shutdown(shutdown_rx.clone()));
+        tasks.spawn(async move { tcp.await.context("app TCP server") });
+    }
+    if let Some(store) = &store {
+        let l = tokio::net::TcpListener::bind(args.peer_listen)
+            .await
+            .with_context(|| format!("binding peer {}", args.peer_listen))?;
+        let svc = PeerService::server(node.clone(), store.clone(), token);
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(l), shutdown(shutdown_rx.clone()));
+        tasks.spawn(async move { server.await.context("peer server") });
+    }
+    {
+        let router = admin::router(node.clone());
+        let rx = shutdown_rx.clone();
+        tasks.spawn(async move {
+            axum::serve(admin_listener, router)
+                .with_graceful_shutdown(shutdown(rx))
+                .await
+                .context("admin server")
+        });
+    }
+    tracing::info!(
+        %id,
+        role = ?args.role,
+        socket = %args.app_socket.display(),
+        app_tcp = ?app_tcp,
+        admin = %node.endpoints.admin_addr,
+        peer = %args.peer_listen,
+        "ordo-sidecar serving"
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
+        Some(r) = tasks.join_next() => {
+            r??;
+            bail!("a server stopped unexpectedly");
+        }
+    }
+    node.start_draining();
+    let _ = shutdown_tx.send(true);
+    let drain = Duration::from_millis(args.drain_timeout_ms);
+    if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout_ms = args.drain_timeout_ms,
+            "drain timed out; exiting with requests in flight"
+        );
+    }
+    let _ = std::fs::remove_file(&args.app_socket);
+    tracing::info!("stopped");
+    Ok(())
+}
