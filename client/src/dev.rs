@@ -81,6 +81,11 @@ pub struct DevOptions {
     pub extra_args: Vec<String>,
     /// Where member logs go (`None`: inherit stderr).
     pub log_dir: Option<PathBuf>,
+    /// Extra sidecar arguments per member index.
+    pub member_args: Vec<Vec<String>>,
+    /// Peer addresses as each member sees them (`[viewer][member]`), e.g. through fault
+    /// proxies; `None`: every member uses the real addresses (one shared members file).
+    pub peer_views: Option<Vec<Vec<String>>>,
 }
 
 impl DevOptions {
@@ -93,6 +98,8 @@ impl DevOptions {
             sidecar: find_sidecar(),
             extra_args: Vec::new(),
             log_dir: None,
+            member_args: Vec::new(),
+            peer_views: None,
         }
     }
 }
@@ -214,33 +221,47 @@ impl DevCluster {
         &self.token_file
     }
 
-    fn member_set(&self, idx: &[usize]) -> MemberSet {
+    fn member_set(&self, idx: &[usize], viewer: Option<usize>) -> MemberSet {
+        let addr = |i: usize| match (viewer, &self.opts.peer_views) {
+            (Some(v), Some(views)) if v != i => views[v][i].clone(),
+            _ => self.procs[i].info.peer_addr.clone(),
+        };
         MemberSet {
-            members: idx
-                .iter()
-                .map(|&i| Member {
-                    id: self.procs[i].info.id.clone(),
-                    peer_addr: self.procs[i].info.peer_addr.clone(),
-                })
-                .collect(),
+            members: idx.iter().map(|&i| Member { id: self.procs[i].info.id.clone(), peer_addr: addr(i) }).collect(),
             read_quorum: None,
             write_quorum: None,
+        }
+    }
+
+    /// The members file member `i` reads.
+    pub fn members_file_of(&self, i: usize) -> PathBuf {
+        match self.opts.peer_views {
+            Some(_) => self.opts.dir.join(format!("members-{i}.yaml")),
+            None => self.members_file.clone(),
         }
     }
 
     /// Writes the next epoch of the members file: `current` members, and `previous` for a
     /// joint configuration. Written atomically (rename), as a ConfigMap update would be.
     pub fn write_members(&mut self, current: &[usize], previous: Option<&[usize]>) -> Result<u64, DevError> {
-        let file = MembersFile {
-            epoch: self.epoch + 1,
-            current: self.member_set(current),
-            previous: previous.map(|p| self.member_set(p)),
+        let epoch = self.epoch + 1;
+        let viewers: Vec<Option<usize>> = match self.opts.peer_views {
+            Some(ref v) => (0..v.len()).map(Some).collect(),
+            None => vec![None],
         };
-        file.validate().map_err(|e| DevError::Other(e.to_string()))?;
-        let tmp = self.opts.dir.join(".members.yaml.tmp");
-        std::fs::write(&tmp, file.to_yaml()).map_err(io("writing the members file"))?;
-        std::fs::rename(&tmp, &self.members_file).map_err(io("replacing the members file"))?;
-        self.epoch = file.epoch;
+        for viewer in viewers {
+            let file = MembersFile {
+                epoch,
+                current: self.member_set(current, viewer),
+                previous: previous.map(|p| self.member_set(p, viewer)),
+            };
+            file.validate().map_err(|e| DevError::Other(e.to_string()))?;
+            let path = viewer.map_or_else(|| self.members_file.clone(), |v| self.members_file_of(v));
+            let tmp = path.with_extension("yaml.tmp");
+            std::fs::write(&tmp, file.to_yaml()).map_err(io("writing the members file"))?;
+            std::fs::rename(&tmp, &path).map_err(io("replacing the members file"))?;
+        }
+        self.epoch = epoch;
         Ok(self.epoch)
     }
 
@@ -259,7 +280,7 @@ impl DevCluster {
             .arg("--role=member")
             .arg(format!("--id={}", info.id))
             .arg(format!("--data-dir={}", info.data_dir))
-            .arg(format!("--members-file={}", self.members_file.display()))
+            .arg(format!("--members-file={}", self.members_file_of(i).display()))
             .arg(format!("--peer-listen={}", info.peer_addr))
             .arg(format!("--peer-token-file={}", self.token_file.display()))
             .arg(format!("--socket={}", info.socket))
@@ -267,6 +288,7 @@ impl DevCluster {
             .arg(format!("--admin-listen={}", info.admin_addr))
             .arg("--log-format=text")
             .args(&self.opts.extra_args)
+            .args(self.opts.member_args.get(i).into_iter().flatten())
             .env_remove("ORDO_SOCKET")
             .stdin(Stdio::null());
         if let Some(dir) = &self.opts.log_dir {
