@@ -1,6 +1,220 @@
-fn main() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for p in ordo_operator::crdgen::write_all(&ordo_operator::crdgen::output_dirs(&root)).unwrap() {
-        println!("{}", p.display());
+//! `ordo-operator`: run the controllers, generate CRDs, or render objects offline.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{Api, Client};
+use ordo_operator::admin::{self, AdminState};
+use ordo_operator::context::Context;
+use ordo_operator::leader::{self, LeaseConfig};
+use ordo_operator::metrics::Metrics;
+use ordo_operator::probe::HttpMemberProbe;
+use ordo_operator::{controller, crdgen, render};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "ordo-operator",
+    version,
+    about = "Kubernetes operator for Ordo SeqClusters and WorkDividers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controllers (the default).
+    Run(RunArgs),
+    /// Write the CRD YAML into crds/ and charts/ordo/crds/ (or the given directories).
+    Crdgen {
+        /// Output directories; defaults to the repository's crds/ and charts/ordo/crds/.
+        #[arg(long = "out")]
+        out: Vec<PathBuf>,
+    },
+    /// Print every object the operator would apply for the SeqCluster/WorkDivider objects given.
+    Render {
+        /// YAML files (multi-document allowed); `-` reads stdin.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Parser, Clone)]
+struct RunArgs {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "ORDO_OPERATOR_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    admin_listen: SocketAddr,
+    /// Leader-election Lease name.
+    #[arg(long, env = "ORDO_OPERATOR_LEASE", default_value = "ordo-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Identity in the Lease.
+    #[arg(long, env = "POD_NAME", default_value = "ordo-operator")]
+    identity: String,
+    /// Log format: json or text.
+    #[arg(long, env = "ORDO_OPERATOR_LOG_FORMAT", default_value = "json")]
+    log_format: String,
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn wait_for_crds(client: &Client, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in ["seqclusters.ordo.dev", "workdividers.ordo.dev"] {
+        loop {
+            let established = match api.get_opt(name).await {
+                Ok(Some(crd)) => crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True")),
+                Ok(None) => {
+                    tracing::warn!(
+                        crd = name,
+                        "CRD is not installed; install it with `kubectl apply -f crds/` or `helm install ordo charts/ordo`"
+                    );
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(crd = name, error = %e, "cannot read CRD");
+                    false
+                }
+            };
+            if established {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                _ = shutdown.changed() => return false,
+            }
+        }
+    }
+    true
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing(&args.log_format);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_state = AdminState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let admin = tokio::spawn(admin::serve(args.admin_listen, admin_state, stopped(stop_rx.clone())));
+
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes client configuration")?;
+    let mut shutdown = stop_rx.clone();
+    if !wait_for_crds(&client, &mut shutdown).await {
+        return Ok(());
+    }
+    ready.store(true, Ordering::Relaxed);
+
+    let lease = LeaseConfig {
+        name: args.lease_name,
+        namespace: args.lease_namespace,
+        identity: args.identity,
+        duration: Duration::from_secs(15),
+        renew_every: Duration::from_secs(5),
+    };
+    tokio::select! {
+        _ = leader::acquire(&client, &lease) => {}
+        _ = stopped(stop_rx.clone()) => return Ok(()),
+    }
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(HttpMemberProbe::default()),
+        metrics,
+    ));
+    let (lost_tx, lost_rx) = watch::channel(false);
+    let holder = {
+        let client = client.clone();
+        let lease = lease.clone();
+        tokio::spawn(async move {
+            leader::hold(&client, &lease).await;
+            let _ = lost_tx.send(true);
+        })
+    };
+    let stop = stopped(stop_rx.clone());
+    let lost = stopped(lost_rx.clone());
+    controller::run(ctx, async move {
+        tokio::select! {
+            _ = stop => {}
+            _ = lost => {}
+        }
+    })
+    .await;
+    holder.abort();
+    if *lost_rx.borrow() {
+        anyhow::bail!("lost leadership; exiting so a fresh process campaigns again");
+    }
+    admin.await.context("admin task")?.context("admin server")?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => run(RunArgs::parse_from(["ordo-operator"])).await,
+        Some(Command::Run(args)) => run(args).await,
+        Some(Command::Crdgen { out }) => {
+            let dirs = if out.is_empty() {
+                crdgen::output_dirs(&std::env::current_dir()?)
+            } else {
+                out
+            };
+            for path in crdgen::write_all(&dirs)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Some(Command::Render { files }) => {
+            let mut input = String::new();
+            for f in files {
+                let text = if f.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin())?
+                } else {
+                    std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?
+                };
+                input.push_str(&text);
+                input.push_str("\n---\n");
+            }
+            print!("{}", render::render(&input)?);
+            Ok(())
+        }
     }
 }

@@ -1,0 +1,122 @@
+//! The WorkDivider reconcile: validate -> look up the SeqCluster -> build -> apply -> status.
+
+use std::sync::Arc;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+
+use super::build::build;
+use super::status::{self, SeqClusterProblem};
+use super::validate::validate;
+use crate::context::{Context, ReconcileError, POLL_WHILE_PROGRESSING, RESYNC, WAIT_FOR_DEPENDENCY};
+use crate::crd::{SeqCluster, WorkDivider};
+use crate::ssa::{apply, apply_status};
+
+/// Kind label for metrics and logs.
+pub const KIND: &str = "WorkDivider";
+
+/// Reconciles one WorkDivider.
+pub async fn reconcile(wd: Arc<WorkDivider>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    ctx.metrics
+        .reconciles
+        .get_or_create(&crate::metrics::Metrics::kind(KIND))
+        .inc();
+    if wd.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let generation = wd.meta().generation;
+    let existing = wd.status.as_ref();
+    let reference = wd.object_ref(&());
+    let now = Timestamp::now();
+    let same_generation = existing.and_then(|s| s.observed_generation) == generation;
+
+    let valid = match validate(&wd) {
+        Ok(v) => v,
+        Err(err) => {
+            ctx.metrics.failure(KIND, "invalid_spec");
+            let next = status::invalid(existing, generation, &err, now);
+            if existing != Some(&next) {
+                apply_status(&ctx.client, wd.as_ref(), &next)
+                    .await
+                    .map_err(ReconcileError::api("write status"))?;
+            }
+            if !same_generation || existing.map(|s| &s.conditions) != Some(&next.conditions) {
+                ctx.event(&reference, true, "InvalidSpec", "Validate", err.to_string())
+                    .await;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+
+    let seqclusters: Api<SeqCluster> = Api::namespaced(ctx.client.clone(), &valid.namespace);
+    let sc = seqclusters
+        .get_opt(&valid.seq_cluster)
+        .await
+        .map_err(ReconcileError::api("read SeqCluster"))?;
+    let membership = match sc
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.membership.clone())
+    {
+        Some(m) => m,
+        None => {
+            let problem = match sc {
+                None => SeqClusterProblem::NotFound(valid.seq_cluster.clone()),
+                Some(_) => SeqClusterProblem::NotReady(valid.seq_cluster.clone()),
+            };
+            let next = status::waiting_for_seqcluster(existing, generation, &problem, now);
+            if existing != Some(&next) {
+                apply_status(&ctx.client, wd.as_ref(), &next)
+                    .await
+                    .map_err(ReconcileError::api("write status"))?;
+                let c = &next
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == crate::conditions::PROGRESSING);
+                if let Some(c) = c {
+                    ctx.event(&reference, true, &c.reason, "ResolveSeqCluster", c.message.clone())
+                        .await;
+                }
+            }
+            return Ok(Action::requeue(WAIT_FOR_DEPENDENCY));
+        }
+    };
+
+    let objects = build(&valid, &membership);
+    apply(&ctx.client, &objects.service)
+        .await
+        .map_err(ReconcileError::api("apply Service"))?;
+    apply(&ctx.client, &objects.config_map)
+        .await
+        .map_err(ReconcileError::api("apply ConfigMap"))?;
+    let sts = apply(&ctx.client, &objects.statefulset)
+        .await
+        .map_err(ReconcileError::api("apply StatefulSet"))?;
+
+    let next = status::observed(existing, generation, valid.replicas, membership.epoch, Some(&sts), now);
+    if existing != Some(&next) {
+        apply_status(&ctx.client, wd.as_ref(), &next)
+            .await
+            .map_err(ReconcileError::api("write status"))?;
+    }
+    if existing.and_then(|s| s.seq_cluster_epoch) != Some(membership.epoch) {
+        ctx.event(
+            &reference,
+            false,
+            "MembersCopied",
+            "UpdateMembers",
+            format!(
+                "SeqCluster {} member list at epoch {}",
+                valid.seq_cluster, membership.epoch
+            ),
+        )
+        .await;
+    }
+    tracing::info!(workdivider = %wd.name_any(), ready = next.ready_replicas, "reconciled");
+    Ok(Action::requeue(if next.ready_replicas >= valid.replicas {
+        RESYNC
+    } else {
+        POLL_WHILE_PROGRESSING
+    }))
+}

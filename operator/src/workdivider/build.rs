@@ -1,0 +1,154 @@
+//! [`ValidWorkDivider`] + the SeqCluster's member configuration -> desired objects. Pure.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use serde::Serialize;
+
+use super::validate::{ValidWorkDivider, DEFAULT_KEY_PREFIX};
+use crate::crd::MembershipStatus;
+use crate::labels::{object_labels, selector_labels, Component, ROLE_LABEL, SEQCLUSTER_LABEL};
+use crate::pod::{pod_template, PodParts, SidecarRole, MEMBERS_KEY};
+use crate::seqcluster::build::{members_file, secret_name};
+
+/// Key of the divider settings in the ConfigMap.
+pub const DIVIDER_KEY: &str = "divider.yaml";
+
+/// Name of the WorkDivider's ConfigMap.
+pub fn config_map_name(name: &str) -> String {
+    format!("{name}-config")
+}
+
+/// Divider settings handed to the pods (`divider.yaml`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DividerFile {
+    /// The WorkDivider's name (the key space).
+    pub divider: String,
+    /// The SeqCluster whose quorum store holds keys and leases.
+    pub seq_cluster: String,
+    /// Epoch of the copied member list.
+    pub seq_cluster_epoch: u64,
+    /// Affinity of a pod until it sets its own.
+    pub default_affinity: i64,
+    /// Static keys.
+    pub keys: DividerKeys,
+}
+
+/// Static keys, as the pods read them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DividerKeys {
+    /// `<prefix><i>` for `i` in `0..count`.
+    Partitions {
+        /// Number of keys.
+        count: i32,
+        /// Key prefix.
+        prefix: String,
+    },
+    /// Explicit names.
+    Names(Vec<String>),
+}
+
+/// Every object of one WorkDivider, in apply order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkDividerObjects {
+    /// Headless Service (stable pod DNS).
+    pub service: Service,
+    /// Members file copy and divider settings.
+    pub config_map: ConfigMap,
+    /// The pods.
+    pub statefulset: StatefulSet,
+}
+
+fn owner(o: &OwnerReference) -> OwnerReference {
+    OwnerReference {
+        block_owner_deletion: Some(true),
+        controller: Some(true),
+        ..o.clone()
+    }
+}
+
+/// Builds every object, given the referenced SeqCluster's applied member configuration.
+pub fn build(v: &ValidWorkDivider, seq_membership: &MembershipStatus) -> WorkDividerObjects {
+    let meta = |name: String| ObjectMeta {
+        name: Some(name),
+        namespace: Some(v.namespace.clone()),
+        labels: Some(object_labels(Component::WorkDivider, &v.name)),
+        owner_references: Some(vec![owner(&v.owner)]),
+        ..Default::default()
+    };
+    let selector = selector_labels(Component::WorkDivider, &v.name);
+
+    let service = Service {
+        metadata: meta(v.name.clone()),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let members = members_file(&v.seq_cluster, &v.namespace, seq_membership);
+    let divider = DividerFile {
+        divider: v.name.clone(),
+        seq_cluster: v.seq_cluster.clone(),
+        seq_cluster_epoch: members.epoch,
+        default_affinity: v.default_affinity,
+        keys: match (&v.keys.partitions, &v.keys.names) {
+            (Some(count), _) => DividerKeys::Partitions {
+                count: *count,
+                prefix: v.keys.prefix.clone().unwrap_or_else(|| DEFAULT_KEY_PREFIX.into()),
+            },
+            (None, names) => DividerKeys::Names(names.clone().unwrap_or_default()),
+        },
+    };
+    let config_map = ConfigMap {
+        metadata: meta(config_map_name(&v.name)),
+        data: Some(BTreeMap::from([
+            (MEMBERS_KEY.to_string(), members.to_yaml()),
+            (
+                DIVIDER_KEY.to_string(),
+                serde_yaml::to_string(&divider).expect("divider file serializes"),
+            ),
+        ])),
+        ..Default::default()
+    };
+
+    let mut pod_labels = object_labels(Component::WorkDivider, &v.name);
+    pod_labels.insert(SEQCLUSTER_LABEL.into(), v.seq_cluster.clone());
+    pod_labels.insert(ROLE_LABEL.into(), "client".into());
+    let template = pod_template(PodParts {
+        app: &v.app,
+        sidecar: &v.sidecar,
+        role: SidecarRole::Client,
+        labels: pod_labels,
+        selector: selector.clone(),
+        config_map: config_map_name(&v.name),
+        secret: secret_name(&v.seq_cluster),
+        annotations: BTreeMap::new(),
+    });
+    let statefulset = StatefulSet {
+        metadata: meta(v.name.clone()),
+        spec: StatefulSetSpec {
+            replicas: Some(v.replicas),
+            service_name: Some(v.name.clone()),
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            template,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    WorkDividerObjects {
+        service,
+        config_map,
+        statefulset,
+    }
+}

@@ -1,0 +1,85 @@
+//! WorkDivider spec -> [`ValidWorkDivider`].
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{KeySpec, SidecarSpec, WorkDivider};
+use crate::spec_error::{check_app_template, check_name, check_sidecar, Problems, SpecError};
+
+/// Prefix of numbered keys when `keys.prefix` is unset.
+pub const DEFAULT_KEY_PREFIX: &str = "p-";
+
+/// A WorkDivider whose spec can be realised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidWorkDivider {
+    /// Object name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Owner reference put on every child.
+    pub owner: OwnerReference,
+    /// Referenced SeqCluster (same namespace).
+    pub seq_cluster: String,
+    /// Pods.
+    pub replicas: i32,
+    /// Static keys.
+    pub keys: KeySpec,
+    /// Default affinity.
+    pub default_affinity: i64,
+    /// Sidecar settings.
+    pub sidecar: SidecarSpec,
+    /// App containers.
+    pub app: PodTemplateSpec,
+}
+
+/// Checks everything the builders rely on.
+pub fn validate(wd: &WorkDivider) -> Result<ValidWorkDivider, SpecError> {
+    let mut problems = Problems::default();
+    let name = wd.name_any();
+    check_name(&name, &mut problems);
+    let namespace = wd.namespace().unwrap_or_else(|| "default".into());
+    let owner = wd.controller_owner_ref(&()).unwrap_or_else(|| {
+        problems.add("metadata.uid", "missing; the object must come from the API server");
+        OwnerReference::default()
+    });
+    let spec = &wd.spec;
+    if spec.replicas < 0 {
+        problems.add("spec.replicas", "must not be negative");
+    }
+    if spec.default_affinity < 0 {
+        problems.add("spec.defaultAffinity", "must be 0 (no work) or more");
+    }
+    match (&spec.keys.partitions, &spec.keys.names) {
+        (Some(_), Some(_)) | (None, None) => problems.add("spec.keys", "set exactly one of partitions or names"),
+        (Some(p), None) if *p < 1 => problems.add("spec.keys.partitions", "must be at least 1"),
+        (None, Some(names)) => {
+            let mut seen = std::collections::BTreeSet::new();
+            for n in names {
+                if !seen.insert(n) {
+                    problems.add("spec.keys.names", format!("{n:?} appears twice"));
+                }
+            }
+        }
+        _ => {}
+    }
+    check_sidecar(&spec.sidecar, &mut problems);
+    let app = check_app_template(spec.template.as_ref(), &mut problems);
+    if app.spec.as_ref().is_none_or(|s| s.containers.is_empty()) {
+        problems.add(
+            "spec.template.spec.containers",
+            "a WorkDivider needs at least one app container to hand keys to; add your app under spec.template",
+        );
+    }
+    problems.finish(ValidWorkDivider {
+        name,
+        namespace,
+        owner,
+        seq_cluster: spec.seq_cluster_ref.name.clone(),
+        replicas: spec.replicas,
+        keys: spec.keys.clone(),
+        default_affinity: spec.default_affinity,
+        sidecar: spec.sidecar.clone(),
+        app,
+    })
+}
