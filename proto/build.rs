@@ -3,11 +3,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "ordo/v1/sequencer.proto",
-        "ordo/v1/cluster.proto",
-        "ordo/v1/quorum.proto",
-    ];
+    let files = ["ordo/v1/sequencer.proto", "ordo/v1/cluster.proto", "ordo/v1/quorum.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -15,9 +11,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_path = out.join("ordo_descriptor.bin");
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(&descriptor_path)
-        .skip_protoc_run()
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().file_descriptor_set_path(&descriptor_path).skip_protoc_run().compile_fds(fds)?;
     Ok(())
 }

@@ -37,9 +37,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DevError {
 
 /// The default directory of the dev cluster: `$ORDO_DEV_DIR`, else `<tmp>/ordo-dev`.
 pub fn default_dir() -> PathBuf {
-    std::env::var_os(DEV_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("ordo-dev"))
+    std::env::var_os(DEV_DIR_ENV).map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("ordo-dev"))
 }
 
 /// How a member process is started.
@@ -149,13 +147,7 @@ impl DevCluster {
             std::fs::write(&token_file, token).map_err(io("writing the peer token"))?;
         }
         let members_file = opts.dir.join("members.yaml");
-        let mut cluster = Self {
-            procs: Vec::new(),
-            token_file,
-            members_file,
-            epoch: 0,
-            opts,
-        };
+        let mut cluster = Self { procs: Vec::new(), token_file, members_file, epoch: 0, opts };
         let n = cluster.opts.members;
         for i in 0..n {
             let info = cluster.member_info(i);
@@ -270,11 +262,8 @@ impl DevCluster {
         let info = &self.procs[i].info;
         let data_dir = PathBuf::from(&info.data_dir);
         std::fs::create_dir_all(&data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
-        let (program, lead) = self
-            .opts
-            .sidecar
-            .split_first()
-            .ok_or_else(|| DevError::Other("no sidecar command".into()))?;
+        let (program, lead) =
+            self.opts.sidecar.split_first().ok_or_else(|| DevError::Other("no sidecar command".into()))?;
         let mut cmd = Command::new(program);
         cmd.args(lead)
             .arg("--role=member")
@@ -300,9 +289,7 @@ impl DevCluster {
                 .map_err(io("opening a member log"))?;
             cmd.stdout(log.try_clone().map_err(io("log"))?).stderr(log);
         }
-        let child = cmd
-            .spawn()
-            .map_err(io(format!("starting {program} (build it with `cargo build`)")))?;
+        let child = cmd.spawn().map_err(io(format!("starting {program} (build it with `cargo build`)")))?;
         let pid = child.id();
         self.procs[i].child = Some(child);
         self.procs[i].info.pid = pid;
@@ -323,10 +310,7 @@ impl DevCluster {
     /// Sends a signal (`TERM`, `STOP`, `CONT`, ...) to member `i`.
     pub fn signal(&self, i: usize, sig: &str) {
         if let Some(c) = &self.procs[i].child {
-            let _ = Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg(c.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status();
         }
     }
 
@@ -383,9 +367,7 @@ impl DevCluster {
     }
 
     fn write_cluster_file(&self) -> Result<(), DevError> {
-        let file = ClusterFile {
-            members: self.procs.iter().map(|p| p.info.clone()).collect(),
-        };
+        let file = ClusterFile { members: self.procs.iter().map(|p| p.info.clone()).collect() };
         let text = serde_json::to_string_pretty(&file).map_err(|e| DevError::Other(e.to_string()))?;
         std::fs::write(self.opts.dir.join("cluster.json"), text).map_err(io("writing cluster.json"))
     }

@@ -72,16 +72,9 @@ impl Client {
     /// Connects to `target`: a socket path (`/run/ordo/ordo.sock`, `unix:///...`) or
     /// `http://127.0.0.1:7070`.
     pub async fn connect(target: &str) -> Result<Self, ClientError> {
-        let err = |reason: String| ClientError::Connect {
-            target: target.to_string(),
-            reason,
-        };
+        let err = |reason: String| ClientError::Connect { target: target.to_string(), reason };
         let channel = if target.starts_with("http://") || target.starts_with("https://") {
-            Endpoint::from_shared(target.to_string())
-                .map_err(|e| err(e.to_string()))?
-                .tcp_nodelay(true)
-                .connect()
-                .await
+            Endpoint::from_shared(target.to_string()).map_err(|e| err(e.to_string()))?.tcp_nodelay(true).connect().await
         } else {
             let path = PathBuf::from(target.strip_prefix("unix://").unwrap_or(target));
             if !path.exists() {
@@ -95,10 +88,7 @@ impl Client {
                 .await
         }
         .map_err(|e| err(e.to_string()))?;
-        Ok(Self {
-            channel,
-            target: target.to_string(),
-        })
+        Ok(Self { channel, target: target.to_string() })
     }
 
     /// Connects to `$ORDO_SOCKET`, or the default socket path.
@@ -122,40 +112,18 @@ impl Client {
 
     /// `count` contiguous IDs; `strict` allocates through the quorum (ordered in real time).
     pub async fn next(&self, sequence: &str, count: u64, strict: bool) -> Result<Range<u64>, ClientError> {
-        let r = self
-            .seq()
-            .next(pb::NextRequest {
-                sequence: sequence.to_string(),
-                count,
-                strict,
-            })
-            .await?
-            .into_inner();
+        let r = self.seq().next(pb::NextRequest { sequence: sequence.to_string(), count, strict }).await?.into_inner();
         Ok(r.start..r.end)
     }
 
     /// The next ID the quorum would hand out.
     pub async fn current(&self, sequence: &str) -> Result<u64, ClientError> {
-        Ok(self
-            .seq()
-            .current(pb::CurrentRequest {
-                sequence: sequence.to_string(),
-            })
-            .await?
-            .into_inner()
-            .next)
+        Ok(self.seq().current(pb::CurrentRequest { sequence: sequence.to_string() }).await?.into_inner().next)
     }
 
     /// A stream of ID ranges of `batch` IDs each.
     pub async fn stream(&self, sequence: &str, batch: u64) -> Result<tonic::Streaming<pb::NextResponse>, ClientError> {
-        Ok(self
-            .seq()
-            .stream(pb::StreamRequest {
-                sequence: sequence.to_string(),
-                batch,
-            })
-            .await?
-            .into_inner())
+        Ok(self.seq().stream(pb::StreamRequest { sequence: sequence.to_string(), batch }).await?.into_inner())
     }
 
     /// Status of the sidecar and its view of the cluster.

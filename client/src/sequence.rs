@@ -33,13 +33,8 @@ struct Lease {
 
 impl Sequence {
     pub(crate) fn new(client: Client, name: String, lease: u64) -> Self {
-        let inner = Inner {
-            client,
-            name,
-            lease: lease.max(1),
-            state: Mutex::new(Lease::default()),
-            refilled: Notify::new(),
-        };
+        let inner =
+            Inner { client, name, lease: lease.max(1), state: Mutex::new(Lease::default()), refilled: Notify::new() };
         Self { inner: Arc::new(inner) }
     }
 

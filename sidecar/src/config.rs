@@ -51,11 +51,7 @@ pub enum LogFormat {
 
 /// `ordo-sidecar` flags. Every flag has an `ORDO_*` environment fallback.
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "ordo-sidecar",
-    version,
-    about = "Ordo sidecar: quorum sequencer served over a localhost gRPC socket"
-)]
+#[command(name = "ordo-sidecar", version, about = "Ordo sidecar: quorum sequencer served over a localhost gRPC socket")]
 pub struct SidecarArgs {
     /// Member (stores data, votes) or client (proposes to a SeqCluster's members).
     #[arg(long, env = "ORDO_ROLE", value_enum, default_value = "member")]
@@ -168,23 +164,15 @@ impl SidecarArgs {
     /// The peer token from the file or the flag.
     pub fn resolved_token(&self) -> Result<String, ConfigError> {
         if let Some(path) = &self.peer_token_file {
-            let raw = std::fs::read_to_string(path).map_err(|e| ConfigError::TokenFile {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            let raw = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::TokenFile { path: path.display().to_string(), reason: e.to_string() })?;
             let token = raw.trim().to_string();
             if token.is_empty() {
-                return Err(ConfigError::TokenFile {
-                    path: path.display().to_string(),
-                    reason: "empty".into(),
-                });
+                return Err(ConfigError::TokenFile { path: path.display().to_string(), reason: "empty".into() });
             }
             return Ok(token);
         }
-        self.peer_token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .ok_or(ConfigError::MissingToken)
+        self.peer_token.clone().filter(|t| !t.is_empty()).ok_or(ConfigError::MissingToken)
     }
 
     /// The app TCP listener, `None` when disabled.
@@ -192,10 +180,8 @@ impl SidecarArgs {
         if self.app_listen.is_empty() || self.app_listen == "off" {
             return Ok(None);
         }
-        let addr: SocketAddr = self
-            .app_listen
-            .parse()
-            .map_err(|_| ConfigError::AppListenNotLoopback(self.app_listen.clone()))?;
+        let addr: SocketAddr =
+            self.app_listen.parse().map_err(|_| ConfigError::AppListenNotLoopback(self.app_listen.clone()))?;
         if !addr.ip().is_loopback() {
             return Err(ConfigError::AppListenNotLoopback(self.app_listen.clone()));
         }
@@ -230,22 +216,16 @@ impl SidecarArgs {
             return Err(ConfigError::OutOfRange("--max-count must be at least 1".into()));
         }
         if self.request_timeout_ms < 10 {
-            return Err(ConfigError::OutOfRange(
-                "--request-timeout-ms must be at least 10".into(),
-            ));
+            return Err(ConfigError::OutOfRange("--request-timeout-ms must be at least 10".into()));
         }
         Ok(())
     }
 }
 
 fn parse_sequence_range(s: &str) -> Result<(String, u64), String> {
-    let (name, size) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=SIZE, got {s:?}"))?;
+    let (name, size) = s.split_once('=').ok_or_else(|| format!("expected NAME=SIZE, got {s:?}"))?;
     validate_name(name).map_err(|e| e.to_string())?;
-    let size: u64 = size
-        .parse()
-        .map_err(|_| format!("range size of {name} is not a number: {size:?}"))?;
+    let size: u64 = size.parse().map_err(|_| format!("range size of {name} is not a number: {size:?}"))?;
     if size == 0 {
         return Err(format!("range size of {name} must be at least 1"));
     }
@@ -264,16 +244,7 @@ mod tests {
 
     #[test]
     fn member_defaults() {
-        let a = parse(&[
-            "--id",
-            "m-0",
-            "--data-dir",
-            "/d",
-            "--members-file",
-            "/m.yaml",
-            "--peer-token",
-            "t",
-        ]);
+        let a = parse(&["--id", "m-0", "--data-dir", "/d", "--members-file", "/m.yaml", "--peer-token", "t"]);
         assert_eq!(a.role, Role::Member);
         assert_eq!(a.app_socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(a.app_tcp().unwrap(), Some("127.0.0.1:7070".parse().unwrap()));
@@ -332,14 +303,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("token");
         std::fs::write(&p, "secret\n").unwrap();
-        let a = parse(&[
-            "--id",
-            "m",
-            "--members-file",
-            "/m",
-            "--peer-token-file",
-            p.to_str().unwrap(),
-        ]);
+        let a = parse(&["--id", "m", "--members-file", "/m", "--peer-token-file", p.to_str().unwrap()]);
         assert_eq!(a.resolved_token().unwrap(), "secret");
     }
 }

@@ -99,16 +99,9 @@ impl MemberSet {
         for m in &self.members {
             validate_name(&m.id).map_err(|e| MembershipError::Invalid(format!("{what}: member id {:?}: {e}", m.id)))?;
             if !ids.insert(m.id.as_str()) {
-                return Err(MembershipError::Invalid(format!(
-                    "{what}: member id {:?} appears twice",
-                    m.id
-                )));
+                return Err(MembershipError::Invalid(format!("{what}: member id {:?} appears twice", m.id)));
             }
-            if m.peer_addr
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
+            if m.peer_addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
                 return Err(MembershipError::Invalid(format!(
                     "{what}: member {:?} peer_addr {:?} is not host:port",
                     m.id, m.peer_addr
@@ -126,9 +119,7 @@ pub fn check_quorum_sizes(n: usize, r: usize, w: usize) -> Result<(), String> {
         return Err(format!("quorum sizes must be in 1..={n} (read {r}, write {w})"));
     }
     if r + w <= n {
-        return Err(format!(
-            "read quorum {r} + write quorum {w} must exceed the {n} members"
-        ));
+        return Err(format!("read quorum {r} + write quorum {w} must exceed the {n} members"));
     }
     if 2 * w <= n {
         return Err(format!("twice the write quorum ({w}) must exceed the {n} members"));
@@ -181,11 +172,7 @@ impl MembersFile {
     /// Every member of either configuration, each once, current members first.
     pub fn all_members(&self) -> Vec<&Member> {
         let mut seen = BTreeSet::new();
-        self.quorum_sets()
-            .into_iter()
-            .flat_map(|s| s.members.iter())
-            .filter(|m| seen.insert(m.id.as_str()))
-            .collect()
+        self.quorum_sets().into_iter().flat_map(|s| s.members.iter()).filter(|m| seen.insert(m.id.as_str())).collect()
     }
 
     /// True when `id` belongs to either configuration.
@@ -195,33 +182,25 @@ impl MembersFile {
 
     /// True when `ids` (members that answered yes) form a read quorum in every configuration.
     pub fn is_read_quorum<'a>(&self, ids: impl IntoIterator<Item = &'a str> + Clone) -> bool {
-        self.quorum_sets()
-            .iter()
-            .all(|s| count_in(s, ids.clone()) >= s.read_quorum())
+        self.quorum_sets().iter().all(|s| count_in(s, ids.clone()) >= s.read_quorum())
     }
 
     /// True when `ids` form a write quorum in every configuration.
     pub fn is_write_quorum<'a>(&self, ids: impl IntoIterator<Item = &'a str> + Clone) -> bool {
-        self.quorum_sets()
-            .iter()
-            .all(|s| count_in(s, ids.clone()) >= s.write_quorum())
+        self.quorum_sets().iter().all(|s| count_in(s, ids.clone()) >= s.write_quorum())
     }
 
     /// True when `ids` intersect every write quorum that could hold a chosen value, in every
     /// configuration that contains `exclude`-free members: `|ids ∩ S| >= |S| - W + 1`.
     /// A member that lost its data copies registers from such a set before it votes.
     pub fn covers_write_quorums<'a>(&self, ids: impl IntoIterator<Item = &'a str> + Clone) -> bool {
-        self.quorum_sets()
-            .iter()
-            .all(|s| count_in(s, ids.clone()) + s.write_quorum() > s.len())
+        self.quorum_sets().iter().all(|s| count_in(s, ids.clone()) + s.write_quorum() > s.len())
     }
 }
 
 fn count_in<'a>(set: &MemberSet, ids: impl IntoIterator<Item = &'a str>) -> usize {
     let mut seen = BTreeSet::new();
-    ids.into_iter()
-        .filter(|id| set.contains(id) && seen.insert(*id))
-        .count()
+    ids.into_iter().filter(|id| set.contains(id) && seen.insert(*id)).count()
 }
 
 #[cfg(test)]
@@ -230,13 +209,7 @@ mod tests {
 
     fn set(ids: &[&str]) -> MemberSet {
         MemberSet {
-            members: ids
-                .iter()
-                .map(|i| Member {
-                    id: i.to_string(),
-                    peer_addr: format!("{i}:7071"),
-                })
-                .collect(),
+            members: ids.iter().map(|i| Member { id: i.to_string(), peer_addr: format!("{i}:7071") }).collect(),
             read_quorum: None,
             write_quorum: None,
         }
@@ -255,18 +228,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_files() {
-        assert!(matches!(
-            MembersFile::parse("epoch: [1"),
-            Err(MembershipError::Parse(_))
-        ));
+        assert!(matches!(MembersFile::parse("epoch: [1"), Err(MembershipError::Parse(_))));
         assert!(matches!(
             MembersFile::parse("epoch: 0\nmembers: [{id: a, peer_addr: 'h:1'}]"),
             Err(MembershipError::Invalid(_))
         ));
-        assert!(matches!(
-            MembersFile::parse("epoch: 1\nmembers: []"),
-            Err(MembershipError::Invalid(_))
-        ));
+        assert!(matches!(MembersFile::parse("epoch: 1\nmembers: []"), Err(MembershipError::Invalid(_))));
         assert!(matches!(
             MembersFile::parse("epoch: 1\nmembers: [{id: a, peer_addr: 'h:1'}, {id: a, peer_addr: 'h:2'}]"),
             Err(MembershipError::Invalid(_))
@@ -276,10 +243,7 @@ mod tests {
             Err(MembershipError::Invalid(_))
         ));
         let weak = "epoch: 1\nread_quorum: 1\nwrite_quorum: 2\nmembers: [{id: a, peer_addr: 'h:1'}, {id: b, peer_addr: 'h:2'}, {id: c, peer_addr: 'h:3'}]";
-        assert!(MembersFile::parse(weak)
-            .unwrap_err()
-            .to_string()
-            .contains("must exceed"));
+        assert!(MembersFile::parse(weak).unwrap_err().to_string().contains("must exceed"));
     }
 
     #[test]
@@ -294,11 +258,8 @@ mod tests {
 
     #[test]
     fn joint_quorums_need_both_configurations() {
-        let f = MembersFile {
-            epoch: 2,
-            current: set(&["a", "b", "c", "d", "e"]),
-            previous: Some(set(&["a", "b", "c"])),
-        };
+        let f =
+            MembersFile { epoch: 2, current: set(&["a", "b", "c", "d", "e"]), previous: Some(set(&["a", "b", "c"])) };
         // 3 of the new five but only 1 of the old three.
         assert!(!f.is_write_quorum(["c", "d", "e"]));
         assert!(f.is_write_quorum(["b", "c", "d"]));
@@ -308,11 +269,7 @@ mod tests {
 
     #[test]
     fn coverage_for_catch_up() {
-        let f = MembersFile {
-            epoch: 1,
-            current: set(&["a", "b", "c"]),
-            previous: None,
-        };
+        let f = MembersFile { epoch: 1, current: set(&["a", "b", "c"]), previous: None };
         // a lost its data: it must read both b and c (any write quorum of 2 meets {b,c} outside a).
         assert!(f.covers_write_quorums(["b", "c"]));
         assert!(!f.covers_write_quorums(["b"]));

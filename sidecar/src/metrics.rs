@@ -84,28 +84,12 @@ impl Metrics {
         let caught_up = Gauge::default();
         let ready = Gauge::default();
         let epoch = Gauge::default();
-        registry.register(
-            "app_requests",
-            "App API requests by method and status",
-            requests.clone(),
-        );
-        registry.register(
-            "app_request_seconds",
-            "App API request latency",
-            request_seconds.clone(),
-        );
+        registry.register("app_requests", "App API requests by method and status", requests.clone());
+        registry.register("app_request_seconds", "App API request latency", request_seconds.clone());
         registry.register("quorum_rounds", "Quorum rounds by result", rounds.clone());
         registry.register("quorum_round_seconds", "Quorum round latency", round_seconds.clone());
-        registry.register(
-            "quorum_round_batch",
-            "Changes folded into one quorum round",
-            round_batch.clone(),
-        );
-        registry.register(
-            "quorum_conflicts",
-            "Rounds pre-empted by a higher ballot",
-            conflicts.clone(),
-        );
+        registry.register("quorum_round_batch", "Changes folded into one quorum round", round_batch.clone());
+        registry.register("quorum_conflicts", "Rounds pre-empted by a higher ballot", conflicts.clone());
         registry.register("sequence_buffer_refills", "Sequence buffer refills", refills.clone());
         registry.register("sequence_ids_issued", "IDs handed out to apps", ids_issued.clone());
         registry.register(
@@ -143,15 +127,8 @@ impl Metrics {
 
     /// Records one app request.
     pub fn observe_request(&self, method: &str, code: tonic::Code, took: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                method: method.into(),
-                code: format!("{code:?}"),
-            })
-            .inc();
-        self.request_seconds
-            .get_or_create(&MethodLabels { method: method.into() })
-            .observe(took.as_secs_f64());
+        self.requests.get_or_create(&RequestLabels { method: method.into(), code: format!("{code:?}") }).inc();
+        self.request_seconds.get_or_create(&MethodLabels { method: method.into() }).observe(took.as_secs_f64());
     }
 
     /// The text exposition format.

@@ -181,12 +181,7 @@ impl<P: Peers> Node<P> {
     pub fn spawn_background(self: &Arc<Self>) {
         if let Some(store) = &self.store {
             if !store.meta().caught_up {
-                tokio::spawn(catchup::run(
-                    self.id.clone(),
-                    store.clone(),
-                    self.peers.clone(),
-                    self.watch_config(),
-                ));
+                tokio::spawn(catchup::run(self.id.clone(), store.clone(), self.peers.clone(), self.watch_config()));
             }
         }
         tokio::spawn(self.clone().reload_loop());
@@ -331,6 +326,7 @@ impl<P: Peers> Node<P> {
             views.insert(id, view);
         }
         *self.peer_views.lock().expect("peer views") = views;
+        self.proposer.set_live(voters.clone());
         let quorum = cfg.is_read_quorum(voters.iter().map(String::as_str))
             && cfg.is_write_quorum(voters.iter().map(String::as_str));
         let member_ok = self.role == Role::Client || cfg.contains(&self.id);

@@ -23,10 +23,7 @@ use crate::sequencer::{Sequencer, SequencerConfig};
 pub fn main_with(args: SidecarArgs) -> Result<()> {
     init_tracing(args.log_format);
     args.validate()?;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
 }
 
 fn init_tracing(format: LogFormat) {
@@ -38,9 +35,7 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -110,8 +105,7 @@ async fn run(args: SidecarArgs) -> Result<()> {
         tracing::warn!(%id, "this member is not in the members file yet; it will not vote until it is");
     }
     if let Some(s) = &store {
-        s.set_meta(Some(members.epoch), members.previous.is_none().then_some(members.epoch))
-            .await?;
+        s.set_meta(Some(members.epoch), members.previous.is_none().then_some(members.epoch)).await?;
     }
     metrics.epoch.set(members.epoch as i64);
 
@@ -186,9 +180,7 @@ async fn run(args: SidecarArgs) -> Result<()> {
                 sequencer.clone(),
                 node.clone(),
             )))
-            .add_service(pb::cluster_server::ClusterServer::new(app::ClusterService::new(
-                node.clone(),
-            )))
+            .add_service(pb::cluster_server::ClusterServer::new(app::ClusterService::new(node.clone())))
             .add_service(health_service.clone())
             .add_service(reflection.clone())
     };
@@ -198,9 +190,7 @@ async fn run(args: SidecarArgs) -> Result<()> {
         .serve_with_incoming_shutdown(UnixListenerStream::new(socket_listener), shutdown(shutdown_rx.clone()));
     tasks.spawn(async move { uds.await.context("app socket server") });
     if let Some(addr) = app_tcp {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding app {addr}"))?;
+        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding app {addr}"))?;
         let tcp = app_router().serve_with_incoming_shutdown(TcpListenerStream::new(l), shutdown(shutdown_rx.clone()));
         tasks.spawn(async move { tcp.await.context("app TCP server") });
     }
@@ -219,10 +209,7 @@ async fn run(args: SidecarArgs) -> Result<()> {
         let router = admin::router(node.clone());
         let rx = shutdown_rx.clone();
         tasks.spawn(async move {
-            axum::serve(admin_listener, router)
-                .with_graceful_shutdown(shutdown(rx))
-                .await
-                .context("admin server")
+            axum::serve(admin_listener, router).with_graceful_shutdown(shutdown(rx)).await.context("admin server")
         });
     }
     tracing::info!(
@@ -247,14 +234,8 @@ async fn run(args: SidecarArgs) -> Result<()> {
     node.start_draining();
     let _ = shutdown_tx.send(true);
     let drain = Duration::from_millis(args.drain_timeout_ms);
-    if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            timeout_ms = args.drain_timeout_ms,
-            "drain timed out; exiting with requests in flight"
-        );
+    if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!(timeout_ms = args.drain_timeout_ms, "drain timed out; exiting with requests in flight");
     }
     let _ = std::fs::remove_file(&args.app_socket);
     tracing::info!("stopped");

@@ -28,10 +28,7 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.len() > MAX_NAME_LEN {
         return Err(NameError::TooLong(name.len()));
     }
-    if let Some(pos) = name
-        .bytes()
-        .position(|b| !(b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-'))
-    {
+    if let Some(pos) = name.bytes().position(|b| !(b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')) {
         return Err(NameError::BadChar(pos));
     }
     if !name.as_bytes()[0].is_ascii_alphanumeric() {

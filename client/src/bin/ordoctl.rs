@@ -11,11 +11,7 @@ use ordo_client::{Client, SOCKET_ENV};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(
-    name = "ordoctl",
-    version,
-    about = "Ordo command line: local dev cluster, sequences, status"
-)]
+#[command(name = "ordoctl", version, about = "Ordo command line: local dev cluster, sequences, status")]
 struct Cli {
     /// Sidecar socket path (or http://127.0.0.1:7070). Default: $ORDO_SOCKET, else the running
     /// `ordoctl dev` cluster.
@@ -102,10 +98,7 @@ fn main() {
         }
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -118,10 +111,7 @@ async fn connect(socket: Option<String>) -> Result<Client> {
     }
     let dir = default_dir();
     let cluster = read_cluster_file(&dir).with_context(|| {
-        format!(
-            "no --socket, no ${SOCKET_ENV}, and no dev cluster in {} (start one with `ordoctl dev`)",
-            dir.display()
-        )
+        format!("no --socket, no ${SOCKET_ENV}, and no dev cluster in {} (start one with `ordoctl dev`)", dir.display())
     })?;
     let mut last = None;
     for m in cluster.members.iter().filter(|m| m.pid != 0) {
@@ -138,13 +128,9 @@ async fn connect(socket: Option<String>) -> Result<Client> {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Cmd::Dev {
-            members,
-            dir,
-            base_port,
-            fresh,
-            sidecar_args,
-        } => dev(members, dir, base_port, fresh, sidecar_args).await,
+        Cmd::Dev { members, dir, base_port, fresh, sidecar_args } => {
+            dev(members, dir, base_port, fresh, sidecar_args).await
+        }
         Cmd::Seq { command } => {
             let client = connect(cli.socket).await?;
             match command {
@@ -194,10 +180,7 @@ async fn run(cli: Cli) -> Result<()> {
                         if st.ready { "ready" } else { "NOT ready" }
                     );
                     if !st.previous_members.is_empty() {
-                        println!(
-                            "membership change in progress; previous members: {}",
-                            st.previous_members.join(", ")
-                        );
+                        println!("membership change in progress; previous members: {}", st.previous_members.join(", "));
                     }
                     println!(
                         "{:<12} {:>8} {:<22} {:<10} {:<9} {:<6} SOCKET",
@@ -246,15 +229,8 @@ async fn dev(
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     if let Some(existing) = read_cluster_file(&dir) {
-        if existing
-            .members
-            .iter()
-            .any(|m| m.pid != 0 && std::path::Path::new(&format!("/proc/{}", m.pid)).exists())
-        {
-            bail!(
-                "a dev cluster already runs in {} (stop it, or pass --dir)",
-                dir.display()
-            );
+        if existing.members.iter().any(|m| m.pid != 0 && std::path::Path::new(&format!("/proc/{}", m.pid)).exists()) {
+            bail!("a dev cluster already runs in {} (stop it, or pass --dir)", dir.display());
         }
     }
     let mut opts = DevOptions::new(dir.clone());
@@ -302,10 +278,7 @@ async fn dev(
                 }
             }
             if !announced && tokio::time::Instant::now() > ready_by {
-                eprintln!(
-                    "the cluster is not ready after 30 s; see the logs in {}/logs",
-                    dir.display()
-                );
+                eprintln!("the cluster is not ready after 30 s; see the logs in {}/logs", dir.display());
                 announced = true;
             }
         }

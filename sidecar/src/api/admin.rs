@@ -27,23 +27,14 @@ async fn ready(State(node): State<Shared>) -> impl IntoResponse {
     if node.ready() {
         (StatusCode::OK, "ready\n".to_string())
     } else {
-        let why = if !node.caught_up() {
-            "catching up"
-        } else {
-            "no quorum of caught-up members reachable, or draining"
-        };
+        let why =
+            if !node.caught_up() { "catching up" } else { "no quorum of caught-up members reachable, or draining" };
         (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"))
     }
 }
 
 async fn metrics(State(node): State<Shared>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        node.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], node.metrics.encode())
 }
 
 async fn status(State(node): State<Shared>) -> impl IntoResponse {

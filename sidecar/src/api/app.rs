@@ -54,13 +54,7 @@ impl pb::sequencer_server::Sequencer for SequencerService {
             .seq
             .next(&r.sequence, r.count, r.strict)
             .await
-            .map(|ids| {
-                Response::new(pb::NextResponse {
-                    sequence: r.sequence,
-                    start: ids.start,
-                    end: ids.end,
-                })
-            })
+            .map(|ids| Response::new(pb::NextResponse { sequence: r.sequence, start: ids.start, end: ids.end }))
             .map_err(seq_status);
         self.record(if r.strict { "NextStrict" } else { "Next" }, started, &out);
         out
@@ -81,11 +75,7 @@ impl pb::sequencer_server::Sequencer for SequencerService {
             }
             match seq.next(&name, batch, false).await {
                 Ok(ids) => {
-                    let msg = pb::NextResponse {
-                        sequence: name.clone(),
-                        start: ids.start,
-                        end: ids.end,
-                    };
+                    let msg = pb::NextResponse { sequence: name.clone(), start: ids.start, end: ids.end };
                     Some((Ok(msg), (seq, name, false)))
                 }
                 Err(e) => Some((Err(seq_status(e)), (seq, name, true))),
@@ -101,12 +91,7 @@ impl pb::sequencer_server::Sequencer for SequencerService {
             .seq
             .current(&r.sequence)
             .await
-            .map(|next| {
-                Response::new(pb::CurrentResponse {
-                    sequence: r.sequence,
-                    next,
-                })
-            })
+            .map(|next| Response::new(pb::CurrentResponse { sequence: r.sequence, next }))
             .map_err(seq_status);
         self.record("Current", started, &out);
         out
@@ -158,11 +143,7 @@ pub fn status_message(node: &Node<GrpcPeers>) -> pb::StatusResponse {
                     admin_addr: p.admin_addr.clone(),
                     ready: p.ready,
                 },
-                _ => pb::MemberStatus {
-                    id: m.id.clone(),
-                    peer_addr: m.peer_addr.clone(),
-                    ..Default::default()
-                },
+                _ => pb::MemberStatus { id: m.id.clone(), peer_addr: m.peer_addr.clone(), ..Default::default() },
             }
         })
         .collect();
@@ -177,12 +158,7 @@ pub fn status_message(node: &Node<GrpcPeers>) -> pb::StatusResponse {
         app_socket: node.endpoints.app_socket.clone(),
         app_tcp: node.endpoints.app_tcp.clone(),
         admin_addr: node.endpoints.admin_addr.clone(),
-        previous_members: st
-            .config
-            .previous
-            .iter()
-            .flat_map(|p| p.members.iter().map(|m| m.id.clone()))
-            .collect(),
+        previous_members: st.config.previous.iter().flat_map(|p| p.members.iter().map(|m| m.id.clone())).collect(),
         migrated_epoch: st.migrated_epoch,
     }
 }

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::membership::Member;
 use crate::node::Node;
 use crate::quorum::acceptor::{AcceptReply, PrepareReply, RegisterState, Voter};
+use crate::quorum::proposer::{Change, ChangeError, Outcome};
 use crate::quorum::store::{RegisterStore, Snapshot, StoreError};
 use crate::quorum::transport::{PeerError, Peers, ProbeInfo};
 use crate::quorum::Ballot;
@@ -50,25 +51,15 @@ pub fn ballot_from_pb(b: Option<pb::Ballot>, what: &str) -> Result<Ballot, Strin
         return Err(format!("{what} ballot round must be at least 1"));
     }
     validate_name(&b.proposer).map_err(|e| format!("{what} ballot proposer: {e}"))?;
-    Ok(Ballot {
-        round: b.round,
-        proposer: b.proposer,
-    })
+    Ok(Ballot { round: b.round, proposer: b.proposer })
 }
 
 fn opt_ballot(b: Option<pb::Ballot>) -> Ballot {
-    b.map(|b| Ballot {
-        round: b.round,
-        proposer: b.proposer,
-    })
-    .unwrap_or_default()
+    b.map(|b| Ballot { round: b.round, proposer: b.proposer }).unwrap_or_default()
 }
 
 fn ballot_to_pb(b: &Ballot) -> Option<pb::Ballot> {
-    (!b.is_zero()).then(|| pb::Ballot {
-        round: b.round,
-        proposer: b.proposer.clone(),
-    })
+    (!b.is_zero()).then(|| pb::Ballot { round: b.round, proposer: b.proposer.clone() })
 }
 
 /// A validated Accept request.
@@ -101,10 +92,7 @@ pub fn accept_from_pb(r: pb::AcceptRequest) -> Result<AcceptMsg, String> {
         }
     };
     if r.value.len() > MAX_VALUE_BYTES {
-        return Err(format!(
-            "value is {} bytes; the limit is {MAX_VALUE_BYTES}",
-            r.value.len()
-        ));
+        return Err(format!("value is {} bytes; the limit is {MAX_VALUE_BYTES}", r.value.len()));
     }
     if r.voters.len() > 64 {
         return Err("more than 64 voters".into());
@@ -112,20 +100,79 @@ pub fn accept_from_pb(r: pb::AcceptRequest) -> Result<AcceptMsg, String> {
     let voters = r
         .voters
         .into_iter()
-        .map(|v| {
-            validate_name(&v.member).map(|_| Voter {
-                member: v.member,
-                incarnation: v.incarnation,
-            })
-        })
+        .map(|v| validate_name(&v.member).map(|_| Voter { member: v.member, incarnation: v.incarnation }))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("voter: {e}"))?;
-    Ok(AcceptMsg {
-        key: r.key,
-        ballot,
-        value: r.value,
-        promise_next,
-        voters,
+    Ok(AcceptMsg { key: r.key, ballot, value: r.value, promise_next, voters })
+}
+
+/// Most changes in one forwarded batch.
+pub const MAX_FORWARDED: usize = 4096;
+
+/// Converts a change for the wire.
+pub fn change_to_pb(c: &Change) -> pb::Change {
+    use pb::change::Kind;
+    let kind = match c {
+        Change::Read => Kind::Read(pb::ChangeRead {}),
+        Change::Add { n, start } => Kind::Add(pb::ChangeAdd { n: *n, start: *start }),
+        Change::CompareAndSet { expect, new } => Kind::CompareAndSet(pb::ChangeCompareAndSet {
+            expect_present: expect.is_some(),
+            expect: expect.clone().unwrap_or_default(),
+            new: new.clone(),
+        }),
+    };
+    pb::Change { kind: Some(kind) }
+}
+
+/// Converts and checks a change from the wire.
+pub fn change_from_pb(c: pb::Change) -> Result<Change, String> {
+    use pb::change::Kind;
+    match c.kind.ok_or("change has no kind")? {
+        Kind::Read(_) => Ok(Change::Read),
+        Kind::Add(a) => Ok(Change::Add { n: a.n, start: a.start }),
+        Kind::CompareAndSet(cas) => {
+            if cas.expect.len() > MAX_VALUE_BYTES || cas.new.len() > MAX_VALUE_BYTES {
+                return Err(format!("compare-and-set values are limited to {MAX_VALUE_BYTES} bytes"));
+            }
+            Ok(Change::CompareAndSet { expect: cas.expect_present.then_some(cas.expect), new: cas.new })
+        }
+    }
+}
+
+fn outcome_to_pb(o: Result<Outcome, ChangeError>) -> pb::Outcome {
+    match o {
+        Ok(o) => pb::Outcome {
+            error: String::new(),
+            before_present: o.before.is_some(),
+            before: o.before.unwrap_or_default(),
+            after_present: o.after.is_some(),
+            after: o.after.unwrap_or_default(),
+            applied: o.applied,
+            unavailable: false,
+        },
+        Err(e) => pb::Outcome {
+            unavailable: !matches!(e, ChangeError::Invalid(_)),
+            error: e.to_string(),
+            ..Default::default()
+        },
+    }
+}
+
+fn outcome_from_pb(o: pb::Outcome) -> Result<Outcome, ChangeError> {
+    if o.unavailable {
+        return Err(ChangeError::Unavailable {
+            answered: 0,
+            total: 0,
+            detail: format!("at the home member: {}", o.error),
+        });
+    }
+    if !o.error.is_empty() {
+        return Err(ChangeError::Invalid(o.error));
+    }
+    Ok(Outcome {
+        before: o.before_present.then_some(o.before),
+        after: o.after_present.then_some(o.after),
+        applied: o.applied,
     })
 }
 
@@ -150,11 +197,7 @@ impl PeerService {
     > {
         let expected = format!("Bearer {token}");
         let check = move |req: Request<()>| -> Result<Request<()>, Status> {
-            let given = req
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+            let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
             if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
                 Ok(req)
             } else {
@@ -196,8 +239,7 @@ fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::NotCaughtUp => {
             let mut s = Status::unavailable(e.to_string());
-            s.metadata_mut()
-                .insert(CATCHING_UP_HEADER, MetadataValue::from_static("1"));
+            s.metadata_mut().insert(CATCHING_UP_HEADER, MetadataValue::from_static("1"));
             s
         }
         other => Status::unavailable(other.to_string()),
@@ -227,12 +269,9 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
                 value: value.unwrap_or_default(),
                 incarnation,
             },
-            PrepareReply::Rejected { promised } => pb::PrepareResponse {
-                ok: false,
-                promised: ballot_to_pb(&promised),
-                incarnation,
-                ..Default::default()
-            },
+            PrepareReply::Rejected { promised } => {
+                pb::PrepareResponse { ok: false, promised: ballot_to_pb(&promised), incarnation, ..Default::default() }
+            }
         }))
     }
 
@@ -241,23 +280,14 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
         self.check_epoch(r.epoch)?;
         self.check_voting()?;
         let m = accept_from_pb(r).map_err(Status::invalid_argument)?;
-        let reply = self
-            .store
-            .accept(m.key, m.ballot, m.value, m.promise_next, m.voters)
-            .await
-            .map_err(store_status)?;
+        let reply =
+            self.store.accept(m.key, m.ballot, m.value, m.promise_next, m.voters).await.map_err(store_status)?;
         let incarnation = self.store.meta().incarnation;
         Ok(Response::new(match reply {
-            AcceptReply::Accepted => pb::AcceptResponse {
-                ok: true,
-                promised: None,
-                incarnation,
-            },
-            AcceptReply::Rejected { promised } => pb::AcceptResponse {
-                ok: false,
-                promised: ballot_to_pb(&promised),
-                incarnation,
-            },
+            AcceptReply::Accepted => pb::AcceptResponse { ok: true, promised: None, incarnation },
+            AcceptReply::Rejected { promised } => {
+                pb::AcceptResponse { ok: false, promised: ballot_to_pb(&promised), incarnation }
+            }
             AcceptReply::StaleVoter { member } => {
                 return Err(Status::aborted(format!(
                     "the round counted a promise of an old incarnation of {member}, which lost its data since"
@@ -271,10 +301,7 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
         self.check_epoch(r.epoch)?;
         validate_name(&r.member).map_err(|e| Status::invalid_argument(format!("member: {e}")))?;
         if !self.node.config().contains(&r.member) {
-            return Err(Status::failed_precondition(format!(
-                "{} is not a member of epoch {}",
-                r.member, r.epoch
-            )));
+            return Err(Status::failed_precondition(format!("{} is not a member of epoch {}", r.member, r.epoch)));
         }
         self.store.fence(r.member, r.incarnation).await.map_err(store_status)?;
         Ok(Response::new(pb::FenceResponse {}))
@@ -301,12 +328,28 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
             fences: snap
                 .fences
                 .into_iter()
-                .map(|v| pb::Voter {
-                    member: v.member,
-                    incarnation: v.incarnation,
-                })
+                .map(|v| pb::Voter { member: v.member, incarnation: v.incarnation })
                 .collect(),
         }))
+    }
+
+    async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
+        let r = req.into_inner();
+        self.check_epoch(r.epoch)?;
+        validate_key(&r.key).map_err(Status::invalid_argument)?;
+        if r.changes.is_empty() || r.changes.len() > MAX_FORWARDED {
+            return Err(Status::invalid_argument(format!("a forward carries 1..={MAX_FORWARDED} changes")));
+        }
+        let changes = r
+            .changes
+            .into_iter()
+            .map(change_from_pb)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Status::invalid_argument)?;
+        let timeout = Duration::from_millis(r.timeout_ms.clamp(1, 30_000));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let outcomes = self.node.proposer.change_forwarded(&r.key, changes, deadline).await;
+        Ok(Response::new(pb::ProposeResponse { outcomes: outcomes.into_iter().map(outcome_to_pb).collect() }))
     }
 
     async fn probe(&self, req: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeResponse>, Status> {
@@ -354,11 +397,7 @@ impl tonic::service::Interceptor for AuthHeader {
 impl GrpcPeers {
     /// A client presenting `token`.
     pub fn new(token: String) -> Self {
-        Self {
-            local: OnceLock::new(),
-            token,
-            channels: Mutex::new(HashMap::new()),
-        }
+        Self { local: OnceLock::new(), token, channels: Mutex::new(HashMap::new()) }
     }
 
     /// Routes calls for member `id` to `store` in-process.
@@ -395,12 +434,7 @@ impl GrpcPeers {
 }
 
 fn peer_error(s: Status) -> PeerError {
-    if let Some(theirs) = s
-        .metadata()
-        .get(EPOCH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(theirs) = s.metadata().get(EPOCH_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
         return PeerError::EpochMismatch { theirs };
     }
     if s.metadata().get(CATCHING_UP_HEADER).is_some() {
@@ -428,10 +462,7 @@ async fn with_timeout<T>(
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
         Ok(Err(s)) => Err(peer_error(s)),
-        Err(_) => Err(PeerError::Unreachable(format!(
-            "no answer within {} ms",
-            timeout.as_millis()
-        ))),
+        Err(_) => Err(PeerError::Unreachable(format!("no answer within {} ms", timeout.as_millis()))),
     }
 }
 
@@ -442,6 +473,25 @@ fn timed<T>(msg: T, timeout: Duration) -> Request<T> {
 }
 
 impl Peers for GrpcPeers {
+    async fn propose(
+        &self,
+        to: &Member,
+        epoch: u64,
+        key: &str,
+        changes: &[Change],
+        timeout: Duration,
+    ) -> Result<Vec<Result<Outcome, ChangeError>>, PeerError> {
+        let mut c = self.client(to)?;
+        let req = pb::ProposeRequest {
+            epoch,
+            key: key.to_string(),
+            changes: changes.iter().map(change_to_pb).collect(),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let r = with_timeout(timeout, c.propose(timed(req, timeout))).await?;
+        Ok(r.outcomes.into_iter().map(outcome_from_pb).collect())
+    }
+
     async fn prepare(
         &self,
         to: &Member,
@@ -451,28 +501,16 @@ impl Peers for GrpcPeers {
         timeout: Duration,
     ) -> Result<(PrepareReply, u64), PeerError> {
         if let Some(store) = self.local_store(to) {
-            let r = store
-                .prepare(key.to_string(), ballot.clone())
-                .await
-                .map_err(local_error)?;
+            let r = store.prepare(key.to_string(), ballot.clone()).await.map_err(local_error)?;
             return Ok((r, store.meta().incarnation));
         }
         let mut c = self.client(to)?;
-        let req = pb::PrepareRequest {
-            epoch,
-            key: key.to_string(),
-            ballot: ballot_to_pb(ballot),
-        };
+        let req = pb::PrepareRequest { epoch, key: key.to_string(), ballot: ballot_to_pb(ballot) };
         let r = with_timeout(timeout, c.prepare(timed(req, timeout))).await?;
         let reply = if r.ok {
-            PrepareReply::Promised {
-                accepted: opt_ballot(r.accepted),
-                value: r.has_value.then_some(r.value),
-            }
+            PrepareReply::Promised { accepted: opt_ballot(r.accepted), value: r.has_value.then_some(r.value) }
         } else {
-            PrepareReply::Rejected {
-                promised: opt_ballot(r.promised),
-            }
+            PrepareReply::Rejected { promised: opt_ballot(r.promised) }
         };
         Ok((reply, r.incarnation))
     }
@@ -490,13 +528,7 @@ impl Peers for GrpcPeers {
     ) -> Result<(AcceptReply, u64), PeerError> {
         if let Some(store) = self.local_store(to) {
             let r = store
-                .accept(
-                    key.to_string(),
-                    ballot.clone(),
-                    value.to_vec(),
-                    promise_next.cloned(),
-                    voters.to_vec(),
-                )
+                .accept(key.to_string(), ballot.clone(), value.to_vec(), promise_next.cloned(), voters.to_vec())
                 .await
                 .map_err(local_error)?;
             return Ok((r, store.meta().incarnation));
@@ -508,22 +540,11 @@ impl Peers for GrpcPeers {
             ballot: ballot_to_pb(ballot),
             value: value.to_vec(),
             promise_next: promise_next.and_then(ballot_to_pb),
-            voters: voters
-                .iter()
-                .map(|v| pb::Voter {
-                    member: v.member.clone(),
-                    incarnation: v.incarnation,
-                })
-                .collect(),
+            voters: voters.iter().map(|v| pb::Voter { member: v.member.clone(), incarnation: v.incarnation }).collect(),
         };
         match with_timeout(timeout, c.accept(timed(req, timeout))).await {
             Ok(r) if r.ok => Ok((AcceptReply::Accepted, r.incarnation)),
-            Ok(r) => Ok((
-                AcceptReply::Rejected {
-                    promised: opt_ballot(r.promised),
-                },
-                r.incarnation,
-            )),
+            Ok(r) => Ok((AcceptReply::Rejected { promised: opt_ballot(r.promised) }, r.incarnation)),
             Err(PeerError::Refused(m)) if m.starts_with("Aborted") => Ok((AcceptReply::StaleVoter { member: m }, 0)),
             Err(e) => Err(e),
         }
@@ -541,11 +562,7 @@ impl Peers for GrpcPeers {
             return store.fence(member.to_string(), incarnation).await.map_err(local_error);
         }
         let mut c = self.client(to)?;
-        let req = pb::FenceRequest {
-            epoch,
-            member: member.to_string(),
-            incarnation,
-        };
+        let req = pb::FenceRequest { epoch, member: member.to_string(), incarnation };
         with_timeout(timeout, c.fence(timed(req, timeout))).await.map(|_| ())
     }
 
@@ -570,14 +587,7 @@ impl Peers for GrpcPeers {
                     (s.key, reg)
                 })
                 .collect(),
-            fences: r
-                .fences
-                .into_iter()
-                .map(|v| Voter {
-                    member: v.member,
-                    incarnation: v.incarnation,
-                })
-                .collect(),
+            fences: r.fences.into_iter().map(|v| Voter { member: v.member, incarnation: v.incarnation }).collect(),
         })
     }
 
@@ -615,29 +625,17 @@ mod tests {
         let ok = pb::AcceptRequest {
             epoch: 1,
             key: "seq/a".into(),
-            ballot: Some(pb::Ballot {
-                round: 3,
-                proposer: "m-0".into(),
-            }),
+            ballot: Some(pb::Ballot { round: 3, proposer: "m-0".into() }),
             value: vec![0; 8],
-            promise_next: Some(pb::Ballot {
-                round: 4,
-                proposer: "m-0".into(),
-            }),
-            voters: vec![pb::Voter {
-                member: "m-1".into(),
-                incarnation: 7,
-            }],
+            promise_next: Some(pb::Ballot { round: 4, proposer: "m-0".into() }),
+            voters: vec![pb::Voter { member: "m-1".into(), incarnation: 7 }],
         };
         assert!(accept_from_pb(ok.clone()).is_ok());
         let mut bad = ok.clone();
         bad.ballot = None;
         assert!(accept_from_pb(bad).unwrap_err().contains("missing"));
         let mut bad = ok.clone();
-        bad.promise_next = Some(pb::Ballot {
-            round: 9,
-            proposer: "other".into(),
-        });
+        bad.promise_next = Some(pb::Ballot { round: 9, proposer: "other".into() });
         assert!(accept_from_pb(bad).is_err());
         let mut bad = ok;
         bad.value = vec![0; MAX_VALUE_BYTES + 1];

@@ -60,22 +60,11 @@ impl AcceptorState {
     pub fn prepare(&mut self, key: &str, ballot: &Ballot) -> (PrepareReply, bool) {
         let reg = self.registers.entry(key.to_string()).or_default();
         if *ballot < reg.promised {
-            return (
-                PrepareReply::Rejected {
-                    promised: reg.promised.clone(),
-                },
-                false,
-            );
+            return (PrepareReply::Rejected { promised: reg.promised.clone() }, false);
         }
         let changed = *ballot != reg.promised;
         reg.promised = ballot.clone();
-        (
-            PrepareReply::Promised {
-                accepted: reg.accepted.clone(),
-                value: reg.value.clone(),
-            },
-            changed,
-        )
+        (PrepareReply::Promised { accepted: reg.accepted.clone(), value: reg.value.clone() }, changed)
     }
 
     /// Phase 2, with the optional promise of the proposer's next ballot.
@@ -87,25 +76,12 @@ impl AcceptorState {
         promise_next: Option<&Ballot>,
         voters: &[Voter],
     ) -> (AcceptReply, bool) {
-        if let Some(v) = voters
-            .iter()
-            .find(|v| self.fences.get(&v.member).is_some_and(|inc| *inc != v.incarnation))
-        {
-            return (
-                AcceptReply::StaleVoter {
-                    member: v.member.clone(),
-                },
-                false,
-            );
+        if let Some(v) = voters.iter().find(|v| self.fences.get(&v.member).is_some_and(|inc| *inc != v.incarnation)) {
+            return (AcceptReply::StaleVoter { member: v.member.clone() }, false);
         }
         let reg = self.registers.entry(key.to_string()).or_default();
         if *ballot < reg.promised {
-            return (
-                AcceptReply::Rejected {
-                    promised: reg.promised.clone(),
-                },
-                false,
-            );
+            return (AcceptReply::Rejected { promised: reg.promised.clone() }, false);
         }
         reg.promised = match promise_next {
             Some(next) if next > ballot => next.clone(),
@@ -130,11 +106,7 @@ impl AcceptorState {
             reg.accepted = copy.accepted.clone();
             reg.value = copy.value.clone();
         }
-        reg.promised = reg
-            .promised
-            .clone()
-            .max(copy.promised.clone())
-            .max(reg.accepted.clone());
+        reg.promised = reg.promised.clone().max(copy.promised.clone()).max(reg.accepted.clone());
         *reg != before
     }
 }
@@ -171,11 +143,7 @@ pub fn decode_register(mut b: &[u8]) -> Option<RegisterState> {
         }
         _ => return None,
     };
-    b.is_empty().then_some(RegisterState {
-        promised,
-        accepted,
-        value,
-    })
+    b.is_empty().then_some(RegisterState { promised, accepted, value })
 }
 
 fn put_ballot(out: &mut Vec<u8>, b: &Ballot) {
@@ -213,23 +181,11 @@ mod tests {
     fn promise_then_reject_lower() {
         let mut s = AcceptorState::default();
         assert!(matches!(s.prepare("k", &b(2, "a")).0, PrepareReply::Promised { .. }));
-        assert_eq!(
-            s.prepare("k", &b(1, "z")).0,
-            PrepareReply::Rejected { promised: b(2, "a") }
-        );
-        assert_eq!(
-            s.accept("k", &b(1, "z"), vec![1], None, &[]).0,
-            AcceptReply::Rejected { promised: b(2, "a") }
-        );
-        assert_eq!(
-            s.accept("k", &b(2, "a"), vec![7], Some(&b(3, "a")), &[]).0,
-            AcceptReply::Accepted
-        );
+        assert_eq!(s.prepare("k", &b(1, "z")).0, PrepareReply::Rejected { promised: b(2, "a") });
+        assert_eq!(s.accept("k", &b(1, "z"), vec![1], None, &[]).0, AcceptReply::Rejected { promised: b(2, "a") });
+        assert_eq!(s.accept("k", &b(2, "a"), vec![7], Some(&b(3, "a")), &[]).0, AcceptReply::Accepted);
         // The fast-path promise blocks a ballot between the two.
-        assert!(matches!(
-            s.accept("k", &b(2, "b"), vec![9], None, &[]).0,
-            AcceptReply::Rejected { .. }
-        ));
+        assert!(matches!(s.accept("k", &b(2, "b"), vec![9], None, &[]).0, AcceptReply::Rejected { .. }));
         match s.prepare("k", &b(4, "b")).0 {
             PrepareReply::Promised { accepted, value } => {
                 assert_eq!(accepted, b(2, "a"));
@@ -243,24 +199,9 @@ mod tests {
     fn stale_voters_are_refused() {
         let mut s = AcceptorState::default();
         s.fence("m1", 2);
-        let stale = [Voter {
-            member: "m1".into(),
-            incarnation: 1,
-        }];
-        assert_eq!(
-            s.accept("k", &b(1, "p"), vec![], None, &stale).0,
-            AcceptReply::StaleVoter { member: "m1".into() }
-        );
-        let fresh = [
-            Voter {
-                member: "m1".into(),
-                incarnation: 2,
-            },
-            Voter {
-                member: "m2".into(),
-                incarnation: 9,
-            },
-        ];
+        let stale = [Voter { member: "m1".into(), incarnation: 1 }];
+        assert_eq!(s.accept("k", &b(1, "p"), vec![], None, &stale).0, AcceptReply::StaleVoter { member: "m1".into() });
+        let fresh = [Voter { member: "m1".into(), incarnation: 2 }, Voter { member: "m2".into(), incarnation: 9 }];
         assert_eq!(s.accept("k", &b(1, "p"), vec![], None, &fresh).0, AcceptReply::Accepted);
     }
 
@@ -268,11 +209,7 @@ mod tests {
     fn merge_copy_keeps_highest() {
         let mut s = AcceptorState::default();
         s.accept("k", &b(5, "a"), vec![5], None, &[]);
-        let older = RegisterState {
-            promised: b(9, "x"),
-            accepted: b(3, "b"),
-            value: Some(vec![3]),
-        };
+        let older = RegisterState { promised: b(9, "x"), accepted: b(3, "b"), value: Some(vec![3]) };
         assert!(s.merge_copy("k", &older));
         assert_eq!(s.registers["k"].value, Some(vec![5]));
         assert_eq!(s.registers["k"].promised, b(9, "x"));

@@ -14,10 +14,7 @@ pub struct Ballot {
 impl Ballot {
     /// A ballot of `proposer` at `round`.
     pub fn new(round: u64, proposer: impl Into<String>) -> Self {
-        Self {
-            round,
-            proposer: proposer.into(),
-        }
+        Self { round, proposer: proposer.into() }
     }
 
     /// True for the zero ballot (nothing promised or accepted).
@@ -27,10 +24,7 @@ impl Ballot {
 
     /// The same proposer's next ballot.
     pub fn next(&self) -> Self {
-        Self {
-            round: self.round + 1,
-            proposer: self.proposer.clone(),
-        }
+        Self { round: self.round + 1, proposer: self.proposer.clone() }
     }
 }
 

@@ -87,26 +87,16 @@ pub async fn attempt<P: Peers>(
     }))
     .await;
 
-    let fenced: Vec<&str> = answers
-        .iter()
-        .filter(|(_, f, _)| f.is_ok())
-        .map(|(id, _, _)| *id)
-        .collect();
+    let fenced: Vec<&str> = answers.iter().filter(|(_, f, _)| f.is_ok()).map(|(id, _, _)| *id).collect();
     let fence_enough = cfg
         .quorum_sets()
         .iter()
         .filter(|s| s.contains(me))
         .all(|s| fenced.iter().filter(|id| s.contains(id)).count() + s.write_quorum() >= s.len());
     if !fence_enough {
-        return Ok(Attempt::Waiting(describe(
-            "could not fence the old incarnation on enough peers",
-            &answers,
-        )));
+        return Ok(Attempt::Waiting(describe("could not fence the old incarnation on enough peers", &answers)));
     }
-    let dumps: Vec<_> = answers
-        .iter()
-        .filter_map(|(id, _, d)| d.as_ref().ok().map(|s| (*id, s)))
-        .collect();
+    let dumps: Vec<_> = answers.iter().filter_map(|(id, _, d)| d.as_ref().ok().map(|s| (*id, s))).collect();
     let caught_up: Vec<&str> = dumps.iter().filter(|(_, s)| s.caught_up).map(|(id, _)| *id).collect();
 
     if cfg.covers_write_quorums(caught_up.iter().copied()) {
@@ -130,24 +120,16 @@ pub async fn attempt<P: Peers>(
         store
             .install_copy(
                 registers.into_iter().collect(),
-                fences
-                    .into_iter()
-                    .map(|(member, incarnation)| Voter { member, incarnation })
-                    .collect(),
+                fences.into_iter().map(|(member, incarnation)| Voter { member, incarnation }).collect(),
             )
             .await?;
-        return Ok(Attempt::Copied {
-            from: caught_up.iter().map(|s| s.to_string()).collect(),
-            registers: n,
-        });
+        return Ok(Attempt::Copied { from: caught_up.iter().map(|s| s.to_string()).collect(), registers: n });
     }
 
     // Nobody holds a value: nothing was ever chosen (outside members that lost their data too),
     // so starting empty is the state of an acceptor that never voted.
     let everyone_answered = dumps.len() == others.len();
-    let nothing_written = dumps
-        .iter()
-        .all(|(_, s)| s.registers.iter().all(|(_, r)| r.value.is_none()));
+    let nothing_written = dumps.iter().all(|(_, s)| s.registers.iter().all(|(_, r)| r.value.is_none()));
     if everyone_answered && nothing_written && fenced.len() == others.len() {
         store.install_copy(Vec::new(), Vec::new()).await?;
         return Ok(Attempt::Bootstrapped);

@@ -27,21 +27,14 @@ const ROUND_DEADLINE: Duration = Duration::from_secs(5);
 pub async fn migrate<P: Peers>(proposer: &Proposer<P>, peers: &P, cfg: &Arc<MembersFile>) -> Result<usize, String> {
     let members = cfg.all_members();
     let dumps = join_all(
-        members
-            .iter()
-            .map(|m| async move { (m.id.as_str(), peers.dump(m, cfg.epoch, ROUND_DEADLINE).await) }),
+        members.iter().map(|m| async move { (m.id.as_str(), peers.dump(m, cfg.epoch, ROUND_DEADLINE).await) }),
     )
     .await;
-    let answered: Vec<&str> = dumps
-        .iter()
-        .filter(|(_, d)| d.as_ref().is_ok_and(|s| s.caught_up))
-        .map(|(id, _)| *id)
-        .collect();
+    let answered: Vec<&str> =
+        dumps.iter().filter(|(_, d)| d.as_ref().is_ok_and(|s| s.caught_up)).map(|(id, _)| *id).collect();
     if !cfg.is_read_quorum(answered.iter().copied()) {
-        let errors: Vec<String> = dumps
-            .iter()
-            .filter_map(|(id, d)| d.as_ref().err().map(|e| format!("{id}: {e}")))
-            .collect();
+        let errors: Vec<String> =
+            dumps.iter().filter_map(|(id, d)| d.as_ref().err().map(|e| format!("{id}: {e}"))).collect();
         return Err(format!(
             "only {} caught-up member(s) at epoch {} answered the listing ({}); {}",
             answered.len(),
@@ -53,12 +46,7 @@ pub async fn migrate<P: Peers>(proposer: &Proposer<P>, peers: &P, cfg: &Arc<Memb
     let keys: BTreeSet<String> = dumps
         .iter()
         .filter_map(|(_, d)| d.as_ref().ok())
-        .flat_map(|s| {
-            s.registers
-                .iter()
-                .filter(|(_, r)| r.value.is_some())
-                .map(|(k, _)| k.clone())
-        })
+        .flat_map(|s| s.registers.iter().filter(|(_, r)| r.value.is_some()).map(|(k, _)| k.clone()))
         .collect();
     for key in &keys {
         proposer

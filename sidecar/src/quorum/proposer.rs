@@ -1,5 +1,13 @@
 //! The proposer: runs CASPaxos rounds, batching concurrent changes of one register into one
 //! round and retrying conflicts with jittered exponential backoff until the caller's deadline.
+//!
+//! To keep proposers from pre-empting each other on a hot register, every sidecar forwards a
+//! register's changes to its *home*: a member picked by hashing the key over the live, caught-up
+//! members of the current configuration. The home batches everything into rounds that mostly
+//! take the one-round-trip fast path. Forwarding is only an optimisation: when the home does
+//! not answer in time, the sidecar proposes itself (safety never depends on who proposes).
+//! A forwarded change that timed out may still have been applied by the home; a counter then
+//! skips IDs (never reuses them), and a compare-and-set retried locally reports "not applied".
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,9 +29,13 @@ use crate::metrics::Metrics;
 const MAX_BATCH: usize = 4096;
 /// A register's worker exits after this long without requests.
 const WORKER_IDLE: Duration = Duration::from_secs(30);
-/// Backoff bounds after a failed round.
-const BACKOFF_BASE: Duration = Duration::from_millis(1);
-const BACKOFF_MAX: Duration = Duration::from_millis(100);
+/// Backoff bounds after a failed round (scaled by the observed round time).
+const BACKOFF_MIN: Duration = Duration::from_millis(1);
+const BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// Longest wait for a home member before proposing locally.
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How long a home that failed a forward is bypassed.
+const HOME_SUSPECT_FOR: Duration = Duration::from_secs(2);
 
 /// A change to a register's value, applied by the proposer to the current value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,39 +99,21 @@ impl Change {
     fn apply(&self, current: Option<&[u8]>) -> Result<Outcome, ChangeError> {
         let before = current.map(<[u8]>::to_vec);
         match self {
-            Change::Read => Ok(Outcome {
-                after: before.clone(),
-                before,
-                applied: true,
-            }),
+            Change::Read => Ok(Outcome { after: before.clone(), before, applied: true }),
             Change::Add { n, start } => {
                 let x = match current {
                     None => *start,
                     Some(_) => decode_u64(current)
                         .ok_or_else(|| ChangeError::Invalid("register does not hold a counter".into()))?,
                 };
-                let y = x
-                    .checked_add(*n)
-                    .ok_or_else(|| ChangeError::Invalid("counter would overflow u64".into()))?;
-                Ok(Outcome {
-                    before,
-                    after: Some(y.to_be_bytes().to_vec()),
-                    applied: true,
-                })
+                let y = x.checked_add(*n).ok_or_else(|| ChangeError::Invalid("counter would overflow u64".into()))?;
+                Ok(Outcome { before, after: Some(y.to_be_bytes().to_vec()), applied: true })
             }
             Change::CompareAndSet { expect, new } => {
                 if expect.as_deref() == current {
-                    Ok(Outcome {
-                        before,
-                        after: Some(new.clone()),
-                        applied: true,
-                    })
+                    Ok(Outcome { before, after: Some(new.clone()), applied: true })
                 } else {
-                    Ok(Outcome {
-                        after: before.clone(),
-                        before,
-                        applied: false,
-                    })
+                    Ok(Outcome { after: before.clone(), before, applied: false })
                 }
             }
         }
@@ -129,6 +123,8 @@ impl Change {
 struct Pending {
     change: Change,
     deadline: Instant,
+    /// Forwarded by another sidecar: run it here, never forward again.
+    forwarded: bool,
     reply: oneshot::Sender<Result<Outcome, ChangeError>>,
 }
 
@@ -139,9 +135,7 @@ pub struct Proposer<P: Peers> {
 
 impl<P: Peers> Clone for Proposer<P> {
     fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-        }
+        Self { inner: self.inner.clone() }
     }
 }
 
@@ -150,6 +144,8 @@ struct Inner<P> {
     peers: Arc<P>,
     config: watch::Receiver<Arc<MembersFile>>,
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<Pending>>>,
+    /// Members believed live and caught up (fed by the node's probes); homes are chosen among them.
+    live: std::sync::RwLock<Vec<String>>,
     metrics: Arc<Metrics>,
 }
 
@@ -163,35 +159,46 @@ struct FastPath {
 
 enum RoundError {
     Conflict,
-    Unavailable {
-        answered: usize,
-        total: usize,
-        detail: String,
-    },
+    Unavailable { answered: usize, total: usize, detail: String },
 }
 
 impl<P: Peers> Proposer<P> {
     /// A proposer with id `id` (unique among proposers: the member or pod name).
     pub fn new(id: String, peers: Arc<P>, config: watch::Receiver<Arc<MembersFile>>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                id,
-                peers,
-                config,
-                workers: Mutex::new(HashMap::new()),
-                metrics,
-            }),
-        }
+        let live = std::sync::RwLock::new(Vec::new());
+        Self { inner: Arc::new(Inner { id, peers, config, workers: Mutex::new(HashMap::new()), live, metrics }) }
+    }
+
+    /// Sets the members that are live and caught up (home candidates).
+    pub fn set_live(&self, mut ids: Vec<String>) {
+        ids.sort();
+        *self.inner.live.write().expect("live lock") = ids;
     }
 
     /// Applies `change` to register `key` through a quorum, waiting at most until `deadline`.
     pub async fn change(&self, key: &str, change: Change, deadline: Instant) -> Result<Outcome, ChangeError> {
+        self.enqueue(key, change, deadline, false).await
+    }
+
+    /// Runs changes another sidecar forwarded here (never forwarded again).
+    pub async fn change_forwarded(
+        &self,
+        key: &str,
+        changes: Vec<Change>,
+        deadline: Instant,
+    ) -> Vec<Result<Outcome, ChangeError>> {
+        futures::future::join_all(changes.into_iter().map(|c| self.enqueue(key, c, deadline, true))).await
+    }
+
+    async fn enqueue(
+        &self,
+        key: &str,
+        change: Change,
+        deadline: Instant,
+        forwarded: bool,
+    ) -> Result<Outcome, ChangeError> {
         let (reply, rx) = oneshot::channel();
-        let mut pending = Pending {
-            change,
-            deadline,
-            reply,
-        };
+        let mut pending = Pending { change, deadline, forwarded, reply };
         loop {
             let tx = {
                 let mut workers = self.inner.workers.lock().expect("workers lock");
@@ -215,9 +222,63 @@ impl<P: Peers> Proposer<P> {
     }
 }
 
+/// The home member of `key` among `live` members of the current configuration.
+fn home_for<'a>(key: &str, cfg: &'a MembersFile, live: &[String]) -> Option<&'a Member> {
+    let candidates: Vec<&Member> = cfg.current.members.iter().filter(|m| live.binary_search(&m.id).is_ok()).collect();
+    if candidates.is_empty() {
+        return None;
+    }
+    // FNV-1a: stable across processes and versions, unlike the std hasher.
+    let h = key.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    let mut sorted = candidates;
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    Some(sorted[(h % sorted.len() as u64) as usize])
+}
+
+/// Forwards the batch to the key's home if that is another member and it is not suspect.
+/// `None` means: run the round here.
+async fn try_forward<P: Peers>(
+    inner: &Inner<P>,
+    key: &str,
+    batch: &[Pending],
+    suspect_until: &mut Option<Instant>,
+) -> Option<Vec<Result<Outcome, ChangeError>>> {
+    if batch.iter().any(|p| p.forwarded) || suspect_until.is_some_and(|t| Instant::now() < t) {
+        return None;
+    }
+    let cfg = inner.config.borrow().clone();
+    let home = {
+        let live = inner.live.read().expect("live lock");
+        home_for(key, &cfg, &live)?.clone()
+    };
+    if home.id == inner.id {
+        return None;
+    }
+    let deadline = batch.iter().map(|p| p.deadline).min().expect("non-empty");
+    let timeout = deadline.saturating_duration_since(Instant::now()).min(FORWARD_TIMEOUT);
+    let changes: Vec<Change> = batch.iter().map(|p| p.change.clone()).collect();
+    match inner.peers.propose(&home, cfg.epoch, key, &changes, timeout).await {
+        Ok(outcomes) if outcomes.len() == batch.len() => Some(outcomes),
+        Ok(_) => {
+            tracing::warn!(home = %home.id, "home answered a forward with the wrong number of outcomes");
+            *suspect_until = Some(Instant::now() + HOME_SUSPECT_FOR);
+            None
+        }
+        Err(e) => {
+            tracing::debug!(home = %home.id, error = %e, key, "forward failed; proposing locally");
+            *suspect_until = Some(Instant::now() + HOME_SUSPECT_FOR);
+            None
+        }
+    }
+}
+
 async fn run_worker<P: Peers>(inner: Arc<Inner<P>>, key: String, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let mut fast: Option<FastPath> = None;
     let mut max_round = 0u64;
+    let mut suspect_until: Option<Instant> = None;
+    // Recent round time, to scale backoff; and contention carried across batches.
+    let mut round_time = Duration::from_millis(2);
+    let mut contention = 0u32;
     loop {
         let first = match tokio::time::timeout(WORKER_IDLE, rx.recv()).await {
             Ok(Some(p)) => p,
@@ -240,7 +301,15 @@ async fn run_worker<P: Peers>(inner: Arc<Inner<P>>, key: String, mut rx: mpsc::U
                 Err(_) => break,
             }
         }
-        let mut attempt = 0u32;
+        if let Some(outcomes) = try_forward(&inner, &key, &batch, &mut suspect_until).await {
+            // The home proposed: our own fast path (if any) is stale now.
+            fast = None;
+            for (p, o) in batch.drain(..).zip(outcomes) {
+                let _ = p.reply.send(o);
+            }
+            continue;
+        }
+        let mut attempt = contention;
         let mut last = ChangeError::Unavailable {
             answered: 0,
             total: 0,
@@ -259,11 +328,12 @@ async fn run_worker<P: Peers>(inner: Arc<Inner<P>>, key: String, mut rx: mpsc::U
             let deadline = batch.iter().map(|p| p.deadline).max().expect("non-empty");
             let started = Instant::now();
             let result = round(&inner, &key, &batch, &mut fast, &mut max_round, deadline).await;
-            inner
-                .metrics
-                .observe_round(started.elapsed(), result.is_ok(), batch.len());
+            let took = started.elapsed();
+            inner.metrics.observe_round(took, result.is_ok(), batch.len());
+            round_time = (round_time * 7 + took) / 8;
             match result {
                 Ok(outcomes) => {
+                    contention = attempt / 2;
                     for (p, o) in batch.drain(..).zip(outcomes) {
                         let _ = p.reply.send(o);
                     }
@@ -279,18 +349,12 @@ async fn run_worker<P: Peers>(inner: Arc<Inner<P>>, key: String, mut rx: mpsc::U
                                 detail: "rounds kept conflicting with other proposers until the deadline".into(),
                             }
                         }
-                        RoundError::Unavailable {
-                            answered,
-                            total,
-                            detail,
-                        } => ChangeError::Unavailable {
-                            answered,
-                            total,
-                            detail,
-                        },
+                        RoundError::Unavailable { answered, total, detail } => {
+                            ChangeError::Unavailable { answered, total, detail }
+                        }
                     };
                     attempt = attempt.saturating_add(1);
-                    let cap = BACKOFF_BASE.saturating_mul(1 << attempt.min(12)).min(BACKOFF_MAX);
+                    let cap = round_time.max(BACKOFF_MIN).saturating_mul(1 << attempt.min(8)).min(BACKOFF_MAX);
                     let pause = rand::rng().random_range(Duration::ZERO..=cap);
                     let earliest = batch.iter().map(|p| p.deadline).min().expect("non-empty");
                     tokio::time::sleep_until((Instant::now() + pause).min(earliest)).await;
@@ -353,10 +417,7 @@ async fn round<P: Peers>(
                 match r {
                     (PrepareReply::Promised { accepted, value }, inc) => {
                         *max_round = (*max_round).max(accepted.round);
-                        voters.push(Voter {
-                            member: id.clone(),
-                            incarnation: *inc,
-                        });
+                        voters.push(Voter { member: id.clone(), incarnation: *inc });
                         if best.as_ref().is_none_or(|(b, _)| accepted > b) {
                             best = Some((accepted.clone(), value.clone()));
                         }
@@ -395,10 +456,7 @@ async fn round<P: Peers>(
     let mut conflict = false;
     for (id, r) in &replies.replies {
         match r {
-            (AcceptReply::Accepted, inc) => accepted.push(Voter {
-                member: id.clone(),
-                incarnation: *inc,
-            }),
+            (AcceptReply::Accepted, inc) => accepted.push(Voter { member: id.clone(), incarnation: *inc }),
             (AcceptReply::Rejected { promised }, _) => {
                 *max_round = (*max_round).max(promised.round);
                 conflict = true;
@@ -410,12 +468,7 @@ async fn round<P: Peers>(
         return Err(replies.failure("accept", accepted.len(), members.len(), conflict));
     }
     if cfg.is_read_quorum(accepted.iter().map(|v| v.member.as_str())) {
-        *fast = Some(FastPath {
-            epoch,
-            ballot: next,
-            value: new_value,
-            voters: accepted,
-        });
+        *fast = Some(FastPath { epoch, ballot: next, value: new_value, voters: accepted });
     }
     Ok(outcomes)
 }
@@ -432,10 +485,8 @@ impl<T> Gathered<T> {
         if conflict && self.failures.is_empty() && self.timed_out == 0 {
             return RoundError::Conflict;
         }
-        let mut detail = format!(
-            "{} of {total} members answered the {phase} phase ({oks} in favour)",
-            self.replies.len()
-        );
+        let mut detail =
+            format!("{} of {total} members answered the {phase} phase ({oks} in favour)", self.replies.len());
         for (id, e) in &self.failures {
             detail.push_str(&format!("; {id}: {e}"));
         }
@@ -445,11 +496,7 @@ impl<T> Gathered<T> {
         if conflict {
             detail.push_str("; conflicting ballots seen");
         }
-        RoundError::Unavailable {
-            answered: self.replies.len(),
-            total,
-            detail,
-        }
+        RoundError::Unavailable { answered: self.replies.len(), total, detail }
     }
 }
 
@@ -474,11 +521,7 @@ where
             async move { (m.id.as_str(), fut.await) }
         })
         .collect();
-    let mut out = Gathered {
-        replies: Vec::new(),
-        failures: Vec::new(),
-        timed_out: 0,
-    };
+    let mut out = Gathered { replies: Vec::new(), failures: Vec::new(), timed_out: 0 };
     let mut oks: Vec<&str> = Vec::new();
     let sleep = tokio::time::sleep_until(deadline);
     tokio::pin!(sleep);
@@ -514,19 +557,14 @@ mod tests {
     fn add_counts_from_start_and_checks_overflow() {
         let o = Change::Add { n: 5, start: 1 }.apply(None).unwrap();
         assert_eq!(decode_u64(o.after.as_deref()), Some(6));
-        let o = Change::Add { n: 1, start: 1 }
-            .apply(Some(&u64::MAX.to_be_bytes()))
-            .unwrap_err();
+        let o = Change::Add { n: 1, start: 1 }.apply(Some(&u64::MAX.to_be_bytes())).unwrap_err();
         assert!(o.to_string().contains("overflow"));
         assert!(Change::Add { n: 1, start: 1 }.apply(Some(b"abc")).is_err());
     }
 
     #[test]
     fn compare_and_set() {
-        let cas = Change::CompareAndSet {
-            expect: None,
-            new: b"x".to_vec(),
-        };
+        let cas = Change::CompareAndSet { expect: None, new: b"x".to_vec() };
         assert!(cas.apply(None).unwrap().applied);
         assert!(!cas.apply(Some(b"y")).unwrap().applied);
     }

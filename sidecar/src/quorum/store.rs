@@ -121,16 +121,7 @@ impl RegisterStore {
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("ordo-store".into())
-            .spawn(move || {
-                Writer {
-                    member,
-                    db,
-                    state,
-                    meta,
-                    meta_tx,
-                }
-                .run(rx)
-            })
+            .spawn(move || Writer { member, db, state, meta, meta_tx }.run(rx))
             .map_err(|e| StoreError::Storage(e.to_string()))?;
         Ok(Self { tx, meta: meta_rx })
     }
@@ -165,25 +156,12 @@ impl RegisterStore {
         promise_next: Option<Ballot>,
         voters: Vec<Voter>,
     ) -> Result<AcceptReply, StoreError> {
-        self.call(|reply| Op::Accept {
-            key,
-            ballot,
-            value,
-            promise_next,
-            voters,
-            reply,
-        })
-        .await
+        self.call(|reply| Op::Accept { key, ballot, value, promise_next, voters, reply }).await
     }
 
     /// Records a member's new incarnation.
     pub async fn fence(&self, member: String, incarnation: u64) -> Result<(), StoreError> {
-        self.call(|reply| Op::Fence {
-            member,
-            incarnation,
-            reply,
-        })
-        .await
+        self.call(|reply| Op::Fence { member, incarnation, reply }).await
     }
 
     /// All registers and fences.
@@ -197,22 +175,12 @@ impl RegisterStore {
         registers: Vec<(String, RegisterState)>,
         fences: Vec<Voter>,
     ) -> Result<(), StoreError> {
-        self.call(|reply| Op::InstallCopy {
-            registers,
-            fences,
-            reply,
-        })
-        .await
+        self.call(|reply| Op::InstallCopy { registers, fences, reply }).await
     }
 
     /// Persists the highest loaded epoch and/or the highest migrated epoch.
     pub async fn set_meta(&self, max_epoch: Option<u64>, migrated_epoch: Option<u64>) -> Result<(), StoreError> {
-        self.call(|reply| Op::SetMeta {
-            max_epoch,
-            migrated_epoch,
-            reply,
-        })
-        .await
+        self.call(|reply| Op::SetMeta { max_epoch, migrated_epoch, reply }).await
     }
 }
 
@@ -301,10 +269,8 @@ impl Writer {
             let mut dirty = HashSet::new();
             let mut fences_dirty = false;
             let mut meta_dirty = false;
-            let replies: Vec<Deferred> = ops
-                .into_iter()
-                .map(|op| self.apply(op, &mut dirty, &mut fences_dirty, &mut meta_dirty))
-                .collect();
+            let replies: Vec<Deferred> =
+                ops.into_iter().map(|op| self.apply(op, &mut dirty, &mut fences_dirty, &mut meta_dirty)).collect();
             let result = if dirty.is_empty() && !fences_dirty && !meta_dirty {
                 Ok(())
             } else {
@@ -345,14 +311,7 @@ impl Writer {
                 }
                 defer(reply, Ok(r))
             }
-            Op::Accept {
-                key,
-                ballot,
-                value,
-                promise_next,
-                voters,
-                reply,
-            } => {
+            Op::Accept { key, ballot, value, promise_next, voters, reply } => {
                 if !self.meta.caught_up {
                     return defer(reply, Err(StoreError::NotCaughtUp));
                 }
@@ -362,41 +321,25 @@ impl Writer {
                 }
                 defer(reply, Ok(r))
             }
-            Op::Fence {
-                member,
-                incarnation,
-                reply,
-            } => {
+            Op::Fence { member, incarnation, reply } => {
                 *fences_dirty |= self.state.fence(&member, incarnation);
                 defer(reply, Ok(()))
             }
             Op::Snapshot { reply } => {
                 let snap = Snapshot {
                     caught_up: self.meta.caught_up,
-                    registers: self
-                        .state
-                        .registers
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
+                    registers: self.state.registers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     fences: self
                         .state
                         .fences
                         .iter()
-                        .map(|(m, i)| Voter {
-                            member: m.clone(),
-                            incarnation: *i,
-                        })
+                        .map(|(m, i)| Voter { member: m.clone(), incarnation: *i })
                         .collect(),
                     incarnation: self.meta.incarnation,
                 };
                 defer(reply, Ok(snap))
             }
-            Op::InstallCopy {
-                registers,
-                fences,
-                reply,
-            } => {
+            Op::InstallCopy { registers, fences, reply } => {
                 for (k, r) in &registers {
                     if self.state.merge_copy(k, r) {
                         dirty.insert(k.clone());
@@ -410,11 +353,7 @@ impl Writer {
                 *meta_dirty = true;
                 defer(reply, Ok(()))
             }
-            Op::SetMeta {
-                max_epoch,
-                migrated_epoch,
-                reply,
-            } => {
+            Op::SetMeta { max_epoch, migrated_epoch, reply } => {
                 if let Some(e) = max_epoch.filter(|e| *e > self.meta.max_epoch) {
                     self.meta.max_epoch = e;
                     *meta_dirty = true;
@@ -434,8 +373,7 @@ impl Writer {
             let mut regs = txn.open_table(REGISTERS).map_err(redb::Error::from)?;
             for key in dirty {
                 if let Some(r) = self.state.registers.get(key) {
-                    regs.insert(key.as_str(), encode_register(r).as_slice())
-                        .map_err(redb::Error::from)?;
+                    regs.insert(key.as_str(), encode_register(r).as_slice()).map_err(redb::Error::from)?;
                 }
             }
             if fences_dirty {
@@ -446,12 +384,9 @@ impl Writer {
             }
             if meta_dirty {
                 let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
-                meta.insert("caught_up", u64::from(self.meta.caught_up))
-                    .map_err(redb::Error::from)?;
-                meta.insert("max_epoch", self.meta.max_epoch)
-                    .map_err(redb::Error::from)?;
-                meta.insert("migrated_epoch", self.meta.migrated_epoch)
-                    .map_err(redb::Error::from)?;
+                meta.insert("caught_up", u64::from(self.meta.caught_up)).map_err(redb::Error::from)?;
+                meta.insert("max_epoch", self.meta.max_epoch).map_err(redb::Error::from)?;
+                meta.insert("migrated_epoch", self.meta.migrated_epoch).map_err(redb::Error::from)?;
             }
         }
         txn.commit().map_err(redb::Error::from)?;
@@ -469,31 +404,16 @@ mod tests {
         let store = RegisterStore::open(dir.path(), "m0").unwrap();
         let inc = store.meta().incarnation;
         assert!(!store.meta().caught_up);
-        assert!(matches!(
-            store.prepare("k".into(), Ballot::new(1, "p")).await,
-            Err(StoreError::NotCaughtUp)
-        ));
+        assert!(matches!(store.prepare("k".into(), Ballot::new(1, "p")).await, Err(StoreError::NotCaughtUp)));
         store.install_copy(vec![], vec![]).await.unwrap();
         assert!(store.meta().caught_up);
-        store
-            .accept(
-                "k".into(),
-                Ballot::new(1, "p"),
-                vec![42],
-                Some(Ballot::new(2, "p")),
-                vec![],
-            )
-            .await
-            .unwrap();
+        store.accept("k".into(), Ballot::new(1, "p"), vec![42], Some(Ballot::new(2, "p")), vec![]).await.unwrap();
         store.set_meta(Some(3), Some(2)).await.unwrap();
         drop(store);
         // The writer thread exits when the handle drops; give redb the file back.
         let store = reopen(dir.path()).await;
         let m = store.meta();
-        assert_eq!(
-            (m.incarnation, m.caught_up, m.max_epoch, m.migrated_epoch),
-            (inc, true, 3, 2)
-        );
+        assert_eq!((m.incarnation, m.caught_up, m.max_epoch, m.migrated_epoch), (inc, true, 3, 2));
         let snap = store.snapshot().await.unwrap();
         let (_, reg) = snap.registers.iter().find(|(k, _)| k == "k").unwrap();
         assert_eq!(reg.value, Some(vec![42]));

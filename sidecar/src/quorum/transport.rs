@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::acceptor::{AcceptReply, PrepareReply, Voter};
+use super::proposer::{Change, ChangeError, Outcome};
 use super::store::Snapshot;
 use super::Ballot;
 use crate::membership::Member;
@@ -101,4 +102,14 @@ pub trait Peers: Send + Sync + 'static {
         epoch: u64,
         timeout: Duration,
     ) -> impl Future<Output = Result<ProbeInfo, PeerError>> + Send;
+
+    /// Runs `changes` to register `key` through the peer's proposer (forwarding to the home).
+    fn propose(
+        &self,
+        to: &Member,
+        epoch: u64,
+        key: &str,
+        changes: &[Change],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<Result<Outcome, ChangeError>>, PeerError>> + Send;
 }

@@ -68,14 +68,7 @@ pub struct RangeBuffer<P: Peers> {
 impl<P: Peers> RangeBuffer<P> {
     /// An empty buffer.
     pub fn new(name: String, range_size: u64, allocator: RangeAllocator<P>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            name,
-            range_size,
-            allocator,
-            ranges: Mutex::new(Ranges::default()),
-            refilled: Notify::new(),
-            metrics,
-        }
+        Self { name, range_size, allocator, ranges: Mutex::new(Ranges::default()), refilled: Notify::new(), metrics }
     }
 
     /// Takes `count` contiguous IDs, refilling as needed.

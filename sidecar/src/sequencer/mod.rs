@@ -67,10 +67,7 @@ pub struct RangeAllocator<P: Peers> {
 
 impl<P: Peers> Clone for RangeAllocator<P> {
     fn clone(&self) -> Self {
-        Self {
-            proposer: self.proposer.clone(),
-            timeout: self.timeout,
-        }
+        Self { proposer: self.proposer.clone(), timeout: self.timeout }
     }
 }
 
@@ -82,10 +79,7 @@ impl<P: Peers> RangeAllocator<P> {
     /// Allocates `n` contiguous IDs through a quorum round.
     pub async fn allocate(&self, name: &str, n: u64) -> Result<Range<u64>, SeqError> {
         let deadline = Instant::now() + self.timeout;
-        let o = self
-            .proposer
-            .change(&key(name), Change::Add { n, start: FIRST_ID }, deadline)
-            .await?;
+        let o = self.proposer.change(&key(name), Change::Add { n, start: FIRST_ID }, deadline).await?;
         let start = decode_u64(o.before.as_deref()).unwrap_or(FIRST_ID);
         let end = decode_u64(o.after.as_deref()).ok_or_else(|| ChangeError::Invalid("counter vanished".into()))?;
         Ok(start..end)
@@ -115,10 +109,7 @@ impl<P: Peers> Sequencer<P> {
     /// A sequencer proposing through `proposer`.
     pub fn new(proposer: Proposer<P>, config: SequencerConfig, metrics: Arc<Metrics>) -> Self {
         Self {
-            allocator: RangeAllocator {
-                proposer,
-                timeout: config.timeout,
-            },
+            allocator: RangeAllocator { proposer, timeout: config.timeout },
             config,
             buffers: Mutex::new(HashMap::new()),
             metrics,
@@ -129,31 +120,21 @@ impl<P: Peers> Sequencer<P> {
     pub fn validate(&self, name: &str, count: u64) -> Result<(), SeqError> {
         validate_name(name)?;
         if count == 0 || count > self.config.max_count {
-            return Err(SeqError::InvalidCount {
-                got: count,
-                max: self.config.max_count,
-            });
+            return Err(SeqError::InvalidCount { got: count, max: self.config.max_count });
         }
         Ok(())
     }
 
     /// Range size of a sequence's buffer.
     pub fn range_size(&self, name: &str) -> u64 {
-        self.config
-            .range_overrides
-            .get(name)
-            .copied()
-            .unwrap_or(self.config.range_size)
+        self.config.range_overrides.get(name).copied().unwrap_or(self.config.range_size)
     }
 
     /// `count` contiguous IDs: from the buffer, or through the quorum when `strict`.
     pub async fn next(&self, name: &str, count: u64, strict: bool) -> Result<Range<u64>, SeqError> {
         self.validate(name, count)?;
-        let r = if strict {
-            self.allocator.allocate(name, count).await?
-        } else {
-            self.buffer(name).take(count).await?
-        };
+        let r =
+            if strict { self.allocator.allocate(name, count).await? } else { self.buffer(name).take(count).await? };
         self.metrics.ids_issued.inc_by(r.end - r.start);
         Ok(r)
     }
