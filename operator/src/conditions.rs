@@ -26,12 +26,7 @@ pub struct ConditionUpdate {
 impl ConditionUpdate {
     /// A new update.
     pub fn new(type_: &'static str, status: bool, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            type_,
-            status,
-            reason: reason.into(),
-            message: message.into(),
-        }
+        Self { type_, status, reason: reason.into(), message: message.into() }
     }
 }
 
@@ -43,11 +38,8 @@ pub fn merge(
     generation: Option<i64>,
     now: Timestamp,
 ) -> Vec<Condition> {
-    let mut out: Vec<Condition> = existing
-        .iter()
-        .filter(|c| !updates.iter().any(|u| u.type_ == c.type_))
-        .cloned()
-        .collect();
+    let mut out: Vec<Condition> =
+        existing.iter().filter(|c| !updates.iter().any(|u| u.type_ == c.type_)).cloned().collect();
     for u in updates {
         let status = if u.status { "True" } else { "False" }.to_string();
         let previous = existing.iter().find(|c| c.type_ == u.type_);
@@ -81,26 +73,11 @@ mod tests {
     fn transition_time_moves_only_on_flip() {
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let t1: Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
-        let first = merge(
-            &[],
-            &[ConditionUpdate::new(AVAILABLE, false, "Starting", "0/3")],
-            Some(1),
-            t0,
-        );
-        let same = merge(
-            &first,
-            &[ConditionUpdate::new(AVAILABLE, false, "Starting", "1/3")],
-            Some(1),
-            t1,
-        );
+        let first = merge(&[], &[ConditionUpdate::new(AVAILABLE, false, "Starting", "0/3")], Some(1), t0);
+        let same = merge(&first, &[ConditionUpdate::new(AVAILABLE, false, "Starting", "1/3")], Some(1), t1);
         assert_eq!(same[0].last_transition_time, Time(t0));
         assert_eq!(same[0].message, "1/3");
-        let flipped = merge(
-            &same,
-            &[ConditionUpdate::new(AVAILABLE, true, "Ready", "3/3")],
-            Some(2),
-            t1,
-        );
+        let flipped = merge(&same, &[ConditionUpdate::new(AVAILABLE, true, "Ready", "3/3")], Some(2), t1);
         assert_eq!(flipped[0].last_transition_time, Time(t1));
         assert_eq!(flipped[0].observed_generation, Some(2));
         assert_eq!(is_true(&flipped, AVAILABLE), Some(true));

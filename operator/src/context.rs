@@ -27,16 +27,9 @@ pub struct Context {
 impl Context {
     /// A context with the default reporter name.
     pub fn new(client: Client, probe: Arc<dyn MemberProbe>, metrics: Arc<Metrics>) -> Self {
-        let reporter = Reporter {
-            controller: crate::labels::FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            probe,
-            metrics,
-        }
+        let reporter =
+            Reporter { controller: crate::labels::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Self { recorder: Recorder::new(client.clone(), reporter), client, probe, metrics }
     }
 
     /// Publishes an Event; a failure to publish is logged, never fails the reconcile.

@@ -51,11 +51,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned())
         .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
         .graceful_shutdown_on(shutdown.clone())
-        .run(
-            seqcluster::apply::reconcile,
-            error_policy::<SeqCluster>(seqcluster::apply::KIND),
-            ctx.clone(),
-        )
+        .run(seqcluster::apply::reconcile, error_policy::<SeqCluster>(seqcluster::apply::KIND), ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "seqcluster controller event");
@@ -75,17 +71,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .owns(Api::<StatefulSet>::all(client.clone()), owned())
         .owns(Api::<ConfigMap>::all(client.clone()), owned())
         .owns(Api::<Service>::all(client.clone()), owned())
-        .watches(
-            Api::<SeqCluster>::all(client.clone()),
-            watcher::Config::default(),
-            move |sc| referencing(&wd_store.state(), &sc),
-        )
+        .watches(Api::<SeqCluster>::all(client.clone()), watcher::Config::default(), move |sc| {
+            referencing(&wd_store.state(), &sc)
+        })
         .graceful_shutdown_on(shutdown)
-        .run(
-            workdivider::apply::reconcile,
-            error_policy::<WorkDivider>(workdivider::apply::KIND),
-            ctx,
-        )
+        .run(workdivider::apply::reconcile, error_policy::<WorkDivider>(workdivider::apply::KIND), ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "workdivider controller event");

@@ -164,10 +164,7 @@ pub struct StorageSpec {
 
 impl Default for StorageSpec {
     fn default() -> Self {
-        Self {
-            size: default_storage_size(),
-            storage_class_name: None,
-        }
+        Self { size: default_storage_size(), storage_class_name: None }
     }
 }
 

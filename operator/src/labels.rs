@@ -33,10 +33,7 @@ pub fn selector_labels(component: Component, instance: &str) -> BTreeMap<String,
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "ordo".to_string()),
         ("app.kubernetes.io/instance".to_string(), instance.to_string()),
-        (
-            "app.kubernetes.io/component".to_string(),
-            component.as_str().to_string(),
-        ),
+        ("app.kubernetes.io/component".to_string(), component.as_str().to_string()),
     ])
 }
 

@@ -35,11 +35,7 @@ pub enum Attempt {
 /// Decides whether `lease` may be taken by `identity` at `now`.
 pub fn may_take(lease: &Lease, identity: &str, now: Timestamp) -> bool {
     let Some(spec) = &lease.spec else { return true };
-    if spec
-        .holder_identity
-        .as_deref()
-        .is_none_or(|h| h.is_empty() || h == identity)
-    {
+    if spec.holder_identity.as_deref().is_none_or(|h| h.is_empty() || h == identity) {
         return true;
     }
     let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()).map(|t| t.0);

@@ -19,11 +19,7 @@ use ordo_operator::{controller, crdgen, render};
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(
-    name = "ordo-operator",
-    version,
-    about = "Kubernetes operator for Ordo SeqClusters and WorkDividers"
-)]
+#[command(name = "ordo-operator", version, about = "Kubernetes operator for Ordo SeqClusters and WorkDividers")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -128,15 +124,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let admin_state = AdminState {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-    };
+    let admin_state = AdminState { metrics: metrics.clone(), ready: ready.clone() };
     let admin = tokio::spawn(admin::serve(args.admin_listen, admin_state, stopped(stop_rx.clone())));
 
-    let client = Client::try_default()
-        .await
-        .context("no Kubernetes client configuration")?;
+    let client = Client::try_default().await.context("no Kubernetes client configuration")?;
     let mut shutdown = stop_rx.clone();
     if !wait_for_crds(&client, &mut shutdown).await {
         return Ok(());
@@ -154,11 +145,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ = leader::acquire(&client, &lease) => {}
         _ = stopped(stop_rx.clone()) => return Ok(()),
     }
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Arc::new(HttpMemberProbe::default()),
-        metrics,
-    ));
+    let ctx = Arc::new(Context::new(client.clone(), Arc::new(HttpMemberProbe::default()), metrics));
     let (lost_tx, lost_rx) = watch::channel(false);
     let holder = {
         let client = client.clone();
@@ -192,11 +179,7 @@ async fn main() -> anyhow::Result<()> {
         None => run(RunArgs::parse_from(["ordo-operator"])).await,
         Some(Command::Run(args)) => run(args).await,
         Some(Command::Crdgen { out }) => {
-            let dirs = if out.is_empty() {
-                crdgen::output_dirs(&std::env::current_dir()?)
-            } else {
-                out
-            };
+            let dirs = if out.is_empty() { crdgen::output_dirs(&std::env::current_dir()?) } else { out };
             for path in crdgen::write_all(&dirs)? {
                 println!("wrote {}", path.display());
             }

@@ -46,36 +46,17 @@ impl Default for Metrics {
         });
         let membership_changes = Family::<KindLabels, Counter>::default();
         registry.register("reconciles", "Reconciles started", reconciles.clone());
-        registry.register(
-            "reconcile_failures",
-            "Failed reconciles and invalid specs by class",
-            failures.clone(),
-        );
+        registry.register("reconcile_failures", "Failed reconciles and invalid specs by class", failures.clone());
         registry.register("reconcile_duration_seconds", "Reconcile duration", duration.clone());
-        registry.register(
-            "membership_changes",
-            "SeqCluster member configurations written",
-            membership_changes.clone(),
-        );
-        Self {
-            registry,
-            reconciles,
-            failures,
-            duration,
-            membership_changes,
-        }
+        registry.register("membership_changes", "SeqCluster member configurations written", membership_changes.clone());
+        Self { registry, reconciles, failures, duration, membership_changes }
     }
 }
 
 impl Metrics {
     /// Counts a failure of `kind` with `class`.
     pub fn failure(&self, kind: &str, class: &str) {
-        self.failures
-            .get_or_create(&ErrorLabels {
-                kind: kind.into(),
-                class: class.into(),
-            })
-            .inc();
+        self.failures.get_or_create(&ErrorLabels { kind: kind.into(), class: class.into() }).inc();
     }
 
     /// Label set of `kind`.

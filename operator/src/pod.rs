@@ -96,10 +96,7 @@ pub fn sidecar_env() -> Vec<EnvVar> {
     vec![EnvVar {
         name: "POD_NAME".into(),
         value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: "metadata.name".into(),
-                ..Default::default()
-            }),
+            field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
             ..Default::default()
         }),
         ..Default::default()
@@ -144,11 +141,7 @@ pub fn sidecar_container(role: SidecarRole, spec: &SidecarSpec) -> Container {
     if role == SidecarRole::Member {
         ports.insert(
             0,
-            ContainerPort {
-                name: Some("peer".into()),
-                container_port: DEFAULT_PEER_PORT.into(),
-                ..Default::default()
-            },
+            ContainerPort { name: Some("peer".into()), container_port: DEFAULT_PEER_PORT.into(), ..Default::default() },
         );
         mounts.push(mount(DATA_VOLUME, DATA_DIR, false));
     }
@@ -170,10 +163,7 @@ pub fn sidecar_container(role: SidecarRole, spec: &SidecarSpec) -> Container {
             run_as_group: Some(SIDECAR_UID),
             read_only_root_filesystem: Some(true),
             allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
             ..Default::default()
         }),
         restart_policy: (spec.mode == SidecarMode::Native).then(|| "Always".to_string()),
@@ -220,11 +210,7 @@ pub fn pod_template(parts: PodParts<'_>) -> PodTemplateSpec {
         mounts.push(mount(SOCKET_VOLUME, SOCKET_DIR, false));
         let env = c.env.get_or_insert_with(Vec::new);
         if !env.iter().any(|e| e.name == "ORDO_SOCKET") {
-            env.push(EnvVar {
-                name: "ORDO_SOCKET".into(),
-                value: Some(DEFAULT_SOCKET.into()),
-                ..Default::default()
-            });
+            env.push(EnvVar { name: "ORDO_SOCKET".into(), value: Some(DEFAULT_SOCKET.into()), ..Default::default() });
         }
     }
 
@@ -244,10 +230,7 @@ pub fn pod_template(parts: PodParts<'_>) -> PodTemplateSpec {
     });
     volumes.push(Volume {
         name: CONFIG_VOLUME.into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: parts.config_map,
-            ..Default::default()
-        }),
+        config_map: Some(ConfigMapVolumeSource { name: parts.config_map, ..Default::default() }),
         ..Default::default()
     });
     volumes.push(Volume {
@@ -263,19 +246,13 @@ pub fn pod_template(parts: PodParts<'_>) -> PodTemplateSpec {
     let security = spec.security_context.get_or_insert_with(PodSecurityContext::default);
     security.run_as_non_root.get_or_insert(true);
     security.fs_group.get_or_insert(SIDECAR_UID);
-    security.seccomp_profile.get_or_insert(SeccompProfile {
-        type_: "RuntimeDefault".into(),
-        ..Default::default()
-    });
+    security.seccomp_profile.get_or_insert(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() });
     if spec.topology_spread_constraints.is_none() {
         spec.topology_spread_constraints = Some(vec![TopologySpreadConstraint {
             max_skew: 1,
             topology_key: "kubernetes.io/hostname".into(),
             when_unsatisfiable: "ScheduleAnyway".into(),
-            label_selector: Some(LabelSelector {
-                match_labels: Some(parts.selector),
-                ..Default::default()
-            }),
+            label_selector: Some(LabelSelector { match_labels: Some(parts.selector), ..Default::default() }),
             ..Default::default()
         }]);
     }
@@ -284,8 +261,5 @@ pub fn pod_template(parts: PodParts<'_>) -> PodTemplateSpec {
     let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(drain_s);
     spec.termination_grace_period_seconds = Some(grace);
 
-    PodTemplateSpec {
-        metadata: Some(meta),
-        spec: Some(spec),
-    }
+    PodTemplateSpec { metadata: Some(meta), spec: Some(spec) }
 }

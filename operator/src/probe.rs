@@ -25,10 +25,7 @@ pub struct HttpMemberProbe {
 
 impl Default for HttpMemberProbe {
     fn default() -> Self {
-        Self {
-            port: ordo_sidecar::config::DEFAULT_ADMIN_PORT,
-            timeout: Duration::from_secs(2),
-        }
+        Self { port: ordo_sidecar::config::DEFAULT_ADMIN_PORT, timeout: Duration::from_secs(2) }
     }
 }
 
@@ -62,10 +59,7 @@ async fn get_status(host: &str, port: u16) -> std::io::Result<MemberReport> {
 /// Parses an HTTP/1.x response carrying a `/status` JSON body (any status line but 200 is an error).
 pub fn parse_response(raw: &[u8]) -> std::io::Result<MemberReport> {
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| invalid("no end of headers".into()))?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| invalid("no end of headers".into()))?;
     let head = String::from_utf8_lossy(&raw[..split]);
     let status_line = head.lines().next().unwrap_or_default();
     if status_line.split_whitespace().nth(1) != Some("200") {
@@ -82,10 +76,7 @@ mod tests {
     fn parses_status_body() {
         let raw = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"id\":\"s-0\",\"role\":\"member\",\"epoch\":2,\"caught_up\":true,\"migrated_epoch\":2,\"ready\":true}";
         let r = parse_response(raw).unwrap();
-        assert_eq!(
-            (r.id.as_str(), r.epoch, r.migrated_epoch, r.ready),
-            ("s-0", 2, Some(2), true)
-        );
+        assert_eq!((r.id.as_str(), r.epoch, r.migrated_epoch, r.ready), ("s-0", 2, Some(2), true));
         assert!(parse_response(b"HTTP/1.1 503 Service Unavailable\r\n\r\n{}").is_err());
         assert!(parse_response(b"garbage").is_err());
     }
@@ -99,10 +90,7 @@ mod tests {
             let (_s, _) = listener.accept().await.unwrap();
             tokio::time::sleep(Duration::from_secs(30)).await;
         });
-        let probe = HttpMemberProbe {
-            port,
-            timeout: Duration::from_millis(200),
-        };
+        let probe = HttpMemberProbe { port, timeout: Duration::from_millis(200) };
         assert_eq!(probe.status("127.0.0.1").await, None);
     }
 }

@@ -17,46 +17,14 @@ const WATCHED_OWNED: &[&str] = &["get", "list", "watch", "patch"];
 
 /// Everything the operator does with the API.
 pub const REQUIRED: &[Permission] = &[
-    Permission {
-        group: "ordo.dev",
-        resource: "seqclusters",
-        verbs: &["get", "list", "watch"],
-    },
-    Permission {
-        group: "ordo.dev",
-        resource: "seqclusters/status",
-        verbs: &["get", "patch"],
-    },
-    Permission {
-        group: "ordo.dev",
-        resource: "workdividers",
-        verbs: &["get", "list", "watch"],
-    },
-    Permission {
-        group: "ordo.dev",
-        resource: "workdividers/status",
-        verbs: &["get", "patch"],
-    },
-    Permission {
-        group: "apps",
-        resource: "statefulsets",
-        verbs: WATCHED_OWNED,
-    },
-    Permission {
-        group: "",
-        resource: "services",
-        verbs: WATCHED_OWNED,
-    },
-    Permission {
-        group: "",
-        resource: "configmaps",
-        verbs: WATCHED_OWNED,
-    },
-    Permission {
-        group: "",
-        resource: "secrets",
-        verbs: WATCHED_OWNED,
-    },
+    Permission { group: "ordo.dev", resource: "seqclusters", verbs: &["get", "list", "watch"] },
+    Permission { group: "ordo.dev", resource: "seqclusters/status", verbs: &["get", "patch"] },
+    Permission { group: "ordo.dev", resource: "workdividers", verbs: &["get", "list", "watch"] },
+    Permission { group: "ordo.dev", resource: "workdividers/status", verbs: &["get", "patch"] },
+    Permission { group: "apps", resource: "statefulsets", verbs: WATCHED_OWNED },
+    Permission { group: "", resource: "services", verbs: WATCHED_OWNED },
+    Permission { group: "", resource: "configmaps", verbs: WATCHED_OWNED },
+    Permission { group: "", resource: "secrets", verbs: WATCHED_OWNED },
     Permission {
         group: "policy",
         resource: "poddisruptionbudgets",
@@ -67,21 +35,9 @@ pub const REQUIRED: &[Permission] = &[
         resource: "networkpolicies",
         verbs: &["get", "list", "watch", "patch", "delete"],
     },
-    Permission {
-        group: "events.k8s.io",
-        resource: "events",
-        verbs: &["create", "patch"],
-    },
-    Permission {
-        group: "apiextensions.k8s.io",
-        resource: "customresourcedefinitions",
-        verbs: &["get"],
-    },
-    Permission {
-        group: "coordination.k8s.io",
-        resource: "leases",
-        verbs: &["get", "create", "update"],
-    },
+    Permission { group: "events.k8s.io", resource: "events", verbs: &["create", "patch"] },
+    Permission { group: "apiextensions.k8s.io", resource: "customresourcedefinitions", verbs: &["get"] },
+    Permission { group: "coordination.k8s.io", resource: "leases", verbs: &["get", "create", "update"] },
 ];
 
 /// Maps an API request to the permission it needs: `(group, resource, verb)`.
@@ -119,9 +75,7 @@ pub fn request_permission(method: &str, path: &str, query: &str) -> Option<(Stri
 
 /// True when [`REQUIRED`] grants `(group, resource, verb)`.
 pub fn covers(group: &str, resource: &str, verb: &str) -> bool {
-    REQUIRED
-        .iter()
-        .any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))
+    REQUIRED.iter().any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))
 }
 
 #[cfg(test)]
@@ -132,29 +86,18 @@ mod tests {
     fn maps_requests_to_verbs() {
         let p = |m, path, q| request_permission(m, path, q).unwrap();
         assert_eq!(
-            p(
-                "PATCH",
-                "/apis/apps/v1/namespaces/ns/statefulsets/s",
-                "fieldManager=ordo-operator"
-            ),
+            p("PATCH", "/apis/apps/v1/namespaces/ns/statefulsets/s", "fieldManager=ordo-operator"),
             ("apps".into(), "statefulsets".into(), "patch".into())
         );
         assert_eq!(
-            p(
-                "PATCH",
-                "/apis/ordo.dev/v1alpha1/namespaces/ns/seqclusters/s/status",
-                ""
-            ),
+            p("PATCH", "/apis/ordo.dev/v1alpha1/namespaces/ns/seqclusters/s/status", ""),
             ("ordo.dev".into(), "seqclusters/status".into(), "patch".into())
         );
         assert_eq!(
             p("GET", "/api/v1/secrets", "watch=true&labelSelector=x"),
             ("".into(), "secrets".into(), "watch".into())
         );
-        assert_eq!(
-            p("GET", "/api/v1/namespaces/ns/secrets", ""),
-            ("".into(), "secrets".into(), "list".into())
-        );
+        assert_eq!(p("GET", "/api/v1/namespaces/ns/secrets", ""), ("".into(), "secrets".into(), "list".into()));
         assert!(covers("", "secrets", "get"));
         assert!(!covers("", "secrets", "delete"));
     }

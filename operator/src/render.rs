@@ -45,8 +45,7 @@ pub enum RenderError {
 fn offline<T: kube::Resource>(mut obj: T) -> T {
     let meta = obj.meta_mut();
     meta.namespace.get_or_insert_with(|| "default".into());
-    meta.uid
-        .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
+    meta.uid.get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
     meta.generation.get_or_insert(1);
     obj
 }

@@ -85,10 +85,7 @@ pub fn check_app_template(value: Option<&serde_json::Value>, problems: &mut Prob
         if RESERVED_VOLUMES.contains(&v.name.as_str()) {
             problems.add(
                 "spec.template.spec.volumes",
-                format!(
-                    "volume name {:?} is reserved for the operator; rename the volume",
-                    v.name
-                ),
+                format!("volume name {:?} is reserved for the operator; rename the volume", v.name),
             );
         }
     }
@@ -108,10 +105,7 @@ pub fn check_sidecar(sidecar: &SidecarSpec, problems: &mut Problems) {
     }
     if let Some(policy) = &sidecar.image_pull_policy {
         if !["Always", "IfNotPresent", "Never"].contains(&policy.as_str()) {
-            problems.add(
-                "spec.sidecar.imagePullPolicy",
-                format!("{policy:?} is not Always, IfNotPresent or Never"),
-            );
+            problems.add("spec.sidecar.imagePullPolicy", format!("{policy:?} is not Always, IfNotPresent or Never"));
         }
     }
     for name in sidecar.sequence_ranges.keys() {

@@ -58,7 +58,5 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(&obj.name_any(), &apply_params(), &Patch::Apply(&body))
-        .await
-        .map(|_| ())
+    api.patch_status(&obj.name_any(), &apply_params(), &Patch::Apply(&body)).await.map(|_| ())
 }

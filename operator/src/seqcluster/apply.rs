@@ -33,10 +33,7 @@ pub fn new_token() -> String {
 /// kept: every member and client must keep agreeing on it.
 async fn existing_token(ctx: &Context, namespace: &str, name: &str) -> Result<Option<String>, ReconcileError> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let secret = secrets
-        .get_opt(&secret_name(name))
-        .await
-        .map_err(ReconcileError::api("read peer-token Secret"))?;
+    let secret = secrets.get_opt(&secret_name(name)).await.map_err(ReconcileError::api("read peer-token Secret"))?;
     Ok(secret
         .and_then(|s| s.data)
         .and_then(|d| d.get(TOKEN_KEY).cloned())
@@ -53,19 +50,12 @@ async fn probe_members(ctx: &Context, namespace: &str, name: &str, width: i32) -
         })
         .collect();
     let answers = join_all(hosts.iter().map(|(host, _)| ctx.probe.status(host))).await;
-    hosts
-        .into_iter()
-        .zip(answers)
-        .filter_map(|((_, id), report)| report.map(|r| (id, r)))
-        .collect()
+    hosts.into_iter().zip(answers).filter_map(|((_, id), report)| report.map(|r| (id, r))).collect()
 }
 
 /// Reconciles one SeqCluster.
 pub async fn reconcile(sc: Arc<SeqCluster>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    ctx.metrics
-        .reconciles
-        .get_or_create(&crate::metrics::Metrics::kind(KIND))
-        .inc();
+    ctx.metrics.reconciles.get_or_create(&crate::metrics::Metrics::kind(KIND)).inc();
     if sc.meta().deletion_timestamp.is_some() {
         // Children carry owner references: garbage collection removes them.
         return Ok(Action::await_change());
@@ -86,13 +76,10 @@ pub async fn reconcile(sc: Arc<SeqCluster>, ctx: Arc<Context>) -> Result<Action,
             if existing.map(|s| &s.conditions) != Some(&next.conditions)
                 || existing.and_then(|s| s.observed_generation) != generation
             {
-                apply_status(&ctx.client, sc.as_ref(), &next)
-                    .await
-                    .map_err(ReconcileError::api("write status"))?;
+                apply_status(&ctx.client, sc.as_ref(), &next).await.map_err(ReconcileError::api("write status"))?;
             }
             if !degraded_before || existing.and_then(|s| s.observed_generation) != generation {
-                ctx.event(&reference, true, "InvalidSpec", "Validate", err.to_string())
-                    .await;
+                ctx.event(&reference, true, "InvalidSpec", "Validate", err.to_string()).await;
             }
             // Nothing to retry until the spec changes.
             return Ok(Action::await_change());
@@ -123,18 +110,10 @@ pub async fn reconcile(sc: Arc<SeqCluster>, ctx: Arc<Context>) -> Result<Action,
     };
     let objects = build(&valid, &plan.membership, plan.statefulset_replicas, &token);
 
-    apply(&ctx.client, &objects.service)
-        .await
-        .map_err(ReconcileError::api("apply peer Service"))?;
-    apply(&ctx.client, &objects.config_map)
-        .await
-        .map_err(ReconcileError::api("apply members ConfigMap"))?;
-    apply(&ctx.client, &objects.secret)
-        .await
-        .map_err(ReconcileError::api("apply peer-token Secret"))?;
-    apply(&ctx.client, &objects.statefulset)
-        .await
-        .map_err(ReconcileError::api("apply StatefulSet"))?;
+    apply(&ctx.client, &objects.service).await.map_err(ReconcileError::api("apply peer Service"))?;
+    apply(&ctx.client, &objects.config_map).await.map_err(ReconcileError::api("apply members ConfigMap"))?;
+    apply(&ctx.client, &objects.secret).await.map_err(ReconcileError::api("apply peer-token Secret"))?;
+    apply(&ctx.client, &objects.statefulset).await.map_err(ReconcileError::api("apply StatefulSet"))?;
     match &objects.pdb {
         Some(pdb) => apply(&ctx.client, pdb).await.map(|_| ()),
         None => delete_if_exists::<PodDisruptionBudget>(&ctx.client, &valid.namespace, &valid.name).await,
@@ -150,15 +129,10 @@ pub async fn reconcile(sc: Arc<SeqCluster>, ctx: Arc<Context>) -> Result<Action,
 
     let next = status::observed(&valid.name, existing, generation, &plan, &reports, now);
     if existing != Some(&next) {
-        apply_status(&ctx.client, sc.as_ref(), &next)
-            .await
-            .map_err(ReconcileError::api("write status"))?;
+        apply_status(&ctx.client, sc.as_ref(), &next).await.map_err(ReconcileError::api("write status"))?;
     }
     if let Step::Advanced(reason, msg) = &plan.step {
-        ctx.metrics
-            .membership_changes
-            .get_or_create(&crate::metrics::Metrics::kind(KIND))
-            .inc();
+        ctx.metrics.membership_changes.get_or_create(&crate::metrics::Metrics::kind(KIND)).inc();
         ctx.event(&reference, false, reason, "UpdateMembers", msg.clone()).await;
     }
     tracing::info!(seqcluster = %sc.name_any(), epoch = plan.membership.epoch, step = ?plan.step, "reconciled");

@@ -49,10 +49,7 @@ fn member_set(name: &str, namespace: &str, set: &MemberSetStatus) -> MemberSet {
         members: (0..set.members)
             .map(|i| {
                 let id = member_id(name, i);
-                Member {
-                    peer_addr: format!("{}:{DEFAULT_PEER_PORT}", member_host(name, namespace, &id)),
-                    id,
-                }
+                Member { peer_addr: format!("{}:{DEFAULT_PEER_PORT}", member_host(name, namespace, &id)), id }
             })
             .collect(),
         read_quorum: set.read_quorum.map(|r| r as usize),
@@ -110,11 +107,7 @@ fn meta(v: &ValidSeqCluster, name: String) -> ObjectMeta {
 }
 
 fn owner(o: &OwnerReference) -> OwnerReference {
-    OwnerReference {
-        block_owner_deletion: Some(true),
-        controller: Some(true),
-        ..o.clone()
-    }
+    OwnerReference { block_owner_deletion: Some(true), controller: Some(true), ..o.clone() }
 }
 
 /// Builds every object. `token` is the peer token (kept from the existing Secret, or new).
@@ -165,10 +158,7 @@ pub fn build(
     let secret = Secret {
         metadata: meta(v, secret_name(&v.name)),
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            TOKEN_KEY.to_string(),
-            ByteString(token.as_bytes().to_vec()),
-        )])),
+        data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), ByteString(token.as_bytes().to_vec()))])),
         ..Default::default()
     };
 
@@ -186,11 +176,7 @@ pub fn build(
         annotations: BTreeMap::new(),
     });
     let claim = PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some(DATA_VOLUME.into()),
-            labels: Some(selector.clone()),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { name: Some(DATA_VOLUME.into()), labels: Some(selector.clone()), ..Default::default() },
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: v.storage_class.clone(),
@@ -209,10 +195,7 @@ pub fn build(
             service_name: Some(peers),
             // All members start together: none is ready until a quorum of them runs.
             pod_management_policy: Some("Parallel".into()),
-            selector: LabelSelector {
-                match_labels: Some(selector.clone()),
-                ..Default::default()
-            },
+            selector: LabelSelector { match_labels: Some(selector.clone()), ..Default::default() },
             template,
             volume_claim_templates: Some(vec![claim]),
             // A removed member's data is out of every configuration; a member added later
@@ -227,21 +210,13 @@ pub fn build(
     };
 
     let pdb = v.pod_disruption_budget.then(|| {
-        let quorum = membership
-            .previous
-            .iter()
-            .chain(std::iter::once(&membership.current))
-            .map(write_quorum)
-            .max()
-            .unwrap_or(1);
+        let quorum =
+            membership.previous.iter().chain(std::iter::once(&membership.current)).map(write_quorum).max().unwrap_or(1);
         PodDisruptionBudget {
             metadata: meta(v, v.name.clone()),
             spec: Some(PodDisruptionBudgetSpec {
                 min_available: Some(IntOrString::Int(quorum)),
-                selector: Some(LabelSelector {
-                    match_labels: Some(selector.clone()),
-                    ..Default::default()
-                }),
+                selector: Some(LabelSelector { match_labels: Some(selector.clone()), ..Default::default() }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -250,22 +225,11 @@ pub fn build(
 
     let network_policy = v.network_policy.then(|| network_policy(v, &selector));
 
-    SeqClusterObjects {
-        service,
-        config_map,
-        secret,
-        statefulset,
-        pdb,
-        network_policy,
-    }
+    SeqClusterObjects { service, config_map, secret, statefulset, pdb, network_policy }
 }
 
 fn tcp(port: i32) -> NetworkPolicyPort {
-    NetworkPolicyPort {
-        port: Some(IntOrString::Int(port)),
-        protocol: Some("TCP".into()),
-        ..Default::default()
-    }
+    NetworkPolicyPort { port: Some(IntOrString::Int(port)), protocol: Some("TCP".into()), ..Default::default() }
 }
 
 /// Peer port: only pods labelled with this SeqCluster (its members and the WorkDividers that
@@ -285,10 +249,7 @@ fn network_policy(v: &ValidSeqCluster, selector: &BTreeMap<String, String>) -> N
     NetworkPolicy {
         metadata: meta(v, peers_service_name(&v.name)),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(selector.clone()),
-                ..Default::default()
-            }),
+            pod_selector: Some(LabelSelector { match_labels: Some(selector.clone()), ..Default::default() }),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![
                 NetworkPolicyIngressRule {
@@ -301,10 +262,7 @@ fn network_policy(v: &ValidSeqCluster, selector: &BTreeMap<String, String>) -> N
                     }]),
                     ports: Some(vec![tcp(DEFAULT_PEER_PORT.into())]),
                 },
-                NetworkPolicyIngressRule {
-                    from: None,
-                    ports: Some(open_ports),
-                },
+                NetworkPolicyIngressRule { from: None, ports: Some(open_ports) },
             ]),
             ..Default::default()
         }),

@@ -88,10 +88,7 @@ pub fn plan(name: &str, desired: &MemberSetStatus, applied: Option<&MembershipSt
                 phase: MembershipPhase::Stable,
             },
             statefulset_replicas: desired.members,
-            step: Step::Advanced(
-                "Bootstrapped",
-                format!("initial configuration of {} members", desired.members),
-            ),
+            step: Step::Advanced("Bootstrapped", format!("initial configuration of {} members", desired.members)),
         };
     };
     let e = applied.epoch;
@@ -107,11 +104,7 @@ pub fn plan(name: &str, desired: &MemberSetStatus, applied: Option<&MembershipSt
         (MembershipPhase::Stable, _) | (_, None) => {
             if current == desired {
                 return Plan {
-                    membership: MembershipStatus {
-                        previous: None,
-                        phase: MembershipPhase::Stable,
-                        ..applied.clone()
-                    },
+                    membership: MembershipStatus { previous: None, phase: MembershipPhase::Stable, ..applied.clone() },
                     statefulset_replicas: current.members,
                     step: Step::Steady,
                 };
@@ -167,12 +160,7 @@ pub fn plan(name: &str, desired: &MemberSetStatus, applied: Option<&MembershipSt
                 statefulset_replicas: replicas,
                 step: Step::Advanced(
                     "JointConfiguration",
-                    format!(
-                        "epoch {}: {} members joint with the previous {}",
-                        e + 1,
-                        desired.members,
-                        current.members
-                    ),
+                    format!("epoch {}: {} members joint with the previous {}", e + 1, desired.members, current.members),
                 ),
             }
         }
@@ -203,11 +191,7 @@ pub fn plan(name: &str, desired: &MemberSetStatus, applied: Option<&MembershipSt
                 statefulset_replicas: replicas,
                 step: Step::Advanced(
                     "NewConfiguration",
-                    format!(
-                        "epoch {}: {} members, previous configuration dropped",
-                        e + 1,
-                        current.members
-                    ),
+                    format!("epoch {}: {} members, previous configuration dropped", e + 1, current.members),
                 ),
             }
         }
@@ -251,10 +235,7 @@ pub fn plan(name: &str, desired: &MemberSetStatus, applied: Option<&MembershipSt
 }
 
 fn id_ordinal(name: &str, id: &str) -> i32 {
-    id.strip_prefix(name)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(-1)
+    id.strip_prefix(name).and_then(|rest| rest.strip_prefix('-')).and_then(|n| n.parse().ok()).unwrap_or(-1)
 }
 
 #[cfg(test)]
@@ -262,21 +243,11 @@ mod tests {
     use super::*;
 
     fn set(n: i32) -> MemberSetStatus {
-        MemberSetStatus {
-            members: n,
-            read_quorum: None,
-            write_quorum: None,
-        }
+        MemberSetStatus { members: n, read_quorum: None, write_quorum: None }
     }
 
     fn report(id: &str, epoch: u64, migrated: Option<u64>) -> MemberReport {
-        MemberReport {
-            id: id.into(),
-            epoch,
-            caught_up: true,
-            migrated_epoch: migrated,
-            ready: true,
-        }
+        MemberReport { id: id.into(), epoch, caught_up: true, migrated_epoch: migrated, ready: true }
     }
 
     fn reports(n: i32, epoch: u64, migrated: Option<u64>) -> Reports {
@@ -289,12 +260,7 @@ mod tests {
     }
 
     fn stable(epoch: i64, n: i32) -> MembershipStatus {
-        MembershipStatus {
-            epoch,
-            current: set(n),
-            previous: None,
-            phase: MembershipPhase::Stable,
-        }
+        MembershipStatus { epoch, current: set(n), previous: None, phase: MembershipPhase::Stable }
     }
 
     #[test]
@@ -316,13 +282,7 @@ mod tests {
         let mut r = reports(3, 1, Some(1));
         for i in 3..5 {
             let id = member_id("s", i);
-            r.insert(
-                id.clone(),
-                MemberReport {
-                    caught_up: false,
-                    ..report(&id, 1, None)
-                },
-            );
+            r.insert(id.clone(), MemberReport { caught_up: false, ..report(&id, 1, None) });
         }
         let p = plan("s", &set(5), Some(&applied), &r);
         assert_eq!(p.membership.epoch, 2);
@@ -353,10 +313,7 @@ mod tests {
         assert_eq!(p.statefulset_replicas, 5);
         let p = plan("s", &set(3), Some(&p.membership), &reports(5, 5, Some(5)));
         assert_eq!(p.membership.phase, MembershipPhase::Finalizing);
-        assert_eq!(
-            p.statefulset_replicas, 5,
-            "old members stay until the new file is loaded"
-        );
+        assert_eq!(p.statefulset_replicas, 5, "old members stay until the new file is loaded");
         let fin = p.membership;
         let mut r = reports(3, 6, Some(5));
         r.get_mut("s-2").unwrap().epoch = 5;
@@ -388,12 +345,8 @@ mod tests {
 
     #[test]
     fn a_new_target_waits_for_the_change_in_flight() {
-        let joint = MembershipStatus {
-            epoch: 2,
-            current: set(5),
-            previous: Some(set(3)),
-            phase: MembershipPhase::Joint,
-        };
+        let joint =
+            MembershipStatus { epoch: 2, current: set(5), previous: Some(set(3)), phase: MembershipPhase::Joint };
         let p = plan("s", &set(7), Some(&joint), &reports(5, 2, Some(2)));
         assert_eq!(p.membership.current, set(5), "finishes 3 -> 5 before starting 5 -> 7");
         assert_eq!(p.membership.phase, MembershipPhase::Finalizing);
@@ -402,11 +355,7 @@ mod tests {
     #[test]
     fn quorum_size_change_is_a_membership_change() {
         let applied = stable(1, 5);
-        let stricter = MemberSetStatus {
-            members: 5,
-            read_quorum: Some(2),
-            write_quorum: Some(4),
-        };
+        let stricter = MemberSetStatus { members: 5, read_quorum: Some(2), write_quorum: Some(4) };
         let p = plan("s", &stricter, Some(&applied), &reports(5, 1, Some(1)));
         assert_eq!(p.membership.phase, MembershipPhase::Joint);
         assert_eq!(p.membership.previous, Some(set(5)));

@@ -30,18 +30,11 @@ pub fn observed(
                     migrated_epoch: r.migrated_epoch.map(|e| e as i64),
                     caught_up: r.caught_up,
                 },
-                None => MemberState {
-                    id,
-                    ..Default::default()
-                },
+                None => MemberState { id, ..Default::default() },
             }
         })
         .collect();
-    let ready_in = |n: i32| {
-        (0..n)
-            .filter(|i| members.get(*i as usize).is_some_and(|s| s.ready))
-            .count() as i32
-    };
+    let ready_in = |n: i32| (0..n).filter(|i| members.get(*i as usize).is_some_and(|s| s.ready)).count() as i32;
     let ready_members = ready_in(m.current.members);
     let quorum_sets: Vec<_> = std::iter::once(&m.current).chain(m.previous.iter()).collect();
     let available = quorum_sets.iter().all(|s| ready_in(s.members) >= write_quorum(s));
@@ -73,11 +66,7 @@ pub fn observed(
             PROGRESSING,
             true,
             "MembersStarting",
-            format!(
-                "{} of {} members ready",
-                members.iter().filter(|s| s.ready).count(),
-                members.len()
-            ),
+            format!("{} of {} members ready", members.iter().filter(|s| s.ready).count(), members.len()),
         ),
         Step::Steady => ConditionUpdate::new(
             PROGRESSING,
@@ -93,12 +82,7 @@ pub fn observed(
         ready_members,
         membership: Some(m.clone()),
         members,
-        conditions: merge(
-            existing_conditions,
-            &[available_cond, progressing, degraded],
-            generation,
-            now,
-        ),
+        conditions: merge(existing_conditions, &[available_cond, progressing, degraded], generation, now),
     }
 }
 
@@ -119,9 +103,5 @@ pub fn invalid(
         generation,
         now,
     );
-    SeqClusterStatus {
-        observed_generation: generation,
-        conditions,
-        ..base
-    }
+    SeqClusterStatus { observed_generation: generation, conditions, ..base }
 }

@@ -18,10 +18,7 @@ pub const KIND: &str = "WorkDivider";
 
 /// Reconciles one WorkDivider.
 pub async fn reconcile(wd: Arc<WorkDivider>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    ctx.metrics
-        .reconciles
-        .get_or_create(&crate::metrics::Metrics::kind(KIND))
-        .inc();
+    ctx.metrics.reconciles.get_or_create(&crate::metrics::Metrics::kind(KIND)).inc();
     if wd.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -37,28 +34,18 @@ pub async fn reconcile(wd: Arc<WorkDivider>, ctx: Arc<Context>) -> Result<Action
             ctx.metrics.failure(KIND, "invalid_spec");
             let next = status::invalid(existing, generation, &err, now);
             if existing != Some(&next) {
-                apply_status(&ctx.client, wd.as_ref(), &next)
-                    .await
-                    .map_err(ReconcileError::api("write status"))?;
+                apply_status(&ctx.client, wd.as_ref(), &next).await.map_err(ReconcileError::api("write status"))?;
             }
             if !same_generation || existing.map(|s| &s.conditions) != Some(&next.conditions) {
-                ctx.event(&reference, true, "InvalidSpec", "Validate", err.to_string())
-                    .await;
+                ctx.event(&reference, true, "InvalidSpec", "Validate", err.to_string()).await;
             }
             return Ok(Action::await_change());
         }
     };
 
     let seqclusters: Api<SeqCluster> = Api::namespaced(ctx.client.clone(), &valid.namespace);
-    let sc = seqclusters
-        .get_opt(&valid.seq_cluster)
-        .await
-        .map_err(ReconcileError::api("read SeqCluster"))?;
-    let membership = match sc
-        .as_ref()
-        .and_then(|s| s.status.as_ref())
-        .and_then(|s| s.membership.clone())
-    {
+    let sc = seqclusters.get_opt(&valid.seq_cluster).await.map_err(ReconcileError::api("read SeqCluster"))?;
+    let membership = match sc.as_ref().and_then(|s| s.status.as_ref()).and_then(|s| s.membership.clone()) {
         Some(m) => m,
         None => {
             let problem = match sc {
@@ -67,16 +54,10 @@ pub async fn reconcile(wd: Arc<WorkDivider>, ctx: Arc<Context>) -> Result<Action
             };
             let next = status::waiting_for_seqcluster(existing, generation, &problem, now);
             if existing != Some(&next) {
-                apply_status(&ctx.client, wd.as_ref(), &next)
-                    .await
-                    .map_err(ReconcileError::api("write status"))?;
-                let c = &next
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == crate::conditions::PROGRESSING);
+                apply_status(&ctx.client, wd.as_ref(), &next).await.map_err(ReconcileError::api("write status"))?;
+                let c = &next.conditions.iter().find(|c| c.type_ == crate::conditions::PROGRESSING);
                 if let Some(c) = c {
-                    ctx.event(&reference, true, &c.reason, "ResolveSeqCluster", c.message.clone())
-                        .await;
+                    ctx.event(&reference, true, &c.reason, "ResolveSeqCluster", c.message.clone()).await;
                 }
             }
             return Ok(Action::requeue(WAIT_FOR_DEPENDENCY));
@@ -84,21 +65,13 @@ pub async fn reconcile(wd: Arc<WorkDivider>, ctx: Arc<Context>) -> Result<Action
     };
 
     let objects = build(&valid, &membership);
-    apply(&ctx.client, &objects.service)
-        .await
-        .map_err(ReconcileError::api("apply Service"))?;
-    apply(&ctx.client, &objects.config_map)
-        .await
-        .map_err(ReconcileError::api("apply ConfigMap"))?;
-    let sts = apply(&ctx.client, &objects.statefulset)
-        .await
-        .map_err(ReconcileError::api("apply StatefulSet"))?;
+    apply(&ctx.client, &objects.service).await.map_err(ReconcileError::api("apply Service"))?;
+    apply(&ctx.client, &objects.config_map).await.map_err(ReconcileError::api("apply ConfigMap"))?;
+    let sts = apply(&ctx.client, &objects.statefulset).await.map_err(ReconcileError::api("apply StatefulSet"))?;
 
     let next = status::observed(existing, generation, valid.replicas, membership.epoch, Some(&sts), now);
     if existing != Some(&next) {
-        apply_status(&ctx.client, wd.as_ref(), &next)
-            .await
-            .map_err(ReconcileError::api("write status"))?;
+        apply_status(&ctx.client, wd.as_ref(), &next).await.map_err(ReconcileError::api("write status"))?;
     }
     if existing.and_then(|s| s.seq_cluster_epoch) != Some(membership.epoch) {
         ctx.event(
@@ -106,17 +79,10 @@ pub async fn reconcile(wd: Arc<WorkDivider>, ctx: Arc<Context>) -> Result<Action
             false,
             "MembersCopied",
             "UpdateMembers",
-            format!(
-                "SeqCluster {} member list at epoch {}",
-                valid.seq_cluster, membership.epoch
-            ),
+            format!("SeqCluster {} member list at epoch {}", valid.seq_cluster, membership.epoch),
         )
         .await;
     }
     tracing::info!(workdivider = %wd.name_any(), ready = next.ready_replicas, "reconciled");
-    Ok(Action::requeue(if next.ready_replicas >= valid.replicas {
-        RESYNC
-    } else {
-        POLL_WHILE_PROGRESSING
-    }))
+    Ok(Action::requeue(if next.ready_replicas >= valid.replicas { RESYNC } else { POLL_WHILE_PROGRESSING }))
 }

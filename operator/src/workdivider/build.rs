@@ -36,19 +36,18 @@ pub struct DividerFile {
     pub keys: DividerKeys,
 }
 
-/// Static keys, as the pods read them.
+/// Static keys, as the pods read them: `partitions` numbered keys `<prefix><i>`, or `names`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DividerKeys {
-    /// `<prefix><i>` for `i` in `0..count`.
-    Partitions {
-        /// Number of keys.
-        count: i32,
-        /// Key prefix.
-        prefix: String,
-    },
+pub struct DividerKeys {
+    /// Number of numbered keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+    /// Prefix of numbered keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
     /// Explicit names.
-    Names(Vec<String>),
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<String>>,
 }
 
 /// Every object of one WorkDivider, in apply order.
@@ -63,11 +62,7 @@ pub struct WorkDividerObjects {
 }
 
 fn owner(o: &OwnerReference) -> OwnerReference {
-    OwnerReference {
-        block_owner_deletion: Some(true),
-        controller: Some(true),
-        ..o.clone()
-    }
+    OwnerReference { block_owner_deletion: Some(true), controller: Some(true), ..o.clone() }
 }
 
 /// Builds every object, given the referenced SeqCluster's applied member configuration.
@@ -98,22 +93,17 @@ pub fn build(v: &ValidWorkDivider, seq_membership: &MembershipStatus) -> WorkDiv
         seq_cluster: v.seq_cluster.clone(),
         seq_cluster_epoch: members.epoch,
         default_affinity: v.default_affinity,
-        keys: match (&v.keys.partitions, &v.keys.names) {
-            (Some(count), _) => DividerKeys::Partitions {
-                count: *count,
-                prefix: v.keys.prefix.clone().unwrap_or_else(|| DEFAULT_KEY_PREFIX.into()),
-            },
-            (None, names) => DividerKeys::Names(names.clone().unwrap_or_default()),
+        keys: DividerKeys {
+            partitions: v.keys.partitions,
+            prefix: v.keys.partitions.map(|_| v.keys.prefix.clone().unwrap_or_else(|| DEFAULT_KEY_PREFIX.into())),
+            names: v.keys.names.clone(),
         },
     };
     let config_map = ConfigMap {
         metadata: meta(config_map_name(&v.name)),
         data: Some(BTreeMap::from([
             (MEMBERS_KEY.to_string(), members.to_yaml()),
-            (
-                DIVIDER_KEY.to_string(),
-                serde_yaml::to_string(&divider).expect("divider file serializes"),
-            ),
+            (DIVIDER_KEY.to_string(), serde_yaml::to_string(&divider).expect("divider file serializes")),
         ])),
         ..Default::default()
     };
@@ -137,18 +127,11 @@ pub fn build(v: &ValidWorkDivider, seq_membership: &MembershipStatus) -> WorkDiv
             replicas: Some(v.replicas),
             service_name: Some(v.name.clone()),
             pod_management_policy: Some("Parallel".into()),
-            selector: LabelSelector {
-                match_labels: Some(selector),
-                ..Default::default()
-            },
+            selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
             template,
             ..Default::default()
         },
         ..Default::default()
     };
-    WorkDividerObjects {
-        service,
-        config_map,
-        statefulset,
-    }
+    WorkDividerObjects { service, config_map, statefulset }
 }

@@ -24,46 +24,19 @@ pub fn observed(
     statefulset: Option<&StatefulSet>,
     now: Timestamp,
 ) -> WorkDividerStatus {
-    let ready = statefulset
-        .and_then(|s| s.status.as_ref())
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
+    let ready = statefulset.and_then(|s| s.status.as_ref()).and_then(|s| s.ready_replicas).unwrap_or(0);
     let available = if ready >= 1 || desired_replicas == 0 {
-        ConditionUpdate::new(
-            AVAILABLE,
-            true,
-            "PodsReady",
-            format!("{ready} of {desired_replicas} pods ready"),
-        )
+        ConditionUpdate::new(AVAILABLE, true, "PodsReady", format!("{ready} of {desired_replicas} pods ready"))
     } else {
-        ConditionUpdate::new(
-            AVAILABLE,
-            false,
-            "NoPodReady",
-            format!("0 of {desired_replicas} pods ready"),
-        )
+        ConditionUpdate::new(AVAILABLE, false, "NoPodReady", format!("0 of {desired_replicas} pods ready"))
     };
     let progressing = if ready < desired_replicas {
-        ConditionUpdate::new(
-            PROGRESSING,
-            true,
-            "PodsStarting",
-            format!("{ready} of {desired_replicas} pods ready"),
-        )
+        ConditionUpdate::new(PROGRESSING, true, "PodsStarting", format!("{ready} of {desired_replicas} pods ready"))
     } else {
-        ConditionUpdate::new(
-            PROGRESSING,
-            false,
-            "Reconciled",
-            format!("{desired_replicas} pods ready"),
-        )
+        ConditionUpdate::new(PROGRESSING, false, "Reconciled", format!("{desired_replicas} pods ready"))
     };
-    let degraded = ConditionUpdate::new(
-        DEGRADED,
-        false,
-        "SeqClusterReady",
-        "the spec is valid and its SeqCluster has members",
-    );
+    let degraded =
+        ConditionUpdate::new(DEGRADED, false, "SeqClusterReady", "the spec is valid and its SeqCluster has members");
     WorkDividerStatus {
         observed_generation: generation,
         ready_replicas: ready,
@@ -90,31 +63,21 @@ pub fn waiting_for_seqcluster(
             "SeqClusterNotFound",
             format!("SeqCluster {name:?} does not exist in this namespace; create it or fix spec.seqClusterRef.name"),
         ),
-        SeqClusterProblem::NotReady(name) => (
-            "SeqClusterNotReady",
-            format!("SeqCluster {name:?} has no member configuration yet; waiting for it"),
-        ),
+        SeqClusterProblem::NotReady(name) => {
+            ("SeqClusterNotReady", format!("SeqCluster {name:?} has no member configuration yet; waiting for it"))
+        }
     };
     let conditions = merge(
         &base.conditions,
         &[
             ConditionUpdate::new(AVAILABLE, base.ready_replicas > 0, reason, message.clone()),
             ConditionUpdate::new(PROGRESSING, true, reason, message.clone()),
-            ConditionUpdate::new(
-                DEGRADED,
-                matches!(problem, SeqClusterProblem::NotFound(_)),
-                reason,
-                message,
-            ),
+            ConditionUpdate::new(DEGRADED, matches!(problem, SeqClusterProblem::NotFound(_)), reason, message),
         ],
         generation,
         now,
     );
-    WorkDividerStatus {
-        observed_generation: generation,
-        conditions,
-        ..base
-    }
+    WorkDividerStatus { observed_generation: generation, conditions, ..base }
 }
 
 /// Status of an object whose spec cannot be realised.
@@ -134,9 +97,5 @@ pub fn invalid(
         generation,
         now,
     );
-    WorkDividerStatus {
-        observed_generation: generation,
-        conditions,
-        ..base
-    }
+    WorkDividerStatus { observed_generation: generation, conditions, ..base }
 }
