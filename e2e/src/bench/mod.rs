@@ -1,0 +1,8 @@
+//! Modules of the `ordo-bench` binary (declared from the binary only).
+
+pub mod baseline;
+pub mod etcd;
+pub mod hist;
+pub mod ordo;
+pub mod report;
+pub mod runner;
