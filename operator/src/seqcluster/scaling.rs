@@ -199,7 +199,7 @@ pub fn plan(name: &str, desired: &MemberSetStatus, applied: Option<&MembershipSt
             let replicas = widest(current, previous);
             let lagging: Vec<String> = (0..current.members)
                 .map(|i| member_id(name, i))
-                .filter(|id| !reports.get(id).is_some_and(|r| r.epoch as i64 >= e))
+                .filter(|id| reports.get(id).is_none_or(|r| (r.epoch as i64) < e))
                 .collect();
             if !lagging.is_empty() {
                 return wait(
