@@ -23,12 +23,23 @@ enum Kind {
 }
 
 /// Runs one client for `ops` requests (or until `stop`), recording every allocation.
-async fn load(client: Client, id: usize, kind: Kind, seq: &'static str, ops: usize, log: Log, tolerate_errors: bool) -> usize {
+async fn load(
+    client: Client,
+    id: usize,
+    kind: Kind,
+    seq: &'static str,
+    ops: usize,
+    log: Log,
+    tolerate_errors: bool,
+) -> usize {
     let mut errors = 0;
-    let handle = client.sequence(seq, match kind {
-        Kind::Leased(n) => n,
-        _ => 1,
-    });
+    let handle = client.sequence(
+        seq,
+        match kind {
+            Kind::Leased(n) => n,
+            _ => 1,
+        },
+    );
     for _ in 0..ops {
         let invoked = Instant::now();
         let r = match kind {
@@ -71,7 +82,8 @@ fn opts(members: usize) -> TestOptions {
 async fn no_id_twice_with_racing_range_sizes_and_strict() {
     // Different buffer range sizes per member, too: 1, 3 and 1000.
     let mut o = opts(3);
-    o.member_args = vec![vec!["--range-size=1".into()], vec!["--range-size=3".into()], vec!["--range-size=1000".into()]];
+    o.member_args =
+        vec![vec!["--range-size=1".into()], vec!["--range-size=3".into()], vec!["--range-size=1000".into()]];
     let cluster = TestCluster::start(o).await;
     let log: Log = Arc::default();
     let kinds = [
@@ -172,7 +184,13 @@ async fn kill9_all_members_loses_nothing_acknowledged() {
             let invoked = Instant::now();
             let ids = c.next("all", 2, strict).await.unwrap();
             assert!(ids.start >= acknowledged, "reissued {ids:?} (acknowledged up to {acknowledged})");
-            log.lock().unwrap().push(Allocation { client: 50 + member, ids, strict, invoked, completed: Instant::now() });
+            log.lock().unwrap().push(Allocation {
+                client: 50 + member,
+                ids,
+                strict,
+                invoked,
+                completed: Instant::now(),
+            });
         }
     }
     check_all(&log);
@@ -200,7 +218,10 @@ async fn wiped_member_catches_up_before_voting_and_nothing_is_reissued() {
     let c1 = cluster.client(1).await;
     let after_loss = c1.next("wipe", 1, true).await.unwrap();
     let acknowledged = log.lock().unwrap().iter().map(|a| a.ids.end).max().unwrap();
-    assert!(after_loss.start >= acknowledged, "reissued {after_loss:?} after a wipe; acknowledged up to {acknowledged}");
+    assert!(
+        after_loss.start >= acknowledged,
+        "reissued {after_loss:?} after a wipe; acknowledged up to {acknowledged}"
+    );
     // And member 1 down, member 2 back: quorum {0, 2} still never goes back.
     cluster.dev.kill9(1);
     cluster.dev.spawn(2).unwrap();

@@ -141,6 +141,11 @@ impl<P: Peers> Node<P> {
         self.store.as_ref().is_none_or(|s| s.meta().caught_up)
     }
 
+    /// Watches the readiness latch.
+    pub fn watch_ready(&self) -> watch::Receiver<bool> {
+        self.ready_tx.subscribe()
+    }
+
     /// The readiness latch.
     pub fn ready(&self) -> bool {
         *self.ready_tx.borrow()

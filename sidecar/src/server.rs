@@ -150,22 +150,19 @@ async fn run(args: SidecarArgs) -> Result<()> {
     // Health follows readiness.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     {
-        let node = node.clone();
+        let mut ready = node.watch_ready();
         tokio::spawn(async move {
-            let mut last = None;
             loop {
-                let ready = node.ready();
-                if last != Some(ready) {
-                    let status = if ready {
-                        tonic_health::ServingStatus::Serving
-                    } else {
-                        tonic_health::ServingStatus::NotServing
-                    };
-                    health_reporter.set_service_status("", status).await;
-                    health_reporter.set_service_status("ordo.v1.Sequencer", status).await;
-                    last = Some(ready);
+                let status = if *ready.borrow_and_update() {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                health_reporter.set_service_status("", status).await;
+                health_reporter.set_service_status("ordo.v1.Sequencer", status).await;
+                if ready.changed().await.is_err() {
+                    return;
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         });
     }

@@ -1,0 +1,178 @@
+//! Bad input gets a clear error and changes nothing; nothing panics. Against real processes.
+
+use std::time::Duration;
+
+use ordo_e2e::cluster::TestOptions;
+use ordo_e2e::TestCluster;
+use ordo_proto::v1 as pb;
+use tonic::transport::Endpoint;
+use tonic::Code;
+
+async fn peer_client(addr: &str) -> pb::quorum_peer_client::QuorumPeerClient<tonic::transport::Channel> {
+    let ch = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    pb::quorum_peer_client::QuorumPeerClient::new(ch)
+}
+
+fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_requests_with_bad_input_are_rejected_and_change_nothing() {
+    let cluster = TestCluster::start(TestOptions { members: 3, ..Default::default() }).await;
+    let c = cluster.client(0).await;
+    c.next("valid", 5, true).await.unwrap();
+    let before = c.current("valid").await.unwrap();
+
+    let long = "x".repeat(129);
+    let cases: Vec<(&str, u64, &str)> = vec![
+        ("", 1, "empty"),
+        (long.as_str(), 1, "limit is 128"),
+        ("bad/name", 1, "character outside"),
+        ("with space", 1, "character outside"),
+        ("-leading", 1, "start with a letter"),
+        ("valid", 0, "count must be between 1 and"),
+        ("valid", 1_000_001, "count must be between 1 and"),
+    ];
+    for (name, count, says) in cases {
+        for strict in [false, true] {
+            let err = c.next(name, count, strict).await.unwrap_err();
+            assert_eq!(err.code(), Some(Code::InvalidArgument), "{name:?}/{count}: {err}");
+            assert!(err.to_string().contains(says), "{name:?}/{count}: {err} should say {says:?}");
+        }
+    }
+    let err = c.current("never-used").await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound), "{err}");
+    assert!(err.to_string().contains("does not exist"));
+    let err = c.current("").await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument));
+    // Nothing changed, and the sidecar still serves.
+    assert_eq!(c.current("valid").await.unwrap(), before);
+    assert_eq!(c.next("valid", 1, true).await.unwrap().start, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_wrong_token_stale_epoch_or_malformed_messages_are_refused() {
+    let cluster = TestCluster::start(TestOptions { members: 3, ..Default::default() }).await;
+    let token = std::fs::read_to_string(cluster.dev.token_file()).unwrap();
+    let c = cluster.client(0).await;
+    c.next("peer-victim", 3, true).await.unwrap();
+    let before = c.current("peer-victim").await.unwrap();
+    let mut peer = peer_client(&cluster.dev.member(1).peer_addr).await;
+    let epoch = cluster.dev.epoch();
+    let ballot = Some(pb::Ballot { round: u64::MAX / 2, proposer: "intruder".into() });
+
+    // No token, wrong token.
+    let prep = pb::PrepareRequest { epoch, key: "seq/peer-victim".into(), ballot: ballot.clone() };
+    let err = peer.prepare(prep.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = peer.prepare(authed(prep.clone(), "wrong")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let err = peer.dump(authed(pb::DumpRequest { epoch }, "wrong")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // Stale and future epochs.
+    for e in [epoch - 1, epoch + 7] {
+        let err = peer.prepare(authed(pb::PrepareRequest { epoch: e, ..prep.clone() }, &token)).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("epoch mismatch"), "{}", err.message());
+    }
+
+    // Malformed messages: missing ballot, zero round, bad key, bad proposer, oversized value,
+    // a promise_next of another proposer, an empty forward.
+    let bad_prepares = [
+        pb::PrepareRequest { epoch, key: "seq/peer-victim".into(), ballot: None },
+        pb::PrepareRequest {
+            epoch,
+            key: "seq/peer-victim".into(),
+            ballot: Some(pb::Ballot { round: 0, proposer: "p".into() }),
+        },
+        pb::PrepareRequest { epoch, key: "seq//x".into(), ballot: ballot.clone() },
+        pb::PrepareRequest {
+            epoch,
+            key: "seq/x".into(),
+            ballot: Some(pb::Ballot { round: 1, proposer: "has space".into() }),
+        },
+    ];
+    for p in bad_prepares {
+        let err = peer.prepare(authed(p.clone(), &token)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{p:?}: {err:?}");
+    }
+    let acc = pb::AcceptRequest {
+        epoch,
+        key: "seq/peer-victim".into(),
+        ballot: Some(pb::Ballot { round: 5, proposer: "p".into() }),
+        value: vec![0; (1 << 20) + 1],
+        promise_next: None,
+        voters: vec![],
+    };
+    let err = peer.accept(authed(acc.clone(), &token)).await.unwrap_err();
+    assert!(matches!(err.code(), Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted), "{err:?}");
+    let err = peer
+        .accept(authed(
+            pb::AcceptRequest {
+                value: vec![1],
+                promise_next: Some(pb::Ballot { round: 9, proposer: "q".into() }),
+                ..acc
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = peer
+        .propose(authed(pb::ProposeRequest { epoch, key: "seq/x".into(), changes: vec![], timeout_ms: 10 }, &token))
+        .await;
+    assert_eq!(err.unwrap_err().code(), Code::InvalidArgument);
+
+    // Raw garbage on the gRPC wire: a frame that is not a protobuf message.
+    let ch =
+        Endpoint::from_shared(format!("http://{}", cluster.dev.member(1).peer_addr)).unwrap().connect().await.unwrap();
+    let mut raw = tonic::client::Grpc::new(ch);
+    raw.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/ordo.v1.QuorumPeer/Prepare");
+    let garbage = authed(vec![0xffu8, 0xff, 0xff, 0x01, 0x02], &token);
+    let r: Result<tonic::Response<pb::PrepareResponse>, _> = raw.unary(garbage, path, RawCodec).await;
+    let err = r.unwrap_err();
+    assert!(matches!(err.code(), Code::Internal | Code::InvalidArgument), "{err:?}");
+
+    // The members survive and nothing changed.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(c.current("peer-victim").await.unwrap(), before);
+    assert_eq!(c.next("peer-victim", 1, true).await.unwrap().start, before);
+}
+
+/// Sends raw bytes as a request body and decodes the reply as `PrepareResponse`.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = pb::PrepareResponse;
+    type Encoder = RawEncoder;
+    type Decoder = tonic_prost::ProstDecoder<pb::PrepareResponse>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<Vec<u8>, pb::PrepareResponse>::default().decoder()
+    }
+}
+
+#[derive(Clone, Default)]
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
