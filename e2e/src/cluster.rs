@@ -39,7 +39,12 @@ static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// A base port whose next `count` ports are free right now.
 fn free_ports(count: u16) -> u16 {
-    let _ = NEXT_PORT.compare_exchange(0, 20000 + (std::process::id() % 400) as u16 * 50, Ordering::SeqCst, Ordering::SeqCst);
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        20000 + (std::process::id() % 400) as u16 * 50,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
     loop {
         let base = NEXT_PORT.fetch_add(count, Ordering::SeqCst);
         let base = if base > 60000 { 20000 + base % 40000 } else { base };
