@@ -144,7 +144,10 @@ pub async fn attempt<P: Peers>(
     )))
 }
 
-fn describe<E: std::fmt::Display, T>(what: &str, answers: &[(&str, Result<(), E>, Result<T, E>)]) -> String {
+/// One peer's answers to a catch-up attempt: fence and dump.
+type Answer<'a, E, T> = (&'a str, Result<(), E>, Result<T, E>);
+
+fn describe<E: std::fmt::Display, T>(what: &str, answers: &[Answer<'_, E, T>]) -> String {
     let failures: Vec<String> = answers
         .iter()
         .filter_map(|(id, f, d)| match (f, d) {
