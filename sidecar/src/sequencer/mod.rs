@@ -133,8 +133,18 @@ impl<P: Peers> Sequencer<P> {
     /// `count` contiguous IDs: from the buffer, or through the quorum when `strict`.
     pub async fn next(&self, name: &str, count: u64, strict: bool) -> Result<Range<u64>, SeqError> {
         self.validate(name, count)?;
-        let r =
-            if strict { self.allocator.allocate(name, count).await? } else { self.buffer(name).take(count).await? };
+        let r = if strict {
+            self.allocator.allocate(name, count).await?
+        } else {
+            // Waiting for a refill in flight plus a refill of our own must still end in time.
+            match tokio::time::timeout(self.config.timeout, self.buffer(name).take(count)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    let detail = format!("no buffer refill of {name:?} completed within {:?}", self.config.timeout);
+                    return Err(ChangeError::Unavailable { answered: 0, total: 0, detail }.into());
+                }
+            }
+        };
         self.metrics.ids_issued.inc_by(r.end - r.start);
         Ok(r)
     }
