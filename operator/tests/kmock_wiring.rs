@@ -175,7 +175,7 @@ async fn controllers_reconcile_through_a_stateful_api_emulator() {
 
     // First reconcile: every child exists, the status records epoch 1.
     eventually("SeqCluster status epoch 1", || async {
-        let m = seqclusters.get(&"ids").await.ok()?.status?.membership?;
+        let m = seqclusters.get("ids").await.ok()?.status?.membership?;
         (m.epoch == 1 && m.phase == MembershipPhase::Stable).then_some(())
     })
     .await;
