@@ -53,3 +53,35 @@ pub async fn serve(
     tracing::info!(%addr, "admin endpoints listening");
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::{to_bytes, Body};
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn get(router: Router, path: &str) -> (StatusCode, String) {
+        let response = router.oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn ready_only_after_crds_and_metrics_render() {
+        let state = AdminState { metrics: Arc::new(Metrics::default()), ready: Arc::new(AtomicBool::new(false)) };
+        state.metrics.failure("SeqCluster", "transient");
+        let app = router(state.clone());
+        assert_eq!(get(app.clone(), "/healthz").await.0, StatusCode::OK);
+        assert_eq!(get(app.clone(), "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        state.ready.store(true, Ordering::Relaxed);
+        assert_eq!(get(app.clone(), "/readyz").await.0, StatusCode::OK);
+        let (status, body) = get(app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            body.contains(r#"ordo_operator_reconcile_failures_total{kind="SeqCluster",class="transient"} 1"#),
+            "{body}"
+        );
+    }
+}

@@ -60,6 +60,20 @@ pub fn merge(
     out
 }
 
+/// Conditions of an object whose spec cannot be realised: `Degraded` with what to fix, and not
+/// `Progressing` until the spec changes. `Available` keeps its last value (what runs keeps running).
+pub fn invalid_spec(existing: &[Condition], problems: &str, generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
+    merge(
+        existing,
+        &[
+            ConditionUpdate::new(DEGRADED, true, "InvalidSpec", problems),
+            ConditionUpdate::new(PROGRESSING, false, "InvalidSpec", "waiting for the spec to be fixed"),
+        ],
+        generation,
+        now,
+    )
+}
+
 /// The status of condition `type_`, if present.
 pub fn is_true(conditions: &[Condition], type_: &str) -> Option<bool> {
     conditions.iter().find(|c| c.type_ == type_).map(|c| c.status == "True")

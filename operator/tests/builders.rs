@@ -259,3 +259,57 @@ fn unusable_specs_say_what_to_fix() {
     wd.spec.keys.names = Some(vec!["a".into(), "a".into()]);
     assert!(wd_validate::validate(&wd).unwrap_err().to_string().contains("\"a\" appears twice"));
 }
+
+#[test]
+fn render_prints_every_object_from_the_same_builders() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+
+    let root = common::root().join("examples/k8s");
+    let input = ["seqcluster.yaml", "workdivider.yaml"]
+        .iter()
+        .map(|f| std::fs::read_to_string(root.join(f)).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let out = ordo_operator::render::render(&input).unwrap();
+    let mut kinds = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&out) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        let kind = v["kind"].as_str().unwrap().to_string();
+        assert!(v["apiVersion"].is_string(), "{kind} lacks apiVersion");
+        let parsed = match kind.as_str() {
+            "Service" => serde_json::from_value::<Service>(v).map(|_| ()),
+            "ConfigMap" => serde_json::from_value::<ConfigMap>(v).map(|_| ()),
+            "Secret" => serde_json::from_value::<Secret>(v).map(|_| ()),
+            "StatefulSet" => serde_json::from_value::<StatefulSet>(v).map(|_| ()),
+            "PodDisruptionBudget" => serde_json::from_value::<PodDisruptionBudget>(v).map(|_| ()),
+            "NetworkPolicy" => serde_json::from_value::<NetworkPolicy>(v).map(|_| ()),
+            other => panic!("unexpected kind {other}"),
+        };
+        parsed.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        kinds.push(kind);
+    }
+    assert_eq!(
+        kinds,
+        [
+            "Service",
+            "ConfigMap",
+            "Secret",
+            "StatefulSet",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+            "Service",
+            "ConfigMap",
+            "StatefulSet"
+        ]
+    );
+
+    let wd_only = std::fs::read_to_string(root.join("workdivider.yaml")).unwrap();
+    let err = ordo_operator::render::render(&wd_only).unwrap_err().to_string();
+    assert!(err.contains("pass it too"), "{err}");
+    let err =
+        ordo_operator::render::render("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n").unwrap_err().to_string();
+    assert!(err.contains("is not SeqCluster or WorkDivider"), "{err}");
+}

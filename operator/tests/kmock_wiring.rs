@@ -284,3 +284,29 @@ impl Drop for DumpOnPanic {
         }
     }
 }
+
+#[tokio::test]
+async fn leader_election_hands_the_lease_over_only_after_it_expires() {
+    use ordo_operator::leader::{try_acquire, Attempt, LeaseConfig};
+    let Some(emulator) = start_emulator() else { return };
+    let client = client(&emulator.operator_url);
+    let cfg = |identity: &str| LeaseConfig {
+        name: "ordo-operator".into(),
+        namespace: NS.into(),
+        identity: identity.into(),
+        duration: Duration::from_secs(1),
+        renew_every: Duration::from_millis(200),
+    };
+    let (a, b) = (cfg("a"), cfg("b"));
+    assert_eq!(try_acquire(&client, &a).await.unwrap(), Attempt::Held, "created");
+    assert_eq!(try_acquire(&client, &b).await.unwrap(), Attempt::HeldByOther);
+    assert_eq!(try_acquire(&client, &a).await.unwrap(), Attempt::Held, "renewed");
+    // Lease times have second precision; wait past expiry.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(try_acquire(&client, &b).await.unwrap(), Attempt::Held, "taken over after expiry");
+    assert_eq!(try_acquire(&client, &a).await.unwrap(), Attempt::HeldByOther);
+    let lease =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client, NS).get("ordo-operator").await.unwrap();
+    let spec = lease.spec.unwrap();
+    assert_eq!((spec.holder_identity.as_deref(), spec.lease_transitions), (Some("b"), Some(1)));
+}

@@ -5,7 +5,6 @@ use k8s_openapi::jiff::Timestamp;
 use super::scaling::{member_id, write_quorum, Plan, Reports, Step};
 use crate::conditions::{merge, ConditionUpdate, AVAILABLE, DEGRADED, PROGRESSING};
 use crate::crd::{MemberState, SeqClusterStatus};
-use crate::spec_error::SpecError;
 
 /// Status after a reconcile that applied `plan`.
 pub fn observed(
@@ -90,18 +89,13 @@ pub fn observed(
 pub fn invalid(
     existing: Option<&SeqClusterStatus>,
     generation: Option<i64>,
-    err: &SpecError,
+    err: &crate::spec_error::SpecError,
     now: Timestamp,
 ) -> SeqClusterStatus {
     let base = existing.cloned().unwrap_or_default();
-    let conditions = merge(
-        &base.conditions,
-        &[
-            ConditionUpdate::new(DEGRADED, true, "InvalidSpec", err.to_string()),
-            ConditionUpdate::new(PROGRESSING, false, "InvalidSpec", "waiting for the spec to be fixed"),
-        ],
-        generation,
-        now,
-    );
-    SeqClusterStatus { observed_generation: generation, conditions, ..base }
+    SeqClusterStatus {
+        observed_generation: generation,
+        conditions: crate::conditions::invalid_spec(&base.conditions, &err.to_string(), generation, now),
+        ..base
+    }
 }

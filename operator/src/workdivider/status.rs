@@ -80,7 +80,7 @@ pub fn waiting_for_seqcluster(
     WorkDividerStatus { observed_generation: generation, conditions, ..base }
 }
 
-/// Status of an object whose spec cannot be realised.
+/// Status of an object whose spec cannot be realised: what was applied before stays recorded.
 pub fn invalid(
     existing: Option<&WorkDividerStatus>,
     generation: Option<i64>,
@@ -88,14 +88,9 @@ pub fn invalid(
     now: Timestamp,
 ) -> WorkDividerStatus {
     let base = existing.cloned().unwrap_or_default();
-    let conditions = merge(
-        &base.conditions,
-        &[
-            ConditionUpdate::new(DEGRADED, true, "InvalidSpec", err.to_string()),
-            ConditionUpdate::new(PROGRESSING, false, "InvalidSpec", "waiting for the spec to be fixed"),
-        ],
-        generation,
-        now,
-    );
-    WorkDividerStatus { observed_generation: generation, conditions, ..base }
+    WorkDividerStatus {
+        observed_generation: generation,
+        conditions: crate::conditions::invalid_spec(&base.conditions, &err.to_string(), generation, now),
+        ..base
+    }
 }
