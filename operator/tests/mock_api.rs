@@ -191,6 +191,17 @@ fn secret_with_token() -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ids-peer-token", "namespace": "prod"}, "data": {"token": "a2VwdC10b2tlbg=="}})
 }
 
+/// Moves the status write (pushed by a test after the applies) to where the reconcile makes it:
+/// right after reading the token, before any child is applied.
+fn status_first(mut script: Vec<Expect>) -> Vec<Expect> {
+    let reads_token_first = script.first().is_some_and(|e| e.method == "GET" && e.path.contains("/secrets/"));
+    if let Some(i) = script.iter().position(|e| e.path.ends_with("/status")).filter(|_| reads_token_first) {
+        let status = script.remove(i);
+        script.insert(1, status);
+    }
+    script
+}
+
 /// The apply calls of one SeqCluster reconcile, with checks on the ConfigMap and StatefulSet.
 fn sc_applies(secret: Expect, check_cm: impl Fn(&Value) + Send + 'static, replicas: i64) -> Vec<Expect> {
     vec![
@@ -235,7 +246,7 @@ async fn seqcluster_first_reconcile_creates_everything_and_records_epoch_one() {
         );
     }));
     script.push(expect("POST", EVENTS).check(|b| assert_eq!(b["reason"], "Bootstrapped")));
-    let action = run(&sc, script, TableProbe::default(), seqcluster::apply::reconcile).await.unwrap();
+    let action = run(&sc, status_first(script), TableProbe::default(), seqcluster::apply::reconcile).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(5)));
 }
 
@@ -270,7 +281,7 @@ async fn seqcluster_scale_up_grows_pods_and_writes_the_joint_configuration() {
         assert_eq!(b["status"]["membership"]["previous"]["members"], 3);
     }));
     script.push(expect("POST", EVENTS).check(|b| assert_eq!(b["reason"], "JointConfiguration")));
-    let action = run(&sc, script, probe, seqcluster::apply::reconcile).await.unwrap();
+    let action = run(&sc, status_first(script), probe, seqcluster::apply::reconcile).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(5)));
 }
 
@@ -297,7 +308,7 @@ async fn seqcluster_scale_down_removes_pods_only_after_the_final_configuration()
             .check(|b| assert_eq!(b["status"]["membership"]["phase"], "Finalizing")),
     );
     script.push(expect("POST", EVENTS).check(|b| assert_eq!(b["reason"], "NewConfiguration")));
-    run(&sc, script, reports("ids", 0..5, 2, Some(2), true), seqcluster::apply::reconcile).await.unwrap();
+    run(&sc, status_first(script), reports("ids", 0..5, 2, Some(2), true), seqcluster::apply::reconcile).await.unwrap();
 
     // Finalizing; the three remaining members run epoch 3: shrink the StatefulSet to 3.
     let fin = MembershipStatus {
@@ -317,7 +328,7 @@ async fn seqcluster_scale_down_removes_pods_only_after_the_final_configuration()
         assert!(b["status"]["membership"].get("previous").is_none());
     }));
     script.push(expect("POST", EVENTS).check(|b| assert_eq!(b["reason"], "ScaledTo")));
-    run(&sc, script, reports("ids", 0..3, 3, Some(2), true), seqcluster::apply::reconcile).await.unwrap();
+    run(&sc, status_first(script), reports("ids", 0..3, 3, Some(2), true), seqcluster::apply::reconcile).await.unwrap();
 }
 
 #[tokio::test]
@@ -336,7 +347,7 @@ async fn seqcluster_scale_down_waits_without_a_quorum_of_caught_up_members() {
         assert_eq!(a["status"], "False");
     }));
     // Only two members answer.
-    run(&sc, script, reports("ids", 0..2, 4, Some(4), true), seqcluster::apply::reconcile).await.unwrap();
+    run(&sc, status_first(script), reports("ids", 0..2, 4, Some(4), true), seqcluster::apply::reconcile).await.unwrap();
 }
 
 #[tokio::test]
@@ -359,7 +370,7 @@ async fn seqcluster_status_is_only_written_when_it_changes() {
         3,
     );
     // No status PATCH, no Event: a settled cluster resyncs slowly.
-    let action = run(&sc, script, probe, seqcluster::apply::reconcile).await.unwrap();
+    let action = run(&sc, status_first(script), probe, seqcluster::apply::reconcile).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(60)));
 }
 
@@ -379,7 +390,7 @@ async fn invalid_spec_sets_degraded_publishes_a_warning_and_does_not_requeue() {
             assert_eq!((b["type"].as_str(), b["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
         }),
     ];
-    let action = run(&sc, script, TableProbe::default(), seqcluster::apply::reconcile).await.unwrap();
+    let action = run(&sc, status_first(script), TableProbe::default(), seqcluster::apply::reconcile).await.unwrap();
     assert_eq!(action, Action::await_change());
 
     // Reconciled again with its Degraded status already recorded: no call at all (no hot loop).

@@ -110,6 +110,14 @@ pub async fn reconcile(sc: Arc<SeqCluster>, ctx: Arc<Context>) -> Result<Action,
     };
     let objects = build(&valid, &plan.membership, plan.statefulset_replicas, &token);
 
+    // The status is the record of the configuration: it is written before the ConfigMap, so an
+    // operator that restarts in between re-applies the same epoch rather than planning anew
+    // (two different configurations must never share an epoch).
+    let next = status::observed(&valid.name, existing, generation, &plan, &reports, now);
+    if existing != Some(&next) {
+        apply_status(&ctx.client, sc.as_ref(), &next).await.map_err(ReconcileError::api("write status"))?;
+    }
+
     apply(&ctx.client, &objects.service).await.map_err(ReconcileError::api("apply peer Service"))?;
     apply(&ctx.client, &objects.config_map).await.map_err(ReconcileError::api("apply members ConfigMap"))?;
     apply(&ctx.client, &objects.secret).await.map_err(ReconcileError::api("apply peer-token Secret"))?;
@@ -127,10 +135,6 @@ pub async fn reconcile(sc: Arc<SeqCluster>, ctx: Arc<Context>) -> Result<Action,
     }
     .map_err(ReconcileError::api("apply NetworkPolicy"))?;
 
-    let next = status::observed(&valid.name, existing, generation, &plan, &reports, now);
-    if existing != Some(&next) {
-        apply_status(&ctx.client, sc.as_ref(), &next).await.map_err(ReconcileError::api("write status"))?;
-    }
     if let Step::Advanced(reason, msg) = &plan.step {
         ctx.metrics.membership_changes.get_or_create(&crate::metrics::Metrics::kind(KIND)).inc();
         ctx.event(&reference, false, reason, "UpdateMembers", msg.clone()).await;
