@@ -1,6 +1,6 @@
 # ordo-operator image: static-ish Rust binary on distroless (non-root, no shell).
 # Build from the repository root: docker build -f docker/operator.Dockerfile -t ordo-operator:dev .
-FROM rust:1.88-bookworm AS build
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

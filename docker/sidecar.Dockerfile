@@ -3,7 +3,7 @@
 # Build from the repository root:
 #   docker build -f docker/sidecar.Dockerfile -t ordo-sidecar:dev .
 #   docker build -f docker/sidecar.Dockerfile --target tools -t ordo-tools:dev .
-FROM rust:1.88-bookworm AS build
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

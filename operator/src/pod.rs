@@ -243,8 +243,9 @@ pub fn pod_template(parts: PodParts<'_>) -> PodTemplateSpec {
         ..Default::default()
     });
 
+    // The sidecar container itself runs non-root with a read-only root filesystem; the app
+    // containers' identity stays the user's choice. fsGroup makes the data volume writable.
     let security = spec.security_context.get_or_insert_with(PodSecurityContext::default);
-    security.run_as_non_root.get_or_insert(true);
     security.fs_group.get_or_insert(SIDECAR_UID);
     security.seccomp_profile.get_or_insert(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() });
     if spec.topology_spread_constraints.is_none() {
