@@ -3,6 +3,7 @@
 pub mod baseline;
 pub mod etcd;
 pub mod hist;
+pub mod http;
 pub mod ordo;
 pub mod report;
 pub mod runner;

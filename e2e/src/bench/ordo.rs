@@ -48,6 +48,10 @@ pub struct OrdoCluster {
     _dev: DevCluster,
     /// Each member's app socket.
     pub sockets: Vec<String>,
+    /// Each member's admin HTTP address.
+    admin: Vec<String>,
+    /// Clients are spread over the first `spread` members.
+    pub spread: usize,
 }
 
 impl OrdoCluster {
@@ -65,7 +69,8 @@ impl OrdoCluster {
         }
         let dev = DevCluster::start(opts).context("starting the sidecars")?;
         let sockets: Vec<String> = (0..members).map(|i| dev.member(i).socket.clone()).collect();
-        let cluster = Self { _dev: dev, sockets };
+        let admin = (0..members).map(|i| dev.member(i).admin_addr.clone()).collect();
+        let cluster = Self { _dev: dev, sockets, admin, spread: members };
         let deadline = Instant::now() + Duration::from_secs(60);
         for s in &cluster.sockets {
             loop {
@@ -85,11 +90,12 @@ impl OrdoCluster {
         Ok(cluster)
     }
 
-    /// `n` clients, client `i` connected to member `i % members` (each its own connection).
+    /// `n` clients, client `i` connected to member `i % spread` (each its own connection).
     pub async fn clients(&self, n: usize) -> anyhow::Result<Vec<Client>> {
         let mut out = Vec::with_capacity(n);
+        let spread = self.spread.clamp(1, self.sockets.len());
         for i in 0..n {
-            let s = &self.sockets[i % self.sockets.len()];
+            let s = &self.sockets[i % spread];
             out.push(Client::connect(s).await.with_context(|| format!("connecting to {s}"))?);
         }
         Ok(out)
@@ -129,5 +135,97 @@ impl IdSource for PingCall {
     async fn next_id(&mut self) -> anyhow::Result<u64> {
         self.0.ping().await?;
         Ok(0)
+    }
+}
+
+/// Quorum counters summed over the members (from their Prometheus `/metrics`).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct QuorumStats {
+    /// Rounds that reached a quorum.
+    pub rounds_ok: f64,
+    /// Rounds that failed (conflict or no quorum).
+    pub rounds_failed: f64,
+    /// Rounds pre-empted by a higher ballot.
+    pub conflicts: f64,
+    /// Sum of round durations, seconds.
+    pub round_secs: f64,
+    /// Changes folded into rounds.
+    pub batched: f64,
+    /// Sidecar buffer refills.
+    pub refills: f64,
+}
+
+impl QuorumStats {
+    fn add_metrics(&mut self, text: &str) {
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else { continue };
+            let Ok(v) = value.trim().parse::<f64>() else { continue };
+            let metric = name.split('{').next().unwrap_or(name);
+            match metric {
+                "ordo_quorum_rounds_total" if name.contains("result=\"ok\"") => self.rounds_ok += v,
+                "ordo_quorum_rounds_total" => self.rounds_failed += v,
+                "ordo_quorum_conflicts_total" => self.conflicts += v,
+                "ordo_quorum_round_seconds_sum" => self.round_secs += v,
+                "ordo_quorum_round_batch_sum" => self.batched += v,
+                "ordo_sequence_buffer_refills_total" => self.refills += v,
+                _ => {}
+            }
+        }
+    }
+
+    /// What happened between `before` and `self`.
+    pub fn since(&self, before: &QuorumStats) -> QuorumDelta {
+        let rounds = (self.rounds_ok - before.rounds_ok) + (self.rounds_failed - before.rounds_failed);
+        let per_round = |v: f64| if rounds > 0.0 { v / rounds } else { 0.0 };
+        QuorumDelta {
+            rounds_ok: self.rounds_ok - before.rounds_ok,
+            rounds_failed: self.rounds_failed - before.rounds_failed,
+            conflicts: self.conflicts - before.conflicts,
+            avg_round_ms: per_round(self.round_secs - before.round_secs) * 1e3,
+            avg_batch: per_round(self.batched - before.batched),
+            refills: self.refills - before.refills,
+        }
+    }
+}
+
+/// Quorum activity during one cell (all members).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct QuorumDelta {
+    /// Rounds that reached a quorum.
+    pub rounds_ok: f64,
+    /// Failed rounds.
+    pub rounds_failed: f64,
+    /// Rounds pre-empted by a higher ballot.
+    pub conflicts: f64,
+    /// Mean round time, milliseconds.
+    pub avg_round_ms: f64,
+    /// Mean changes per round.
+    pub avg_batch: f64,
+    /// Sidecar buffer refills.
+    pub refills: f64,
+}
+
+impl std::fmt::Display for QuorumDelta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "quorum: {:.0} rounds ok, {:.0} failed, {:.0} conflicts, {:.2} ms/round, {:.1} changes/round, {:.0} refills",
+            self.rounds_ok, self.rounds_failed, self.conflicts, self.avg_round_ms, self.avg_batch, self.refills
+        )
+    }
+}
+
+impl OrdoCluster {
+    /// Sums the quorum counters of every member (members that do not answer are skipped).
+    pub async fn quorum_stats(&self) -> QuorumStats {
+        let mut s = QuorumStats::default();
+        for addr in &self.admin {
+            if let Ok(mut h) = super::http::Http::connect(addr).await {
+                if let Ok(text) = h.get("/metrics").await {
+                    s.add_metrics(&text);
+                }
+            }
+        }
+        s
     }
 }

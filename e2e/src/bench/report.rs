@@ -35,6 +35,8 @@ pub struct Row {
     pub mean_us: f64,
     /// IDs/s of every repetition.
     pub runs: Vec<f64>,
+    /// Quorum activity of the sidecars during the (median) run, for Ordo rows.
+    pub quorum: Option<crate::bench::ordo::QuorumDelta>,
     /// Anything worth knowing (first error, CAS conflicts, why not measured).
     pub note: Option<String>,
 }
@@ -122,7 +124,8 @@ impl Report {
         let _ = writeln!(
             s,
             "Run {} on {} ({} cores); {} s per cell after {} ms warm-up, at most {} IDs per cell, \
-             median of {} run(s). Ordo: 3 `ordo-sidecar` members ({}); etcd: {}.\n",
+             median of {} run(s). Ordo: 3 `ordo-sidecar` members ({}), clients spread over {} of them{}; \
+             etcd: {}. Source: {}.\n",
             m["started"].as_str().unwrap_or("?"),
             m["cpu"].as_str().unwrap_or("?"),
             m["cores"],
@@ -131,7 +134,13 @@ impl Report {
             m["max_ids"],
             m["repeat"],
             m["sidecar"].as_str().unwrap_or("?"),
+            m["spread"],
+            m["sidecar_range"]
+                .as_u64()
+                .map(|r| format!(", sidecar range {r} behind leased Sequences"))
+                .unwrap_or_default(),
             m["etcd"].as_str().unwrap_or("?"),
+            m["git"].as_str().unwrap_or("?"),
         );
         let _ = writeln!(s, "## IDs/s (p50 / p99 latency per ID)\n");
         let _ = writeln!(
@@ -186,6 +195,27 @@ impl Report {
                     None => "n/a",
                 }
             );
+        }
+        let _ = writeln!(s, "\n## Quorum activity behind the Ordo rows (all members, from `/metrics`)\n");
+        let _ = writeln!(s, "| system | range | clients | IDs/s | rounds ok | failed | conflicts | ms/round | changes/round | buffer refills |");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &self.rows {
+            if let Some(q) = &r.quorum {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {:.0} |",
+                    r.system,
+                    r.range,
+                    r.clients,
+                    r.ids_per_sec.map_or("—".into(), fmt_rate),
+                    q.rounds_ok,
+                    q.rounds_failed,
+                    q.conflicts,
+                    q.avg_round_ms,
+                    q.avg_batch,
+                    q.refills
+                );
+            }
         }
         let notes: Vec<&Row> = self.rows.iter().filter(|r| r.note.is_some() || r.errors > 0).collect();
         if !notes.is_empty() {

@@ -7,8 +7,12 @@
 //! ```text
 //! ordo-bench [--secs S] [--warmup-ms MS] [--max-ids N] [--repeat N] [--ranges strict,1,2,1024]
 //!            [--clients 1,32] [--only baseline,lease,next,strict,etcd,socket] [--no-etcd]
-//!            [--sidecar PATH] [--etcd PATH] [--out DIR] [--keep]
+//!            [--spread N] [--sidecar-range N] [--sidecar PATH] [--etcd PATH] [--out DIR] [--keep]
 //! ```
+//!
+//! `--spread N` puts the clients on the first N members only (default 3: all of them);
+//! `--sidecar-range N` gives the sidecar buffers behind the leased `Sequence` rows N IDs per
+//! refill instead of the lease size (both are for diagnosis; the published table uses neither).
 
 #[path = "../bench/mod.rs"]
 mod bench;
@@ -19,13 +23,13 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bench::baseline::Baseline;
 use bench::etcd::{etcd_binary, EtcdCas, EtcdCluster};
-use bench::ordo::{sidecar_binary, Lease, NextCall, OrdoCluster, PingCall};
+use bench::ordo::{sidecar_binary, Lease, NextCall, OrdoCluster, PingCall, QuorumDelta};
 use bench::report::{fmt_rate, fmt_us, Report, Row};
 use bench::runner::{run_cell, Bounds, CellResult, IdSource};
 
 const USAGE: &str = "usage: ordo-bench [--secs S] [--warmup-ms MS] [--max-ids N] [--repeat N] \
 [--ranges strict,1,2,1024] [--clients 1,32] [--only baseline,lease,next,strict,etcd,socket] [--no-etcd] \
-[--sidecar PATH] [--etcd PATH] [--out DIR] [--keep]";
+[--spread N] [--sidecar-range N] [--sidecar PATH] [--etcd PATH] [--out DIR] [--keep]";
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -37,6 +41,8 @@ struct Args {
     clients: Vec<usize>,
     only: Option<Vec<String>>,
     no_etcd: bool,
+    spread: usize,
+    sidecar_range: Option<u64>,
     sidecar: Option<String>,
     etcd: Option<String>,
     out: PathBuf,
@@ -53,6 +59,8 @@ fn parse_args() -> anyhow::Result<Args> {
         clients: vec![1, 32],
         only: None,
         no_etcd: false,
+        spread: 3,
+        sidecar_range: None,
         sidecar: None,
         etcd: None,
         out: PathBuf::from("bench-out"),
@@ -82,6 +90,8 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--only" => a.only = Some(list(value()?)),
             "--no-etcd" => a.no_etcd = true,
+            "--spread" => a.spread = value()?.parse()?,
+            "--sidecar-range" => a.sidecar_range = Some(value()?.parse()?),
             "--sidecar" => a.sidecar = Some(value()?),
             "--etcd" => a.etcd = Some(value()?),
             "--out" => a.out = PathBuf::from(value()?),
@@ -128,8 +138,10 @@ fn range_size(range: &str) -> u64 {
 }
 
 /// Runs a cell `repeat` times (fresh sources each time) and keeps the median by rate.
+#[allow(clippy::too_many_arguments)]
 async fn measure<S, F, Fut>(
     args: &Args,
+    stats: Option<&OrdoCluster>,
     key: &str,
     system: &str,
     range: &str,
@@ -142,13 +154,21 @@ where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<(Vec<S>, Option<String>)>>,
 {
-    let mut results: Vec<(CellResult, Option<String>)> = Vec::new();
+    let mut results: Vec<(CellResult, Option<String>, Option<QuorumDelta>)> = Vec::new();
     let mut setup_error = None;
     for rep in 0..args.repeat {
         match make(rep).await {
             Ok((sources, note)) => {
+                let before = match stats {
+                    Some(o) => Some(o.quorum_stats().await),
+                    None => None,
+                };
                 let r = run_cell(sources, args.bounds(), check_increasing).await;
-                results.push((r, note));
+                let delta = match (stats, before) {
+                    (Some(o), Some(b)) => Some(o.quorum_stats().await.since(&b)),
+                    _ => None,
+                };
+                results.push((r, note, delta));
             }
             Err(e) => {
                 setup_error = Some(format!("{e:#}"));
@@ -156,7 +176,7 @@ where
             }
         }
     }
-    let runs: Vec<f64> = results.iter().map(|(r, _)| r.rate()).collect();
+    let runs: Vec<f64> = results.iter().map(|(r, _, _)| r.rate()).collect();
     results.sort_by(|a, b| a.0.rate().total_cmp(&b.0.rate()));
     let row = match results.len() {
         0 => Row {
@@ -172,10 +192,11 @@ where
             p99_us: 0.0,
             mean_us: 0.0,
             runs,
+            quorum: None,
             note: Some(format!("not measured: {}", setup_error.unwrap_or_default())),
         },
         n => {
-            let (r, note) = &results[n / 2];
+            let (r, note, quorum) = &results[n / 2];
             let mut notes: Vec<String> = note.iter().cloned().collect();
             if let Some(e) = &r.first_error {
                 notes.push(format!("first error: {e}"));
@@ -196,6 +217,7 @@ where
                 p99_us: r.hist.quantile(0.99) as f64 / 1e3,
                 mean_us: r.hist.mean() / 1e3,
                 runs,
+                quorum: *quorum,
                 note: (!notes.is_empty()).then(|| notes.join("; ")),
             }
         }
@@ -210,6 +232,9 @@ where
         fmt_us(row.p99_us),
         row.note.as_deref().map(|n| format!("  ({n})")).unwrap_or_default()
     );
+    if let Some(q) = &row.quorum {
+        eprintln!("    {q}");
+    }
     row
 }
 
@@ -223,6 +248,26 @@ fn cpu_model() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// The commit the binaries were (most likely) built from, marked when sidecar/ or client/ differ.
+fn git_revision() -> String {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+    };
+    match run(&["rev-parse", "--short", "HEAD"]) {
+        None => "unknown".into(),
+        Some(rev) => match run(&["status", "--porcelain", "--", "sidecar", "client", "proto"]) {
+            Some(s) if !s.is_empty() => format!("{rev} (with uncommitted changes in sidecar/client/proto)"),
+            _ => rev,
+        },
+    }
 }
 
 fn now_utc() -> String {
@@ -247,13 +292,13 @@ async fn main() -> anyhow::Result<()> {
     let mut seq_ranges = Vec::new();
     for range in args.ranges.iter().filter(|r| *r != "strict") {
         for &c in &args.clients {
-            for key in ["lease", "next"] {
-                seq_ranges.push((seq_name(key, range, c), range_size(range)));
-            }
+            seq_ranges.push((seq_name("lease", range, c), args.sidecar_range.unwrap_or(range_size(range))));
+            seq_ranges.push((seq_name("next", range, c), range_size(range)));
         }
     }
     eprintln!("starting 3 ordo-sidecar members ({})", sidecar.display());
-    let ordo = OrdoCluster::start(&sidecar, &dir.join("ordo"), 3, &seq_ranges).await?;
+    let mut ordo = OrdoCluster::start(&sidecar, &dir.join("ordo"), 3, &seq_ranges).await?;
+    ordo.spread = args.spread;
 
     // etcd, when installed.
     let etcd_note;
@@ -291,7 +336,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("range {range}, {clients} client(s):");
             if args.wants("baseline") {
                 rows.push(
-                    measure(&args, "baseline", "in-process baseline", range, clients, false, |_| async {
+                    measure(&args, None, "baseline", "in-process baseline", range, clients, false, |_| async {
                         let b = Baseline::start(r);
                         Ok(((0..clients).map(|_| b.client()).collect::<Vec<_>>(), None))
                     })
@@ -301,7 +346,7 @@ async fn main() -> anyhow::Result<()> {
             if !strict && args.wants("lease") {
                 let name = seq_name("lease", range, clients);
                 rows.push(
-                    measure(&args, "lease", "ordo-client Sequence", range, clients, true, |_| {
+                    measure(&args, Some(&ordo), "lease", "ordo-client Sequence", range, clients, true, |_| {
                         let name = name.clone();
                         let ordo = &ordo;
                         async move {
@@ -317,7 +362,7 @@ async fn main() -> anyhow::Result<()> {
                 let name = seq_name(next_key, range, clients);
                 let system = if strict { "ordo strict Next" } else { "ordo Next per ID" };
                 rows.push(
-                    measure(&args, next_key, system, range, clients, true, |_| {
+                    measure(&args, Some(&ordo), next_key, system, range, clients, true, |_| {
                         let name = name.clone();
                         let ordo = &ordo;
                         async move {
@@ -336,7 +381,7 @@ async fn main() -> anyhow::Result<()> {
                 match &etcd {
                     Some(e) => {
                         rows.push(
-                            measure(&args, "etcd", "etcd CAS", range, clients, true, |rep| {
+                            measure(&args, None, "etcd", "etcd CAS", range, clients, true, |rep| {
                                 let key = format!("{}-{rep}", seq_name("etcd", range, clients));
                                 async move {
                                     e.init_counter(&key).await?;
@@ -363,6 +408,7 @@ async fn main() -> anyhow::Result<()> {
                         p99_us: 0.0,
                         mean_us: 0.0,
                         runs: vec![],
+                        quorum: None,
                         note: Some(if etcd_note.starts_with("etcd: not available") {
                             "etcd: not available".into()
                         } else {
@@ -379,7 +425,7 @@ async fn main() -> anyhow::Result<()> {
         for &clients in &args.clients {
             let name = seq_name("sock", "default", clients);
             rows.push(
-                measure(&args, "sock-next", "Next (buffered, count 1)", "-", clients, true, |_| {
+                measure(&args, Some(&ordo), "sock-next", "Next (buffered, count 1)", "-", clients, true, |_| {
                     let name = name.clone();
                     let ordo = &ordo;
                     async move {
@@ -394,7 +440,7 @@ async fn main() -> anyhow::Result<()> {
                 .await,
             );
             rows.push(
-                measure(&args, "sock-ping", "Ping (no-op)", "-", clients, false, |_| {
+                measure(&args, Some(&ordo), "sock-ping", "Ping (no-op)", "-", clients, false, |_| {
                     let ordo = &ordo;
                     async move {
                         let cs = ordo.clients(clients).await?;
@@ -416,6 +462,9 @@ async fn main() -> anyhow::Result<()> {
             "max_ids": args.max_ids,
             "repeat": args.repeat,
             "sidecar": sidecar.display().to_string(),
+            "spread": args.spread,
+            "git": git_revision(),
+            "sidecar_range": args.sidecar_range,
             "etcd": etcd_note,
             "command": std::env::args().collect::<Vec<_>>().join(" "),
         }),
