@@ -87,7 +87,7 @@ fn members_of(args: &SidecarArgs) -> MembersFile {
 /// say so, and that value must be a valid id. One test sets it, so there is no env race.
 #[test]
 fn rendered_pods_start_the_sidecar() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     for fixture in ["seqcluster-minimal.yaml", "seqcluster-full.yaml"] {
         let sc = common::seqcluster(fixture);
         let v = sc_validate::validate(&sc).unwrap();

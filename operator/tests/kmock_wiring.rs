@@ -59,7 +59,8 @@ fn start_emulator() -> Option<Emulator> {
         eprintln!("SKIPPED: {} missing; run scripts/test-deps.sh (scripts/operator-tests.sh does)", python.display());
         return None;
     }
-    let dir = tempfile::tempdir().unwrap();
+    // Under the target directory, not /tmp: other suites on the machine clean /tmp.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let log = dir.path().join("requests.log");
     let mut child = Command::new(python)
         .arg(common::root().join("operator/tests/py/kmock_server.py"))
@@ -84,7 +85,7 @@ fn client(url: &str) -> Client {
 
 /// Sidecars that load every members file at once: members report the ConfigMap's epoch,
 /// caught up and migrated; pods beyond the file but within the StatefulSet answer, not caught up.
-struct FollowingProbe(Client);
+struct FollowingProbe(Client, Arc<std::sync::Mutex<std::collections::BTreeSet<(u64, usize, Option<usize>)>>>);
 
 impl MemberProbe for FollowingProbe {
     fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<MemberReport>> {
@@ -95,6 +96,7 @@ impl MemberProbe for FollowingProbe {
             let cms: Api<ConfigMap> = Api::namespaced(self.0.clone(), NS);
             let cm = cms.get_opt(&format!("{name}-members")).await.ok()??;
             let file = MembersFile::parse(cm.data?.get("members.yaml")?).ok()?;
+            self.1.lock().unwrap().insert((file.epoch, file.current.len(), file.previous.as_ref().map(|p| p.len())));
             let sts: Api<StatefulSet> = Api::namespaced(self.0.clone(), NS);
             let pods = sts.get_opt(name).await.ok()??.spec.replicas.unwrap_or(0);
             if ordinal >= pods {
@@ -130,7 +132,7 @@ where
 
 fn requests(log: &std::path::Path) -> Vec<(u16, String, String, String)> {
     std::fs::read_to_string(log)
-        .unwrap_or_default()
+        .expect("request log")
         .lines()
         .map(|l| {
             let mut parts = l.splitn(4, ' ');
@@ -167,7 +169,12 @@ async fn controllers_reconcile_through_a_stateful_api_emulator() {
     seqclusters.create(&PostParams::default(), &sc).await.unwrap();
 
     let metrics = Arc::new(Metrics::default());
-    let ctx = Arc::new(Context::new(operator.clone(), Arc::new(FollowingProbe(test.clone())), metrics.clone()));
+    let seen_files = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let ctx = Arc::new(Context::new(
+        operator.clone(),
+        Arc::new(FollowingProbe(test.clone(), seen_files.clone())),
+        metrics.clone(),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(controller::run(ctx, async move {
         let _ = stop_rx.await;
@@ -179,11 +186,13 @@ async fn controllers_reconcile_through_a_stateful_api_emulator() {
         (m.epoch == 1 && m.phase == MembershipPhase::Stable).then_some(())
     })
     .await;
+    // The status is recorded first, then the children; the NetworkPolicy is applied last.
+    let netpols: Api<NetworkPolicy> = Api::namespaced(test.clone(), NS);
+    eventually("children applied", || async { netpols.get_opt("ids-peers").await.ok()? }).await;
     let sts: Api<StatefulSet> = Api::namespaced(test.clone(), NS);
     assert_eq!(sts.get("ids").await.unwrap().spec.replicas, Some(3));
     Api::<Service>::namespaced(test.clone(), NS).get("ids-peers").await.unwrap();
     Api::<PodDisruptionBudget>::namespaced(test.clone(), NS).get("ids").await.unwrap();
-    Api::<NetworkPolicy>::namespaced(test.clone(), NS).get("ids-peers").await.unwrap();
     let token =
         Api::<Secret>::namespaced(test.clone(), NS).get("ids-peer-token").await.unwrap().data.unwrap()["token"].clone();
 
@@ -206,16 +215,18 @@ async fn controllers_reconcile_through_a_stateful_api_emulator() {
         (m.epoch == 3 && m.current.members == 5 && m.phase == MembershipPhase::Stable).then_some(())
     })
     .await;
-    assert_eq!(sts.get("ids").await.unwrap().spec.replicas, Some(5));
+    eventually("StatefulSet shrunk back to the final 5", || async {
+        (sts.get("ids").await.ok()?.spec.replicas == Some(5)).then_some(())
+    })
+    .await;
     eventually("WorkDivider ConfigMap at epoch 3", || async {
         (members_epoch(&test, "stocks-config").await? == 3).then_some(())
     })
     .await;
-    let events = requests(&emulator.log);
+    // The sidecars saw every step: 3 members, joint 5 with previous 3, then 5 alone.
+    let seen: Vec<_> = seen_files.lock().unwrap().iter().cloned().collect();
+    assert_eq!(seen, vec![(1, 3, None), (2, 5, Some(3)), (3, 5, None)], "members files seen by the sidecars");
     let op_port: u16 = emulator.operator_url.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap();
-    let wrote_joint =
-        events.iter().any(|(p, m, path, _)| *p == op_port && m == "PATCH" && path.ends_with("/configmaps/ids-members"));
-    assert!(wrote_joint);
     assert_eq!(
         Api::<Secret>::namespaced(test.clone(), NS).get("ids-peer-token").await.unwrap().data.unwrap()["token"],
         token,
