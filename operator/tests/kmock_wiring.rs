@@ -85,7 +85,10 @@ fn client(url: &str) -> Client {
 
 /// Sidecars that load every members file at once: members report the ConfigMap's epoch,
 /// caught up and migrated; pods beyond the file but within the StatefulSet answer, not caught up.
-struct FollowingProbe(Client, Arc<std::sync::Mutex<std::collections::BTreeSet<(u64, usize, Option<usize>)>>>);
+struct FollowingProbe(Client, SeenFiles);
+
+/// Members files the probe has read: (epoch, members, previous members).
+type SeenFiles = Arc<std::sync::Mutex<std::collections::BTreeSet<(u64, usize, Option<usize>)>>>;
 
 impl MemberProbe for FollowingProbe {
     fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<MemberReport>> {
@@ -169,7 +172,7 @@ async fn controllers_reconcile_through_a_stateful_api_emulator() {
     seqclusters.create(&PostParams::default(), &sc).await.unwrap();
 
     let metrics = Arc::new(Metrics::default());
-    let seen_files = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let seen_files: SeenFiles = Default::default();
     let ctx = Arc::new(Context::new(
         operator.clone(),
         Arc::new(FollowingProbe(test.clone(), seen_files.clone())),
