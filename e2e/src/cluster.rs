@@ -74,7 +74,12 @@ impl TestCluster {
     /// Starts `opts.members` members and waits until each is ready.
     pub async fn start(opts: TestOptions) -> Self {
         let slots = opts.slots.max(opts.members);
-        let dir = tempfile::tempdir().expect("tempdir");
+        let mut dir = tempfile::tempdir().expect("tempdir");
+        if std::env::var_os("ORDO_TEST_KEEP").is_some() {
+            // Keep data and logs for a post-mortem.
+            dir.disable_cleanup(true);
+            eprintln!("test cluster directory: {}", dir.path().display());
+        }
         let mut dev_opts = DevOptions::new(dir.path().to_path_buf());
         dev_opts.members = opts.members;
         dev_opts.base_port = free_ports(2 * slots as u16);

@@ -384,7 +384,8 @@ async fn unreachable_quorum_is_reported_promptly() {
     let started = Instant::now();
     let err: ClientError = c.next("lonely", 1, true).await.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::Unavailable));
-    assert!(err.to_string().contains("1 of 3 members answered"), "{err}");
+    assert!(err.to_string().contains("of 3 members answered"), "{err}");
+    assert!(err.to_string().contains("dev-1: unreachable") && err.to_string().contains("dev-2: unreachable"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(6));
     let err = c.current("lonely").await.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::Unavailable));
@@ -443,4 +444,33 @@ async fn client_role_sidecar_serves_the_same_api_through_the_members() {
     let st = Client::connect(&socket).await.unwrap().status().await.unwrap();
     assert_eq!(st.members.len(), 3);
     assert!(st.members.iter().all(|m| m.reachable));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigstop_of_a_member_does_not_stall_the_others() {
+    let cluster = TestCluster::start(opts(3)).await;
+    let log: Log = Arc::default();
+    // Whatever member is home for the sequence, freezing any one must not stop the other two.
+    for frozen in 0..3 {
+        cluster.dev.signal(frozen, "STOP");
+        let mut tasks = Vec::new();
+        for member in (0..3).filter(|m| *m != frozen) {
+            let client = cluster.client(member).await;
+            tasks.push(tokio::spawn(load(
+                client,
+                frozen * 10 + member,
+                Kind::Strict(1),
+                "frozen",
+                30,
+                log.clone(),
+                false,
+            )));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        cluster.dev.signal(frozen, "CONT");
+        cluster.wait_ready(frozen, Duration::from_secs(20)).await;
+    }
+    check_all(&log);
 }

@@ -9,7 +9,8 @@ use anyhow::{bail, Context, Result};
 use ordo_proto::v1 as pb;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::{admin, app, peer::GrpcPeers, peer::PeerService};
 use crate::config::{LogFormat, Role, SidecarArgs};
@@ -66,6 +67,13 @@ async fn load_members(path: &Path, min_epoch: u64) -> Result<MembersFile> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Accepted TCP connections with Nagle off: `Server::tcp_nodelay` applies only to listeners
+/// tonic binds itself, and peer rounds are small request/response exchanges that Nagle would
+/// delay by tens of milliseconds.
+fn nodelay(l: tokio::net::TcpListener) -> TcpIncoming {
+    TcpIncoming::from(l).with_nodelay(Some(true))
 }
 
 fn bind_socket(path: &Path) -> Result<UnixListener> {
@@ -188,7 +196,7 @@ async fn run(args: SidecarArgs) -> Result<()> {
     tasks.spawn(async move { uds.await.context("app socket server") });
     if let Some(addr) = app_tcp {
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding app {addr}"))?;
-        let tcp = app_router().serve_with_incoming_shutdown(TcpListenerStream::new(l), shutdown(shutdown_rx.clone()));
+        let tcp = app_router().serve_with_incoming_shutdown(nodelay(l), shutdown(shutdown_rx.clone()));
         tasks.spawn(async move { tcp.await.context("app TCP server") });
     }
     if let Some(store) = &store {
@@ -199,7 +207,7 @@ async fn run(args: SidecarArgs) -> Result<()> {
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(svc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(l), shutdown(shutdown_rx.clone()));
+            .serve_with_incoming_shutdown(nodelay(l), shutdown(shutdown_rx.clone()));
         tasks.spawn(async move { server.await.context("peer server") });
     }
     {

@@ -123,8 +123,10 @@ impl Change {
 struct Pending {
     change: Change,
     deadline: Instant,
-    /// Forwarded by another sidecar: run it here, never forward again.
-    forwarded: bool,
+    /// May still be forwarded to the register's home (a change made on this sidecar).
+    to_home: bool,
+    /// May still be forwarded to a proposer whose ballot beat ours.
+    to_holder: bool,
     reply: oneshot::Sender<Result<Outcome, ChangeError>>,
 }
 
@@ -146,6 +148,8 @@ struct Inner<P> {
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<Pending>>>,
     /// Members believed live and caught up (fed by the node's probes); homes are chosen among them.
     live: std::sync::RwLock<Vec<String>>,
+    /// Homes that failed a forward recently, until when they are bypassed.
+    suspects: Mutex<HashMap<String, Instant>>,
     metrics: Arc<Metrics>,
 }
 
@@ -166,7 +170,10 @@ impl<P: Peers> Proposer<P> {
     /// A proposer with id `id` (unique among proposers: the member or pod name).
     pub fn new(id: String, peers: Arc<P>, config: watch::Receiver<Arc<MembersFile>>, metrics: Arc<Metrics>) -> Self {
         let live = std::sync::RwLock::new(Vec::new());
-        Self { inner: Arc::new(Inner { id, peers, config, workers: Mutex::new(HashMap::new()), live, metrics }) }
+        let suspects = Mutex::new(HashMap::new());
+        Self {
+            inner: Arc::new(Inner { id, peers, config, workers: Mutex::new(HashMap::new()), live, suspects, metrics }),
+        }
     }
 
     /// Sets the members that are live and caught up (home candidates).
@@ -198,27 +205,31 @@ impl<P: Peers> Proposer<P> {
         forwarded: bool,
     ) -> Result<Outcome, ChangeError> {
         let (reply, rx) = oneshot::channel();
-        let mut pending = Pending { change, deadline, forwarded, reply };
-        loop {
-            let tx = {
-                let mut workers = self.inner.workers.lock().expect("workers lock");
-                match workers.get(key) {
-                    Some(tx) if !tx.is_closed() => tx.clone(),
-                    _ => {
-                        let (tx, rx) = mpsc::unbounded_channel();
-                        workers.insert(key.to_string(), tx.clone());
-                        tokio::spawn(run_worker(self.inner.clone(), key.to_string(), rx));
-                        tx
-                    }
-                }
-            };
-            match tx.send(pending) {
-                Ok(()) => break,
-                // The worker retired between lookup and send: start another.
-                Err(mpsc::error::SendError(p)) => pending = p,
-            }
-        }
+        dispatch(&self.inner, key, Pending { change, deadline, to_home: !forwarded, to_holder: !forwarded, reply });
         rx.await.unwrap_or(Err(ChangeError::Closed))
+    }
+}
+
+/// Hands a change to its register's worker, starting one if needed.
+fn dispatch<P: Peers>(inner: &Arc<Inner<P>>, key: &str, mut pending: Pending) {
+    loop {
+        let tx = {
+            let mut workers = inner.workers.lock().expect("workers lock");
+            match workers.get(key) {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    workers.insert(key.to_string(), tx.clone());
+                    tokio::spawn(run_worker(inner.clone(), key.to_string(), rx));
+                    tx
+                }
+            }
+        };
+        match tx.send(pending) {
+            Ok(()) => return,
+            // The worker retired between lookup and send: start another.
+            Err(mpsc::error::SendError(p)) => pending = p,
+        }
     }
 }
 
@@ -235,47 +246,59 @@ fn home_for<'a>(key: &str, cfg: &'a MembersFile, live: &[String]) -> Option<&'a 
     Some(sorted[(h % sorted.len() as u64) as usize])
 }
 
-/// Forwards the batch to the key's home if that is another member and it is not suspect.
-/// `None` means: run the round here.
-async fn try_forward<P: Peers>(
-    inner: &Inner<P>,
-    key: &str,
-    batch: &[Pending],
-    suspect_until: &mut Option<Instant>,
-) -> Option<Vec<Result<Outcome, ChangeError>>> {
-    if batch.iter().any(|p| p.forwarded) || suspect_until.is_some_and(|t| Instant::now() < t) {
-        return None;
-    }
+/// The home another member should run `key`'s changes, if not this sidecar: a live member not
+/// suspected by this sidecar, so that sidecars agreeing on who is live also agree on a fallback
+/// when one stops answering.
+fn remote_home<P: Peers>(inner: &Inner<P>, key: &str, cfg: &MembersFile) -> Option<Member> {
+    let now = Instant::now();
+    let mut suspects = inner.suspects.lock().expect("suspects lock");
+    suspects.retain(|_, until| *until > now);
+    let live: Vec<String> =
+        inner.live.read().expect("live lock").iter().filter(|id| !suspects.contains_key(*id)).cloned().collect();
+    home_for(key, cfg, &live).filter(|m| m.id != inner.id).cloned()
+}
+
+/// Forwards `batch` to the key's home (trying the next home when one fails, within half the
+/// deadline), or, when `holder` is given, to that proposer once. Runs in its own task so the
+/// register's worker keeps serving changes forwarded to it meanwhile (two sidecars forwarding
+/// to each other must not wait on each other). What could not be forwarded goes back to the
+/// worker to run here.
+async fn forward<P: Peers>(inner: Arc<Inner<P>>, key: String, mut batch: Vec<Pending>, holder: Option<Member>) {
     let cfg = inner.config.borrow().clone();
-    let home = {
-        let live = inner.live.read().expect("live lock");
-        home_for(key, &cfg, &live)?.clone()
-    };
-    if home.id == inner.id {
-        return None;
-    }
     let deadline = batch.iter().map(|p| p.deadline).min().expect("non-empty");
-    let timeout = deadline.saturating_duration_since(Instant::now()).min(FORWARD_TIMEOUT);
+    let budget_end = Instant::now() + deadline.saturating_duration_since(Instant::now()) / 2;
     let changes: Vec<Change> = batch.iter().map(|p| p.change.clone()).collect();
-    match inner.peers.propose(&home, cfg.epoch, key, &changes, timeout).await {
-        Ok(outcomes) if outcomes.len() == batch.len() => Some(outcomes),
-        Ok(_) => {
-            tracing::warn!(home = %home.id, "home answered a forward with the wrong number of outcomes");
-            *suspect_until = Some(Instant::now() + HOME_SUSPECT_FOR);
-            None
+    let mut target = holder.clone().or_else(|| remote_home(&inner, &key, &cfg));
+    while let Some(to) = target {
+        let timeout = budget_end.saturating_duration_since(Instant::now()).min(FORWARD_TIMEOUT);
+        if timeout.is_zero() {
+            break;
         }
-        Err(e) => {
-            tracing::debug!(home = %home.id, error = %e, key, "forward failed; proposing locally");
-            *suspect_until = Some(Instant::now() + HOME_SUSPECT_FOR);
-            None
+        match inner.peers.propose(&to, cfg.epoch, &key, &changes, timeout).await {
+            Ok(outcomes) if outcomes.len() == batch.len() => {
+                for (p, o) in batch.drain(..).zip(outcomes) {
+                    let _ = p.reply.send(o);
+                }
+                return;
+            }
+            Ok(_) => tracing::warn!(to = %to.id, "a forward came back with the wrong number of outcomes"),
+            Err(e) => tracing::debug!(to = %to.id, error = %e, key, "forward failed"),
         }
+        inner.suspects.lock().expect("suspects lock").insert(to.id.clone(), Instant::now() + HOME_SUSPECT_FOR);
+        target = if holder.is_some() { None } else { remote_home(&inner, &key, &cfg) };
+    }
+    for mut p in batch {
+        p.to_home = false;
+        if holder.is_some() {
+            p.to_holder = false;
+        }
+        dispatch(&inner, &key, p);
     }
 }
 
 async fn run_worker<P: Peers>(inner: Arc<Inner<P>>, key: String, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let mut fast: Option<FastPath> = None;
     let mut max_round = 0u64;
-    let mut suspect_until: Option<Instant> = None;
     // Recent round time, to scale backoff; and contention carried across batches.
     let mut round_time = Duration::from_millis(2);
     let mut contention = 0u32;
@@ -301,12 +324,16 @@ async fn run_worker<P: Peers>(inner: Arc<Inner<P>>, key: String, mut rx: mpsc::U
                 Err(_) => break,
             }
         }
-        if let Some(outcomes) = try_forward(&inner, &key, &batch, &mut suspect_until).await {
-            // The home proposed: our own fast path (if any) is stale now.
+        // Changes made here go to the register's home when that is another member.
+        let cfg = inner.config.borrow().clone();
+        let home = remote_home(&inner, &key, &cfg);
+        let (to_forward, here): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.to_home && home.is_some());
+        batch = here;
+        if !to_forward.is_empty() {
             fast = None;
-            for (p, o) in batch.drain(..).zip(outcomes) {
-                let _ = p.reply.send(o);
-            }
+            tokio::spawn(forward(inner.clone(), key.clone(), to_forward, None));
+        }
+        if batch.is_empty() {
             continue;
         }
         let mut attempt = contention;
@@ -327,10 +354,14 @@ async fn run_worker<P: Peers>(inner: Arc<Inner<P>>, key: String, mut rx: mpsc::U
             }
             let deadline = batch.iter().map(|p| p.deadline).max().expect("non-empty");
             let started = Instant::now();
-            let result = round(&inner, &key, &batch, &mut fast, &mut max_round, deadline).await;
+            let mut holder = None;
+            let result = round(&inner, &key, &batch, &mut fast, &mut max_round, deadline, &mut holder).await;
             let took = started.elapsed();
             inner.metrics.observe_round(took, result.is_ok(), batch.len());
             round_time = (round_time * 7 + took) / 8;
+            if took > Duration::from_millis(200) {
+                tracing::debug!(key = %key, batch = batch.len(), took_ms = took.as_millis() as u64, ok = result.is_ok(), "slow round");
+            }
             match result {
                 Ok(outcomes) => {
                     contention = attempt / 2;
@@ -353,6 +384,24 @@ async fn run_worker<P: Peers>(inner: Arc<Inner<P>>, key: String, mut rx: mpsc::U
                             ChangeError::Unavailable { answered, total, detail }
                         }
                     };
+                    tracing::debug!(key = %key, attempt, error = %last, took_ms = took.as_millis() as u64, "round failed");
+                    // Another proposer holds the promise: it is evidently active, so hand it our own
+                    // changes instead of pre-empting it (views of who is home can differ briefly).
+                    let holder = holder
+                        .filter(|h| *h != inner.id)
+                        .and_then(|h| inner.config.borrow().all_members().into_iter().find(|m| m.id == h).cloned());
+                    if let Some(holder) = holder {
+                        let (to_holder, here): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.to_holder);
+                        batch = here;
+                        if !to_holder.is_empty() {
+                            tokio::spawn(forward(inner.clone(), key.clone(), to_holder, Some(holder)));
+                        }
+                        if batch.is_empty() {
+                            break;
+                        }
+                    }
+                    // Retry with a ballot well ahead: a busy holder advances one round per batch.
+                    max_round = max_round.saturating_add(16 * u64::from(attempt + 1));
                     attempt = attempt.saturating_add(1);
                     let cap = round_time.max(BACKOFF_MIN).saturating_mul(1 << attempt.min(8)).min(BACKOFF_MAX);
                     let pause = rand::rng().random_range(Duration::ZERO..=cap);
@@ -387,6 +436,7 @@ async fn round<P: Peers>(
     fast: &mut Option<FastPath>,
     max_round: &mut u64,
     deadline: Instant,
+    holder: &mut Option<String>,
 ) -> Result<Vec<Result<Outcome, ChangeError>>, RoundError> {
     let cfg = inner.config.borrow().clone();
     let members: Vec<Member> = cfg.all_members().into_iter().cloned().collect();
@@ -408,6 +458,7 @@ async fn round<P: Peers>(
                 },
                 |oks: &[&str]| cfg.is_read_quorum(oks.iter().copied()),
                 |r| matches!(r, (PrepareReply::Promised { .. }, _)),
+                |r| matches!(r, (PrepareReply::Rejected { .. }, _)),
             )
             .await;
             let mut best: Option<(Ballot, Option<Vec<u8>>)> = None;
@@ -424,6 +475,7 @@ async fn round<P: Peers>(
                     }
                     (PrepareReply::Rejected { promised }, _) => {
                         *max_round = (*max_round).max(promised.round);
+                        *holder = Some(promised.proposer.clone());
                         conflict = true;
                     }
                 }
@@ -450,6 +502,7 @@ async fn round<P: Peers>(
         },
         |oks: &[&str]| cfg.is_write_quorum(oks.iter().copied()) && cfg.is_read_quorum(oks.iter().copied()),
         |r| matches!(r, (AcceptReply::Accepted, _)),
+        |r| !matches!(r, (AcceptReply::Accepted, _)),
     )
     .await;
     let mut accepted = Vec::new();
@@ -459,6 +512,7 @@ async fn round<P: Peers>(
             (AcceptReply::Accepted, inc) => accepted.push(Voter { member: id.clone(), incarnation: *inc }),
             (AcceptReply::Rejected { promised }, _) => {
                 *max_round = (*max_round).max(promised.round);
+                *holder = Some(promised.proposer.clone());
                 conflict = true;
             }
             (AcceptReply::StaleVoter { .. }, _) => conflict = true,
@@ -501,13 +555,15 @@ impl<T> Gathered<T> {
 }
 
 /// Calls every member at once and returns as soon as `enough` holds for the replies that pass
-/// `favourable`, when every call has ended, or at the deadline.
+/// `favourable`, when a reply shows a higher ballot (the round is pre-empted: retrying beats
+/// waiting for slow members), when a quorum is out of reach, or at the deadline.
 async fn gather<'a, T, F, Fut>(
     members: &'a [Member],
     deadline: Instant,
     call: F,
     enough: impl Fn(&[&str]) -> bool,
     favourable: impl Fn(&T) -> bool,
+    preempted: impl Fn(&T) -> bool,
 ) -> Gathered<T>
 where
     F: Fn(&'a Member, Duration) -> Fut,
@@ -523,22 +579,36 @@ where
         .collect();
     let mut out = Gathered { replies: Vec::new(), failures: Vec::new(), timed_out: 0 };
     let mut oks: Vec<&str> = Vec::new();
+    // Members that have not answered yet: once even all of them could not make a quorum,
+    // stop waiting (a frozen member must not hold a doomed round until the deadline).
+    let mut undecided: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
     let sleep = tokio::time::sleep_until(deadline);
     tokio::pin!(sleep);
     loop {
         tokio::select! {
-            next = calls.next() => match next {
-                None => break,
-                Some((id, Ok(r))) => {
-                    if favourable(&r) {
-                        oks.push(id);
+            next = calls.next() => {
+                let Some((id, r)) = next else { break };
+                undecided.retain(|u| *u != id);
+                match r {
+                    Ok(r) => {
+                        if favourable(&r) {
+                            oks.push(id);
+                        }
+                        let stop = preempted(&r);
+                        out.replies.push((id.to_string(), r));
+                        if stop {
+                            break;
+                        }
                     }
-                    out.replies.push((id.to_string(), r));
-                    if enough(&oks) {
-                        break;
-                    }
+                    Err(e) => out.failures.push((id.to_string(), e)),
                 }
-                Some((id, Err(e))) => out.failures.push((id.to_string(), e)),
+                if enough(&oks) {
+                    break;
+                }
+                let best_case: Vec<&str> = oks.iter().chain(undecided.iter()).copied().collect();
+                if !enough(&best_case) {
+                    break;
+                }
             },
             _ = &mut sleep => {
                 out.timed_out = calls.len();

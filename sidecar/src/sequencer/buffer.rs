@@ -1,10 +1,10 @@
 //! Per-sidecar double buffer of one sequence: the range being handed out plus the next one,
 //! fetched in the background once the current range is half used.
 //!
-//! Invariant: every range handed out starts at or after the end of the previous one, so IDs
-//! from one sidecar increase. A range that arrives out of order (a background refill that lost
-//! the race to a synchronous one) is dropped, never handed out: gaps are allowed, going back is
-//! not.
+//! Invariant: once an ID range was returned, every range returned later starts after it, so IDs
+//! from one sidecar increase for every client. Ranges that arrive out of order (a refill that
+//! was allocated before a large bypass allocation) are dropped, never handed out: gaps are
+//! allowed, going back is not. No lock is held across a quorum round.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -15,18 +15,30 @@ use super::{RangeAllocator, SeqError};
 use crate::metrics::Metrics;
 use crate::quorum::transport::Peers;
 
+/// A refill holds at least this many of the largest requests seen.
+const REQUESTS_PER_REFILL: u64 = 4;
+
 #[derive(Default)]
 struct Ranges {
     current: Range<u64>,
     next: Option<Range<u64>>,
+    /// Nothing below this may be handed out any more.
+    floor: u64,
     refilling: bool,
+    /// IDs wanted by requests waiting for a refill: the next refill is at least this large.
+    waiting: u64,
+    /// Largest request served from this buffer: refills hold several of them.
+    largest: u64,
+    /// Counts finished refills, so waiters can tell whether the one they waited for failed.
+    refills: u64,
+    failure: Option<(u64, SeqError)>,
 }
 
 impl Ranges {
-    /// Adds a freshly allocated range, unless it lies before what was already handed out.
+    /// Adds a freshly allocated range, unless it lies below what may still be handed out.
     fn install(&mut self, r: Range<u64>) {
-        let floor = self.next.as_ref().map_or(self.current.end, |n| n.end);
-        if r.start < floor.max(self.current.end) {
+        let floor = self.floor.max(self.current.end).max(self.next.as_ref().map_or(0, |n| n.end));
+        if r.start < floor {
             return;
         }
         if self.current.is_empty() && self.next.is_none() {
@@ -53,6 +65,17 @@ impl Ranges {
         self.current.start += count;
         Some(r)
     }
+
+    /// After `r` was handed out directly: drop whatever lies below its end.
+    fn raise_floor(&mut self, end: u64) {
+        self.floor = self.floor.max(end);
+        if self.current.start < self.floor {
+            self.current = self.floor..self.floor;
+        }
+        if self.next.as_ref().is_some_and(|n| n.start < self.floor) {
+            self.next = None;
+        }
+    }
 }
 
 /// The buffer of one sequence on this sidecar.
@@ -71,48 +94,70 @@ impl<P: Peers> RangeBuffer<P> {
         Self { name, range_size, allocator, ranges: Mutex::new(Ranges::default()), refilled: Notify::new(), metrics }
     }
 
-    /// Takes `count` contiguous IDs, refilling as needed.
+    /// Takes `count` contiguous IDs. Requests larger than a range are allocated directly.
     pub async fn take(self: &Arc<Self>, count: u64) -> Result<Range<u64>, SeqError> {
+        if count > self.range_size {
+            let r = self.allocator.allocate(&self.name, count).await?;
+            self.ranges.lock().await.raise_floor(r.end);
+            return Ok(r);
+        }
         loop {
-            let mut ranges = self.ranges.lock().await;
-            if let Some(r) = ranges.take(count) {
-                let left = ranges.current.end - ranges.current.start;
-                if left < self.range_size / 2 + 1 && ranges.next.is_none() && !ranges.refilling {
-                    ranges.refilling = true;
-                    let me = self.clone();
-                    tokio::spawn(async move { me.refill().await });
+            let notified = self.refilled.notified();
+            tokio::pin!(notified);
+            let waiting_for = {
+                let mut ranges = self.ranges.lock().await;
+                ranges.largest = ranges.largest.max(count);
+                if let Some(r) = ranges.take(count) {
+                    let left = ranges.current.end - ranges.current.start;
+                    if left < self.range_size / 2 + 1 && ranges.next.is_none() && !ranges.refilling {
+                        self.start_refill(&mut ranges);
+                    }
+                    return Ok(r);
                 }
-                return Ok(r);
-            }
-            if ranges.refilling {
-                // Wait for the background refill rather than allocating twice.
-                let notified = self.refilled.notified();
-                tokio::pin!(notified);
+                ranges.waiting += count;
+                if !ranges.refilling {
+                    self.start_refill(&mut ranges);
+                }
                 notified.as_mut().enable();
-                drop(ranges);
-                notified.await;
-                continue;
+                ranges.refills + 1
+            };
+            notified.await;
+            let mut ranges = self.ranges.lock().await;
+            ranges.waiting = ranges.waiting.saturating_sub(count);
+            if let Some((n, e)) = &ranges.failure {
+                if *n == waiting_for {
+                    return Err(e.clone());
+                }
             }
-            // Empty and nothing in flight: allocate now, large enough for this request.
-            let r = self.allocator.allocate(&self.name, self.range_size.max(count)).await?;
-            self.metrics.refills.inc();
-            ranges.install(r);
         }
     }
 
-    async fn refill(&self) {
-        let result = self.allocator.allocate(&self.name, self.range_size).await;
-        let mut ranges = self.ranges.lock().await;
-        ranges.refilling = false;
-        match result {
-            Ok(r) => {
-                self.metrics.refills.inc();
-                ranges.install(r);
+    fn start_refill(self: &Arc<Self>, ranges: &mut Ranges) {
+        ranges.refilling = true;
+        // Under more demand than one range, lease enough for everyone waiting at once; and when
+        // callers take whole ranges at a time (an ordo-client lease as large as the range), hold
+        // a few of them, so each caller does not cost a quorum round.
+        let size = self.range_size.max(ranges.waiting).max(ranges.largest.saturating_mul(REQUESTS_PER_REFILL));
+        let me = self.clone();
+        tokio::spawn(async move {
+            let result = me.allocator.allocate(&me.name, size).await;
+            let mut ranges = me.ranges.lock().await;
+            ranges.refilling = false;
+            ranges.refills += 1;
+            match result {
+                Ok(r) => {
+                    me.metrics.refills.inc();
+                    ranges.failure = None;
+                    ranges.install(r);
+                }
+                Err(e) => {
+                    tracing::warn!(sequence = %me.name, error = %e, "buffer refill failed");
+                    ranges.failure = Some((ranges.refills, e));
+                }
             }
-            Err(e) => tracing::warn!(sequence = %self.name, error = %e, "background refill failed"),
-        }
-        drop(ranges);
-        self.refilled.notify_waiters();
+            drop(ranges);
+            me.refilled.notify_waiters();
+        });
     }
 }
 
@@ -134,8 +179,24 @@ mod tests {
         // Too big for what is left: nothing, and no going back afterwards.
         assert_eq!(r.take(100), None);
         r.install(35..38);
-        assert_eq!(r.take(1), None);
+        // What is left of the current range still serves smaller requests.
+        assert_eq!(r.take(1), Some(33..34));
         r.install(50..200);
         assert_eq!(r.take(100), Some(50..150));
+    }
+
+    #[test]
+    fn a_direct_allocation_raises_the_floor() {
+        let mut r = Ranges::default();
+        r.install(10..20);
+        r.install(20..30);
+        assert_eq!(r.take(2), Some(10..12));
+        // A large request got 30..2030 directly: buffered IDs below it are never handed out.
+        r.raise_floor(2030);
+        assert_eq!(r.take(1), None);
+        r.install(25..26);
+        assert_eq!(r.take(1), None);
+        r.install(2030..2040);
+        assert_eq!(r.take(1), Some(2030..2031));
     }
 }
