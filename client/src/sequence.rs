@@ -7,8 +7,15 @@ use tokio::sync::Notify;
 
 use crate::{Client, ClientError};
 
+/// A lease grows to at most this many times the configured size...
+const MAX_GROWTH: u64 = 64;
+/// ...and beyond this only if configured so (the sidecar limits one request's count).
+const MAX_GROWN_LEASE: u64 = 65_536;
+
 /// Hands out IDs of one sequence in-process from ranges leased from the sidecar, fetching the
-/// next lease in the background when half of the current one is used. IDs from one handle
+/// next lease in the background when half of the current one is used. When callers still had
+/// to wait for a lease, the lease doubles (up to 64 times the configured size), so a busy handle
+/// does not pay a sidecar round trip per lease. IDs from one handle
 /// increase; IDs are unique across every handle and sidecar.
 #[derive(Clone)]
 pub struct Sequence {
@@ -25,6 +32,8 @@ struct Inner {
 
 #[derive(Default)]
 struct Lease {
+    /// Size of the next lease request (grows while callers wait).
+    size: u64,
     current: Range<u64>,
     next: Option<Range<u64>>,
     refilling: bool,
@@ -35,6 +44,7 @@ impl Sequence {
     pub(crate) fn new(client: Client, name: String, lease: u64) -> Self {
         let inner =
             Inner { client, name, lease: lease.max(1), state: Mutex::new(Lease::default()), refilled: Notify::new() };
+        inner.state.lock().expect("sequence lock").size = inner.lease;
         Self { inner: Arc::new(inner) }
     }
 
@@ -58,13 +68,18 @@ impl Sequence {
                 if !s.current.is_empty() {
                     let id = s.current.start;
                     s.current.start += 1;
-                    if s.current.end - s.current.start < self.inner.lease / 2 + 1 && s.next.is_none() && !s.refilling {
+                    if s.current.end - s.current.start < s.size / 2 + 1 && s.next.is_none() && !s.refilling {
                         self.start_refill(&mut s);
                     }
                     return Ok(id);
                 }
                 if let Some(e) = s.error.take() {
                     return Err(e);
+                }
+                // Callers are waiting after a lease ran out: leases are too small for this rate.
+                if s.current.end != 0 {
+                    let cap = self.inner.lease.saturating_mul(MAX_GROWTH).min(MAX_GROWN_LEASE).max(self.inner.lease);
+                    s.size = s.size.saturating_mul(2).min(cap);
                 }
                 if !s.refilling {
                     self.start_refill(&mut s);
@@ -77,9 +92,10 @@ impl Sequence {
 
     fn start_refill(&self, s: &mut Lease) {
         s.refilling = true;
+        let size = s.size;
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            let r = inner.client.next(&inner.name, inner.lease, false).await;
+            let r = inner.client.next(&inner.name, size, false).await;
             {
                 let mut s = inner.state.lock().expect("sequence lock");
                 s.refilling = false;

@@ -34,6 +34,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(1);
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// Longest wait for a home member before proposing locally.
 const FORWARD_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Forwards of one register in flight from one sidecar at a time.
+const FORWARDS_IN_FLIGHT: usize = 2;
 /// How long a home that failed a forward is bypassed.
 const HOME_SUSPECT_FOR: Duration = Duration::from_secs(2);
 
@@ -296,12 +298,35 @@ async fn forward<P: Peers>(inner: Arc<Inner<P>>, key: String, mut batch: Vec<Pen
     }
 }
 
+/// Changes waiting to be forwarded to the home, and whether a forward is in flight.
+#[derive(Default)]
+struct ForwardQueue {
+    in_flight: usize,
+    held: Vec<Pending>,
+}
+
+/// Forwards held changes to the home, one batch at a time, until none are left.
+async fn forward_queued<P: Peers>(inner: Arc<Inner<P>>, key: String, queue: Arc<Mutex<ForwardQueue>>) {
+    loop {
+        let batch = {
+            let mut q = queue.lock().expect("forward queue");
+            if q.held.is_empty() {
+                q.in_flight -= 1;
+                return;
+            }
+            std::mem::take(&mut q.held)
+        };
+        forward(inner.clone(), key.clone(), batch, None).await;
+    }
+}
+
 async fn run_worker<P: Peers>(inner: Arc<Inner<P>>, key: String, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let mut fast: Option<FastPath> = None;
     let mut max_round = 0u64;
     // Recent round time, to scale backoff; and contention carried across batches.
     let mut round_time = Duration::from_millis(2);
     let mut contention = 0u32;
+    let forwards = Arc::new(Mutex::new(ForwardQueue::default()));
     loop {
         let first = match tokio::time::timeout(WORKER_IDLE, rx.recv()).await {
             Ok(Some(p)) => p,
@@ -331,7 +356,14 @@ async fn run_worker<P: Peers>(inner: Arc<Inner<P>>, key: String, mut rx: mpsc::U
         batch = here;
         if !to_forward.is_empty() {
             fast = None;
-            tokio::spawn(forward(inner.clone(), key.clone(), to_forward, None));
+            // A bounded number of forwards in flight per register: what arrives meanwhile goes
+            // in the next one (fewer, larger forwards; the home batches them into rounds).
+            let mut q = forwards.lock().expect("forward queue");
+            q.held.extend(to_forward);
+            if q.in_flight < FORWARDS_IN_FLIGHT {
+                q.in_flight += 1;
+                tokio::spawn(forward_queued(inner.clone(), key.clone(), forwards.clone()));
+            }
         }
         if batch.is_empty() {
             continue;
