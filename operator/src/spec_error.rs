@@ -1,6 +1,8 @@
 //! Problems with a spec that passed the API server's schema but cannot be realised.
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
 
 use crate::crd::SidecarSpec;
 use crate::pod::{RESERVED_PORTS, RESERVED_VOLUMES, SIDECAR_CONTAINER};
@@ -36,8 +38,21 @@ impl Problems {
 /// Longest object name whose StatefulSet pods still get valid names and revision labels.
 pub const MAX_NAME_LEN: usize = 52;
 
+/// Name, namespace and controller owner reference (for its children) of an object read from
+/// the API server; records a problem when the name is too long or the uid is missing.
+pub fn identity<K: Resource<DynamicType = ()>>(obj: &K, problems: &mut Problems) -> (String, String, OwnerReference) {
+    let name = obj.name_any();
+    check_name(&name, problems);
+    let namespace = obj.namespace().unwrap_or_else(|| "default".into());
+    let owner = obj.controller_owner_ref(&()).unwrap_or_else(|| {
+        problems.add("metadata.uid", "missing; the object must come from the API server");
+        OwnerReference::default()
+    });
+    (name, namespace, owner)
+}
+
 /// Checks an object name.
-pub fn check_name(name: &str, problems: &mut Problems) {
+fn check_name(name: &str, problems: &mut Problems) {
     if name.len() > MAX_NAME_LEN {
         problems.add(
             "metadata.name",

@@ -10,14 +10,7 @@ use ordo_operator::seqcluster::{build as sc_build, scaling, validate as sc_valid
 use ordo_operator::workdivider::{build as wd_build, validate as wd_validate};
 use ordo_sidecar::membership::MembersFile;
 
-fn stable(epoch: i64, n: i32) -> MembershipStatus {
-    MembershipStatus {
-        epoch,
-        current: MemberSetStatus { members: n, ..Default::default() },
-        previous: None,
-        phase: MembershipPhase::Stable,
-    }
-}
+use common::stable;
 
 fn sidecar_of(spec: &PodSpec) -> &Container {
     spec.containers

@@ -16,16 +16,7 @@ use serde_json::Value;
 
 /// Runs the render script; `None` (test skipped) when the venv is missing and not required.
 fn helm_output() -> Option<Value> {
-    let python = common::root().join(".venv/bin/python");
-    if !python.exists() {
-        assert!(
-            std::env::var_os("ORDO_REQUIRE_PY_TESTS").is_none(),
-            "ORDO_REQUIRE_PY_TESTS is set but {} is missing; run scripts/test-deps.sh",
-            python.display()
-        );
-        eprintln!("SKIPPED: {} missing; run scripts/test-deps.sh (scripts/operator-tests.sh does)", python.display());
-        return None;
-    }
+    let python = common::venv_python()?;
     let script = common::root().join("operator/tests/py/helm_render.py");
     let out = Command::new(&python)
         .arg(&script)

@@ -49,16 +49,7 @@ impl Drop for Emulator {
 }
 
 fn start_emulator() -> Option<Emulator> {
-    let python = common::root().join(".venv/bin/python");
-    if !python.exists() {
-        assert!(
-            std::env::var_os("ORDO_REQUIRE_PY_TESTS").is_none(),
-            "ORDO_REQUIRE_PY_TESTS is set but {} is missing; run scripts/test-deps.sh",
-            python.display()
-        );
-        eprintln!("SKIPPED: {} missing; run scripts/test-deps.sh (scripts/operator-tests.sh does)", python.display());
-        return None;
-    }
+    let python = common::venv_python()?;
     // Under the target directory, not /tmp: other suites on the machine clean /tmp.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let log = dir.path().join("requests.log");

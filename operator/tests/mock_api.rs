@@ -178,14 +178,7 @@ fn members_yaml(body: &Value) -> ordo_sidecar::membership::MembersFile {
     ordo_sidecar::membership::MembersFile::parse(body["data"]["members.yaml"].as_str().unwrap()).unwrap()
 }
 
-fn stable(epoch: i64, n: i32) -> MembershipStatus {
-    MembershipStatus {
-        epoch,
-        current: MemberSetStatus { members: n, ..Default::default() },
-        previous: None,
-        phase: MembershipPhase::Stable,
-    }
-}
+use common::stable;
 
 fn secret_with_token() -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ids-peer-token", "namespace": "prod"}, "data": {"token": "a2VwdC10b2tlbg=="}})

@@ -11,7 +11,7 @@ use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 use ordo_sidecar::config::{DEFAULT_ADMIN_PORT, DEFAULT_PEER_PORT};
@@ -101,13 +101,9 @@ fn meta(v: &ValidSeqCluster, name: String) -> ObjectMeta {
         name: Some(name),
         namespace: Some(v.namespace.clone()),
         labels: Some(object_labels(Component::SeqCluster, &v.name)),
-        owner_references: Some(vec![owner(&v.owner)]),
+        owner_references: Some(vec![v.owner.clone()]),
         ..Default::default()
     }
-}
-
-fn owner(o: &OwnerReference) -> OwnerReference {
-    OwnerReference { block_owner_deletion: Some(true), controller: Some(true), ..o.clone() }
 }
 
 /// Builds every object. `token` is the peer token (kept from the existing Secret, or new).

@@ -3,11 +3,10 @@
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::{Resource, ResourceExt};
 use ordo_sidecar::membership::check_quorum_sizes;
 
 use crate::crd::{SeqCluster, SidecarSpec};
-use crate::spec_error::{check_app_template, check_name, check_sidecar, Problems, SpecError};
+use crate::spec_error::{check_app_template, check_sidecar, identity, Problems, SpecError};
 
 /// A SeqCluster whose spec can be realised.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,13 +47,7 @@ impl ValidSeqCluster {
 /// Checks everything the builders rely on.
 pub fn validate(sc: &SeqCluster) -> Result<ValidSeqCluster, SpecError> {
     let mut problems = Problems::default();
-    let name = sc.name_any();
-    check_name(&name, &mut problems);
-    let namespace = sc.namespace().unwrap_or_else(|| "default".into());
-    let owner = sc.controller_owner_ref(&()).unwrap_or_else(|| {
-        problems.add("metadata.uid", "missing; the object must come from the API server");
-        OwnerReference::default()
-    });
+    let (name, namespace, owner) = identity(sc, &mut problems);
     let spec = &sc.spec;
     let replicas = u32::try_from(spec.replicas).unwrap_or(0);
     if !(1..=31).contains(&replicas) {

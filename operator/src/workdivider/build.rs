@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::Serialize;
 
 use super::validate::{ValidWorkDivider, DEFAULT_KEY_PREFIX};
@@ -61,17 +61,13 @@ pub struct WorkDividerObjects {
     pub statefulset: StatefulSet,
 }
 
-fn owner(o: &OwnerReference) -> OwnerReference {
-    OwnerReference { block_owner_deletion: Some(true), controller: Some(true), ..o.clone() }
-}
-
 /// Builds every object, given the referenced SeqCluster's applied member configuration.
 pub fn build(v: &ValidWorkDivider, seq_membership: &MembershipStatus) -> WorkDividerObjects {
     let meta = |name: String| ObjectMeta {
         name: Some(name),
         namespace: Some(v.namespace.clone()),
         labels: Some(object_labels(Component::WorkDivider, &v.name)),
-        owner_references: Some(vec![owner(&v.owner)]),
+        owner_references: Some(vec![v.owner.clone()]),
         ..Default::default()
     };
     let selector = selector_labels(Component::WorkDivider, &v.name);

@@ -2,10 +2,9 @@
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::{Resource, ResourceExt};
 
 use crate::crd::{KeySpec, SidecarSpec, WorkDivider};
-use crate::spec_error::{check_app_template, check_name, check_sidecar, Problems, SpecError};
+use crate::spec_error::{check_app_template, check_sidecar, identity, Problems, SpecError};
 
 /// Prefix of numbered keys when `keys.prefix` is unset.
 pub const DEFAULT_KEY_PREFIX: &str = "p-";
@@ -36,13 +35,7 @@ pub struct ValidWorkDivider {
 /// Checks everything the builders rely on.
 pub fn validate(wd: &WorkDivider) -> Result<ValidWorkDivider, SpecError> {
     let mut problems = Problems::default();
-    let name = wd.name_any();
-    check_name(&name, &mut problems);
-    let namespace = wd.namespace().unwrap_or_else(|| "default".into());
-    let owner = wd.controller_owner_ref(&()).unwrap_or_else(|| {
-        problems.add("metadata.uid", "missing; the object must come from the API server");
-        OwnerReference::default()
-    });
+    let (name, namespace, owner) = identity(wd, &mut problems);
     let spec = &wd.spec;
     if spec.replicas < 0 {
         problems.add("spec.replicas", "must not be negative");
