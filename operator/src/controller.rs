@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use futures::{Future, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{Action, Controller};
@@ -43,11 +43,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .reflect(sc_writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
+    // Secrets are not watched (that would need list/watch on every Secret in the cluster): the
+    // peer token is re-applied on every reconcile and the periodic resync restores a deleted one.
     let seqclusters = Controller::for_stream(sc_stream, sc_reader)
         .owns(Api::<StatefulSet>::all(client.clone()), owned())
         .owns(Api::<ConfigMap>::all(client.clone()), owned())
         .owns(Api::<Service>::all(client.clone()), owned())
-        .owns(Api::<Secret>::all(client.clone()), owned())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned())
         .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
         .graceful_shutdown_on(shutdown.clone())

@@ -24,7 +24,8 @@ pub const REQUIRED: &[Permission] = &[
     Permission { group: "apps", resource: "statefulsets", verbs: WATCHED_OWNED },
     Permission { group: "", resource: "services", verbs: WATCHED_OWNED },
     Permission { group: "", resource: "configmaps", verbs: WATCHED_OWNED },
-    Permission { group: "", resource: "secrets", verbs: WATCHED_OWNED },
+    // Only the peer-token Secrets, by name: no list/watch of every Secret.
+    Permission { group: "", resource: "secrets", verbs: &["get", "patch"] },
     Permission {
         group: "policy",
         resource: "poddisruptionbudgets",

@@ -479,3 +479,45 @@ fn watch_of_seqclusters_maps_to_referencing_workdividers() {
     assert_eq!(refs.len(), 1);
     assert_eq!(refs[0].name, "stocks");
 }
+
+#[tokio::test]
+async fn disabled_pdb_and_network_policy_are_deleted() {
+    let mut sc = seqc_with(3, Some(stable(1, 3)));
+    sc.spec.pod_disruption_budget = false;
+    sc.spec.network_policy = false;
+    let sc = Arc::new(sc);
+    let mut script = sc_applies(
+        expect("GET", "/api/v1/namespaces/prod/secrets/ids-peer-token").respond(200, secret_with_token()),
+        |_| {},
+        3,
+    );
+    script.truncate(script.len() - 2);
+    // The first is gone already (404 is fine), the second is removed.
+    script.push(expect("DELETE", "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/ids").not_found());
+    script.push(
+        expect("DELETE", "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/ids-peers")
+            .check(|b| assert_eq!(b["propagationPolicy"], "Background"))
+            .respond(200, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+    );
+    script.push(expect("PATCH", format!("{SC}/ids/status")));
+    run(&sc, status_first(script), reports("ids", 0..3, 1, Some(1), true), seqcluster::apply::reconcile).await.unwrap();
+}
+
+#[tokio::test]
+async fn workdivider_waits_for_a_seqcluster_without_members() {
+    let wd = Arc::new(common::workdivider("workdivider-minimal.yaml"));
+    let sc = seqc_with(3, None);
+    let script = vec![
+        expect("GET", format!("{SC}/ids")).respond(200, serde_json::to_value(&sc).unwrap()),
+        expect("PATCH", format!("{WD}/stocks/status")).check(|b| {
+            let conds = b["status"]["conditions"].as_array().unwrap();
+            let p = conds.iter().find(|c| c["type"] == "Progressing").unwrap();
+            assert_eq!((p["status"].as_str(), p["reason"].as_str()), (Some("True"), Some("SeqClusterNotReady")));
+            let d = conds.iter().find(|c| c["type"] == "Degraded").unwrap();
+            assert_eq!(d["status"], "False", "a SeqCluster that is starting is not a fault");
+        }),
+        expect("POST", EVENTS).check(|b| assert_eq!(b["reason"], "SeqClusterNotReady")),
+    ];
+    let action = run(&wd, script, TableProbe::default(), workdivider::apply::reconcile).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+}
