@@ -10,6 +10,7 @@ pub mod conditions;
 pub mod context;
 pub mod controller;
 pub mod crd;
+pub mod crd_wait;
 pub mod crdgen;
 pub mod labels;
 pub mod leader;

@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::{Api, Client};
+use kube::Client;
 use ordo_operator::admin::{self, AdminState};
 use ordo_operator::context::Context;
 use ordo_operator::leader::{self, LeaseConfig};
 use ordo_operator::metrics::Metrics;
 use ordo_operator::probe::HttpMemberProbe;
-use ordo_operator::{controller, crdgen, render};
+use ordo_operator::{controller, crd_wait, crdgen, render};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -72,39 +71,6 @@ fn init_tracing(format: &str) {
     }
 }
 
-async fn wait_for_crds(client: &Client, shutdown: &mut watch::Receiver<bool>) -> bool {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for name in ["seqclusters.ordo.dev", "workdividers.ordo.dev"] {
-        loop {
-            let established = match api.get_opt(name).await {
-                Ok(Some(crd)) => crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True")),
-                Ok(None) => {
-                    tracing::warn!(
-                        crd = name,
-                        "CRD is not installed; install it with `kubectl apply -f crds/` or `helm install ordo charts/ordo`"
-                    );
-                    false
-                }
-                Err(e) => {
-                    tracing::warn!(crd = name, error = %e, "cannot read CRD");
-                    false
-                }
-            };
-            if established {
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-                _ = shutdown.changed() => return false,
-            }
-        }
-    }
-    true
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_tracing(&args.log_format);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -128,9 +94,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let admin = tokio::spawn(admin::serve(args.admin_listen, admin_state, stopped(stop_rx.clone())));
 
     let client = Client::try_default().await.context("no Kubernetes client configuration")?;
-    let mut shutdown = stop_rx.clone();
-    if !wait_for_crds(&client, &mut shutdown).await {
-        return Ok(());
+    tokio::select! {
+        _ = crd_wait::wait_established(&client, Duration::from_secs(10)) => {}
+        _ = stopped(stop_rx.clone()) => return Ok(()),
     }
     ready.store(true, Ordering::Relaxed);
 

@@ -315,3 +315,30 @@ async fn leader_election_hands_the_lease_over_only_after_it_expires() {
     let spec = lease.spec.unwrap();
     assert_eq!((spec.holder_identity.as_deref(), spec.lease_transitions), (Some("b"), Some(1)));
 }
+
+#[tokio::test]
+async fn startup_waits_until_the_crds_are_established() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    use ordo_operator::crd_wait::{crd_state, wait_established, CrdState};
+    let Some(emulator) = start_emulator() else { return };
+    let client = client(&emulator.operator_url);
+    assert_eq!(crd_state(&client, "seqclusters.ordo.dev").await, CrdState::Missing);
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { wait_established(&client, Duration::from_millis(50)).await }
+    });
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for mut crd in [SeqCluster::crd(), WorkDivider::crd()] {
+        crd.status = None;
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(crd_state(&client, "seqclusters.ordo.dev").await, CrdState::Pending);
+    assert!(!waiting.is_finished(), "installed but not established is not enough");
+    for name in ordo_operator::crd_wait::CRD_NAMES {
+        let established = json!({"status": {"conditions": [{"type": "Established", "status": "True"}]}});
+        crds.patch_status(name, &PatchParams::default(), &Patch::Merge(established)).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("wait returns once established").unwrap();
+}

@@ -111,6 +111,7 @@ async def main() -> None:
     emulator = StampingEmulator(log_path=sys.argv[1])
     for r in RESOURCES:
         emulator.resources[r] = {"namespaced": True}
+    emulator.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = {"namespaced": False}
     # Two entry points to one emulator: the operator uses the first, the test's own requests
     # (creating objects, polling) the second, so the request log tells them apart.
     async with emulator, kmock.Server(emulator) as operator, kmock.Server(emulator) as test:
