@@ -56,6 +56,9 @@ struct RunArgs {
     /// Identity in the Lease.
     #[arg(long, env = "POD_NAME", default_value = "ordo-operator")]
     identity: String,
+    /// How often to check whether the CRDs are established, at startup (milliseconds).
+    #[arg(long, env = "ORDO_OPERATOR_CRD_POLL_MS", default_value_t = 10_000)]
+    crd_poll_ms: u64,
     /// Log format: json or text.
     #[arg(long, env = "ORDO_OPERATOR_LOG_FORMAT", default_value = "json")]
     log_format: String,
@@ -95,7 +98,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let client = Client::try_default().await.context("no Kubernetes client configuration")?;
     tokio::select! {
-        _ = crd_wait::wait_established(&client, Duration::from_secs(10)) => {}
+        _ = crd_wait::wait_established(&client, Duration::from_millis(args.crd_poll_ms)) => {}
         _ = stopped(stop_rx.clone()) => return Ok(()),
     }
     ready.store(true, Ordering::Relaxed);

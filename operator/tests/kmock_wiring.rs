@@ -342,3 +342,100 @@ async fn startup_waits_until_the_crds_are_established() {
     }
     tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("wait returns once established").unwrap();
 }
+
+/// `GET http://addr/path` over a raw TCP stream: (status code, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.ok()?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.ok()?;
+    let code = raw.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, raw.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+#[tokio::test]
+async fn the_binary_waits_for_crds_leads_reconciles_and_stops_on_sigterm() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    let Some(emulator) = start_emulator() else { return };
+    let test = client(&emulator.test_url);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: kmock, cluster: {{server: '{}'}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: kmock, user: u, namespace: {NS}}}}}]\n\
+             current-context: c\n",
+            emulator.operator_url.trim_end_matches('/')
+        ),
+    )
+    .unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut operator = Command::new(env!("CARGO_BIN_EXE_ordo-operator"))
+        .arg("run")
+        .env("KUBECONFIG", &kubeconfig)
+        .env("ORDO_OPERATOR_ADMIN_LISTEN", admin.to_string())
+        .env("POD_NAMESPACE", NS)
+        .env("POD_NAME", "operator-0")
+        .env("ORDO_OPERATOR_LOG_FORMAT", "text")
+        .env("ORDO_OPERATOR_CRD_POLL_MS", "100")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop<'a>(&'a mut Child);
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+        }
+    }
+    let guard = KillOnDrop(&mut operator);
+
+    // Live at once, not ready while the CRDs are missing.
+    let (code, _) = eventually("admin endpoint up", || http_get(admin, "/healthz")).await;
+    assert_eq!(code, 200);
+    assert_eq!(http_get(admin, "/readyz").await.unwrap().0, 503);
+    let crds: Api<CustomResourceDefinition> = Api::all(test.clone());
+    for crd in [SeqCluster::crd(), WorkDivider::crd()] {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+        let established = json!({"status": {"conditions": [{"type": "Established", "status": "True"}]}});
+        crds.patch_status(&crd.metadata.name.unwrap(), &PatchParams::default(), &Patch::Merge(established))
+            .await
+            .unwrap();
+    }
+    eventually("ready once CRDs are established", || async {
+        (http_get(admin, "/readyz").await?.0 == 200).then_some(())
+    })
+    .await;
+
+    // It takes the Lease and reconciles.
+    let seqclusters: Api<SeqCluster> = Api::namespaced(test.clone(), NS);
+    let mut sc: SeqCluster = common::seqcluster("seqcluster-minimal.yaml");
+    sc.metadata = kube::api::ObjectMeta { name: Some("ids".into()), namespace: Some(NS.into()), ..Default::default() };
+    seqclusters.create(&PostParams::default(), &sc).await.unwrap();
+    eventually("the binary reconciles", || async {
+        (seqclusters.get("ids").await.ok()?.status?.membership?.epoch == 1).then_some(())
+    })
+    .await;
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(test.clone(), NS)
+        .get("ordo-operator")
+        .await
+        .unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("operator-0"));
+    let (_, metrics) = http_get(admin, "/metrics").await.unwrap();
+    assert!(metrics.contains(r#"ordo_operator_reconciles_total{kind="SeqCluster"}"#), "{metrics}");
+
+    // SIGTERM: graceful shutdown, exit 0.
+    let pid = guard.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "operator did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "operator exited with {status}");
+}
