@@ -59,6 +59,13 @@ impl Metrics {
         self.failures.get_or_create(&ErrorLabels { kind: kind.into(), class: class.into() }).inc();
     }
 
+    /// Counts a reconcile of `kind` and times it until the returned guard drops.
+    pub fn reconcile_started(&self, kind: &str) -> ReconcileTimer {
+        let labels = Self::kind(kind);
+        self.reconciles.get_or_create(&labels).inc();
+        ReconcileTimer { histogram: self.duration.get_or_create(&labels).clone(), started: std::time::Instant::now() }
+    }
+
     /// Label set of `kind`.
     pub fn kind(kind: &str) -> KindLabels {
         KindLabels { kind: kind.into() }
@@ -69,5 +76,17 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("metrics encode");
         out
+    }
+}
+
+/// Observes a reconcile's duration when dropped.
+pub struct ReconcileTimer {
+    histogram: Histogram,
+    started: std::time::Instant,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
     }
 }

@@ -425,6 +425,7 @@ async fn the_binary_waits_for_crds_leads_reconciles_and_stops_on_sigterm() {
     assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("operator-0"));
     let (_, metrics) = http_get(admin, "/metrics").await.unwrap();
     assert!(metrics.contains(r#"ordo_operator_reconciles_total{kind="SeqCluster"}"#), "{metrics}");
+    assert!(metrics.contains(r#"ordo_operator_reconcile_duration_seconds_count{kind="SeqCluster"}"#), "{metrics}");
 
     // SIGTERM: graceful shutdown, exit 0.
     let pid = guard.0.id().to_string();

@@ -55,7 +55,7 @@ async fn probe_members(ctx: &Context, namespace: &str, name: &str, width: i32) -
 
 /// Reconciles one SeqCluster.
 pub async fn reconcile(sc: Arc<SeqCluster>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    ctx.metrics.reconciles.get_or_create(&crate::metrics::Metrics::kind(KIND)).inc();
+    let _timer = ctx.metrics.reconcile_started(KIND);
     if sc.meta().deletion_timestamp.is_some() {
         // Children carry owner references: garbage collection removes them.
         return Ok(Action::await_change());

@@ -18,7 +18,7 @@ pub const KIND: &str = "WorkDivider";
 
 /// Reconciles one WorkDivider.
 pub async fn reconcile(wd: Arc<WorkDivider>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    ctx.metrics.reconciles.get_or_create(&crate::metrics::Metrics::kind(KIND)).inc();
+    let _timer = ctx.metrics.reconcile_started(KIND);
     if wd.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
