@@ -195,6 +195,17 @@ fn status_first(mut script: Vec<Expect>) -> Vec<Expect> {
     script
 }
 
+/// A SeqCluster reconcile's script: it first reads the object fresh from the API server.
+fn sc_script(sc: &SeqCluster, script: Vec<Expect>) -> Vec<Expect> {
+    let mut script = status_first(script);
+    script.insert(
+        0,
+        expect("GET", format!("{SC}/{}", sc.metadata.name.as_ref().unwrap()))
+            .respond(200, serde_json::to_value(sc).unwrap()),
+    );
+    script
+}
+
 /// The apply calls of one SeqCluster reconcile, with checks on the ConfigMap and StatefulSet.
 fn sc_applies(secret: Expect, check_cm: impl Fn(&Value) + Send + 'static, replicas: i64) -> Vec<Expect> {
     vec![
@@ -239,7 +250,7 @@ async fn seqcluster_first_reconcile_creates_everything_and_records_epoch_one() {
         );
     }));
     script.push(expect("POST", EVENTS).check(|b| assert_eq!(b["reason"], "Bootstrapped")));
-    let action = run(&sc, status_first(script), TableProbe::default(), seqcluster::apply::reconcile).await.unwrap();
+    let action = run(&sc, sc_script(&sc, script), TableProbe::default(), seqcluster::apply::reconcile).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(5)));
 }
 
@@ -274,7 +285,7 @@ async fn seqcluster_scale_up_grows_pods_and_writes_the_joint_configuration() {
         assert_eq!(b["status"]["membership"]["previous"]["members"], 3);
     }));
     script.push(expect("POST", EVENTS).check(|b| assert_eq!(b["reason"], "JointConfiguration")));
-    let action = run(&sc, status_first(script), probe, seqcluster::apply::reconcile).await.unwrap();
+    let action = run(&sc, sc_script(&sc, script), probe, seqcluster::apply::reconcile).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(5)));
 }
 
@@ -301,7 +312,9 @@ async fn seqcluster_scale_down_removes_pods_only_after_the_final_configuration()
             .check(|b| assert_eq!(b["status"]["membership"]["phase"], "Finalizing")),
     );
     script.push(expect("POST", EVENTS).check(|b| assert_eq!(b["reason"], "NewConfiguration")));
-    run(&sc, status_first(script), reports("ids", 0..5, 2, Some(2), true), seqcluster::apply::reconcile).await.unwrap();
+    run(&sc, sc_script(&sc, script), reports("ids", 0..5, 2, Some(2), true), seqcluster::apply::reconcile)
+        .await
+        .unwrap();
 
     // Finalizing; the three remaining members run epoch 3: shrink the StatefulSet to 3.
     let fin = MembershipStatus {
@@ -321,7 +334,9 @@ async fn seqcluster_scale_down_removes_pods_only_after_the_final_configuration()
         assert!(b["status"]["membership"].get("previous").is_none());
     }));
     script.push(expect("POST", EVENTS).check(|b| assert_eq!(b["reason"], "ScaledTo")));
-    run(&sc, status_first(script), reports("ids", 0..3, 3, Some(2), true), seqcluster::apply::reconcile).await.unwrap();
+    run(&sc, sc_script(&sc, script), reports("ids", 0..3, 3, Some(2), true), seqcluster::apply::reconcile)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -340,7 +355,9 @@ async fn seqcluster_scale_down_waits_without_a_quorum_of_caught_up_members() {
         assert_eq!(a["status"], "False");
     }));
     // Only two members answer.
-    run(&sc, status_first(script), reports("ids", 0..2, 4, Some(4), true), seqcluster::apply::reconcile).await.unwrap();
+    run(&sc, sc_script(&sc, script), reports("ids", 0..2, 4, Some(4), true), seqcluster::apply::reconcile)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -363,7 +380,7 @@ async fn seqcluster_status_is_only_written_when_it_changes() {
         3,
     );
     // No status PATCH, no Event: a settled cluster resyncs slowly.
-    let action = run(&sc, status_first(script), probe, seqcluster::apply::reconcile).await.unwrap();
+    let action = run(&sc, sc_script(&sc, script), probe, seqcluster::apply::reconcile).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(60)));
 }
 
@@ -383,14 +400,15 @@ async fn invalid_spec_sets_degraded_publishes_a_warning_and_does_not_requeue() {
             assert_eq!((b["type"].as_str(), b["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
         }),
     ];
-    let action = run(&sc, status_first(script), TableProbe::default(), seqcluster::apply::reconcile).await.unwrap();
+    let action = run(&sc, sc_script(&sc, script), TableProbe::default(), seqcluster::apply::reconcile).await.unwrap();
     assert_eq!(action, Action::await_change());
 
     // Reconciled again with its Degraded status already recorded: no call at all (no hot loop).
     let mut again = (*sc).clone();
     let err = seqcluster::validate::validate(&again).unwrap_err();
     again.status = Some(seqcluster::status::invalid(None, Some(1), &err, k8s_openapi::jiff::Timestamp::now()));
-    let action = run(&Arc::new(again), vec![], TableProbe::default(), seqcluster::apply::reconcile).await.unwrap();
+    let script = sc_script(&again, vec![]);
+    let action = run(&Arc::new(again), script, TableProbe::default(), seqcluster::apply::reconcile).await.unwrap();
     assert_eq!(action, Action::await_change());
 }
 
@@ -500,7 +518,9 @@ async fn disabled_pdb_and_network_policy_are_deleted() {
             .respond(200, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
     );
     script.push(expect("PATCH", format!("{SC}/ids/status")));
-    run(&sc, status_first(script), reports("ids", 0..3, 1, Some(1), true), seqcluster::apply::reconcile).await.unwrap();
+    run(&sc, sc_script(&sc, script), reports("ids", 0..3, 1, Some(1), true), seqcluster::apply::reconcile)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -520,4 +540,31 @@ async fn workdivider_waits_for_a_seqcluster_without_members() {
     ];
     let action = run(&wd, script, TableProbe::default(), workdivider::apply::reconcile).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+}
+
+#[tokio::test]
+async fn plans_from_the_api_servers_copy_not_a_stale_cache() {
+    // The watch cache still shows the joint configuration; the API server already has epoch 3.
+    let joint = MembershipStatus {
+        epoch: 2,
+        current: MemberSetStatus { members: 5, ..Default::default() },
+        previous: Some(MemberSetStatus { members: 3, ..Default::default() }),
+        phase: MembershipPhase::Joint,
+    };
+    let finalizing = MembershipStatus { epoch: 3, phase: MembershipPhase::Finalizing, ..joint.clone() };
+    let stale = Arc::new(seqc_with(5, Some(joint)));
+    let fresh = seqc_with(5, Some(finalizing));
+    let mut script = sc_applies(
+        expect("GET", "/api/v1/namespaces/prod/secrets/ids-peer-token").respond(200, secret_with_token()),
+        |b| assert_eq!(members_yaml(b).epoch, 3, "never back to the joint epoch 2"),
+        5,
+    );
+    script.push(expect("PATCH", format!("{SC}/ids/status")).check(|b| {
+        assert_eq!(b["status"]["membership"]["epoch"], 3);
+        assert_eq!(b["status"]["membership"]["phase"], "Stable");
+    }));
+    script.push(expect("POST", EVENTS).check(|b| assert_eq!(b["reason"], "ScaledTo")));
+    run(&stale, sc_script(&fresh, script), reports("ids", 0..5, 3, Some(2), true), seqcluster::apply::reconcile)
+        .await
+        .unwrap();
 }

@@ -60,6 +60,15 @@ pub async fn reconcile(sc: Arc<SeqCluster>, ctx: Arc<Context>) -> Result<Action,
         // Children carry owner references: garbage collection removes them.
         return Ok(Action::await_change());
     }
+    // Plan from the API server's copy, not the watch cache: the cache may not have our last
+    // status write yet, and planning from a stale membership could write an older configuration.
+    let api: Api<SeqCluster> = Api::namespaced(ctx.client.clone(), &sc.namespace().unwrap_or_default());
+    let Some(sc) = api.get_opt(&sc.name_any()).await.map_err(ReconcileError::api("read SeqCluster"))? else {
+        return Ok(Action::await_change());
+    };
+    if sc.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
     let generation = sc.meta().generation;
     let existing = sc.status.as_ref();
     let reference = sc.object_ref(&());
@@ -76,7 +85,7 @@ pub async fn reconcile(sc: Arc<SeqCluster>, ctx: Arc<Context>) -> Result<Action,
             if existing.map(|s| &s.conditions) != Some(&next.conditions)
                 || existing.and_then(|s| s.observed_generation) != generation
             {
-                apply_status(&ctx.client, sc.as_ref(), &next).await.map_err(ReconcileError::api("write status"))?;
+                apply_status(&ctx.client, &sc, &next).await.map_err(ReconcileError::api("write status"))?;
             }
             if !degraded_before || existing.and_then(|s| s.observed_generation) != generation {
                 ctx.event(&reference, true, "InvalidSpec", "Validate", err.to_string()).await;
@@ -115,7 +124,7 @@ pub async fn reconcile(sc: Arc<SeqCluster>, ctx: Arc<Context>) -> Result<Action,
     // (two different configurations must never share an epoch).
     let next = status::observed(&valid.name, existing, generation, &plan, &reports, now);
     if existing != Some(&next) {
-        apply_status(&ctx.client, sc.as_ref(), &next).await.map_err(ReconcileError::api("write status"))?;
+        apply_status(&ctx.client, &sc, &next).await.map_err(ReconcileError::api("write status"))?;
     }
 
     apply(&ctx.client, &objects.service).await.map_err(ReconcileError::api("apply peer Service"))?;
