@@ -1,34 +1,34 @@
 #!/usr/bin/env bash
 # Runs every Ordo test on a fresh machine: formatting and lints, the whole Rust workspace
-# (unit, property, simulation and multi-process suites), the Helm/emulator checks of the
-# operator, and the kind suite (which says it skipped where kind or docker is missing).
-# Everything it needs is installed by the scripts it calls. Exit status: 0 only if all passed.
+# (unit, property, simulation, multi-process, mocked-API and API-emulator suites, the Helm chart
+# checks), the operator's render smoke test, and the kind suite (which says it skipped where
+# kind or docker is missing). What the tests need (a Python venv with helm-python-sdk and kmock)
+# is installed by scripts/test-deps.sh. Exit status: 0 only if everything passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 start=$(date +%s)
 step() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - start ))"; }
 
+step "test dependencies (pinned Python tools in .venv)"
+bash scripts/test-deps.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy (all targets, warnings are errors)"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 
-step "build binaries (the multi-process suites start the real ordo-sidecar and ordoctl)"
-cargo build --workspace --bins --quiet
+step "build binaries (the multi-process suites start the real ordo-sidecar, ordoctl, ordo-operator)"
+cargo build --workspace --bins --locked --quiet
 
-step "cargo test --workspace"
-cargo test --workspace --no-fail-fast
+step "cargo test --workspace (chart and emulator tests required, not skipped)"
+ORDO_REQUIRE_PY_TESTS=1 cargo test --workspace --locked --no-fail-fast
 
-if [ -x scripts/operator-tests.sh ]; then
-  step "operator: Helm chart and API emulator checks"
-  bash scripts/operator-tests.sh
-fi
+step "ordo-operator render smoke test"
+target/debug/ordo-operator render -f examples/k8s/seqcluster.yaml -f examples/k8s/workdivider.yaml >/dev/null
 
-if [ -x e2e/kind/run.sh ]; then
-  step "kind end-to-end suite"
-  bash e2e/kind/run.sh
-fi
+step "kind end-to-end suite"
+bash e2e/kind/run.sh
 
 step "all tests passed"
