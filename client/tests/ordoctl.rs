@@ -52,7 +52,16 @@ fn dev_cluster_seq_and_status_from_the_command_line() {
     let current = json(&ordoctl(dir.path(), &["seq", "current", "orders", "-o", "json"]));
     assert!(current["next"].as_u64().unwrap() > strict["start"].as_u64().unwrap());
 
-    let status = json(&ordoctl(dir.path(), &["status", "--output", "json"]));
+    // Peers' readiness is what the answering member saw at its last probe (every second).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        let status = json(&ordoctl(dir.path(), &["status", "--output", "json"]));
+        let all_ready = status["members"].as_array().is_some_and(|ms| ms.iter().all(|m| m["ready"] == true));
+        if all_ready || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(status["epoch"], 1);
     let members = status["members"].as_array().unwrap();
     assert_eq!(members.len(), 3);
