@@ -29,9 +29,13 @@
 //! value of a single round ([`proposer`]); acceptors group-commit every message that arrives
 //! while the disk is busy into one fsync ([`store`]).
 //!
-//! **Contention** between proposers: a rejected round retries with a higher ballot after a
-//! randomized exponential backoff, so two proposers cannot keep pre-empting each other forever
-//! (with probability 1 one of them completes both phases inside the other's backoff).
+//! **Contention** between proposers: each sidecar forwards a register's changes to the register's
+//! *home* member (a hash of the key over the live members), and after losing a round to another
+//! proposer's ballot it hands its own changes to that proposer; so normally one proposer runs a
+//! register's rounds. This is routing only: any sidecar may still propose, and a rejected round
+//! retries with a higher ballot after a randomized exponential backoff, so two proposers cannot
+//! keep pre-empting each other forever (with probability 1 one of them completes both phases
+//! inside the other's backoff).
 //!
 //! **Lost data** ([`catchup`]): a member whose data directory is empty does not vote (it
 //! refuses Prepare and Accept) until it has (1) *fenced* its new incarnation on enough peers

@@ -298,7 +298,7 @@ async fn forward<P: Peers>(inner: Arc<Inner<P>>, key: String, mut batch: Vec<Pen
     }
 }
 
-/// Changes waiting to be forwarded to the home, and whether a forward is in flight.
+/// Changes waiting to be forwarded to the home, and how many forwards are in flight.
 #[derive(Default)]
 struct ForwardQueue {
     in_flight: usize,
