@@ -345,3 +345,52 @@ impl<P: Peers> Node<P> {
         self.ready_tx.send_replace(ready);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::peer::GrpcPeers;
+    use crate::membership::{Member, MemberSet};
+
+    fn file(epoch: u64, ids: &[&str]) -> MembersFile {
+        MembersFile {
+            epoch,
+            current: MemberSet {
+                members: ids
+                    .iter()
+                    .map(|i| Member { id: i.to_string(), peer_addr: format!("127.0.0.1:{}", 1000 + i.len()) })
+                    .collect(),
+                read_quorum: None,
+                write_quorum: None,
+            },
+            previous: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn configuration_only_moves_to_newer_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RegisterStore::open(dir.path(), "a").unwrap();
+        let node = Node::new(
+            "a".into(),
+            Role::Member,
+            Some(store.clone()),
+            Arc::new(GrpcPeers::new("t".into())),
+            file(2, &["a", "b", "c"]),
+            dir.path().join("members.yaml"),
+            Arc::new(Metrics::new()),
+            Endpoints::default(),
+        );
+        assert_eq!(node.install_config(file(2, &["a", "b", "c"])).await, Ok(false));
+        let same_epoch = node.install_config(file(2, &["a", "b"])).await.unwrap_err();
+        assert!(same_epoch.contains("without an epoch change"), "{same_epoch}");
+        let older = node.install_config(file(1, &["a", "b", "c", "d"])).await.unwrap_err();
+        assert!(older.contains("epoch 1"), "{older}");
+        assert_eq!(node.epoch(), 2);
+        assert_eq!(node.install_config(file(3, &["a", "b", "c", "d", "e"])).await, Ok(true));
+        assert_eq!(node.epoch(), 3);
+        // The highest epoch is remembered across restarts (a restarted member waits for it).
+        assert_eq!(store.meta().max_epoch, 3);
+        assert_eq!(store.meta().migrated_epoch, 3, "a non-joint epoch needs no migration");
+    }
+}
