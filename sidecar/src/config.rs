@@ -260,32 +260,23 @@ mod tests {
 
     #[test]
     fn app_listener_must_be_loopback() {
-        let a = parse(&[
-            "--id",
-            "c",
-            "--role",
-            "client",
-            "--members-file",
-            "/m",
-            "--peer-token",
-            "t",
-            "--app-listen",
-            "0.0.0.0:7070",
-        ]);
-        assert!(matches!(a.validate(), Err(ConfigError::AppListenNotLoopback(_))));
-        let off = parse(&[
-            "--id",
-            "c",
-            "--role",
-            "client",
-            "--members-file",
-            "/m",
-            "--peer-token",
-            "t",
-            "--app-listen",
-            "off",
-        ]);
-        assert_eq!(off.app_tcp().unwrap(), None);
+        let client = |listen: &str| {
+            parse(&[
+                "--id",
+                "c",
+                "--role",
+                "client",
+                "--members-file",
+                "/m",
+                "--peer-token",
+                "t",
+                "--app-listen",
+                listen,
+            ])
+        };
+        assert!(matches!(client("0.0.0.0:7070").validate(), Err(ConfigError::AppListenNotLoopback(_))));
+        assert_eq!(client("off").app_tcp().unwrap(), None);
+        assert_eq!(client("127.0.0.2:7070").app_tcp().unwrap(), Some("127.0.0.2:7070".parse().unwrap()));
     }
 
     #[test]

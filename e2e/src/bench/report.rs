@@ -41,6 +41,28 @@ pub struct Row {
     pub note: Option<String>,
 }
 
+impl Row {
+    /// A row for a cell that could not be measured, saying why.
+    pub fn not_measured(key: &str, system: &str, range: &str, clients: usize, runs: Vec<f64>, why: String) -> Self {
+        Row {
+            key: key.into(),
+            system: system.into(),
+            range: range.into(),
+            clients,
+            ids: 0,
+            errors: 0,
+            secs: 0.0,
+            ids_per_sec: None,
+            p50_us: 0.0,
+            p99_us: 0.0,
+            mean_us: 0.0,
+            runs,
+            quorum: None,
+            note: Some(why),
+        }
+    }
+}
+
 /// A ratio against a goal.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratio {

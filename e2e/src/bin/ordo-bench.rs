@@ -179,22 +179,14 @@ where
     let runs: Vec<f64> = results.iter().map(|(r, _, _)| r.rate()).collect();
     results.sort_by(|a, b| a.0.rate().total_cmp(&b.0.rate()));
     let row = match results.len() {
-        0 => Row {
-            key: key.into(),
-            system: system.into(),
-            range: range.into(),
+        0 => Row::not_measured(
+            key,
+            system,
+            range,
             clients,
-            ids: 0,
-            errors: 0,
-            secs: 0.0,
-            ids_per_sec: None,
-            p50_us: 0.0,
-            p99_us: 0.0,
-            mean_us: 0.0,
             runs,
-            quorum: None,
-            note: Some(format!("not measured: {}", setup_error.unwrap_or_default())),
-        },
+            format!("not measured: {}", setup_error.unwrap_or_default()),
+        ),
         n => {
             let (r, note, quorum) = &results[n / 2];
             let mut notes: Vec<String> = note.iter().cloned().collect();
@@ -395,26 +387,18 @@ async fn main() -> anyhow::Result<()> {
                             .await,
                         );
                     }
-                    None => rows.push(Row {
-                        key: "etcd".into(),
-                        system: "etcd CAS".into(),
-                        range: range.clone(),
+                    None => rows.push(Row::not_measured(
+                        "etcd",
+                        "etcd CAS",
+                        range,
                         clients,
-                        ids: 0,
-                        errors: 0,
-                        secs: 0.0,
-                        ids_per_sec: None,
-                        p50_us: 0.0,
-                        p99_us: 0.0,
-                        mean_us: 0.0,
-                        runs: vec![],
-                        quorum: None,
-                        note: Some(if etcd_note.starts_with("etcd: not available") {
+                        vec![],
+                        if etcd_note.starts_with("etcd: not available") {
                             "etcd: not available".into()
                         } else {
                             etcd_note.clone()
-                        }),
-                    }),
+                        },
+                    )),
                 }
             }
         }
