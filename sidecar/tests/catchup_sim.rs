@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use ordo_sidecar::membership::{Member, MemberSet, MembersFile};
+mod common;
+
+use ordo_sidecar::membership::{Member, MembersFile};
 use ordo_sidecar::metrics::Metrics;
 use ordo_sidecar::quorum::acceptor::{AcceptReply, PrepareReply, Voter};
 use ordo_sidecar::quorum::catchup::{attempt, Attempt};
@@ -140,15 +142,7 @@ async fn wipe_and_catch_up(net: &Net, cfg: &MembersFile, id: &str, dir: &std::pa
 async fn wiped_members_catch_up_without_any_id_handed_out_twice() {
     let tmp = tempfile::tempdir().unwrap();
     let ids = ["m0", "m1", "m2"];
-    let cfg = MembersFile {
-        epoch: 1,
-        current: MemberSet {
-            members: ids.iter().map(|i| Member { id: i.to_string(), peer_addr: format!("sim:{i}") }).collect(),
-            read_quorum: None,
-            write_quorum: None,
-        },
-        previous: None,
-    };
+    let cfg = common::members(&ids.map(String::from));
     let mut stores = HashMap::new();
     for id in ids {
         let s = RegisterStore::open(&tmp.path().join(id), id).unwrap();

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ordo_sidecar::membership::{Member, MemberSet, MembersFile};
+mod common;
+
+use ordo_sidecar::membership::{Member, MembersFile};
 use ordo_sidecar::metrics::Metrics;
 use ordo_sidecar::quorum::acceptor::{AcceptReply, AcceptorState, PrepareReply, Voter};
 use ordo_sidecar::quorum::proposer::{decode_u64, Change, ChangeError, Outcome, Proposer};
@@ -99,15 +101,7 @@ impl Peers for SimNet {
 }
 
 fn config(n: usize) -> MembersFile {
-    MembersFile {
-        epoch: 1,
-        current: MemberSet {
-            members: (0..n).map(|i| Member { id: format!("a{i}"), peer_addr: format!("sim:{i}") }).collect(),
-            read_quorum: None,
-            write_quorum: None,
-        },
-        previous: None,
-    }
+    common::members(&(0..n).map(|i| format!("a{i}")).collect::<Vec<_>>())
 }
 
 async fn race(seed: u64, acceptors: usize, proposers: usize, loss: f64) -> (usize, usize) {

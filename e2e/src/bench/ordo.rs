@@ -100,6 +100,12 @@ impl OrdoCluster {
         }
         Ok(out)
     }
+
+    /// `n` [`NextCall`] sources of sequence `name`, spread like [`OrdoCluster::clients`].
+    pub async fn next_calls(&self, n: usize, name: &str, strict: bool) -> anyhow::Result<Vec<NextCall>> {
+        let clients = self.clients(n).await?;
+        Ok(clients.into_iter().map(|client| NextCall { client, name: name.to_string(), strict }).collect())
+    }
 }
 
 /// IDs from `ordo-client`'s leased [`Sequence`] handle (in-process).

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bench::baseline::Baseline;
 use bench::etcd::{etcd_binary, EtcdCas, EtcdCluster};
-use bench::ordo::{sidecar_binary, Lease, NextCall, OrdoCluster, PingCall, QuorumDelta};
+use bench::ordo::{sidecar_binary, Lease, OrdoCluster, PingCall, QuorumDelta};
 use bench::report::{fmt_rate, fmt_us, Report, Row};
 use bench::runner::{run_cell, Bounds, CellResult, IdSource};
 
@@ -357,14 +357,7 @@ async fn main() -> anyhow::Result<()> {
                     measure(&args, Some(&ordo), next_key, system, range, clients, true, |_| {
                         let name = name.clone();
                         let ordo = &ordo;
-                        async move {
-                            let cs = ordo.clients(clients).await?;
-                            let srcs = cs
-                                .into_iter()
-                                .map(|client| NextCall { client, name: name.clone(), strict })
-                                .collect::<Vec<_>>();
-                            Ok((srcs, None))
-                        }
+                        async move { Ok((ordo.next_calls(clients, &name, strict).await?, None)) }
                     })
                     .await,
                 );
@@ -412,14 +405,7 @@ async fn main() -> anyhow::Result<()> {
                 measure(&args, Some(&ordo), "sock-next", "Next (buffered, count 1)", "-", clients, true, |_| {
                     let name = name.clone();
                     let ordo = &ordo;
-                    async move {
-                        let cs = ordo.clients(clients).await?;
-                        let srcs = cs
-                            .into_iter()
-                            .map(|client| NextCall { client, name: name.clone(), strict: false })
-                            .collect::<Vec<_>>();
-                        Ok((srcs, None))
-                    }
+                    async move { Ok((ordo.next_calls(clients, &name, false).await?, None)) }
                 })
                 .await,
             );
