@@ -62,7 +62,7 @@ async fn peers_with_wrong_token_stale_epoch_or_malformed_messages_are_refused() 
     let before = c.current("peer-victim").await.unwrap();
     let mut peer = peer_client(&cluster.dev.member(1).peer_addr).await;
     let epoch = cluster.dev.epoch();
-    let ballot = Some(pb::Ballot { round: u64::MAX / 2, proposer: "intruder".into() });
+    let ballot = Some(pb::Ballot { round: u64::MAX / 2, proposer: "intruder".into(), ..Default::default() });
 
     // No token, wrong token.
     let prep = pb::PrepareRequest { epoch, key: "seq/peer-victim".into(), ballot: ballot.clone() };
@@ -73,11 +73,17 @@ async fn peers_with_wrong_token_stale_epoch_or_malformed_messages_are_refused() 
     let err = peer.dump(authed(pb::DumpRequest { epoch }, "wrong")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
-    // Stale and future epochs.
+    // Stale and future epochs: a typed refusal naming both epochs, nothing promised.
     for e in [epoch - 1, epoch + 7] {
-        let err = peer.prepare(authed(pb::PrepareRequest { epoch: e, ..prep.clone() }, &token)).await.unwrap_err();
-        assert_eq!(err.code(), Code::FailedPrecondition);
-        assert!(err.message().contains("epoch mismatch"), "{}", err.message());
+        let r = peer.prepare(authed(pb::PrepareRequest { epoch: e, ..prep.clone() }, &token)).await.unwrap();
+        let r = r.into_inner();
+        assert!(!r.ok, "{r:?}");
+        match r.refusal.and_then(|r| r.reason) {
+            Some(pb::refusal::Reason::EpochMismatch(m)) => {
+                assert_eq!((m.request_epoch, m.member_epoch), (e, epoch));
+            }
+            other => panic!("expected an epoch mismatch, got {other:?}"),
+        }
     }
 
     // Malformed messages: missing ballot, zero round, bad key, bad proposer, oversized value,
@@ -87,13 +93,13 @@ async fn peers_with_wrong_token_stale_epoch_or_malformed_messages_are_refused() 
         pb::PrepareRequest {
             epoch,
             key: "seq/peer-victim".into(),
-            ballot: Some(pb::Ballot { round: 0, proposer: "p".into() }),
+            ballot: Some(pb::Ballot { round: 0, proposer: "p".into(), ..Default::default() }),
         },
         pb::PrepareRequest { epoch, key: "seq//x".into(), ballot: ballot.clone() },
         pb::PrepareRequest {
             epoch,
             key: "seq/x".into(),
-            ballot: Some(pb::Ballot { round: 1, proposer: "has space".into() }),
+            ballot: Some(pb::Ballot { round: 1, proposer: "has space".into(), ..Default::default() }),
         },
     ];
     for p in bad_prepares {
@@ -103,8 +109,9 @@ async fn peers_with_wrong_token_stale_epoch_or_malformed_messages_are_refused() 
     let acc = pb::AcceptRequest {
         epoch,
         key: "seq/peer-victim".into(),
-        ballot: Some(pb::Ballot { round: 5, proposer: "p".into() }),
-        value: vec![0; (1 << 20) + 1],
+        ballot: Some(pb::Ballot { round: 5, proposer: "p".into(), ..Default::default() }),
+        value: vec![0; (2 << 20) + 1],
+        absent: false,
         promise_next: None,
         voters: vec![],
     };
@@ -114,7 +121,7 @@ async fn peers_with_wrong_token_stale_epoch_or_malformed_messages_are_refused() 
         .accept(authed(
             pb::AcceptRequest {
                 value: vec![1],
-                promise_next: Some(pb::Ballot { round: 9, proposer: "q".into() }),
+                promise_next: Some(pb::Ballot { round: 9, proposer: "q".into(), ..Default::default() }),
                 ..acc
             },
             &token,

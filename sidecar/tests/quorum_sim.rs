@@ -11,10 +11,10 @@ mod common;
 
 use ordo_sidecar::membership::{Member, MembersFile};
 use ordo_sidecar::metrics::Metrics;
-use ordo_sidecar::quorum::acceptor::{AcceptReply, AcceptorState, PrepareReply, Voter};
+use ordo_sidecar::quorum::acceptor::{page_keys, AcceptReply, AcceptorState, PrepareReply, Voter};
 use ordo_sidecar::quorum::proposer::{decode_u64, Change, ChangeError, Outcome, Proposer};
 use ordo_sidecar::quorum::store::Snapshot;
-use ordo_sidecar::quorum::transport::{PeerError, Peers, ProbeInfo};
+use ordo_sidecar::quorum::transport::{KeyPage, PeerError, Peers, ProbeInfo};
 use ordo_sidecar::quorum::Ballot;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
@@ -68,12 +68,12 @@ impl Peers for SimNet {
         _e: u64,
         key: &str,
         b: &Ballot,
-        v: &[u8],
+        v: Option<&[u8]>,
         next: Option<&Ballot>,
         voters: &[Voter],
         _t: Duration,
     ) -> Result<(AcceptReply, u64), PeerError> {
-        self.deliver(&to.id, |s| (s.accept(key, b, v.to_vec(), next, voters).0, 1)).await
+        self.deliver(&to.id, |s| (s.accept(key, b, v.map(<[u8]>::to_vec), next, voters).0, 1)).await
     }
 
     async fn fence(&self, _: &Member, _: u64, _: &str, _: u64, _: Duration) -> Result<(), PeerError> {
@@ -82,6 +82,18 @@ impl Peers for SimNet {
 
     async fn dump(&self, _: &Member, _: u64, _: Duration) -> Result<Snapshot, PeerError> {
         Err(PeerError::Refused("not simulated".into()))
+    }
+
+    async fn list_keys(
+        &self,
+        to: &Member,
+        _: u64,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+        _: Duration,
+    ) -> Result<KeyPage, PeerError> {
+        self.deliver(&to.id, |s| page_keys(s.registers.iter(), prefix, after, limit)).await
     }
 
     async fn probe(&self, _: &Member, _: u64, _: Duration) -> Result<ProbeInfo, PeerError> {
@@ -104,7 +116,21 @@ fn config(n: usize) -> MembersFile {
     common::members(&(0..n).map(|i| format!("a{i}")).collect::<Vec<_>>())
 }
 
+/// One simulated race; returns (acknowledged changes, failed changes, overlapping pairs).
 async fn race(seed: u64, acceptors: usize, proposers: usize, loss: f64) -> (usize, usize) {
+    let r = race_with(seed, acceptors, proposers, 2, loss, false).await;
+    assert_eq!(r.2, 0, "seed {seed}: acknowledged ranges overlap");
+    (r.0, r.1)
+}
+
+async fn race_with(
+    seed: u64,
+    acceptors: usize,
+    proposers: usize,
+    callers: u64,
+    loss: f64,
+    non_adjacent: bool,
+) -> (usize, usize, usize) {
     let cfg = config(acceptors);
     let net = Arc::new(SimNet {
         acceptors: cfg.current.members.iter().map(|m| (m.id.clone(), Mutex::new(AcceptorState::default()))).collect(),
@@ -118,8 +144,11 @@ async fn race(seed: u64, acceptors: usize, proposers: usize, loss: f64) -> (usiz
     let failures = Arc::new(Mutex::new(0usize));
     for p in 0..proposers {
         let proposer = Proposer::new(format!("p{p}"), net.clone(), rx.clone(), metrics.clone());
-        // Two concurrent callers per proposer, with different sizes, so batches form too.
-        for c in 0..2u64 {
+        if non_adjacent {
+            proposer.pipeline_at_non_adjacent_ballots_for_simulation();
+        }
+        // Concurrent callers per proposer, with different sizes, so batches and pipelines form.
+        for c in 0..callers {
             let (proposer, ranges, failures) = (proposer.clone(), ranges.clone(), failures.clone());
             let size = [1u64, 2, 3, 1000, 1024][(p + c as usize) % 5];
             tasks.push(tokio::spawn(async move {
@@ -132,7 +161,9 @@ async fn race(seed: u64, acceptors: usize, proposers: usize, loss: f64) -> (usiz
                             assert_eq!(end - start, size);
                             ranges.lock().unwrap().push((start, end));
                         }
-                        Err(ChangeError::Unavailable { .. }) => *failures.lock().unwrap() += 1,
+                        Err(ChangeError::Unavailable { .. } | ChangeError::OutcomeUnknown { .. }) => {
+                            *failures.lock().unwrap() += 1
+                        }
                         Err(e) => panic!("unexpected {e}"),
                     }
                 }
@@ -144,11 +175,9 @@ async fn race(seed: u64, acceptors: usize, proposers: usize, loss: f64) -> (usiz
     }
     let mut r = ranges.lock().unwrap().clone();
     r.sort();
-    for w in r.windows(2) {
-        assert!(w[1].0 >= w[0].1, "seed {seed}: ranges {:?} and {:?} overlap", w[0], w[1]);
-    }
+    let overlaps = r.windows(2).filter(|w| w[1].0 < w[0].1).count();
     let failed = *failures.lock().unwrap();
-    (r.len(), failed)
+    (r.len(), failed, overlaps)
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -165,5 +194,75 @@ async fn racing_proposers_never_overlap_with_message_loss() {
     for seed in 0..6 {
         let (ok, _failed) = race(100 + seed, 5, 4, 0.15).await;
         assert!(ok > 0, "seed {seed}: some changes complete despite 15% loss");
+    }
+}
+
+/// Pipelined chains of rounds (several callers per proposer keep up to four rounds in flight)
+/// racing other proposers on a lossy network never hand out an ID twice.
+#[tokio::test(flavor = "current_thread")]
+async fn pipelined_rounds_never_overlap_with_message_loss() {
+    for seed in 0..4 {
+        let (ok, _, overlaps) = race_with(500 + seed, 3, 3, 6, 0.12, false).await;
+        assert_eq!(overlaps, 0, "seed {seed}: pipelined rounds handed out an ID twice");
+        assert!(ok > 0);
+    }
+}
+
+/// The interleaving that makes pipelining unsafe unless a chained round's ballot is the
+/// immediate successor of the previous one (see `quorum/round.rs`), played step by step on
+/// acceptors A, B, C with the real round code: P's round k reaches only A; Q prepares on B and C
+/// and gets its value chosen; P's round k+1 follows. At the adjacent ballot B and C refuse it and
+/// Q's value survives; at `(round + 1, P)` (the "conditional accept" scheme's ballot, which A
+/// would take since it accepted round k) B and C take it too, and Q's acknowledged range is
+/// handed out again.
+#[tokio::test(flavor = "current_thread")]
+async fn pipelining_is_safe_only_at_the_adjacent_ballot() {
+    assert_eq!(play_interleaving(|b| b.next()).await, None);
+    let lost = play_interleaving(|b| Ballot { round: b.round + 1, step: 0, ..b.clone() }).await;
+    assert!(lost.is_some(), "at a non-adjacent ballot the interleaving must lose Q's chosen value");
+}
+
+/// Plays the interleaving with `successor` as the chained rounds' ballot; returns the overlap
+/// between Q's acknowledged range and P's, if any.
+async fn play_interleaving(successor: impl Fn(&Ballot) -> Ballot) -> Option<((u64, u64), (u64, u64))> {
+    use ordo_sidecar::quorum::round;
+    let cfg = config(3);
+    let all: Vec<String> = cfg.current.members.iter().map(|m| m.id.clone()).collect();
+    let net = SimNet {
+        acceptors: all.iter().map(|id| (id.clone(), Mutex::new(AcceptorState::default()))).collect(),
+        rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(1)),
+        loss: 0.0,
+    };
+    let only = |ids: &[&str]| {
+        let mut c = cfg.clone();
+        c.current.members.retain(|m| ids.contains(&m.id.as_str()));
+        c
+    };
+    let deadline = || Instant::now() + Duration::from_secs(1);
+    let counter = |v: u64| v.to_be_bytes().to_vec();
+    // P's Prepare round on everyone: the counter goes 1 -> 11 (P's first range [1, 11)).
+    let b0 = Ballot::of(5, "p", 1);
+    let (_, voters) = round::prepare(&net, &cfg, "seq/x", &b0, deadline()).await.unwrap();
+    round::accept(&net, &cfg, "seq/x", &b0, Some(&counter(11)), &voters, deadline()).await.unwrap();
+    // Round k, 11 -> 21, reaches only A (a0).
+    let b1 = successor(&b0);
+    let _ = round::accept(&net, &only(&["a0"]), "seq/x", &b1, Some(&counter(21)), &voters, deadline()).await;
+    // Q (ordered above P in the same round) prepares on B and C, sees 11, gets 11 -> 16 chosen.
+    let m = Ballot::of(5, "q", 1);
+    let bc = only(&["a1", "a2"]);
+    let (current, qvoters) = round::prepare(&net, &bc, "seq/x", &m, deadline()).await.unwrap();
+    assert_eq!(decode_u64(current.as_deref()), Some(11));
+    round::accept(&net, &bc, "seq/x", &m, Some(&counter(16)), &qvoters, deadline()).await.unwrap();
+    let q_range = (11, 16);
+    // Round k+1, 21 -> 31, to everyone. If it is chosen, P acknowledges rounds k and k+1: [11, 31).
+    let b2 = successor(&b1);
+    match round::accept(&net, &cfg, "seq/x", &b2, Some(&counter(31)), &voters, deadline()).await {
+        Ok(_) => Some((q_range, (11, 31))),
+        Err(_) => {
+            // A later Prepare must see Q's value (or something built on it).
+            let (v, _) = round::prepare(&net, &cfg, "seq/x", &Ballot::of(9, "r", 1), deadline()).await.unwrap();
+            let v = decode_u64(v.as_deref()).unwrap();
+            (v < 16).then_some((q_range, (11, v)))
+        }
     }
 }

@@ -15,34 +15,18 @@ use tonic::{Request, Response, Status};
 use crate::membership::Member;
 use crate::node::Node;
 use crate::quorum::acceptor::{AcceptReply, PrepareReply, RegisterState, Voter};
-use crate::quorum::proposer::{Change, ChangeError, Outcome};
+use crate::quorum::change::{Change, ChangeError, Outcome};
+pub use crate::quorum::register::{validate_key, MAX_KEY_BYTES, MAX_PAGE};
 use crate::quorum::store::{RegisterStore, Snapshot, StoreError};
-use crate::quorum::transport::{PeerError, Peers, ProbeInfo};
+use crate::quorum::transport::{KeyPage, ListedKey, PeerError, Peers, ProbeInfo};
 use crate::quorum::Ballot;
 use crate::validate::validate_name;
 
-/// Largest register value accepted from a peer.
-pub const MAX_VALUE_BYTES: usize = 1 << 20;
-/// Longest register key.
-pub const MAX_KEY_BYTES: usize = 256;
-/// Metadata key carrying the answering member's epoch on an epoch mismatch.
-const EPOCH_HEADER: &str = "ordo-epoch";
-/// Metadata key marking a refusal because the member is catching up.
-const CATCHING_UP_HEADER: &str = "ordo-catching-up";
+/// Largest register value accepted from a peer (a register's value plus its header).
+pub const MAX_VALUE_BYTES: usize = crate::quorum::register::MAX_VALUE_BYTES + 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Validation and conversion (pure, property-tested).
-
-/// Checks a register key: `/`-separated names.
-pub fn validate_key(key: &str) -> Result<(), String> {
-    if key.is_empty() || key.len() > MAX_KEY_BYTES {
-        return Err(format!("key must be 1..={MAX_KEY_BYTES} bytes"));
-    }
-    for part in key.split('/') {
-        validate_name(part).map_err(|e| format!("key {key:?}: {e}"))?;
-    }
-    Ok(())
-}
 
 /// Converts and checks a ballot from the wire.
 pub fn ballot_from_pb(b: Option<pb::Ballot>, what: &str) -> Result<Ballot, String> {
@@ -51,15 +35,21 @@ pub fn ballot_from_pb(b: Option<pb::Ballot>, what: &str) -> Result<Ballot, Strin
         return Err(format!("{what} ballot round must be at least 1"));
     }
     validate_name(&b.proposer).map_err(|e| format!("{what} ballot proposer: {e}"))?;
-    Ok(Ballot { round: b.round, proposer: b.proposer })
+    Ok(Ballot { round: b.round, proposer: b.proposer, incarnation: b.incarnation, step: b.step })
 }
 
 fn opt_ballot(b: Option<pb::Ballot>) -> Ballot {
-    b.map(|b| Ballot { round: b.round, proposer: b.proposer }).unwrap_or_default()
+    b.map(|b| Ballot { round: b.round, proposer: b.proposer, incarnation: b.incarnation, step: b.step })
+        .unwrap_or_default()
 }
 
 fn ballot_to_pb(b: &Ballot) -> Option<pb::Ballot> {
-    (!b.is_zero()).then(|| pb::Ballot { round: b.round, proposer: b.proposer.clone() })
+    (!b.is_zero()).then(|| pb::Ballot {
+        round: b.round,
+        proposer: b.proposer.clone(),
+        incarnation: b.incarnation,
+        step: b.step,
+    })
 }
 
 /// A validated Accept request.
@@ -69,8 +59,8 @@ pub struct AcceptMsg {
     pub key: String,
     /// Ballot.
     pub ballot: Ballot,
-    /// Value.
-    pub value: Vec<u8>,
+    /// Value (`None`: the register stays absent).
+    pub value: Option<Vec<u8>>,
     /// Promise of the next ballot.
     pub promise_next: Option<Ballot>,
     /// Incarnations of the prepare quorum.
@@ -85,14 +75,17 @@ pub fn accept_from_pb(r: pb::AcceptRequest) -> Result<AcceptMsg, String> {
         None => None,
         Some(b) => {
             let next = ballot_from_pb(Some(b), "promise_next")?;
-            if next <= ballot || next.proposer != ballot.proposer {
-                return Err("promise_next must be a later ballot of the same proposer".into());
+            if !ballot.is_followed_by(&next) {
+                return Err("promise_next must be the immediate successor of the ballot".into());
             }
             Some(next)
         }
     };
     if r.value.len() > MAX_VALUE_BYTES {
         return Err(format!("value is {} bytes; the limit is {MAX_VALUE_BYTES}", r.value.len()));
+    }
+    if r.absent && !r.value.is_empty() {
+        return Err("an absent value carries no bytes".into());
     }
     if r.voters.len() > 64 {
         return Err("more than 64 voters".into());
@@ -103,7 +96,8 @@ pub fn accept_from_pb(r: pb::AcceptRequest) -> Result<AcceptMsg, String> {
         .map(|v| validate_name(&v.member).map(|_| Voter { member: v.member, incarnation: v.incarnation }))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("voter: {e}"))?;
-    Ok(AcceptMsg { key: r.key, ballot, value: r.value, promise_next, voters })
+    let value = (!r.absent).then_some(r.value);
+    Ok(AcceptMsg { key: r.key, ballot, value, promise_next, voters })
 }
 
 /// Most changes in one forwarded batch.
@@ -115,10 +109,11 @@ pub fn change_to_pb(c: &Change) -> pb::Change {
     let kind = match c {
         Change::Read => Kind::Read(pb::ChangeRead {}),
         Change::Add { n, start } => Kind::Add(pb::ChangeAdd { n: *n, start: *start }),
-        Change::CompareAndSet { expect, new } => Kind::CompareAndSet(pb::ChangeCompareAndSet {
-            expect_present: expect.is_some(),
-            expect: expect.clone().unwrap_or_default(),
-            new: new.clone(),
+        Change::Write { expect_version, value, write_id } => Kind::Write(pb::ChangeWrite {
+            expect_version: *expect_version,
+            present: value.is_some(),
+            value: value.clone().unwrap_or_default(),
+            write_id: write_id.to_be_bytes().to_vec(),
         }),
     };
     pb::Change { kind: Some(kind) }
@@ -130,50 +125,96 @@ pub fn change_from_pb(c: pb::Change) -> Result<Change, String> {
     match c.kind.ok_or("change has no kind")? {
         Kind::Read(_) => Ok(Change::Read),
         Kind::Add(a) => Ok(Change::Add { n: a.n, start: a.start }),
-        Kind::CompareAndSet(cas) => {
-            if cas.expect.len() > MAX_VALUE_BYTES || cas.new.len() > MAX_VALUE_BYTES {
-                return Err(format!("compare-and-set values are limited to {MAX_VALUE_BYTES} bytes"));
+        Kind::Write(w) => {
+            if w.value.len() > crate::quorum::register::MAX_VALUE_BYTES {
+                return Err(format!(
+                    "a write's value is limited to {} bytes",
+                    crate::quorum::register::MAX_VALUE_BYTES
+                ));
             }
-            Ok(Change::CompareAndSet { expect: cas.expect_present.then_some(cas.expect), new: cas.new })
+            if !w.present && !w.value.is_empty() {
+                return Err("a delete carries no value".into());
+            }
+            let write_id = <[u8; 16]>::try_from(w.write_id.as_slice())
+                .map(u128::from_be_bytes)
+                .map_err(|_| format!("write_id must be 16 bytes, got {}", w.write_id.len()))?;
+            Ok(Change::Write { expect_version: w.expect_version, value: w.present.then_some(w.value), write_id })
         }
     }
 }
 
-fn outcome_to_pb(o: Result<Outcome, ChangeError>) -> pb::Outcome {
-    match o {
-        Ok(o) => pb::Outcome {
-            error: String::new(),
+/// Converts an outcome for the wire.
+pub fn outcome_to_pb(o: Result<Outcome, ChangeError>) -> pb::Outcome {
+    use pb::outcome::Result as R;
+    let failure = |answered: usize, total: usize, detail: String| pb::QuorumFailure {
+        answered: answered as u32,
+        total: total as u32,
+        detail,
+    };
+    let result = match o {
+        Ok(o) => R::Done(pb::ChangeDone {
             before_present: o.before.is_some(),
             before: o.before.unwrap_or_default(),
             after_present: o.after.is_some(),
             after: o.after.unwrap_or_default(),
             applied: o.applied,
-            unavailable: false,
-        },
-        Err(e) => pb::Outcome {
-            unavailable: !matches!(e, ChangeError::Invalid(_)),
-            error: e.to_string(),
-            ..Default::default()
-        },
+        }),
+        Err(ChangeError::Invalid(m)) => R::Invalid(m),
+        Err(ChangeError::Unavailable { answered, total, detail }) => R::Unavailable(failure(answered, total, detail)),
+        Err(ChangeError::OutcomeUnknown { answered, total, detail }) => {
+            R::OutcomeUnknown(failure(answered, total, detail))
+        }
+        Err(ChangeError::Closed) => R::Closed(pb::Empty {}),
+    };
+    pb::Outcome { result: Some(result) }
+}
+
+/// Converts an outcome from the wire; `home` names the member that ran it.
+pub fn outcome_from_pb(o: pb::Outcome, home: &str) -> Result<Outcome, ChangeError> {
+    use pb::outcome::Result as R;
+    let detail = |f: &pb::QuorumFailure| format!("at {home}: {}", f.detail);
+    match o.result {
+        Some(R::Done(d)) => Ok(Outcome {
+            before: d.before_present.then_some(d.before),
+            after: d.after_present.then_some(d.after),
+            applied: d.applied,
+        }),
+        Some(R::Invalid(m)) => Err(ChangeError::Invalid(m)),
+        Some(R::Unavailable(f)) => {
+            Err(ChangeError::Unavailable { answered: f.answered as usize, total: f.total as usize, detail: detail(&f) })
+        }
+        Some(R::OutcomeUnknown(f)) => Err(ChangeError::OutcomeUnknown {
+            answered: f.answered as usize,
+            total: f.total as usize,
+            detail: detail(&f),
+        }),
+        Some(R::Closed(_)) => Err(ChangeError::Closed),
+        None => Err(ChangeError::OutcomeUnknown {
+            answered: 0,
+            total: 0,
+            detail: format!("{home} answered with an empty outcome"),
+        }),
     }
 }
 
-fn outcome_from_pb(o: pb::Outcome) -> Result<Outcome, ChangeError> {
-    if o.unavailable {
-        return Err(ChangeError::Unavailable {
-            answered: 0,
-            total: 0,
-            detail: format!("at the home member: {}", o.error),
-        });
+/// A refusal for the wire.
+fn refusal(reason: pb::refusal::Reason) -> Option<pb::Refusal> {
+    Some(pb::Refusal { reason: Some(reason) })
+}
+
+/// The typed error of a refusal from the wire.
+pub fn refusal_error(r: pb::Refusal) -> PeerError {
+    use pb::refusal::Reason;
+    match r.reason {
+        Some(Reason::EpochMismatch(e)) => PeerError::EpochMismatch { theirs: e.member_epoch },
+        Some(Reason::CatchingUp(_)) => PeerError::NotCaughtUp,
+        Some(Reason::NotMember(n)) => PeerError::NotMember { member: n.member, epoch: n.epoch },
+        Some(Reason::StaleVoter(v)) => PeerError::Refused(format!(
+            "stale voter {} (incarnation {} counted, {} now)",
+            v.member, v.counted_incarnation, v.current_incarnation
+        )),
+        None => PeerError::Refused("refused without a reason".into()),
     }
-    if !o.error.is_empty() {
-        return Err(ChangeError::Invalid(o.error));
-    }
-    Ok(Outcome {
-        before: o.before_present.then_some(o.before),
-        after: o.after_present.then_some(o.after),
-        applied: o.applied,
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -209,40 +250,85 @@ impl PeerService {
         InterceptedService::new(svc, check)
     }
 
-    fn check_epoch(&self, epoch: u64) -> Result<(), Status> {
+    /// Refuses a request from another configuration epoch.
+    fn check_epoch(&self, epoch: u64) -> Result<(), pb::Refusal> {
         let mine = self.node.epoch();
         if epoch != mine {
             self.node.epoch_hint(epoch);
-            let mut s = Status::failed_precondition(format!(
-                "epoch mismatch: the request is from epoch {epoch}, member {} is at epoch {mine}",
-                self.node.id
-            ));
-            s.metadata_mut().insert(EPOCH_HEADER, MetadataValue::from(mine));
-            return Err(s);
+            let reason =
+                pb::refusal::Reason::EpochMismatch(pb::EpochMismatch { request_epoch: epoch, member_epoch: mine });
+            return Err(pb::Refusal { reason: Some(reason) });
         }
         Ok(())
     }
 
-    fn check_voting(&self) -> Result<(), Status> {
-        if !self.node.config().contains(&self.node.id) {
-            return Err(Status::failed_precondition(format!(
-                "{} is not a member of configuration epoch {}",
-                self.node.id,
-                self.node.epoch()
-            )));
+    /// Refuses to vote when this member is not in its own configuration.
+    fn check_voting(&self) -> Result<(), pb::Refusal> {
+        self.check_member(&self.node.id)
+    }
+
+    fn check_member(&self, member: &str) -> Result<(), pb::Refusal> {
+        if !self.node.config().contains(member) {
+            let reason =
+                pb::refusal::Reason::NotMember(pb::NotMember { member: member.to_string(), epoch: self.node.epoch() });
+            return Err(pb::Refusal { reason: Some(reason) });
         }
         Ok(())
     }
 }
 
-fn store_status(e: StoreError) -> Status {
+/// A store failure: a refusal while catching up, otherwise an error status.
+fn store_refusal(e: StoreError) -> Result<pb::Refusal, Status> {
     match e {
-        StoreError::NotCaughtUp => {
-            let mut s = Status::unavailable(e.to_string());
-            s.metadata_mut().insert(CATCHING_UP_HEADER, MetadataValue::from_static("1"));
-            s
+        StoreError::NotCaughtUp => Ok(pb::Refusal { reason: Some(pb::refusal::Reason::CatchingUp(pb::Empty {})) }),
+        other => Err(Status::unavailable(other.to_string())),
+    }
+}
+
+/// Answers `refused` when `check` fails, so every refusal reaches the caller as a typed field.
+macro_rules! refuse {
+    ($check:expr, $resp:ty) => {
+        if let Err(r) = $check {
+            return Ok(Response::new(<$resp>::refused(r)));
         }
-        other => Status::unavailable(other.to_string()),
+    };
+}
+
+/// Responses that can carry a refusal instead of a reply.
+trait Refusable: Default {
+    fn set_refusal(&mut self, r: pb::Refusal);
+    fn refused(r: pb::Refusal) -> Self {
+        let mut m = Self::default();
+        m.set_refusal(r);
+        m
+    }
+}
+
+macro_rules! refusable {
+    ($($t:ty),*) => {$(
+        impl Refusable for $t {
+            fn set_refusal(&mut self, r: pb::Refusal) {
+                self.refusal = Some(r);
+            }
+        }
+    )*};
+}
+refusable!(
+    pb::PrepareResponse,
+    pb::AcceptResponse,
+    pb::FenceResponse,
+    pb::DumpResponse,
+    pb::ProposeResponse,
+    pb::ListKeysResponse
+);
+
+/// Runs a store call; a refusal becomes the response.
+async fn with_store<T, R: Refusable>(
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<Result<T, R>, Status> {
+    match call.await {
+        Ok(t) => Ok(Ok(t)),
+        Err(e) => Ok(Err(R::refused(store_refusal(e)?))),
     }
 }
 
@@ -254,20 +340,23 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl pb::quorum_peer_server::QuorumPeer for PeerService {
     async fn prepare(&self, req: Request<pb::PrepareRequest>) -> Result<Response<pb::PrepareResponse>, Status> {
         let r = req.into_inner();
-        self.check_epoch(r.epoch)?;
-        self.check_voting()?;
+        refuse!(self.check_epoch(r.epoch), pb::PrepareResponse);
+        refuse!(self.check_voting(), pb::PrepareResponse);
         validate_key(&r.key).map_err(Status::invalid_argument)?;
         let ballot = ballot_from_pb(r.ballot, "prepare").map_err(Status::invalid_argument)?;
-        let reply = self.store.prepare(r.key, ballot).await.map_err(store_status)?;
+        let reply = match with_store(self.store.prepare(r.key, ballot)).await? {
+            Ok(reply) => reply,
+            Err(refused) => return Ok(Response::new(refused)),
+        };
         let incarnation = self.store.meta().incarnation;
         Ok(Response::new(match reply {
             PrepareReply::Promised { accepted, value } => pb::PrepareResponse {
                 ok: true,
-                promised: None,
                 accepted: ballot_to_pb(&accepted),
                 has_value: value.is_some(),
                 value: value.unwrap_or_default(),
                 incarnation,
+                ..Default::default()
             },
             PrepareReply::Rejected { promised } => {
                 pb::PrepareResponse { ok: false, promised: ballot_to_pb(&promised), incarnation, ..Default::default() }
@@ -277,40 +366,49 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
 
     async fn accept(&self, req: Request<pb::AcceptRequest>) -> Result<Response<pb::AcceptResponse>, Status> {
         let r = req.into_inner();
-        self.check_epoch(r.epoch)?;
-        self.check_voting()?;
+        refuse!(self.check_epoch(r.epoch), pb::AcceptResponse);
+        refuse!(self.check_voting(), pb::AcceptResponse);
         let m = accept_from_pb(r).map_err(Status::invalid_argument)?;
-        let reply =
-            self.store.accept(m.key, m.ballot, m.value, m.promise_next, m.voters).await.map_err(store_status)?;
+        let reply = match with_store(self.store.accept(m.key, m.ballot, m.value, m.promise_next, m.voters)).await? {
+            Ok(reply) => reply,
+            Err(refused) => return Ok(Response::new(refused)),
+        };
         let incarnation = self.store.meta().incarnation;
         Ok(Response::new(match reply {
-            AcceptReply::Accepted => pb::AcceptResponse { ok: true, promised: None, incarnation },
+            AcceptReply::Accepted => pb::AcceptResponse { ok: true, incarnation, ..Default::default() },
             AcceptReply::Rejected { promised } => {
-                pb::AcceptResponse { ok: false, promised: ballot_to_pb(&promised), incarnation }
+                pb::AcceptResponse { ok: false, promised: ballot_to_pb(&promised), incarnation, ..Default::default() }
             }
-            AcceptReply::StaleVoter { member } => {
-                return Err(Status::aborted(format!(
-                    "the round counted a promise of an old incarnation of {member}, which lost its data since"
-                )))
-            }
+            AcceptReply::StaleVoter { member, counted, current } => pb::AcceptResponse {
+                incarnation,
+                refusal: refusal(pb::refusal::Reason::StaleVoter(pb::StaleVoter {
+                    member,
+                    counted_incarnation: counted,
+                    current_incarnation: current,
+                })),
+                ..Default::default()
+            },
         }))
     }
 
     async fn fence(&self, req: Request<pb::FenceRequest>) -> Result<Response<pb::FenceResponse>, Status> {
         let r = req.into_inner();
-        self.check_epoch(r.epoch)?;
+        refuse!(self.check_epoch(r.epoch), pb::FenceResponse);
         validate_name(&r.member).map_err(|e| Status::invalid_argument(format!("member: {e}")))?;
-        if !self.node.config().contains(&r.member) {
-            return Err(Status::failed_precondition(format!("{} is not a member of epoch {}", r.member, r.epoch)));
+        refuse!(self.check_member(&r.member), pb::FenceResponse);
+        if let Err(refused) = with_store::<_, pb::FenceResponse>(self.store.fence(r.member, r.incarnation)).await? {
+            return Ok(Response::new(refused));
         }
-        self.store.fence(r.member, r.incarnation).await.map_err(store_status)?;
-        Ok(Response::new(pb::FenceResponse {}))
+        Ok(Response::new(pb::FenceResponse::default()))
     }
 
     async fn dump(&self, req: Request<pb::DumpRequest>) -> Result<Response<pb::DumpResponse>, Status> {
         let r = req.into_inner();
-        self.check_epoch(r.epoch)?;
-        let snap = self.store.snapshot().await.map_err(store_status)?;
+        refuse!(self.check_epoch(r.epoch), pb::DumpResponse);
+        let snap = match with_store(self.store.snapshot()).await? {
+            Ok(snap) => snap,
+            Err(refused) => return Ok(Response::new(refused)),
+        };
         Ok(Response::new(pb::DumpResponse {
             caught_up: snap.caught_up,
             incarnation: snap.incarnation,
@@ -330,12 +428,30 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
                 .into_iter()
                 .map(|v| pb::Voter { member: v.member, incarnation: v.incarnation })
                 .collect(),
+            refusal: None,
         }))
+    }
+
+    async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let r = req.into_inner();
+        refuse!(self.check_epoch(r.epoch), pb::ListKeysResponse);
+        let limit = r.limit as usize;
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(Status::invalid_argument(format!("limit must be 1..={MAX_PAGE}, got {limit}")));
+        }
+        if r.prefix.len() > MAX_KEY_BYTES || r.after.len() > MAX_KEY_BYTES {
+            return Err(Status::invalid_argument(format!("prefix and after are limited to {MAX_KEY_BYTES} bytes")));
+        }
+        let page = match with_store(self.store.list_keys(r.prefix, r.after, limit)).await? {
+            Ok(page) => page,
+            Err(refused) => return Ok(Response::new(refused)),
+        };
+        Ok(Response::new(key_page_to_pb(page)))
     }
 
     async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
         let r = req.into_inner();
-        self.check_epoch(r.epoch)?;
+        refuse!(self.check_epoch(r.epoch), pb::ProposeResponse);
         validate_key(&r.key).map_err(Status::invalid_argument)?;
         if r.changes.is_empty() || r.changes.len() > MAX_FORWARDED {
             return Err(Status::invalid_argument(format!("a forward carries 1..={MAX_FORWARDED} changes")));
@@ -349,7 +465,10 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
         let timeout = Duration::from_millis(r.timeout_ms.clamp(1, 30_000));
         let deadline = tokio::time::Instant::now() + timeout;
         let outcomes = self.node.proposer.change_forwarded(&r.key, changes, deadline).await;
-        Ok(Response::new(pb::ProposeResponse { outcomes: outcomes.into_iter().map(outcome_to_pb).collect() }))
+        Ok(Response::new(pb::ProposeResponse {
+            outcomes: outcomes.into_iter().map(outcome_to_pb).collect(),
+            refusal: None,
+        }))
     }
 
     async fn probe(&self, req: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeResponse>, Status> {
@@ -434,12 +553,6 @@ impl GrpcPeers {
 }
 
 fn peer_error(s: Status) -> PeerError {
-    if let Some(theirs) = s.metadata().get(EPOCH_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
-        return PeerError::EpochMismatch { theirs };
-    }
-    if s.metadata().get(CATCHING_UP_HEADER).is_some() {
-        return PeerError::NotCaughtUp;
-    }
     match s.code() {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
             PeerError::Unreachable(s.message().to_string())
@@ -455,12 +568,20 @@ fn local_error(e: StoreError) -> PeerError {
     }
 }
 
-async fn with_timeout<T>(
+/// Calls a peer with a deadline; a typed refusal in the response becomes its error.
+async fn call<T>(
     timeout: Duration,
     fut: impl std::future::Future<Output = Result<Response<T>, Status>>,
+    refusal: impl FnOnce(&mut T) -> Option<pb::Refusal>,
 ) -> Result<T, PeerError> {
     match tokio::time::timeout(timeout, fut).await {
-        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Ok(r)) => {
+            let mut r = r.into_inner();
+            match refusal(&mut r) {
+                Some(refused) => Err(refusal_error(refused)),
+                None => Ok(r),
+            }
+        }
         Ok(Err(s)) => Err(peer_error(s)),
         Err(_) => Err(PeerError::Unreachable(format!("no answer within {} ms", timeout.as_millis()))),
     }
@@ -470,6 +591,18 @@ fn timed<T>(msg: T, timeout: Duration) -> Request<T> {
     let mut r = Request::new(msg);
     r.set_timeout(timeout);
     r
+}
+
+fn key_page_to_pb(p: KeyPage) -> pb::ListKeysResponse {
+    pb::ListKeysResponse {
+        keys: p
+            .keys
+            .into_iter()
+            .map(|k| pb::ListedKey { key: k.key, accepted: ballot_to_pb(&k.accepted), live: k.live })
+            .collect(),
+        complete: p.complete,
+        refusal: None,
+    }
 }
 
 impl Peers for GrpcPeers {
@@ -488,8 +621,8 @@ impl Peers for GrpcPeers {
             changes: changes.iter().map(change_to_pb).collect(),
             timeout_ms: timeout.as_millis() as u64,
         };
-        let r = with_timeout(timeout, c.propose(timed(req, timeout))).await?;
-        Ok(r.outcomes.into_iter().map(outcome_from_pb).collect())
+        let r = call(timeout, c.propose(timed(req, timeout)), |r| r.refusal.take()).await?;
+        Ok(r.outcomes.into_iter().map(|o| outcome_from_pb(o, &to.id)).collect())
     }
 
     async fn prepare(
@@ -506,7 +639,7 @@ impl Peers for GrpcPeers {
         }
         let mut c = self.client(to)?;
         let req = pb::PrepareRequest { epoch, key: key.to_string(), ballot: ballot_to_pb(ballot) };
-        let r = with_timeout(timeout, c.prepare(timed(req, timeout))).await?;
+        let r = call(timeout, c.prepare(timed(req, timeout)), |r| r.refusal.take()).await?;
         let reply = if r.ok {
             PrepareReply::Promised { accepted: opt_ballot(r.accepted), value: r.has_value.then_some(r.value) }
         } else {
@@ -521,14 +654,20 @@ impl Peers for GrpcPeers {
         epoch: u64,
         key: &str,
         ballot: &Ballot,
-        value: &[u8],
+        value: Option<&[u8]>,
         promise_next: Option<&Ballot>,
         voters: &[Voter],
         timeout: Duration,
     ) -> Result<(AcceptReply, u64), PeerError> {
         if let Some(store) = self.local_store(to) {
             let r = store
-                .accept(key.to_string(), ballot.clone(), value.to_vec(), promise_next.cloned(), voters.to_vec())
+                .accept(
+                    key.to_string(),
+                    ballot.clone(),
+                    value.map(<[u8]>::to_vec),
+                    promise_next.cloned(),
+                    voters.to_vec(),
+                )
                 .await
                 .map_err(local_error)?;
             return Ok((r, store.meta().incarnation));
@@ -538,15 +677,26 @@ impl Peers for GrpcPeers {
             epoch,
             key: key.to_string(),
             ballot: ballot_to_pb(ballot),
-            value: value.to_vec(),
+            value: value.map(<[u8]>::to_vec).unwrap_or_default(),
+            absent: value.is_none(),
             promise_next: promise_next.and_then(ballot_to_pb),
             voters: voters.iter().map(|v| pb::Voter { member: v.member.clone(), incarnation: v.incarnation }).collect(),
         };
-        match with_timeout(timeout, c.accept(timed(req, timeout))).await {
-            Ok(r) if r.ok => Ok((AcceptReply::Accepted, r.incarnation)),
-            Ok(r) => Ok((AcceptReply::Rejected { promised: opt_ballot(r.promised) }, r.incarnation)),
-            Err(PeerError::Refused(m)) if m.starts_with("Aborted") => Ok((AcceptReply::StaleVoter { member: m }, 0)),
-            Err(e) => Err(e),
+        // A stale voter is an answer of the acceptor (the round must not count it), not a failure.
+        let r = call(timeout, c.accept(timed(req, timeout)), |_| None).await?;
+        use pb::refusal::Reason;
+        match r.refusal {
+            None if r.ok => Ok((AcceptReply::Accepted, r.incarnation)),
+            None => Ok((AcceptReply::Rejected { promised: opt_ballot(r.promised) }, r.incarnation)),
+            Some(pb::Refusal { reason: Some(Reason::StaleVoter(v)) }) => Ok((
+                AcceptReply::StaleVoter {
+                    member: v.member,
+                    counted: v.counted_incarnation,
+                    current: v.current_incarnation,
+                },
+                r.incarnation,
+            )),
+            Some(other) => Err(refusal_error(other)),
         }
     }
 
@@ -563,7 +713,7 @@ impl Peers for GrpcPeers {
         }
         let mut c = self.client(to)?;
         let req = pb::FenceRequest { epoch, member: member.to_string(), incarnation };
-        with_timeout(timeout, c.fence(timed(req, timeout))).await.map(|_| ())
+        call(timeout, c.fence(timed(req, timeout)), |r| r.refusal.take()).await.map(|_| ())
     }
 
     async fn dump(&self, to: &Member, epoch: u64, timeout: Duration) -> Result<Snapshot, PeerError> {
@@ -571,7 +721,7 @@ impl Peers for GrpcPeers {
             return store.snapshot().await.map_err(local_error);
         }
         let mut c = self.client(to)?;
-        let r = with_timeout(timeout, c.dump(timed(pb::DumpRequest { epoch }, timeout))).await?;
+        let r = call(timeout, c.dump(timed(pb::DumpRequest { epoch }, timeout)), |r| r.refusal.take()).await?;
         Ok(Snapshot {
             caught_up: r.caught_up,
             incarnation: r.incarnation,
@@ -591,9 +741,35 @@ impl Peers for GrpcPeers {
         })
     }
 
+    async fn list_keys(
+        &self,
+        to: &Member,
+        epoch: u64,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<KeyPage, PeerError> {
+        if let Some(store) = self.local_store(to) {
+            return store.list_keys(prefix.to_string(), after.to_string(), limit).await.map_err(local_error);
+        }
+        let mut c = self.client(to)?;
+        let req =
+            pb::ListKeysRequest { epoch, prefix: prefix.to_string(), after: after.to_string(), limit: limit as u32 };
+        let r = call(timeout, c.list_keys(timed(req, timeout)), |r| r.refusal.take()).await?;
+        Ok(KeyPage {
+            keys: r
+                .keys
+                .into_iter()
+                .map(|k| ListedKey { key: k.key, accepted: opt_ballot(k.accepted), live: k.live })
+                .collect(),
+            complete: r.complete,
+        })
+    }
+
     async fn probe(&self, to: &Member, epoch: u64, timeout: Duration) -> Result<ProbeInfo, PeerError> {
         let mut c = self.client(to)?;
-        let r = with_timeout(timeout, c.probe(timed(pb::ProbeRequest { epoch }, timeout))).await?;
+        let r = call(timeout, c.probe(timed(pb::ProbeRequest { epoch }, timeout)), |_| None).await?;
         Ok(ProbeInfo {
             id: r.id,
             epoch: r.epoch,
@@ -625,9 +801,10 @@ mod tests {
         let ok = pb::AcceptRequest {
             epoch: 1,
             key: "seq/a".into(),
-            ballot: Some(pb::Ballot { round: 3, proposer: "m-0".into() }),
+            ballot: Some(pb::Ballot { round: 3, proposer: "m-0".into(), incarnation: 7, step: 2 }),
             value: vec![0; 8],
-            promise_next: Some(pb::Ballot { round: 4, proposer: "m-0".into() }),
+            absent: false,
+            promise_next: Some(pb::Ballot { round: 3, proposer: "m-0".into(), incarnation: 7, step: 3 }),
             voters: vec![pb::Voter { member: "m-1".into(), incarnation: 7 }],
         };
         assert!(accept_from_pb(ok.clone()).is_ok());
@@ -635,7 +812,14 @@ mod tests {
         bad.ballot = None;
         assert!(accept_from_pb(bad).unwrap_err().contains("missing"));
         let mut bad = ok.clone();
-        bad.promise_next = Some(pb::Ballot { round: 9, proposer: "other".into() });
+        bad.promise_next = Some(pb::Ballot { round: 9, proposer: "other".into(), incarnation: 7, step: 0 });
+        assert!(accept_from_pb(bad).is_err());
+        // Only the immediate successor may be promised: nothing of another proposer lies between.
+        let mut bad = ok.clone();
+        bad.promise_next = Some(pb::Ballot { round: 4, proposer: "m-0".into(), incarnation: 7, step: 0 });
+        assert!(accept_from_pb(bad).unwrap_err().contains("immediate successor"));
+        let mut bad = ok.clone();
+        bad.absent = true;
         assert!(accept_from_pb(bad).is_err());
         let mut bad = ok;
         bad.value = vec![0; MAX_VALUE_BYTES + 1];

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use super::change::Versioned;
+use super::transport::{KeyPage, ListedKey};
 use super::Ballot;
 
 /// Durable state of one register on one acceptor.
@@ -42,7 +44,14 @@ pub enum AcceptReply {
     /// A higher ballot was promised before.
     Rejected { promised: Ballot },
     /// The round counted a promise from an incarnation that has since been replaced.
-    StaleVoter { member: String },
+    StaleVoter {
+        /// The member.
+        member: String,
+        /// The incarnation the round counted.
+        counted: u64,
+        /// The member's incarnation now.
+        current: u64,
+    },
 }
 
 /// Everything an acceptor knows: registers and the latest incarnation of each member.
@@ -72,12 +81,16 @@ impl AcceptorState {
         &mut self,
         key: &str,
         ballot: &Ballot,
-        value: Vec<u8>,
+        value: Option<Vec<u8>>,
         promise_next: Option<&Ballot>,
         voters: &[Voter],
     ) -> (AcceptReply, bool) {
-        if let Some(v) = voters.iter().find(|v| self.fences.get(&v.member).is_some_and(|inc| *inc != v.incarnation)) {
-            return (AcceptReply::StaleVoter { member: v.member.clone() }, false);
+        for v in voters {
+            if let Some(current) = self.fences.get(&v.member).filter(|inc| **inc != v.incarnation) {
+                let stale =
+                    AcceptReply::StaleVoter { member: v.member.clone(), counted: v.incarnation, current: *current };
+                return (stale, false);
+            }
         }
         let reg = self.registers.entry(key.to_string()).or_default();
         if *ballot < reg.promised {
@@ -88,7 +101,7 @@ impl AcceptorState {
             _ => ballot.clone(),
         };
         reg.accepted = ballot.clone();
-        reg.value = Some(value);
+        reg.value = value;
         (AcceptReply::Accepted, true)
     }
 
@@ -111,10 +124,37 @@ impl AcceptorState {
     }
 }
 
+/// Up to `limit` keys under `prefix` after `after` (exclusive), in key order, with the state
+/// of each one's accepted value (register listing; see [`super::register`]).
+pub fn page_keys<'a>(
+    registers: impl Iterator<Item = (&'a String, &'a RegisterState)>,
+    prefix: &str,
+    after: &str,
+    limit: usize,
+) -> KeyPage {
+    let mut keys: Vec<(&String, &RegisterState)> =
+        registers.filter(|(k, _)| k.starts_with(prefix) && k.as_str() > after).collect();
+    keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let complete = keys.len() <= limit;
+    let keys = keys
+        .into_iter()
+        .take(limit)
+        .map(|(k, r)| ListedKey {
+            key: k.clone(),
+            accepted: r.accepted.clone(),
+            live: matches!(Versioned::decode(r.value.as_deref()), Ok(Some(Versioned { value: Some(_), .. }))),
+        })
+        .collect();
+    KeyPage { keys, complete }
+}
+
+/// Storage format of [`encode_register`]: 2 adds the ballots' incarnation and step.
+const FORMAT: u8 = 2;
+
 /// Encodes a register state for storage (versioned, length-prefixed).
 pub fn encode_register(r: &RegisterState) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + r.value.as_ref().map_or(0, Vec::len));
-    out.push(1u8);
+    let mut out = Vec::with_capacity(48 + r.value.as_ref().map_or(0, Vec::len));
+    out.push(FORMAT);
     put_ballot(&mut out, &r.promised);
     put_ballot(&mut out, &r.accepted);
     match &r.value {
@@ -130,11 +170,13 @@ pub fn encode_register(r: &RegisterState) -> Vec<u8> {
 
 /// Decodes what [`encode_register`] wrote; `None` for corrupt input (never panics).
 pub fn decode_register(mut b: &[u8]) -> Option<RegisterState> {
-    if take(&mut b, 1)? != [1] {
+    // Format 1 (before ballots had an incarnation and a step) reads as incarnation 0, step 0.
+    let format = take(&mut b, 1)?[0];
+    if format != 1 && format != FORMAT {
         return None;
     }
-    let promised = get_ballot(&mut b)?;
-    let accepted = get_ballot(&mut b)?;
+    let promised = get_ballot(&mut b, format)?;
+    let accepted = get_ballot(&mut b, format)?;
     let value = match take(&mut b, 1)? {
         [0] => None,
         [1] => {
@@ -150,13 +192,17 @@ fn put_ballot(out: &mut Vec<u8>, b: &Ballot) {
     out.extend_from_slice(&b.round.to_le_bytes());
     out.extend_from_slice(&(b.proposer.len() as u16).to_le_bytes());
     out.extend_from_slice(b.proposer.as_bytes());
+    out.extend_from_slice(&b.incarnation.to_le_bytes());
+    out.extend_from_slice(&b.step.to_le_bytes());
 }
 
-fn get_ballot(b: &mut &[u8]) -> Option<Ballot> {
-    let round = u64::from_le_bytes(take(b, 8)?.try_into().ok()?);
+fn get_ballot(b: &mut &[u8], format: u8) -> Option<Ballot> {
+    let u64_at = |b: &mut &[u8]| take(b, 8).and_then(|x| x.try_into().ok()).map(u64::from_le_bytes);
+    let round = u64_at(b)?;
     let len = u16::from_le_bytes(take(b, 2)?.try_into().ok()?) as usize;
     let proposer = String::from_utf8(take(b, len)?.to_vec()).ok()?;
-    Some(Ballot { round, proposer })
+    let (incarnation, step) = if format >= 2 { (u64_at(b)?, u64_at(b)?) } else { (0, 0) };
+    Some(Ballot { round, proposer, incarnation, step })
 }
 
 fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
@@ -182,10 +228,13 @@ mod tests {
         let mut s = AcceptorState::default();
         assert!(matches!(s.prepare("k", &b(2, "a")).0, PrepareReply::Promised { .. }));
         assert_eq!(s.prepare("k", &b(1, "z")).0, PrepareReply::Rejected { promised: b(2, "a") });
-        assert_eq!(s.accept("k", &b(1, "z"), vec![1], None, &[]).0, AcceptReply::Rejected { promised: b(2, "a") });
-        assert_eq!(s.accept("k", &b(2, "a"), vec![7], Some(&b(3, "a")), &[]).0, AcceptReply::Accepted);
+        assert_eq!(
+            s.accept("k", &b(1, "z"), Some(vec![1]), None, &[]).0,
+            AcceptReply::Rejected { promised: b(2, "a") }
+        );
+        assert_eq!(s.accept("k", &b(2, "a"), Some(vec![7]), Some(&b(3, "a")), &[]).0, AcceptReply::Accepted);
         // The fast-path promise blocks a ballot between the two.
-        assert!(matches!(s.accept("k", &b(2, "b"), vec![9], None, &[]).0, AcceptReply::Rejected { .. }));
+        assert!(matches!(s.accept("k", &b(2, "b"), Some(vec![9]), None, &[]).0, AcceptReply::Rejected { .. }));
         match s.prepare("k", &b(4, "b")).0 {
             PrepareReply::Promised { accepted, value } => {
                 assert_eq!(accepted, b(2, "a"));
@@ -200,15 +249,18 @@ mod tests {
         let mut s = AcceptorState::default();
         s.fence("m1", 2);
         let stale = [Voter { member: "m1".into(), incarnation: 1 }];
-        assert_eq!(s.accept("k", &b(1, "p"), vec![], None, &stale).0, AcceptReply::StaleVoter { member: "m1".into() });
+        assert_eq!(
+            s.accept("k", &b(1, "p"), Some(vec![]), None, &stale).0,
+            AcceptReply::StaleVoter { member: "m1".into(), counted: 1, current: 2 }
+        );
         let fresh = [Voter { member: "m1".into(), incarnation: 2 }, Voter { member: "m2".into(), incarnation: 9 }];
-        assert_eq!(s.accept("k", &b(1, "p"), vec![], None, &fresh).0, AcceptReply::Accepted);
+        assert_eq!(s.accept("k", &b(1, "p"), Some(vec![]), None, &fresh).0, AcceptReply::Accepted);
     }
 
     #[test]
     fn merge_copy_keeps_highest() {
         let mut s = AcceptorState::default();
-        s.accept("k", &b(5, "a"), vec![5], None, &[]);
+        s.accept("k", &b(5, "a"), Some(vec![5]), None, &[]);
         let older = RegisterState { promised: b(9, "x"), accepted: b(3, "b"), value: Some(vec![3]) };
         assert!(s.merge_copy("k", &older));
         assert_eq!(s.registers["k"].value, Some(vec![5]));
@@ -217,8 +269,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn codec_round_trips(round in any::<u64>(), p in "[a-z0-9-]{0,40}", ar in any::<u64>(), v in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64))) {
-            let r = RegisterState { promised: b(round, &p), accepted: b(ar, "q"), value: v };
+        fn codec_round_trips(round in any::<u64>(), p in "[a-z0-9-]{0,40}", ar in any::<u64>(), inc in any::<u64>(), step in any::<u64>(), v in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64))) {
+            let accepted = Ballot { round: ar, proposer: "q".into(), incarnation: inc, step };
+            let r = RegisterState { promised: b(round, &p), accepted, value: v };
             prop_assert_eq!(decode_register(&encode_register(&r)), Some(r));
         }
 

@@ -54,8 +54,12 @@
 pub mod acceptor;
 pub mod ballot;
 pub mod catchup;
+pub mod change;
 pub mod migration;
 pub mod proposer;
+pub mod register;
+pub mod round;
+pub mod route;
 pub mod store;
 pub mod transport;
 

@@ -1,135 +1,65 @@
-//! The proposer: runs CASPaxos rounds, batching concurrent changes of one register into one
-//! round and retrying conflicts with jittered exponential backoff until the caller's deadline.
+//! The proposer: one worker per register runs its rounds, batching every concurrent change into
+//! one round ([`super::change::apply_batch`]), chaining rounds without Prepare and pipelining up
+//! to [`PIPELINE_DEPTH`] of them ([`super::round`] argues why that is safe), and retrying
+//! conflicts with jittered exponential backoff until the callers' deadlines. Changes made on a
+//! sidecar that is not the register's home are forwarded there first ([`super::route`]).
 //!
-//! To keep proposers from pre-empting each other on a hot register, every sidecar forwards a
-//! register's changes to its *home*: a member picked by hashing the key over the live, caught-up
-//! members of the current configuration. The home batches everything into rounds that mostly
-//! take the one-round-trip fast path. Forwarding is only an optimisation: when the home does
-//! not answer in time, the sidecar proposes itself (safety never depends on who proposes).
-//! A forwarded change that timed out may still have been applied by the home; a counter then
-//! skips IDs (never reuses them), and a compare-and-set retried locally reports "not applied".
+//! Rounds resolve in the order they were sent. A round that fails waits for the rounds sent after
+//! it: if one of those is chosen, so is the failed one (it is part of the chosen value's history)
+//! and its callers get the outcomes computed when it was sent. Otherwise the failed rounds'
+//! changes are retried, marked as *sent*: an acceptor may hold them, and a later round may adopt
+//! that value, so a caller whose change finally fails learns [`ChangeError::OutcomeUnknown`]
+//! rather than [`ChangeError::Unavailable`] (which promises the change was never applied).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::{FuturesOrdered, StreamExt};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::acceptor::{AcceptReply, PrepareReply, Voter};
-use super::transport::{PeerError, Peers};
+use super::change::apply_batch;
+pub use super::change::{decode_u64, Change, ChangeError, Outcome};
+use super::round::{self, RoundFailure, Tip};
+use super::route::{forward, forward_queued, remote_home, ForwardQueue, FORWARDS_IN_FLIGHT};
+use super::transport::Peers;
 use super::Ballot;
-use crate::membership::{Member, MembersFile};
+use crate::membership::MembersFile;
 use crate::metrics::Metrics;
 
 /// Most changes folded into one round.
 const MAX_BATCH: usize = 4096;
+/// Rounds of one register in flight at once.
+pub const PIPELINE_DEPTH: usize = 4;
 /// A register's worker exits after this long without requests.
 const WORKER_IDLE: Duration = Duration::from_secs(30);
 /// Backoff bounds after a failed round (scaled by the observed round time).
 const BACKOFF_MIN: Duration = Duration::from_millis(1);
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
-/// Longest wait for a home member before proposing locally.
-const FORWARD_TIMEOUT: Duration = Duration::from_millis(1000);
-/// Forwards of one register in flight from one sidecar at a time.
-const FORWARDS_IN_FLIGHT: usize = 2;
-/// How long a home that failed a forward is bypassed.
-const HOME_SUSPECT_FOR: Duration = Duration::from_secs(2);
 
-/// A change to a register's value, applied by the proposer to the current value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// Leave the value as it is (a linearizable read).
-    Read,
-    /// Treat the value as a big-endian u64 counter (absent = `start`) and add `n`.
-    Add {
-        /// Amount to add.
-        n: u64,
-        /// Value of an absent register.
-        start: u64,
-    },
-    /// Set `new` if the value equals `expect` (`None` = absent).
-    CompareAndSet {
-        /// Expected current value.
-        expect: Option<Vec<u8>>,
-        /// Value to set.
-        new: Vec<u8>,
-    },
-}
-
-/// What one change saw and did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// Value before the change.
-    pub before: Option<Vec<u8>>,
-    /// Value after the change (equal to `before` when not applied).
-    pub after: Option<Vec<u8>>,
-    /// False for a failed compare-and-set.
-    pub applied: bool,
-}
-
-/// Why a change was not made.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChangeError {
-    /// No quorum answered before the deadline.
-    #[error("quorum unavailable: {detail}")]
-    Unavailable {
-        /// Members that answered in the last attempt.
-        answered: usize,
-        /// Members asked.
-        total: usize,
-        /// Human-readable account of who answered what.
-        detail: String,
-    },
-    /// The change cannot apply to the current value.
-    #[error("{0}")]
-    Invalid(String),
-    /// This sidecar is shutting down.
-    #[error("shutting down")]
-    Closed,
-}
-
-/// Decodes a counter register value.
-pub fn decode_u64(v: Option<&[u8]>) -> Option<u64> {
-    v.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes)
-}
-
-impl Change {
-    fn apply(&self, current: Option<&[u8]>) -> Result<Outcome, ChangeError> {
-        let before = current.map(<[u8]>::to_vec);
-        match self {
-            Change::Read => Ok(Outcome { after: before.clone(), before, applied: true }),
-            Change::Add { n, start } => {
-                let x = match current {
-                    None => *start,
-                    Some(_) => decode_u64(current)
-                        .ok_or_else(|| ChangeError::Invalid("register does not hold a counter".into()))?,
-                };
-                let y = x.checked_add(*n).ok_or_else(|| ChangeError::Invalid("counter would overflow u64".into()))?;
-                Ok(Outcome { before, after: Some(y.to_be_bytes().to_vec()), applied: true })
-            }
-            Change::CompareAndSet { expect, new } => {
-                if expect.as_deref() == current {
-                    Ok(Outcome { before, after: Some(new.clone()), applied: true })
-                } else {
-                    Ok(Outcome { after: before.clone(), before, applied: false })
-                }
-            }
-        }
-    }
-}
-
-struct Pending {
-    change: Change,
-    deadline: Instant,
+/// A change waiting for its round.
+pub(super) struct Pending {
+    pub(super) change: Change,
+    pub(super) deadline: Instant,
     /// May still be forwarded to the register's home (a change made on this sidecar).
-    to_home: bool,
+    pub(super) to_home: bool,
     /// May still be forwarded to a proposer whose ballot beat ours.
-    to_holder: bool,
-    reply: oneshot::Sender<Result<Outcome, ChangeError>>,
+    pub(super) to_holder: bool,
+    /// Was sent to an acceptor or another member: it may have been applied.
+    pub(super) sent: bool,
+    pub(super) reply: oneshot::Sender<Result<Outcome, ChangeError>>,
+}
+
+impl Pending {
+    fn fail(self, e: &ChangeError) {
+        let e = if self.sent { e.clone().maybe_applied() } else { e.clone() };
+        let _ = self.reply.send(Err(e));
+    }
 }
 
 /// Runs changes against the registers of the configured members.
@@ -143,39 +73,48 @@ impl<P: Peers> Clone for Proposer<P> {
     }
 }
 
-struct Inner<P> {
-    id: String,
-    peers: Arc<P>,
-    config: watch::Receiver<Arc<MembersFile>>,
+pub(super) struct Inner<P> {
+    pub(super) id: String,
+    /// Random per process: ballots stay unique when this proposer restarts.
+    incarnation: u64,
+    pub(super) peers: Arc<P>,
+    pub(super) config: watch::Receiver<Arc<MembersFile>>,
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<Pending>>>,
     /// Members believed live and caught up (fed by the node's probes); homes are chosen among them.
-    live: std::sync::RwLock<Vec<String>>,
+    pub(super) live: std::sync::RwLock<Vec<String>>,
     /// Homes that failed a forward recently, until when they are bypassed.
-    suspects: Mutex<HashMap<String, Instant>>,
+    pub(super) suspects: Mutex<HashMap<String, Instant>>,
     metrics: Arc<Metrics>,
-}
-
-/// The fast path left by a round whose accept also promised the next ballot on a read quorum.
-struct FastPath {
-    epoch: u64,
-    ballot: Ballot,
-    value: Option<Vec<u8>>,
-    voters: Vec<Voter>,
-}
-
-enum RoundError {
-    Conflict,
-    Unavailable { answered: usize, total: usize, detail: String },
+    /// Simulation only: pipeline at non-adjacent ballots (unsafe; see [`super::round`]).
+    non_adjacent: AtomicBool,
 }
 
 impl<P: Peers> Proposer<P> {
     /// A proposer with id `id` (unique among proposers: the member or pod name).
     pub fn new(id: String, peers: Arc<P>, config: watch::Receiver<Arc<MembersFile>>, metrics: Arc<Metrics>) -> Self {
-        let live = std::sync::RwLock::new(Vec::new());
-        let suspects = Mutex::new(HashMap::new());
         Self {
-            inner: Arc::new(Inner { id, peers, config, workers: Mutex::new(HashMap::new()), live, suspects, metrics }),
+            inner: Arc::new(Inner {
+                id,
+                incarnation: rand::rng().random(),
+                peers,
+                config,
+                workers: Mutex::new(HashMap::new()),
+                live: std::sync::RwLock::new(Vec::new()),
+                suspects: Mutex::new(HashMap::new()),
+                metrics,
+                non_adjacent: AtomicBool::new(false),
+            }),
         }
+    }
+
+    /// The configuration rounds run in.
+    pub fn config(&self) -> Arc<MembersFile> {
+        self.inner.config.borrow().clone()
+    }
+
+    /// The transport to the members.
+    pub fn peers(&self) -> &P {
+        &self.inner.peers
     }
 
     /// Sets the members that are live and caught up (home candidates).
@@ -199,6 +138,13 @@ impl<P: Peers> Proposer<P> {
         futures::future::join_all(changes.into_iter().map(|c| self.enqueue(key, c, deadline, true))).await
     }
 
+    /// Makes pipelined rounds use a ballot that is not the immediate successor, which is
+    /// UNSAFE. Only the simulation calls it, to show that its checker catches the difference.
+    #[doc(hidden)]
+    pub fn pipeline_at_non_adjacent_ballots_for_simulation(&self) {
+        self.inner.non_adjacent.store(true, Ordering::Relaxed);
+    }
+
     async fn enqueue(
         &self,
         key: &str,
@@ -207,13 +153,14 @@ impl<P: Peers> Proposer<P> {
         forwarded: bool,
     ) -> Result<Outcome, ChangeError> {
         let (reply, rx) = oneshot::channel();
-        dispatch(&self.inner, key, Pending { change, deadline, to_home: !forwarded, to_holder: !forwarded, reply });
+        let pending = Pending { change, deadline, to_home: !forwarded, to_holder: !forwarded, sent: false, reply };
+        dispatch(&self.inner, key, pending);
         rx.await.unwrap_or(Err(ChangeError::Closed))
     }
 }
 
 /// Hands a change to its register's worker, starting one if needed.
-fn dispatch<P: Peers>(inner: &Arc<Inner<P>>, key: &str, mut pending: Pending) {
+pub(super) fn dispatch<P: Peers>(inner: &Arc<Inner<P>>, key: &str, mut pending: Pending) {
     loop {
         let tx = {
             let mut workers = inner.workers.lock().expect("workers lock");
@@ -222,7 +169,7 @@ fn dispatch<P: Peers>(inner: &Arc<Inner<P>>, key: &str, mut pending: Pending) {
                 _ => {
                     let (tx, rx) = mpsc::unbounded_channel();
                     workers.insert(key.to_string(), tx.clone());
-                    tokio::spawn(run_worker(inner.clone(), key.to_string(), rx));
+                    tokio::spawn(Worker::new(inner.clone(), key.to_string()).run(rx));
                     tx
                 }
             }
@@ -235,439 +182,304 @@ fn dispatch<P: Peers>(inner: &Arc<Inner<P>>, key: &str, mut pending: Pending) {
     }
 }
 
-/// The home member of `key` among `live` members of the current configuration.
-fn home_for<'a>(key: &str, cfg: &'a MembersFile, live: &[String]) -> Option<&'a Member> {
-    let candidates: Vec<&Member> = cfg.current.members.iter().filter(|m| live.binary_search(&m.id).is_ok()).collect();
-    if candidates.is_empty() {
-        return None;
-    }
-    // FNV-1a: stable across processes and versions, unlike the std hasher.
-    let h = key.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
-    let mut sorted = candidates;
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    Some(sorted[(h % sorted.len() as u64) as usize])
+/// What a round in flight resolved to.
+enum Resolution {
+    /// Chosen; for a round that ran Prepare, its outcomes and the chain's tip after it.
+    Chosen { prepared: Option<(Vec<Result<Outcome, ChangeError>>, Tip)> },
+    /// Not chosen (yet); `sent`: the accept went out, so acceptors may hold the value.
+    Failed { failure: RoundFailure, sent: bool },
 }
 
-/// The home another member should run `key`'s changes, if not this sidecar: a live member not
-/// suspected by this sidecar, so that sidecars agreeing on who is live also agree on a fallback
-/// when one stops answering.
-fn remote_home<P: Peers>(inner: &Inner<P>, key: &str, cfg: &MembersFile) -> Option<Member> {
-    let now = Instant::now();
-    let mut suspects = inner.suspects.lock().expect("suspects lock");
-    suspects.retain(|_, until| *until > now);
-    let live: Vec<String> =
-        inner.live.read().expect("live lock").iter().filter(|id| !suspects.contains_key(*id)).cloned().collect();
-    home_for(key, cfg, &live).filter(|m| m.id != inner.id).cloned()
+type RoundFuture = Pin<Box<dyn Future<Output = Resolution> + Send>>;
+
+/// A round in flight, or failed and waiting for the rounds sent after it.
+struct Flight {
+    batch: Vec<Pending>,
+    /// Outcomes computed when the round was sent (chained rounds; `None` for a Prepare round).
+    outcomes: Option<Vec<Result<Outcome, ChangeError>>>,
+    started: Instant,
+    sent: bool,
 }
 
-/// Forwards `batch` to the key's home (trying the next home when one fails, within half the
-/// deadline), or, when `holder` is given, to that proposer once. Runs in its own task so the
-/// register's worker keeps serving changes forwarded to it meanwhile (two sidecars forwarding
-/// to each other must not wait on each other). What could not be forwarded goes back to the
-/// worker to run here.
-async fn forward<P: Peers>(inner: Arc<Inner<P>>, key: String, mut batch: Vec<Pending>, holder: Option<Member>) {
-    let cfg = inner.config.borrow().clone();
-    let deadline = batch.iter().map(|p| p.deadline).min().expect("non-empty");
-    let budget_end = Instant::now() + deadline.saturating_duration_since(Instant::now()) / 2;
-    let changes: Vec<Change> = batch.iter().map(|p| p.change.clone()).collect();
-    let mut target = holder.clone().or_else(|| remote_home(&inner, &key, &cfg));
-    while let Some(to) = target {
-        let timeout = budget_end.saturating_duration_since(Instant::now()).min(FORWARD_TIMEOUT);
-        if timeout.is_zero() {
-            break;
+/// One register's proposer loop.
+struct Worker<P: Peers> {
+    inner: Arc<Inner<P>>,
+    key: String,
+    queue: VecDeque<Pending>,
+    flights: VecDeque<Flight>,
+    rounds: FuturesOrdered<RoundFuture>,
+    /// Failed rounds whose fate depends on the rounds still in flight.
+    unresolved: Vec<Flight>,
+    /// The chain rounds extend; `None` after a failure (the next round runs Prepare).
+    tip: Option<Tip>,
+    max_round: u64,
+    /// Recent round time, to scale backoff, and failures in a row.
+    round_time: Duration,
+    attempt: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<ChangeError>,
+    forwards: Arc<Mutex<ForwardQueue>>,
+}
+
+impl<P: Peers> Worker<P> {
+    fn new(inner: Arc<Inner<P>>, key: String) -> Self {
+        Self {
+            inner,
+            key,
+            queue: VecDeque::new(),
+            flights: VecDeque::new(),
+            rounds: FuturesOrdered::new(),
+            unresolved: Vec::new(),
+            tip: None,
+            max_round: 0,
+            round_time: Duration::from_millis(2),
+            attempt: 0,
+            retry_at: None,
+            last_error: None,
+            forwards: Arc::new(Mutex::new(ForwardQueue::default())),
         }
-        match inner.peers.propose(&to, cfg.epoch, &key, &changes, timeout).await {
-            Ok(outcomes) if outcomes.len() == batch.len() => {
-                for (p, o) in batch.drain(..).zip(outcomes) {
-                    let _ = p.reply.send(o);
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Pending>) {
+        loop {
+            self.expire();
+            self.launch();
+            let idle = self.rounds.is_empty() && self.queue.is_empty();
+            let retry_at = self.retry_at;
+            tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => {
+                        let mut incoming = vec![p];
+                        while incoming.len() < MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(p) => incoming.push(p),
+                                Err(_) => break,
+                            }
+                        }
+                        self.route(incoming);
+                    }
+                    None => return,
+                },
+                Some(r) = self.rounds.next(), if !self.rounds.is_empty() => self.resolve(r),
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                    self.retry_at = None;
                 }
-                return;
-            }
-            Ok(_) => tracing::warn!(to = %to.id, "a forward came back with the wrong number of outcomes"),
-            Err(e) => tracing::debug!(to = %to.id, error = %e, key, "forward failed"),
-        }
-        inner.suspects.lock().expect("suspects lock").insert(to.id.clone(), Instant::now() + HOME_SUSPECT_FOR);
-        target = if holder.is_some() { None } else { remote_home(&inner, &key, &cfg) };
-    }
-    for mut p in batch {
-        p.to_home = false;
-        if holder.is_some() {
-            p.to_holder = false;
-        }
-        dispatch(&inner, &key, p);
-    }
-}
-
-/// Changes waiting to be forwarded to the home, and how many forwards are in flight.
-#[derive(Default)]
-struct ForwardQueue {
-    in_flight: usize,
-    held: Vec<Pending>,
-}
-
-/// Forwards held changes to the home, one batch at a time, until none are left.
-async fn forward_queued<P: Peers>(inner: Arc<Inner<P>>, key: String, queue: Arc<Mutex<ForwardQueue>>) {
-    loop {
-        let batch = {
-            let mut q = queue.lock().expect("forward queue");
-            if q.held.is_empty() {
-                q.in_flight -= 1;
-                return;
-            }
-            std::mem::take(&mut q.held)
-        };
-        forward(inner.clone(), key.clone(), batch, None).await;
-    }
-}
-
-async fn run_worker<P: Peers>(inner: Arc<Inner<P>>, key: String, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    let mut fast: Option<FastPath> = None;
-    let mut max_round = 0u64;
-    // Recent round time, to scale backoff; and contention carried across batches.
-    let mut round_time = Duration::from_millis(2);
-    let mut contention = 0u32;
-    let forwards = Arc::new(Mutex::new(ForwardQueue::default()));
-    loop {
-        let first = match tokio::time::timeout(WORKER_IDLE, rx.recv()).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return,
-            Err(_) => {
-                let mut workers = inner.workers.lock().expect("workers lock");
-                match rx.try_recv() {
-                    Ok(p) => p,
-                    Err(_) => {
-                        workers.remove(&key);
-                        return;
+                _ = tokio::time::sleep(WORKER_IDLE), if idle => {
+                    let mut workers = self.inner.workers.lock().expect("workers lock");
+                    match rx.try_recv() {
+                        Ok(p) => {
+                            drop(workers);
+                            self.route(vec![p]);
+                        }
+                        Err(_) => {
+                            workers.remove(&self.key);
+                            return;
+                        }
                     }
                 }
             }
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
         }
-        // Changes made here go to the register's home when that is another member.
-        let cfg = inner.config.borrow().clone();
-        let home = remote_home(&inner, &key, &cfg);
-        let (to_forward, here): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.to_home && home.is_some());
-        batch = here;
+    }
+
+    /// Forwards changes made here to the register's home when that is another member; queues
+    /// the rest for rounds here.
+    fn route(&mut self, incoming: Vec<Pending>) {
+        let cfg = self.inner.config.borrow().clone();
+        let home = remote_home(&self.inner, &self.key, &cfg);
+        let (to_forward, here): (Vec<_>, Vec<_>) = incoming.into_iter().partition(|p| p.to_home && home.is_some());
+        self.queue.extend(here);
         if !to_forward.is_empty() {
-            fast = None;
             // A bounded number of forwards in flight per register: what arrives meanwhile goes
             // in the next one (fewer, larger forwards; the home batches them into rounds).
-            let mut q = forwards.lock().expect("forward queue");
+            let mut q = self.forwards.lock().expect("forward queue");
             q.held.extend(to_forward);
             if q.in_flight < FORWARDS_IN_FLIGHT {
                 q.in_flight += 1;
-                tokio::spawn(forward_queued(inner.clone(), key.clone(), forwards.clone()));
+                tokio::spawn(forward_queued(self.inner.clone(), self.key.clone(), self.forwards.clone()));
             }
         }
-        if batch.is_empty() {
-            continue;
+    }
+
+    /// Answers queued changes whose deadline passed.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        if self.queue.iter().all(|p| p.deadline > now) {
+            return;
         }
-        let mut attempt = contention;
-        let mut last = ChangeError::Unavailable {
-            answered: 0,
-            total: 0,
-            detail: "deadline passed before the first attempt".into(),
-        };
-        loop {
-            let now = Instant::now();
-            let (live, expired): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.deadline > now);
-            for p in expired {
-                let _ = p.reply.send(Err(last.clone()));
+        let error = self.last_error.clone().unwrap_or_else(|| {
+            let total = self.inner.config.borrow().all_members().len();
+            ChangeError::Unavailable {
+                answered: 0,
+                total,
+                detail: format!("the deadline passed before a round could start (0 of {total} members asked)"),
             }
-            batch = live;
-            if batch.is_empty() {
-                break;
+        });
+        let (live, expired): (VecDeque<_>, VecDeque<_>) = self.queue.drain(..).partition(|p| p.deadline > now);
+        self.queue = live;
+        for p in expired {
+            p.fail(&error);
+        }
+    }
+
+    /// Sends as many rounds as the pipeline allows.
+    fn launch(&mut self) {
+        if let Some(t) = self.retry_at {
+            if t > Instant::now() {
+                return;
             }
+            self.retry_at = None;
+        }
+        while !self.queue.is_empty() && self.rounds.len() < PIPELINE_DEPTH && self.unresolved.is_empty() {
+            let cfg = self.inner.config.borrow().clone();
+            let take = self.queue.len().min(MAX_BATCH);
+            let chained = self.tip.as_ref().is_some_and(|t| t.epoch == cfg.epoch);
+            if !chained && !self.rounds.is_empty() {
+                // A Prepare round is in flight: the chain's tip is known once it completes.
+                return;
+            }
+            let mut batch: Vec<Pending> = self.queue.drain(..take).collect();
             let deadline = batch.iter().map(|p| p.deadline).max().expect("non-empty");
-            let started = Instant::now();
-            let mut holder = None;
-            let result = round(&inner, &key, &batch, &mut fast, &mut max_round, deadline, &mut holder).await;
-            let took = started.elapsed();
-            inner.metrics.observe_round(took, result.is_ok(), batch.len());
-            round_time = (round_time * 7 + took) / 8;
-            if took > Duration::from_millis(200) {
-                tracing::debug!(key = %key, batch = batch.len(), took_ms = took.as_millis() as u64, ok = result.is_ok(), "slow round");
-            }
-            match result {
-                Ok(outcomes) => {
-                    contention = attempt / 2;
-                    for (p, o) in batch.drain(..).zip(outcomes) {
-                        let _ = p.reply.send(o);
-                    }
-                    break;
+            let changes: Vec<Change> = batch.iter().map(|p| p.change.clone()).collect();
+            let (peers, key) = (self.inner.peers.clone(), self.key.clone());
+            if chained {
+                let tip = self.tip.take().expect("chained");
+                let ballot = if self.inner.non_adjacent.load(Ordering::Relaxed) {
+                    Ballot { round: tip.ballot.round + 1, step: 0, ..tip.ballot.clone() }
+                } else {
+                    tip.ballot.next()
+                };
+                let (value, outcomes) = apply_batch(&changes, tip.value);
+                for p in &mut batch {
+                    p.sent = true;
                 }
-                Err(e) => {
-                    last = match e {
-                        RoundError::Conflict => {
-                            inner.metrics.conflicts.inc();
-                            ChangeError::Unavailable {
-                                answered: 0,
-                                total: 0,
-                                detail: "rounds kept conflicting with other proposers until the deadline".into(),
-                            }
-                        }
-                        RoundError::Unavailable { answered, total, detail } => {
-                            ChangeError::Unavailable { answered, total, detail }
-                        }
+                let next = Tip { epoch: tip.epoch, ballot: ballot.clone(), value: value.clone(), voters: tip.voters };
+                let voters = next.voters.clone();
+                self.rounds.push_back(Box::pin(async move {
+                    match round::accept(peers.as_ref(), &cfg, &key, &ballot, value.as_deref(), &voters, deadline).await
+                    {
+                        Ok(_) => Resolution::Chosen { prepared: None },
+                        Err(failure) => Resolution::Failed { failure, sent: true },
+                    }
+                }));
+                self.flights.push_back(Flight { batch, outcomes: Some(outcomes), started: Instant::now(), sent: true });
+                self.tip = Some(next);
+            } else {
+                self.max_round += 1;
+                let ballot = Ballot::of(self.max_round, self.inner.id.clone(), self.inner.incarnation);
+                self.rounds.push_back(Box::pin(async move {
+                    let (current, voters) = match round::prepare(peers.as_ref(), &cfg, &key, &ballot, deadline).await {
+                        Ok(r) => r,
+                        Err(failure) => return Resolution::Failed { failure, sent: false },
                     };
-                    tracing::debug!(key = %key, attempt, error = %last, took_ms = took.as_millis() as u64, "round failed");
-                    // Another proposer holds the promise: it is evidently active, so hand it our own
-                    // changes instead of pre-empting it (views of who is home can differ briefly).
-                    let holder = holder
-                        .filter(|h| *h != inner.id)
-                        .and_then(|h| inner.config.borrow().all_members().into_iter().find(|m| m.id == h).cloned());
-                    if let Some(holder) = holder {
-                        let (to_holder, here): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.to_holder);
-                        batch = here;
-                        if !to_holder.is_empty() {
-                            tokio::spawn(forward(inner.clone(), key.clone(), to_holder, Some(holder)));
+                    let (value, outcomes) = apply_batch(&changes, current);
+                    match round::accept(peers.as_ref(), &cfg, &key, &ballot, value.as_deref(), &voters, deadline).await
+                    {
+                        Ok(_) => {
+                            let tip = Tip { epoch: cfg.epoch, ballot, value, voters };
+                            Resolution::Chosen { prepared: Some((outcomes, tip)) }
                         }
-                        if batch.is_empty() {
-                            break;
-                        }
+                        Err(failure) => Resolution::Failed { failure, sent: true },
                     }
-                    // Retry with a ballot well ahead: a busy holder advances one round per batch.
-                    max_round = max_round.saturating_add(16 * u64::from(attempt + 1));
-                    attempt = attempt.saturating_add(1);
-                    let cap = round_time.max(BACKOFF_MIN).saturating_mul(1 << attempt.min(8)).min(BACKOFF_MAX);
-                    let pause = rand::rng().random_range(Duration::ZERO..=cap);
-                    let earliest = batch.iter().map(|p| p.deadline).min().expect("non-empty");
-                    tokio::time::sleep_until((Instant::now() + pause).min(earliest)).await;
-                }
+                }));
+                self.flights.push_back(Flight { batch, outcomes: None, started: Instant::now(), sent: false });
+                return;
             }
         }
     }
-}
 
-/// Applies the batch's changes in order to `current`; returns the new value and each outcome.
-fn apply_batch(batch: &[Pending], current: Option<Vec<u8>>) -> (Option<Vec<u8>>, Vec<Result<Outcome, ChangeError>>) {
-    let mut value = current;
-    let outcomes = batch
-        .iter()
-        .map(|p| {
-            let o = p.change.apply(value.as_deref());
-            if let Ok(o) = &o {
-                value = o.after.clone();
-            }
-            o
-        })
-        .collect();
-    (value, outcomes)
-}
-
-async fn round<P: Peers>(
-    inner: &Inner<P>,
-    key: &str,
-    batch: &[Pending],
-    fast: &mut Option<FastPath>,
-    max_round: &mut u64,
-    deadline: Instant,
-    holder: &mut Option<String>,
-) -> Result<Vec<Result<Outcome, ChangeError>>, RoundError> {
-    let cfg = inner.config.borrow().clone();
-    let members: Vec<Member> = cfg.all_members().into_iter().cloned().collect();
-    let epoch = cfg.epoch;
-
-    // Phase 1, unless the previous round left a promise of this ballot on a read quorum.
-    let (ballot, current, voters) = match fast.take().filter(|f| f.epoch == epoch) {
-        Some(f) => (f.ballot, f.value, f.voters),
-        None => {
-            *max_round += 1;
-            let ballot = Ballot::new(*max_round, inner.id.clone());
-            let peers = &inner.peers;
-            let replies = gather(
-                &members,
-                deadline,
-                |m, t| {
-                    let ballot = ballot.clone();
-                    async move { peers.prepare(m, epoch, key, &ballot, t).await }
-                },
-                |oks: &[&str]| cfg.is_read_quorum(oks.iter().copied()),
-                |r| matches!(r, (PrepareReply::Promised { .. }, _)),
-                |r| matches!(r, (PrepareReply::Rejected { .. }, _)),
-            )
-            .await;
-            let mut best: Option<(Ballot, Option<Vec<u8>>)> = None;
-            let mut voters = Vec::new();
-            let mut conflict = false;
-            for (id, r) in &replies.replies {
-                match r {
-                    (PrepareReply::Promised { accepted, value }, inc) => {
-                        *max_round = (*max_round).max(accepted.round);
-                        voters.push(Voter { member: id.clone(), incarnation: *inc });
-                        if best.as_ref().is_none_or(|(b, _)| accepted > b) {
-                            best = Some((accepted.clone(), value.clone()));
-                        }
-                    }
-                    (PrepareReply::Rejected { promised }, _) => {
-                        *max_round = (*max_round).max(promised.round);
-                        *holder = Some(promised.proposer.clone());
-                        conflict = true;
-                    }
-                }
-            }
-            if !cfg.is_read_quorum(voters.iter().map(|v| v.member.as_str())) {
-                return Err(replies.failure("prepare", voters.len(), members.len(), conflict));
-            }
-            (ballot, best.and_then(|(_, v)| v), voters)
-        }
-    };
-
-    // Phase 2, promising the next ballot so the next round can skip phase 1.
-    let (new_value, outcomes) = apply_batch(batch, current);
-    let value = new_value.clone().unwrap_or_default();
-    let next = ballot.next();
-    *max_round = (*max_round).max(next.round);
-    let peers = &inner.peers;
-    let replies = gather(
-        &members,
-        deadline,
-        |m, t| {
-            let (ballot, next, value, voters) = (&ballot, &next, &value, &voters);
-            async move { peers.accept(m, epoch, key, ballot, value, Some(next), voters, t).await }
-        },
-        |oks: &[&str]| cfg.is_write_quorum(oks.iter().copied()) && cfg.is_read_quorum(oks.iter().copied()),
-        |r| matches!(r, (AcceptReply::Accepted, _)),
-        |r| !matches!(r, (AcceptReply::Accepted, _)),
-    )
-    .await;
-    let mut accepted = Vec::new();
-    let mut conflict = false;
-    for (id, r) in &replies.replies {
+    /// Handles the oldest round in flight.
+    fn resolve(&mut self, r: Resolution) {
+        let mut flight = self.flights.pop_front().expect("a flight per round");
+        let took = flight.started.elapsed();
+        self.round_time = (self.round_time * 7 + took) / 8;
         match r {
-            (AcceptReply::Accepted, inc) => accepted.push(Voter { member: id.clone(), incarnation: *inc }),
-            (AcceptReply::Rejected { promised }, _) => {
-                *max_round = (*max_round).max(promised.round);
-                *holder = Some(promised.proposer.clone());
-                conflict = true;
-            }
-            (AcceptReply::StaleVoter { .. }, _) => conflict = true,
-        }
-    }
-    if !cfg.is_write_quorum(accepted.iter().map(|v| v.member.as_str())) {
-        return Err(replies.failure("accept", accepted.len(), members.len(), conflict));
-    }
-    if cfg.is_read_quorum(accepted.iter().map(|v| v.member.as_str())) {
-        *fast = Some(FastPath { epoch, ballot: next, value: new_value, voters: accepted });
-    }
-    Ok(outcomes)
-}
-
-/// Replies and failures of one phase.
-struct Gathered<T> {
-    replies: Vec<(String, T)>,
-    failures: Vec<(String, PeerError)>,
-    timed_out: usize,
-}
-
-impl<T> Gathered<T> {
-    fn failure(&self, phase: &str, oks: usize, total: usize, conflict: bool) -> RoundError {
-        if conflict && self.failures.is_empty() && self.timed_out == 0 {
-            return RoundError::Conflict;
-        }
-        let mut detail =
-            format!("{} of {total} members answered the {phase} phase ({oks} in favour)", self.replies.len());
-        for (id, e) in &self.failures {
-            detail.push_str(&format!("; {id}: {e}"));
-        }
-        if self.timed_out > 0 {
-            detail.push_str(&format!("; {} did not answer before the deadline", self.timed_out));
-        }
-        if conflict {
-            detail.push_str("; conflicting ballots seen");
-        }
-        RoundError::Unavailable { answered: self.replies.len(), total, detail }
-    }
-}
-
-/// Calls every member at once and returns as soon as `enough` holds for the replies that pass
-/// `favourable`, when a reply shows a higher ballot (the round is pre-empted: retrying beats
-/// waiting for slow members), when a quorum is out of reach, or at the deadline.
-async fn gather<'a, T, F, Fut>(
-    members: &'a [Member],
-    deadline: Instant,
-    call: F,
-    enough: impl Fn(&[&str]) -> bool,
-    favourable: impl Fn(&T) -> bool,
-    preempted: impl Fn(&T) -> bool,
-) -> Gathered<T>
-where
-    F: Fn(&'a Member, Duration) -> Fut,
-    Fut: Future<Output = Result<T, PeerError>>,
-{
-    let timeout = deadline.saturating_duration_since(Instant::now());
-    let mut calls: FuturesUnordered<_> = members
-        .iter()
-        .map(|m| {
-            let fut = call(m, timeout);
-            async move { (m.id.as_str(), fut.await) }
-        })
-        .collect();
-    let mut out = Gathered { replies: Vec::new(), failures: Vec::new(), timed_out: 0 };
-    let mut oks: Vec<&str> = Vec::new();
-    // Members that have not answered yet: once even all of them could not make a quorum,
-    // stop waiting (a frozen member must not hold a doomed round until the deadline).
-    let mut undecided: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
-    let sleep = tokio::time::sleep_until(deadline);
-    tokio::pin!(sleep);
-    loop {
-        tokio::select! {
-            next = calls.next() => {
-                let Some((id, r)) = next else { break };
-                undecided.retain(|u| *u != id);
-                match r {
-                    Ok(r) => {
-                        if favourable(&r) {
-                            oks.push(id);
-                        }
-                        let stop = preempted(&r);
-                        out.replies.push((id.to_string(), r));
-                        if stop {
-                            break;
-                        }
+            Resolution::Chosen { prepared } => {
+                self.inner.metrics.observe_round(took, true, flight.batch.len());
+                // Every earlier failed round is part of this round's history: it was chosen too.
+                for earlier in std::mem::take(&mut self.unresolved) {
+                    answer(earlier.batch, earlier.outcomes.expect("chained rounds keep their outcomes"));
+                }
+                let outcomes = match prepared {
+                    Some((outcomes, tip)) => {
+                        self.tip = Some(tip);
+                        outcomes
                     }
-                    Err(e) => out.failures.push((id.to_string(), e)),
+                    None => flight.outcomes.take().expect("chained rounds keep their outcomes"),
+                };
+                answer(flight.batch, outcomes);
+                self.attempt /= 2;
+                self.last_error = None;
+            }
+            Resolution::Failed { failure, sent } => {
+                self.inner.metrics.observe_round(took, false, flight.batch.len());
+                if failure.conflict {
+                    self.inner.metrics.conflicts.inc();
                 }
-                if enough(&oks) {
-                    break;
+                if took > Duration::from_millis(200) || !failure.conflict {
+                    tracing::debug!(key = %self.key, batch = flight.batch.len(), took_ms = took.as_millis() as u64, error = %failure.detail, "round failed");
                 }
-                let best_case: Vec<&str> = oks.iter().chain(undecided.iter()).copied().collect();
-                if !enough(&best_case) {
-                    break;
+                self.tip = None;
+                self.max_round = self.max_round.max(failure.seen_round);
+                flight.sent |= sent;
+                self.unresolved.push(flight);
+                self.last_error = Some(ChangeError::Unavailable {
+                    answered: failure.answered,
+                    total: failure.total,
+                    detail: if failure.conflict {
+                        format!("rounds kept conflicting with other proposers: {}", failure.detail)
+                    } else {
+                        failure.detail.clone()
+                    },
+                });
+                if self.rounds.is_empty() {
+                    self.retry_unresolved(failure.holder);
                 }
-            },
-            _ = &mut sleep => {
-                out.timed_out = calls.len();
-                break;
+                return;
             }
         }
+        if self.rounds.is_empty() && !self.unresolved.is_empty() {
+            // Unreachable in practice (a chosen round resolves every earlier one), kept total.
+            self.retry_unresolved(None);
+        }
     }
-    out
+
+    /// No round after the failed ones was chosen: put their changes back at the front of the
+    /// queue (marked as sent where acceptors may hold them), hand what may go to the proposer
+    /// that beat us, and back off.
+    fn retry_unresolved(&mut self, holder: Option<String>) {
+        let mut retry: Vec<Pending> = Vec::new();
+        for flight in std::mem::take(&mut self.unresolved) {
+            for mut p in flight.batch {
+                p.sent |= flight.sent;
+                retry.push(p);
+            }
+        }
+        // Another proposer holds the promise: it is evidently active, so hand it our own
+        // changes instead of pre-empting it (views of who is home can differ briefly).
+        let holder = holder
+            .filter(|h| *h != self.inner.id)
+            .and_then(|h| self.inner.config.borrow().all_members().into_iter().find(|m| m.id == h).cloned());
+        if let Some(holder) = holder {
+            let (to_holder, here): (Vec<_>, Vec<_>) = retry.into_iter().partition(|p| p.to_holder);
+            retry = here;
+            if !to_holder.is_empty() {
+                tokio::spawn(forward(self.inner.clone(), self.key.clone(), to_holder, Some(holder)));
+            }
+        }
+        for p in retry.into_iter().rev() {
+            self.queue.push_front(p);
+        }
+        // Retry with a ballot well ahead: a busy holder advances one round per batch.
+        self.max_round = self.max_round.saturating_add(16 * u64::from(self.attempt + 1));
+        self.attempt = self.attempt.saturating_add(1);
+        let cap = self.round_time.max(BACKOFF_MIN).saturating_mul(1 << self.attempt.min(8)).min(BACKOFF_MAX);
+        let pause = rand::rng().random_range(Duration::ZERO..=cap);
+        self.retry_at = Some(Instant::now() + pause);
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn add_counts_from_start_and_checks_overflow() {
-        let o = Change::Add { n: 5, start: 1 }.apply(None).unwrap();
-        assert_eq!(decode_u64(o.after.as_deref()), Some(6));
-        let o = Change::Add { n: 1, start: 1 }.apply(Some(&u64::MAX.to_be_bytes())).unwrap_err();
-        assert!(o.to_string().contains("overflow"));
-        assert!(Change::Add { n: 1, start: 1 }.apply(Some(b"abc")).is_err());
-    }
-
-    #[test]
-    fn compare_and_set() {
-        let cas = Change::CompareAndSet { expect: None, new: b"x".to_vec() };
-        assert!(cas.apply(None).unwrap().applied);
-        assert!(!cas.apply(Some(b"y")).unwrap().applied);
+fn answer(batch: Vec<Pending>, outcomes: Vec<Result<Outcome, ChangeError>>) {
+    for (p, o) in batch.into_iter().zip(outcomes) {
+        let _ = p.reply.send(o);
     }
 }

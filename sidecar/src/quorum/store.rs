@@ -12,8 +12,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::acceptor::{
-    decode_register, encode_register, AcceptReply, AcceptorState, PrepareReply, RegisterState, Voter,
+    decode_register, encode_register, page_keys, AcceptReply, AcceptorState, PrepareReply, RegisterState, Voter,
 };
+use super::transport::KeyPage;
 use super::Ballot;
 
 const REGISTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("registers");
@@ -77,7 +78,7 @@ enum Op {
     Accept {
         key: String,
         ballot: Ballot,
-        value: Vec<u8>,
+        value: Option<Vec<u8>>,
         promise_next: Option<Ballot>,
         voters: Vec<Voter>,
         reply: oneshot::Sender<Result<AcceptReply, StoreError>>,
@@ -89,6 +90,12 @@ enum Op {
     },
     Snapshot {
         reply: oneshot::Sender<Result<Snapshot, StoreError>>,
+    },
+    ListKeys {
+        prefix: String,
+        after: String,
+        limit: usize,
+        reply: oneshot::Sender<Result<KeyPage, StoreError>>,
     },
     InstallCopy {
         registers: Vec<(String, RegisterState)>,
@@ -152,7 +159,7 @@ impl RegisterStore {
         &self,
         key: String,
         ballot: Ballot,
-        value: Vec<u8>,
+        value: Option<Vec<u8>>,
         promise_next: Option<Ballot>,
         voters: Vec<Voter>,
     ) -> Result<AcceptReply, StoreError> {
@@ -162,6 +169,11 @@ impl RegisterStore {
     /// Records a member's new incarnation.
     pub async fn fence(&self, member: String, incarnation: u64) -> Result<(), StoreError> {
         self.call(|reply| Op::Fence { member, incarnation, reply }).await
+    }
+
+    /// Up to `limit` keys under `prefix` after `after`, in key order (register listing).
+    pub async fn list_keys(&self, prefix: String, after: String, limit: usize) -> Result<KeyPage, StoreError> {
+        self.call(|reply| Op::ListKeys { prefix, after, limit, reply }).await
     }
 
     /// All registers and fences.
@@ -325,6 +337,12 @@ impl Writer {
                 *fences_dirty |= self.state.fence(&member, incarnation);
                 defer(reply, Ok(()))
             }
+            Op::ListKeys { prefix, after, limit, reply } => {
+                if !self.meta.caught_up {
+                    return defer(reply, Err(StoreError::NotCaughtUp));
+                }
+                defer(reply, Ok(page_keys(self.state.registers.iter(), &prefix, &after, limit)))
+            }
             Op::Snapshot { reply } => {
                 let snap = Snapshot {
                     caught_up: self.meta.caught_up,
@@ -407,7 +425,7 @@ mod tests {
         assert!(matches!(store.prepare("k".into(), Ballot::new(1, "p")).await, Err(StoreError::NotCaughtUp)));
         store.install_copy(vec![], vec![]).await.unwrap();
         assert!(store.meta().caught_up);
-        store.accept("k".into(), Ballot::new(1, "p"), vec![42], Some(Ballot::new(2, "p")), vec![]).await.unwrap();
+        store.accept("k".into(), Ballot::new(1, "p"), Some(vec![42]), Some(Ballot::new(2, "p")), vec![]).await.unwrap();
         store.set_meta(Some(3), Some(2)).await.unwrap();
         drop(store);
         // The writer thread exits when the handle drops; give redb the file back.

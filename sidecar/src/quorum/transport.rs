@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::acceptor::{AcceptReply, PrepareReply, Voter};
-use super::proposer::{Change, ChangeError, Outcome};
+use super::change::{Change, ChangeError, Outcome};
 use super::store::Snapshot;
 use super::Ballot;
 use crate::membership::Member;
@@ -25,6 +25,14 @@ pub enum PeerError {
     /// The peer is catching up and does not vote.
     #[error("catching up")]
     NotCaughtUp,
+    /// The peer (or the member a request names) is not in the peer's configuration.
+    #[error("{member} is not a member of the peer's configuration (epoch {epoch})")]
+    NotMember {
+        /// The member.
+        member: String,
+        /// The peer's epoch.
+        epoch: u64,
+    },
     /// Any other refusal (authentication, validation, not a member).
     #[error("refused: {0}")]
     Refused(String),
@@ -51,6 +59,26 @@ pub struct ProbeInfo {
     pub migrated_epoch: u64,
 }
 
+/// A key an acceptor holds, with the state of its highest accepted ballot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedKey {
+    /// Register key.
+    pub key: String,
+    /// Ballot of the accepted value.
+    pub accepted: Ballot,
+    /// The accepted value is a live versioned value (not absent, not a tombstone).
+    pub live: bool,
+}
+
+/// One acceptor's page of keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPage {
+    /// Keys in order.
+    pub keys: Vec<ListedKey>,
+    /// No keys under the prefix follow the last one.
+    pub complete: bool,
+}
+
 /// Calls to other members' acceptors. `epoch` is the caller's configuration epoch.
 pub trait Peers: Send + Sync + 'static {
     /// CASPaxos phase 1; returns the reply and the acceptor's incarnation.
@@ -71,7 +99,7 @@ pub trait Peers: Send + Sync + 'static {
         epoch: u64,
         key: &str,
         ballot: &Ballot,
-        value: &[u8],
+        value: Option<&[u8]>,
         promise_next: Option<&Ballot>,
         voters: &[Voter],
         timeout: Duration,
@@ -94,6 +122,17 @@ pub trait Peers: Send + Sync + 'static {
         epoch: u64,
         timeout: Duration,
     ) -> impl Future<Output = Result<Snapshot, PeerError>> + Send;
+
+    /// Up to `limit` keys under `prefix` after `after` that the peer holds, in key order.
+    fn list_keys(
+        &self,
+        to: &Member,
+        epoch: u64,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<KeyPage, PeerError>> + Send;
 
     /// The peer's state.
     fn probe(
