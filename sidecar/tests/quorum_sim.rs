@@ -3,114 +3,18 @@
 //! after applying them) and delay them. Every acknowledged range must be disjoint from every
 //! other (rr_seq's read-max-then-set hands out overlapping ranges in exactly this situation).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod common;
 
-use ordo_sidecar::membership::{Member, MembersFile};
+use common::SimNet;
+use ordo_sidecar::membership::MembersFile;
 use ordo_sidecar::metrics::Metrics;
-use ordo_sidecar::quorum::acceptor::{page_keys, AcceptReply, AcceptorState, PrepareReply, Voter};
-use ordo_sidecar::quorum::proposer::{decode_u64, Change, ChangeError, Outcome, Proposer};
-use ordo_sidecar::quorum::store::Snapshot;
-use ordo_sidecar::quorum::transport::{KeyPage, PeerError, Peers, ProbeInfo};
+use ordo_sidecar::quorum::proposer::{decode_u64, Change, ChangeError, Proposer};
 use ordo_sidecar::quorum::Ballot;
-use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 use tokio::time::Instant;
-
-/// In-memory acceptors with a lossy, slow network.
-struct SimNet {
-    acceptors: HashMap<String, Mutex<AcceptorState>>,
-    rng: Mutex<rand::rngs::StdRng>,
-    loss: f64,
-}
-
-impl SimNet {
-    async fn hop(&self) -> bool {
-        let (delay, lost) = {
-            let mut rng = self.rng.lock().unwrap();
-            (rng.random_range(0..300u64), rng.random_bool(self.loss))
-        };
-        tokio::time::sleep(Duration::from_micros(delay)).await;
-        !lost
-    }
-
-    /// Delivers a message (maybe), applies it, and delivers the reply (maybe).
-    async fn deliver<T>(&self, to: &str, f: impl FnOnce(&mut AcceptorState) -> T) -> Result<T, PeerError> {
-        if !self.hop().await {
-            return Err(PeerError::Unreachable("request lost".into()));
-        }
-        let r = f(&mut self.acceptors[to].lock().unwrap());
-        if !self.hop().await {
-            return Err(PeerError::Unreachable("reply lost".into()));
-        }
-        Ok(r)
-    }
-}
-
-impl Peers for SimNet {
-    async fn prepare(
-        &self,
-        to: &Member,
-        _e: u64,
-        key: &str,
-        b: &Ballot,
-        _t: Duration,
-    ) -> Result<(PrepareReply, u64), PeerError> {
-        self.deliver(&to.id, |s| (s.prepare(key, b).0, 1)).await
-    }
-
-    async fn accept(
-        &self,
-        to: &Member,
-        _e: u64,
-        key: &str,
-        b: &Ballot,
-        v: Option<&[u8]>,
-        next: Option<&Ballot>,
-        voters: &[Voter],
-        _t: Duration,
-    ) -> Result<(AcceptReply, u64), PeerError> {
-        self.deliver(&to.id, |s| (s.accept(key, b, v.map(<[u8]>::to_vec), next, voters).0, 1)).await
-    }
-
-    async fn fence(&self, _: &Member, _: u64, _: &str, _: u64, _: Duration) -> Result<(), PeerError> {
-        Ok(())
-    }
-
-    async fn dump(&self, _: &Member, _: u64, _: Duration) -> Result<Snapshot, PeerError> {
-        Err(PeerError::Refused("not simulated".into()))
-    }
-
-    async fn list_keys(
-        &self,
-        to: &Member,
-        _: u64,
-        prefix: &str,
-        after: &str,
-        limit: usize,
-        _: Duration,
-    ) -> Result<KeyPage, PeerError> {
-        self.deliver(&to.id, |s| page_keys(s.registers.iter(), prefix, after, limit)).await
-    }
-
-    async fn probe(&self, _: &Member, _: u64, _: Duration) -> Result<ProbeInfo, PeerError> {
-        Err(PeerError::Refused("not simulated".into()))
-    }
-
-    async fn propose(
-        &self,
-        _: &Member,
-        _: u64,
-        _: &str,
-        _: &[Change],
-        _: Duration,
-    ) -> Result<Vec<Result<Outcome, ChangeError>>, PeerError> {
-        Err(PeerError::Unreachable("every proposer proposes itself here".into()))
-    }
-}
 
 fn config(n: usize) -> MembersFile {
     common::members(&(0..n).map(|i| format!("a{i}")).collect::<Vec<_>>())
@@ -132,11 +36,7 @@ async fn race_with(
     non_adjacent: bool,
 ) -> (usize, usize, usize) {
     let cfg = config(acceptors);
-    let net = Arc::new(SimNet {
-        acceptors: cfg.current.members.iter().map(|m| (m.id.clone(), Mutex::new(AcceptorState::default()))).collect(),
-        rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
-        loss,
-    });
+    let net = Arc::new(SimNet::new(&cfg, seed, loss));
     let (_tx, rx) = watch::channel(Arc::new(cfg));
     let metrics = Arc::new(Metrics::new());
     let mut tasks = Vec::new();
@@ -227,12 +127,7 @@ async fn pipelining_is_safe_only_at_the_adjacent_ballot() {
 async fn play_interleaving(successor: impl Fn(&Ballot) -> Ballot) -> Option<((u64, u64), (u64, u64))> {
     use ordo_sidecar::quorum::round;
     let cfg = config(3);
-    let all: Vec<String> = cfg.current.members.iter().map(|m| m.id.clone()).collect();
-    let net = SimNet {
-        acceptors: all.iter().map(|id| (id.clone(), Mutex::new(AcceptorState::default()))).collect(),
-        rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(1)),
-        loss: 0.0,
-    };
+    let net = SimNet::new(&cfg, 1, 0.0);
     let only = |ids: &[&str]| {
         let mut c = cfg.clone();
         c.current.members.retain(|m| ids.contains(&m.id.as_str()));
