@@ -8,7 +8,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p ordo-sidecar -p ordo-client \
+    cargo build --release --locked -p ordo-sidecar -p ordoctl \
  && cp target/release/ordo-sidecar target/release/ordoctl /
 
 FROM debian:bookworm-slim AS tools

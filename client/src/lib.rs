@@ -10,7 +10,6 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub mod dev;
 mod sequence;
 
 use std::ops::Range;
@@ -93,7 +92,7 @@ impl Client {
 
     /// Connects to `$ORDO_SOCKET`, or the default socket path.
     pub async fn connect_default() -> Result<Self, ClientError> {
-        let target = std::env::var(SOCKET_ENV).unwrap_or_else(|_| ordo_sidecar::config::DEFAULT_SOCKET.to_string());
+        let target = std::env::var(SOCKET_ENV).unwrap_or_else(|_| ordo_contract::config::DEFAULT_SOCKET.to_string());
         Self::connect(&target).await
     }
 

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use ordo_client::dev::{DevCluster, DevOptions};
 use ordo_client::Client;
+use ordoctl::dev::{DevCluster, DevOptions};
 use tokio::time::Instant;
 
 use crate::proxy::{FaultProxy, Mode};

@@ -406,7 +406,7 @@ async fn client_role_sidecar_serves_the_same_api_through_the_members() {
     let cluster = TestCluster::start(opts(3)).await;
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("client.sock");
-    let sidecar = ordo_client::dev::find_sidecar();
+    let sidecar = ordoctl::dev::find_sidecar();
     let child = std::process::Command::new(&sidecar[0])
         .args(&sidecar[1..])
         .args(["--role=client", "--id=wdiv-0", "--app-listen=off", "--admin-listen=127.0.0.1:0", "--log-format=text"])

@@ -368,7 +368,7 @@ fn default_sidecar_image() -> String {
     DEFAULT_SIDECAR_IMAGE.to_string()
 }
 fn default_range_size() -> i64 {
-    ordo_sidecar::config::DEFAULT_RANGE_SIZE as i64
+    ordo_contract::config::DEFAULT_RANGE_SIZE as i64
 }
 fn default_request_timeout_ms() -> i64 {
     2000

@@ -1,5 +1,5 @@
 //! The pod both kinds run: the user's app containers plus the `ordo-sidecar` container, and the
-//! arguments that make up the operator's side of the sidecar contract (`ordo_sidecar::config`).
+//! arguments that make up the operator's side of the sidecar contract (`ordo_contract::config`).
 
 use std::collections::BTreeMap;
 
@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use ordo_sidecar::config::{DEFAULT_ADMIN_PORT, DEFAULT_PEER_PORT, DEFAULT_SOCKET};
+use ordo_contract::config::{DEFAULT_ADMIN_PORT, DEFAULT_PEER_PORT, DEFAULT_SOCKET};
 
 use crate::crd::{LogFormat, SidecarMode, SidecarSpec};
 
@@ -20,6 +20,8 @@ pub const SIDECAR_CONTAINER: &str = "ordo-sidecar";
 pub const CONFIG_DIR: &str = "/etc/ordo";
 /// Key of the members file in the ConfigMap.
 pub const MEMBERS_KEY: &str = "members.yaml";
+/// Key of the divider config file in a WorkDivider's ConfigMap.
+pub const DIVIDER_KEY: &str = "divider.yaml";
 /// Directory the peer-token Secret is mounted at.
 pub const TOKEN_DIR: &str = "/etc/ordo-token";
 /// Key of the token in the Secret.
@@ -49,7 +51,7 @@ pub const SIDECAR_UID: i64 = 65532;
 pub enum SidecarRole {
     /// SeqCluster member: stores data, votes.
     Member,
-    /// WorkDivider pod: proposes to a SeqCluster's members.
+    /// WorkDivider pod: proposes to a SeqCluster's members; reads the divider config.
     Client,
 }
 
@@ -81,9 +83,12 @@ pub fn sidecar_args(role: SidecarRole, spec: &SidecarSpec) -> Vec<String> {
             }
         ),
     ];
-    if role == SidecarRole::Member {
-        args.push(format!("--data-dir={DATA_DIR}"));
-        args.push(format!("--peer-listen=0.0.0.0:{DEFAULT_PEER_PORT}"));
+    match role {
+        SidecarRole::Member => {
+            args.push(format!("--data-dir={DATA_DIR}"));
+            args.push(format!("--peer-listen=0.0.0.0:{DEFAULT_PEER_PORT}"));
+        }
+        SidecarRole::Client => args.push(format!("--divider-config={CONFIG_DIR}/{DIVIDER_KEY}")),
     }
     for (name, size) in &spec.sequence_ranges {
         args.push(format!("--sequence-range={name}={size}"));

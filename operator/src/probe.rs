@@ -1,4 +1,4 @@
-//! Reads members' admin `/status` to drive scaling.
+//! Reads members' admin `/status` (an [`ordo_contract::status::StatusReport`]) to drive scaling.
 
 use std::time::Duration;
 
@@ -6,12 +6,12 @@ use futures::future::BoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::seqcluster::scaling::MemberReport;
+use ordo_contract::status::StatusReport;
 
 /// Source of member reports (HTTP in production, a table in tests).
 pub trait MemberProbe: Send + Sync {
     /// The report of the member at `host`, or `None` when it does not answer.
-    fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<MemberReport>>;
+    fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<StatusReport>>;
 }
 
 /// `GET http://<host>:7072/status` with a short deadline.
@@ -25,12 +25,12 @@ pub struct HttpMemberProbe {
 
 impl Default for HttpMemberProbe {
     fn default() -> Self {
-        Self { port: ordo_sidecar::config::DEFAULT_ADMIN_PORT, timeout: Duration::from_secs(2) }
+        Self { port: ordo_contract::config::DEFAULT_ADMIN_PORT, timeout: Duration::from_secs(2) }
     }
 }
 
 impl MemberProbe for HttpMemberProbe {
-    fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<MemberReport>> {
+    fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<StatusReport>> {
         Box::pin(async move {
             match tokio::time::timeout(self.timeout, get_status(host, self.port)).await {
                 Ok(Ok(report)) => Some(report),
@@ -47,7 +47,7 @@ impl MemberProbe for HttpMemberProbe {
     }
 }
 
-async fn get_status(host: &str, port: u16) -> std::io::Result<MemberReport> {
+async fn get_status(host: &str, port: u16) -> std::io::Result<StatusReport> {
     let mut stream = TcpStream::connect((host, port)).await?;
     let request = format!("GET /status HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
@@ -57,7 +57,7 @@ async fn get_status(host: &str, port: u16) -> std::io::Result<MemberReport> {
 }
 
 /// Parses an HTTP/1.x response carrying a `/status` JSON body (any status line but 200 is an error).
-pub fn parse_response(raw: &[u8]) -> std::io::Result<MemberReport> {
+pub fn parse_response(raw: &[u8]) -> std::io::Result<StatusReport> {
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| invalid("no end of headers".into()))?;
     let head = String::from_utf8_lossy(&raw[..split]);
@@ -65,7 +65,7 @@ pub fn parse_response(raw: &[u8]) -> std::io::Result<MemberReport> {
     if status_line.split_whitespace().nth(1) != Some("200") {
         return Err(invalid(format!("unexpected response {status_line:?}")));
     }
-    serde_json::from_slice(&raw[split + 4..]).map_err(|e| invalid(e.to_string()))
+    StatusReport::from_json(&raw[split + 4..]).map_err(|e| invalid(e.to_string()))
 }
 
 #[cfg(test)]
@@ -74,11 +74,14 @@ mod tests {
 
     #[test]
     fn parses_status_body() {
-        let raw = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"id\":\"s-0\",\"role\":\"member\",\"epoch\":2,\"caught_up\":true,\"migrated_epoch\":2,\"ready\":true}";
+        let raw = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"id\":\"s-0\",\"role\":\"member\",\"epoch\":2,\"caught_up\":true,\"migrated_epoch\":2,\"ready\":true,\"pid\":7}";
         let r = parse_response(raw).unwrap();
-        assert_eq!((r.id.as_str(), r.epoch, r.migrated_epoch, r.ready), ("s-0", 2, Some(2), true));
+        assert_eq!((r.id.as_str(), r.epoch, r.migrated_epoch, r.ready), ("s-0", 2, 2, true));
         assert!(parse_response(b"HTTP/1.1 503 Service Unavailable\r\n\r\n{}").is_err());
         assert!(parse_response(b"garbage").is_err());
+        // A renamed field is an error, not a default that would stall scaling.
+        let renamed = String::from_utf8_lossy(raw).replace("migrated_epoch", "migratedEpoch");
+        assert!(parse_response(renamed.as_bytes()).unwrap_err().to_string().contains("migrated_epoch"));
     }
 
     #[tokio::test]

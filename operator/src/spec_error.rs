@@ -124,7 +124,7 @@ pub fn check_sidecar(sidecar: &SidecarSpec, problems: &mut Problems) {
         }
     }
     for name in sidecar.sequence_ranges.keys() {
-        if let Err(e) = ordo_sidecar::validate::validate_name(name) {
+        if let Err(e) = ordo_contract::validate::validate_name(name) {
             problems.add("spec.sidecar.sequenceRanges", format!("{name:?}: {e}"));
         }
     }

@@ -4,11 +4,12 @@ mod common;
 
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use ordo_contract::divider::DividerConfig;
+use ordo_contract::membership::MembersFile;
 use ordo_operator::crd::{MemberSetStatus, MembershipPhase, MembershipStatus, SidecarMode};
-use ordo_operator::pod::{MEMBERS_KEY, SIDECAR_CONTAINER, TOKEN_KEY};
+use ordo_operator::pod::{DIVIDER_KEY, MEMBERS_KEY, SIDECAR_CONTAINER, TOKEN_KEY};
 use ordo_operator::seqcluster::{build as sc_build, scaling, validate as sc_validate};
 use ordo_operator::workdivider::{build as wd_build, validate as wd_validate};
-use ordo_sidecar::membership::MembersFile;
 
 use common::stable;
 
@@ -177,11 +178,10 @@ fn minimal_workdivider_is_a_client_of_its_seqcluster() {
     let members = MembersFile::parse(&data[MEMBERS_KEY]).unwrap();
     assert_eq!(members.epoch, 7);
     assert_eq!(members.current.members[0].peer_addr, "ids-0.ids-peers.prod.svc:7071");
-    let divider: serde_yaml::Value = serde_yaml::from_str(&data[wd_build::DIVIDER_KEY]).unwrap();
-    assert_eq!(divider["keys"]["partitions"], 8);
-    assert_eq!(divider["keys"]["prefix"], "p-");
-    assert_eq!(divider["seq_cluster"], "ids");
-    assert_eq!(divider["default_affinity"], 1);
+    let divider = DividerConfig::parse(&data[DIVIDER_KEY]).unwrap();
+    assert_eq!((divider.keys.partitions, divider.keys.prefix.as_deref()), (Some(8), Some("p-")));
+    assert_eq!((divider.divider.as_str(), divider.seq_cluster.as_str()), ("stocks", "ids"));
+    assert_eq!((divider.seq_cluster_epoch, divider.default_affinity), (7, 1));
 
     assert_eq!(o.service.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
     let sts = &o.statefulset;
@@ -196,6 +196,7 @@ fn minimal_workdivider_is_a_client_of_its_seqcluster() {
     assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
     let args = sidecar.args.as_ref().unwrap();
     assert!(args.contains(&"--role=client".to_string()));
+    assert!(args.contains(&format!("--divider-config=/etc/ordo/{DIVIDER_KEY}")), "{args:?}");
     assert!(!args.iter().any(|a| a.starts_with("--data-dir")));
     assert!(!sidecar.ports.iter().flatten().any(|p| p.container_port == 7071), "clients serve no peer port");
 }
@@ -205,10 +206,9 @@ fn full_workdivider_keeps_app_settings() {
     let wd = common::workdivider("workdivider-full.yaml");
     let v = wd_validate::validate(&wd).unwrap();
     let o = wd_build::build(&v, &stable(1, 3));
-    let divider: serde_yaml::Value =
-        serde_yaml::from_str(&o.config_map.data.as_ref().unwrap()[wd_build::DIVIDER_KEY]).unwrap();
-    assert_eq!(divider["keys"]["names"][1], "us-east");
-    assert_eq!(divider["default_affinity"], 3);
+    let divider = DividerConfig::parse(&o.config_map.data.as_ref().unwrap()[DIVIDER_KEY]).unwrap();
+    assert_eq!(divider.keys.names.as_ref().unwrap()[1], "us-east");
+    assert_eq!(divider.default_affinity, 3);
     let pod = o.statefulset.spec.template.spec.as_ref().unwrap();
     assert_eq!(pod.service_account_name.as_deref(), Some("router"));
     assert_eq!(pod.termination_grace_period_seconds, Some(15), "raised to cover the drain timeout");

@@ -1,5 +1,6 @@
-//! The sidecar contract: the arguments, environment and mounted files the operator renders are
-//! accepted by the sidecar crate's own parsers, for both roles and for every fixture.
+//! The sidecar contract: the arguments, environment and mounted files (members file, peer token,
+//! divider config) the operator renders are accepted by the parsers the sidecar itself runs at
+//! startup (`ordo_contract`), for both roles and for every fixture.
 
 mod common;
 
@@ -8,12 +9,12 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodTemplateSpec, Secret};
+use ordo_contract::config::{Role, SidecarArgs};
+use ordo_contract::membership::MembersFile;
 use ordo_operator::crd::{MemberSetStatus, MembershipPhase, MembershipStatus};
 use ordo_operator::pod::SIDECAR_CONTAINER;
 use ordo_operator::seqcluster::{build as sc_build, scaling, validate as sc_validate};
 use ordo_operator::workdivider::{build as wd_build, validate as wd_validate};
-use ordo_sidecar::config::{Role, SidecarArgs};
-use ordo_sidecar::membership::MembersFile;
 
 /// Writes what the kubelet would mount for the sidecar under `root`, and returns the sidecar's
 /// arguments with mount paths rewritten into `root`.
@@ -110,15 +111,16 @@ fn rendered_pods_start_the_sidecar() {
         parsed.validate().unwrap_or_else(|e| panic!("{fixture}: sidecar config invalid: {e}"));
         assert_eq!(
             parsed.app_socket,
-            root.join(ordo_sidecar::config::DEFAULT_SOCKET.trim_start_matches('/')),
+            root.join(ordo_contract::config::DEFAULT_SOCKET.trim_start_matches('/')),
             "the socket is on the shared mount"
         );
-        assert_eq!(parsed.peer_listen.port(), ordo_sidecar::config::DEFAULT_PEER_PORT);
-        assert_eq!(parsed.admin_listen.port(), ordo_sidecar::config::DEFAULT_ADMIN_PORT);
-        assert_eq!(parsed.range_size, v.sidecar.range_size as u64);
+        assert_eq!(parsed.peer_listen.port(), ordo_contract::config::DEFAULT_PEER_PORT);
+        assert_eq!(parsed.admin_listen.port(), ordo_contract::config::DEFAULT_ADMIN_PORT);
+        assert_eq!(parsed.sequencer.range_size, v.sidecar.range_size as u64);
         for (name, size) in &v.sidecar.sequence_ranges {
-            assert_eq!(parsed.range_overrides().get(name), Some(&(*size as u64)));
+            assert_eq!(parsed.sequencer.range_overrides().get(name), Some(&(*size as u64)));
         }
+        assert_eq!(parsed.divider.load(), Ok(None), "members run no divider");
         let members = members_of(&parsed);
         assert!(members.contains(&parsed.resolved_id().unwrap()), "the pod is in the members file");
         // The readiness and liveness probes hit paths the admin server serves, on its port.
@@ -154,6 +156,11 @@ fn rendered_pods_start_the_sidecar() {
                 parsed.resolved_token().unwrap(),
                 String::from_utf8(o.secret.data.as_ref().unwrap()["token"].0.clone()).unwrap()
             );
+            // The divider config the sidecar loads at startup is the one the operator rendered.
+            let divider = parsed.divider.load().unwrap_or_else(|e| panic!("{wd_fixture}: {e}")).expect("a config");
+            assert_eq!((divider.divider.as_str(), divider.seq_cluster.as_str()), (wv.name.as_str(), v.name.as_str()));
+            assert_eq!(divider.seq_cluster_epoch, members.epoch);
+            assert_eq!(divider.keys, wv.keys);
         }
     }
 }

@@ -22,13 +22,13 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use ordo_contract::membership::MembersFile;
+use ordo_contract::status::StatusReport;
 use ordo_operator::context::Context;
 use ordo_operator::crd::{MembershipPhase, SeqCluster, WorkDivider};
 use ordo_operator::metrics::Metrics;
 use ordo_operator::probe::MemberProbe;
-use ordo_operator::seqcluster::scaling::MemberReport;
 use ordo_operator::{controller, rbac};
-use ordo_sidecar::membership::MembersFile;
 use serde_json::json;
 
 const NS: &str = "wiring";
@@ -82,7 +82,7 @@ struct FollowingProbe(Client, SeenFiles);
 type SeenFiles = Arc<std::sync::Mutex<std::collections::BTreeSet<(u64, usize, Option<usize>)>>>;
 
 impl MemberProbe for FollowingProbe {
-    fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<MemberReport>> {
+    fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<StatusReport>> {
         Box::pin(async move {
             let id = host.split('.').next()?.to_string();
             let (name, ordinal) = id.rsplit_once('-')?;
@@ -97,12 +97,14 @@ impl MemberProbe for FollowingProbe {
                 return None;
             }
             let member = file.contains(&id);
-            Some(MemberReport {
+            Some(StatusReport {
                 id,
                 epoch: file.epoch,
                 caught_up: member,
-                migrated_epoch: member.then_some(file.epoch),
+                role: ordo_contract::config::Role::Member,
+                migrated_epoch: file.epoch,
                 ready: member,
+                pid: ordinal as u32 + 1,
             })
         })
     }

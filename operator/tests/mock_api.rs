@@ -14,13 +14,14 @@ use http::{Request, Response};
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::Client;
+use ordo_contract::config::Role;
+use ordo_contract::status::StatusReport;
 use ordo_operator::context::{Context, ErrorClass, ReconcileError};
 use ordo_operator::crd::{
     MemberSetStatus, MembershipPhase, MembershipStatus, SeqCluster, SeqClusterStatus, WorkDivider,
 };
 use ordo_operator::metrics::Metrics;
 use ordo_operator::probe::MemberProbe;
-use ordo_operator::seqcluster::scaling::MemberReport;
 use ordo_operator::{rbac, seqcluster, workdivider};
 use serde_json::{json, Value};
 
@@ -109,22 +110,30 @@ fn verifier(
 
 /// Member reports by host, fixed for the test.
 #[derive(Default)]
-struct TableProbe(Mutex<BTreeMap<String, MemberReport>>);
+struct TableProbe(Mutex<BTreeMap<String, StatusReport>>);
 
 impl MemberProbe for TableProbe {
-    fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<MemberReport>> {
+    fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<StatusReport>> {
         let r = self.0.lock().unwrap().get(host).cloned();
         Box::pin(async move { r })
     }
 }
 
-fn reports(name: &str, ids: std::ops::Range<i32>, epoch: u64, migrated: Option<u64>, caught_up: bool) -> TableProbe {
+fn reports(name: &str, ids: std::ops::Range<i32>, epoch: u64, migrated: u64, caught_up: bool) -> TableProbe {
     let probe = TableProbe::default();
     for i in ids {
         let id = format!("{name}-{i}");
         probe.0.lock().unwrap().insert(
             format!("{id}.{name}-peers.prod.svc"),
-            MemberReport { id, epoch, caught_up, migrated_epoch: migrated, ready: caught_up },
+            StatusReport {
+                id,
+                role: Role::Member,
+                epoch,
+                caught_up,
+                migrated_epoch: migrated,
+                ready: caught_up,
+                pid: 1,
+            },
         );
     }
     probe
@@ -174,8 +183,8 @@ fn seqc_with(replicas: i32, membership: Option<MembershipStatus>) -> SeqCluster 
     sc
 }
 
-fn members_yaml(body: &Value) -> ordo_sidecar::membership::MembersFile {
-    ordo_sidecar::membership::MembersFile::parse(body["data"]["members.yaml"].as_str().unwrap()).unwrap()
+fn members_yaml(body: &Value) -> ordo_contract::membership::MembersFile {
+    ordo_contract::membership::MembersFile::parse(body["data"]["members.yaml"].as_str().unwrap()).unwrap()
 }
 
 use common::stable;
@@ -264,8 +273,8 @@ mod base64_free {
 #[tokio::test]
 async fn seqcluster_scale_up_grows_pods_and_writes_the_joint_configuration() {
     let sc = Arc::new(seqc_with(5, Some(stable(1, 3))));
-    let mut probe = reports("ids", 0..3, 1, Some(1), true);
-    for (k, v) in reports("ids", 3..5, 1, None, false).0.into_inner().unwrap() {
+    let mut probe = reports("ids", 0..3, 1, 1, true);
+    for (k, v) in reports("ids", 3..5, 1, 1, false).0.into_inner().unwrap() {
         probe.0.get_mut().unwrap().insert(k, v);
     }
     let mut script = sc_applies(
@@ -312,9 +321,7 @@ async fn seqcluster_scale_down_removes_pods_only_after_the_final_configuration()
             .check(|b| assert_eq!(b["status"]["membership"]["phase"], "Finalizing")),
     );
     script.push(expect("POST", EVENTS).check(|b| assert_eq!(b["reason"], "NewConfiguration")));
-    run(&sc, sc_script(&sc, script), reports("ids", 0..5, 2, Some(2), true), seqcluster::apply::reconcile)
-        .await
-        .unwrap();
+    run(&sc, sc_script(&sc, script), reports("ids", 0..5, 2, 2, true), seqcluster::apply::reconcile).await.unwrap();
 
     // Finalizing; the three remaining members run epoch 3: shrink the StatefulSet to 3.
     let fin = MembershipStatus {
@@ -334,9 +341,7 @@ async fn seqcluster_scale_down_removes_pods_only_after_the_final_configuration()
         assert!(b["status"]["membership"].get("previous").is_none());
     }));
     script.push(expect("POST", EVENTS).check(|b| assert_eq!(b["reason"], "ScaledTo")));
-    run(&sc, sc_script(&sc, script), reports("ids", 0..3, 3, Some(2), true), seqcluster::apply::reconcile)
-        .await
-        .unwrap();
+    run(&sc, sc_script(&sc, script), reports("ids", 0..3, 3, 2, true), seqcluster::apply::reconcile).await.unwrap();
 }
 
 #[tokio::test]
@@ -355,15 +360,13 @@ async fn seqcluster_scale_down_waits_without_a_quorum_of_caught_up_members() {
         assert_eq!(a["status"], "False");
     }));
     // Only two members answer.
-    run(&sc, sc_script(&sc, script), reports("ids", 0..2, 4, Some(4), true), seqcluster::apply::reconcile)
-        .await
-        .unwrap();
+    run(&sc, sc_script(&sc, script), reports("ids", 0..2, 4, 4, true), seqcluster::apply::reconcile).await.unwrap();
 }
 
 #[tokio::test]
 async fn seqcluster_status_is_only_written_when_it_changes() {
     let mut sc = seqc_with(3, Some(stable(1, 3)));
-    let probe = reports("ids", 0..3, 1, Some(1), true);
+    let probe = reports("ids", 0..3, 1, 1, true);
     let plan = seqcluster::scaling::plan(
         "ids",
         &MemberSetStatus { members: 3, ..Default::default() },
@@ -518,9 +521,7 @@ async fn disabled_pdb_and_network_policy_are_deleted() {
             .respond(200, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
     );
     script.push(expect("PATCH", format!("{SC}/ids/status")));
-    run(&sc, sc_script(&sc, script), reports("ids", 0..3, 1, Some(1), true), seqcluster::apply::reconcile)
-        .await
-        .unwrap();
+    run(&sc, sc_script(&sc, script), reports("ids", 0..3, 1, 1, true), seqcluster::apply::reconcile).await.unwrap();
 }
 
 #[tokio::test]
@@ -564,7 +565,7 @@ async fn plans_from_the_api_servers_copy_not_a_stale_cache() {
         assert_eq!(b["status"]["membership"]["phase"], "Stable");
     }));
     script.push(expect("POST", EVENTS).check(|b| assert_eq!(b["reason"], "ScaledTo")));
-    run(&stale, sc_script(&fresh, script), reports("ids", 0..5, 3, Some(2), true), seqcluster::apply::reconcile)
+    run(&stale, sc_script(&fresh, script), reports("ids", 0..5, 3, 2, true), seqcluster::apply::reconcile)
         .await
         .unwrap();
 }

@@ -2,8 +2,9 @@
 //!
 //! Layout: [`quorum`] is the leaderless CASPaxos register store (acceptor, proposer, catch-up,
 //! migration), [`sequencer`] builds ID ranges and per-sequence buffers on it, [`api`] holds the
-//! thin gRPC/HTTP adapters, [`config`] and [`membership`] the configuration contract that the
-//! operator renders.
+//! thin gRPC/HTTP adapters (one app module per primitive). [`config`], [`membership`] and
+//! [`validate`] re-export the contract shared with the operator and the client
+//! (`ordo_contract`), so their paths stay as they were.
 #![forbid(unsafe_code)]
 
 pub mod api;

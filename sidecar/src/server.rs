@@ -6,19 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ordo_proto::v1 as pb;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
 
-use crate::api::{admin, app, peer::GrpcPeers, peer::PeerService};
+use crate::api::app::{self, AppServices};
+use crate::api::{admin, peer::GrpcPeers, peer::PeerService};
 use crate::config::{LogFormat, Role, SidecarArgs};
 use crate::membership::MembersFile;
 use crate::metrics::Metrics;
 use crate::node::{Endpoints, Node};
 use crate::quorum::store::RegisterStore;
-use crate::sequencer::{Sequencer, SequencerConfig};
 
 /// Runs a sidecar until SIGTERM or Ctrl-C.
 pub fn main_with(args: SidecarArgs) -> Result<()> {
@@ -94,6 +93,13 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
 async fn run(args: SidecarArgs) -> Result<()> {
     let id = args.resolved_id()?;
     let token = args.resolved_token()?;
+    if let Some(divider) = args.divider.load()? {
+        tracing::info!(
+            divider = %divider.divider,
+            seq_cluster = %divider.seq_cluster,
+            "divider config is valid; the divider is not built yet, so it is not acted on"
+        );
+    }
     let metrics = Arc::new(Metrics::new());
     let peers = Arc::new(GrpcPeers::new(token.clone()));
 
@@ -139,41 +145,17 @@ async fn run(args: SidecarArgs) -> Result<()> {
     );
     node.spawn_background();
 
-    let sequencer = Arc::new(Sequencer::new(
-        node.proposer.clone(),
-        SequencerConfig {
-            range_size: args.range_size,
-            range_overrides: args.range_overrides(),
-            max_count: args.max_count,
-            timeout: args.request_timeout(),
-        },
-        metrics.clone(),
-    ));
-
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    // Health follows readiness.
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    {
-        let mut ready = node.watch_ready();
-        tokio::spawn(async move {
-            loop {
-                let status = if *ready.borrow_and_update() {
-                    tonic_health::ServingStatus::Serving
-                } else {
-                    tonic_health::ServingStatus::NotServing
-                };
-                health_reporter.set_service_status("", status).await;
-                health_reporter.set_service_status("ordo.v1.Sequencer", status).await;
-                if ready.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    // Every primitive's app services; health reports each by name, following readiness.
+    let app_services = AppServices::default()
+        .merge(app::sequencer::services(&args.sequencer, args.request_timeout(), &node))
+        .merge(app::cluster::services(&node));
+    let health_service = app::health::following_readiness(app_services.names(), node.watch_ready()).await;
+    let app_routes = app_services.into_routes();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ordo_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -181,11 +163,7 @@ async fn run(args: SidecarArgs) -> Result<()> {
     let app_router = || {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(pb::sequencer_server::SequencerServer::new(app::SequencerService::new(
-                sequencer.clone(),
-                node.clone(),
-            )))
-            .add_service(pb::cluster_server::ClusterServer::new(app::ClusterService::new(node.clone())))
+            .add_routes(app_routes.clone())
             .add_service(health_service.clone())
             .add_service(reflection.clone())
     };

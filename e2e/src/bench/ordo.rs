@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ordo_client::dev::{DevCluster, DevOptions};
 use ordo_client::{Client, Sequence};
+use ordoctl::dev::{DevCluster, DevOptions};
 use tokio::time::Instant;
 
 use super::runner::IdSource;
@@ -16,7 +16,7 @@ use super::runner::IdSource;
 pub fn sidecar_binary(explicit: Option<&str>) -> anyhow::Result<PathBuf> {
     let path = match explicit {
         Some(p) => PathBuf::from(p),
-        None => match std::env::var_os(ordo_client::dev::SIDECAR_BIN_ENV) {
+        None => match std::env::var_os(ordoctl::dev::SIDECAR_BIN_ENV) {
             Some(p) => PathBuf::from(p),
             None => std::env::current_exe()?.parent().context("executable has no directory")?.join("ordo-sidecar"),
         },

@@ -14,8 +14,8 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
-use ordo_sidecar::config::{DEFAULT_ADMIN_PORT, DEFAULT_PEER_PORT};
-use ordo_sidecar::membership::{Member, MemberSet, MembersFile};
+use ordo_contract::config::{DEFAULT_ADMIN_PORT, DEFAULT_PEER_PORT};
+use ordo_contract::membership::{Member, MemberSet, MembersFile};
 
 use super::scaling::{member_id, write_quorum};
 use super::validate::ValidSeqCluster;

@@ -9,29 +9,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use ordo_contract::status::StatusReport;
 
 use crate::crd::{MemberSetStatus, MembershipPhase, MembershipStatus};
 
-/// What a member's admin `/status` endpoint reports.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct MemberReport {
-    /// Member id.
-    pub id: String,
-    /// Epoch of the members file it runs with.
-    pub epoch: u64,
-    /// Caught up with the quorum.
-    pub caught_up: bool,
-    /// Highest epoch whose registers it has migrated.
-    #[serde(default)]
-    pub migrated_epoch: Option<u64>,
-    /// Ready (caught up and quorum reachable).
-    #[serde(default)]
-    pub ready: bool,
-}
-
 /// Reports by member id; an absent id did not answer.
-pub type Reports = BTreeMap<String, MemberReport>;
+pub type Reports = BTreeMap<String, StatusReport>;
 
 /// What to do in this reconcile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,11 +151,7 @@ pub fn plan(name: &str, desired: &MemberSetStatus, applied: Option<&MembershipSt
             let replicas = widest(current, previous);
             let lagging: Vec<String> = (0..current.members)
                 .map(|i| member_id(name, i))
-                .filter(|id| {
-                    !reports
-                        .get(id)
-                        .is_some_and(|r| r.epoch as i64 == e && r.migrated_epoch.is_some_and(|m| m as i64 >= e))
-                })
+                .filter(|id| !reports.get(id).is_some_and(|r| r.epoch as i64 == e && r.migrated_epoch as i64 >= e))
                 .collect();
             if !lagging.is_empty() {
                 return wait(
@@ -246,11 +225,19 @@ mod tests {
         MemberSetStatus { members: n, read_quorum: None, write_quorum: None }
     }
 
-    fn report(id: &str, epoch: u64, migrated: Option<u64>) -> MemberReport {
-        MemberReport { id: id.into(), epoch, caught_up: true, migrated_epoch: migrated, ready: true }
+    fn report(id: &str, epoch: u64, migrated: u64) -> StatusReport {
+        StatusReport {
+            id: id.into(),
+            role: ordo_contract::config::Role::Member,
+            epoch,
+            caught_up: true,
+            migrated_epoch: migrated,
+            ready: true,
+            pid: 1,
+        }
     }
 
-    fn reports(n: i32, epoch: u64, migrated: Option<u64>) -> Reports {
+    fn reports(n: i32, epoch: u64, migrated: u64) -> Reports {
         (0..n)
             .map(|i| {
                 let id = member_id("s", i);
@@ -274,15 +261,15 @@ mod tests {
     fn scale_up_grows_pods_first_then_goes_joint_then_final() {
         let applied = stable(1, 3);
         // New pods not started yet: grow the StatefulSet, keep the configuration.
-        let p = plan("s", &set(5), Some(&applied), &reports(3, 1, Some(1)));
+        let p = plan("s", &set(5), Some(&applied), &reports(3, 1, 1));
         assert_eq!(p.statefulset_replicas, 5);
         assert_eq!(p.membership, applied);
         assert!(matches!(p.step, Step::Waiting("WaitingForNewMembers", _)));
         // New pods answer (not yet in any configuration): joint epoch 2.
-        let mut r = reports(3, 1, Some(1));
+        let mut r = reports(3, 1, 1);
         for i in 3..5 {
             let id = member_id("s", i);
-            r.insert(id.clone(), MemberReport { caught_up: false, ..report(&id, 1, None) });
+            r.insert(id.clone(), StatusReport { caught_up: false, ..report(&id, 1, 1) });
         }
         let p = plan("s", &set(5), Some(&applied), &r);
         assert_eq!(p.membership.epoch, 2);
@@ -290,17 +277,17 @@ mod tests {
         assert_eq!(p.membership.previous, Some(set(3)));
         // Not every member migrated: wait.
         let joint = p.membership;
-        let mut r = reports(5, 2, Some(2));
-        r.get_mut("s-4").unwrap().migrated_epoch = Some(1);
+        let mut r = reports(5, 2, 2);
+        r.get_mut("s-4").unwrap().migrated_epoch = 1;
         let p = plan("s", &set(5), Some(&joint), &r);
         assert!(matches!(p.step, Step::Waiting("WaitingForMigration", ref m) if m.contains("s-4")));
         assert_eq!(p.membership, joint);
         // All migrated: epoch 3 with the new members alone.
-        let p = plan("s", &set(5), Some(&joint), &reports(5, 2, Some(2)));
+        let p = plan("s", &set(5), Some(&joint), &reports(5, 2, 2));
         assert_eq!(p.membership.epoch, 3);
         assert_eq!(p.membership.phase, MembershipPhase::Finalizing);
         let fin = p.membership;
-        let p = plan("s", &set(5), Some(&fin), &reports(5, 3, Some(2)));
+        let p = plan("s", &set(5), Some(&fin), &reports(5, 3, 2));
         assert_eq!(p.membership, stable(3, 5));
         assert_eq!(p.statefulset_replicas, 5);
     }
@@ -308,17 +295,17 @@ mod tests {
     #[test]
     fn scale_down_shrinks_pods_only_after_the_new_configuration_is_loaded() {
         let applied = stable(4, 5);
-        let p = plan("s", &set(3), Some(&applied), &reports(5, 4, Some(4)));
+        let p = plan("s", &set(3), Some(&applied), &reports(5, 4, 4));
         assert_eq!(p.membership.phase, MembershipPhase::Joint);
         assert_eq!(p.statefulset_replicas, 5);
-        let p = plan("s", &set(3), Some(&p.membership), &reports(5, 5, Some(5)));
+        let p = plan("s", &set(3), Some(&p.membership), &reports(5, 5, 5));
         assert_eq!(p.membership.phase, MembershipPhase::Finalizing);
         assert_eq!(p.statefulset_replicas, 5, "old members stay until the new file is loaded");
         let fin = p.membership;
-        let mut r = reports(3, 6, Some(5));
+        let mut r = reports(3, 6, 5);
         r.get_mut("s-2").unwrap().epoch = 5;
         assert_eq!(plan("s", &set(3), Some(&fin), &r).statefulset_replicas, 5);
-        let p = plan("s", &set(3), Some(&fin), &reports(3, 6, Some(5)));
+        let p = plan("s", &set(3), Some(&fin), &reports(3, 6, 5));
         assert_eq!(p.membership, stable(6, 3));
         assert_eq!(p.statefulset_replicas, 3);
     }
@@ -327,7 +314,7 @@ mod tests {
     fn never_changes_without_a_write_quorum_of_caught_up_members() {
         let applied = stable(2, 5);
         // Only 2 of 5 caught up: no change, and the pods stay.
-        let mut r = reports(5, 2, Some(2));
+        let mut r = reports(5, 2, 2);
         for id in ["s-0", "s-1", "s-2"] {
             r.get_mut(id).unwrap().caught_up = false;
         }
@@ -336,7 +323,7 @@ mod tests {
         assert_eq!(p.statefulset_replicas, 5);
         assert!(matches!(p.step, Step::Waiting("WaitingForQuorum", _)));
         // Scaling 5 -> 3 keeps s-0..s-2; with s-0 and s-1 down the new set has 1 of 3 caught up.
-        let mut r = reports(5, 2, Some(2));
+        let mut r = reports(5, 2, 2);
         r.remove("s-0");
         r.remove("s-1");
         let p = plan("s", &set(3), Some(&applied), &r);
@@ -347,7 +334,7 @@ mod tests {
     fn a_new_target_waits_for_the_change_in_flight() {
         let joint =
             MembershipStatus { epoch: 2, current: set(5), previous: Some(set(3)), phase: MembershipPhase::Joint };
-        let p = plan("s", &set(7), Some(&joint), &reports(5, 2, Some(2)));
+        let p = plan("s", &set(7), Some(&joint), &reports(5, 2, 2));
         assert_eq!(p.membership.current, set(5), "finishes 3 -> 5 before starting 5 -> 7");
         assert_eq!(p.membership.phase, MembershipPhase::Finalizing);
     }
@@ -356,7 +343,7 @@ mod tests {
     fn quorum_size_change_is_a_membership_change() {
         let applied = stable(1, 5);
         let stricter = MemberSetStatus { members: 5, read_quorum: Some(2), write_quorum: Some(4) };
-        let p = plan("s", &stricter, Some(&applied), &reports(5, 1, Some(1)));
+        let p = plan("s", &stricter, Some(&applied), &reports(5, 1, 1));
         assert_eq!(p.membership.phase, MembershipPhase::Joint);
         assert_eq!(p.membership.previous, Some(set(5)));
     }

@@ -26,7 +26,7 @@ pub fn observed(
                     reachable: true,
                     ready: r.ready,
                     epoch: Some(r.epoch as i64),
-                    migrated_epoch: r.migrated_epoch.map(|e| e as i64),
+                    migrated_epoch: Some(r.migrated_epoch as i64),
                     caught_up: r.caught_up,
                 },
                 None => MemberState { id, ..Default::default() },

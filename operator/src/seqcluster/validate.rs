@@ -3,7 +3,7 @@
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use ordo_sidecar::membership::check_quorum_sizes;
+use ordo_contract::membership::check_quorum_sizes;
 
 use crate::crd::{SeqCluster, SidecarSpec};
 use crate::spec_error::{check_app_template, check_sidecar, identity, Problems, SpecError};

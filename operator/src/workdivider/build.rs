@@ -5,49 +5,17 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use serde::Serialize;
+use ordo_contract::divider::DividerConfig;
 
-use super::validate::{ValidWorkDivider, DEFAULT_KEY_PREFIX};
+use super::validate::ValidWorkDivider;
 use crate::crd::MembershipStatus;
 use crate::labels::{object_labels, selector_labels, Component, ROLE_LABEL, SEQCLUSTER_LABEL};
-use crate::pod::{pod_template, PodParts, SidecarRole, MEMBERS_KEY};
+use crate::pod::{pod_template, PodParts, SidecarRole, DIVIDER_KEY, MEMBERS_KEY};
 use crate::seqcluster::build::{members_file, secret_name};
-
-/// Key of the divider settings in the ConfigMap.
-pub const DIVIDER_KEY: &str = "divider.yaml";
 
 /// Name of the WorkDivider's ConfigMap.
 pub fn config_map_name(name: &str) -> String {
     format!("{name}-config")
-}
-
-/// Divider settings handed to the pods (`divider.yaml`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DividerFile {
-    /// The WorkDivider's name (the key space).
-    pub divider: String,
-    /// The SeqCluster whose quorum store holds keys and leases.
-    pub seq_cluster: String,
-    /// Epoch of the copied member list.
-    pub seq_cluster_epoch: u64,
-    /// Affinity of a pod until it sets its own.
-    pub default_affinity: i64,
-    /// Static keys.
-    pub keys: DividerKeys,
-}
-
-/// Static keys, as the pods read them: `partitions` numbered keys `<prefix><i>`, or `names`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DividerKeys {
-    /// Number of numbered keys.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub partitions: Option<i32>,
-    /// Prefix of numbered keys.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    /// Explicit names.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub names: Option<Vec<String>>,
 }
 
 /// Every object of one WorkDivider, in apply order.
@@ -55,7 +23,7 @@ pub struct DividerKeys {
 pub struct WorkDividerObjects {
     /// Headless Service (stable pod DNS).
     pub service: Service,
-    /// Members file copy and divider settings.
+    /// Members file copy and divider config.
     pub config_map: ConfigMap,
     /// The pods.
     pub statefulset: StatefulSet,
@@ -84,22 +52,18 @@ pub fn build(v: &ValidWorkDivider, seq_membership: &MembershipStatus) -> WorkDiv
     };
 
     let members = members_file(&v.seq_cluster, &v.namespace, seq_membership);
-    let divider = DividerFile {
+    let divider = DividerConfig {
         divider: v.name.clone(),
         seq_cluster: v.seq_cluster.clone(),
         seq_cluster_epoch: members.epoch,
         default_affinity: v.default_affinity,
-        keys: DividerKeys {
-            partitions: v.keys.partitions,
-            prefix: v.keys.partitions.map(|_| v.keys.prefix.clone().unwrap_or_else(|| DEFAULT_KEY_PREFIX.into())),
-            names: v.keys.names.clone(),
-        },
+        keys: v.keys.clone(),
     };
     let config_map = ConfigMap {
         metadata: meta(config_map_name(&v.name)),
         data: Some(BTreeMap::from([
             (MEMBERS_KEY.to_string(), members.to_yaml()),
-            (DIVIDER_KEY.to_string(), serde_yaml::to_string(&divider).expect("divider file serializes")),
+            (DIVIDER_KEY.to_string(), divider.to_yaml()),
         ])),
         ..Default::default()
     };

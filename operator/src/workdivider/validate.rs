@@ -2,6 +2,7 @@
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use ordo_contract::divider::DividerKeys;
 
 use crate::crd::{KeySpec, SidecarSpec, WorkDivider};
 use crate::spec_error::{check_app_template, check_sidecar, identity, Problems, SpecError};
@@ -22,8 +23,8 @@ pub struct ValidWorkDivider {
     pub seq_cluster: String,
     /// Pods.
     pub replicas: i32,
-    /// Static keys.
-    pub keys: KeySpec,
+    /// Static keys, as the divider config file carries them (the prefix filled in).
+    pub keys: DividerKeys,
     /// Default affinity.
     pub default_affinity: i64,
     /// Sidecar settings.
@@ -43,18 +44,9 @@ pub fn validate(wd: &WorkDivider) -> Result<ValidWorkDivider, SpecError> {
     if spec.default_affinity < 0 {
         problems.add("spec.defaultAffinity", "must be 0 (no work) or more");
     }
-    match (&spec.keys.partitions, &spec.keys.names) {
-        (Some(_), Some(_)) | (None, None) => problems.add("spec.keys", "set exactly one of partitions or names"),
-        (Some(p), None) if *p < 1 => problems.add("spec.keys.partitions", "must be at least 1"),
-        (None, Some(names)) => {
-            let mut seen = std::collections::BTreeSet::new();
-            for n in names {
-                if !seen.insert(n) {
-                    problems.add("spec.keys.names", format!("{n:?} appears twice"));
-                }
-            }
-        }
-        _ => {}
+    let keys = divider_keys(&spec.keys);
+    for p in keys.problems() {
+        problems.add(&format!("spec.{}", p.field), p.message);
     }
     check_sidecar(&spec.sidecar, &mut problems);
     let app = check_app_template(spec.template.as_ref(), &mut problems);
@@ -70,9 +62,20 @@ pub fn validate(wd: &WorkDivider) -> Result<ValidWorkDivider, SpecError> {
         owner,
         seq_cluster: spec.seq_cluster_ref.name.clone(),
         replicas: spec.replicas,
-        keys: spec.keys.clone(),
+        keys,
         default_affinity: spec.default_affinity,
         sidecar: spec.sidecar.clone(),
         app,
     })
+}
+
+/// The spec's keys as the divider config file holds them: numbered keys get their prefix
+/// (`p-` when unset). A negative partition count maps to 0, which the key rules reject.
+fn divider_keys(keys: &KeySpec) -> DividerKeys {
+    let partitions = keys.partitions.map(|p| u32::try_from(p).unwrap_or(0));
+    let prefix = match partitions {
+        Some(_) => Some(keys.prefix.clone().unwrap_or_else(|| DEFAULT_KEY_PREFIX.into())),
+        None => keys.prefix.clone(),
+    };
+    DividerKeys { partitions, prefix, names: keys.names.clone() }
 }

@@ -1,4 +1,5 @@
-//! Admin HTTP: `/live`, `/ready`, `/metrics` (Prometheus text format) and `/status` (JSON).
+//! Admin HTTP: `/live`, `/ready`, `/metrics` (Prometheus text format) and `/status` (JSON: an
+//! [`ordo_contract::status::StatusReport`], the struct the operator's probe parses).
 
 use std::sync::Arc;
 
@@ -7,6 +8,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+
+use ordo_contract::status::StatusReport;
 
 use super::peer::GrpcPeers;
 use crate::node::Node;
@@ -37,16 +40,20 @@ async fn metrics(State(node): State<Shared>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], node.metrics.encode())
 }
 
-async fn status(State(node): State<Shared>) -> impl IntoResponse {
+/// This sidecar's `/status` report.
+pub fn status_report(node: &Node<GrpcPeers>) -> StatusReport {
     let st = node.status();
-    let body = serde_json::json!({
-        "id": st.id,
-        "role": st.role,
-        "epoch": st.epoch,
-        "caught_up": st.caught_up,
-        "migrated_epoch": st.migrated_epoch,
-        "ready": st.ready,
-        "pid": std::process::id(),
-    });
-    ([(header::CONTENT_TYPE, "application/json")], body.to_string())
+    StatusReport {
+        id: st.id,
+        role: node.role,
+        epoch: st.epoch,
+        caught_up: st.caught_up,
+        migrated_epoch: st.migrated_epoch,
+        ready: st.ready,
+        pid: std::process::id(),
+    }
+}
+
+async fn status(State(node): State<Shared>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], status_report(&node).to_json())
 }

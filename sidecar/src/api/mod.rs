@@ -1,6 +1,6 @@
-//! Transport adapters: the app gRPC API (Unix socket + loopback TCP), the peer gRPC API and
-//! its client, and the admin HTTP endpoints. Domain logic lives in [`crate::quorum`] and
-//! [`crate::sequencer`]; these modules translate and validate.
+//! Transport adapters: the app gRPC API (Unix socket + loopback TCP; one module per primitive
+//! under [`app`]), the peer gRPC API and its client, and the admin HTTP endpoints. Domain logic
+//! lives in [`crate::quorum`] and [`crate::sequencer`]; these modules translate and validate.
 
 pub mod admin;
 pub mod app;

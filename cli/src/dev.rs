@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ordo_sidecar::membership::{Member, MemberSet, MembersFile};
+use ordo_contract::membership::{Member, MemberSet, MembersFile};
 use serde::{Deserialize, Serialize};
 
 /// Environment variable overriding the dev cluster's directory.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use ordo_client::dev::{default_dir, read_cluster_file, DevCluster, DevOptions};
 use ordo_client::{Client, SOCKET_ENV};
+use ordoctl::dev::{default_dir, read_cluster_file, DevCluster, DevOptions};
 use serde_json::json;
 
 #[derive(Parser)]

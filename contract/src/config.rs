@@ -1,0 +1,401 @@
+//! Sidecar configuration: command-line flags with environment fallbacks, and the default ports,
+//! addresses and socket that the operator and the client rely on.
+//!
+//! This module is the contract between the operator and the sidecar: the operator renders
+//! arguments and environment for [`SidecarArgs`] and its tests parse them with
+//! [`SidecarArgs::try_parse_from`] (plus [`crate::membership::MembersFile::load`] for the
+//! mounted members file and [`DividerArgs::load`] for the divider config), so it can never
+//! render a pod the sidecar cannot start (`operator/tests/contract.rs`).
+//!
+//! Flags are grouped by what they configure: the sidecar as a whole ([`SidecarArgs`]), and one
+//! section per primitive ([`SequencerArgs`], [`DividerArgs`]), each under its own heading in
+//! `--help`. A new primitive adds one section here and flattens it into [`SidecarArgs`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::divider::{DividerConfig, DividerConfigError};
+use crate::validate::{validate_name, NameError};
+
+/// Default path of the app-facing Unix socket.
+pub const DEFAULT_SOCKET: &str = "/run/ordo/ordo.sock";
+/// Default loopback address of the app-facing TCP listener.
+pub const DEFAULT_APP_LISTEN: &str = "127.0.0.1:7070";
+/// Default peer (member-to-member) listen address.
+pub const DEFAULT_PEER_LISTEN: &str = "0.0.0.0:7071";
+/// Default admin HTTP listen address (`/live`, `/ready`, `/metrics`, `/status`).
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:7072";
+/// Default peer port, used by the operator for Services and NetworkPolicies.
+pub const DEFAULT_PEER_PORT: u16 = 7071;
+/// Default admin port, used by the operator for probes.
+pub const DEFAULT_ADMIN_PORT: u16 = 7072;
+/// Default number of IDs a sidecar leases per refill of a sequence's buffer.
+pub const DEFAULT_RANGE_SIZE: u64 = 1024;
+
+/// What this sidecar does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Stores registers durably and votes in quorums (SeqCluster pods).
+    Member,
+    /// Holds no data; proposes to the members named in the members file (WorkDivider pods).
+    Client,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal, human-readable otherwise.
+    Auto,
+    /// One JSON object per line (in cluster).
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+/// `ordo-sidecar` flags. Every flag has an `ORDO_*` environment fallback.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ordo-sidecar", version, about = "Ordo sidecar: quorum sequencer served over a localhost gRPC socket")]
+pub struct SidecarArgs {
+    /// Member (stores data, votes) or client (proposes to a SeqCluster's members).
+    #[arg(long, env = "ORDO_ROLE", value_enum, default_value = "member")]
+    pub role: Role,
+
+    /// This sidecar's id; a member's id must appear in the members file. Defaults to the pod name.
+    #[arg(long, env = "ORDO_ID")]
+    pub id: Option<String>,
+
+    /// Data directory of a member (the embedded store lives here).
+    #[arg(long, env = "ORDO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Members file (YAML or JSON: epoch, members, optional quorum sizes and previous configuration).
+    /// Reloaded when it changes.
+    #[arg(long, env = "ORDO_MEMBERS_FILE")]
+    pub members_file: PathBuf,
+
+    /// Peer API listen address (member role).
+    #[arg(long, env = "ORDO_PEER_LISTEN", default_value = DEFAULT_PEER_LISTEN)]
+    pub peer_listen: SocketAddr,
+
+    /// File holding the shared peer token (a mounted Secret).
+    #[arg(long, env = "ORDO_PEER_TOKEN_FILE", conflicts_with = "peer_token")]
+    pub peer_token_file: Option<PathBuf>,
+
+    /// The shared peer token itself (prefer --peer-token-file outside development).
+    #[arg(long, env = "ORDO_PEER_TOKEN", hide_env_values = true)]
+    pub peer_token: Option<String>,
+
+    /// App API Unix socket.
+    #[arg(long = "socket", env = "ORDO_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub app_socket: PathBuf,
+
+    /// App API TCP listener; must be a loopback address. `off` disables it.
+    #[arg(long, env = "ORDO_APP_LISTEN", default_value = DEFAULT_APP_LISTEN)]
+    pub app_listen: String,
+
+    /// Admin HTTP listen address: /live, /ready, /metrics, /status.
+    #[arg(long, env = "ORDO_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
+
+    /// Deadline of one app request (quorum rounds included), in milliseconds.
+    #[arg(long, env = "ORDO_REQUEST_TIMEOUT_MS", default_value_t = 2000)]
+    pub request_timeout_ms: u64,
+
+    /// How long SIGTERM waits for in-flight requests before exiting, in milliseconds.
+    #[arg(long, env = "ORDO_DRAIN_TIMEOUT_MS", default_value_t = 5000)]
+    pub drain_timeout_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "ORDO_LOG_FORMAT", value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+
+    /// Sequencer settings.
+    #[command(flatten)]
+    pub sequencer: SequencerArgs,
+
+    /// Work divider settings.
+    #[command(flatten)]
+    pub divider: DividerArgs,
+}
+
+/// Sequencer flags.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Sequencer")]
+pub struct SequencerArgs {
+    /// IDs leased per buffer refill, for sequences without their own setting.
+    #[arg(long, env = "ORDO_RANGE_SIZE", default_value_t = DEFAULT_RANGE_SIZE)]
+    pub range_size: u64,
+
+    /// Per-sequence range sizes, `NAME=SIZE`, comma-separated or repeated.
+    #[arg(long = "sequence-range", env = "ORDO_SEQUENCE_RANGES", value_delimiter = ',', value_parser = parse_sequence_range)]
+    pub sequence_ranges: Vec<(String, u64)>,
+
+    /// Largest `count` one Next request may ask for.
+    #[arg(long, env = "ORDO_MAX_COUNT", default_value_t = 1_000_000)]
+    pub max_count: u64,
+}
+
+/// Work divider flags.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Work divider")]
+pub struct DividerArgs {
+    /// WorkDivider config file (YAML: divider, seq_cluster, keys, default_affinity), as the
+    /// operator mounts it in WorkDivider pods. Read and checked at startup; a bad file stops the
+    /// sidecar. The divider itself is not built yet: the parsed config is not acted on.
+    #[arg(long, env = "ORDO_DIVIDER_CONFIG")]
+    pub divider_config: Option<PathBuf>,
+}
+
+/// A configuration that parsed but cannot run.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    /// Member role without a data directory.
+    #[error("--data-dir (ORDO_DATA_DIR) is required in the member role")]
+    MissingDataDir,
+    /// No peer token anywhere.
+    #[error(
+        "a peer token is required: set --peer-token-file (ORDO_PEER_TOKEN_FILE) or --peer-token (ORDO_PEER_TOKEN)"
+    )]
+    MissingToken,
+    /// The token file could not be read or is empty.
+    #[error("peer token file {path}: {reason}")]
+    TokenFile { path: String, reason: String },
+    /// No id given and no pod name or hostname to fall back on.
+    #[error("--id (ORDO_ID) is required: no POD_NAME or HOSTNAME to default to")]
+    MissingId,
+    /// The id is not a valid name.
+    #[error("invalid id: {0}")]
+    InvalidId(NameError),
+    /// App TCP listener on a non-loopback address.
+    #[error("--app-listen must be a loopback address (the app API is local only), got {0}")]
+    AppListenNotLoopback(String),
+    /// A numeric setting out of range.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// The divider config file is unusable.
+    #[error("--divider-config (ORDO_DIVIDER_CONFIG): {0}")]
+    DividerConfig(DividerConfigError),
+}
+
+impl SidecarArgs {
+    /// Effective id: `--id`, else `POD_NAME`, else `HOSTNAME`.
+    pub fn resolved_id(&self) -> Result<String, ConfigError> {
+        let id = self
+            .id
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .filter(|s| !s.is_empty())
+            .ok_or(ConfigError::MissingId)?;
+        validate_name(&id).map_err(ConfigError::InvalidId)?;
+        Ok(id)
+    }
+
+    /// The peer token from the file or the flag.
+    pub fn resolved_token(&self) -> Result<String, ConfigError> {
+        if let Some(path) = &self.peer_token_file {
+            let raw = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::TokenFile { path: path.display().to_string(), reason: e.to_string() })?;
+            let token = raw.trim().to_string();
+            if token.is_empty() {
+                return Err(ConfigError::TokenFile { path: path.display().to_string(), reason: "empty".into() });
+            }
+            return Ok(token);
+        }
+        self.peer_token.clone().filter(|t| !t.is_empty()).ok_or(ConfigError::MissingToken)
+    }
+
+    /// The app TCP listener, `None` when disabled.
+    pub fn app_tcp(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.app_listen.is_empty() || self.app_listen == "off" {
+            return Ok(None);
+        }
+        let addr: SocketAddr =
+            self.app_listen.parse().map_err(|_| ConfigError::AppListenNotLoopback(self.app_listen.clone()))?;
+        if !addr.ip().is_loopback() {
+            return Err(ConfigError::AppListenNotLoopback(self.app_listen.clone()));
+        }
+        Ok(Some(addr))
+    }
+
+    /// Request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Checks everything that parsing alone cannot (files are only read for the token).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.resolved_id()?;
+        if self.role == Role::Member && self.data_dir.is_none() {
+            return Err(ConfigError::MissingDataDir);
+        }
+        self.resolved_token()?;
+        self.app_tcp()?;
+        if self.request_timeout_ms < 10 {
+            return Err(ConfigError::OutOfRange("--request-timeout-ms must be at least 10".into()));
+        }
+        self.sequencer.validate()
+    }
+}
+
+impl SequencerArgs {
+    /// Per-sequence range sizes.
+    pub fn range_overrides(&self) -> BTreeMap<String, u64> {
+        self.sequence_ranges.iter().cloned().collect()
+    }
+
+    /// Checks the numeric settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_count == 0 {
+            return Err(ConfigError::OutOfRange("--max-count must be at least 1".into()));
+        }
+        let max_range = self.max_count.saturating_mul(1024);
+        if self.range_size == 0 || self.range_size > max_range {
+            return Err(ConfigError::OutOfRange(format!("--range-size must be in 1..={max_range}")));
+        }
+        Ok(())
+    }
+}
+
+impl DividerArgs {
+    /// Reads and checks the divider config file, if one is configured.
+    pub fn load(&self) -> Result<Option<DividerConfig>, ConfigError> {
+        self.divider_config
+            .as_deref()
+            .map(|path| DividerConfig::load(path).map_err(ConfigError::DividerConfig))
+            .transpose()
+    }
+}
+
+fn parse_sequence_range(s: &str) -> Result<(String, u64), String> {
+    let (name, size) = s.split_once('=').ok_or_else(|| format!("expected NAME=SIZE, got {s:?}"))?;
+    validate_name(name).map_err(|e| e.to_string())?;
+    let size: u64 = size.parse().map_err(|_| format!("range size of {name} is not a number: {size:?}"))?;
+    if size == 0 {
+        return Err(format!("range size of {name} must be at least 1"));
+    }
+    Ok((name.to_string(), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> SidecarArgs {
+        let mut all = vec!["ordo-sidecar"];
+        all.extend_from_slice(args);
+        SidecarArgs::try_parse_from(all).expect("parses")
+    }
+
+    #[test]
+    fn member_defaults() {
+        let a = parse(&["--id", "m-0", "--data-dir", "/d", "--members-file", "/m.yaml", "--peer-token", "t"]);
+        assert_eq!(a.role, Role::Member);
+        assert_eq!(a.app_socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(a.app_tcp().unwrap(), Some("127.0.0.1:7070".parse().unwrap()));
+        assert_eq!(a.sequencer.range_size, 1024);
+        assert_eq!(a.divider.load(), Ok(None));
+        a.validate().unwrap();
+    }
+
+    #[test]
+    fn member_without_data_dir_is_rejected() {
+        let a = parse(&["--id", "m-0", "--members-file", "/m.yaml", "--peer-token", "t"]);
+        assert_eq!(a.validate(), Err(ConfigError::MissingDataDir));
+    }
+
+    #[test]
+    fn app_listener_must_be_loopback() {
+        let client = |listen: &str| {
+            parse(&[
+                "--id",
+                "c",
+                "--role",
+                "client",
+                "--members-file",
+                "/m",
+                "--peer-token",
+                "t",
+                "--app-listen",
+                listen,
+            ])
+        };
+        assert!(matches!(client("0.0.0.0:7070").validate(), Err(ConfigError::AppListenNotLoopback(_))));
+        assert_eq!(client("off").app_tcp().unwrap(), None);
+        assert_eq!(client("127.0.0.2:7070").app_tcp().unwrap(), Some("127.0.0.2:7070".parse().unwrap()));
+    }
+
+    #[test]
+    fn sequence_ranges_parse_and_reject_garbage() {
+        let a = parse(&["--members-file", "/m", "--sequence-range", "orders=10,users=1"]);
+        assert_eq!(a.sequencer.range_overrides().get("orders"), Some(&10));
+        let mut bad = vec!["ordo-sidecar", "--members-file", "/m", "--sequence-range", "orders=0"];
+        assert!(SidecarArgs::try_parse_from(&bad).is_err());
+        bad[4] = "no-equals";
+        assert!(SidecarArgs::try_parse_from(&bad).is_err());
+    }
+
+    #[test]
+    fn token_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "secret\n").unwrap();
+        let a = parse(&["--id", "m", "--members-file", "/m", "--peer-token-file", p.to_str().unwrap()]);
+        assert_eq!(a.resolved_token().unwrap(), "secret");
+    }
+
+    #[test]
+    fn divider_config_is_loaded_and_a_bad_file_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("divider.yaml");
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(
+            &good,
+            "divider: stocks\nseq_cluster: ids\nseq_cluster_epoch: 1\ndefault_affinity: 1\nkeys: {partitions: 8, prefix: p-}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &bad,
+            "divider: stocks\nseq_cluster: ids\nseq_cluster_epoch: 1\ndefault_affinity: -2\nkeys: {names: []}\n",
+        )
+        .unwrap();
+        let with = |p: &std::path::Path| parse(&["--members-file", "/m", "--divider-config", p.to_str().unwrap()]);
+        let loaded = with(&good).divider.load().unwrap().expect("a config");
+        assert_eq!((loaded.divider.as_str(), loaded.keys.partitions), ("stocks", Some(8)));
+        let e = with(&bad).divider.load().unwrap_err().to_string();
+        assert!(e.starts_with("--divider-config (ORDO_DIVIDER_CONFIG): divider config is invalid"), "{e}");
+        assert!(e.contains("default_affinity") && e.contains("keys.names"), "{e}");
+        let missing = with(&dir.path().join("nope.yaml")).divider.load().unwrap_err().to_string();
+        assert!(missing.contains("nope.yaml"), "{missing}");
+    }
+
+    #[test]
+    fn each_primitive_has_its_own_help_section() {
+        use clap::CommandFactory;
+        let help = SidecarArgs::command().render_long_help().to_string();
+        let seq = help.find("Sequencer:").expect("a Sequencer heading");
+        let div = help.find("Work divider:").expect("a Work divider heading");
+        assert!(help[seq..div].contains("--range-size") && help[div..].contains("--divider-config"), "{help}");
+        assert!(help[div..].contains("not built yet"), "the help says the config is not acted on yet");
+    }
+
+    #[test]
+    fn sequencer_limits_are_checked() {
+        let base = ["--id", "c", "--role", "client", "--members-file", "/m", "--peer-token", "t"];
+        let with = |extra: &[&str]| {
+            let mut all = base.to_vec();
+            all.extend_from_slice(extra);
+            parse(&all).validate()
+        };
+        assert!(matches!(with(&["--max-count", "0"]), Err(ConfigError::OutOfRange(_))));
+        assert!(matches!(with(&["--range-size", "0"]), Err(ConfigError::OutOfRange(_))));
+        assert!(matches!(with(&["--max-count", "1", "--range-size", "1025"]), Err(ConfigError::OutOfRange(_))));
+        assert_eq!(with(&["--max-count", "1", "--range-size", "1024"]), Ok(()));
+    }
+}
