@@ -18,9 +18,9 @@ pub fn seq_status(e: SeqError) -> Status {
     match &e {
         SeqError::InvalidName(_) | SeqError::InvalidCount { .. } => Status::invalid_argument(e.to_string()),
         SeqError::NotFound(_) => Status::not_found(e.to_string()),
-        SeqError::Quorum(ChangeError::Unavailable { .. }) | SeqError::Quorum(ChangeError::Closed) => {
-            Status::unavailable(e.to_string())
-        }
+        SeqError::Quorum(ChangeError::Unavailable { .. })
+        | SeqError::Quorum(ChangeError::Closed)
+        | SeqError::Timeout(_) => Status::unavailable(e.to_string()),
         SeqError::Quorum(ChangeError::Invalid(_)) => Status::failed_precondition(e.to_string()),
     }
 }

@@ -136,7 +136,8 @@ fn server_view(bytes: &[u8]) -> Vec<Seen> {
     let mut dec = Decoder::new();
     dec.set_max_allowed_table_size(HEADER_TABLE_SIZE);
     let mut seen = Vec::new();
-    let mut open: Option<(u32, bool, Option<[u8; 5]>, Vec<u8>)> = None;
+    // A block being received: the server's view of it so far, and its fragments.
+    let mut open: Option<(Seen, Vec<u8>)> = None;
     while !rest.is_empty() {
         let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
         let (kind, flags) = (rest[3], rest[4]);
@@ -156,9 +157,11 @@ fn server_view(bytes: &[u8]) -> Vec<Seen> {
                     prio = Some([p[0], p[1], p[2], p[3], p[4]]);
                     p = &p[5..];
                 }
-                open = Some((stream, flags & END_STREAM != 0, prio, p.to_vec()));
+                let view =
+                    Seen::Block { stream, end_stream: flags & END_STREAM != 0, priority: prio, fields: Vec::new() };
+                open = Some((view, p.to_vec()));
             }
-            CONTINUATION => open.as_mut().expect("continuation after headers").3.extend_from_slice(payload),
+            CONTINUATION => open.as_mut().expect("continuation after headers").1.extend_from_slice(payload),
             _ => {
                 assert!(open.is_none());
                 seen.push(Seen::Other(whole.to_vec()));
@@ -166,9 +169,11 @@ fn server_view(bytes: &[u8]) -> Vec<Seen> {
             }
         }
         if flags & END_HEADERS != 0 {
-            let (stream, end_stream, priority, block) = open.take().unwrap();
-            let fields = dec.decode(&block).expect("the server decodes every block");
-            seen.push(Seen::Block { stream, end_stream, priority, fields });
+            let (mut view, block) = open.take().unwrap();
+            if let Seen::Block { fields, .. } = &mut view {
+                *fields = dec.decode(&block).expect("the server decodes every block");
+            }
+            seen.push(view);
         }
     }
     assert!(open.is_none(), "no header block left open");
