@@ -8,6 +8,9 @@ use std::time::Instant;
 pub struct Allocation {
     /// Which client (task) made it.
     pub client: usize,
+    /// The sidecar (member index) that returned the range; `None` for IDs a client library
+    /// served from its own lease, which that sidecar returned earlier as one range.
+    pub sidecar: Option<usize>,
     /// The IDs.
     pub ids: Range<u64>,
     /// Strict (through the quorum) or buffered.
@@ -64,13 +67,33 @@ pub fn check_increasing_per_client(allocs: &[Allocation]) -> Result<(), Violatio
 /// Strict allocations are ordered in real time: if A completed before B was invoked, A's IDs
 /// are below B's.
 pub fn check_strict_real_time(allocs: &[Allocation]) -> Result<(), Violation> {
-    let mut strict: Vec<&Allocation> = allocs.iter().filter(|a| a.strict).collect();
-    let mut by_completion = strict.clone();
+    ordered_in_real_time(allocs.iter().filter(|a| a.strict).collect(), "strict ")
+}
+
+/// Every range a sidecar returned for the sequence, whatever the call (buffered, strict, larger
+/// than the buffer) and the client, starts above every ID it returned before: if A completed
+/// before B was invoked, both through sidecar S, A's IDs are below B's.
+pub fn check_increasing_per_sidecar(allocs: &[Allocation]) -> Result<(), Violation> {
+    let mut by_sidecar: std::collections::BTreeMap<usize, Vec<&Allocation>> = Default::default();
+    for a in allocs {
+        if let Some(s) = a.sidecar {
+            by_sidecar.entry(s).or_default().push(a);
+        }
+    }
+    for (s, group) in by_sidecar {
+        ordered_in_real_time(group, &format!("through sidecar {s}, "))?;
+    }
+    Ok(())
+}
+
+/// If A completed before B was invoked, A's IDs are below B's; `what` names the set.
+fn ordered_in_real_time(mut allocs: Vec<&Allocation>, what: &str) -> Result<(), Violation> {
+    let mut by_completion = allocs.clone();
     by_completion.sort_by_key(|a| a.completed);
-    strict.sort_by_key(|a| a.invoked);
+    allocs.sort_by_key(|a| a.invoked);
     let mut i = 0;
     let mut max_done: Option<&Allocation> = None;
-    for b in strict {
+    for b in allocs {
         while i < by_completion.len() && by_completion[i].completed < b.invoked {
             let a = by_completion[i];
             if max_done.is_none_or(|m| a.ids.end > m.ids.end) {
@@ -81,8 +104,8 @@ pub fn check_strict_real_time(allocs: &[Allocation]) -> Result<(), Violation> {
         if let Some(a) = max_done {
             if b.ids.start < a.ids.end {
                 return Err(Violation(format!(
-                    "strict {:?} (client {}) started after strict {:?} (client {}) returned, yet is not larger",
-                    b.ids, b.client, a.ids, a.client
+                    "{what}{:?} (client {}, strict: {}) started after {:?} (client {}, strict: {}) returned, yet is not larger",
+                    b.ids, b.client, b.strict, a.ids, a.client, a.strict
                 )));
             }
         }
@@ -98,6 +121,7 @@ mod tests {
     fn a(client: usize, ids: Range<u64>, strict: bool, inv: u64, done: u64, t0: Instant) -> Allocation {
         Allocation {
             client,
+            sidecar: Some(client % 10),
             ids,
             strict,
             invoked: t0 + Duration::from_millis(inv),
@@ -116,5 +140,17 @@ mod tests {
         assert!(check_strict_real_time(&[a(0, 9..10, true, 0, 1, t), a(1, 3..4, true, 2, 3, t)]).is_err());
         // Overlapping in time: any order is fine.
         assert!(check_strict_real_time(&[a(0, 9..10, true, 0, 5, t), a(1, 3..4, true, 2, 6, t)]).is_ok());
+        // Through one sidecar (clients 0 and 10 share sidecar 0): a strict range, then a
+        // buffered one below it, from another client of the same sidecar.
+        let strict_then_lower = [a(0, 1025..1028, true, 0, 1, t), a(10, 7..14, false, 2, 3, t)];
+        assert!(check_increasing_per_client(&strict_then_lower).is_ok());
+        assert!(check_increasing_per_sidecar(&strict_then_lower).is_err());
+        // The same through different sidecars, or overlapping in time, is fine.
+        assert!(check_increasing_per_sidecar(&[a(0, 1025..1028, true, 0, 1, t), a(1, 7..14, false, 2, 3, t)]).is_ok());
+        assert!(check_increasing_per_sidecar(&[a(0, 1025..1028, true, 0, 3, t), a(10, 7..14, false, 2, 4, t)]).is_ok());
+        // IDs from a client-side lease are not the sidecar's answers.
+        let mut leased = a(10, 7..8, false, 2, 3, t);
+        leased.sidecar = None;
+        assert!(check_increasing_per_sidecar(&[a(0, 1025..1028, true, 0, 1, t), leased]).is_ok());
     }
 }

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ordo_client::{Client, ClientError};
-use ordo_e2e::checker::{check_increasing_per_client, check_strict_real_time, check_unique, Allocation};
+use ordo_e2e::checker::{
+    check_increasing_per_client, check_increasing_per_sidecar, check_strict_real_time, check_unique, Allocation,
+};
 use ordo_e2e::cluster::{eventually, TestOptions};
 use ordo_e2e::TestCluster;
 
@@ -22,9 +24,11 @@ enum Kind {
     Leased(u64),
 }
 
-/// Runs one client for `ops` requests (or until `stop`), recording every allocation.
+/// Runs one client of sidecar `sidecar` for `ops` requests, recording every allocation.
+#[allow(clippy::too_many_arguments)]
 async fn load(
     client: Client,
+    sidecar: usize,
     id: usize,
     kind: Kind,
     seq: &'static str,
@@ -50,6 +54,7 @@ async fn load(
         match r {
             Ok(ids) => log.lock().unwrap().push(Allocation {
                 client: id,
+                sidecar: (!matches!(kind, Kind::Leased(_))).then_some(sidecar),
                 ids,
                 strict: matches!(kind, Kind::Strict(_)),
                 invoked,
@@ -70,6 +75,7 @@ fn check_all(log: &Log) -> u64 {
     let allocs = log.lock().unwrap().clone();
     let n = check_unique(&allocs).unwrap_or_else(|v| panic!("{}", v.0));
     check_increasing_per_client(&allocs).unwrap_or_else(|v| panic!("{}", v.0));
+    check_increasing_per_sidecar(&allocs).unwrap_or_else(|v| panic!("{}", v.0));
     check_strict_real_time(&allocs).unwrap_or_else(|v| panic!("{}", v.0));
     n
 }
@@ -106,7 +112,7 @@ async fn no_id_twice_with_racing_range_sizes_and_strict() {
         for (k, kind) in kinds.iter().enumerate() {
             let client = cluster.client(member).await;
             let id = member * 100 + k;
-            tasks.push(tokio::spawn(load(client, id, *kind, "race", 60, log.clone(), false)));
+            tasks.push(tokio::spawn(load(client, member, id, *kind, "race", 60, log.clone(), false)));
         }
     }
     for t in tasks {
@@ -120,6 +126,52 @@ async fn no_id_twice_with_racing_range_sizes_and_strict() {
     assert!(current >= max_end, "current {current} below an issued ID {max_end}");
 }
 
+/// Through one sidecar, a range never starts below an ID that sidecar returned before, across
+/// buffered calls, strict calls and calls larger than the buffer from several clients (before
+/// the fix, a strict call followed by a buffered one went back below the strict range).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ids_from_one_sidecar_never_go_backwards() {
+    let mut o = opts(3);
+    // Small buffers refill often, so refills race with the direct rounds.
+    o.member_args = vec![vec!["--range-size=16".into()], vec!["--range-size=64".into()], vec![]];
+    let cluster = TestCluster::start(o).await;
+    let log: Log = Arc::default();
+    let (clients, calls) = (12, 30);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let sidecar = c % 3;
+        let client = cluster.client(sidecar).await;
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for call in 0..calls {
+                // Sizes within and beyond each buffer; every fifth call strict.
+                let count = [1u64, 3, 5, 20, 100, 1500][(c + call) % 6];
+                let strict = call % 5 == 4;
+                let invoked = Instant::now();
+                let ids = client
+                    .next("mixed", count, strict)
+                    .await
+                    .unwrap_or_else(|e| panic!("client {c}: next({count}, strict: {strict}): {e}"));
+                assert_eq!(ids.end - ids.start, count);
+                let completed = Instant::now();
+                log.lock().unwrap().push(Allocation {
+                    client: c,
+                    sidecar: Some(sidecar),
+                    ids,
+                    strict,
+                    invoked,
+                    completed,
+                });
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(log.lock().unwrap().len(), clients * calls);
+    check_all(&log);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_one_member_under_load_then_it_catches_up() {
     let mut cluster = TestCluster::start(opts(3)).await;
@@ -128,7 +180,7 @@ async fn kill9_one_member_under_load_then_it_catches_up() {
     for member in 0..2 {
         for (k, kind) in [Kind::Strict(1), Kind::Buffered(5), Kind::Leased(16)].into_iter().enumerate() {
             let client = cluster.client(member).await;
-            tasks.push(tokio::spawn(load(client, member * 10 + k, kind, "k9", 400, log.clone(), false)));
+            tasks.push(tokio::spawn(load(client, member, member * 10 + k, kind, "k9", 400, log.clone(), false)));
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -146,7 +198,14 @@ async fn kill9_one_member_under_load_then_it_catches_up() {
     for _ in 0..50 {
         let invoked = Instant::now();
         let ids = c2.next("k9", 1, true).await.unwrap();
-        log.lock().unwrap().push(Allocation { client: 99, ids, strict: true, invoked, completed: Instant::now() });
+        log.lock().unwrap().push(Allocation {
+            client: 99,
+            sidecar: Some(2),
+            ids,
+            strict: true,
+            invoked,
+            completed: Instant::now(),
+        });
     }
     check_all(&log);
 }
@@ -158,9 +217,9 @@ async fn kill9_all_members_loses_nothing_acknowledged() {
     let mut tasks = Vec::new();
     for member in 0..3 {
         let client = cluster.client(member).await;
-        tasks.push(tokio::spawn(load(client, member, Kind::Strict(3), "all", 100, log.clone(), false)));
+        tasks.push(tokio::spawn(load(client, member, member, Kind::Strict(3), "all", 100, log.clone(), false)));
         let client = cluster.client(member).await;
-        tasks.push(tokio::spawn(load(client, 10 + member, Kind::Buffered(7), "all", 100, log.clone(), false)));
+        tasks.push(tokio::spawn(load(client, member, 10 + member, Kind::Buffered(7), "all", 100, log.clone(), false)));
     }
     for t in tasks {
         t.await.unwrap();
@@ -186,6 +245,7 @@ async fn kill9_all_members_loses_nothing_acknowledged() {
             assert!(ids.start >= acknowledged, "reissued {ids:?} (acknowledged up to {acknowledged})");
             log.lock().unwrap().push(Allocation {
                 client: 50 + member,
+                sidecar: Some(member),
                 ids,
                 strict,
                 invoked,
@@ -204,7 +264,14 @@ async fn wiped_member_catches_up_before_voting_and_nothing_is_reissued() {
     for _ in 0..50 {
         let invoked = Instant::now();
         let ids = c0.next("wipe", 10, true).await.unwrap();
-        log.lock().unwrap().push(Allocation { client: 0, ids, strict: true, invoked, completed: Instant::now() });
+        log.lock().unwrap().push(Allocation {
+            client: 0,
+            sidecar: Some(0),
+            ids,
+            strict: true,
+            invoked,
+            completed: Instant::now(),
+        });
     }
     drop(c0);
     // Member 0 loses its disk.
@@ -286,7 +353,8 @@ async fn membership_change_3_to_5_to_3_keeps_ids_unique() {
             tasks.push(tokio::spawn(async move {
                 let mut errors = 0;
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    errors += load(client.clone(), member * 10 + k, kind, "members", 10, log.clone(), true).await;
+                    errors +=
+                        load(client.clone(), member, member * 10 + k, kind, "members", 10, log.clone(), true).await;
                 }
                 errors
             }));
@@ -329,7 +397,14 @@ async fn membership_change_3_to_5_to_3_keeps_ids_unique() {
     let c4 = cluster.client(4).await;
     let invoked = Instant::now();
     let ids = c4.next("members", 1, true).await.unwrap();
-    log.lock().unwrap().push(Allocation { client: 400, ids, strict: true, invoked, completed: Instant::now() });
+    log.lock().unwrap().push(Allocation {
+        client: 400,
+        sidecar: Some(4),
+        ids,
+        strict: true,
+        invoked,
+        completed: Instant::now(),
+    });
     // 5 -> 3: drop members 3 and 4 (and the original 2 stays), same two steps, then stop them.
     let joint = cluster.dev.write_members(&[0, 1, 2], Some(&[0, 1, 2, 3, 4])).unwrap();
     migrated(&cluster, vec![0, 1, 2], joint).await;
@@ -345,7 +420,14 @@ async fn membership_change_3_to_5_to_3_keeps_ids_unique() {
     let c2 = cluster.client(2).await;
     let invoked = Instant::now();
     let ids = c2.next("members", 1, true).await.unwrap();
-    log.lock().unwrap().push(Allocation { client: 200, ids, strict: true, invoked, completed: Instant::now() });
+    log.lock().unwrap().push(Allocation {
+        client: 200,
+        sidecar: Some(2),
+        ids,
+        strict: true,
+        invoked,
+        completed: Instant::now(),
+    });
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for t in tasks {
         let _ = t.await;
@@ -433,9 +515,9 @@ async fn client_role_sidecar_serves_the_same_api_through_the_members() {
     let mut tasks = Vec::new();
     for (k, kind) in [Kind::Strict(1), Kind::Buffered(4), Kind::Leased(32)].into_iter().enumerate() {
         let client = Client::connect(&socket).await.unwrap();
-        tasks.push(tokio::spawn(load(client, k, kind, "via-client", 100, log.clone(), false)));
+        tasks.push(tokio::spawn(load(client, 9, k, kind, "via-client", 100, log.clone(), false)));
         let member = cluster.client(k).await;
-        tasks.push(tokio::spawn(load(member, 10 + k, kind, "via-client", 100, log.clone(), false)));
+        tasks.push(tokio::spawn(load(member, k, 10 + k, kind, "via-client", 100, log.clone(), false)));
     }
     for t in tasks {
         t.await.unwrap();
@@ -458,6 +540,7 @@ async fn sigstop_of_a_member_does_not_stall_the_others() {
             let client = cluster.client(member).await;
             tasks.push(tokio::spawn(load(
                 client,
+                member,
                 frozen * 10 + member,
                 Kind::Strict(1),
                 "frozen",

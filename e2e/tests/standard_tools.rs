@@ -1,4 +1,5 @@
-//! Standard gRPC tooling works against the app socket: health checking and server reflection;
+//! Standard gRPC tooling works against the app socket: health checking and server reflection
+//! (v1 and v1alpha);
 //! the admin port serves /live, /ready, /metrics and /status.
 
 use std::time::Duration;
@@ -48,19 +49,27 @@ async fn health_reflection_and_admin_endpoints() {
         .await;
     }
 
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-    };
-    let mut refl = ServerReflectionClient::new(ch);
-    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut resp = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
-    let msg = resp.message().await.unwrap().unwrap();
-    let listed = format!("{:?}", msg.message_response);
-    for s in ["ordo.v1.Sequencer", "ordo.v1.Cluster", "grpc.health.v1.Health"] {
-        assert!(listed.contains(s), "reflection lists {s}: {listed}");
+    // Both reflection versions: v1alpha is what grpcui, Postman, older grpcurl and
+    // grpcio-reflection ask.
+    macro_rules! listed_services {
+        ($version:ident) => {{
+            use tonic_reflection::pb::$version::{
+                server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+                ServerReflectionRequest,
+            };
+            let mut refl = ServerReflectionClient::new(ch.clone());
+            let req = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut resp = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+            format!("{:?}", resp.message().await.unwrap().unwrap().message_response)
+        }};
+    }
+    for (version, listed) in [("v1", listed_services!(v1)), ("v1alpha", listed_services!(v1alpha))] {
+        for s in ["ordo.v1.Sequencer", "ordo.v1.Cluster", "grpc.health.v1.Health"] {
+            assert!(listed.contains(s), "reflection {version} lists {s}: {listed}");
+        }
     }
 
     cluster.client(0).await.next("metered", 1, true).await.unwrap();

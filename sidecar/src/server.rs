@@ -12,6 +12,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::app::{self, AppServices};
+use crate::api::authority::fix_incoming;
 use crate::api::{admin, peer::GrpcPeers, peer::PeerService};
 use crate::config::{LogFormat, Role, SidecarArgs};
 use crate::membership::MembersFile;
@@ -156,25 +157,31 @@ async fn run(args: SidecarArgs) -> Result<()> {
         .merge(app::cluster::services(&node));
     let health_service = app::health::following_readiness(app_services.names(), node.watch_ready()).await;
     let app_routes = app_services.into_routes();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ordo_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ordo_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // v1alpha too: grpcui, Postman, older grpcurl and grpcio-reflection ask it.
+    let (reflection, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let app_router = || {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_routes(app_routes.clone())
             .add_service(health_service.clone())
             .add_service(reflection.clone())
+            .add_service(reflection_v1alpha.clone())
     };
 
     let mut tasks = tokio::task::JoinSet::new();
-    let uds = app_router()
-        .serve_with_incoming_shutdown(UnixListenerStream::new(socket_listener), shutdown(shutdown_rx.clone()));
+    let uds = app_router().serve_with_incoming_shutdown(
+        fix_incoming(UnixListenerStream::new(socket_listener)),
+        shutdown(shutdown_rx.clone()),
+    );
     tasks.spawn(async move { uds.await.context("app socket server") });
     if let Some(addr) = app_tcp {
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding app {addr}"))?;
-        let tcp = app_router().serve_with_incoming_shutdown(nodelay(l), shutdown(shutdown_rx.clone()));
+        let tcp = app_router().serve_with_incoming_shutdown(fix_incoming(nodelay(l)), shutdown(shutdown_rx.clone()));
         tasks.spawn(async move { tcp.await.context("app TCP server") });
     }
     if let Some(store) = &store {

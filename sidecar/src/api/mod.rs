@@ -4,4 +4,5 @@
 
 pub mod admin;
 pub mod app;
+pub mod authority;
 pub mod peer;

@@ -5,6 +5,10 @@
 //! the change linearizable, so two allocations never overlap whatever their sizes (unlike
 //! rr_seq's read-max-then-set). Buffered requests are served from a per-sidecar
 //! [`buffer::RangeBuffer`]; strict ones allocate directly, so their IDs follow real time.
+//!
+//! Every request of one sequence on this sidecar, buffered, strict or larger than the buffer,
+//! goes through that sequence's [`buffer::RangeBuffer`], which keeps the per-sidecar order:
+//! every range returned starts above every ID returned before (see its docs for the argument).
 
 pub mod buffer;
 
@@ -44,6 +48,10 @@ pub enum SeqError {
     /// The quorum did not answer in time, or the register cannot be used.
     #[error(transparent)]
     Quorum(#[from] ChangeError),
+    /// The request's deadline passed while it waited for this sidecar's own work (a buffer
+    /// refill, or a direct range above what the sidecar already returned).
+    #[error("{0}")]
+    Timeout(String),
 }
 
 /// Settings of the sequencer.
@@ -76,9 +84,13 @@ fn key(name: &str) -> String {
 }
 
 impl<P: Peers> RangeAllocator<P> {
-    /// Allocates `n` contiguous IDs through a quorum round.
+    /// Allocates `n` contiguous IDs through a quorum round, within the request timeout.
     pub async fn allocate(&self, name: &str, n: u64) -> Result<Range<u64>, SeqError> {
-        let deadline = Instant::now() + self.timeout;
+        self.allocate_by(name, n, Instant::now() + self.timeout).await
+    }
+
+    /// Allocates `n` contiguous IDs through a quorum round that ends by `deadline`.
+    pub async fn allocate_by(&self, name: &str, n: u64, deadline: Instant) -> Result<Range<u64>, SeqError> {
         let o = self.proposer.change(&key(name), Change::Add { n, start: FIRST_ID }, deadline).await?;
         let start = decode_u64(o.before.as_deref()).unwrap_or(FIRST_ID);
         let end = decode_u64(o.after.as_deref()).ok_or_else(|| ChangeError::Invalid("counter vanished".into()))?;
@@ -134,14 +146,16 @@ impl<P: Peers> Sequencer<P> {
     pub async fn next(&self, name: &str, count: u64, strict: bool) -> Result<Range<u64>, SeqError> {
         self.validate(name, count)?;
         let r = if strict {
-            self.allocator.allocate(name, count).await?
+            self.buffer(name).direct(count, Instant::now() + self.config.timeout).await?
         } else {
             // Waiting for a refill in flight plus a refill of our own must still end in time.
             match tokio::time::timeout(self.config.timeout, self.buffer(name).take(count)).await {
                 Ok(r) => r?,
                 Err(_) => {
-                    let detail = format!("no buffer refill of {name:?} completed within {:?}", self.config.timeout);
-                    return Err(ChangeError::Unavailable { answered: 0, total: 0, detail }.into());
+                    let timeout = self.config.timeout;
+                    return Err(SeqError::Timeout(format!(
+                        "no buffer refill of {name:?} completed within {timeout:?}"
+                    )));
                 }
             }
         };

@@ -38,7 +38,8 @@ pub fn seq_status(e: SeqError) -> Status {
         // For a counter an unknown outcome only skips IDs (never reissues them): retry.
         SeqError::Quorum(
             ChangeError::Unavailable { .. } | ChangeError::OutcomeUnknown { .. } | ChangeError::Closed,
-        ) => Status::unavailable(e.to_string()),
+        )
+        | SeqError::Timeout(_) => Status::unavailable(e.to_string()),
         SeqError::Quorum(ChangeError::Invalid(_)) => Status::failed_precondition(e.to_string()),
     }
 }

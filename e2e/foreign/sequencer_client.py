@@ -1,0 +1,92 @@
+"""A stock Python grpcio client of the sidecar's Unix socket, with default channel settings.
+
+Usage: sequencer_client.py SOCKET PROTO_DIR SEQUENCE
+
+grpcio sends the socket path as `:authority` (unlike grpc-go and grpc-js); this script shows
+that the sidecar accepts it. It calls grpc.health.v1 Check, Next (buffered and strict), Stream
+and Current, lists services through server reflection v1alpha (what grpcio-reflection,
+grpcui, Postman and older grpcurl ask), checks what it got, and prints one JSON object:
+{"ranges": [[start, end], ...], "current": N, "health": "SERVING", "services": [...]}.
+Run by e2e/tests/foreign_clients.rs; exits non-zero with a message on any failure.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_tools import protoc
+
+DEADLINE_S = 10
+
+
+def load_stubs(proto_dir, out_dir):
+    """Compiles sequencer.proto with grpcio-tools' bundled compiler and imports the stubs."""
+    rc = protoc.main(
+        ["protoc", f"-I{proto_dir}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}",
+         "ordo/v1/sequencer.proto"]
+    )
+    if rc != 0:
+        sys.exit(f"compiling sequencer.proto failed ({rc})")
+    sys.path.insert(0, out_dir)
+    from ordo.v1 import sequencer_pb2, sequencer_pb2_grpc  # noqa: E402 (generated just now)
+
+    return sequencer_pb2, sequencer_pb2_grpc
+
+
+def check(cond, what):
+    if not cond:
+        sys.exit(f"check failed: {what}")
+
+
+def main():
+    socket, proto_dir, sequence = sys.argv[1:4]
+    with tempfile.TemporaryDirectory() as out_dir:
+        for pkg in ("ordo", "ordo/v1"):
+            os.makedirs(os.path.join(out_dir, pkg), exist_ok=True)
+            open(os.path.join(out_dir, pkg, "__init__.py"), "w").close()
+        pb, pb_grpc = load_stubs(proto_dir, out_dir)
+        # Default settings: no authority override, no options.
+        with grpc.insecure_channel(f"unix://{socket}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=DEADLINE_S).status
+            status_name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+            check(status_name == "SERVING", f"health is SERVING, got {status_name}")
+
+            seq = pb_grpc.SequencerStub(channel)
+            ranges = []
+            for count, strict in [(1, False), (5, False), (3, True), (7, False), (2, True), (1, False)]:
+                r = seq.Next(pb.NextRequest(sequence=sequence, count=count, strict=strict), timeout=DEADLINE_S)
+                check(r.sequence == sequence, f"Next names the sequence: {r.sequence!r}")
+                check(r.end - r.start == count, f"Next({count}) returned {count} IDs: [{r.start}, {r.end})")
+                ranges.append([r.start, r.end])
+            stream = seq.Stream(pb.StreamRequest(sequence=sequence, batch=4), timeout=DEADLINE_S)
+            for _ in range(5):
+                r = next(stream)
+                check(r.end - r.start == 4, f"Stream(batch=4) sent 4 IDs: [{r.start}, {r.end})")
+                ranges.append([r.start, r.end])
+            stream.cancel()
+            for (a, b) in zip(ranges, ranges[1:]):
+                check(b[0] >= a[1], f"IDs increase through one sidecar: {a} then {b}")
+            check(ranges[0][0] >= 1, f"IDs start at 1 or above: {ranges[0]}")
+
+            current = seq.Current(pb.CurrentRequest(sequence=sequence), timeout=DEADLINE_S).next
+            check(current >= ranges[-1][1], f"Current {current} is above every ID handed out ({ranges[-1]})")
+
+            refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+            req = reflection_pb2.ServerReflectionRequest(list_services="")
+            resp = next(refl.ServerReflectionInfo(iter([req]), timeout=DEADLINE_S))
+            services = sorted(s.name for s in resp.list_services_response.service)
+            check("ordo.v1.Sequencer" in services, f"reflection v1alpha lists ordo.v1.Sequencer: {services}")
+
+    print(json.dumps({"ranges": ranges, "current": current, "health": status_name, "services": services}))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except grpc.RpcError as e:
+        sys.exit(f"RPC failed: {e.code()}: {e.details()}")
