@@ -53,17 +53,30 @@ ensure() {
   fi
   local b
   for b in "$@"; do
-    [[ -x "$dir/$b" ]] || { echo "tools.sh: $dir/$b missing" >&2; exit 1; }
-    printf '%s=%s\n' "$(echo "$b" | tr 'a-z-' 'A-Z_')" "$dir/$b"
+    [[ -s "$dir/$b" ]] || { echo "tools.sh: $dir/$b missing" >&2; exit 1; }
+    # kube-apiserver -> KUBE_APISERVER; a data file is named after its entry: KWOK_STAGES
+    local var="$b"
+    [[ -x "$dir/$b" ]] || var="$name"
+    printf '%s=%s\n' "$(echo "$var" | tr 'a-z-' 'A-Z_')" "$dir/$b"
   done
 }
 
 build_kube() { (cd "$here/go/kube" && go build "${buildflags[@]}" -o "$1/" ./cmd/...); }
 build_etcd() { (cd "$here/go/etcd" && go build "${buildflags[@]}" -o "$1/etcd" .); }
 build_kwok() { GOBIN="$1" go install "${buildflags[@]}" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"; }
+# kwok's own node and pod stages (node-initialize; pod ready, complete, delete) from its module.
+build_kwok_stages() {
+  local src f
+  src="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  for f in node/fast/node-initialize pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+    cat "$src/kustomize/stage/$f.yaml"
+    echo "---"
+  done >"$1/stages.yaml"
+}
 build_helm() { GOBIN="$1" go install "${buildflags[@]}" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; }
 
 ensure etcd "$ETCD_VERSION-$(key_of "$here/go/etcd")" build_etcd etcd
 ensure kwok "$KWOK_VERSION" build_kwok kwok
+ensure kwok-stages "$KWOK_VERSION" build_kwok_stages stages.yaml
 ensure helm "$HELM_VERSION" build_helm helm
 ensure kube "$KUBE_VERSION-$(key_of "$here/go/kube")" build_kube kube-apiserver kube-controller-manager kube-scheduler kubectl
