@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every Ordo test on a fresh machine: formatting and lints, the whole Rust workspace
 # (unit, property, simulation, multi-process, mocked-API and API-emulator suites, the Helm chart
-# checks), the operator's render smoke test, and the kind suite (which says it skipped where
-# kind or docker is missing). What the tests need (a Python venv with helm-python-sdk and kmock)
-# is installed by scripts/test-deps.sh. Exit status: 0 only if everything passed.
+# checks), the operator's render smoke test, the real-API-server suite (e2e/apiserver: needs Go;
+# its components are built from source on the first run and cached under ~/.cache/ordo) and the
+# kind suite (which says it skipped where kind or docker is missing). What the tests need (a
+# Python venv with helm-python-sdk and kmock) is installed by scripts/test-deps.sh. Exit status: 0 only if everything passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -27,6 +28,9 @@ ORDO_REQUIRE_PY_TESTS=1 cargo test --workspace --locked --no-fail-fast
 
 step "ordo-operator render smoke test"
 target/debug/ordo-operator render -f examples/k8s/seqcluster.yaml -f examples/k8s/workdivider.yaml >/dev/null
+
+step "real API server suite (etcd, kube-apiserver, controller manager, scheduler, kwok, helm; built from source once, cached)"
+bash e2e/apiserver/run.sh
 
 step "kind end-to-end suite"
 bash e2e/kind/run.sh

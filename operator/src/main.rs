@@ -13,7 +13,7 @@ use ordo_operator::admin::{self, AdminState};
 use ordo_operator::context::Context;
 use ordo_operator::leader::{self, LeaseConfig};
 use ordo_operator::metrics::Metrics;
-use ordo_operator::probe::HttpMemberProbe;
+use ordo_operator::probe::{HttpMemberProbe, MemberProbe, TestHostsProbe};
 use ordo_operator::{controller, crd_wait, crdgen, render};
 use tokio::sync::watch;
 
@@ -62,6 +62,10 @@ struct RunArgs {
     /// Log format: json or text.
     #[arg(long, env = "ORDO_OPERATOR_LOG_FORMAT", default_value = "json")]
     log_format: String,
+    /// TEST ONLY: reach members at the addresses this hosts file gives (`ADDRESS HOST` lines)
+    /// instead of through DNS; unlisted members count as not answering. For e2e/apiserver.
+    #[arg(long, env = "ORDO_OPERATOR_TEST_MEMBER_HOSTS")]
+    test_member_hosts: Option<PathBuf>,
 }
 
 fn init_tracing(format: &str) {
@@ -114,7 +118,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ = leader::acquire(&client, &lease) => {}
         _ = stopped(stop_rx.clone()) => return Ok(()),
     }
-    let ctx = Arc::new(Context::new(client.clone(), Arc::new(HttpMemberProbe::default()), metrics));
+    let probe: Arc<dyn MemberProbe> = match args.test_member_hosts {
+        Some(hosts_file) => {
+            tracing::warn!(file = %hosts_file.display(), "TEST ONLY: members are reached at the addresses of a hosts file");
+            Arc::new(TestHostsProbe { inner: HttpMemberProbe::default(), hosts_file })
+        }
+        None => Arc::new(HttpMemberProbe::default()),
+    };
+    let ctx = Arc::new(Context::new(client.clone(), probe, metrics));
     let (lost_tx, lost_rx) = watch::channel(false);
     let holder = {
         let client = client.clone();

@@ -47,6 +47,49 @@ impl MemberProbe for HttpMemberProbe {
     }
 }
 
+/// **Test only.** Probes members at addresses taken from a hosts file instead of resolving
+/// their DNS names, so the real-API-server suite (`e2e/apiserver/`) can stand real `ordo-sidecar`
+/// processes on loopback addresses in for simulated pods that run nothing. The file holds
+/// `ADDRESS HOST` lines (`#` comments) and is re-read on every probe, so members may be added
+/// while the operator runs. A host the file does not list counts as not answering: nothing is
+/// ever resolved through DNS in this mode. Enabled by `ordo-operator run --test-member-hosts`.
+#[derive(Debug, Clone)]
+pub struct TestHostsProbe<P> {
+    /// The probe that reaches the mapped address.
+    pub inner: P,
+    /// The hosts file.
+    pub hosts_file: std::path::PathBuf,
+}
+
+/// The address `hosts` (hosts-file text) gives `host`, if any.
+pub fn lookup_test_host(hosts: &str, host: &str) -> Option<String> {
+    hosts
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default())
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let addr = words.next()?;
+            words.any(|h| h == host).then(|| addr.to_string())
+        })
+        .next()
+}
+
+impl<P: MemberProbe> MemberProbe for TestHostsProbe<P> {
+    fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<StatusReport>> {
+        Box::pin(async move {
+            let hosts = match tokio::fs::read_to_string(&self.hosts_file).await {
+                Ok(text) => text,
+                Err(e) => {
+                    tracing::warn!(file = %self.hosts_file.display(), error = %e, "test hosts file unreadable");
+                    return None;
+                }
+            };
+            let addr = lookup_test_host(&hosts, host)?;
+            self.inner.status(&addr).await
+        })
+    }
+}
+
 async fn get_status(host: &str, port: u16) -> std::io::Result<StatusReport> {
     let mut stream = TcpStream::connect((host, port)).await?;
     let request = format!("GET /status HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n");
@@ -82,6 +125,39 @@ mod tests {
         // A renamed field is an error, not a default that would stall scaling.
         let renamed = String::from_utf8_lossy(raw).replace("migrated_epoch", "migratedEpoch");
         assert!(parse_response(renamed.as_bytes()).unwrap_err().to_string().contains("migrated_epoch"));
+    }
+
+    #[test]
+    fn test_hosts_map_listed_hosts_only() {
+        let hosts = "# members\n127.1.0.1 s-0.s-peers.ns.svc\n127.1.0.2  s-1.s-peers.ns.svc other # x\n";
+        assert_eq!(lookup_test_host(hosts, "s-0.s-peers.ns.svc").as_deref(), Some("127.1.0.1"));
+        assert_eq!(lookup_test_host(hosts, "other").as_deref(), Some("127.1.0.2"));
+        assert_eq!(lookup_test_host(hosts, "s-2.s-peers.ns.svc"), None);
+        assert_eq!(lookup_test_host(hosts, "x"), None, "comments are not hosts");
+    }
+
+    #[tokio::test]
+    async fn test_hosts_probe_reaches_the_mapped_address_and_never_an_unlisted_host() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _serve = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let body = r#"{"id":"s-0","role":"member","epoch":3,"caught_up":true,"ready":true}"#;
+                let reply = format!("HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                s.write_all(reply.as_bytes()).await.unwrap();
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let hosts_file = dir.path().join("hosts");
+        std::fs::write(&hosts_file, "127.0.0.1 s-0.s-peers.ns.svc\n").unwrap();
+        let probe = TestHostsProbe { inner: HttpMemberProbe { port, timeout: Duration::from_secs(2) }, hosts_file };
+        let report = probe.status("s-0.s-peers.ns.svc").await.expect("mapped member answers");
+        assert_eq!((report.id.as_str(), report.epoch), ("s-0", 3));
+        // "localhost" would resolve and reach the listener; unlisted, it must not be probed.
+        assert_eq!(probe.status("localhost").await, None);
     }
 
     #[tokio::test]

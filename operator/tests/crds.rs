@@ -43,8 +43,13 @@ fn seqc(spec: Value) -> Value {
     json!({"apiVersion": "ordo.dev/v1alpha1", "kind": "SeqCluster", "metadata": {"name": "s"}, "spec": spec})
 }
 
+/// Violating objects per CEL rule, shared with the real-API-server suite (e2e/apiserver).
+const CEL_VIOLATIONS: &str = "cel-violations.yaml";
+
+/// A WorkDivider whose spec is the fixture's base with `spec`'s fields replaced.
 fn wdiv(spec: Value) -> Value {
-    let mut base = json!({"seqClusterRef": {"name": "ids"}, "keys": {"partitions": 4}});
+    let fixture: Value = common::fixture(CEL_VIOLATIONS);
+    let mut base = fixture["workDividerBase"].clone();
     for (k, v) in spec.as_object().unwrap() {
         base[k] = v.clone();
     }
@@ -67,37 +72,23 @@ fn valid_objects_pass_every_rule() {
     cel(&wdiv_schema(), &wdiv(json!({"keys": {"names": ["a", "b/c"]}}))).unwrap();
 }
 
+/// Every case of `tests/fixtures/cel-violations.yaml` (shared with the real-API-server suite,
+/// e2e/apiserver) is rejected with its message.
 #[test]
-fn each_seqcluster_rule_rejects_a_violating_object() {
-    let s = seqc_schema();
-    rejects(&s, seqc(json!({"replicas": 0})), "replicas must be between 1 and 31");
-    rejects(&s, seqc(json!({"replicas": 32})), "replicas must be between 1 and 31");
-    rejects(&s, seqc(json!({"replicas": 3, "readQuorum": 4})), "readQuorum must be between 1 and replicas");
-    rejects(&s, seqc(json!({"replicas": 3, "writeQuorum": 0})), "writeQuorum must be between 1 and replicas");
-    rejects(&s, seqc(json!({"replicas": 5, "readQuorum": 2, "writeQuorum": 3})), "R + W > N");
-    rejects(&s, seqc(json!({"replicas": 4, "readQuorum": 4, "writeQuorum": 2})), "2W > N");
-    rejects(&s, seqc(json!({"sidecar": {"rangeSize": 0}})), "rangeSize must be between");
-    rejects(&s, seqc(json!({"sidecar": {"sequenceRanges": {"bad name": 4}}})), "sequenceRanges keys");
-    rejects(&s, seqc(json!({"sidecar": {"sequenceRanges": {"orders": 0}}})), "sequenceRanges keys");
-    rejects(&s, seqc(json!({"sidecar": {"requestTimeoutMs": 5}})), "requestTimeoutMs must be between");
-    rejects(&s, seqc(json!({"sidecar": {"drainTimeoutMs": -1}})), "drainTimeoutMs must be between");
-    rejects(&s, seqc(json!({"storage": {"size": "lots"}})), "size must be a storage quantity");
-}
-
-#[test]
-fn each_workdivider_rule_rejects_a_violating_object() {
-    let s = wdiv_schema();
-    rejects(&s, wdiv(json!({"replicas": -1})), "replicas must be between 0 and 1000");
-    rejects(&s, wdiv(json!({"defaultAffinity": -2})), "defaultAffinity must be between");
-    rejects(&s, wdiv(json!({"seqClusterRef": {"name": "Not_A_Name"}})), "seqClusterRef.name must be");
-    rejects(&s, wdiv(json!({"keys": {}})), "exactly one of partitions or names");
-    rejects(&s, wdiv(json!({"keys": {"partitions": 2, "names": ["a"]}})), "exactly one of partitions or names");
-    rejects(&s, wdiv(json!({"keys": {"partitions": 0}})), "keys.partitions must be between");
-    rejects(&s, wdiv(json!({"keys": {"names": ["a"], "prefix": "x-"}})), "keys.prefix only applies");
-    rejects(&s, wdiv(json!({"keys": {"names": []}})), "keys.names must hold");
-    rejects(&s, wdiv(json!({"keys": {"names": ["has space"]}})), "keys.names must hold");
-    rejects(&s, wdiv(json!({"keys": {"partitions": 2, "prefix": "sp ace"}})), "keys.prefix must be");
-    rejects(&s, wdiv(json!({"sidecar": {"rangeSize": 2000000}})), "rangeSize must be between");
+fn each_cel_rule_rejects_its_violating_object() {
+    let fixture: Value = common::fixture(CEL_VIOLATIONS);
+    let cases = fixture["cases"].as_array().unwrap();
+    for kind in ["SeqCluster", "WorkDivider"] {
+        assert!(cases.iter().any(|c| c["kind"] == kind), "no {kind} case in the fixture");
+    }
+    for case in cases {
+        let message = case["message"].as_str().unwrap();
+        match case["kind"].as_str().unwrap() {
+            "SeqCluster" => rejects(&seqc_schema(), seqc(case["spec"].clone()), message),
+            "WorkDivider" => rejects(&wdiv_schema(), wdiv(case["spec"].clone()), message),
+            other => panic!("unknown kind {other} in cel-violations.yaml"),
+        }
+    }
 }
 
 /// Structural check of an object against an OpenAPI v3 schema: types, required fields, enums,
