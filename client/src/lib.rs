@@ -105,6 +105,11 @@ impl Client {
         pb::sequencer_client::SequencerClient::new(self.channel.clone())
     }
 
+    /// A client of `ordo.v1.Registers` on this connection (served with `--registers-api`).
+    pub fn registers(&self) -> pb::registers_client::RegistersClient<Channel> {
+        pb::registers_client::RegistersClient::new(self.channel.clone())
+    }
+
     fn cluster(&self) -> pb::cluster_client::ClusterClient<Channel> {
         pb::cluster_client::ClusterClient::new(self.channel.clone())
     }

@@ -122,6 +122,20 @@ pub struct SidecarArgs {
     /// Work divider settings.
     #[command(flatten)]
     pub divider: DividerArgs,
+
+    /// Register API settings.
+    #[command(flatten)]
+    pub registers: RegistersArgs,
+}
+
+/// Register API flags.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Registers")]
+pub struct RegistersArgs {
+    /// Serve `ordo.v1.Registers` on the app socket: linearizable versioned values with
+    /// compare-and-set, in the app's own `app/` key namespace. Off by default.
+    #[arg(long, env = "ORDO_REGISTERS_API")]
+    pub registers_api: bool,
 }
 
 /// Sequencer flags.

@@ -154,7 +154,8 @@ async fn run(args: SidecarArgs) -> Result<()> {
     // Every primitive's app services; health reports each by name, following readiness.
     let app_services = AppServices::default()
         .merge(app::sequencer::services(&args.sequencer, args.request_timeout(), &node))
-        .merge(app::cluster::services(&node));
+        .merge(app::cluster::services(&node))
+        .merge(app::registers::services(&args.registers, args.request_timeout(), &node));
     let health_service = app::health::following_readiness(app_services.names(), node.watch_ready()).await;
     let app_routes = app_services.into_routes();
     let reflection = || {
