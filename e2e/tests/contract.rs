@@ -35,12 +35,8 @@ async fn status_served_by_sidecars_is_what_the_operators_probe_reads() {
 /// divider config in its ConfigMap.
 fn rendered_workdivider() -> (Vec<String>, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/k8s");
-    let input = ["seqcluster.yaml", "workdivider.yaml"]
-        .iter()
-        .map(|f| std::fs::read_to_string(root.join(f)).unwrap())
-        .collect::<Vec<_>>()
-        .join("\n---\n");
-    let out = ordo_operator::render::render(&input).unwrap();
+    let out =
+        ordo_operator::render::render_files(&[root.join("seqcluster.yaml"), root.join("workdivider.yaml")]).unwrap();
     let docs: Vec<Value> =
         serde_yaml::Deserializer::from_str(&out).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
     let find = |kind: &str, name: &str| {

@@ -3,26 +3,15 @@
 
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use ordo_e2e::cluster::{eventually, TestOptions};
 use ordo_e2e::TestCluster;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 /// What health checks know: the whole server and each app service.
 const NAMES: [&str; 3] = ["", "ordo.v1.Sequencer", "ordo.v1.Cluster"];
-
-async fn socket_channel(path: String) -> Channel {
-    Endpoint::from_static("http://ordo.sock")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .unwrap()
-}
 
 async fn check(health: &HealthClient<Channel>, service: &str) -> Result<ServingStatus, tonic::Status> {
     let req = HealthCheckRequest { service: service.into() };
@@ -42,7 +31,8 @@ async fn all_are(health: &HealthClient<Channel>, want: ServingStatus) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_each_app_service_following_readiness() {
     let mut cluster = TestCluster::start(TestOptions { members: 3, ..Default::default() }).await;
-    let health = HealthClient::new(socket_channel(cluster.dev.member(0).socket.clone()).await);
+    // Over the app socket (the client connects to member 0's socket path).
+    let health = HealthClient::new(cluster.client(0).await.channel());
     all_are(&health, ServingStatus::Serving).await;
     for unknown in ["ordo.v1.NoSuchService", "ordo.v1.sequencer", "Sequencer"] {
         let e = check(&health, unknown).await.expect_err("an unknown service name");
