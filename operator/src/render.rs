@@ -37,7 +37,7 @@ pub enum RenderError {
         source: SpecError,
     },
     /// An input file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The file (`-` for stdin).
         path: String,
