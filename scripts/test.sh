@@ -20,6 +20,21 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 
+step "lean crates: apps linking ordo-client, and the operator, do not compile the sidecar"
+# `cargo tree` lists each package once per line with --prefix none; a match is a dependency.
+no_deps() { # package, then the crates it must not depend on
+  local pkg=$1; shift
+  local tree found
+  tree=$(cargo tree -p "$pkg" -e normal --prefix none --locked) # fails the script if cargo fails
+  found=$(awk '{print $1}' <<<"$tree" | sort -u | grep -Fx -f <(printf '%s\n' "$@") || true)
+  if [ -n "$found" ]; then
+    echo "$pkg depends on: $(echo $found) (see: cargo tree -p $pkg -e normal -i <crate>)" >&2
+    return 1
+  fi
+}
+no_deps ordo-client redb axum ordo-sidecar
+no_deps ordo-operator redb ordo-sidecar
+
 step "build binaries (the multi-process suites start the real ordo-sidecar, ordoctl, ordo-operator)"
 cargo build --workspace --bins --locked --quiet
 

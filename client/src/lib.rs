@@ -96,6 +96,12 @@ impl Client {
         Self::connect(&target).await
     }
 
+    /// The underlying gRPC channel, for any other client generated from the sidecar's services
+    /// (e.g. `grpc.health.v1`).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// Where this client is connected.
     pub fn target(&self) -> &str {
         &self.target

@@ -166,17 +166,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Render { files }) => {
-            let mut input = String::new();
-            for f in files {
-                let text = if f.as_os_str() == "-" {
-                    std::io::read_to_string(std::io::stdin())?
-                } else {
-                    std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?
-                };
-                input.push_str(&text);
-                input.push_str("\n---\n");
-            }
-            print!("{}", render::render(&input)?);
+            print!("{}", render::render_files(&files)?);
             Ok(())
         }
     }

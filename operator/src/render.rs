@@ -36,9 +36,31 @@ pub enum RenderError {
         #[source]
         source: SpecError,
     },
+    /// An input file could not be read.
+    #[error("reading {path}")]
+    Read {
+        /// The file (`-` for stdin).
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A WorkDivider references a SeqCluster not in the input.
     #[error("WorkDivider {0} references SeqCluster {1}, which is not in the input; pass it too (-f)")]
     MissingSeqCluster(String, String),
+}
+
+/// Reads `files` (`-` is stdin) as one multi-document input and renders it.
+pub fn render_files(files: &[std::path::PathBuf]) -> Result<String, RenderError> {
+    let mut input = String::new();
+    for f in files {
+        let read =
+            if f.as_os_str() == "-" { std::io::read_to_string(std::io::stdin()) } else { std::fs::read_to_string(f) };
+        let text = read.map_err(|source| RenderError::Read { path: f.display().to_string(), source })?;
+        input.push_str(&text);
+        input.push_str("\n---\n");
+    }
+    render(&input)
 }
 
 /// Objects give offline rendering what the API server would fill in.

@@ -261,12 +261,8 @@ fn render_prints_every_object_from_the_same_builders() {
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
     let root = common::root().join("examples/k8s");
-    let input = ["seqcluster.yaml", "workdivider.yaml"]
-        .iter()
-        .map(|f| std::fs::read_to_string(root.join(f)).unwrap())
-        .collect::<Vec<_>>()
-        .join("\n---\n");
-    let out = ordo_operator::render::render(&input).unwrap();
+    let out =
+        ordo_operator::render::render_files(&[root.join("seqcluster.yaml"), root.join("workdivider.yaml")]).unwrap();
     let mut kinds = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&out) {
         let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
