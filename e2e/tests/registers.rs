@@ -72,7 +72,7 @@ async fn compare_and_set_races_across_members_and_a_kill9_never_lose_an_update()
     for t in tasks {
         t.await.unwrap();
     }
-    let h = history.lock().unwrap();
+    let h = std::mem::take(&mut *history.lock().unwrap());
     let mut written: HashMap<(String, u64), &Vec<u8>> = HashMap::new();
     for (key, expected, version, value) in &h.applied {
         assert_eq!(*version, expected + 1, "{key}: written at v{version} from v{expected}");

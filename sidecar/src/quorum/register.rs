@@ -5,7 +5,9 @@
 //! - [`Registers::compare_and_set`]: replace the value if the version is still the one you read;
 //! - [`Registers::create`]: set the value if the register is absent (or deleted);
 //! - [`Registers::delete`]: remove the value if the version matches;
-//! - [`Registers::list`]: keys under a prefix, in key order, one page at a time.
+//! - [`Registers::list`]: keys under a prefix, in key order, one page at a time;
+//! - [`Registers::add`] and [`Registers::counter`]: counter registers (the sequencer's), whose
+//!   additions return the range `[before, after)`.
 //!
 //! # Guarantees
 //! - Every call but `list` is linearizable: it takes effect at one instant between its start and
@@ -28,11 +30,12 @@
 //! (real processes).
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::change::{Change, ChangeError, Versioned};
+use super::change::{decode_u64, Change, ChangeError, Outcome, Versioned};
 use super::proposer::Proposer;
 use super::transport::{KeyPage, Peers};
 use super::Ballot;
@@ -84,11 +87,14 @@ pub enum RegisterError {
     /// The request itself is wrong (key, value size, version, page size).
     #[error("invalid request: {0}")]
     Invalid(String),
-    /// The register holds something else (a sequencer counter).
-    #[error("register {key:?} does not hold a versioned value")]
-    WrongKind {
+    /// The change cannot apply to what the register holds (a versioned value where a counter is
+    /// expected or the other way round, or a counter that would overflow).
+    #[error("register {key:?}: {reason}")]
+    Refused {
         /// The key.
         key: String,
+        /// Why.
+        reason: String,
     },
     /// Not applied, and never will be: no quorum answered.
     #[error("quorum unavailable ({answered} of {total} members answered): {detail}")]
@@ -120,7 +126,7 @@ impl RegisterError {
         match e {
             ChangeError::Unavailable { answered, total, detail } => Self::Unavailable { answered, total, detail },
             ChangeError::OutcomeUnknown { answered, total, detail } => Self::OutcomeUnknown { answered, total, detail },
-            ChangeError::Invalid(_) => Self::WrongKind { key: key.to_string() },
+            ChangeError::Invalid(reason) => Self::Refused { key: key.to_string(), reason },
             ChangeError::Closed => Self::Closed,
         }
     }
@@ -166,20 +172,46 @@ impl<P: Peers> Registers<P> {
         Self { proposer, timeout }
     }
 
+    async fn change(&self, key: &str, change: Change, deadline: Instant) -> Result<Outcome, RegisterError> {
+        validate_key(key).map_err(RegisterError::Invalid)?;
+        self.proposer.change(key, change, deadline).await.map_err(|e| RegisterError::from_change(key, e))
+    }
+
     async fn run(
         &self,
         key: &str,
         change: Change,
     ) -> Result<(Option<Versioned>, Option<Versioned>, bool), RegisterError> {
-        validate_key(key).map_err(RegisterError::Invalid)?;
-        let o = self
-            .proposer
-            .change(key, change, Instant::now() + self.timeout)
-            .await
-            .map_err(|e| RegisterError::from_change(key, e))?;
-        let decode =
-            |raw: Option<&[u8]>| Versioned::decode(raw).map_err(|_| RegisterError::WrongKind { key: key.to_string() });
+        let o = self.change(key, change, Instant::now() + self.timeout).await?;
+        let decode = |raw: Option<&[u8]>| {
+            Versioned::decode(raw).map_err(|e| RegisterError::Refused { key: key.to_string(), reason: e.to_string() })
+        };
         Ok((decode(o.before.as_deref())?, decode(o.after.as_deref())?, o.applied))
+    }
+
+    /// Adds `n` to the counter register `key` (absent: `start`) by `deadline`; returns the range
+    /// `[before, after)`. A retried addition after a lost reply skips IDs, never repeats them.
+    pub async fn add(&self, key: &str, n: u64, start: u64, deadline: Instant) -> Result<Range<u64>, RegisterError> {
+        let o = self.change(key, Change::Add { n, start }, deadline).await?;
+        let refused = || RegisterError::Refused { key: key.to_string(), reason: "does not hold a counter".into() };
+        let before = match o.before.as_deref() {
+            None => start,
+            v => decode_u64(v).ok_or_else(refused)?,
+        };
+        let after = decode_u64(o.after.as_deref()).ok_or_else(refused)?;
+        Ok(before..after)
+    }
+
+    /// The value of the counter register `key`; `None` when absent (linearizable).
+    pub async fn counter(&self, key: &str) -> Result<Option<u64>, RegisterError> {
+        let o = self.change(key, Change::Read, Instant::now() + self.timeout).await?;
+        match o.before.as_deref() {
+            None => Ok(None),
+            v => decode_u64(v).map(Some).ok_or_else(|| RegisterError::Refused {
+                key: key.to_string(),
+                reason: "does not hold a counter".into(),
+            }),
+        }
     }
 
     async fn write(&self, key: &str, expect_version: u64, value: Option<Vec<u8>>) -> Result<Written, RegisterError> {

@@ -20,7 +20,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::quorum::proposer::{decode_u64, Change, ChangeError, Proposer};
+use crate::quorum::proposer::Proposer;
+use crate::quorum::register::{RegisterError, Registers};
 use crate::quorum::transport::Peers;
 use crate::validate::{validate_name, NameError};
 use buffer::RangeBuffer;
@@ -47,7 +48,7 @@ pub enum SeqError {
     NotFound(String),
     /// The quorum did not answer in time, or the register cannot be used.
     #[error(transparent)]
-    Quorum(#[from] ChangeError),
+    Quorum(#[from] RegisterError),
     /// The request's deadline passed while it waited for this sidecar's own work (a buffer
     /// refill, or a direct range above what the sidecar already returned).
     #[error("{0}")]
@@ -69,13 +70,13 @@ pub struct SequencerConfig {
 
 /// Allocates ranges from sequence registers through the quorum.
 pub struct RangeAllocator<P: Peers> {
-    proposer: Proposer<P>,
+    registers: Registers<P>,
     timeout: Duration,
 }
 
 impl<P: Peers> Clone for RangeAllocator<P> {
     fn clone(&self) -> Self {
-        Self { proposer: self.proposer.clone(), timeout: self.timeout }
+        Self { registers: self.registers.clone(), timeout: self.timeout }
     }
 }
 
@@ -91,21 +92,12 @@ impl<P: Peers> RangeAllocator<P> {
 
     /// Allocates `n` contiguous IDs through a quorum round that ends by `deadline`.
     pub async fn allocate_by(&self, name: &str, n: u64, deadline: Instant) -> Result<Range<u64>, SeqError> {
-        let o = self.proposer.change(&key(name), Change::Add { n, start: FIRST_ID }, deadline).await?;
-        let start = decode_u64(o.before.as_deref()).unwrap_or(FIRST_ID);
-        let end = decode_u64(o.after.as_deref()).ok_or_else(|| ChangeError::Invalid("counter vanished".into()))?;
-        Ok(start..end)
+        Ok(self.registers.add(&key(name), n, FIRST_ID, deadline).await?)
     }
 
     /// The next ID the quorum would hand out (linearizable read).
     pub async fn current(&self, name: &str) -> Result<u64, SeqError> {
-        let deadline = Instant::now() + self.timeout;
-        let o = self.proposer.change(&key(name), Change::Read, deadline).await?;
-        match o.before.as_deref() {
-            None => Err(SeqError::NotFound(name.to_string())),
-            v => decode_u64(v)
-                .ok_or_else(|| ChangeError::Invalid(format!("register of {name:?} is not a counter")).into()),
-        }
+        self.registers.counter(&key(name)).await?.ok_or_else(|| SeqError::NotFound(name.to_string()))
     }
 }
 
@@ -121,7 +113,7 @@ impl<P: Peers> Sequencer<P> {
     /// A sequencer proposing through `proposer`.
     pub fn new(proposer: Proposer<P>, config: SequencerConfig, metrics: Arc<Metrics>) -> Self {
         Self {
-            allocator: RangeAllocator { proposer, timeout: config.timeout },
+            allocator: RangeAllocator { registers: Registers::new(proposer, config.timeout), timeout: config.timeout },
             config,
             buffers: Mutex::new(HashMap::new()),
             metrics,

@@ -29,7 +29,7 @@ pub fn services(args: &RegistersArgs, timeout: std::time::Duration, node: &Arc<N
 pub fn register_status(e: RegisterError) -> Status {
     match &e {
         RegisterError::Invalid(_) => Status::invalid_argument(e.to_string()),
-        RegisterError::WrongKind { .. } => Status::failed_precondition(e.to_string()),
+        RegisterError::Refused { .. } => Status::failed_precondition(e.to_string()),
         RegisterError::Unavailable { .. } | RegisterError::Closed => Status::unavailable(e.to_string()),
         RegisterError::OutcomeUnknown { .. } => Status::deadline_exceeded(e.to_string()),
     }

@@ -13,7 +13,7 @@ use super::AppServices;
 use crate::api::peer::GrpcPeers;
 use crate::config::SequencerArgs;
 use crate::node::Node;
-use crate::quorum::proposer::ChangeError;
+use crate::quorum::register::RegisterError;
 use crate::sequencer::{SeqError, Sequencer, SequencerConfig};
 
 /// The sequencer's app services: a [`Sequencer`] on `node`'s proposer, configured by `args`,
@@ -37,10 +37,12 @@ pub fn seq_status(e: SeqError) -> Status {
         SeqError::NotFound(_) => Status::not_found(e.to_string()),
         // For a counter an unknown outcome only skips IDs (never reissues them): retry.
         SeqError::Quorum(
-            ChangeError::Unavailable { .. } | ChangeError::OutcomeUnknown { .. } | ChangeError::Closed,
+            RegisterError::Unavailable { .. } | RegisterError::OutcomeUnknown { .. } | RegisterError::Closed,
         )
         | SeqError::Timeout(_) => Status::unavailable(e.to_string()),
-        SeqError::Quorum(ChangeError::Invalid(_)) => Status::failed_precondition(e.to_string()),
+        SeqError::Quorum(RegisterError::Invalid(_) | RegisterError::Refused { .. }) => {
+            Status::failed_precondition(e.to_string())
+        }
     }
 }
 
