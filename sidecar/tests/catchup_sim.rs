@@ -221,7 +221,11 @@ async fn wiped_members_catch_up_without_any_id_handed_out_twice() {
     net.down.write().unwrap().insert("m0".to_string());
     let before_resume = ranges.lock().unwrap().len();
     paused.store(false, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Poll with a deadline (a loaded machine is slow, not wrong).
+    let resumed = Instant::now() + Duration::from_secs(20);
+    while ranges.lock().unwrap().len() <= before_resume + 20 && Instant::now() < resumed {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(ranges.lock().unwrap().len() > before_resume + 20, "changes completed after the wipes");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for t in tasks {
