@@ -190,8 +190,8 @@ pub fn outcome_from_pb(o: pb::Outcome, home: &str) -> Result<Outcome, ChangeErro
         }),
         Some(R::Closed(_)) => Err(ChangeError::Closed),
         None => Err(ChangeError::OutcomeUnknown {
-            answered: 0,
-            total: 0,
+            answered: 1,
+            total: 1,
             detail: format!("{home} answered with an empty outcome"),
         }),
     }

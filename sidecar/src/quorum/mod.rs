@@ -20,16 +20,25 @@
 //! promises and accepted values (fsync, see [`store`]) before they answer, so `kill -9` loses
 //! nothing acknowledged.
 //!
-//! **One-round-trip fast path**: an accept for `b` may also carry a promise for `b+1` (same
-//! proposer). If a read quorum accepted it, the proposer's next round skips Prepare: those
-//! acceptors' replies to a Prepare for `b+1` would have been exactly "promised, accepted
-//! `(b, v)`". If anyone prepared in between, the accept fails and the proposer falls back.
+//! **Chained and pipelined rounds** ([`round`]): after a round that ran Prepare, a proposer's
+//! next rounds skip it and propose at the immediate successor of the last ballot (ballots carry a
+//! step, and nothing lies between a ballot and its successor), up to four at once. The value
+//! proposed at a ballot is always safe at its successor, so no Prepare is needed; [`round`] gives
+//! the argument and the counterexample for non-adjacent ballots. If anyone prepared in between,
+//! the accept fails and the proposer falls back to Prepare. Ballots also carry the proposer
+//! process's random incarnation, so a restarted proposer never reuses a ballot.
 //!
 //! **Batching**: concurrent changes to one register on one sidecar are applied in order to the
-//! value of a single round ([`proposer`]); acceptors group-commit every message that arrives
-//! while the disk is busy into one fsync ([`store`]).
+//! value of a single round ([`change::apply_batch`]); acceptors group-commit every message that
+//! arrives while the disk is busy into one fsync ([`store`]).
 //!
-//! **Contention** between proposers: each sidecar forwards a register's changes to the register's
+//! **Ambiguity**: a change that reached an acceptor and then missed its deadline may still be
+//! chosen later (a later round adopts the highest accepted value). Its caller gets
+//! [`change::ChangeError::OutcomeUnknown`], never "not applied"; writes carry ids so a retry is
+//! applied once ([`change`]). The typed API that log streams, the divider and the sequencer use is
+//! [`register`].
+//!
+//! **Contention** between proposers ([`route`]): each sidecar forwards a register's changes to the register's
 //! *home* member (a hash of the key over the live members), and after losing a round to another
 //! proposer's ballot it hands its own changes to that proposer; so normally one proposer runs a
 //! register's rounds. This is routing only: any sidecar may still propose, and a rejected round

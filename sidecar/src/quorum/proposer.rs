@@ -199,6 +199,8 @@ struct Flight {
     outcomes: Option<Vec<Result<Outcome, ChangeError>>>,
     started: Instant,
     sent: bool,
+    /// The chain's tip after this round (chained rounds), to continue from once it is chosen.
+    tip: Option<Tip>,
 }
 
 /// One register's proposer loop.
@@ -361,7 +363,13 @@ impl<P: Peers> Worker<P> {
                         Err(failure) => Resolution::Failed { failure, sent: true },
                     }
                 }));
-                self.flights.push_back(Flight { batch, outcomes: Some(outcomes), started: Instant::now(), sent: true });
+                self.flights.push_back(Flight {
+                    batch,
+                    outcomes: Some(outcomes),
+                    started: Instant::now(),
+                    sent: true,
+                    tip: Some(next.clone()),
+                });
                 self.tip = Some(next);
             } else {
                 self.max_round += 1;
@@ -381,7 +389,13 @@ impl<P: Peers> Worker<P> {
                         Err(failure) => Resolution::Failed { failure, sent: true },
                     }
                 }));
-                self.flights.push_back(Flight { batch, outcomes: None, started: Instant::now(), sent: false });
+                self.flights.push_back(Flight {
+                    batch,
+                    outcomes: None,
+                    started: Instant::now(),
+                    sent: false,
+                    tip: None,
+                });
                 return;
             }
         }
@@ -399,20 +413,25 @@ impl<P: Peers> Worker<P> {
                 for earlier in std::mem::take(&mut self.unresolved) {
                     answer(earlier.batch, earlier.outcomes.expect("chained rounds keep their outcomes"));
                 }
-                let outcomes = match prepared {
-                    Some((outcomes, tip)) => {
-                        self.tip = Some(tip);
-                        outcomes
-                    }
-                    None => flight.outcomes.take().expect("chained rounds keep their outcomes"),
+                let (outcomes, tip) = match prepared {
+                    Some((outcomes, tip)) => (outcomes, Some(tip)),
+                    None => (flight.outcomes.take().expect("chained rounds keep their outcomes"), flight.tip.take()),
                 };
+                // The chain goes on from the last round sent once it is chosen (the tip is unset
+                // while a failure waits for the rounds after it).
+                if self.rounds.is_empty() && self.tip.is_none() {
+                    self.tip = tip;
+                }
                 answer(flight.batch, outcomes);
                 self.attempt /= 2;
                 self.last_error = None;
             }
             Resolution::Failed { failure, sent } => {
                 self.inner.metrics.observe_round(took, false, flight.batch.len());
-                if failure.conflict {
+                // A round refused because an acceptor already took this chain's next round (the
+                // two accepts crossed on the way) is resolved by that round, not a conflict.
+                let own = failure.holder.as_deref() == Some(self.inner.id.as_str()) && !self.rounds.is_empty();
+                if failure.conflict && !own {
                     self.inner.metrics.conflicts.inc();
                 }
                 if took > Duration::from_millis(200) || !failure.conflict {
