@@ -94,6 +94,12 @@ impl AcceptorState {
         }
         let reg = self.registers.entry(key.to_string()).or_default();
         if *ballot < reg.promised {
+            // A later round of the same chain got here first (the two accepts crossed on the
+            // way): this acceptor holds a value that extends this one, which counts for it (see
+            // `round.rs`, "Outcomes"). Nothing changes.
+            if reg.accepted.same_chain(ballot) && reg.accepted.step > ballot.step {
+                return (AcceptReply::Accepted, false);
+            }
             return (AcceptReply::Rejected { promised: reg.promised.clone() }, false);
         }
         reg.promised = match promise_next {
@@ -242,6 +248,22 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_round_overtaken_by_its_own_chain_counts_and_changes_nothing() {
+        let mut s = AcceptorState::default();
+        let b0 = Ballot::of(4, "p", 9);
+        let (b1, b2) = (b0.next(), b0.next().next());
+        s.accept("k", &b0, Some(vec![1]), Some(&b1), &[]);
+        // Round 2 arrives before round 1.
+        assert_eq!(s.accept("k", &b2, Some(vec![3]), Some(&b2.next()), &[]).0, AcceptReply::Accepted);
+        assert_eq!(s.accept("k", &b1, Some(vec![2]), Some(&b2), &[]), (AcceptReply::Accepted, false));
+        assert_eq!(s.registers["k"].value, Some(vec![3]));
+        assert_eq!(s.registers["k"].accepted, b2);
+        // Another chain (another incarnation of the same proposer) is refused as usual.
+        let other = Ballot { step: 1, ..Ballot::of(4, "p", 8) };
+        assert!(matches!(s.accept("k", &other, Some(vec![7]), None, &[]).0, AcceptReply::Rejected { .. }));
     }
 
     #[test]

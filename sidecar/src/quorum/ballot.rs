@@ -46,6 +46,12 @@ impl Ballot {
         Self { step: self.step + 1, ..self.clone() }
     }
 
+    /// True when both ballots belong to one chain: the same proposer process's rounds after one
+    /// Prepare (they differ at most in their step).
+    pub fn same_chain(&self, other: &Ballot) -> bool {
+        self.round == other.round && self.proposer == other.proposer && self.incarnation == other.incarnation
+    }
+
     /// True when `later` is the immediate successor of `self`.
     pub fn is_followed_by(&self, later: &Ballot) -> bool {
         *later == self.next()

@@ -31,7 +31,14 @@
 //! Outcomes: if round `j` is chosen, every earlier round of the chain is part of the chosen
 //! history (`vj` applies their changes in order), so their callers are answered with the
 //! outcomes computed when they were sent, even if their own replies were lost
-//! ([`super::proposer`] resolves rounds in order).
+//! ([`super::proposer`] resolves rounds in order). Accepts of one chain may cross on the way; an
+//! acceptor that already accepted a later step of the chain answers an earlier step's accept
+//! with "accepted" and changes nothing. That counts safely: say a write quorum Q holds, for round
+//! `k`, either `(bk, vk)` or a later step of the chain (values that extend `vk`). Every ballot `c`
+//! of a Prepare above `bk` is above the whole chain (it has a higher round, or the same round and
+//! a higher proposer process), so a member of Q that promised `c` first would have refused the
+//! chain's accept; hence each member of `c`'s read quorum in Q reports an accepted ballot at or
+//! above `bk`, and by induction on ballots every value proposed above `bk` extends `vk`.
 //!
 //! **Lost data**: accepts carry the incarnations of the members whose promises the chain's
 //! Prepare counted ([`super::catchup`]), so a chain rooted in a promise of a wiped member's old
