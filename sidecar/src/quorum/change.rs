@@ -16,11 +16,13 @@
 pub enum Change {
     /// Leave the value as it is (a linearizable read).
     Read,
-    /// Treat the value as a big-endian u64 counter (absent = `start`) and add `n`.
+    /// Treat the value as a big-endian u64 counter and move it from `max(value, start)` (absent:
+    /// `start`) to that plus `n`: the range `[max(value, start), max(value, start) + n)`.
     Add {
         /// Amount to add.
         n: u64,
-        /// Value of an absent register.
+        /// Lowest value the range may start at (and the value of an absent register): skipping
+        /// up to it leaves a gap, never a reuse.
         start: u64,
     },
     /// A versioned write (see [`Versioned`]): applies when the register's live version equals
@@ -163,7 +165,8 @@ impl Change {
                 let x = match current {
                     None => *start,
                     Some(_) => decode_u64(current)
-                        .ok_or_else(|| ChangeError::Invalid("register does not hold a counter".into()))?,
+                        .ok_or_else(|| ChangeError::Invalid("register does not hold a counter".into()))?
+                        .max(*start),
                 };
                 let y = x.checked_add(*n).ok_or_else(|| ChangeError::Invalid("counter would overflow u64".into()))?;
                 Ok(Outcome { before: before.clone(), after: Some(y.to_be_bytes().to_vec()), applied: true })
@@ -220,6 +223,11 @@ mod tests {
         let o = Change::Add { n: 1, start: 1 }.apply(Some(&u64::MAX.to_be_bytes())).unwrap_err();
         assert!(o.to_string().contains("overflow"));
         assert!(Change::Add { n: 1, start: 1 }.apply(Some(b"abc")).is_err());
+        // A lower bound above the counter skips up to it; below it changes nothing.
+        let o = Change::Add { n: 2, start: 100 }.apply(Some(&7u64.to_be_bytes())).unwrap();
+        assert_eq!((decode_u64(o.after.as_deref())), Some(102));
+        let o = Change::Add { n: 2, start: 3 }.apply(Some(&7u64.to_be_bytes())).unwrap();
+        assert_eq!((decode_u64(o.after.as_deref())), Some(9));
     }
 
     fn write(expect_version: u64, value: Option<&[u8]>, write_id: u128) -> Change {

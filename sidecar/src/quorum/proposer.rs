@@ -409,6 +409,9 @@ impl<P: Peers> Worker<P> {
         match r {
             Resolution::Chosen { prepared } => {
                 self.inner.metrics.observe_round(took, true, flight.batch.len());
+                if took > Duration::from_millis(200) {
+                    tracing::debug!(key = %self.key, batch = flight.batch.len(), took_ms = took.as_millis() as u64, "slow round");
+                }
                 // Every earlier failed round is part of this round's history: it was chosen too.
                 for earlier in std::mem::take(&mut self.unresolved) {
                     answer(earlier.batch, earlier.outcomes.expect("chained rounds keep their outcomes"));

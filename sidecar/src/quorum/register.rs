@@ -189,14 +189,15 @@ impl<P: Peers> Registers<P> {
         Ok((decode(o.before.as_deref())?, decode(o.after.as_deref())?, o.applied))
     }
 
-    /// Adds `n` to the counter register `key` (absent: `start`) by `deadline`; returns the range
-    /// `[before, after)`. A retried addition after a lost reply skips IDs, never repeats them.
+    /// Moves the counter register `key` from `max(value, start)` (absent: `start`) on by `n`, by
+    /// `deadline`; returns that range. A retried addition after a lost reply skips IDs, never
+    /// repeats them.
     pub async fn add(&self, key: &str, n: u64, start: u64, deadline: Instant) -> Result<Range<u64>, RegisterError> {
         let o = self.change(key, Change::Add { n, start }, deadline).await?;
         let refused = || RegisterError::Refused { key: key.to_string(), reason: "does not hold a counter".into() };
         let before = match o.before.as_deref() {
             None => start,
-            v => decode_u64(v).ok_or_else(refused)?,
+            v => decode_u64(v).ok_or_else(refused)?.max(start),
         };
         let after = decode_u64(o.after.as_deref()).ok_or_else(refused)?;
         Ok(before..after)

@@ -85,14 +85,10 @@ fn key(name: &str) -> String {
 }
 
 impl<P: Peers> RangeAllocator<P> {
-    /// Allocates `n` contiguous IDs through a quorum round, within the request timeout.
-    pub async fn allocate(&self, name: &str, n: u64) -> Result<Range<u64>, SeqError> {
-        self.allocate_by(name, n, Instant::now() + self.timeout).await
-    }
-
-    /// Allocates `n` contiguous IDs through a quorum round that ends by `deadline`.
-    pub async fn allocate_by(&self, name: &str, n: u64, deadline: Instant) -> Result<Range<u64>, SeqError> {
-        Ok(self.registers.add(&key(name), n, FIRST_ID, deadline).await?)
+    /// Allocates `n` contiguous IDs at or above `floor` through a quorum round that ends by
+    /// `deadline` (IDs skipped below `floor` are a gap, never reused).
+    pub async fn allocate_by(&self, name: &str, n: u64, floor: u64, deadline: Instant) -> Result<Range<u64>, SeqError> {
+        Ok(self.registers.add(&key(name), n, floor.max(FIRST_ID), deadline).await?)
     }
 
     /// The next ID the quorum would hand out (linearizable read).
