@@ -30,7 +30,8 @@
 //!   16,384 bytes (the frame size every HTTP/2 server accepts), END_HEADERS on the last.
 //! - **Bounded memory.** A header block larger than [`MAX_HEADER_BLOCK`] compressed or
 //!   [`MAX_HEADER_LIST`] decoded (counted as RFC 7540's SETTINGS_MAX_HEADER_LIST_SIZE counts)
-//!   is a connection error; dynamic table size updates above 4,096 (h2's table size) too.
+//!   is a connection error; the HPACK decoder ([`hpack`], as strict as h2's) holds at most the
+//!   4,096-byte table h2 uses.
 //! - **Malformed input is a connection error, never a panic**: a CONTINUATION without an open
 //!   block, another frame inside a header block, padding longer than the frame, an HPACK error.
 //!   The read fails with `InvalidData` and the server closes the connection, as h2 does with a
@@ -48,11 +49,13 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use futures::{Stream, StreamExt};
-use loona_hpack::decoder::Decoder;
-use loona_hpack::encoder::encode_integer_into;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::codegen::http::uri::Authority;
 use tonic::transport::server::Connected;
+
+use hpack::{encode_literal, Decoder, HpackError};
+
+pub mod hpack;
 
 /// What an invalid `:authority` becomes.
 pub const REPLACEMENT_AUTHORITY: &str = "localhost";
@@ -107,12 +110,12 @@ pub enum FrameError {
     #[error("HEADERS frame on stream {0} has more padding than payload")]
     BadPadding(u32),
     /// The header block does not decode.
-    #[error("header block of stream {stream} does not decode: {detail}")]
+    #[error("header block of stream {stream} does not decode: {error}")]
     Hpack {
         /// Stream of the block.
         stream: u32,
         /// The decoder's error.
-        detail: String,
+        error: HpackError,
     },
 }
 
@@ -146,7 +149,7 @@ pub struct Rewriter {
     phase: Phase,
     input: BytesMut,
     output: BytesMut,
-    decoder: Decoder<'static>,
+    decoder: Decoder,
     block: Option<Block>,
     /// Sticky: once a block was re-encoded, every later block is.
     rewriting: bool,
@@ -165,13 +168,11 @@ impl Default for Rewriter {
 impl Rewriter {
     /// A transform at the start of a connection.
     pub fn new() -> Self {
-        let mut decoder = Decoder::new();
-        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
         Self {
             phase: Phase::Preface(0),
             input: BytesMut::new(),
             output: BytesMut::new(),
-            decoder,
+            decoder: Decoder::new(HEADER_TABLE_SIZE),
             block: None,
             rewriting: false,
             fields: Vec::new(),
@@ -321,21 +322,22 @@ impl Rewriter {
         scratch.clear();
         let (mut size, mut too_large, mut invalid) = (0usize, false, false);
         self.decoder
-            .decode_with_cb(&b.fragment, |name, value| {
-                size = size.saturating_add(name.len() + value.len() + 32);
+            .decode(&b.fragment, |name, value| {
+                size = size.saturating_add(name.len() + value.len() + hpack::ENTRY_OVERHEAD);
                 if size > MAX_HEADER_LIST {
                     too_large = true;
-                    return;
+                    return false;
                 }
-                let bad = &*name == b":authority" && Authority::try_from(&*value).is_err();
+                let bad = name == b":authority" && Authority::try_from(value).is_err();
                 invalid |= bad;
                 let n = scratch.len();
-                scratch.extend_from_slice(&name);
+                scratch.extend_from_slice(name);
                 let v = scratch.len();
-                scratch.extend_from_slice(if bad { REPLACEMENT_AUTHORITY.as_bytes() } else { &value });
+                scratch.extend_from_slice(if bad { REPLACEMENT_AUTHORITY.as_bytes() } else { value });
                 fields.push((n..v, v..scratch.len()));
+                true
             })
-            .map_err(|e| FrameError::Hpack { stream: b.stream, detail: e.to_string() })?;
+            .map_err(|error| FrameError::Hpack { stream: b.stream, error })?;
         if too_large {
             return Err(FrameError::ListTooLarge(b.stream));
         }
@@ -349,13 +351,7 @@ impl Rewriter {
         }
         self.encoded.clear();
         for (n, v) in self.fields.iter() {
-            // Literal header field without indexing, new name (RFC 7541 section 6.2.2).
-            self.encoded.push(0);
-            for s in [&self.scratch[n.clone()], &self.scratch[v.clone()]] {
-                // Writing into a Vec cannot fail.
-                let _ = encode_integer_into(s.len(), 7, 0, &mut self.encoded);
-                self.encoded.extend_from_slice(s);
-            }
+            encode_literal(&mut self.encoded, &self.scratch[n.clone()], &self.scratch[v.clone()]);
         }
         write_block(&mut self.output, b.stream, b.end_stream, b.priority, &self.encoded);
         Ok(())
