@@ -30,13 +30,19 @@
 //!   16,384 bytes (the frame size every HTTP/2 server accepts), END_HEADERS on the last.
 //! - **Bounded memory.** A header block larger than [`MAX_HEADER_BLOCK`] compressed or
 //!   [`MAX_HEADER_LIST`] decoded (counted as RFC 7540's SETTINGS_MAX_HEADER_LIST_SIZE counts)
-//!   is a connection error; dynamic table size updates above 4,096 (h2's table size) too.
+//!   is a connection error; the HPACK decoder ([`hpack`], as strict as h2's) holds at most the
+//!   4,096-byte table h2 uses.
 //! - **Malformed input is a connection error, never a panic**: a CONTINUATION without an open
 //!   block, another frame inside a header block, padding longer than the frame, an HPACK error.
 //!   The read fails with `InvalidData` and the server closes the connection, as h2 does with a
 //!   connection error of its own for the same input.
 //! - At end of input, whatever is still held (an incomplete frame or header block) is forwarded
 //!   as received, so the server sees the same truncated stream it would have seen.
+//!
+//! Cost: while nothing needs rewriting, reads land straight in the server's buffer and the
+//! frames are checked there ([`Rewriter::scan_in_place`]); only an incomplete header block (or
+//! frame header) at the end of a read, and every block once rewriting started, go through the
+//! rewriter's own buffers. The tests check that both paths forward the same bytes.
 //!
 //! Tested below: unit tests (RFC 7541 vectors, CONTINUATION, padding and priority flags, huge
 //! and garbage frames) and property tests (random request mixes fed in random fragments);
@@ -48,11 +54,13 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use futures::{Stream, StreamExt};
-use loona_hpack::decoder::Decoder;
-use loona_hpack::encoder::encode_integer_into;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::codegen::http::uri::Authority;
 use tonic::transport::server::Connected;
+
+use hpack::{encode_literal, Decoder, HpackError};
+
+pub mod hpack;
 
 /// What an invalid `:authority` becomes.
 pub const REPLACEMENT_AUTHORITY: &str = "localhost";
@@ -68,6 +76,8 @@ const OUT_FRAME_MAX: usize = 16_384;
 /// h2's HPACK table size (it never advertises another): the largest size update accepted.
 const HEADER_TABLE_SIZE: usize = 4_096;
 const READ_CHUNK: usize = 16 * 1024;
+/// Room in the server's buffer below which reads go through the rewriter's own buffer.
+const MIN_IN_PLACE: usize = 1024;
 
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
@@ -107,12 +117,12 @@ pub enum FrameError {
     #[error("HEADERS frame on stream {0} has more padding than payload")]
     BadPadding(u32),
     /// The header block does not decode.
-    #[error("header block of stream {stream} does not decode: {detail}")]
+    #[error("header block of stream {stream} does not decode: {error}")]
     Hpack {
         /// Stream of the block.
         stream: u32,
         /// The decoder's error.
-        detail: String,
+        error: HpackError,
     },
 }
 
@@ -146,7 +156,7 @@ pub struct Rewriter {
     phase: Phase,
     input: BytesMut,
     output: BytesMut,
-    decoder: Decoder<'static>,
+    decoder: Decoder,
     block: Option<Block>,
     /// Sticky: once a block was re-encoded, every later block is.
     rewriting: bool,
@@ -165,13 +175,11 @@ impl Default for Rewriter {
 impl Rewriter {
     /// A transform at the start of a connection.
     pub fn new() -> Self {
-        let mut decoder = Decoder::new();
-        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
         Self {
             phase: Phase::Preface(0),
             input: BytesMut::new(),
             output: BytesMut::new(),
-            decoder,
+            decoder: Decoder::new(HEADER_TABLE_SIZE),
             block: None,
             rewriting: false,
             fields: Vec::new(),
@@ -249,9 +257,7 @@ impl Rewriter {
                 }
                 Phase::Frames => {
                     let Some(head) = self.input.get(..FRAME_HEADER) else { return Ok(()) };
-                    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-                    let (kind, flags) = (head[3], head[4]);
-                    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                    let (len, kind, flags, stream) = frame_header(head);
                     if kind == HEADERS || kind == CONTINUATION {
                         let held = self.block.as_ref().map_or(0, |b| b.fragment.len());
                         if held + len > MAX_HEADER_BLOCK {
@@ -281,22 +287,8 @@ impl Rewriter {
             if let Some(b) = &self.block {
                 return Err(FrameError::Interleaved { kind, stream, open: b.stream });
             }
-            let (mut start, mut end) = (0, payload.len());
-            if flags & PADDED != 0 {
-                let pad = usize::from(*payload.first().ok_or(FrameError::BadPadding(stream))?);
-                start = 1;
-                end = end.checked_sub(pad).ok_or(FrameError::BadPadding(stream))?;
-            }
-            let mut priority = None;
-            if flags & PRIORITY != 0 {
-                let p = payload.get(start..start + 5).ok_or(FrameError::BadPadding(stream))?;
-                priority = Some([p[0], p[1], p[2], p[3], p[4]]);
-                start += 5;
-            }
-            if start > end {
-                return Err(FrameError::BadPadding(stream));
-            }
-            let fragment = payload[start..end].to_vec();
+            let (range, priority) = headers_fragment(flags, payload, stream)?;
+            let fragment = payload[range].to_vec();
             self.block = Some(Block { stream, end_stream: flags & END_STREAM != 0, priority, raw: frame, fragment });
         } else {
             let b = self.block.as_mut().ok_or(FrameError::UnexpectedContinuation(stream))?;
@@ -316,50 +308,143 @@ impl Rewriter {
 
     /// Decodes a complete block; forwards it as received or re-encoded.
     fn finish_block(&mut self, b: Block) -> Result<(), FrameError> {
+        if self.decode_block(b.stream, &b.fragment)? {
+            self.emit_rewritten(b.stream, b.end_stream, b.priority);
+        } else {
+            self.output.extend_from_slice(&b.raw);
+        }
+        Ok(())
+    }
+
+    /// Decodes a complete block into `fields`; whether it must be re-encoded.
+    fn decode_block(&mut self, stream: u32, fragment: &[u8]) -> Result<bool, FrameError> {
         let (fields, scratch) = (&mut self.fields, &mut self.scratch);
         fields.clear();
         scratch.clear();
         let (mut size, mut too_large, mut invalid) = (0usize, false, false);
         self.decoder
-            .decode_with_cb(&b.fragment, |name, value| {
-                size = size.saturating_add(name.len() + value.len() + 32);
+            .decode(fragment, |name, value| {
+                size = size.saturating_add(name.len() + value.len() + hpack::ENTRY_OVERHEAD);
                 if size > MAX_HEADER_LIST {
                     too_large = true;
-                    return;
+                    return false;
                 }
-                let bad = &*name == b":authority" && Authority::try_from(&*value).is_err();
+                let bad = name == b":authority" && Authority::try_from(value).is_err();
                 invalid |= bad;
                 let n = scratch.len();
-                scratch.extend_from_slice(&name);
+                scratch.extend_from_slice(name);
                 let v = scratch.len();
-                scratch.extend_from_slice(if bad { REPLACEMENT_AUTHORITY.as_bytes() } else { &value });
+                scratch.extend_from_slice(if bad { REPLACEMENT_AUTHORITY.as_bytes() } else { value });
                 fields.push((n..v, v..scratch.len()));
+                true
             })
-            .map_err(|e| FrameError::Hpack { stream: b.stream, detail: e.to_string() })?;
+            .map_err(|error| FrameError::Hpack { stream, error })?;
         if too_large {
-            return Err(FrameError::ListTooLarge(b.stream));
+            return Err(FrameError::ListTooLarge(stream));
         }
         if invalid && !self.rewriting {
-            tracing::debug!(stream = b.stream, "client sent an invalid :authority; rewriting header blocks");
+            tracing::debug!(stream, "client sent an invalid :authority; rewriting header blocks");
             self.rewriting = true;
         }
-        if !self.rewriting {
-            self.output.extend_from_slice(&b.raw);
-            return Ok(());
-        }
+        Ok(self.rewriting)
+    }
+
+    /// Appends the decoded block, re-encoded, to the output.
+    fn emit_rewritten(&mut self, stream: u32, end_stream: bool, priority: Option<[u8; 5]>) {
         self.encoded.clear();
         for (n, v) in self.fields.iter() {
-            // Literal header field without indexing, new name (RFC 7541 section 6.2.2).
-            self.encoded.push(0);
-            for s in [&self.scratch[n.clone()], &self.scratch[v.clone()]] {
-                // Writing into a Vec cannot fail.
-                let _ = encode_integer_into(s.len(), 7, 0, &mut self.encoded);
-                self.encoded.extend_from_slice(s);
+            encode_literal(&mut self.encoded, &self.scratch[n.clone()], &self.scratch[v.clone()]);
+        }
+        write_block(&mut self.output, stream, end_stream, priority, &self.encoded);
+    }
+
+    /// Whether bytes can be read straight into the server's buffer and checked there
+    /// ([`Rewriter::scan_in_place`]): nothing is held or waiting, and blocks are not re-encoded.
+    pub fn in_place(&self) -> bool {
+        !self.rewriting
+            && self.block.is_none()
+            && self.input.is_empty()
+            && self.output.is_empty()
+            && matches!(self.phase, Phase::Frames | Phase::Payload(_))
+    }
+
+    /// The fast path of [`Rewriter::feed`] for bytes already in the server's buffer (only when
+    /// [`Rewriter::in_place`]): walks whole frames and single-frame header blocks, decoding the
+    /// blocks as `feed` does. Returns `(keep, consumed)`: the first `keep` bytes stay as they are;
+    /// the next `consumed` bytes are a block now re-encoded in the output; every byte after them
+    /// must go through `feed` (an incomplete frame header or header block, a CONTINUATION).
+    pub fn scan_in_place(&mut self, data: &[u8]) -> Result<(usize, usize), FrameError> {
+        self.scan(data).inspect_err(|e| self.phase = Phase::Failed(e.clone()))
+    }
+
+    fn scan(&mut self, data: &[u8]) -> Result<(usize, usize), FrameError> {
+        let mut at = 0;
+        loop {
+            match self.phase {
+                Phase::Payload(left) => {
+                    let n = left.min(data.len() - at);
+                    at += n;
+                    if n < left {
+                        self.phase = Phase::Payload(left - n);
+                        return Ok((at, 0));
+                    }
+                    self.phase = Phase::Frames;
+                }
+                Phase::Frames => {
+                    let Some(head) = data.get(at..at + FRAME_HEADER) else { return Ok((at, 0)) };
+                    let (len, kind, flags, stream) = frame_header(head);
+                    if kind != HEADERS && kind != CONTINUATION {
+                        at += FRAME_HEADER;
+                        self.phase = Phase::Payload(len);
+                        continue;
+                    }
+                    let whole = data.get(at..at + FRAME_HEADER + len);
+                    let simple = kind == HEADERS && flags & END_HEADERS != 0 && len <= MAX_HEADER_BLOCK;
+                    let Some(frame) = whole.filter(|_| simple) else {
+                        return Ok((at, 0));
+                    };
+                    let payload = &frame[FRAME_HEADER..];
+                    let (range, priority) = headers_fragment(flags, payload, stream)?;
+                    if self.decode_block(stream, &payload[range])? {
+                        self.emit_rewritten(stream, flags & END_STREAM != 0, priority);
+                        return Ok((at, frame.len()));
+                    }
+                    at += frame.len();
+                }
+                _ => return Ok((at, 0)),
             }
         }
-        write_block(&mut self.output, b.stream, b.end_stream, b.priority, &self.encoded);
-        Ok(())
     }
+}
+
+/// Length, type, flags and stream of a 9-byte frame header.
+fn frame_header(head: &[u8]) -> (usize, u8, u8, u32) {
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    (len, head[3], head[4], u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff)
+}
+
+/// Where the header block fragment lies in a HEADERS payload, and its priority fields.
+fn headers_fragment(
+    flags: u8,
+    payload: &[u8],
+    stream: u32,
+) -> Result<(std::ops::Range<usize>, Option<[u8; 5]>), FrameError> {
+    let (mut start, mut end) = (0, payload.len());
+    if flags & PADDED != 0 {
+        let pad = usize::from(*payload.first().ok_or(FrameError::BadPadding(stream))?);
+        start = 1;
+        end = end.checked_sub(pad).ok_or(FrameError::BadPadding(stream))?;
+    }
+    let mut priority = None;
+    if flags & PRIORITY != 0 {
+        let p = payload.get(start..start + 5).ok_or(FrameError::BadPadding(stream))?;
+        priority = Some([p[0], p[1], p[2], p[3], p[4]]);
+        start += 5;
+    }
+    if start > end {
+        return Err(FrameError::BadPadding(stream));
+    }
+    Ok((start..end, priority))
 }
 
 /// Writes `block` as a HEADERS frame and as many CONTINUATION frames as it needs.
@@ -410,6 +495,11 @@ impl<S> AuthorityFix<S> {
     }
 }
 
+fn connection_error(e: FrameError) -> io::Error {
+    tracing::debug!(error = %e, "closing an app connection");
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
 /// Wraps every connection of a listener's stream in [`AuthorityFix`].
 pub fn fix_incoming<S, E>(
     incoming: impl Stream<Item = Result<S, E>>,
@@ -421,6 +511,27 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
+            if this.rewriter.in_place() && !this.eof && buf.remaining() >= MIN_IN_PLACE {
+                // Fast path: read into the server's buffer and check the frames there.
+                let start = buf.filled().len();
+                ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                let read = &buf.filled()[start..];
+                if read.is_empty() {
+                    // Nothing is held in this state: the end of input is the server's too.
+                    this.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+                let (keep, consumed) = this.rewriter.scan_in_place(read).map_err(connection_error)?;
+                if keep + consumed < read.len() {
+                    let tail = read[keep + consumed..].to_vec();
+                    this.rewriter.feed(&tail).map_err(connection_error)?;
+                }
+                buf.set_filled(start + keep);
+                if keep > 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
             let out = this.rewriter.output();
             if !out.is_empty() || buf.remaining() == 0 {
                 let n = out.len().min(buf.remaining());
@@ -438,10 +549,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                 this.rewriter.finish();
                 continue;
             }
-            if let Err(e) = this.rewriter.feed(chunk.filled()) {
-                tracing::debug!(error = %e, "closing an app connection");
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
-            }
+            this.rewriter.feed(chunk.filled()).map_err(connection_error)?;
         }
     }
 }

@@ -1,4 +1,6 @@
 use super::*;
+use loona_hpack::decoder::Decoder as Oracle;
+use loona_hpack::encoder::encode_integer_into;
 use loona_hpack::Encoder;
 use proptest::prelude::*;
 
@@ -62,11 +64,7 @@ fn header_frames(stream: u32, block: &[u8], f: Framing) -> Vec<u8> {
 fn literal_block(fields: &Fields) -> Vec<u8> {
     let mut b = Vec::new();
     for (n, v) in fields {
-        b.push(0);
-        for s in [n, v] {
-            encode_integer_into(s.len(), 7, 0, &mut b).unwrap();
-            b.extend_from_slice(s);
-        }
+        hpack::encode_literal(&mut b, n, v);
     }
     b
 }
@@ -103,6 +101,12 @@ fn encode(enc: &mut Encoder<'_>, fields: &Fields) -> Vec<u8> {
 
 /// Feeds `input` in chunks of the given sizes (cycled), then ends the input.
 fn run(input: &[u8], chunks: &[usize]) -> Result<Vec<u8>, FrameError> {
+    run_with(input, chunks, false)
+}
+
+/// Like [`run`]; with `in_place`, each chunk goes through [`Rewriter::scan_in_place`] whenever
+/// [`Rewriter::in_place`] allows, as [`AuthorityFix`] does with a roomy read buffer.
+fn run_with(input: &[u8], chunks: &[usize], in_place: bool) -> Result<Vec<u8>, FrameError> {
     let mut rw = Rewriter::new();
     let mut out = Vec::new();
     let mut rest = input;
@@ -111,8 +115,17 @@ fn run(input: &[u8], chunks: &[usize]) -> Result<Vec<u8>, FrameError> {
             break;
         }
         let n = (*size).clamp(1, rest.len());
-        rw.feed(&rest[..n])?;
+        let chunk = &rest[..n];
         rest = &rest[n..];
+        if in_place && rw.in_place() {
+            let (keep, consumed) = rw.scan_in_place(chunk)?;
+            out.extend_from_slice(&chunk[..keep]);
+            out.extend_from_slice(rw.output());
+            rw.output().clear();
+            rw.feed(&chunk[keep + consumed..])?;
+        } else {
+            rw.feed(chunk)?;
+        }
         out.extend_from_slice(rw.output());
         rw.output().clear();
     }
@@ -133,7 +146,8 @@ enum Seen {
 fn server_view(bytes: &[u8]) -> Vec<Seen> {
     assert!(bytes.starts_with(PREFACE), "preface forwarded first");
     let mut rest = &bytes[PREFACE.len()..];
-    let mut dec = Decoder::new();
+    // The server's decoder: another implementation than the rewriter's.
+    let mut dec = Oracle::new();
     dec.set_max_allowed_table_size(HEADER_TABLE_SIZE);
     let mut seen = Vec::new();
     // A block being received: the server's view of it so far, and its fragments.
@@ -341,17 +355,18 @@ fn malformed_input_is_a_connection_error() {
         (
             // An index past the end of the (empty) dynamic table.
             frame(HEADERS, END_HEADERS, 1, &[0x80 | 100]),
-            FrameError::Hpack { stream: 1, detail: "Header index out of bounds".into() },
+            FrameError::Hpack { stream: 1, error: hpack::HpackError::BadIndex(100) },
         ),
         (
             // A dynamic table size update above h2's 4,096 bytes.
             frame(HEADERS, END_HEADERS, 1, &[0x3f, 0xe1, 0x3f, 0x82]),
-            FrameError::Hpack { stream: 1, detail: "Dynamic table size exceeds the maximum size".into() },
+            FrameError::Hpack { stream: 1, error: hpack::HpackError::SizeUpdate(8192) },
         ),
     ];
     for (body, want) in cases {
         let input = [PREFACE, &body[..]].concat();
         assert_eq!(run(&input, &[1]), Err(want.clone()), "{body:02x?}");
+        assert_eq!(run_with(&input, &[PREFACE.len(), 1000], true), Err(want.clone()), "in place: {body:02x?}");
         // The error sticks: nothing more is forwarded.
         let mut rw = Rewriter::new();
         assert!(rw.feed(&input).is_err());
@@ -454,6 +469,9 @@ proptest! {
             }
         }
         let out = run(&input, &chunks).unwrap();
+        prop_assert_eq!(&run_with(&input, &chunks, true).unwrap(), &out, "the in-place path forwards the same bytes");
+        let whole = [PREFACE.len(), usize::MAX];
+        prop_assert_eq!(&run_with(&input, &whole, true).unwrap(), &out, "in place, all frames in one read");
         prop_assert_eq!(server_view(&out), expected);
         if !any_invalid {
             prop_assert_eq!(out, input);
@@ -465,6 +483,7 @@ proptest! {
     fn garbage_never_panics(preface in any::<bool>(), garbage in prop::collection::vec(any::<u8>(), 0..2000), chunks in prop::collection::vec(1usize..300, 1..5)) {
         let input = if preface { [PREFACE, &garbage[..]].concat() } else { garbage };
         let _ = run(&input, &chunks);
+        let _ = run_with(&input, &chunks, true);
     }
 
     /// Well-formed frames with garbage header blocks never panic either.
@@ -475,6 +494,7 @@ proptest! {
             input.extend(frame(if i % 3 == 2 { CONTINUATION } else { HEADERS }, *flags, 1, block));
         }
         let _ = run(&input, &[17]);
+        let _ = run_with(&input, &[PREFACE.len(), 100], true);
     }
 }
 
@@ -508,6 +528,33 @@ async fn the_connection_wrapper_reads_through_the_rewriter() {
     writer.await.unwrap();
     assert_eq!(got, run(&input, &[1]).unwrap());
     assert_eq!(server_view(&got).len(), 4);
+
+    // With a roomy read buffer the wrapper reads in place: same bytes, valid authorities untouched.
+    let mut enc = Encoder::new();
+    let mut mixed = PREFACE.to_vec();
+    for (stream, authority) in [(1u32, "localhost"), (3, SOCKET_PATH), (5, "localhost")] {
+        mixed.extend(header_frames(stream, &encode(&mut enc, &request(authority, "/b")), Framing::default()));
+        mixed.extend(frame(DATA, END_STREAM, stream, b"payload"));
+    }
+    let (mut client, server) = tokio::io::duplex(1 << 16);
+    let (mut conn, mut got, mut roomy) = (AuthorityFix::new(server), Vec::new(), vec![0u8; 1 << 16]);
+    // The preface first, so that the frames arrive once the wrapper can read in place.
+    client.write_all(PREFACE).await.unwrap();
+    while got.len() < PREFACE.len() {
+        let n = conn.read(&mut roomy).await.unwrap();
+        got.extend_from_slice(&roomy[..n]);
+    }
+    client.write_all(&mixed[PREFACE.len()..]).await.unwrap();
+    drop(client);
+    loop {
+        let n = conn.read(&mut roomy).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&roomy[..n]);
+    }
+    assert_eq!(got, run(&mixed, &[1]).unwrap());
+    assert_eq!(server_view(&got).len(), 6);
 
     // A connection error surfaces as InvalidData.
     let (mut client, server) = tokio::io::duplex(64);
