@@ -106,16 +106,31 @@ def cmd_cel(a):
             spec = {**base, **spec}
         return {"apiVersion": GROUP_VERSION, "kind": kind, "metadata": {"name": f"cel-case-{i}"}, "spec": spec}
 
+    # Every CEL rule of the CRDs has a case (a case's message is a part of its rule's message).
+    def rules(node):
+        if isinstance(node, dict):
+            for r in node.get("x-kubernetes-validations") or []:
+                yield r["message"]
+            for v in node.values():
+                yield from rules(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from rules(v)
+
+    for path in a.crd:
+        for message in rules(load_docs(path)[0]["spec"]["versions"]):
+            ensure(any(c["message"] in message for c in fixture["cases"]), f"{path}: no case for the rule {message!r}")
     # The bases themselves are accepted, so each refusal below is the case's own rule.
     for i, kind in enumerate(["SeqCluster", "WorkDivider"]):
         k.run("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(obj(kind, {}, f"base-{i}")))
-    for i, case in enumerate(fixture["cases"]):
+    cases = fixture["cases"] + fixture["schemaCases"]
+    for i, case in enumerate(cases):
         p = k.run("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(obj(case["kind"], case["spec"], i)), check=False)
         ensure(p.returncode != 0, f"the API server accepted {case['kind']} {case['spec']} (expected {case['message']!r})")
         ensure(case["message"] in p.stderr, f"{case['kind']} {case['spec']}: refused with {p.stderr.strip()!r}, expected {case['message']!r}")
         if i == 0:
             print(f"what a user sees, e.g.: {p.stderr.strip()}")
-    print(f"{len(fixture['cases'])} CEL violations refused with their messages")
+    print(f"{len(fixture['cases'])} CEL rule and {len(fixture['schemaCases'])} schema violations refused with their messages")
 
 
 # --- children -----------------------------------------------------------------------------------
@@ -387,7 +402,7 @@ def main():
 
     kube = [("--kubectl", {"required": True}), ("--namespace", {"required": True})]
     add("defaults", cmd_defaults, *kube, ("--crd", {"action": "append", "required": True}), ("--sample-dir", {"required": True}))
-    add("cel", cmd_cel, *kube, ("--cases", {"required": True}))
+    add("cel", cmd_cel, *kube, ("--cases", {"required": True}), ("--crd", {"action": "append", "required": True}))
     add("children", cmd_children, *kube, ("--owner", {"action": "append", "required": True}), ("--field-manager", {"required": True}))
     add("columns", cmd_columns, *kube, ("--crd", {"action": "append", "required": True}), ("--object", {"action": "append", "required": True}))
     add("conditions", cmd_conditions, *kube, ("--object", {"action": "append", "required": True}))

@@ -24,7 +24,8 @@
 #   6  two operator replicas on the real Lease API: the standby writes nothing, takes over after
 #      the leader is killed, not before the lease expires and within one renew period after
 # Env: ORDO_APISERVER_IDLE_SECONDS (idle window, default 30), ORDO_APISERVER_KEEP=1 keeps the
-# work directory, ORDO_APISERVER_TIMEOUT (seconds per wait, default 120).
+# work directory, ORDO_APISERVER_TIMEOUT (seconds per wait, default 120), ORDO_APISERVER_HOLD=N
+# only starts the control plane and holds it for N seconds (debugging).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -86,7 +87,7 @@ cleanup() {
   trap - EXIT INT TERM
   if [[ $rc -ne 0 ]]; then
     log "failed (exit $rc); state and log tails for debugging:"
-    kc get nodes,pods,sts,pvc,pdb,seqc,wdiv -A -o wide 2>&1 | head -60 || true
+    kc get nodes,pods,sts,pvc,pdb,seqc,wdiv -A -o wide 2>/dev/null | head -60 || true
     for f in "$work"/logs/*.log "$work"/members/*.log; do
       [[ -f "$f" ]] || continue
       echo "----- $(basename "$f") (last 25 lines)"
@@ -115,7 +116,15 @@ wait_for() {
   shift
   until "$@" >/dev/null 2>&1; do
     ((SECONDS < deadline)) || fail "timed out after ${wait_timeout}s waiting for $what"
+    all_alive
     sleep 0.5
+  done
+}
+# all_alive: every process started (and not stopped on purpose) still runs.
+all_alive() {
+  local name
+  for name in "${!pids[@]}"; do
+    kill -0 "${pids[$name]}" 2>/dev/null || fail "$name exited; see logs/$name.log"
   done
 }
 
@@ -161,6 +170,7 @@ log "starting kube-apiserver on $server"
 start kube-apiserver "$KUBE_APISERVER" \
   --etcd-servers="http://127.0.0.1:$etcd_port" \
   --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+  --endpoint-reconciler-type=none \
   --cert-dir="$work/pki/apiserver" \
   --authorization-mode=RBAC --token-auth-file="$work/pki/tokens.csv" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
@@ -206,6 +216,13 @@ EOF
 wait_for "node kwok-node-0 Ready" kc wait node/kwok-node-0 --for=condition=Ready --timeout=1s
 wait_for "ServiceAccount default/default" kc -n default get serviceaccount default
 log "control plane up"
+if [[ -n "${ORDO_APISERVER_HOLD:-}" ]]; then
+  # For debugging: keep the bare control plane up until interrupted (bounded by the value, in s).
+  log "holding the control plane for ${ORDO_APISERVER_HOLD}s: export KUBECONFIG=$kubeconfig"
+  sleep "$ORDO_APISERVER_HOLD" &
+  wait $! || true
+  exit 0
+fi
 
 # Static volumes for the StatefulSets' claims (no provisioner here): the real PV binder binds them.
 for i in $(seq 0 11); do
@@ -269,7 +286,8 @@ check_samples() {
     --sample-dir "$root/examples/k8s"
   # Each CEL rule rejects its violating object, and the user sees the rule's message.
   py "$here/checks.py" cel --kubectl "$KUBECTL" --namespace "$ns" \
-    --cases "$root/operator/tests/fixtures/cel-violations.yaml"
+    --cases "$root/operator/tests/fixtures/cel-violations.yaml" \
+    --crd "$root/crds/seqclusters.ordo.dev.yaml" --crd "$root/crds/workdividers.ordo.dev.yaml"
 }
 
 # ---------------------------------------------------------------------------------------------
