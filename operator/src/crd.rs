@@ -328,7 +328,10 @@ pub struct KeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     // Checked by the schema, not CEL: a CEL rule over 65536 strings exceeds the API server's cost
     // budget, and the API server refuses the CRD (e2e/apiserver check 1).
-    #[schemars(length(min = 1, max = 65536), inner(length(max = 128), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")))]
+    #[schemars(
+        length(min = 1, max = 65536),
+        inner(length(max = 128), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$"))
+    )]
     pub names: Option<Vec<String>>,
 }
 
