@@ -47,7 +47,7 @@ class Kubectl:
         return p
 
     def json(self, *args):
-        return json.loads(self.run("get", *args, "-o", "json").stdout)
+        return json.loads(self.run("get", *args, "-o", "json", "--show-managed-fields").stdout)
 
 
 def load_docs(path):
@@ -154,7 +154,8 @@ def cmd_children(a):
                         for m in meta.get("managedFields") or []
                         if m.get("manager") == a.field_manager and m.get("operation") == "Apply"
                     ]
-                    ensure(applied, f"{kind}/{meta['name']}: no Apply by field manager {a.field_manager}")
+                    managers = [(m.get("manager"), m.get("operation"), m.get("subresource")) for m in meta.get("managedFields") or []]
+                    ensure(applied, f"{kind}/{meta['name']}: no Apply by field manager {a.field_manager}; managers: {managers}")
                     others = sorted(
                         {m.get("manager") for m in meta.get("managedFields") or [] if m.get("operation") == "Apply"}
                         - {a.field_manager}
@@ -367,7 +368,13 @@ def cmd_gc(a):
         for item in k.json(resource)["items"]:
             if any(o["uid"] in owned for o in item["metadata"].get("ownerReferences") or []):
                 children.append((resource, item["metadata"]["name"], item["metadata"]["uid"]))
-    pods = [p["metadata"]["name"] for p in k.json("pods")["items"]]
+    sets = {uid for r, _, uid in children if r == "statefulsets.apps"}
+    owned_pods = lambda: [
+        p["metadata"]["name"]
+        for p in k.json("pods")["items"]
+        if any(o["uid"] in sets for o in p["metadata"].get("ownerReferences") or [])
+    ]
+    pods = owned_pods()
     ensure(children, "nothing owned by the deleted objects: nothing to collect")
     for ref in a.delete:
         kind, name = ref.split("/")
@@ -379,11 +386,11 @@ def cmd_gc(a):
             for r, n, uid in children
             if (o := k.run("get", r, n, "-o", "jsonpath={.metadata.uid}", check=False)).returncode == 0 and o.stdout == uid
         ]
-        left_pods = k.json("pods")["items"]
+        left_pods = owned_pods()
         if not left and not left_pods:
             break
         if time.monotonic() > deadline:
-            raise CheckFailed(f"garbage collector left {left} and pods {[p['metadata']['name'] for p in left_pods]}")
+            raise CheckFailed(f"garbage collector left {left} and pods {left_pods}")
         time.sleep(1)
     print(f"deleted {', '.join(a.delete)}: the garbage collector removed {len(children)} children and {len(pods)} pods")
     claims = [c["metadata"]["name"] for c in k.json("persistentvolumeclaims")["items"]]

@@ -25,7 +25,8 @@
 #      the leader is killed, not before the lease expires and within one renew period after
 # Env: ORDO_APISERVER_IDLE_SECONDS (idle window, default 30), ORDO_APISERVER_KEEP=1 keeps the
 # work directory, ORDO_APISERVER_TIMEOUT (seconds per wait, default 120), ORDO_APISERVER_HOLD=N
-# only starts the control plane and holds it for N seconds (debugging).
+# only starts the control plane and holds it for N seconds, ORDO_APISERVER_HOLD_ON_FAILURE=N keeps
+# everything up N seconds after a failure (debugging).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -93,6 +94,13 @@ cleanup() {
       echo "----- $(basename "$f") (last 25 lines)"
       tail -n 25 "$f"
     done
+  fi
+  if [[ $rc -ne 0 && -n "${ORDO_APISERVER_HOLD_ON_FAILURE:-}" ]]; then
+    log "holding the cluster for ${ORDO_APISERVER_HOLD_ON_FAILURE}s: export KUBECONFIG=$work/admin.kubeconfig"
+    trap 'log "hold interrupted"' INT TERM
+    sleep "$ORDO_APISERVER_HOLD_ON_FAILURE" &
+    wait $! || kill $! 2>/dev/null || true
+    trap - INT TERM
   fi
   local i
   for ((i = ${#started[@]} - 1; i >= 0; i--)); do stop "${started[$i]}"; done
