@@ -226,6 +226,14 @@ def token_credential(token_file):
     return f"JTI={claims['jti']}"
 
 
+def cmd_wrote(a):
+    start = parse_time(a.__dict__["from"])
+    credential = token_credential(a.token_file)
+    writes = [w for w in operator_writes(a.audit, start, datetime.datetime.now(datetime.timezone.utc), credential) if w[0] == a.resource]
+    print(f"writes to {a.resource} with the token {credential} since {a.__dict__['from']}: {len(writes)}")
+    ensure(writes, f"no write to {a.resource} with that token: someone else did it")
+
+
 def cmd_standby(a):
     start, end = parse_time(a.__dict__["from"]), parse_time(a.to)
     credential = token_credential(a.token_file)
@@ -439,6 +447,14 @@ def main():
         ("--token-file", {"required": True}),
         ("--from", {"required": True}),
         ("--to", {"required": True}),
+    )
+    add(
+        "wrote",
+        cmd_wrote,
+        ("--audit", {"required": True}),
+        ("--token-file", {"required": True}),
+        ("--from", {"required": True}),
+        ("--resource", {"required": True}),
     )
     add("epochs", cmd_epochs, ("--before", {"required": True}), ("--log", {"required": True}), ("--path", {"required": True}))
     add(

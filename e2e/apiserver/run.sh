@@ -370,6 +370,7 @@ check_idle() {
   from="$(now)"
   sleep "$idle_seconds"
   to="$(now)"
+  all_alive
   py "$here/checks.py" idle --audit "$audit" --from "$from" --to "$to" --seconds "$idle_seconds" \
     --lease-renew-seconds "$renew_seconds" --resync-objects 2
 }
@@ -415,10 +416,13 @@ check_leader_failover() {
   py "$here/checks.py" lease --kubectl "$KUBECTL" --namespace "$opns" --name ordo --holder operator-b \
     --previous-renew "$renewed" \
     --lease-seconds "$lease_seconds" --renew-seconds "$renew_seconds"
-  # The new leader reconciles: a WorkDivider change reaches its StatefulSet.
+  # The new leader reconciles: a WorkDivider change reaches its StatefulSet, through its token.
+  local since
+  since="$(now)"
   kc -n "$ns" patch wdiv stocks --type=merge -p '{"spec":{"replicas":3}}'
   wait_for "StatefulSet stocks at 3 replicas (applied by operator-b)" \
     test "$(kc -n "$ns" get sts stocks -o jsonpath='{.spec.replicas}')" = 3
+  py "$here/checks.py" wrote --audit "$audit" --token-file "$work/operator-b.token" --from "$since" --resource statefulsets
   local denied
   denied="$(forbidden_calls)"
   [[ -z "$denied" ]] || fail "RBAC refused operator requests: $denied"
