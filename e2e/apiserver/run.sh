@@ -8,21 +8,26 @@
 # processes on 127.x addresses (kubelet_standin.py); the operator reaches them through its
 # test-only --test-member-hosts option. Every process is stopped on exit, whatever happens.
 #
-# Checks (each one fails the script):
-#   1  helm install / upgrade / uninstall with the real helm: CRDs accepted and established
-#      (structural schemas, CEL rules within the cost budget), Deployment, RBAC, ServiceAccount
-#   2  kubectl apply of every examples/k8s sample after a server-side dry run; each CEL rule
-#      rejects its violating object (operator/tests/fixtures/cel-violations.yaml) with its
-#      message; schema defaults applied
-#   3  the operator runs with the chart's ServiceAccount token: the real RBAC authorizer judges
-#      every request, and any 403 in the audit log fails the suite
-#   4  reconcile into children applied by field manager ordo-operator with owner references;
-#      status conditions and printer columns through kubectl get; no hot loop (writes over an
-#      idle window, from the audit log); deletion lets the garbage collector remove every child
-#   5  SeqCluster 3 -> 5 -> 3 through the joint epoch with real sidecars; IDs stay increasing;
-#      PodDisruptionBudget status from the real disruption controller
-#   6  two operator replicas on the real Lease API: the standby writes nothing, takes over after
-#      the leader is killed, not before the lease expires and within one renew period after
+# Checks, in the order they run (each one fails the script; any 403 for the operator fails at once):
+#   1a helm install and upgrade with the real helm: CRDs accepted and established (structural
+#      schemas, every CEL rule within the cost budget), Deployment available, RBAC, ServiceAccount
+#   2  kubectl apply of every examples/k8s sample after a server-side dry run; every CEL rule
+#      (and the schema's own limits) refuses its violating object from
+#      operator/tests/fixtures/cel-violations.yaml with its message; schema defaults applied
+#   3  the operator binary (two replicas) runs with tokens of the chart's ServiceAccount: the real
+#      RBAC authorizer judges every request; the samples become Available
+#   4a children applied by field manager ordo-operator with controller owner references; status
+#      conditions and printer columns through kubectl get
+#   4b deleting a SeqCluster lets the garbage collector remove every child and its pods
+#   4c no hot loop: the operators' writes over an idle window, from the audit log
+#   5  SeqCluster 3 -> 5 -> 3 through the joint epochs with real sidecars; IDs keep increasing;
+#      PodDisruptionBudget status from the real disruption controller; claims of removed members
+#      deleted (whenScaled: Delete)
+#   6  leader election on the real Lease API: the standby writes nothing; after the leader is
+#      killed it takes over, not before the lease expired and within one renew period after,
+#      and reconciles with its own token
+#   4d deleting the WorkDivider and the SeqCluster: the garbage collector removes every child
+#   1b helm uninstall removes the release and keeps the CRDs
 # Env: ORDO_APISERVER_IDLE_SECONDS (idle window, default 30), ORDO_APISERVER_KEEP=1 keeps the
 # work directory, ORDO_APISERVER_TIMEOUT (seconds per wait, default 120), ORDO_APISERVER_HOLD=N
 # only starts the control plane and holds it for N seconds, ORDO_APISERVER_HOLD_ON_FAILURE=N keeps
