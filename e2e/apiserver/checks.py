@@ -47,7 +47,7 @@ class Kubectl:
         return p
 
     def json(self, *args):
-        return json.loads(self.run("get", *args, "-o", "json").stdout)
+        return json.loads(self.run("get", *args, "-o", "json", "--show-managed-fields").stdout)
 
 
 def load_docs(path):
@@ -106,16 +106,31 @@ def cmd_cel(a):
             spec = {**base, **spec}
         return {"apiVersion": GROUP_VERSION, "kind": kind, "metadata": {"name": f"cel-case-{i}"}, "spec": spec}
 
+    # Every CEL rule of the CRDs has a case (a case's message is a part of its rule's message).
+    def rules(node):
+        if isinstance(node, dict):
+            for r in node.get("x-kubernetes-validations") or []:
+                yield r["message"]
+            for v in node.values():
+                yield from rules(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from rules(v)
+
+    for path in a.crd:
+        for message in rules(load_docs(path)[0]["spec"]["versions"]):
+            ensure(any(c["message"] in message for c in fixture["cases"]), f"{path}: no case for the rule {message!r}")
     # The bases themselves are accepted, so each refusal below is the case's own rule.
     for i, kind in enumerate(["SeqCluster", "WorkDivider"]):
         k.run("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(obj(kind, {}, f"base-{i}")))
-    for i, case in enumerate(fixture["cases"]):
+    cases = fixture["cases"] + fixture["schemaCases"]
+    for i, case in enumerate(cases):
         p = k.run("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(obj(case["kind"], case["spec"], i)), check=False)
         ensure(p.returncode != 0, f"the API server accepted {case['kind']} {case['spec']} (expected {case['message']!r})")
         ensure(case["message"] in p.stderr, f"{case['kind']} {case['spec']}: refused with {p.stderr.strip()!r}, expected {case['message']!r}")
         if i == 0:
             print(f"what a user sees, e.g.: {p.stderr.strip()}")
-    print(f"{len(fixture['cases'])} CEL violations refused with their messages")
+    print(f"{len(fixture['cases'])} CEL rule and {len(fixture['schemaCases'])} schema violations refused with their messages")
 
 
 # --- children -----------------------------------------------------------------------------------
@@ -139,7 +154,8 @@ def cmd_children(a):
                         for m in meta.get("managedFields") or []
                         if m.get("manager") == a.field_manager and m.get("operation") == "Apply"
                     ]
-                    ensure(applied, f"{kind}/{meta['name']}: no Apply by field manager {a.field_manager}")
+                    managers = [(m.get("manager"), m.get("operation"), m.get("subresource")) for m in meta.get("managedFields") or []]
+                    ensure(applied, f"{kind}/{meta['name']}: no Apply by field manager {a.field_manager}; managers: {managers}")
                     others = sorted(
                         {m.get("manager") for m in meta.get("managedFields") or [] if m.get("operation") == "Apply"}
                         - {a.field_manager}
@@ -208,6 +224,14 @@ def token_credential(token_file):
         payload = f.read().strip().split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     return f"JTI={claims['jti']}"
+
+
+def cmd_wrote(a):
+    start = parse_time(a.__dict__["from"])
+    credential = token_credential(a.token_file)
+    writes = [w for w in operator_writes(a.audit, start, datetime.datetime.now(datetime.timezone.utc), credential) if w[0] == a.resource]
+    print(f"writes to {a.resource} with the token {credential} since {a.__dict__['from']}: {len(writes)}")
+    ensure(writes, f"no write to {a.resource} with that token: someone else did it")
 
 
 def cmd_standby(a):
@@ -352,7 +376,13 @@ def cmd_gc(a):
         for item in k.json(resource)["items"]:
             if any(o["uid"] in owned for o in item["metadata"].get("ownerReferences") or []):
                 children.append((resource, item["metadata"]["name"], item["metadata"]["uid"]))
-    pods = [p["metadata"]["name"] for p in k.json("pods")["items"]]
+    sets = {uid for r, _, uid in children if r == "statefulsets.apps"}
+    owned_pods = lambda: [
+        p["metadata"]["name"]
+        for p in k.json("pods")["items"]
+        if any(o["uid"] in sets for o in p["metadata"].get("ownerReferences") or [])
+    ]
+    pods = owned_pods()
     ensure(children, "nothing owned by the deleted objects: nothing to collect")
     for ref in a.delete:
         kind, name = ref.split("/")
@@ -364,11 +394,11 @@ def cmd_gc(a):
             for r, n, uid in children
             if (o := k.run("get", r, n, "-o", "jsonpath={.metadata.uid}", check=False)).returncode == 0 and o.stdout == uid
         ]
-        left_pods = k.json("pods")["items"]
+        left_pods = owned_pods()
         if not left and not left_pods:
             break
         if time.monotonic() > deadline:
-            raise CheckFailed(f"garbage collector left {left} and pods {[p['metadata']['name'] for p in left_pods]}")
+            raise CheckFailed(f"garbage collector left {left} and pods {left_pods}")
         time.sleep(1)
     print(f"deleted {', '.join(a.delete)}: the garbage collector removed {len(children)} children and {len(pods)} pods")
     claims = [c["metadata"]["name"] for c in k.json("persistentvolumeclaims")["items"]]
@@ -387,7 +417,7 @@ def main():
 
     kube = [("--kubectl", {"required": True}), ("--namespace", {"required": True})]
     add("defaults", cmd_defaults, *kube, ("--crd", {"action": "append", "required": True}), ("--sample-dir", {"required": True}))
-    add("cel", cmd_cel, *kube, ("--cases", {"required": True}))
+    add("cel", cmd_cel, *kube, ("--cases", {"required": True}), ("--crd", {"action": "append", "required": True}))
     add("children", cmd_children, *kube, ("--owner", {"action": "append", "required": True}), ("--field-manager", {"required": True}))
     add("columns", cmd_columns, *kube, ("--crd", {"action": "append", "required": True}), ("--object", {"action": "append", "required": True}))
     add("conditions", cmd_conditions, *kube, ("--object", {"action": "append", "required": True}))
@@ -417,6 +447,14 @@ def main():
         ("--token-file", {"required": True}),
         ("--from", {"required": True}),
         ("--to", {"required": True}),
+    )
+    add(
+        "wrote",
+        cmd_wrote,
+        ("--audit", {"required": True}),
+        ("--token-file", {"required": True}),
+        ("--from", {"required": True}),
+        ("--resource", {"required": True}),
     )
     add("epochs", cmd_epochs, ("--before", {"required": True}), ("--log", {"required": True}), ("--path", {"required": True}))
     add(

@@ -32,8 +32,14 @@ fi
 
 log() { printf '[tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# key_of DIR: short hash of our module's files, so editing the module rebuilds.
-key_of() { (cd "$1" && find . -type f \( -name '*.go' -o -name 'go.mod' -o -name 'go.sum' \) -print0 | sort -z | xargs -0 cat) | sha256sum | cut -c1-10; }
+# key_of DIR BUILD-FUNCTION: short hash of our module's files and of the function that builds
+# it, so editing either rebuilds.
+key_of() {
+  {
+    (cd "$1" && find . -type f \( -name '*.go' -o -name 'go.mod' -o -name 'go.sum' \) -print0 | sort -z | xargs -0 cat)
+    declare -f "$2"
+  } | sha256sum | cut -c1-10
+}
 
 # ensure NAME KEY BUILD-FUNCTION BINARIES...: runs BUILD-FUNCTION OUTDIR unless the stamp is there.
 ensure() {
@@ -50,6 +56,11 @@ ensure() {
     mv "$dir.tmp" "$dir"
     touch "$dir/.complete"
     log "built $name in $((SECONDS - t0))s"
+    # Other builds of this component (other versions or keys) are not needed any more.
+    local old
+    for old in "$cache/$name"-v*; do
+      [[ "$old" == "$dir" || ! -d "$old" ]] || rm -rf "$old"
+    done
   fi
   local b
   for b in "$@"; do
@@ -61,7 +72,14 @@ ensure() {
   done
 }
 
-build_kube() { (cd "$here/go/kube" && go build "${buildflags[@]}" -o "$1/" ./cmd/...); }
+# The version the binaries report (helm checks the chart's kubeVersion against it), as
+# Kubernetes' own release build stamps it.
+build_kube() {
+  local v=k8s.io/component-base/version minor="${KUBE_VERSION#v1.}"
+  local stamp="-X $v.gitVersion=$KUBE_VERSION -X $v.gitMajor=1 -X $v.gitMinor=${minor%%.*} -X $v.gitTreeState=clean"
+  stamp="$stamp ${stamp//component-base\/version/client-go\/pkg\/version}"
+  (cd "$here/go/kube" && go build -p "$jobs" -trimpath "-ldflags=-s -w $stamp" -o "$1/" ./cmd/...)
+}
 build_etcd() { (cd "$here/go/etcd" && go build "${buildflags[@]}" -o "$1/etcd" .); }
 build_kwok() { GOBIN="$1" go install "${buildflags[@]}" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"; }
 # kwok's own node and pod stages (node-initialize; pod ready, complete, delete) from its module.
@@ -75,8 +93,8 @@ build_kwok_stages() {
 }
 build_helm() { GOBIN="$1" go install "${buildflags[@]}" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; }
 
-ensure etcd "$ETCD_VERSION-$(key_of "$here/go/etcd")" build_etcd etcd
+ensure etcd "$ETCD_VERSION-$(key_of "$here/go/etcd" build_etcd)" build_etcd etcd
 ensure kwok "$KWOK_VERSION" build_kwok kwok
 ensure kwok-stages "$KWOK_VERSION" build_kwok_stages stages.yaml
 ensure helm "$HELM_VERSION" build_helm helm
-ensure kube "$KUBE_VERSION-$(key_of "$here/go/kube")" build_kube kube-apiserver kube-controller-manager kube-scheduler kubectl
+ensure kube "$KUBE_VERSION-$(key_of "$here/go/kube" build_kube)" build_kube kube-apiserver kube-controller-manager kube-scheduler kubectl

@@ -117,8 +117,10 @@ pub struct SidecarSpec {
     /// IDs leased per buffer refill, for sequences without their own setting.
     #[serde(default = "default_range_size")]
     pub range_size: i64,
-    /// Per-sequence range sizes.
+    /// Per-sequence range sizes, for at most 1024 sequences.
     #[serde(default)]
+    // The bound keeps the CEL rule on the keys within the API server's cost budget.
+    #[schemars(extend("maxProperties" = 1024))]
     pub sequence_ranges: BTreeMap<String, i64>,
     /// Deadline of one app request, in milliseconds.
     #[serde(default = "default_request_timeout_ms")]
@@ -301,6 +303,7 @@ pub struct WorkDividerSpec {
 )]
 pub struct SeqClusterRef {
     /// Name of the SeqCluster.
+    #[schemars(length(max = 52))]
     pub name: String,
 }
 
@@ -311,7 +314,6 @@ pub struct SeqClusterRef {
     validation = Rule::new("has(self.partitions) != has(self.names)").message("keys needs exactly one of partitions or names"),
     validation = Rule::new("!has(self.partitions) || (self.partitions >= 1 && self.partitions <= 65536)").message("keys.partitions must be between 1 and 65536").field_path(".partitions"),
     validation = Rule::new("!has(self.prefix) || has(self.partitions)").message("keys.prefix only applies to keys.partitions").field_path(".prefix"),
-    validation = Rule::new("!has(self.names) || (size(self.names) >= 1 && size(self.names) <= 65536 && self.names.all(n, n.matches('^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$')))").message("keys.names must hold 1 to 65536 key names of [A-Za-z0-9._/-], at most 128 characters each").field_path(".names"),
     validation = Rule::new("!has(self.prefix) || self.prefix.matches('^[A-Za-z0-9._/-]{0,64}$')").message("keys.prefix must be at most 64 characters of [A-Za-z0-9._/-]").field_path(".prefix")
 )]
 pub struct KeySpec {
@@ -320,9 +322,16 @@ pub struct KeySpec {
     pub partitions: Option<i32>,
     /// Prefix of numbered keys; `p-` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub prefix: Option<String>,
-    /// Explicit key names.
+    /// Explicit key names: 1 to 65536 names of `[A-Za-z0-9._/-]`, at most 128 characters each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Checked by the schema, not CEL: a CEL rule over 65536 strings exceeds the API server's cost
+    // budget, and the API server refuses the CRD (e2e/apiserver check 1).
+    #[schemars(
+        length(min = 1, max = 65536),
+        inner(length(max = 128), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$"))
+    )]
     pub names: Option<Vec<String>>,
 }
 

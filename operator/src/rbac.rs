@@ -13,7 +13,9 @@ pub struct Permission {
     pub verbs: &'static [&'static str],
 }
 
-const WATCHED_OWNED: &[&str] = &["get", "list", "watch", "patch"];
+// Server-side apply creates an object that does not exist yet, and the API server then
+// authorizes `create` as well as `patch` (found by e2e/apiserver: the chart could create nothing).
+const WATCHED_OWNED: &[&str] = &["get", "list", "watch", "create", "patch"];
 
 /// Everything the operator does with the API.
 pub const REQUIRED: &[Permission] = &[
@@ -25,16 +27,16 @@ pub const REQUIRED: &[Permission] = &[
     Permission { group: "", resource: "services", verbs: WATCHED_OWNED },
     Permission { group: "", resource: "configmaps", verbs: WATCHED_OWNED },
     // Only the peer-token Secrets, by name: no list/watch of every Secret.
-    Permission { group: "", resource: "secrets", verbs: &["get", "patch"] },
+    Permission { group: "", resource: "secrets", verbs: &["get", "create", "patch"] },
     Permission {
         group: "policy",
         resource: "poddisruptionbudgets",
-        verbs: &["get", "list", "watch", "patch", "delete"],
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
     },
     Permission {
         group: "networking.k8s.io",
         resource: "networkpolicies",
-        verbs: &["get", "list", "watch", "patch", "delete"],
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
     },
     Permission { group: "events.k8s.io", resource: "events", verbs: &["create", "patch"] },
     Permission { group: "apiextensions.k8s.io", resource: "customresourcedefinitions", verbs: &["get"] },
@@ -74,6 +76,19 @@ pub fn request_permission(method: &str, path: &str, query: &str) -> Option<(Stri
     Some((group.to_string(), resource, verb.to_string()))
 }
 
+/// Every permission an API request needs: [`request_permission`]'s, plus `create` for a
+/// server-side apply (`PATCH ...?force=true`, as every apply of the operator is) to a resource
+/// itself, which creates the object when it does not exist (applies to subresources never do).
+pub fn request_permissions(method: &str, path: &str, query: &str) -> Option<Vec<(String, String, String)>> {
+    let (group, resource, verb) = request_permission(method, path, query)?;
+    let apply = method == "PATCH" && query.split('&').any(|kv| kv == "force=true");
+    let mut needed = vec![(group.clone(), resource.clone(), verb)];
+    if apply && !resource.contains('/') {
+        needed.push((group, resource, "create".to_string()));
+    }
+    Some(needed)
+}
+
 /// True when [`REQUIRED`] grants `(group, resource, verb)`.
 pub fn covers(group: &str, resource: &str, verb: &str) -> bool {
     REQUIRED.iter().any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))
@@ -99,6 +114,15 @@ mod tests {
             ("".into(), "secrets".into(), "watch".into())
         );
         assert_eq!(p("GET", "/api/v1/namespaces/ns/secrets", ""), ("".into(), "secrets".into(), "list".into()));
+        let apply =
+            request_permissions("PATCH", "/api/v1/namespaces/ns/secrets/s", "fieldManager=ordo-operator&force=true");
+        assert_eq!(apply.unwrap().iter().map(|(_, _, v)| v.as_str()).collect::<Vec<_>>(), ["patch", "create"]);
+        let status = request_permissions(
+            "PATCH",
+            "/apis/ordo.dev/v1alpha1/namespaces/ns/seqclusters/s/status",
+            "fieldManager=ordo-operator&force=true",
+        );
+        assert_eq!(status.unwrap().len(), 1, "an apply to a subresource never creates");
         assert!(covers("", "secrets", "get"));
         assert!(!covers("", "secrets", "delete"));
     }

@@ -267,9 +267,10 @@ async fn controllers_reconcile_through_a_stateful_api_emulator() {
         if port != op_port {
             continue;
         }
-        let (group, resource, verb) = rbac::request_permission(&method, &path, &query).expect("API path");
-        assert!(rbac::covers(&group, &resource, &verb), "{method} {path}?{query} needs {verb} {group}/{resource}");
-        verbs.insert(format!("{verb} {group}/{resource}"));
+        for (group, resource, verb) in rbac::request_permissions(&method, &path, &query).expect("API path") {
+            assert!(rbac::covers(&group, &resource, &verb), "{method} {path}?{query} needs {verb} {group}/{resource}");
+            verbs.insert(format!("{verb} {group}/{resource}"));
+        }
     }
     for expected in [
         "watch ordo.dev/seqclusters",

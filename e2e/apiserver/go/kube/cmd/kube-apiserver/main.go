@@ -1,4 +1,5 @@
-// Built for Ordo's real-API-server test tier (e2e/apiserver): the upstream main of kube-apiserver, unchanged.
+// The upstream main of kube-apiserver (k8s.io/kubernetes v1.37.2, unchanged), built for Ordo's
+// real-API-server test tier (e2e/apiserver). Copyright The Kubernetes Authors, Apache-2.0.
 package main
 
 import (
