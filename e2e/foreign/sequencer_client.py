@@ -6,7 +6,8 @@ grpcio sends the socket path as `:authority` (unlike grpc-go and grpc-js); this 
 that the sidecar accepts it. It calls grpc.health.v1 Check, Next (buffered and strict), Stream
 and Current, lists services through server reflection v1alpha (what grpcio-reflection,
 grpcui, Postman and older grpcurl ask), checks what it got, and prints one JSON object:
-{"ranges": [[start, end], ...], "current": N, "health": "SERVING", "services": [...]}.
+{"ranges": [[start, end], ...], "current": N, "health": "SERVING", "services": [...],
+"registers": "ok"} (Create, Read and CompareAndSet on ordo.v1.Registers when the sidecar serves it).
 Run by e2e/tests/foreign_clients.rs; exits non-zero with a message on any failure.
 """
 
@@ -24,17 +25,40 @@ DEADLINE_S = 10
 
 
 def load_stubs(proto_dir, out_dir):
-    """Compiles sequencer.proto with grpcio-tools' bundled compiler and imports the stubs."""
+    """Compiles sequencer.proto and registers.proto with grpcio-tools' bundled compiler and
+    imports the stubs."""
     rc = protoc.main(
         ["protoc", f"-I{proto_dir}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}",
-         "ordo/v1/sequencer.proto"]
+         "ordo/v1/sequencer.proto", "ordo/v1/registers.proto"]
     )
     if rc != 0:
-        sys.exit(f"compiling sequencer.proto failed ({rc})")
+        sys.exit(f"compiling the protos failed ({rc})")
     sys.path.insert(0, out_dir)
     from ordo.v1 import sequencer_pb2, sequencer_pb2_grpc  # noqa: E402 (generated just now)
 
     return sequencer_pb2, sequencer_pb2_grpc
+
+
+def use_registers(channel, sequence):
+    """Create, Read, CompareAndSet (current and stale version) on ordo.v1.Registers."""
+    from ordo.v1 import registers_pb2 as rp, registers_pb2_grpc as rg  # noqa: E402
+
+    regs = rg.RegistersStub(channel)
+    key = f"foreign/{sequence}"
+    w = regs.Create(rp.RegisterCreateRequest(key=key, value=b"one"), timeout=DEADLINE_S)
+    check(w.applied and w.version == 1, f"Create applied at version 1: {w}")
+    r = regs.Read(rp.RegisterReadRequest(key=key), timeout=DEADLINE_S)
+    check(r.found and r.value == b"one" and r.version == 1, f"Read sees the value: {r}")
+    w = regs.CompareAndSet(rp.CompareAndSetRequest(key=key, version=1, value=b"two"), timeout=DEADLINE_S)
+    check(w.applied and w.version == 2, f"CompareAndSet at the current version applies: {w}")
+    w = regs.CompareAndSet(rp.CompareAndSetRequest(key=key, version=1, value=b"three"), timeout=DEADLINE_S)
+    check(not w.applied and w.current.value == b"two", f"a stale version conflicts: {w}")
+    try:
+        regs.Read(rp.RegisterReadRequest(key=""), timeout=DEADLINE_S)
+        sys.exit("an empty key was accepted")
+    except grpc.RpcError as e:
+        check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"an empty key is INVALID_ARGUMENT: {e.code()}")
+    return "ok"
 
 
 def check(cond, what):
@@ -81,8 +105,10 @@ def main():
             resp = next(refl.ServerReflectionInfo(iter([req]), timeout=DEADLINE_S))
             services = sorted(s.name for s in resp.list_services_response.service)
             check("ordo.v1.Sequencer" in services, f"reflection v1alpha lists ordo.v1.Sequencer: {services}")
+            registers = use_registers(channel, sequence) if "ordo.v1.Registers" in services else "not served"
 
-    print(json.dumps({"ranges": ranges, "current": current, "health": status_name, "services": services}))
+    print(json.dumps({"ranges": ranges, "current": current, "health": status_name, "services": services,
+                      "registers": registers}))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ struct Report {
     health: String,
     #[serde(default)]
     services: Vec<String>,
+    #[serde(default)]
+    registers: Option<String>,
 }
 
 /// Runs a client script against `socket` for `sequence` and parses its report.
@@ -81,14 +83,16 @@ async fn python_grpcio_and_node_grpc_js_work_on_the_socket_with_default_settings
     let python = installed(root().join(".venv/bin/python"));
     let node_modules = installed(root().join("e2e/foreign/node_modules/@grpc/grpc-js"));
     let (Some(python), Some(_)) = (python, node_modules) else { return };
-    let cluster = TestCluster::start(TestOptions { members: 3, ..Default::default() }).await;
+    let opts = TestOptions { members: 3, extra_args: vec!["--registers-api".into()], ..Default::default() };
+    let cluster = TestCluster::start(opts).await;
 
     let socket = cluster.dev.member(0).socket.clone();
     let py = run_client(&python, "sequencer_client.py", &socket, "foreign").await;
     check(&py, "python grpcio");
-    for s in ["ordo.v1.Sequencer", "ordo.v1.Cluster", "grpc.health.v1.Health"] {
+    for s in ["ordo.v1.Sequencer", "ordo.v1.Cluster", "ordo.v1.Registers", "grpc.health.v1.Health"] {
         assert!(py.services.iter().any(|x| x == s), "python grpcio: reflection v1alpha lists {s}: {py:?}");
     }
+    assert_eq!(py.registers.as_deref(), Some("ok"), "python grpcio: Create, Read, CompareAndSet on Registers");
 
     // Node on another member, same sequence: its IDs are all new.
     let socket = cluster.dev.member(1).socket.clone();
