@@ -359,7 +359,9 @@ def cmd_lease(a):
         f"{late:+.1f}s after that (transitions {spec.get('leaseTransitions')})"
     )
     ensure(late >= 0, f"{a.holder} took the lease {-late:.1f}s before it expired")
-    ensure(late <= a.renew_seconds + 2, f"{a.holder} took the lease {late:.1f}s after it expired (renew period {a.renew_seconds}s)")
+    # It polls every renew period, so it normally takes over within one; the bound is the issue's
+    # "within the lease duration", loose enough for a loaded machine.
+    ensure(late <= a.lease_seconds, f"{a.holder} took the lease {late:.1f}s after it expired (lease {a.lease_seconds}s)")
     ensure((spec.get("leaseTransitions") or 0) >= 1, "leaseTransitions did not count the change of holder")
 
 

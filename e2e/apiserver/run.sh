@@ -24,8 +24,8 @@
 #      PodDisruptionBudget status from the real disruption controller; claims of removed members
 #      deleted (whenScaled: Delete)
 #   6  leader election on the real Lease API: the standby writes nothing; after the leader is
-#      killed it takes over, not before the lease expired and within one renew period after,
-#      and reconciles with its own token
+#      killed it takes over, not before the lease expired and within a lease duration after
+#      (normally within one renew period), and reconciles with its own token
 #   4d deleting the WorkDivider and the SeqCluster: the garbage collector removes every child
 #   1b helm uninstall removes the release and keeps the CRDs
 # Env: ORDO_APISERVER_IDLE_SECONDS (idle window, default 30), ORDO_APISERVER_KEEP=1 keeps the
