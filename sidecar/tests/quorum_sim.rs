@@ -13,7 +13,7 @@ use ordo_sidecar::membership::{Member, MembersFile};
 use ordo_sidecar::metrics::Metrics;
 use ordo_sidecar::quorum::acceptor::{AcceptReply, AcceptorState, PrepareReply, Voter};
 use ordo_sidecar::quorum::proposer::{decode_u64, Change, ChangeError, Outcome, Proposer};
-use ordo_sidecar::quorum::store::Snapshot;
+use ordo_sidecar::quorum::store::Page;
 use ordo_sidecar::quorum::transport::{PeerError, Peers, ProbeInfo};
 use ordo_sidecar::quorum::Ballot;
 use rand::{Rng, SeedableRng};
@@ -80,7 +80,7 @@ impl Peers for SimNet {
         Ok(())
     }
 
-    async fn dump(&self, _: &Member, _: u64, _: Duration) -> Result<Snapshot, PeerError> {
+    async fn dump(&self, _: &Member, _: u64, _: Option<&str>, _: usize, _: Duration) -> Result<Page, PeerError> {
         Err(PeerError::Refused("not simulated".into()))
     }
 

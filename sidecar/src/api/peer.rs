@@ -16,7 +16,7 @@ use crate::membership::Member;
 use crate::node::Node;
 use crate::quorum::acceptor::{AcceptReply, PrepareReply, RegisterState, Voter};
 use crate::quorum::proposer::{Change, ChangeError, Outcome};
-use crate::quorum::store::{RegisterStore, Snapshot, StoreError};
+use crate::quorum::store::{check_page_limit, Page, RegisterStore, StoreError};
 use crate::quorum::transport::{PeerError, Peers, ProbeInfo};
 use crate::quorum::Ballot;
 use crate::validate::validate_name;
@@ -176,6 +176,57 @@ fn outcome_from_pb(o: pb::Outcome) -> Result<Outcome, ChangeError> {
     })
 }
 
+/// Validates a Dump request: the cursor (`None` for the first page) and the page size.
+pub fn dump_request_from_pb(r: &pb::DumpRequest) -> Result<(Option<String>, usize), String> {
+    let limit = check_page_limit(usize::try_from(r.limit).unwrap_or(usize::MAX))?;
+    if r.after_key.is_empty() {
+        return Ok((None, limit));
+    }
+    validate_key(&r.after_key).map_err(|e| format!("after_key: {e}"))?;
+    Ok((Some(r.after_key.clone()), limit))
+}
+
+fn page_to_pb(page: Page) -> pb::DumpResponse {
+    pb::DumpResponse {
+        caught_up: page.caught_up,
+        incarnation: page.incarnation,
+        registers: page
+            .registers
+            .into_iter()
+            .map(|(key, r)| pb::RegisterState {
+                key,
+                promised: ballot_to_pb(&r.promised),
+                accepted: ballot_to_pb(&r.accepted),
+                has_value: r.value.is_some(),
+                value: r.value.unwrap_or_default(),
+            })
+            .collect(),
+        fences: page.fences.into_iter().map(|v| pb::Voter { member: v.member, incarnation: v.incarnation }).collect(),
+        next_after_key: page.next.unwrap_or_default(),
+    }
+}
+
+fn page_from_pb(r: pb::DumpResponse) -> Page {
+    Page {
+        caught_up: r.caught_up,
+        incarnation: r.incarnation,
+        registers: r
+            .registers
+            .into_iter()
+            .map(|s| {
+                let reg = RegisterState {
+                    promised: opt_ballot(s.promised),
+                    accepted: opt_ballot(s.accepted),
+                    value: s.has_value.then_some(s.value),
+                };
+                (s.key, reg)
+            })
+            .collect(),
+        fences: r.fences.into_iter().map(|v| Voter { member: v.member, incarnation: v.incarnation }).collect(),
+        next: (!r.next_after_key.is_empty()).then_some(r.next_after_key),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Server.
 
@@ -242,6 +293,7 @@ fn store_status(e: StoreError) -> Status {
             s.metadata_mut().insert(CATCHING_UP_HEADER, MetadataValue::from_static("1"));
             s
         }
+        StoreError::Invalid(m) => Status::invalid_argument(m),
         other => Status::unavailable(other.to_string()),
     }
 }
@@ -310,27 +362,9 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
     async fn dump(&self, req: Request<pb::DumpRequest>) -> Result<Response<pb::DumpResponse>, Status> {
         let r = req.into_inner();
         self.check_epoch(r.epoch)?;
-        let snap = self.store.snapshot().await.map_err(store_status)?;
-        Ok(Response::new(pb::DumpResponse {
-            caught_up: snap.caught_up,
-            incarnation: snap.incarnation,
-            registers: snap
-                .registers
-                .into_iter()
-                .map(|(key, r)| pb::RegisterState {
-                    key,
-                    promised: ballot_to_pb(&r.promised),
-                    accepted: ballot_to_pb(&r.accepted),
-                    has_value: r.value.is_some(),
-                    value: r.value.unwrap_or_default(),
-                })
-                .collect(),
-            fences: snap
-                .fences
-                .into_iter()
-                .map(|v| pb::Voter { member: v.member, incarnation: v.incarnation })
-                .collect(),
-        }))
+        let (after, limit) = dump_request_from_pb(&r).map_err(Status::invalid_argument)?;
+        let page = self.store.scan(after, limit).await.map_err(store_status)?;
+        Ok(Response::new(page_to_pb(page)))
     }
 
     async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
@@ -451,6 +485,7 @@ fn peer_error(s: Status) -> PeerError {
 fn local_error(e: StoreError) -> PeerError {
     match e {
         StoreError::NotCaughtUp => PeerError::NotCaughtUp,
+        StoreError::Invalid(m) => PeerError::Refused(m),
         other => PeerError::Unreachable(other.to_string()),
     }
 }
@@ -566,29 +601,22 @@ impl Peers for GrpcPeers {
         with_timeout(timeout, c.fence(timed(req, timeout))).await.map(|_| ())
     }
 
-    async fn dump(&self, to: &Member, epoch: u64, timeout: Duration) -> Result<Snapshot, PeerError> {
+    async fn dump(
+        &self,
+        to: &Member,
+        epoch: u64,
+        after: Option<&str>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Page, PeerError> {
         if let Some(store) = self.local_store(to) {
-            return store.snapshot().await.map_err(local_error);
+            return store.scan(after.map(String::from), limit).await.map_err(local_error);
         }
         let mut c = self.client(to)?;
-        let r = with_timeout(timeout, c.dump(timed(pb::DumpRequest { epoch }, timeout))).await?;
-        Ok(Snapshot {
-            caught_up: r.caught_up,
-            incarnation: r.incarnation,
-            registers: r
-                .registers
-                .into_iter()
-                .map(|s| {
-                    let reg = RegisterState {
-                        promised: opt_ballot(s.promised),
-                        accepted: opt_ballot(s.accepted),
-                        value: s.has_value.then_some(s.value),
-                    };
-                    (s.key, reg)
-                })
-                .collect(),
-            fences: r.fences.into_iter().map(|v| Voter { member: v.member, incarnation: v.incarnation }).collect(),
-        })
+        let limit = u32::try_from(limit).map_err(|_| PeerError::Refused(format!("page size {limit} is too large")))?;
+        let req = pb::DumpRequest { epoch, after_key: after.unwrap_or_default().to_string(), limit };
+        let r = with_timeout(timeout, c.dump(timed(req, timeout))).await?;
+        Ok(page_from_pb(r))
     }
 
     async fn probe(&self, to: &Member, epoch: u64, timeout: Duration) -> Result<ProbeInfo, PeerError> {

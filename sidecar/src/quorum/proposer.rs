@@ -235,8 +235,8 @@ fn dispatch<P: Peers>(inner: &Arc<Inner<P>>, key: &str, mut pending: Pending) {
     }
 }
 
-/// The home member of `key` among `live` members of the current configuration.
-fn home_for<'a>(key: &str, cfg: &'a MembersFile, live: &[String]) -> Option<&'a Member> {
+/// The home member of `key` among `live` members (sorted ids) of the current configuration.
+pub(crate) fn home_for<'a>(key: &str, cfg: &'a MembersFile, live: &[String]) -> Option<&'a Member> {
     let candidates: Vec<&Member> = cfg.current.members.iter().filter(|m| live.binary_search(&m.id).is_ok()).collect();
     if candidates.is_empty() {
         return None;
