@@ -30,6 +30,7 @@ use ordo_sidecar::quorum::proposer::{decode_u64, Change, ChangeError, Outcome, P
 use ordo_sidecar::quorum::store::{Page, RegisterStore, StoreError};
 use ordo_sidecar::quorum::transport::{PeerError, Peers, ProbeInfo};
 use ordo_sidecar::quorum::Ballot;
+use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -285,6 +286,33 @@ fn proposers(ids: &[&str], net: &Arc<Net>, cfg: &watch::Receiver<Arc<MembersFile
     ids.iter().map(|id| Proposer::new(id.to_string(), net.clone(), cfg.clone(), metrics.clone())).collect()
 }
 
+/// Reads every `step`th register of `required` through `proposer` (64 at a time) and checks that
+/// each holds at least its required value: the quorums it reaches must know every register.
+async fn read_back(proposer: &Proposer<Net>, required: &HashMap<String, u64>, step: usize) {
+    let mut sample: Vec<(&String, &u64)> = required.iter().collect();
+    sample.sort();
+    let reads = futures::stream::iter(sample.into_iter().step_by(step))
+        .map(|(k, want)| async move {
+            let mut last = None;
+            for _ in 0..20 {
+                match proposer.change(k, Change::Read, Instant::now() + Duration::from_secs(2)).await {
+                    Ok(o) => return (k, *want, Ok(decode_u64(o.after.as_deref()))),
+                    Err(e) => last = Some(e),
+                }
+            }
+            (k, *want, Err(last))
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    for (k, want, got) in reads {
+        match got {
+            Ok(v) => assert!(v.is_some_and(|v| v >= want), "register {k}: read {v:?}, acknowledged {want}"),
+            Err(e) => panic!("register {k}: no read completed: {e:?}"),
+        }
+    }
+}
+
 /// Every register of `store`, by key (walked in pages of 1000).
 async fn contents(store: &RegisterStore) -> HashMap<String, RegisterState> {
     let mut out = HashMap::new();
@@ -363,6 +391,7 @@ async fn paged_catch_up_of_20k_registers_under_load_copies_every_acknowledged_va
     let done = wipe_and_catch_up(&net, &cfg, "m1", &tmp.path().join("m1-wiped"), 25).await;
     assert!(matches!(done, Attempt::Copied { .. }), "{done:?}");
     net.down.write().unwrap().insert("m2".to_string());
+    read_back(&proposers(&["reader"], &net, &rx)[0], &required, 5).await;
     load.wait_for(100, "changes through the copied members").await;
     let acks = load.finish().await;
     let regressed: Vec<&Ack> = acks.iter().filter(|(k, s, _, _)| !k.contains(".new") && *s < PRELOADED).collect();
@@ -410,6 +439,8 @@ async fn migration_rewrites_every_register_of_a_paged_listing() {
     // B alone, with m1 cut off: {m2, m3} must know every register.
     cfg_tx.send_replace(Arc::new(MembersFile { epoch: 3, current: set(&members), previous: None }));
     net.down.write().unwrap().insert("m1".to_string());
+    let preloaded: HashMap<String, u64> = registers.iter().map(|k| (k.clone(), PRELOADED)).collect();
+    read_back(&proposers(&["reader"], &net, &rx)[0], &preloaded, 5).await;
     load.wait_for(100, "changes through the new set alone").await;
     let acks = load.finish().await;
     let regressed: Vec<&Ack> = acks.iter().filter(|(k, s, _, _)| !k.contains(".new") && *s < PRELOADED).collect();
