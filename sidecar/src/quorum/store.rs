@@ -178,6 +178,9 @@ enum Op {
         migrated_epoch: Option<u64>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    Close {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// Handle to the durable acceptor of this member.
@@ -215,6 +218,7 @@ impl RegisterStore {
             cache_registers: options.cache_registers.max(1),
             meta,
             meta_tx,
+            closing: None,
         };
         std::thread::Builder::new()
             .name("ordo-store".into())
@@ -302,6 +306,17 @@ impl RegisterStore {
     /// Records copied fences and marks the store caught up: from the reply on, it votes.
     pub async fn finish_copy(&self, fences: Vec<Voter>) -> Result<(), StoreError> {
         self.call(|reply| Op::FinishCopy { fences, reply }).await
+    }
+
+    /// Stops the writer after the messages queued before this call and closes the database,
+    /// so that another process may open it once this returns (other clones of this handle
+    /// must be gone, and no scan running).
+    pub async fn close(self) -> Result<(), StoreError> {
+        let Self { tx, db, .. } = self;
+        drop(db);
+        let (reply, rx) = oneshot::channel();
+        tx.send(Op::Close { reply }).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Persists the highest loaded epoch and/or the highest migrated epoch.
@@ -396,6 +411,8 @@ struct Writer {
     cache_registers: usize,
     meta: StoreMeta,
     meta_tx: watch::Sender<StoreMeta>,
+    /// Answered once the writer stopped and let go of the database.
+    closing: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 /// The registers table as of the last commit, opened at a batch's first cache miss.
@@ -453,6 +470,11 @@ impl Writer {
             }
             for r in replies {
                 r(None);
+            }
+            if let Some(closed) = self.closing.take() {
+                drop(self);
+                let _ = closed.send(Ok(()));
+                return;
             }
             // Everything cached is committed now: the hot generation may retire.
             if self.state.registers.len() > self.cache_registers {
@@ -545,6 +567,10 @@ impl Writer {
                 }
                 defer(reply, Ok(()))
             }
+            Op::Close { reply } => {
+                self.closing = Some(reply);
+                Box::new(|_| {})
+            }
         }
     }
 
@@ -594,9 +620,8 @@ mod tests {
         assert!(store.meta().caught_up);
         store.accept("k".into(), b(1), vec![42], Some(b(2)), vec![]).await.unwrap();
         store.set_meta(Some(3), Some(2)).await.unwrap();
-        drop(store);
-        // The writer thread exits when the handle drops; give redb the file back.
-        let store = reopen(dir.path(), StoreOptions::default()).await;
+        store.close().await.unwrap();
+        let store = RegisterStore::open(dir.path(), "m0").unwrap();
         let m = store.meta();
         assert_eq!((m.incarnation, m.caught_up, m.max_epoch, m.migrated_epoch), (inc, true, 3, 2));
         let page = store.scan(None, 10).await.unwrap();
@@ -631,8 +656,8 @@ mod tests {
         }
         // A stale ballot is refused by a register that left the cache long ago.
         assert_eq!(store.prepare(key(7), b(2)).await.unwrap(), PrepareReply::Rejected { promised: b(3) });
-        drop(store);
-        let store = reopen(dir.path(), opts).await;
+        store.close().await.unwrap();
+        let store = RegisterStore::open_with(dir.path(), "m0", opts).unwrap();
         assert_eq!(store.register_count().await.unwrap(), 300);
         assert_eq!(store.prepare(key(299), b(1)).await.unwrap(), PrepareReply::Rejected { promised: b(3) });
     }
@@ -700,15 +725,5 @@ mod tests {
         assert!(page(&["a", "b"], None).check(Some("a")).is_err(), "not after the cursor");
         assert!(page(&["a", "b"], Some("c")).check(None).is_err(), "claims more than it holds");
         assert!(page(&[], Some("z")).check(Some("a")).is_err(), "an empty page cannot continue");
-    }
-
-    async fn reopen(dir: &Path, opts: StoreOptions) -> RegisterStore {
-        for _ in 0..100 {
-            if let Ok(s) = RegisterStore::open_with(dir, "m0", opts) {
-                return s;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        panic!("store did not reopen");
     }
 }
