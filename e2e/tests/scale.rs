@@ -73,7 +73,8 @@ async fn count(data_dir: &str, id: &str) -> u64 {
 async fn a_million_registers_catch_up_and_migrate_in_bounded_memory() {
     let n: usize = std::env::var("ORDO_SCALE_REGISTERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let mut cluster = TestCluster::start(TestOptions { members: 3, slots: 4, ..Default::default() }).await;
-    let mut report = format!("# Scale: {n} registers\n\n| step | wall time | peak RSS (VmHWM) per sidecar |\n| --- | --- | --- |\n");
+    let mut report =
+        format!("# Scale: {n} registers\n\n| step | wall time | peak RSS (VmHWM) per sidecar |\n| --- | --- | --- |\n");
     let mut row = |cluster: &TestCluster, step: &str, took: Duration, members: &[usize]| {
         let rss: Vec<String> = members
             .iter()
@@ -141,9 +142,12 @@ async fn a_million_registers_catch_up_and_migrate_in_bounded_memory() {
         }
     })
     .await;
-    row(&cluster, "member 3 joined, joint epoch migrated by all (3 copies, then rewrites)", started.elapsed(), &[
-        0, 1, 2, 3,
-    ]);
+    row(
+        &cluster,
+        "member 3 joined, joint epoch migrated by all (3 copies, then rewrites)",
+        started.elapsed(),
+        &[0, 1, 2, 3],
+    );
 
     // Every register reached the rebuilt and the new member.
     for i in [0, 3] {

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 mod common;
 
+use futures::StreamExt;
 use ordo_sidecar::membership::{Member, MemberSet, MembersFile};
 use ordo_sidecar::metrics::Metrics;
 use ordo_sidecar::quorum::acceptor::{AcceptReply, PrepareReply, RegisterState, Voter};
@@ -30,7 +31,6 @@ use ordo_sidecar::quorum::proposer::{decode_u64, Change, ChangeError, Outcome, P
 use ordo_sidecar::quorum::store::{Page, RegisterStore, StoreError};
 use ordo_sidecar::quorum::transport::{PeerError, Peers, ProbeInfo};
 use ordo_sidecar::quorum::Ballot;
-use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -395,7 +395,11 @@ async fn paged_catch_up_of_20k_registers_under_load_copies_every_acknowledged_va
     load.wait_for(100, "changes through the copied members").await;
     let acks = load.finish().await;
     let regressed: Vec<&Ack> = acks.iter().filter(|(k, s, _, _)| !k.contains(".new") && *s < PRELOADED).collect();
-    assert!(regressed.is_empty(), "preloaded registers read below {PRELOADED}: {:?}", &regressed[..regressed.len().min(5)]);
+    assert!(
+        regressed.is_empty(),
+        "preloaded registers read below {PRELOADED}: {:?}",
+        &regressed[..regressed.len().min(5)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,7 +409,8 @@ async fn migration_rewrites_every_register_of_a_paged_listing() {
     let registers = keys(20_000);
     // Chosen by {m0, m1}, a write quorum of A = {m0, m1, m2}; B = {m1, m2, m3} holds them on m1 only.
     let net = network(tmp.path(), &all, &[true, true, false, false], &registers, 0.005).await;
-    let set = |ids: &[&str]| -> MemberSet { common::members(&ids.iter().map(|s| s.to_string()).collect::<Vec<_>>()).current };
+    let set =
+        |ids: &[&str]| -> MemberSet { common::members(&ids.iter().map(|s| s.to_string()).collect::<Vec<_>>()).current };
     let joint = MembersFile { epoch: 2, current: set(&["m1", "m2", "m3"]), previous: Some(set(&["m0", "m1", "m2"])) };
     let (cfg_tx, rx) = watch::channel(Arc::new(joint.clone()));
     let picked = registers.clone();
@@ -444,5 +449,9 @@ async fn migration_rewrites_every_register_of_a_paged_listing() {
     load.wait_for(100, "changes through the new set alone").await;
     let acks = load.finish().await;
     let regressed: Vec<&Ack> = acks.iter().filter(|(k, s, _, _)| !k.contains(".new") && *s < PRELOADED).collect();
-    assert!(regressed.is_empty(), "preloaded registers read below {PRELOADED}: {:?}", &regressed[..regressed.len().min(5)]);
+    assert!(
+        regressed.is_empty(),
+        "preloaded registers read below {PRELOADED}: {:?}",
+        &regressed[..regressed.len().min(5)]
+    );
 }

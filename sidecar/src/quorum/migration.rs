@@ -107,9 +107,11 @@ impl<P: Peers> Listing<'_, P> {
     /// keys may follow.
     async fn step(&mut self) -> Result<(Vec<String>, bool), String> {
         let (peers, cfg, page, after) = (self.peers, self.cfg, self.page, self.cursor.as_deref());
-        let pages = join_all(self.members.iter().map(|m| async move {
-            (*m, fetch_page(peers, m, cfg.epoch, after, page, ROUND_DEADLINE).await)
-        }))
+        let pages = join_all(
+            self.members
+                .iter()
+                .map(|m| async move { (*m, fetch_page(peers, m, cfg.epoch, after, page, ROUND_DEADLINE).await) }),
+        )
         .await;
         let mut errors = Vec::new();
         let mut answered = Vec::new();

@@ -365,7 +365,8 @@ fn read_fences(table: &ReadOnlyTable<&str, u64>) -> Result<Vec<Voter>, StoreErro
 }
 
 fn read_meta(table: &ReadOnlyTable<&str, u64>) -> Result<StoreMeta, StoreError> {
-    let get = |k: &str| -> Result<u64, StoreError> { Ok(table.get(k).map_err(db_err)?.map(|g| g.value()).unwrap_or(0)) };
+    let get =
+        |k: &str| -> Result<u64, StoreError> { Ok(table.get(k).map_err(db_err)?.map(|g| g.value()).unwrap_or(0)) };
     Ok(StoreMeta {
         incarnation: get("incarnation")?,
         caught_up: get("caught_up")? == 1,
@@ -452,11 +453,8 @@ impl Writer {
             let mut reader: Reader = None;
             let replies: Vec<Deferred> = ops.into_iter().map(|op| self.apply(op, &mut dirty, &mut reader)).collect();
             drop(reader);
-            let result = if dirty.registers.is_empty() && !dirty.fences && !dirty.meta {
-                Ok(())
-            } else {
-                self.persist(&dirty)
-            };
+            let result =
+                if dirty.registers.is_empty() && !dirty.fences && !dirty.meta { Ok(()) } else { self.persist(&dirty) };
             if let Err(e) = &result {
                 // Memory now holds state the disk does not: stop rather than answer from it.
                 tracing::error!(error = %e, "storage commit failed; exiting so the member restarts from disk");
