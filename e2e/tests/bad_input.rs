@@ -70,7 +70,8 @@ async fn peers_with_wrong_token_stale_epoch_or_malformed_messages_are_refused() 
     assert_eq!(err.code(), Code::Unauthenticated);
     let err = peer.prepare(authed(prep.clone(), "wrong")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
-    let err = peer.dump(authed(pb::DumpRequest { epoch }, "wrong")).await.unwrap_err();
+    let dump = pb::DumpRequest { epoch, after_key: String::new(), limit: 1 };
+    let err = peer.dump(authed(dump.clone(), "wrong")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
     // Stale and future epochs: a typed refusal naming both epochs, nothing promised.
@@ -133,6 +134,30 @@ async fn peers_with_wrong_token_stale_epoch_or_malformed_messages_are_refused() 
         .propose(authed(pb::ProposeRequest { epoch, key: "seq/x".into(), changes: vec![], timeout_ms: 10 }, &token))
         .await;
     assert_eq!(err.unwrap_err().code(), Code::InvalidArgument);
+    // Dump pages: a size of 0 or above 16384, or a malformed cursor, is refused with the reason;
+    // a page of one register says where the next page starts.
+    for (bad, says) in [
+        (pb::DumpRequest { limit: 0, ..dump.clone() }, "page size"),
+        (pb::DumpRequest { limit: 16_385, ..dump.clone() }, "page size"),
+        (pb::DumpRequest { limit: u32::MAX, ..dump.clone() }, "page size"),
+        (pb::DumpRequest { after_key: "seq//x".into(), ..dump.clone() }, "after_key"),
+    ] {
+        let err = peer.dump(authed(bad.clone(), &token)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}: {err:?}");
+        assert!(err.message().contains(says), "{bad:?}: {} should say {says:?}", err.message());
+    }
+    let mut after = String::new();
+    for _ in 0..100 {
+        let page = peer.dump(authed(pb::DumpRequest { after_key: after.clone(), ..dump.clone() }, &token)).await;
+        let page = page.unwrap().into_inner();
+        assert!(page.registers.len() <= 1, "a page of one register");
+        if page.next_after_key.is_empty() {
+            break;
+        }
+        assert_eq!(page.next_after_key, page.registers[0].key, "the next page starts after this one's key");
+        assert!(page.next_after_key > after, "the cursor advances");
+        after = page.next_after_key;
+    }
 
     // Raw garbage on the gRPC wire: a frame that is not a protobuf message.
     let ch =

@@ -264,7 +264,7 @@ impl<P: Peers> Node<P> {
                 && cfg.contains(&self.id)
                 && self.caught_up()
             {
-                match migration::migrate(&self.proposer, self.peers.as_ref(), &cfg).await {
+                match migration::migrate(&self.id, &self.proposer, self.peers.as_ref(), &cfg, migration::PAGE).await {
                     Ok(n) => {
                         if let Err(e) = store.set_meta(None, Some(cfg.epoch)).await {
                             tracing::error!(error = %e, "could not record the migration");

@@ -20,6 +20,10 @@ use crate::metrics::Metrics;
 use crate::node::{Endpoints, Node};
 use crate::quorum::store::RegisterStore;
 
+/// Streams a peer connection may see reset before the server accepted them (h2 closes the
+/// connection beyond this).
+const PEER_MAX_PENDING_RESETS: usize = 1024;
+
 /// Runs a sidecar until SIGTERM or Ctrl-C.
 pub fn main_with(args: SidecarArgs) -> Result<()> {
     init_tracing(args.log_format);
@@ -190,8 +194,13 @@ async fn run(args: SidecarArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding peer {}", args.peer_listen))?;
         let svc = PeerService::server(node.clone(), store.clone(), token);
+        // Rounds stop waiting once a quorum answered, which resets the slower peers' streams;
+        // under load many are still queued, and h2's default (20 such resets) would close the
+        // connection with every round on it. Bounded still (rapid-reset protection), and the
+        // peer port is open to members only.
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .http2_max_pending_accept_reset_streams(Some(PEER_MAX_PENDING_RESETS))
             .add_service(svc)
             .serve_with_incoming_shutdown(nodelay(l), shutdown(shutdown_rx.clone()));
         tasks.spawn(async move { server.await.context("peer server") });

@@ -17,7 +17,7 @@ use crate::node::Node;
 use crate::quorum::acceptor::{AcceptReply, PrepareReply, RegisterState, Voter};
 use crate::quorum::change::{Change, ChangeError, Outcome};
 pub use crate::quorum::register::{validate_key, MAX_KEY_BYTES, MAX_PAGE};
-use crate::quorum::store::{RegisterStore, Snapshot, StoreError};
+use crate::quorum::store::{check_page_limit, Page, RegisterStore, StoreError};
 use crate::quorum::transport::{KeyPage, ListedKey, PeerError, Peers, ProbeInfo};
 use crate::quorum::Ballot;
 use crate::validate::validate_name;
@@ -217,6 +217,58 @@ pub fn refusal_error(r: pb::Refusal) -> PeerError {
     }
 }
 
+/// Validates a Dump request: the cursor (`None` for the first page) and the page size.
+pub fn dump_request_from_pb(r: &pb::DumpRequest) -> Result<(Option<String>, usize), String> {
+    let limit = check_page_limit(usize::try_from(r.limit).unwrap_or(usize::MAX))?;
+    if r.after_key.is_empty() {
+        return Ok((None, limit));
+    }
+    validate_key(&r.after_key).map_err(|e| format!("after_key: {e}"))?;
+    Ok((Some(r.after_key.clone()), limit))
+}
+
+fn page_to_pb(page: Page) -> pb::DumpResponse {
+    pb::DumpResponse {
+        caught_up: page.caught_up,
+        incarnation: page.incarnation,
+        registers: page
+            .registers
+            .into_iter()
+            .map(|(key, r)| pb::RegisterState {
+                key,
+                promised: ballot_to_pb(&r.promised),
+                accepted: ballot_to_pb(&r.accepted),
+                has_value: r.value.is_some(),
+                value: r.value.unwrap_or_default(),
+            })
+            .collect(),
+        fences: page.fences.into_iter().map(|v| pb::Voter { member: v.member, incarnation: v.incarnation }).collect(),
+        next_after_key: page.next.unwrap_or_default(),
+        refusal: None,
+    }
+}
+
+fn page_from_pb(r: pb::DumpResponse) -> Page {
+    Page {
+        caught_up: r.caught_up,
+        incarnation: r.incarnation,
+        registers: r
+            .registers
+            .into_iter()
+            .map(|s| {
+                let reg = RegisterState {
+                    promised: opt_ballot(s.promised),
+                    accepted: opt_ballot(s.accepted),
+                    value: s.has_value.then_some(s.value),
+                };
+                (s.key, reg)
+            })
+            .collect(),
+        fences: r.fences.into_iter().map(|v| Voter { member: v.member, incarnation: v.incarnation }).collect(),
+        next: (!r.next_after_key.is_empty()).then_some(r.next_after_key),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Server.
 
@@ -281,6 +333,7 @@ impl PeerService {
 fn store_refusal(e: StoreError) -> Result<pb::Refusal, Status> {
     match e {
         StoreError::NotCaughtUp => Ok(pb::Refusal { reason: Some(pb::refusal::Reason::CatchingUp(pb::Empty {})) }),
+        StoreError::Invalid(m) => Err(Status::invalid_argument(m)),
         other => Err(Status::unavailable(other.to_string())),
     }
 }
@@ -405,31 +458,11 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
     async fn dump(&self, req: Request<pb::DumpRequest>) -> Result<Response<pb::DumpResponse>, Status> {
         let r = req.into_inner();
         refuse!(self.check_epoch(r.epoch), pb::DumpResponse);
-        let snap = match with_store(self.store.snapshot()).await? {
-            Ok(snap) => snap,
-            Err(refused) => return Ok(Response::new(refused)),
-        };
-        Ok(Response::new(pb::DumpResponse {
-            caught_up: snap.caught_up,
-            incarnation: snap.incarnation,
-            registers: snap
-                .registers
-                .into_iter()
-                .map(|(key, r)| pb::RegisterState {
-                    key,
-                    promised: ballot_to_pb(&r.promised),
-                    accepted: ballot_to_pb(&r.accepted),
-                    has_value: r.value.is_some(),
-                    value: r.value.unwrap_or_default(),
-                })
-                .collect(),
-            fences: snap
-                .fences
-                .into_iter()
-                .map(|v| pb::Voter { member: v.member, incarnation: v.incarnation })
-                .collect(),
-            refusal: None,
-        }))
+        let (after, limit) = dump_request_from_pb(&r).map_err(Status::invalid_argument)?;
+        match with_store(self.store.scan(after, limit)).await? {
+            Ok(page) => Ok(Response::new(page_to_pb(page))),
+            Err(refused) => Ok(Response::new(refused)),
+        }
     }
 
     async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
@@ -564,6 +597,7 @@ fn peer_error(s: Status) -> PeerError {
 fn local_error(e: StoreError) -> PeerError {
     match e {
         StoreError::NotCaughtUp => PeerError::NotCaughtUp,
+        StoreError::Invalid(m) => PeerError::Refused(m),
         other => PeerError::Unreachable(other.to_string()),
     }
 }
@@ -716,29 +750,22 @@ impl Peers for GrpcPeers {
         call(timeout, c.fence(timed(req, timeout)), |r| r.refusal.take()).await.map(|_| ())
     }
 
-    async fn dump(&self, to: &Member, epoch: u64, timeout: Duration) -> Result<Snapshot, PeerError> {
+    async fn dump(
+        &self,
+        to: &Member,
+        epoch: u64,
+        after: Option<&str>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Page, PeerError> {
         if let Some(store) = self.local_store(to) {
-            return store.snapshot().await.map_err(local_error);
+            return store.scan(after.map(String::from), limit).await.map_err(local_error);
         }
         let mut c = self.client(to)?;
-        let r = call(timeout, c.dump(timed(pb::DumpRequest { epoch }, timeout)), |r| r.refusal.take()).await?;
-        Ok(Snapshot {
-            caught_up: r.caught_up,
-            incarnation: r.incarnation,
-            registers: r
-                .registers
-                .into_iter()
-                .map(|s| {
-                    let reg = RegisterState {
-                        promised: opt_ballot(s.promised),
-                        accepted: opt_ballot(s.accepted),
-                        value: s.has_value.then_some(s.value),
-                    };
-                    (s.key, reg)
-                })
-                .collect(),
-            fences: r.fences.into_iter().map(|v| Voter { member: v.member, incarnation: v.incarnation }).collect(),
-        })
+        let limit = u32::try_from(limit).map_err(|_| PeerError::Refused(format!("page size {limit} is too large")))?;
+        let req = pb::DumpRequest { epoch, after_key: after.unwrap_or_default().to_string(), limit };
+        let r = call(timeout, c.dump(timed(req, timeout)), |r| r.refusal.take()).await?;
+        Ok(page_from_pb(r))
     }
 
     async fn list_keys(

@@ -4,55 +4,145 @@
 //! it intersects every quorum of either. Rewriting each register once through such a quorum
 //! (an identity change at a new ballot) leaves it accepted by a write quorum of the current
 //! set, so once every register is migrated, quorums of the current set alone see every value
-//! and the next epoch may drop the previous set. Keys are listed from a read quorum (in both
-//! sets) of members already at this epoch: those refuse rounds of older epochs, so no register
-//! written by an older configuration can appear after the listing.
+//! and the next epoch may drop the previous set.
+//!
+//! **Listing.** Keys are listed from a read quorum (in both sets) of caught-up members already
+//! at this epoch: those refuse rounds of older epochs, so a value chosen by an older
+//! configuration was accepted by a write quorum of it before its members moved on, and that
+//! write quorum meets the listing quorum. The listing walks the keyspace in pages, all listed
+//! members in lockstep: each step asks every member for the page after the cursor, merges the
+//! keys up to the smallest page end (so every key up to there was listed by every member that
+//! answered the step) and moves the cursor there. A member that fails a step leaves the
+//! listing for good; the listing fails when those left are no longer a read quorum, so every
+//! key interval was listed by the same read quorum. [`crate::quorum::store::Page::check`] makes the
+//! intervals consecutive, so no key is skipped, whatever rounds run meanwhile: a key missing
+//! behind the cursor was created at this epoch, through joint quorums already.
+//!
+//! **Shares.** The change to the current set alone waits until *every* member of the current
+//! set reports this epoch migrated ([`crate::membership`]). So each member rewrites only its
+//! share: the keys whose home among all current members (the same hash the proposer routes
+//! by) is itself. The shares cover the keyspace, so once every member reported, every register
+//! was rewritten; a member of the previous set only has no share. Rewrites run
+//! [`IN_FLIGHT`] at a time, so group commit batches them.
+//!
+//! Shown by `e2e/tests/sequencer.rs::membership_change_3_to_5_to_3_keeps_ids_unique` and
+//! `sidecar/tests/catchup_sim.rs::migration_rewrites_every_register_of_a_paged_listing`
+//! (fails when a page is skipped).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
 use super::proposer::{Change, Proposer};
-use super::transport::Peers;
-use crate::membership::MembersFile;
+use super::route::home_for;
+use super::transport::{fetch_page, Peers};
+use crate::membership::{Member, MembersFile};
 
-/// Deadline of one identity round.
+/// Deadline of one identity round, and of one listing page.
 const ROUND_DEADLINE: Duration = Duration::from_secs(5);
+/// Registers listed per page from each member.
+pub const PAGE: usize = 2048;
+/// Identity rounds in flight at once.
+pub const IN_FLIGHT: usize = 64;
 
-/// Lists every register of the joint configuration and rewrites each through a joint quorum.
-/// Returns how many registers were rewritten.
-pub async fn migrate<P: Peers>(proposer: &Proposer<P>, peers: &P, cfg: &Arc<MembersFile>) -> Result<usize, String> {
-    let members = cfg.all_members();
-    let dumps = join_all(
-        members.iter().map(|m| async move { (m.id.as_str(), peers.dump(m, cfg.epoch, ROUND_DEADLINE).await) }),
-    )
-    .await;
-    let answered: Vec<&str> =
-        dumps.iter().filter(|(_, d)| d.as_ref().is_ok_and(|s| s.caught_up)).map(|(id, _)| *id).collect();
-    if !cfg.is_read_quorum(answered.iter().copied()) {
-        let errors: Vec<String> =
-            dumps.iter().filter_map(|(id, d)| d.as_ref().err().map(|e| format!("{id}: {e}"))).collect();
-        return Err(format!(
-            "only {} caught-up member(s) at epoch {} answered the listing ({}); {}",
-            answered.len(),
-            cfg.epoch,
-            answered.join(", "),
-            errors.join("; ")
-        ));
+/// Lists every register of the joint configuration and rewrites this member's share through a
+/// joint quorum, listing `page` keys per step. Returns how many registers were rewritten.
+pub async fn migrate<P: Peers>(
+    me: &str,
+    proposer: &Proposer<P>,
+    peers: &P,
+    cfg: &Arc<MembersFile>,
+    page: usize,
+) -> Result<usize, String> {
+    let everyone: Vec<String> = {
+        let mut ids: Vec<String> = cfg.current.members.iter().map(|m| m.id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    let mine = |key: &String| home_for(key, cfg, &everyone).is_some_and(|m| m.id == me);
+    let mut listing = Listing { peers, cfg, members: cfg.all_members(), cursor: None, page };
+    let (mut listed_all, mut queue, mut rounds, mut rewritten) = (false, VecDeque::new(), FuturesUnordered::new(), 0);
+    loop {
+        // List only as far ahead of the rewrites as keeps them busy (memory stays bounded).
+        while !listed_all && queue.len() < IN_FLIGHT {
+            let (keys, more) = listing.step().await?;
+            queue.extend(keys.into_iter().filter(&mine));
+            listed_all = !more;
+        }
+        while rounds.len() < IN_FLIGHT {
+            let Some(key) = queue.pop_front() else { break };
+            rounds.push(async move {
+                proposer
+                    .change(&key, Change::Read, Instant::now() + ROUND_DEADLINE)
+                    .await
+                    .map_err(|e| format!("rewriting register {key}: {e}"))
+            });
+        }
+        match rounds.next().await {
+            Some(done) => {
+                done?;
+                rewritten += 1;
+            }
+            None if listed_all => return Ok(rewritten),
+            None => {}
+        }
     }
-    let keys: BTreeSet<String> = dumps
-        .iter()
-        .filter_map(|(_, d)| d.as_ref().ok())
-        .flat_map(|s| s.registers.iter().filter(|(_, r)| r.value.is_some()).map(|(k, _)| k.clone()))
-        .collect();
-    for key in &keys {
-        proposer
-            .change(key, Change::Read, Instant::now() + ROUND_DEADLINE)
-            .await
-            .map_err(|e| format!("rewriting register {key}: {e}"))?;
+}
+
+/// The lockstep walk over the keyspaces of the members that list.
+struct Listing<'a, P> {
+    peers: &'a P,
+    cfg: &'a MembersFile,
+    /// Members that answered every step so far.
+    members: Vec<&'a Member>,
+    cursor: Option<String>,
+    page: usize,
+}
+
+impl<P: Peers> Listing<'_, P> {
+    /// The next step: the keys holding a value up to the smallest page end, and whether
+    /// keys may follow.
+    async fn step(&mut self) -> Result<(Vec<String>, bool), String> {
+        let (peers, cfg, page, after) = (self.peers, self.cfg, self.page, self.cursor.as_deref());
+        let pages = join_all(
+            self.members
+                .iter()
+                .map(|m| async move { (*m, fetch_page(peers, m, cfg.epoch, after, page, ROUND_DEADLINE).await) }),
+        )
+        .await;
+        let mut errors = Vec::new();
+        let mut answered = Vec::new();
+        for (m, p) in pages {
+            match p {
+                Ok(p) if p.caught_up => answered.push((m, p)),
+                Ok(_) => errors.push(format!("{}: catching up", m.id)),
+                Err(e) => errors.push(format!("{}: {e}", m.id)),
+            }
+        }
+        self.members = answered.iter().map(|(m, _)| *m).collect();
+        if !cfg.is_read_quorum(self.members.iter().map(|m| m.id.as_str())) {
+            return Err(format!(
+                "only {} caught-up member(s) at epoch {} answered every page of the listing ({}); {}",
+                self.members.len(),
+                cfg.epoch,
+                self.members.iter().map(|m| m.id.as_str()).collect::<Vec<_>>().join(", "),
+                errors.join("; ")
+            ));
+        }
+        // Every member listed the keys up to the smallest page end (a last page ends nowhere).
+        let end: Option<String> = answered.iter().filter_map(|(_, p)| p.next.clone()).min();
+        let keys: BTreeSet<String> = answered
+            .into_iter()
+            .flat_map(|(_, p)| p.registers)
+            .filter(|(k, r)| r.value.is_some() && end.as_ref().is_none_or(|e| k <= e))
+            .map(|(k, _)| k)
+            .collect();
+        let more = end.is_some();
+        self.cursor = end;
+        Ok((keys.into_iter().collect(), more))
     }
-    Ok(keys.len())
 }

@@ -1,14 +1,31 @@
 //! Durable acceptor: the acceptor state machine persisted in redb, with group commit.
 //!
-//! One writer thread owns the state. It takes every message waiting in its queue, applies them
-//! in arrival order, writes the registers they changed in one redb transaction, commits it with
-//! fsync, and only then sends the replies. A reply therefore never reveals state that a crash
-//! could lose, and a burst of messages costs one fsync.
+//! One writer thread owns the registers. It takes every message waiting in its queue, applies
+//! them in arrival order, writes the registers they changed in one redb transaction, commits it
+//! with fsync, and only then sends the replies. A reply therefore never reveals state that a
+//! crash could lose, and a burst of messages costs one fsync.
+//!
+//! # Bounded memory
+//!
+//! redb holds every register; memory holds only a cache of recently used ones, so a member's
+//! memory does not grow with its keyspace. The cache has two generations: registers a batch
+//! touches are (re)loaded into the hot one (from the cold one, else from the last commit);
+//! when the hot generation exceeds [`StoreOptions::cache_registers`] after a commit, it becomes
+//! the cold one and the old cold one is dropped. A hot register therefore stays cached, at most
+//! about twice `cache_registers` registers are in memory, and since eviction happens only after
+//! the commit of the batch that changed a register, the cache never differs from the disk
+//! between batches (the writer is redb's only writer).
+//!
+//! Catch-up and migration read the keyspace in pages ([`RegisterStore::scan`]): each page comes
+//! from its own redb read transaction, off the writer thread, so it sees exactly the state of
+//! one commit and never delays group commit.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::acceptor::{
@@ -22,6 +39,27 @@ const FENCES: TableDefinition<&str, u64> = TableDefinition::new("fences");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Most messages folded into one commit.
 const MAX_GROUP: usize = 4096;
+/// Most registers one page of a scan may be asked for.
+pub const MAX_PAGE_REGISTERS: usize = 16_384;
+/// A page stops growing once its registers take this many bytes (it always holds at least one,
+/// and one register is at most a key and a 1 MiB value, so a page stays far below the 64 MiB
+/// a peer accepts in one message).
+pub const PAGE_BYTES: usize = 4 << 20;
+
+/// Tuning of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Registers in one cache generation (memory holds at most about twice this many).
+    pub cache_registers: usize,
+    /// Bytes of redb's own page cache.
+    pub page_cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { cache_registers: 65_536, page_cache_bytes: 64 << 20 }
+    }
+}
 
 /// Facts about this member's store that outlive restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,6 +80,9 @@ pub enum StoreError {
     /// The member is catching up and does not vote yet.
     #[error("member is catching up after starting with an empty data directory; it does not vote yet")]
     NotCaughtUp,
+    /// The caller asked for something the store does not serve (e.g. a page size out of range).
+    #[error("{0}")]
+    Invalid(String),
     /// redb or I/O failure.
     #[error("storage: {0}")]
     Storage(String),
@@ -56,17 +97,54 @@ impl From<redb::Error> for StoreError {
     }
 }
 
-/// Everything a catching-up or migrating member copies from a peer.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    /// The peer's registers count in quorums.
+/// Maps any redb error type into a [`StoreError`].
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::from(e.into())
+}
+
+/// Checks the number of registers a caller asks for in one page.
+pub fn check_page_limit(limit: usize) -> Result<usize, String> {
+    if limit == 0 || limit > MAX_PAGE_REGISTERS {
+        return Err(format!("page size must be 1..={MAX_PAGE_REGISTERS} registers, got {limit}"));
+    }
+    Ok(limit)
+}
+
+/// One page of a member's registers, in key order, with what a copier needs to trust it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The member's registers count in quorums (as of this page's commit).
     pub caught_up: bool,
-    /// Registers by key.
-    pub registers: Vec<(String, RegisterState)>,
-    /// Latest known incarnations.
-    pub fences: Vec<Voter>,
-    /// The peer's incarnation.
+    /// The member's incarnation: a change between two pages means it lost its data in between.
     pub incarnation: u64,
+    /// Latest known incarnation of each member.
+    pub fences: Vec<Voter>,
+    /// Registers with keys after the requested one, in increasing key order.
+    pub registers: Vec<(String, RegisterState)>,
+    /// `Some(last key)` when registers follow this page: ask for the ones after it next.
+    /// `None` when the page reaches the end of the keyspace.
+    pub next: Option<String>,
+}
+
+impl Page {
+    /// Checks that this page answers a request for the registers after `after`: keys strictly
+    /// increasing and all after `after`, and `next`, if any, is the last key (so an empty page
+    /// is the last one). Then the pages of a walk cover every key exactly once, each as of the
+    /// commit its page was read at, and every walk ends.
+    pub fn check(&self, after: Option<&str>) -> Result<(), String> {
+        let mut prev = after;
+        for (key, _) in &self.registers {
+            if prev.is_some_and(|p| key.as_str() <= p) {
+                return Err(format!("page out of order: key {key:?} does not follow {:?}", prev.unwrap_or("")));
+            }
+            prev = Some(key);
+        }
+        match (&self.next, self.registers.last()) {
+            (None, _) => Ok(()),
+            (Some(next), Some((last, _))) if next == last => Ok(()),
+            (Some(next), _) => Err(format!("page continues after {next:?}, which is not its last key")),
+        }
+    }
 }
 
 enum Op {
@@ -88,23 +166,20 @@ enum Op {
         incarnation: u64,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    Snapshot {
-        reply: oneshot::Sender<Result<Snapshot, StoreError>>,
-    },
-    ListKeys {
-        prefix: String,
-        after: String,
-        limit: usize,
-        reply: oneshot::Sender<Result<KeyPage, StoreError>>,
-    },
-    InstallCopy {
+    InstallPage {
         registers: Vec<(String, RegisterState)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    FinishCopy {
         fences: Vec<Voter>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     SetMeta {
         max_epoch: Option<u64>,
         migrated_epoch: Option<u64>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Close {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
 }
@@ -114,23 +189,43 @@ enum Op {
 pub struct RegisterStore {
     tx: mpsc::UnboundedSender<Op>,
     meta: watch::Receiver<StoreMeta>,
+    db: Arc<Database>,
 }
 
 impl RegisterStore {
-    /// Opens (or creates) the store in `dir`. A new store gets a fresh incarnation and is not
-    /// caught up. `member` is this member's id (its own fence).
+    /// Opens (or creates) the store in `dir` with default options. A new store gets a fresh
+    /// incarnation and is not caught up. `member` is this member's id (its own fence).
     pub fn open(dir: &Path, member: &str) -> Result<Self, StoreError> {
+        Self::open_with(dir, member, StoreOptions::default())
+    }
+
+    /// Opens (or creates) the store in `dir` with `options`.
+    pub fn open_with(dir: &Path, member: &str, options: StoreOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage(format!("{}: {e}", dir.display())))?;
-        let db = Database::create(dir.join("ordo.redb")).map_err(|e| StoreError::Storage(e.to_string()))?;
-        let (state, meta) = load(&db, member)?;
+        let db = redb::Builder::new()
+            .set_cache_size(options.page_cache_bytes)
+            .create(dir.join("ordo.redb"))
+            .map_err(db_err)?;
+        let db = Arc::new(db);
+        let (fences, meta) = load(&db, member)?;
         let member = member.to_string();
         let (meta_tx, meta_rx) = watch::channel(meta);
         let (tx, rx) = mpsc::unbounded_channel();
+        let writer = Writer {
+            member,
+            db: db.clone(),
+            state: AcceptorState { registers: HashMap::new(), fences },
+            cold: HashMap::new(),
+            cache_registers: options.cache_registers.max(1),
+            meta,
+            meta_tx,
+            closing: None,
+        };
         std::thread::Builder::new()
             .name("ordo-store".into())
-            .spawn(move || Writer { member, db, state, meta, meta_tx }.run(rx))
+            .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Storage(e.to_string()))?;
-        Ok(Self { tx, meta: meta_rx })
+        Ok(Self { tx, meta: meta_rx, db })
     }
 
     /// Current metadata.
@@ -171,23 +266,67 @@ impl RegisterStore {
         self.call(|reply| Op::Fence { member, incarnation, reply }).await
     }
 
-    /// Up to `limit` keys under `prefix` after `after`, in key order (register listing).
+    /// Up to `limit` registers with keys after `after` (from the first key when `None`), read
+    /// from one commit. Fails with [`StoreError::Invalid`] unless `limit` is
+    /// 1..=[`MAX_PAGE_REGISTERS`].
+    pub async fn scan(&self, after: Option<String>, limit: usize) -> Result<Page, StoreError> {
+        check_page_limit(limit).map_err(StoreError::Invalid)?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || scan(&db, after.as_deref(), limit, PAGE_BYTES))
+            .await
+            .map_err(|e| StoreError::Storage(format!("scan task: {e}")))?
+    }
+
+    /// Up to `limit` keys under `prefix` after `after` (exclusive), in key order, with the state
+    /// of each one's accepted value, read from one commit (register listing).
     pub async fn list_keys(&self, prefix: String, after: String, limit: usize) -> Result<KeyPage, StoreError> {
-        self.call(|reply| Op::ListKeys { prefix, after, limit, reply }).await
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || list_keys(&db, &prefix, &after, limit))
+            .await
+            .map_err(|e| StoreError::Storage(format!("list task: {e}")))?
     }
 
-    /// All registers and fences.
-    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        self.call(|reply| Op::Snapshot { reply }).await
+    /// Number of registers stored (as of the last commit).
+    pub async fn register_count(&self) -> Result<u64, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            use redb::ReadableTableMetadata;
+            db.begin_read().map_err(db_err)?.open_table(REGISTERS).map_err(db_err)?.len().map_err(db_err)
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("count task: {e}")))?
     }
 
-    /// Installs copied registers and fences and marks the store caught up.
-    pub async fn install_copy(
+    /// Merges copied registers into the store (keeping the higher accepted ballot and the
+    /// higher promise of each), durably, without making the store caught up. The merge is
+    /// queued when this is called (so several pages share one commit); the future resolves once
+    /// it is committed.
+    pub fn install_page(
         &self,
         registers: Vec<(String, RegisterState)>,
-        fences: Vec<Voter>,
-    ) -> Result<(), StoreError> {
-        self.call(|reply| Op::InstallCopy { registers, fences, reply }).await
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let queued = self.tx.send(Op::InstallPage { registers, reply }).map_err(|_| StoreError::Closed);
+        async move {
+            queued?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
+    }
+
+    /// Records copied fences and marks the store caught up: from the reply on, it votes.
+    pub async fn finish_copy(&self, fences: Vec<Voter>) -> Result<(), StoreError> {
+        self.call(|reply| Op::FinishCopy { fences, reply }).await
+    }
+
+    /// Stops the writer after the messages queued before this call and closes the database,
+    /// so that another process may open it once this returns (other clones of this handle
+    /// must be gone, and no scan running).
+    pub async fn close(self) -> Result<(), StoreError> {
+        let Self { tx, db, .. } = self;
+        drop(db);
+        let (reply, rx) = oneshot::channel();
+        tx.send(Op::Close { reply }).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Persists the highest loaded epoch and/or the highest migrated epoch.
@@ -196,65 +335,118 @@ impl RegisterStore {
     }
 }
 
-fn load(db: &Database, member: &str) -> Result<(AcceptorState, StoreMeta), StoreError> {
-    let err = |e: &dyn std::fmt::Display| StoreError::Storage(e.to_string());
-    // Make sure the tables exist, and create the incarnation of a new store.
-    let txn = db.begin_write().map_err(|e| err(&e))?;
+/// Creates the tables (and the incarnation of a new store); returns the fences and metadata.
+fn load(db: &Database, member: &str) -> Result<(HashMap<String, u64>, StoreMeta), StoreError> {
+    let txn = db.begin_write().map_err(db_err)?;
     let fresh;
     {
-        txn.open_table(REGISTERS).map_err(|e| err(&e))?;
-        let mut fences = txn.open_table(FENCES).map_err(|e| err(&e))?;
-        let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
-        fresh = meta.get("incarnation").map_err(|e| err(&e))?.is_none();
+        txn.open_table(REGISTERS).map_err(db_err)?;
+        let mut fences = txn.open_table(FENCES).map_err(db_err)?;
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        fresh = meta.get("incarnation").map_err(db_err)?.is_none();
         if fresh {
             let inc = rand::random::<u64>() | 1;
-            meta.insert("incarnation", inc).map_err(|e| err(&e))?;
-            meta.insert("caught_up", 0).map_err(|e| err(&e))?;
-            fences.insert(member, inc).map_err(|e| err(&e))?;
+            meta.insert("incarnation", inc).map_err(db_err)?;
+            meta.insert("caught_up", 0).map_err(db_err)?;
+            fences.insert(member, inc).map_err(db_err)?;
         }
     }
-    txn.commit().map_err(|e| err(&e))?;
+    txn.commit().map_err(db_err)?;
 
-    let txn = db.begin_read().map_err(|e| err(&e))?;
-    let mut state = AcceptorState::default();
-    let regs = txn.open_table(REGISTERS).map_err(|e| err(&e))?;
-    for row in regs.iter().map_err(|e| err(&e))? {
-        let (k, v) = row.map_err(|e| err(&e))?;
-        let reg = decode_register(v.value())
-            .ok_or_else(|| StoreError::Storage(format!("register {:?} is corrupt", k.value())))?;
-        state.registers.insert(k.value().to_string(), reg);
-    }
-    let fences = txn.open_table(FENCES).map_err(|e| err(&e))?;
-    for row in fences.iter().map_err(|e| err(&e))? {
-        let (k, v) = row.map_err(|e| err(&e))?;
-        state.fences.insert(k.value().to_string(), v.value());
-    }
-    let meta_t = txn.open_table(META).map_err(|e| err(&e))?;
-    let get = |k: &str| -> Result<u64, StoreError> {
-        Ok(meta_t.get(k).map_err(|e| err(&e))?.map(|g| g.value()).unwrap_or(0))
-    };
-    let meta = StoreMeta {
-        incarnation: get("incarnation")?,
-        caught_up: get("caught_up")? == 1,
-        max_epoch: get("max_epoch")?,
-        migrated_epoch: get("migrated_epoch")?,
-    };
+    let txn = db.begin_read().map_err(db_err)?;
+    let fences = read_fences(&txn.open_table(FENCES).map_err(db_err)?)?;
+    let meta = read_meta(&txn.open_table(META).map_err(db_err)?)?;
     if fresh {
         tracing::info!(
             incarnation = meta.incarnation,
             "created a new data directory; this member catches up before it votes"
         );
     }
-    Ok((state, meta))
+    Ok((fences.into_iter().map(|v| (v.member, v.incarnation)).collect(), meta))
+}
+
+fn read_fences(table: &ReadOnlyTable<&str, u64>) -> Result<Vec<Voter>, StoreError> {
+    let mut out = Vec::new();
+    for row in table.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        out.push(Voter { member: k.value().to_string(), incarnation: v.value() });
+    }
+    Ok(out)
+}
+
+fn read_meta(table: &ReadOnlyTable<&str, u64>) -> Result<StoreMeta, StoreError> {
+    let get =
+        |k: &str| -> Result<u64, StoreError> { Ok(table.get(k).map_err(db_err)?.map(|g| g.value()).unwrap_or(0)) };
+    Ok(StoreMeta {
+        incarnation: get("incarnation")?,
+        caught_up: get("caught_up")? == 1,
+        max_epoch: get("max_epoch")?,
+        migrated_epoch: get("migrated_epoch")?,
+    })
+}
+
+fn decode_row(key: &str, bytes: &[u8]) -> Result<RegisterState, StoreError> {
+    decode_register(bytes).ok_or_else(|| StoreError::Storage(format!("register {key:?} is corrupt")))
+}
+
+/// One page of registers after `after`, from one read transaction (see [`Page::check`]).
+fn scan(db: &Database, after: Option<&str>, limit: usize, budget: usize) -> Result<Page, StoreError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let meta = read_meta(&txn.open_table(META).map_err(db_err)?)?;
+    let fences = read_fences(&txn.open_table(FENCES).map_err(db_err)?)?;
+    let table = txn.open_table(REGISTERS).map_err(db_err)?;
+    let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut registers = Vec::new();
+    let mut bytes = 0;
+    let mut more = false;
+    for row in table.range::<&str>((lower, Bound::Unbounded)).map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        if registers.len() >= limit || bytes >= budget {
+            more = true;
+            break;
+        }
+        bytes += k.value().len() + v.value().len();
+        registers.push((k.value().to_string(), decode_row(k.value(), v.value())?));
+    }
+    let next = if more { registers.last().map(|(k, _)| k.clone()) } else { None };
+    Ok(Page { caught_up: meta.caught_up, incarnation: meta.incarnation, fences, registers, next })
+}
+
+/// Keys under `prefix` after `after`, at most `limit` (one more is read to tell whether any follow).
+fn list_keys(db: &Database, prefix: &str, after: &str, limit: usize) -> Result<KeyPage, StoreError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    if !read_meta(&txn.open_table(META).map_err(db_err)?)?.caught_up {
+        return Err(StoreError::NotCaughtUp);
+    }
+    let table = txn.open_table(REGISTERS).map_err(db_err)?;
+    let lower = if after >= prefix { Bound::Excluded(after) } else { Bound::Included(prefix) };
+    let mut rows = Vec::new();
+    for row in table.range::<&str>((lower, Bound::Unbounded)).map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        if !k.value().starts_with(prefix) || rows.len() > limit {
+            break;
+        }
+        rows.push((k.value().to_string(), decode_row(k.value(), v.value())?));
+    }
+    Ok(page_keys(rows.iter().map(|(k, r)| (k, r)), prefix, after, limit))
 }
 
 struct Writer {
     member: String,
-    db: Database,
+    db: Arc<Database>,
+    /// The hot cache generation and every fence.
     state: AcceptorState,
+    /// The cold cache generation.
+    cold: HashMap<String, RegisterState>,
+    cache_registers: usize,
     meta: StoreMeta,
     meta_tx: watch::Sender<StoreMeta>,
+    /// Answered once the writer stopped and let go of the database.
+    closing: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
+
+/// The registers table as of the last commit, opened at a batch's first cache miss.
+type Reader = Option<ReadOnlyTable<&'static str, &'static [u8]>>;
 
 /// A reply to send once the batch is durable.
 type Deferred = Box<dyn FnOnce(Option<&StoreError>) + Send>;
@@ -268,6 +460,14 @@ fn defer<T: Send + 'static>(reply: oneshot::Sender<Result<T, StoreError>>, value
     })
 }
 
+/// What a batch changed and must persist before its replies go out.
+#[derive(Default)]
+struct Dirty {
+    registers: HashSet<String>,
+    fences: bool,
+    meta: bool,
+}
+
 impl Writer {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
         while let Some(first) = rx.blocking_recv() {
@@ -278,16 +478,12 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let mut dirty = HashSet::new();
-            let mut fences_dirty = false;
-            let mut meta_dirty = false;
-            let replies: Vec<Deferred> =
-                ops.into_iter().map(|op| self.apply(op, &mut dirty, &mut fences_dirty, &mut meta_dirty)).collect();
-            let result = if dirty.is_empty() && !fences_dirty && !meta_dirty {
-                Ok(())
-            } else {
-                self.persist(&dirty, fences_dirty, meta_dirty)
-            };
+            let mut dirty = Dirty::default();
+            let mut reader: Reader = None;
+            let replies: Vec<Deferred> = ops.into_iter().map(|op| self.apply(op, &mut dirty, &mut reader)).collect();
+            drop(reader);
+            let result =
+                if dirty.registers.is_empty() && !dirty.fences && !dirty.meta { Ok(()) } else { self.persist(&dirty) };
             if let Err(e) = &result {
                 // Memory now holds state the disk does not: stop rather than answer from it.
                 tracing::error!(error = %e, "storage commit failed; exiting so the member restarts from disk");
@@ -296,30 +492,57 @@ impl Writer {
                 }
                 std::process::exit(70);
             }
-            if meta_dirty {
+            if dirty.meta {
                 let _ = self.meta_tx.send(self.meta);
             }
             for r in replies {
                 r(None);
             }
+            if let Some(closed) = self.closing.take() {
+                drop(self);
+                let _ = closed.send(Ok(()));
+                return;
+            }
+            // Everything cached is committed now: the hot generation may retire.
+            if self.state.registers.len() > self.cache_registers {
+                self.cold = std::mem::take(&mut self.state.registers);
+            }
         }
     }
 
-    fn apply(
-        &mut self,
-        op: Op,
-        dirty: &mut HashSet<String>,
-        fences_dirty: &mut bool,
-        meta_dirty: &mut bool,
-    ) -> Deferred {
+    /// Puts `key`'s committed state into the hot generation (a register never written stays
+    /// absent: the acceptor treats that as the empty state).
+    fn load(&mut self, key: &str, reader: &mut Reader) -> Result<(), StoreError> {
+        if self.state.registers.contains_key(key) {
+            return Ok(());
+        }
+        if let Some(r) = self.cold.remove(key) {
+            self.state.registers.insert(key.to_string(), r);
+            return Ok(());
+        }
+        let table = match reader {
+            Some(t) => t,
+            None => reader.insert(self.db.begin_read().map_err(db_err)?.open_table(REGISTERS).map_err(db_err)?),
+        };
+        if let Some(v) = table.get(key).map_err(db_err)? {
+            let reg = decode_row(key, v.value())?;
+            self.state.registers.insert(key.to_string(), reg);
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, op: Op, dirty: &mut Dirty, reader: &mut Reader) -> Deferred {
         match op {
             Op::Prepare { key, ballot, reply } => {
                 if !self.meta.caught_up {
                     return defer(reply, Err(StoreError::NotCaughtUp));
                 }
+                if let Err(e) = self.load(&key, reader) {
+                    return defer(reply, Err(e));
+                }
                 let (r, changed) = self.state.prepare(&key, &ballot);
                 if changed {
-                    dirty.insert(key);
+                    dirty.registers.insert(key);
                 }
                 defer(reply, Ok(r))
             }
@@ -327,87 +550,80 @@ impl Writer {
                 if !self.meta.caught_up {
                     return defer(reply, Err(StoreError::NotCaughtUp));
                 }
+                if let Err(e) = self.load(&key, reader) {
+                    return defer(reply, Err(e));
+                }
                 let (r, changed) = self.state.accept(&key, &ballot, value, promise_next.as_ref(), &voters);
                 if changed {
-                    dirty.insert(key);
+                    dirty.registers.insert(key);
                 }
                 defer(reply, Ok(r))
             }
             Op::Fence { member, incarnation, reply } => {
-                *fences_dirty |= self.state.fence(&member, incarnation);
+                dirty.fences |= self.state.fence(&member, incarnation);
                 defer(reply, Ok(()))
             }
-            Op::ListKeys { prefix, after, limit, reply } => {
-                if !self.meta.caught_up {
-                    return defer(reply, Err(StoreError::NotCaughtUp));
-                }
-                defer(reply, Ok(page_keys(self.state.registers.iter(), &prefix, &after, limit)))
-            }
-            Op::Snapshot { reply } => {
-                let snap = Snapshot {
-                    caught_up: self.meta.caught_up,
-                    registers: self.state.registers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                    fences: self
-                        .state
-                        .fences
-                        .iter()
-                        .map(|(m, i)| Voter { member: m.clone(), incarnation: *i })
-                        .collect(),
-                    incarnation: self.meta.incarnation,
-                };
-                defer(reply, Ok(snap))
-            }
-            Op::InstallCopy { registers, fences, reply } => {
+            Op::InstallPage { registers, reply } => {
                 for (k, r) in &registers {
+                    if let Err(e) = self.load(k, reader) {
+                        return defer(reply, Err(e));
+                    }
                     if self.state.merge_copy(k, r) {
-                        dirty.insert(k.clone());
+                        dirty.registers.insert(k.clone());
                     }
                 }
+                defer(reply, Ok(()))
+            }
+            Op::FinishCopy { fences, reply } => {
                 // Our own incarnation is ours to say; peers may only know an older one.
                 for f in fences.into_iter().filter(|f| f.member != self.member) {
-                    *fences_dirty |= self.state.fence(&f.member, f.incarnation);
+                    dirty.fences |= self.state.fence(&f.member, f.incarnation);
                 }
                 self.meta.caught_up = true;
-                *meta_dirty = true;
+                dirty.meta = true;
                 defer(reply, Ok(()))
             }
             Op::SetMeta { max_epoch, migrated_epoch, reply } => {
                 if let Some(e) = max_epoch.filter(|e| *e > self.meta.max_epoch) {
                     self.meta.max_epoch = e;
-                    *meta_dirty = true;
+                    dirty.meta = true;
                 }
                 if let Some(e) = migrated_epoch.filter(|e| *e > self.meta.migrated_epoch) {
                     self.meta.migrated_epoch = e;
-                    *meta_dirty = true;
+                    dirty.meta = true;
                 }
                 defer(reply, Ok(()))
+            }
+            Op::Close { reply } => {
+                self.closing = Some(reply);
+                Box::new(|_| {})
             }
         }
     }
 
-    fn persist(&mut self, dirty: &HashSet<String>, fences_dirty: bool, meta_dirty: bool) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+    fn persist(&mut self, dirty: &Dirty) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
         {
-            let mut regs = txn.open_table(REGISTERS).map_err(redb::Error::from)?;
-            for key in dirty {
+            let mut regs = txn.open_table(REGISTERS).map_err(db_err)?;
+            for key in &dirty.registers {
                 if let Some(r) = self.state.registers.get(key) {
-                    regs.insert(key.as_str(), encode_register(r).as_slice()).map_err(redb::Error::from)?;
+                    regs.insert(key.as_str(), encode_register(r).as_slice()).map_err(db_err)?;
                 }
             }
-            if fences_dirty {
-                let mut fences = txn.open_table(FENCES).map_err(redb::Error::from)?;
+            if dirty.fences {
+                let mut fences = txn.open_table(FENCES).map_err(db_err)?;
                 for (m, inc) in &self.state.fences {
-                    fences.insert(m.as_str(), *inc).map_err(redb::Error::from)?;
+                    fences.insert(m.as_str(), *inc).map_err(db_err)?;
                 }
             }
-            if meta_dirty {
-                let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
-                meta.insert("caught_up", u64::from(self.meta.caught_up)).map_err(redb::Error::from)?;
-                meta.insert("max_epoch", self.meta.max_epoch).map_err(redb::Error::from)?;
-                meta.insert("migrated_epoch", self.meta.migrated_epoch).map_err(redb::Error::from)?;
+            if dirty.meta {
+                let mut meta = txn.open_table(META).map_err(db_err)?;
+                meta.insert("caught_up", u64::from(self.meta.caught_up)).map_err(db_err)?;
+                meta.insert("max_epoch", self.meta.max_epoch).map_err(db_err)?;
+                meta.insert("migrated_epoch", self.meta.migrated_epoch).map_err(db_err)?;
             }
         }
-        txn.commit().map_err(redb::Error::from)?;
+        txn.commit().map_err(db_err)?;
         Ok(())
     }
 }
@@ -416,35 +632,125 @@ impl Writer {
 mod tests {
     use super::*;
 
+    fn b(round: u64) -> Ballot {
+        Ballot::new(round, "p")
+    }
+
     #[tokio::test]
     async fn state_survives_reopen_and_new_store_is_not_caught_up() {
         let dir = tempfile::tempdir().unwrap();
         let store = RegisterStore::open(dir.path(), "m0").unwrap();
         let inc = store.meta().incarnation;
         assert!(!store.meta().caught_up);
-        assert!(matches!(store.prepare("k".into(), Ballot::new(1, "p")).await, Err(StoreError::NotCaughtUp)));
-        store.install_copy(vec![], vec![]).await.unwrap();
+        assert!(matches!(store.prepare("k".into(), b(1)).await, Err(StoreError::NotCaughtUp)));
+        store.finish_copy(vec![]).await.unwrap();
         assert!(store.meta().caught_up);
-        store.accept("k".into(), Ballot::new(1, "p"), Some(vec![42]), Some(Ballot::new(2, "p")), vec![]).await.unwrap();
+        store.accept("k".into(), b(1), Some(vec![42]), Some(b(2)), vec![]).await.unwrap();
         store.set_meta(Some(3), Some(2)).await.unwrap();
-        drop(store);
-        // The writer thread exits when the handle drops; give redb the file back.
-        let store = reopen(dir.path()).await;
+        store.close().await.unwrap();
+        let store = RegisterStore::open(dir.path(), "m0").unwrap();
         let m = store.meta();
         assert_eq!((m.incarnation, m.caught_up, m.max_epoch, m.migrated_epoch), (inc, true, 3, 2));
-        let snap = store.snapshot().await.unwrap();
-        let (_, reg) = snap.registers.iter().find(|(k, _)| k == "k").unwrap();
+        let page = store.scan(None, 10).await.unwrap();
+        assert_eq!(page.next, None);
+        let (_, reg) = page.registers.iter().find(|(k, _)| k == "k").unwrap();
         assert_eq!(reg.value, Some(vec![42]));
-        assert_eq!(reg.promised, Ballot::new(2, "p"));
+        assert_eq!(reg.promised, b(2));
     }
 
-    async fn reopen(dir: &Path) -> RegisterStore {
-        for _ in 0..100 {
-            if let Ok(s) = RegisterStore::open(dir, "m0") {
-                return s;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    /// With a cache of 4 registers, 300 registers are evicted and read back from disk: every
+    /// prepare must still see the value accepted before (fails if a miss does not read redb).
+    #[tokio::test]
+    async fn registers_evicted_from_a_tiny_cache_are_read_back_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions { cache_registers: 4, page_cache_bytes: 1 << 20 };
+        let store = RegisterStore::open_with(dir.path(), "m0", opts).unwrap();
+        store.finish_copy(vec![]).await.unwrap();
+        let key = |i: u32| format!("k{i:04}");
+        for i in 0..300 {
+            let r = store.accept(key(i), b(1), Some(i.to_be_bytes().to_vec()), None, vec![]).await.unwrap();
+            assert_eq!(r, AcceptReply::Accepted);
         }
-        panic!("store did not reopen");
+        for round in 2..4 {
+            for i in (0..300).rev() {
+                match store.prepare(key(i), b(round)).await.unwrap() {
+                    PrepareReply::Promised { accepted, value } => {
+                        assert_eq!((accepted, value), (b(1), Some(i.to_be_bytes().to_vec())), "register {i}")
+                    }
+                    other => panic!("register {i}: {other:?}"),
+                }
+            }
+        }
+        // A stale ballot is refused by a register that left the cache long ago.
+        assert_eq!(store.prepare(key(7), b(2)).await.unwrap(), PrepareReply::Rejected { promised: b(3) });
+        store.close().await.unwrap();
+        let store = RegisterStore::open_with(dir.path(), "m0", opts).unwrap();
+        assert_eq!(store.register_count().await.unwrap(), 300);
+        assert_eq!(store.prepare(key(299), b(1)).await.unwrap(), PrepareReply::Rejected { promised: b(3) });
+    }
+
+    #[tokio::test]
+    async fn scans_page_through_every_register_once_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RegisterStore::open(dir.path(), "m0").unwrap();
+        let copied: Vec<_> = (0..1000)
+            .map(|i| {
+                let reg = RegisterState { promised: b(i + 1), accepted: b(i + 1), value: Some(vec![i as u8]) };
+                (format!("r{i:05}"), reg)
+            })
+            .collect();
+        store.install_page(copied.clone()).await.unwrap();
+        assert!(!store.meta().caught_up, "installing a page does not make a store vote");
+        let (mut after, mut seen, mut pages) = (None::<String>, Vec::new(), 0);
+        loop {
+            let page = store.scan(after.clone(), 7).await.unwrap();
+            page.check(after.as_deref()).unwrap();
+            assert!(page.registers.len() <= 7);
+            pages += 1;
+            seen.extend(page.registers);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 1000usize.div_ceil(7));
+        assert_eq!(seen, copied);
+        for bad in [0, MAX_PAGE_REGISTERS + 1, usize::MAX] {
+            let e = store.scan(None, bad).await.unwrap_err();
+            assert!(matches!(&e, StoreError::Invalid(m) if m.contains("page size")), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_stops_at_its_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RegisterStore::open(dir.path(), "m0").unwrap();
+        let big = |i: u8| {
+            let reg = RegisterState { promised: b(1), accepted: b(1), value: Some(vec![i; 1 << 20]) };
+            (format!("big{i}"), reg)
+        };
+        store.install_page((0..6).map(big).collect()).await.unwrap();
+        let page = store.scan(None, 100).await.unwrap();
+        assert_eq!(page.registers.len(), PAGE_BYTES >> 20, "a page holds about PAGE_BYTES");
+        assert_eq!(page.next.as_deref(), Some("big3"));
+        let rest = store.scan(page.next, 100).await.unwrap();
+        assert_eq!((rest.registers.len(), rest.next), (2, None));
+    }
+
+    #[test]
+    fn page_check_refuses_gaps_disorder_and_endless_walks() {
+        let reg = |k: &str| (k.to_string(), RegisterState::default());
+        let page = |keys: &[&str], next: Option<&str>| Page {
+            registers: keys.iter().map(|k| reg(k)).collect(),
+            next: next.map(String::from),
+            ..Default::default()
+        };
+        assert!(page(&["a", "b"], Some("b")).check(None).is_ok());
+        assert!(page(&["b", "c"], None).check(Some("a")).is_ok());
+        assert!(page(&[], None).check(Some("a")).is_ok());
+        assert!(page(&["b", "a"], None).check(None).is_err(), "out of order");
+        assert!(page(&["a", "b"], None).check(Some("a")).is_err(), "not after the cursor");
+        assert!(page(&["a", "b"], Some("c")).check(None).is_err(), "claims more than it holds");
+        assert!(page(&[], Some("z")).check(Some("a")).is_err(), "an empty page cannot continue");
     }
 }

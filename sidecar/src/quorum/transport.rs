@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::acceptor::{AcceptReply, PrepareReply, Voter};
 use super::change::{Change, ChangeError, Outcome};
-use super::store::Snapshot;
+use super::store::Page;
 use super::Ballot;
 use crate::membership::Member;
 
@@ -115,13 +115,16 @@ pub trait Peers: Send + Sync + 'static {
         timeout: Duration,
     ) -> impl Future<Output = Result<(), PeerError>> + Send;
 
-    /// Every register the peer holds.
+    /// One page of the peer's registers: up to `limit` with keys after `after` (from the first
+    /// key when `None`), read from one commit (see [`Page`]).
     fn dump(
         &self,
         to: &Member,
         epoch: u64,
+        after: Option<&str>,
+        limit: usize,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Snapshot, PeerError>> + Send;
+    ) -> impl Future<Output = Result<Page, PeerError>> + Send;
 
     /// Up to `limit` keys under `prefix` after `after` that the peer holds, in key order.
     fn list_keys(
@@ -151,4 +154,35 @@ pub trait Peers: Send + Sync + 'static {
         changes: &[Change],
         timeout: Duration,
     ) -> impl Future<Output = Result<Vec<Result<Outcome, ChangeError>>, PeerError>> + Send;
+}
+
+/// Tries of one page before giving up on a peer (a long walk should not restart from its
+/// first page because one message was lost).
+const PAGE_TRIES: usize = 4;
+/// Pause before asking for a page again.
+const PAGE_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Fetches one page of `from`'s registers (retrying an unreachable peer a few times) and
+/// checks it ([`Page::check`]): a malformed page (keys out of order, a cursor that does not
+/// advance) is refused, so that a walk built on these pages covers every key once and ends.
+pub async fn fetch_page<P: Peers>(
+    peers: &P,
+    from: &Member,
+    epoch: u64,
+    after: Option<&str>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Page, PeerError> {
+    let mut tries = 1;
+    let page = loop {
+        match peers.dump(from, epoch, after, limit, timeout).await {
+            Err(PeerError::Unreachable(_)) if tries < PAGE_TRIES => {
+                tries += 1;
+                tokio::time::sleep(PAGE_RETRY_PAUSE).await;
+            }
+            done => break done?,
+        }
+    };
+    page.check(after).map_err(|e| PeerError::Refused(format!("malformed page: {e}")))?;
+    Ok(page)
 }

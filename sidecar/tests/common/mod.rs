@@ -8,7 +8,7 @@ use std::time::Duration;
 use ordo_sidecar::membership::{Member, MemberSet, MembersFile};
 use ordo_sidecar::quorum::acceptor::{page_keys, AcceptReply, AcceptorState, PrepareReply, Voter};
 use ordo_sidecar::quorum::proposer::{Change, ChangeError, Outcome};
-use ordo_sidecar::quorum::store::Snapshot;
+use ordo_sidecar::quorum::store::Page;
 use ordo_sidecar::quorum::transport::{KeyPage, PeerError, Peers, ProbeInfo};
 use ordo_sidecar::quorum::Ballot;
 use rand::{Rng, SeedableRng};
@@ -117,7 +117,7 @@ impl Peers for SimNet {
         Ok(())
     }
 
-    async fn dump(&self, _: &Member, _: u64, _: Duration) -> Result<Snapshot, PeerError> {
+    async fn dump(&self, _: &Member, _: u64, _: Option<&str>, _: usize, _: Duration) -> Result<Page, PeerError> {
         Err(PeerError::Refused("not simulated".into()))
     }
 
