@@ -145,7 +145,7 @@ mod tests {
                 let (mut s, _) = listener.accept().await.unwrap();
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf).await;
-                let body = r#"{"id":"s-0","role":"member","epoch":3,"caught_up":true,"ready":true}"#;
+                let body = r#"{"id":"s-0","role":"member","epoch":3,"caught_up":true,"migrated_epoch":3,"ready":true,"pid":7}"#;
                 let reply = format!("HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
                 s.write_all(reply.as_bytes()).await.unwrap();
             }
