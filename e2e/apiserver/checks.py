@@ -411,65 +411,36 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    def add(name, fn, *args):
+    def add(name, fn, spec):
+        """Subcommand `name`; `spec` lists its flags: `flag` (required), `flag+` (repeated),
+        `flag:f` / `flag:i` (float / int), `flag=VALUE` (optional float with a default)."""
         s = sub.add_parser(name)
-        for flag, kw in args:
-            s.add_argument(flag, **kw)
+        for word in spec.split():
+            flag, _, default = word.partition("=")
+            flag, _, kind = flag.partition(":")
+            kw = {"required": not default}
+            if flag.endswith("+"):
+                flag, kw["action"] = flag[:-1], "append"
+            if kind or default:
+                kw["type"] = {"i": int}.get(kind, float)
+            if default:
+                kw["default"] = float(default)
+            s.add_argument(f"--{flag}", **kw)
         s.set_defaults(fn=fn)
 
-    kube = [("--kubectl", {"required": True}), ("--namespace", {"required": True})]
-    add("defaults", cmd_defaults, *kube, ("--crd", {"action": "append", "required": True}), ("--sample-dir", {"required": True}))
-    add("cel", cmd_cel, *kube, ("--cases", {"required": True}), ("--crd", {"action": "append", "required": True}))
-    add("children", cmd_children, *kube, ("--owner", {"action": "append", "required": True}), ("--field-manager", {"required": True}))
-    add("columns", cmd_columns, *kube, ("--crd", {"action": "append", "required": True}), ("--object", {"action": "append", "required": True}))
-    add("conditions", cmd_conditions, *kube, ("--object", {"action": "append", "required": True}))
-    add(
-        "idle",
-        cmd_idle,
-        ("--audit", {"required": True}),
-        ("--from", {"required": True}),
-        ("--to", {"required": True}),
-        ("--seconds", {"type": float, "required": True}),
-        ("--lease-renew-seconds", {"type": float, "required": True}),
-        ("--resync-objects", {"type": int, "required": True}),
-    )
-    add(
-        "pdb",
-        cmd_pdb,
-        *kube,
-        ("--name", {"required": True}),
-        ("--pods", {"type": int, "required": True}),
-        ("--min-available", {"type": int, "required": True}),
-        ("--timeout", {"type": float, "default": 60}),
-    )
-    add(
-        "standby",
-        cmd_standby,
-        ("--audit", {"required": True}),
-        ("--token-file", {"required": True}),
-        ("--from", {"required": True}),
-        ("--to", {"required": True}),
-    )
-    add(
-        "wrote",
-        cmd_wrote,
-        ("--audit", {"required": True}),
-        ("--token-file", {"required": True}),
-        ("--from", {"required": True}),
-        ("--resource", {"required": True}),
-    )
-    add("epochs", cmd_epochs, ("--before", {"required": True}), ("--log", {"required": True}), ("--path", {"required": True}))
-    add(
-        "lease",
-        cmd_lease,
-        *kube,
-        ("--name", {"required": True}),
-        ("--holder", {"required": True}),
-        ("--previous-renew", {"required": True}),
-        ("--lease-seconds", {"type": float, "required": True}),
-        ("--renew-seconds", {"type": float, "required": True}),
-    )
-    add("gc", cmd_gc, *kube, ("--delete", {"action": "append", "required": True}), ("--timeout", {"type": float, "default": 120}))
+    kube = "kubectl namespace "
+    add("defaults", cmd_defaults, kube + "crd+ sample-dir")
+    add("cel", cmd_cel, kube + "cases crd+")
+    add("children", cmd_children, kube + "owner+ field-manager")
+    add("columns", cmd_columns, kube + "crd+ object+")
+    add("conditions", cmd_conditions, kube + "object+")
+    add("idle", cmd_idle, "audit from to seconds:f lease-renew-seconds:f resync-objects:i")
+    add("pdb", cmd_pdb, kube + "name pods:i min-available:i timeout=60")
+    add("standby", cmd_standby, "audit token-file from to")
+    add("wrote", cmd_wrote, "audit token-file from resource")
+    add("epochs", cmd_epochs, "before log path")
+    add("lease", cmd_lease, kube + "name holder previous-renew lease-seconds:f renew-seconds:f")
+    add("gc", cmd_gc, kube + "delete+ timeout=120")
     a = p.parse_args()
     try:
         a.fn(a)

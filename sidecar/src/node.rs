@@ -257,6 +257,8 @@ impl<P: Peers> Node<P> {
     async fn migration_loop(self: Arc<Self>) {
         let Some(store) = self.store.clone() else { return };
         let mut config = self.watch_config();
+        // Progress of the current joint epoch's migration, kept across its retries.
+        let mut progress = (0, migration::Progress::default());
         loop {
             let cfg = config.borrow_and_update().clone();
             if cfg.previous.is_some()
@@ -264,7 +266,12 @@ impl<P: Peers> Node<P> {
                 && cfg.contains(&self.id)
                 && self.caught_up()
             {
-                match migration::migrate(&self.id, &self.proposer, self.peers.as_ref(), &cfg, migration::PAGE).await {
+                if progress.0 != cfg.epoch {
+                    progress = (cfg.epoch, migration::Progress::default());
+                }
+                let peers = self.peers.as_ref();
+                match migration::migrate(&self.id, &self.proposer, peers, &cfg, migration::PAGE, &mut progress.1).await
+                {
                     Ok(n) => {
                         if let Err(e) = store.set_meta(None, Some(cfg.epoch)).await {
                             tracing::error!(error = %e, "could not record the migration");

@@ -26,7 +26,7 @@ use ordo_sidecar::membership::{Member, MemberSet, MembersFile};
 use ordo_sidecar::metrics::Metrics;
 use ordo_sidecar::quorum::acceptor::{AcceptReply, PrepareReply, RegisterState, Voter};
 use ordo_sidecar::quorum::catchup::{attempt, Attempt};
-use ordo_sidecar::quorum::migration::migrate;
+use ordo_sidecar::quorum::migration::{migrate, Progress};
 use ordo_sidecar::quorum::proposer::{decode_u64, Change, ChangeError, Outcome, Proposer};
 use ordo_sidecar::quorum::store::{Page, RegisterStore, StoreError};
 use ordo_sidecar::quorum::transport::{KeyPage, PeerError, Peers, ProbeInfo};
@@ -41,6 +41,12 @@ struct Net {
     down: RwLock<HashSet<String>>,
     rng: Mutex<rand::rngs::StdRng>,
     loss: f64,
+    /// Members whose Prepare messages are lost.
+    lose_prepares_to: RwLock<HashSet<String>>,
+    /// Members whose Accept messages are lost.
+    lose_accepts_to: RwLock<HashSet<String>>,
+    /// Members whose Accept messages wait for a permit before they are delivered.
+    hold_accepts_to: RwLock<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 fn peer_err(e: StoreError) -> PeerError {
@@ -81,6 +87,9 @@ impl Peers for Net {
         b: &Ballot,
         _: Duration,
     ) -> Result<(PrepareReply, u64), PeerError> {
+        if self.lose_prepares_to.read().unwrap().contains(&to.id) {
+            return Err(PeerError::Unreachable("lost".into()));
+        }
         self.hop(&to.id).await?;
         let s = self.store(&to.id);
         let r = s.prepare(key.into(), b.clone()).await.map_err(peer_err)?;
@@ -99,6 +108,13 @@ impl Peers for Net {
         voters: &[Voter],
         _: Duration,
     ) -> Result<(AcceptReply, u64), PeerError> {
+        if self.lose_accepts_to.read().unwrap().contains(&to.id) {
+            return Err(PeerError::Unreachable("lost".into()));
+        }
+        let hold = self.hold_accepts_to.read().unwrap().get(&to.id).cloned();
+        if let Some(hold) = hold {
+            hold.acquire().await.unwrap().forget();
+        }
         self.hop(&to.id).await?;
         let s = self.store(&to.id);
         let r = s
@@ -182,6 +198,9 @@ async fn network(dir: &std::path::Path, ids: &[&str], preload: &[bool], register
         down: RwLock::default(),
         rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(7)),
         loss,
+        lose_prepares_to: RwLock::default(),
+        lose_accepts_to: RwLock::default(),
+        hold_accepts_to: RwLock::default(),
     })
 }
 
@@ -440,8 +459,12 @@ async fn migration_rewrites_every_register_of_a_paged_listing() {
     let joint = Arc::new(joint);
     let members = ["m1", "m2", "m3"];
     let migrators = proposers(&members, &net, &rx);
+    let (sim, joint) = (net.as_ref(), &joint);
     let rewritten = futures::future::join_all(
-        members.iter().zip(&migrators).map(|(id, p)| migrate(id, p, net.as_ref(), &joint, 25)),
+        members
+            .iter()
+            .zip(&migrators)
+            .map(|(id, p)| async move { migrate(id, p, sim, joint, 25, &mut Progress::default()).await }),
     )
     .await;
     let total: usize = rewritten.into_iter().map(|r| r.unwrap()).sum();
@@ -472,4 +495,48 @@ async fn migration_rewrites_every_register_of_a_paged_listing() {
         "preloaded registers read below {PRELOADED}: {:?}",
         &regressed[..regressed.len().min(5)]
     );
+}
+
+/// The gap documented in `catchup.rs` ("Not covered"): a round whose prepare quorum left out
+/// m0, but whose accept m0 took just before losing its data, completes after m0's copy because
+/// m2 receives its accept late; then a quorum through the rebuilt m0 hands the range out again.
+/// Fails today; closing the gap needs the proposer to discount an accept from an incarnation
+/// that another reply of the round reports as replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap, see quorum::catchup docs (Not covered): fails today"]
+async fn an_accept_of_the_lost_incarnation_counted_after_the_copy_is_not_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ids = ["m0", "m1", "m2"];
+    let cfg = common::members(&ids.map(String::from));
+    let net = network(tmp.path(), &ids, &[false; 3], &[], 0.0).await;
+    let (_tx, rx) = watch::channel(Arc::new(cfg.clone()));
+    let [p, q] = <[Proposer<Net>; 2]>::try_from(proposers(&["p", "q"], &net, &rx)).ok().unwrap();
+    // p's prepare reaches m1 and m2; its accept reaches m0, is lost to m1, and waits for m2.
+    net.lose_prepares_to.write().unwrap().insert("m0".into());
+    net.lose_accepts_to.write().unwrap().insert("m1".into());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    net.hold_accepts_to.write().unwrap().insert("m2".into(), gate.clone());
+    let first = tokio::spawn(async move {
+        p.change("seq/x", Change::Add { n: 10, start: 1 }, Instant::now() + Duration::from_secs(20)).await
+    });
+    let accepted_by_m0 = Instant::now() + Duration::from_secs(10);
+    while contents(&net.store("m0")).await.is_empty() {
+        assert!(Instant::now() < accepted_by_m0, "m0 never took p's accept");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // m0 loses its data and catches up from m1 and m2, which do not hold p's value yet.
+    net.lose_prepares_to.write().unwrap().clear();
+    net.lose_accepts_to.write().unwrap().clear();
+    let done = wipe_and_catch_up(&net, &cfg, "m0", &tmp.path().join("m0-wiped"), 25).await;
+    assert!(matches!(done, Attempt::Copied { .. }), "{done:?}");
+    // m2 takes the accept now: p counts m0's old accept and m2's.
+    gate.add_permits(1);
+    let first = first.await.unwrap().expect("p's change completes");
+    // With m2 cut off, every quorum goes through the rebuilt m0.
+    net.down.write().unwrap().insert("m2".into());
+    let second = q.change("seq/x", Change::Add { n: 10, start: 1 }, Instant::now() + Duration::from_secs(5)).await;
+    let second = second.expect("q's change completes");
+    let range = |o: &Outcome| decode_u64(o.before.as_deref()).unwrap_or(1)..decode_u64(o.after.as_deref()).unwrap();
+    let (a, b) = (range(&first), range(&second));
+    assert!(a.end <= b.start || b.end <= a.start, "ranges {a:?} and {b:?} overlap");
 }

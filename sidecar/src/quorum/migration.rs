@@ -37,7 +37,7 @@ use futures::future::join_all;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
-use super::proposer::{Change, Proposer};
+use super::proposer::{Change, ChangeError, Proposer};
 use super::route::home_for;
 use super::transport::{fetch_page, Peers};
 use crate::membership::{Member, MembersFile};
@@ -48,15 +48,35 @@ const ROUND_DEADLINE: Duration = Duration::from_secs(5);
 pub const PAGE: usize = 2048;
 /// Identity rounds in flight at once.
 pub const IN_FLIGHT: usize = 64;
+/// Tries of one register's rewrite.
+const REWRITE_TRIES: u32 = 5;
+/// Pause after a failed rewrite, times the number of tries so far.
+const REWRITE_PAUSE: Duration = Duration::from_millis(100);
 
-/// Lists every register of the joint configuration and rewrites this member's share through a
-/// joint quorum, listing `page` keys per step. Returns how many registers were rewritten.
+/// Where this member's migration of one joint epoch stands; kept across failed attempts of
+/// the same epoch, so that a retry resumes instead of starting over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Every register of this member's share up to this key was rewritten (`None`: none yet).
+    pub done_through: Option<String>,
+    /// Registers rewritten so far.
+    pub rewritten: usize,
+}
+
+/// Lists the registers of the joint configuration after `progress.done_through` and rewrites
+/// this member's share through joint quorums, listing `page` keys per step; `progress` follows
+/// along. Returns how many registers this epoch's migration rewrote in all.
+///
+/// Resuming is sound because the argument above is about each key alone: the keys up to
+/// `done_through` were listed by a read quorum and rewritten at this epoch, and the rest are
+/// listed now, by the read quorum answering this attempt.
 pub async fn migrate<P: Peers>(
     me: &str,
     proposer: &Proposer<P>,
     peers: &P,
     cfg: &Arc<MembersFile>,
     page: usize,
+    progress: &mut Progress,
 ) -> Result<usize, String> {
     let everyone: Vec<String> = {
         let mut ids: Vec<String> = cfg.current.members.iter().map(|m| m.id.clone()).collect();
@@ -64,31 +84,58 @@ pub async fn migrate<P: Peers>(
         ids
     };
     let mine = |key: &String| home_for(key, cfg, &everyone).is_some_and(|m| m.id == me);
-    let mut listing = Listing { peers, cfg, members: cfg.all_members(), cursor: None, page };
-    let (mut listed_all, mut queue, mut rounds, mut rewritten) = (false, VecDeque::new(), FuturesUnordered::new(), 0);
+    let cursor = progress.done_through.clone();
+    let mut listing = Listing { peers, cfg, members: cfg.all_members(), cursor, page };
+    // Listed steps not yet fully rewritten, oldest first: (end of the step, rewrites left).
+    let mut steps: VecDeque<(Option<String>, usize)> = VecDeque::new();
+    let mut first_step = 0usize;
+    let (mut listed_all, mut queue, mut rounds) = (false, VecDeque::new(), FuturesUnordered::new());
     loop {
         // List only as far ahead of the rewrites as keeps them busy (memory stays bounded).
         while !listed_all && queue.len() < IN_FLIGHT {
-            let (keys, more) = listing.step().await?;
-            queue.extend(keys.into_iter().filter(&mine));
-            listed_all = !more;
+            let (keys, end) = listing.step().await?;
+            let step = first_step + steps.len();
+            let before = queue.len();
+            queue.extend(keys.into_iter().filter(&mine).map(|k| (k, step)));
+            listed_all = end.is_none();
+            steps.push_back((end, queue.len() - before));
         }
         while rounds.len() < IN_FLIGHT {
-            let Some(key) = queue.pop_front() else { break };
-            rounds.push(async move {
-                proposer
-                    .change(&key, Change::Read, Instant::now() + ROUND_DEADLINE)
-                    .await
-                    .map_err(|e| format!("rewriting register {key}: {e}"))
-            });
+            let Some((key, step)) = queue.pop_front() else { break };
+            rounds.push(async move { rewrite(proposer, key).await.map(|()| step) });
         }
-        match rounds.next().await {
-            Some(done) => {
-                done?;
-                rewritten += 1;
+        if let Some(done) = rounds.next().await {
+            let step = done?;
+            progress.rewritten += 1;
+            if let Some((_, left)) = steps.get_mut(step - first_step) {
+                *left -= 1;
             }
-            None if listed_all => return Ok(rewritten),
-            None => {}
+        }
+        // The longest prefix of fully rewritten steps is done for good.
+        while steps.front().is_some_and(|(_, left)| *left == 0) {
+            if let Some((Some(end), _)) = steps.pop_front() {
+                progress.done_through = Some(end);
+            }
+            first_step += 1;
+        }
+        if listed_all && steps.is_empty() {
+            return Ok(progress.rewritten);
+        }
+    }
+}
+
+/// Rewrites one register through a round, retrying a round that found no quorum a few times
+/// (a long migration should not start over for one lost message).
+async fn rewrite<P: Peers>(proposer: &Proposer<P>, key: String) -> Result<(), String> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match proposer.change(&key, Change::Read, Instant::now() + ROUND_DEADLINE).await {
+            Ok(_) => return Ok(()),
+            Err(ChangeError::Unavailable { .. }) if tries < REWRITE_TRIES => {
+                tokio::time::sleep(REWRITE_PAUSE * tries).await;
+            }
+            Err(e) => return Err(format!("rewriting register {key}: {e}")),
         }
     }
 }
@@ -104,9 +151,9 @@ struct Listing<'a, P> {
 }
 
 impl<P: Peers> Listing<'_, P> {
-    /// The next step: the keys holding a value up to the smallest page end, and whether
-    /// keys may follow.
-    async fn step(&mut self) -> Result<(Vec<String>, bool), String> {
+    /// The next step: the keys holding a value up to the smallest page end, and that end
+    /// (`None` when the listing reached the end of every keyspace).
+    async fn step(&mut self) -> Result<(Vec<String>, Option<String>), String> {
         let (peers, cfg, page, after) = (self.peers, self.cfg, self.page, self.cursor.as_deref());
         let pages = join_all(
             self.members
@@ -141,8 +188,7 @@ impl<P: Peers> Listing<'_, P> {
             .filter(|(k, r)| r.value.is_some() && end.as_ref().is_none_or(|e| k <= e))
             .map(|(k, _)| k)
             .collect();
-        let more = end.is_some();
-        self.cursor = end;
-        Ok((keys.into_iter().collect(), more))
+        self.cursor.clone_from(&end);
+        Ok((keys.into_iter().collect(), end))
     }
 }
