@@ -132,7 +132,7 @@ async fn rewrite<P: Peers>(proposer: &Proposer<P>, key: String) -> Result<(), St
         tries += 1;
         match proposer.change(&key, Change::Read, Instant::now() + ROUND_DEADLINE).await {
             Ok(_) => return Ok(()),
-            Err(ChangeError::Unavailable { .. }) if tries < REWRITE_TRIES => {
+            Err(ChangeError::Unavailable { .. } | ChangeError::OutcomeUnknown { .. }) if tries < REWRITE_TRIES => {
                 tokio::time::sleep(REWRITE_PAUSE * tries).await;
             }
             Err(e) => return Err(format!("rewriting register {key}: {e}")),
