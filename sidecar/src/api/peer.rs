@@ -25,6 +25,8 @@ use crate::validate::validate_name;
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 /// Longest register key.
 pub const MAX_KEY_BYTES: usize = 256;
+/// Calls to one peer that a client may have cancelled recently and still recognise.
+const PEER_RESET_STREAMS_REMEMBERED: usize = 4096;
 /// Metadata key carrying the answering member's epoch on an epoch mismatch.
 const EPOCH_HEADER: &str = "ordo-epoch";
 /// Metadata key marking a refusal because the member is catching up.
@@ -453,6 +455,10 @@ impl GrpcPeers {
                         .map_err(|e| PeerError::Refused(format!("bad peer address {}: {e}", to.peer_addr)))?
                         .connect_timeout(Duration::from_millis(500))
                         .tcp_nodelay(true)
+                        // Rounds drop the calls still running once a quorum answered; frames
+                        // the peer already sent for them must be ignored, not counted as errors
+                        // (h2 closes the connection after 1024 such errors otherwise).
+                        .http2_max_concurrent_reset_streams(PEER_RESET_STREAMS_REMEMBERED)
                         .http2_keep_alive_interval(Duration::from_secs(10))
                         .keep_alive_while_idle(true)
                         .connect_lazy();
