@@ -24,6 +24,8 @@ use crate::validate::validate_name;
 
 /// Largest register value accepted from a peer (a register's value plus its header).
 pub const MAX_VALUE_BYTES: usize = crate::quorum::register::MAX_VALUE_BYTES + 1024;
+/// Calls to one peer that a client may have cancelled recently and still recognise.
+const PEER_RESET_STREAMS_REMEMBERED: usize = 4096;
 
 // ---------------------------------------------------------------------------------------------
 // Validation and conversion (pure, property-tested).
@@ -571,6 +573,10 @@ impl GrpcPeers {
                         .map_err(|e| PeerError::Refused(format!("bad peer address {}: {e}", to.peer_addr)))?
                         .connect_timeout(Duration::from_millis(500))
                         .tcp_nodelay(true)
+                        // Rounds drop the calls still running once a quorum answered; frames
+                        // the peer already sent for them must be ignored, not counted as errors
+                        // (h2 closes the connection after 1024 such errors otherwise).
+                        .http2_max_concurrent_reset_streams(PEER_RESET_STREAMS_REMEMBERED)
                         .http2_keep_alive_interval(Duration::from_secs(10))
                         .keep_alive_while_idle(true)
                         .connect_lazy();
