@@ -350,6 +350,28 @@ async fn read_back(proposer: &Proposer<Net>, required: &HashMap<String, u64>, st
     }
 }
 
+/// Cuts `member` off, reads every 5th register of `required` back through the quorums left
+/// ([`read_back`]), lets the load make 100 more changes through them, then stops it and checks
+/// that no range overlapped and no preloaded register was ever read below [`PRELOADED`].
+async fn cut_off_and_check(
+    net: &Arc<Net>,
+    cfg: &watch::Receiver<Arc<MembersFile>>,
+    load: Load,
+    member: &str,
+    required: &HashMap<String, u64>,
+) {
+    net.down.write().unwrap().insert(member.to_string());
+    read_back(&proposers(&["reader"], net, cfg)[0], required, 5).await;
+    load.wait_for(100, &format!("changes with {member} cut off")).await;
+    let acks = load.finish().await;
+    let regressed: Vec<&Ack> = acks.iter().filter(|(k, s, _, _)| !k.contains(".new") && *s < PRELOADED).collect();
+    assert!(
+        regressed.is_empty(),
+        "preloaded registers read below {PRELOADED}: {:?}",
+        &regressed[..regressed.len().min(5)]
+    );
+}
+
 /// Every register of `store`, by key (walked in pages of 1000).
 async fn contents(store: &RegisterStore) -> HashMap<String, RegisterState> {
     let mut out = HashMap::new();
@@ -427,16 +449,7 @@ async fn paged_catch_up_of_20k_registers_under_load_copies_every_acknowledged_va
     // Lose m1 too, copy it from m0 and m2, then cut m2 off: every quorum is copied state only.
     let done = wipe_and_catch_up(&net, &cfg, "m1", &tmp.path().join("m1-wiped"), 25).await;
     assert!(matches!(done, Attempt::Copied { .. }), "{done:?}");
-    net.down.write().unwrap().insert("m2".to_string());
-    read_back(&proposers(&["reader"], &net, &rx)[0], &required, 5).await;
-    load.wait_for(100, "changes through the copied members").await;
-    let acks = load.finish().await;
-    let regressed: Vec<&Ack> = acks.iter().filter(|(k, s, _, _)| !k.contains(".new") && *s < PRELOADED).collect();
-    assert!(
-        regressed.is_empty(),
-        "preloaded registers read below {PRELOADED}: {:?}",
-        &regressed[..regressed.len().min(5)]
-    );
+    cut_off_and_check(&net, &rx, load, "m2", &required).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,17 +497,8 @@ async fn migration_rewrites_every_register_of_a_paged_listing() {
     }
     // B alone, with m1 cut off: {m2, m3} must know every register.
     cfg_tx.send_replace(Arc::new(MembersFile { epoch: 3, current: set(&members), previous: None }));
-    net.down.write().unwrap().insert("m1".to_string());
     let preloaded: HashMap<String, u64> = registers.iter().map(|k| (k.clone(), PRELOADED)).collect();
-    read_back(&proposers(&["reader"], &net, &rx)[0], &preloaded, 5).await;
-    load.wait_for(100, "changes through the new set alone").await;
-    let acks = load.finish().await;
-    let regressed: Vec<&Ack> = acks.iter().filter(|(k, s, _, _)| !k.contains(".new") && *s < PRELOADED).collect();
-    assert!(
-        regressed.is_empty(),
-        "preloaded registers read below {PRELOADED}: {:?}",
-        &regressed[..regressed.len().min(5)]
-    );
+    cut_off_and_check(&net, &rx, load, "m1", &preloaded).await;
 }
 
 /// The gap documented in `catchup.rs` ("Not covered"): a round whose prepare quorum left out

@@ -25,6 +25,12 @@
 //! was rewritten; a member of the previous set only has no share. Rewrites run
 //! [`IN_FLIGHT`] at a time, so group commit batches them.
 //!
+//! **Memory.** A migration holds one listing step (a page from each listing member) and
+//! [`IN_FLIGHT`] rounds, whatever the number of registers; a failed attempt resumes from
+//! [`Progress`]. Not bounded here: the proposer keeps each register's worker for 30 s after its
+//! last round (about 5 KB each), so a member rewriting `r` registers/s holds about `30 r` of
+//! them (about 150 MB at 1,000/s).
+//!
 //! Shown by `e2e/tests/sequencer.rs::membership_change_3_to_5_to_3_keeps_ids_unique` and
 //! `sidecar/tests/catchup_sim.rs::migration_rewrites_every_register_of_a_paged_listing`
 //! (fails when a page is skipped).
