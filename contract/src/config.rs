@@ -129,7 +129,7 @@ pub struct SidecarArgs {
 
     /// Log streams.
     #[command(flatten)]
-    pub logs: LogArgs,
+    pub log: LogArgs,
 }
 
 /// Register API flags.
@@ -382,7 +382,7 @@ impl SidecarArgs {
             return Err(ConfigError::OutOfRange("--request-timeout-ms must be at least 10".into()));
         }
         self.sequencer.validate()?;
-        self.logs.validate()
+        self.log.validate()
     }
 }
 
@@ -544,7 +544,7 @@ mod tests {
     #[test]
     fn log_settings_round_trip_through_their_flags_and_are_checked() {
         let base = ["--id", "m-0", "--data-dir", "/d", "--members-file", "/m.yaml", "--peer-token", "t"];
-        let defaults = parse(&base).logs;
+        let defaults = parse(&base).log;
         assert_eq!(defaults, LogArgs::default());
         assert_eq!(defaults.effective_ack_quorum(), 2);
         let custom = LogArgs {
@@ -562,7 +562,7 @@ mod tests {
         let mut all: Vec<&str> = base.to_vec();
         all.extend(rendered.iter().map(String::as_str));
         let parsed = parse(&all);
-        assert_eq!(parsed.logs, custom);
+        assert_eq!(parsed.log, custom);
         parsed.validate().unwrap();
         let bad = |f: &dyn Fn(&mut LogArgs)| {
             let mut l = LogArgs::default();

@@ -121,7 +121,7 @@ fn rendered_pods_start_the_sidecar() {
             assert_eq!(parsed.sequencer.range_overrides().get(name), Some(&(*size as u64)));
         }
         assert_eq!(parsed.divider.load(), Ok(None), "members run no divider");
-        assert_eq!(parsed.logs, v.logs, "the log stream settings reach the sidecar as rendered");
+        assert_eq!(parsed.log, v.logs, "the log stream settings reach the sidecar as rendered");
         let members = members_of(&parsed);
         assert!(members.contains(&parsed.resolved_id().unwrap()), "the pod is in the members file");
         // The readiness and liveness probes hit paths the admin server serves, on its port.
@@ -163,7 +163,7 @@ fn rendered_pods_start_the_sidecar() {
             assert_eq!(divider.seq_cluster_epoch, members.epoch);
             assert_eq!(divider.keys, wv.keys);
             assert_eq!((divider.lease_ms, divider.stop_timeout_ms), (wv.lease_ms, wv.stop_timeout_ms));
-            assert_eq!(parsed.logs, v.logs, "divider pods get their SeqCluster's log stream settings");
+            assert_eq!(parsed.log, v.logs, "divider pods get their SeqCluster's log stream settings");
         }
     }
 }
