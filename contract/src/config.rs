@@ -499,7 +499,7 @@ mod tests {
         let bad = dir.path().join("bad.yaml");
         std::fs::write(
             &good,
-            "divider: stocks\nseq_cluster: ids\nseq_cluster_epoch: 1\ndefault_affinity: 1\nkeys: {partitions: 8, prefix: p-}\n",
+            "divider: stocks\nseq_cluster: ids\nseq_cluster_epoch: 1\ndefault_affinity: 1\nlease_ms: 5000\nstop_timeout_ms: 0\nkeys: {partitions: 8, prefix: p-}\n",
         )
         .unwrap();
         std::fs::write(
