@@ -504,7 +504,7 @@ mod tests {
         .unwrap();
         std::fs::write(
             &bad,
-            "divider: stocks\nseq_cluster: ids\nseq_cluster_epoch: 1\ndefault_affinity: -2\nkeys: {names: []}\n",
+            "divider: stocks\nseq_cluster: ids\nseq_cluster_epoch: 1\ndefault_affinity: -2\nlease_ms: 5\nstop_timeout_ms: 0\nkeys: {names: []}\n",
         )
         .unwrap();
         let with = |p: &std::path::Path| parse(&["--members-file", "/m", "--divider-config", p.to_str().unwrap()]);
@@ -512,7 +512,7 @@ mod tests {
         assert_eq!((loaded.divider.as_str(), loaded.keys.partitions), ("stocks", Some(8)));
         let e = with(&bad).divider.load().unwrap_err().to_string();
         assert!(e.starts_with("--divider-config (ORDO_DIVIDER_CONFIG): divider config is invalid"), "{e}");
-        assert!(e.contains("default_affinity") && e.contains("keys.names"), "{e}");
+        assert!(e.contains("default_affinity") && e.contains("keys.names") && e.contains("lease_ms"), "{e}");
         let missing = with(&dir.path().join("nope.yaml")).divider.load().unwrap_err().to_string();
         assert!(missing.contains("nope.yaml"), "{missing}");
     }
