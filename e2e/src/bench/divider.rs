@@ -192,7 +192,7 @@ fn worst_balance(f: Function, n: usize, m: &[Member]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// p50, min and max in milliseconds of `repeat` timed runs of `f` on 100k keys.
+/// Milliseconds of `repeat` timed runs of `f` on 100k keys: (p50, min, max).
 fn time_100k(f: Function, m: &[Member], repeat: usize) -> (f64, f64, f64) {
     let keys = key_names(100_000, "key-");
     let k: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -213,7 +213,9 @@ fn time_100k(f: Function, m: &[Member], repeat: usize) -> (f64, f64, f64) {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut md = String::new();
     writeln!(md, "# Divider assignment (`{}`), one thread", assign::ALGORITHM)?;
-    writeln!(md, "\nCommand: `ordo-bench divider --repeat {}`\n", args.repeat)?;
+    writeln!(md, "\nCommand: `ordo-bench divider --repeat {}`", args.repeat)?;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    writeln!(md, "Load average at start (the machine is shared): {}\n", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "))?;
 
     writeln!(md, "## Time to assign 100k keys (p50 of {} runs; goal < 25 ms)\n", args.repeat)?;
     writeln!(md, "| function | members | p50 ms | min ms | max ms |\n| --- | --- | --- | --- | --- |")?;
