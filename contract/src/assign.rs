@@ -242,25 +242,24 @@ impl<'a> Work<'a> {
         }
     }
 
-    /// Step 2: members above their band shed, then members below it take (id order).
+    /// Step 2: the band pass. First every member above its band sheds, then every member below
+    /// it takes; in each phase the candidate moves of all members are applied cheapest first.
     fn band_pass(&mut self) {
-        // Each call moves at least one key (the band guarantees candidates: the sum of the
-        // floors is at most N, the sum of the ceilings at least N), so the loops end; the
-        // `progress` checks only guard against a bug turning that into a hang.
-        for p in 0..self.a.live.len() {
-            while self.load[p] > self.band[p].1 {
-                if !self.shed(p) {
-                    break;
-                }
+        // Each round moves at least one key: the band guarantees candidates (the sum of the
+        // floors is at most N, the sum of the ceilings at least N). The round count is bounded
+        // anyway (N + members rounds), so that a bug cannot turn into a hang.
+        let limit = self.keys.len() + self.load.len() + 1;
+        for _ in 0..limit {
+            if !self.shed_round() {
+                break;
             }
         }
-        for p in 0..self.a.live.len() {
-            while self.load[p] < self.band[p].0 {
-                if !self.take(p) {
-                    break;
-                }
+        for _ in 0..limit {
+            if !self.take_round() {
+                break;
             }
         }
+        debug_assert!((0..self.load.len()).all(|p| self.band[p].0 <= self.load[p] && self.load[p] <= self.band[p].1));
     }
 
     fn cmp_moves(&self, x: &Move, y: &Move) -> Ordering {
@@ -268,82 +267,104 @@ impl<'a> Work<'a> {
             .cmp(&y.cost)
             .then(x.hash.cmp(&y.hash))
             .then_with(|| self.keys[x.key as usize].cmp(self.keys[y.key as usize]))
+            .then(x.to.cmp(&y.to))
             .then(x.key.cmp(&y.key))
     }
 
-    /// Moves keys off `p` (above its band) to the members with room, cheapest first. Stops when
-    /// `p` is within its band or a chosen target filled up (the caller then calls again).
-    fn shed(&mut self, p: usize) -> bool {
-        let room: Vec<bool> = (0..self.load.len()).map(|q| q != p && self.load[q] < self.band[q].1).collect();
-        let mut moves: Vec<Move> = Vec::new();
-        for k in 0..self.keys.len() {
-            if self.owner[k] as usize != p {
-                continue;
-            }
-            let h = self.hash[k];
-            let mut best = (u64::MAX, u32::MAX);
-            for (q, &r) in room.iter().enumerate() {
-                if r {
-                    let c = self.a.clock(h, q);
-                    if c < best.0 || best.1 == u32::MAX {
-                        best = (c, q as u32);
-                    }
-                }
-            }
-            if best.1 != u32::MAX {
-                moves.push(Move { cost: best.0.saturating_sub(self.clock[k]), hash: h, key: k as u32, to: best.1 });
-            }
-        }
-        let need = self.load[p] - self.band[p].1;
-        self.apply_cheapest(moves, need, |w, m| w.load[m.to as usize] < w.band[m.to as usize].1)
-    }
-
-    /// Moves to `p` (below its band) the keys it is cheapest for, from members above their
-    /// floor. Stops when `p` reached its band or a donor reached its floor (then called again).
-    fn take(&mut self, p: usize) -> bool {
-        let mut moves: Vec<Move> = Vec::new();
-        for k in 0..self.keys.len() {
-            let o = self.owner[k] as usize;
-            if o == p || self.load[o] <= self.band[o].0 {
-                continue;
-            }
-            let h = self.hash[k];
-            let c = self.a.clock(h, p);
-            moves.push(Move { cost: c.saturating_sub(self.clock[k]), hash: h, key: k as u32, to: p as u32 });
-        }
-        let need = self.band[p].0 - self.load[p];
-        self.apply_cheapest(moves, need, |w, m| {
-            let from = w.owner[m.key as usize] as usize;
-            w.load[from] > w.band[from].0
-        })
-    }
-
-    /// Applies the `need` cheapest of `moves` in order while `valid` holds for each; stops at
-    /// the first one that no longer is (its target or donor changed: the caller recomputes).
-    /// Returns whether it moved a key.
-    fn apply_cheapest(&mut self, mut moves: Vec<Move>, need: usize, valid: impl Fn(&Self, &Move) -> bool) -> bool {
-        let need = need.min(moves.len());
-        debug_assert!(need > 0, "band pass found no move");
-        if need == 0 {
-            return false;
-        }
+    /// Keeps the `need` cheapest of `moves`, sorted.
+    fn cheapest(&self, mut moves: Vec<Move>, need: usize) -> Vec<Move> {
         if need < moves.len() {
+            if need == 0 {
+                return Vec::new();
+            }
             moves.select_nth_unstable_by(need - 1, |x, y| self.cmp_moves(x, y));
             moves.truncate(need);
         }
         moves.sort_unstable_by(|x, y| self.cmp_moves(x, y));
+        moves
+    }
+
+    fn apply(&mut self, m: &Move) {
+        let k = m.key as usize;
+        self.load[self.owner[k] as usize] -= 1;
+        self.load[m.to as usize] += 1;
+        self.owner[k] = m.to;
+        self.clock[k] = self.a.clock(self.hash[k], m.to as usize);
+    }
+
+    /// One round of shedding: each key of a member above its band may move to its best member
+    /// with room (cost: its clock there minus its clock now); moves apply cheapest first until
+    /// a target fills up. Returns false when no member is above its band (or nothing moved).
+    fn shed_round(&mut self) -> bool {
+        let over: Vec<bool> = (0..self.load.len()).map(|p| self.load[p] > self.band[p].1).collect();
+        if !over.contains(&true) {
+            return false;
+        }
+        let room: Vec<usize> = (0..self.load.len()).filter(|&q| self.load[q] < self.band[q].1).collect();
+        let mut moves: Vec<Move> = Vec::new();
+        for k in 0..self.keys.len() {
+            if !over[self.owner[k] as usize] {
+                continue;
+            }
+            let h = self.hash[k];
+            let best = room.iter().map(|&q| (self.a.clock(h, q), q)).min();
+            if let Some((c, q)) = best {
+                moves.push(Move { cost: c.saturating_sub(self.clock[k]), hash: h, key: k as u32, to: q as u32 });
+            }
+        }
         let mut moved = false;
-        for m in moves {
-            if !valid(self, &m) {
+        for m in self.cheapest(moves, usize::MAX) {
+            let from = self.owner[m.key as usize] as usize;
+            if self.load[from] <= self.band[from].1 {
+                continue;
+            }
+            if self.load[m.to as usize] >= self.band[m.to as usize].1 {
                 break;
             }
+            self.apply(&m);
             moved = true;
-            let k = m.key as usize;
-            let h = self.hash[k];
-            self.load[self.owner[k] as usize] -= 1;
-            self.load[m.to as usize] += 1;
-            self.owner[k] = m.to;
-            self.clock[k] = self.a.clock(h, m.to as usize);
+        }
+        moved
+    }
+
+    /// One round of taking: each member below its band may take any key of a member above its
+    /// floor (cost: its clock minus the owner's); moves apply cheapest first until a donor
+    /// reaches its floor. Returns false when no member is below its band (or nothing moved).
+    fn take_round(&mut self) -> bool {
+        let under: Vec<usize> = (0..self.load.len()).filter(|&p| self.load[p] < self.band[p].0).collect();
+        if under.is_empty() {
+            return false;
+        }
+        let mut moves: Vec<Move> = Vec::new();
+        for &p in &under {
+            let mut mine = Vec::new();
+            for k in 0..self.keys.len() {
+                let o = self.owner[k] as usize;
+                if o == p || self.load[o] <= self.band[o].0 {
+                    continue;
+                }
+                let h = self.hash[k];
+                let c = self.a.clock(h, p);
+                mine.push(Move { cost: c.saturating_sub(self.clock[k]), hash: h, key: k as u32, to: p as u32 });
+            }
+            // A member never uses more than its need in one round.
+            moves.extend(self.cheapest(mine, self.band[p].0 - self.load[p]));
+        }
+        let mut moved = false;
+        let owners: Vec<u32> = moves.iter().map(|m| self.owner[m.key as usize]).collect();
+        let mut order: Vec<usize> = (0..moves.len()).collect();
+        order.sort_unstable_by(|&x, &y| self.cmp_moves(&moves[x], &moves[y]));
+        for i in order {
+            let m = moves[i];
+            let from = self.owner[m.key as usize];
+            if from != owners[i] || self.load[m.to as usize] >= self.band[m.to as usize].0 {
+                continue; // the key moved already, or its taker is satisfied
+            }
+            if self.load[from as usize] <= self.band[from as usize].0 {
+                break;
+            }
+            self.apply(&m);
+            moved = true;
         }
         moved
     }
@@ -631,22 +652,25 @@ mod tests {
         }
     }
 
-    /// Keys moved by a change, over the minimum: `(moved / minimum, bystanders)`, where
-    /// bystanders moved between two members other than `changed`.
-    fn excess(keys: &[&str], b: &[Option<&str>], after: &[Member], changed: &str, minimum: f64) -> (f64, usize) {
+    /// Keys moved by a change, over the minimum: `(moved / minimum, bystanders / minimum)`,
+    /// where bystanders moved between two members other than `changed`.
+    fn excess(keys: &[&str], b: &[Option<&str>], after: &[Member], changed: &str, minimum: f64) -> (f64, f64) {
         let a = owner_ids(after, &assign(keys, after));
         let moved: Vec<_> = b.iter().zip(&a).filter(|(x, y)| x != y).collect();
         let bystanders = moved.iter().filter(|(x, y)| **x != Some(changed) && **y != Some(changed)).count();
-        (moved.len() as f64 / minimum, bystanders)
+        (moved.len() as f64 / minimum, bystanders as f64 / minimum)
     }
 
     /// Movement bounds of the module docs' table: 50 members of affinity 10, five leaves, joins
-    /// and affinity changes (10 -> 15 and 10 -> 5) at 1k, 10k and 100k keys; the worst ratio
-    /// of each kind must stay within the stated bound.
+    /// and affinity changes (10 -> 15 and 10 -> 5) each, at 1k, 10k and 100k keys. For each kind
+    /// the worst change must stay within the stated ratio to the minimum, and its bystanders
+    /// (keys moved between two members other than the changed one: the band pass's own excess)
+    /// within the stated fraction of the minimum.
     #[test]
     fn movement_within_stated_bounds_at_1k_10k_100k() {
         let base: Vec<Member> = (0..50).map(|i| Member { id: format!("m{i:02}"), affinity: 10 }).collect();
-        for (n, bound) in MOVEMENT_BOUNDS {
+        let mut seen = Vec::new();
+        for (n, bounds) in MOVEMENT_BOUNDS {
             let keys = key_names(n);
             let k = refs(&keys);
             let before = owner_ids(&base, &assign(&k, &base));
@@ -655,33 +679,45 @@ mod tests {
                 let a = m.iter().find(|x| x.id == id).map_or(0, |x| x.affinity);
                 n as f64 * f64::from(a) / f64::from(total)
             };
+            let mut worst = [(0.0f64, 0.0f64); 4];
             for p in [0usize, 11, 23, 37, 49] {
                 let id = base[p].id.as_str();
                 let held = before.iter().filter(|o| **o == Some(id)).count() as f64;
                 let mut left = base.clone();
                 left.remove(p);
-                let mut joined = base.clone();
-                joined.push(Member { id: format!("j{p}"), affinity: 10 });
                 let joiner = format!("j{p}");
+                let mut joined = base.clone();
+                joined.push(Member { id: joiner.clone(), affinity: 10 });
                 let mut up = base.clone();
                 up[p].affinity = 15;
                 let mut down = base.clone();
                 down[p].affinity = 5;
                 let cases = [
-                    ("leave", excess(&k, &before, &left, id, held)),
-                    ("join", excess(&k, &before, &joined, &joiner, share(&joined, &joiner))),
-                    ("affinity up", excess(&k, &before, &up, id, share(&up, id) - share(&base, id))),
-                    ("affinity down", excess(&k, &before, &down, id, share(&base, id) - share(&down, id))),
+                    excess(&k, &before, &left, id, held),
+                    excess(&k, &before, &joined, &joiner, share(&joined, &joiner)),
+                    excess(&k, &before, &up, id, share(&up, id) - share(&base, id)),
+                    excess(&k, &before, &down, id, share(&base, id) - share(&down, id)),
                 ];
-                for (kind, (ratio, bystanders)) in cases {
-                    assert!(ratio <= bound, "{kind} of {id} at {n} keys: {ratio:.3}x the minimum ({bystanders} bystanders)");
+                for (w, (ratio, bystanders)) in worst.iter_mut().zip(cases) {
+                    *w = (w.0.max(ratio), w.1.max(bystanders));
                 }
+            }
+            seen.push((n, worst));
+        }
+        for ((n, bounds), (_, worst)) in MOVEMENT_BOUNDS.iter().zip(&seen) {
+            for (kind, (bound, got)) in ["leave", "join", "affinity up", "affinity down"].iter().zip(bounds.iter().zip(worst)) {
+                assert!(got.0 <= bound.0 && got.1 <= bound.1, "{kind} at {n} keys: {got:?} over {bound:?}; all: {seen:?}");
             }
         }
     }
 
-    /// The stated movement bounds: keys moved over the minimum, per key count.
-    const MOVEMENT_BOUNDS: [(usize, f64); 3] = [(1_000, 9.0), (10_000, 1.5), (100_000, 1.06)];
+    /// The stated movement bounds per key count, for leave, join, affinity up and down:
+    /// (keys moved / minimum, bystanders / minimum), worst of five changes each.
+    const MOVEMENT_BOUNDS: [(usize, [(f64, f64); 4]); 3] = [
+        (1_000, [(3.2, 2.2), (3.9, 2.9), (8.1, 7.1), (4.9, 3.9)]),
+        (10_000, [(1.26, 0.26), (1.29, 0.34), (1.43, 0.49), (1.36, 0.34)]),
+        (100_000, [(1.002, 0.002), (1.03, 0.004), (1.05, 0.009), (1.05, 0.003)]),
+    ];
 
     /// Plain rendezvous (step 1) moves exactly the minimum on leave and affinity change: only
     /// keys of the changed member, and no bystanders.
