@@ -215,7 +215,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     writeln!(md, "# Divider assignment (`{}`), one thread", assign::ALGORITHM)?;
     writeln!(md, "\nCommand: `ordo-bench divider --repeat {}`", args.repeat)?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    writeln!(md, "Load average at start (the machine is shared): {}\n", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "))?;
+    writeln!(
+        md,
+        "Load average at start (the machine is shared): {}\n",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    )?;
 
     writeln!(md, "## Time to assign 100k keys (p50 of {} runs; goal < 25 ms)\n", args.repeat)?;
     writeln!(md, "| function | members | p50 ms | min ms | max ms |\n| --- | --- | --- | --- | --- |")?;
