@@ -319,7 +319,19 @@ impl<'a> Work<'a> {
                 continue;
             }
             let h = self.hash[k];
-            let best = room.iter().map(|&q| (self.a.clock(h, q), q)).min();
+            let (h2, mut best) = (h.rotate_left(32), None);
+            for &q in &room {
+                let m = &self.a.live[q];
+                let x = pair_hash(h, h2, m);
+                // Exact pruning as in `rendezvous` (room is in id order: ties keep the first).
+                if best.is_some_and(|(b, _)| m.bound[(x >> 58) as usize] >= b) {
+                    continue;
+                }
+                let c = scale(neg_log2_q32(x), m.recip);
+                if best.is_none_or(|(b, _)| c < b) {
+                    best = Some((c, q));
+                }
+            }
             if let Some((c, q)) = best {
                 moves.push(Move { cost: c.saturating_sub(self.clock[k]), hash: h, key: k as u32, to: q as u32 });
             }
@@ -331,7 +343,7 @@ impl<'a> Work<'a> {
                 continue;
             }
             if self.load[m.to as usize] >= self.band[m.to as usize].1 {
-                break;
+                continue; // its target filled up: offered again next round
             }
             self.apply(&m);
             moved = true;
@@ -349,18 +361,31 @@ impl<'a> Work<'a> {
         }
         let mut moves: Vec<Move> = Vec::new();
         for &p in &under {
+            // A member never uses more than its need in one round: keep its `need` cheapest
+            // candidates, pruning keys whose cost cannot beat the current `need`-th (exact: the
+            // bound is a lower bound of the clock, and equal costs are kept for the tie-break).
+            let need = self.band[p].0 - self.load[p];
+            let m = &self.a.live[p];
             let mut mine = Vec::new();
+            let mut threshold = u64::MAX;
             for k in 0..self.keys.len() {
                 let o = self.owner[k] as usize;
                 if o == p || self.load[o] <= self.band[o].0 {
                     continue;
                 }
                 let h = self.hash[k];
-                let c = self.a.clock(h, p);
-                mine.push(Move { cost: c.saturating_sub(self.clock[k]), hash: h, key: k as u32, to: p as u32 });
+                let x = pair_hash(h, h.rotate_left(32), m);
+                if m.bound[(x >> 58) as usize].saturating_sub(self.clock[k]) > threshold {
+                    continue;
+                }
+                let cost = scale(neg_log2_q32(x), m.recip).saturating_sub(self.clock[k]);
+                mine.push(Move { cost, hash: h, key: k as u32, to: p as u32 });
+                if mine.len() >= 2 * need + 64 {
+                    mine = self.cheapest(mine, need);
+                    threshold = mine.last().map_or(u64::MAX, |m| m.cost);
+                }
             }
-            // A member never uses more than its need in one round.
-            moves.extend(self.cheapest(mine, self.band[p].0 - self.load[p]));
+            moves.extend(self.cheapest(mine, need));
         }
         let mut moved = false;
         let owners: Vec<u32> = moves.iter().map(|m| self.owner[m.key as usize]).collect();
@@ -373,7 +398,7 @@ impl<'a> Work<'a> {
                 continue; // the key moved already, or its taker is satisfied
             }
             if self.load[from as usize] <= self.band[from as usize].0 {
-                break;
+                continue; // its donor reached its floor
             }
             self.apply(&m);
             moved = true;
