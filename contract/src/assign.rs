@@ -147,16 +147,18 @@ impl Assigner {
             .into_iter()
             .map(|i| {
                 let m = &members[i];
+                let id_hash = hash_bytes(m.id.as_bytes());
+                let recip = u64::MAX / u64::from(m.affinity);
                 Live {
                     index: i as u32,
                     affinity: m.affinity,
-                    seed: hash_bytes(m.id.as_bytes()),
-                    seed2: mix(hash_bytes(m.id.as_bytes()) ^ 0x9e37_79b9_7f4a_7c15),
-                    recip: u64::MAX / u64::from(m.affinity),
+                    seed: id_hash,
+                    seed2: mix(id_hash ^ 0x9e37_79b9_7f4a_7c15),
+                    recip,
                     bound: std::array::from_fn(|t| {
                         // neg_log2_q32 is non-increasing: its minimum over the bucket is at the top.
                         let top = ((t as u64) << 58) | ((1 << 58) - 1);
-                        scale(neg_log2_q32(top), u64::MAX / u64::from(m.affinity))
+                        scale(neg_log2_q32(top), recip)
                     }),
                 }
             })
