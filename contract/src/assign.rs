@@ -571,7 +571,8 @@ mod tests {
     const GOLDEN_FIRST: [&str; 8] = ["c", "b", "e", "b", "b", "pod-7", "b", "e"];
 
     fn arb_members() -> impl Strategy<Value = Vec<Member>> {
-        proptest::collection::btree_map("[a-z]{1,6}", 0u32..6, 1..10)
+        let affinity = prop_oneof![4 => 0u32..6, 1 => any::<u32>()];
+        proptest::collection::btree_map("[a-z]{1,6}", affinity, 1..10)
             .prop_map(|m| m.into_iter().map(|(id, affinity)| Member { id, affinity }).collect())
     }
 
@@ -784,6 +785,20 @@ mod tests {
                     assert!(b == a || *b == Some(id) || *a == Some(id), "bystander move {b:?} -> {a:?}");
                 }
             }
+        }
+    }
+
+    /// More members than keys, and extreme affinities: still every key owned, all in band.
+    #[test]
+    fn many_members_and_extreme_affinities() {
+        let keys = key_names(100);
+        let many: Vec<Member> = (0..500).map(|i| Member { id: format!("p{i}"), affinity: 1 + i % 3 }).collect();
+        let extreme = members(&[("a", u32::MAX), ("b", 1), ("c", u32::MAX - 1), ("d", 0)]);
+        for m in [many, extreme] {
+            let owners = assign(&refs(&keys), &m);
+            assert!(owners.iter().all(Option::is_some));
+            let (worst, ok) = balance(&m, &owners);
+            assert!(ok, "worst {worst}");
         }
     }
 
