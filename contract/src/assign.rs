@@ -30,7 +30,7 @@
 //!    fixed point from a 1025-entry table with linear interpolation (error < 2e-7), divided by
 //!    the affinity through a 64-bit reciprocal. A per-member lower bound of the clock from the
 //!    hash's top 6 bits skips most logarithms without changing any result
-//!    (`rendezvous_pruning_is_exact`).
+//!    (`pruning_is_exact`, `prop_pruning_is_exact`).
 //! 2. *Band pass* (a bounded-load pass at both ends), in rounds. Shedding: while some member is
 //!    above its band, every key of such members is offered to its best member with room, at the
 //!    cost `E_new - E_owner`, and the offers are taken cheapest first (an offer whose source is
@@ -211,6 +211,11 @@ struct Work<'a> {
     clock: Vec<u64>,
     load: Vec<usize>,
     band: Vec<(usize, usize)>,
+    /// Whether to skip clocks by their lower bounds (always, but for the test that checks that
+    /// skipping changes nothing).
+    prune: bool,
+    /// Rounds of shedding and of taking the band pass ran (for tests).
+    rounds: (usize, usize),
 }
 
 /// A candidate move of one key, ordered by cost then key hash then key text.
@@ -233,6 +238,8 @@ impl<'a> Work<'a> {
             clock: vec![0; n],
             load: vec![0; a.live.len()],
             band: (0..a.live.len()).map(|p| a.band(p, n)).collect(),
+            prune: true,
+            rounds: (0, 0),
         }
     }
 
@@ -247,7 +254,7 @@ impl<'a> Work<'a> {
                 // A lower bound of the clock from the top 6 bits skips most logarithms; it is
                 // exact (the same clock at the largest `x` with these bits), so skipping never
                 // changes the result.
-                if m.bound[(x >> 58) as usize] >= best.0 {
+                if self.prune && m.bound[(x >> 58) as usize] >= best.0 {
                     continue;
                 }
                 let c = scale(neg_log2_q32(x), m.recip);
@@ -272,11 +279,13 @@ impl<'a> Work<'a> {
             if !self.shed_round() {
                 break;
             }
+            self.rounds.0 += 1;
         }
         for _ in 0..limit {
             if !self.take_round() {
                 break;
             }
+            self.rounds.1 += 1;
         }
         debug_assert!((0..self.load.len()).all(|p| self.band[p].0 <= self.load[p] && self.load[p] <= self.band[p].1));
     }
@@ -331,7 +340,7 @@ impl<'a> Work<'a> {
                 let m = &self.a.live[q];
                 let x = pair_hash(h, h2, m);
                 // Exact pruning as in `rendezvous` (room is in id order: ties keep the first).
-                if best.is_some_and(|(b, _)| m.bound[(x >> 58) as usize] >= b) {
+                if self.prune && best.is_some_and(|(b, _)| m.bound[(x >> 58) as usize] >= b) {
                     continue;
                 }
                 let c = scale(neg_log2_q32(x), m.recip);
@@ -382,7 +391,7 @@ impl<'a> Work<'a> {
                 }
                 let h = self.hash[k];
                 let x = pair_hash(h, h.rotate_left(32), m);
-                if m.bound[(x >> 58) as usize].saturating_sub(self.clock[k]) > threshold {
+                if self.prune && m.bound[(x >> 58) as usize].saturating_sub(self.clock[k]) > threshold {
                     continue;
                 }
                 let cost = scale(neg_log2_q32(x), m.recip).saturating_sub(self.clock[k]);
@@ -689,21 +698,43 @@ mod tests {
         }
     }
 
-    /// The pruned rendezvous loop picks what a naive loop over every clock picks.
+    /// Owners and band pass rounds of one assignment, with or without pruning.
+    fn run(keys: &[&str], m: &[Member], prune: bool) -> (Vec<u32>, (usize, usize)) {
+        let a = Assigner::new(m);
+        let mut w = Work::new(&a, keys);
+        w.prune = prune;
+        w.rendezvous();
+        w.band_pass();
+        (w.owner, w.rounds)
+    }
+
+    /// Skipping clocks by their lower bounds (in the rendezvous loop, shedding and taking)
+    /// changes no owner; the inputs include ones where both phases of the band pass run.
     #[test]
-    fn rendezvous_pruning_is_exact() {
+    fn pruning_is_exact() {
         let keys = key_names(3000);
-        for (_, m) in mixes() {
-            let a = Assigner::new(&m);
-            let naive: Vec<Option<u32>> = keys
-                .iter()
-                .map(|k| {
-                    let h = hash_bytes(k.as_bytes());
-                    let p = (0..a.live.len()).min_by_key(|&p| (a.clock(h, p), p));
-                    p.map(|p| a.live[p].index)
-                })
-                .collect();
-            assert_eq!(rendezvous_only(&refs(&keys), &m), naive);
+        let k = refs(&keys);
+        let few = |n: usize, f: u32| -> Vec<Member> {
+            (0..n).map(|i| Member { id: format!("p{i}"), affinity: 1 + i as u32 % f }).collect()
+        };
+        let mut phases = (0, 0);
+        for m in mixes().into_iter().map(|(_, m)| m).chain([few(200, 3), few(300, 7), few(40, 2)]) {
+            let (pruned, rounds) = run(&k, &m, true);
+            assert_eq!((pruned, rounds), run(&k, &m, false));
+            phases = (phases.0 + rounds.0, phases.1 + rounds.1);
+        }
+        assert!(phases.0 > 0 && phases.1 > 0, "both phases ran: {phases:?}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn prop_pruning_is_exact(m in arb_members(), keys in arb_keys()) {
+            let k = refs(&keys);
+            if m.iter().any(|x| x.affinity > 0) {
+                prop_assert_eq!(run(&k, &m, true), run(&k, &m, false));
+            }
         }
     }
 
