@@ -1,6 +1,7 @@
 //! Modules of the `ordo-bench` binary (declared from the binary only).
 
 pub mod baseline;
+pub mod divider;
 pub mod etcd;
 pub mod hist;
 pub mod http;

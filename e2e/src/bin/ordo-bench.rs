@@ -10,6 +10,9 @@
 //!            [--spread N] [--sidecar-range N] [--sidecar PATH] [--etcd PATH] [--out DIR] [--keep]
 //! ```
 //!
+//! `ordo-bench divider [--repeat N] [--out DIR]` measures the divider's assignment function
+//! instead (`bench/divider.rs`: time, keys moved, balance; writes `divider-assign.md`).
+//!
 //! `--spread N` puts the clients on the first N members only (default 3: all of them);
 //! `--sidecar-range N` gives the sidecar buffers behind the leased `Sequence` rows N IDs per
 //! refill instead of the lease size (both are for diagnosis; the published table uses neither).
@@ -274,6 +277,9 @@ fn now_utc() -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("divider") {
+        return bench::divider::run(bench::divider::parse_args(std::env::args().skip(2))?);
+    }
     let args = parse_args()?;
     let started = now_utc();
     let tmp = tempfile::Builder::new().prefix("ordo-bench-").tempdir()?;
