@@ -1,0 +1,1 @@
+//! Stream metadata and routing (filled in by the next step).
