@@ -126,6 +126,59 @@ pub struct SidecarArgs {
     /// Register API settings.
     #[command(flatten)]
     pub registers: RegistersArgs,
+
+    /// Log stream settings.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Log stream flags.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Log streams")]
+pub struct LogArgs {
+    /// Replication factor of streams created without one (capped at the member count).
+    #[arg(long = "log-replication-factor", env = "ORDO_LOG_REPLICATION_FACTOR", default_value_t = 3)]
+    pub replication_factor: u32,
+
+    /// Ack quorum of streams created without one (capped at their replication factor).
+    #[arg(long = "log-ack-quorum", env = "ORDO_LOG_ACK_QUORUM", default_value_t = 2)]
+    pub ack_quorum: u32,
+
+    /// Refuse appends to unknown streams instead of creating them with the defaults.
+    #[arg(long = "log-no-auto-create", env = "ORDO_LOG_NO_AUTO_CREATE")]
+    pub no_auto_create: bool,
+
+    /// Largest log entry, in bytes.
+    #[arg(long = "log-max-entry-bytes", env = "ORDO_LOG_MAX_ENTRY_BYTES", default_value_t = 1 << 20)]
+    pub max_entry_bytes: usize,
+
+    /// Largest append batch, in bytes.
+    #[arg(long = "log-max-batch-bytes", env = "ORDO_LOG_MAX_BATCH_BYTES", default_value_t = 4 << 20)]
+    pub max_batch_bytes: usize,
+
+    /// Most entries in one append batch.
+    #[arg(long = "log-max-batch-entries", env = "ORDO_LOG_MAX_BATCH_ENTRIES", default_value_t = 10_000)]
+    pub max_batch_entries: usize,
+}
+
+impl LogArgs {
+    /// Checks the numeric settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.replication_factor == 0 || self.ack_quorum == 0 || self.ack_quorum > self.replication_factor {
+            return Err(ConfigError::OutOfRange(
+                "--log-ack-quorum must be in 1..=--log-replication-factor, both at least 1".into(),
+            ));
+        }
+        if self.max_entry_bytes == 0 || self.max_batch_entries == 0 || self.max_batch_bytes < self.max_entry_bytes {
+            return Err(ConfigError::OutOfRange(
+                "log limits must be at least 1, and --log-max-batch-bytes at least --log-max-entry-bytes".into(),
+            ));
+        }
+        if self.max_batch_bytes > 64 << 20 {
+            return Err(ConfigError::OutOfRange("--log-max-batch-bytes must be at most 64 MiB".into()));
+        }
+        Ok(())
+    }
 }
 
 /// Register API flags.
@@ -254,7 +307,8 @@ impl SidecarArgs {
         if self.request_timeout_ms < 10 {
             return Err(ConfigError::OutOfRange("--request-timeout-ms must be at least 10".into()));
         }
-        self.sequencer.validate()
+        self.sequencer.validate()?;
+        self.log.validate()
     }
 }
 
@@ -409,6 +463,8 @@ mod tests {
         };
         assert!(matches!(with(&["--max-count", "0"]), Err(ConfigError::OutOfRange(_))));
         assert!(matches!(with(&["--range-size", "0"]), Err(ConfigError::OutOfRange(_))));
+        assert!(matches!(with(&["--log-ack-quorum", "4"]), Err(ConfigError::OutOfRange(_))));
+        assert!(matches!(with(&["--log-max-batch-bytes", "10"]), Err(ConfigError::OutOfRange(_))));
         assert!(matches!(with(&["--max-count", "1", "--range-size", "1025"]), Err(ConfigError::OutOfRange(_))));
         assert_eq!(with(&["--max-count", "1", "--range-size", "1024"]), Ok(()));
     }

@@ -78,6 +78,7 @@
 pub mod placement;
 pub mod primary;
 pub mod producer;
+pub mod router;
 
 pub mod segment;
 pub mod store;
@@ -145,6 +146,9 @@ pub enum LogError {
         /// First available LSN.
         first: u64,
     },
+    /// Out of range as a primary elsewhere reported it (OUT_OF_RANGE), its message kept.
+    #[error("{0}")]
+    OutOfRange(String),
     /// Refused in this state (FAILED_PRECONDITION): a producer gap or fenced producer epoch.
     #[error("{0}")]
     Refused(String),

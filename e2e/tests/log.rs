@@ -1,0 +1,376 @@
+//! Log streams between real processes: idempotent appenders on several members with a
+//! pipeline, `kill -9` of the primary mid-pipeline, `kill -9` of every member and a restart,
+//! a subscriber across a primary change, and bad input. A checker compares every acknowledged
+//! append with the stream read back: nothing acknowledged lost, nothing duplicated, LSNs dense,
+//! each producer's batches in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use futures::StreamExt;
+use ordo_e2e::cluster::{eventually, TestCluster, TestOptions};
+use ordo_proto::v1 as pb;
+use ordo_proto::v1::log_client::LogClient;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::Code;
+
+fn opts() -> TestOptions {
+    TestOptions { members: 3, ..Default::default() }
+}
+
+async fn log_client(cluster: &TestCluster, i: usize) -> LogClient<Channel> {
+    LogClient::new(cluster.client(i).await.channel())
+}
+
+/// One acknowledged batch.
+#[derive(Debug, Clone)]
+struct Acked {
+    producer: u64,
+    seq: u64,
+    lsns: Vec<u64>,
+    payloads: Vec<String>,
+}
+
+fn payload(producer: u64, seq: u64, i: usize) -> String {
+    format!("p{producer}-b{seq}-e{i}")
+}
+
+/// Appends `batches` batches of `per_batch` entries as idempotent producer `producer` with a
+/// pipeline of `pipeline`, reconnecting and resending unacknowledged batches (same sequence
+/// numbers) after any failure, until every batch is acknowledged or `deadline`.
+async fn run_appender(
+    channel: Channel,
+    stream: String,
+    producer: u64,
+    batches: u64,
+    per_batch: usize,
+    pipeline: usize,
+    deadline: Instant,
+) -> (Vec<Acked>, usize) {
+    let mut acked = Vec::new();
+    let mut pending: VecDeque<u64> = VecDeque::new();
+    let mut next_seq = 0u64;
+    let mut reconnects = 0usize;
+    let request = |seq: u64| pb::AppendRequest {
+        stream: stream.clone(),
+        entries: (0..per_batch).map(|i| payload(producer, seq, i).into_bytes()).collect(),
+        pipeline_size: pipeline as u32,
+        producer_id: producer,
+        producer_epoch: 1,
+        batch_seq: seq,
+    };
+    while (next_seq < batches || !pending.is_empty()) && Instant::now() < deadline {
+        let mut client = LogClient::new(channel.clone());
+        let (tx, rx) = mpsc::channel(16);
+        for &seq in &pending {
+            let _ = tx.send(request(seq)).await;
+        }
+        let mut responses =
+            match tokio::time::timeout(Duration::from_secs(5), client.append(ReceiverStream::new(rx))).await {
+                Ok(Ok(r)) => r.into_inner(),
+                _ => {
+                    reconnects += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+        loop {
+            while pending.len() < pipeline && next_seq < batches {
+                if tx.send(request(next_seq)).await.is_err() {
+                    break;
+                }
+                pending.push_back(next_seq);
+                next_seq += 1;
+            }
+            if pending.is_empty() {
+                break;
+            }
+            let r = match tokio::time::timeout(Duration::from_secs(10), responses.next()).await {
+                Ok(Some(Ok(r))) => r,
+                _ => break,
+            };
+            if let Some(e) = r.error {
+                assert_ne!(e.code, Code::InvalidArgument as i32, "a valid batch was refused: {}", e.message);
+                assert_ne!(e.code, Code::FailedPrecondition as i32, "an idempotent retry was refused: {}", e.message);
+                break; // a primary change: reconnect and resend everything unacknowledged
+            }
+            let seq = pending.pop_front().expect("a pending batch");
+            assert_eq!(r.batch_seq, seq, "results come back in request order");
+            acked.push(Acked {
+                producer,
+                seq,
+                lsns: r.lsns,
+                payloads: (0..per_batch).map(|i| payload(producer, seq, i)).collect(),
+            });
+        }
+        if !pending.is_empty() || next_seq < batches {
+            reconnects += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    (acked, reconnects)
+}
+
+/// The whole stream, read from member `i` (retrying while its primary settles).
+async fn read_all(cluster: &TestCluster, i: usize, stream: &str) -> Vec<pb::LogEntry> {
+    let mut c = log_client(cluster, i).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out: Vec<pb::LogEntry> = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "reading {stream} did not finish");
+        let from = out.last().map_or(1, |e| e.lsn + 1);
+        match c.read(pb::ReadRequest { stream: stream.into(), from, max: 1000 }).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                if r.entries.is_empty() && from > r.last_lsn {
+                    return out;
+                }
+                out.extend(r.entries);
+            }
+            Err(s) if s.code() == Code::Unavailable => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(s) => panic!("read failed: {s}"),
+        }
+    }
+}
+
+/// The checker: every acknowledged entry is in the log at its LSN, LSNs are dense from 1, no
+/// payload appears twice, and each producer's batches have increasing LSNs.
+fn check(acked: &[Acked], log: &[pb::LogEntry]) {
+    for (i, e) in log.iter().enumerate() {
+        assert_eq!(e.lsn, i as u64 + 1, "LSNs are dense from 1");
+    }
+    let mut seen = HashMap::new();
+    for e in log {
+        let text = String::from_utf8(e.data.clone()).expect("utf-8 payload");
+        if let Some(first) = seen.insert(text.clone(), e.lsn) {
+            panic!("{text} is in the log twice (LSNs {first} and {})", e.lsn);
+        }
+    }
+    let mut last_by_producer: HashMap<u64, (u64, u64)> = HashMap::new();
+    for a in acked {
+        for (lsn, p) in a.lsns.iter().zip(&a.payloads) {
+            let got = log.get((*lsn - 1) as usize).map(|e| String::from_utf8_lossy(&e.data).to_string());
+            assert_eq!(got.as_deref(), Some(p.as_str()), "acknowledged entry {p} at LSN {lsn} is lost or moved");
+        }
+        assert_eq!(a.lsns.len(), a.payloads.len());
+        if let Some(&(seq, lsn)) = last_by_producer.get(&a.producer) {
+            if a.seq > seq {
+                assert!(a.lsns[0] > lsn, "producer {} batch {} is before batch {seq}", a.producer, a.seq);
+            }
+        }
+        last_by_producer.insert(a.producer, (a.seq, a.lsns[0]));
+    }
+}
+
+async fn describe(cluster: &TestCluster, i: usize, stream: &str) -> pb::StreamInfo {
+    let mut c = log_client(cluster, i).await;
+    c.describe_stream(pb::DescribeStreamRequest { name: stream.into() }).await.expect("describe").into_inner()
+}
+
+fn member_index(cluster: &TestCluster, id: &str) -> usize {
+    (0..cluster.dev.len()).find(|&i| cluster.dev.member(i).id == id).expect("a member")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_of_the_primary_mid_pipeline_loses_and_duplicates_nothing() {
+    let mut cluster = TestCluster::start(opts()).await;
+    let stream = "orders";
+    let info = log_client(&cluster, 0)
+        .await
+        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!((info.replication_factor, info.ack_quorum, info.replicas.len()), (3, 2, 3));
+    assert!(!info.primary.is_empty(), "describing a stream settles its primary: {info:?}");
+    let primary = member_index(&cluster, &info.primary);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+
+    // A subscriber on a member that survives, from the start.
+    let mut sub = log_client(&cluster, others[0])
+        .await
+        .subscribe(pb::SubscribeRequest { stream: stream.into(), from: 1 })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let (sub_tx, mut sub_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = sub.next().await {
+            for e in m.entries {
+                if sub_tx.send(e).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut tasks = Vec::new();
+    for (k, &m) in others.iter().enumerate() {
+        for j in 0..2u64 {
+            let channel = cluster.client(m).await.channel();
+            let producer = 100 + k as u64 * 10 + j;
+            tasks.push(tokio::spawn(run_appender(channel, stream.into(), producer, 120, 4, 4, deadline)));
+        }
+    }
+    // Kill the primary once appends are flowing.
+    let mut c = log_client(&cluster, others[0]).await;
+    eventually(Duration::from_secs(30), "appends flowing", || {
+        let mut c = c.clone();
+        async move { c.tail(pb::TailRequest { stream: stream.into() }).await.is_ok_and(|t| t.get_ref().last_lsn > 200) }
+    })
+    .await;
+    cluster.dev.kill9(primary);
+    let mut acked = Vec::new();
+    let mut reconnects = 0;
+    for t in tasks {
+        let (a, r) = t.await.expect("appender");
+        acked.extend(a);
+        reconnects += r;
+    }
+    assert_eq!(acked.len(), 4 * 120, "every batch acknowledged in the end ({reconnects} reconnects)");
+    let log = read_all(&cluster, others[1], stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), 4 * 120 * 4, "exactly the acknowledged entries: retries were written once");
+    let new_primary = describe(&cluster, others[0], stream).await;
+    assert_ne!(new_primary.primary, info.primary, "a new primary took over");
+    assert!(new_primary.epoch > info.epoch);
+
+    // The subscriber saw every committed entry once, in order, across the primary change.
+    let mut got = Vec::new();
+    let until = Instant::now() + Duration::from_secs(30);
+    while got.len() < log.len() && Instant::now() < until {
+        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(1), sub_rx.recv()).await {
+            got.push(e);
+        }
+    }
+    assert_eq!(got, log, "the subscription delivers the log exactly");
+    let _ = c.tail(pb::TailRequest { stream: stream.into() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_of_every_member_and_a_restart_keep_every_acknowledged_entry() {
+    let mut cluster = TestCluster::start(opts()).await;
+    let stream = "events";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let channel = cluster.client(1).await.channel();
+    let (mut acked, _) = run_appender(channel, stream.into(), 7, 60, 8, 8, deadline).await;
+    assert_eq!(acked.len(), 60, "an unknown stream is created on first append");
+    for i in 0..3 {
+        cluster.dev.kill9(i);
+    }
+    for i in 0..3 {
+        cluster.dev.spawn(i).expect("restart");
+    }
+    for i in 0..3 {
+        cluster.wait_ready(i, Duration::from_secs(30)).await;
+    }
+    let log = read_all(&cluster, 2, stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), 60 * 8);
+    // The producer goes on where it was after the restart: batch 60 follows densely, and a
+    // retry of batch 59 is answered with its original LSNs.
+    let mut c = log_client(&cluster, 0).await;
+    let (tx, rx) = mpsc::channel(4);
+    let mut responses = c.append(ReceiverStream::new(rx)).await.expect("append").into_inner();
+    let req = |seq: u64| pb::AppendRequest {
+        stream: stream.into(),
+        entries: (0..8).map(|i| payload(7, seq, i).into_bytes()).collect(),
+        pipeline_size: 2,
+        producer_id: 7,
+        producer_epoch: 1,
+        batch_seq: seq,
+    };
+    tx.send(req(59)).await.unwrap();
+    tx.send(req(60)).await.unwrap();
+    let retry = responses.next().await.expect("a result").expect("ok");
+    assert_eq!(retry.lsns, acked[59].lsns, "a retried batch gets its original LSNs: {retry:?}");
+    let next = responses.next().await.expect("a result").expect("ok");
+    assert_eq!(next.lsns, (481..=488).collect::<Vec<_>>(), "{next:?}");
+    acked.push(Acked { producer: 7, seq: 60, lsns: next.lsns, payloads: (0..8).map(|i| payload(7, 60, i)).collect() });
+    check(&acked, &read_all(&cluster, 1, stream).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_a_clear_error_and_the_stream_goes_on() {
+    let cluster = TestCluster::start(TestOptions {
+        members: 3,
+        extra_args: vec!["--log-max-entry-bytes=1000".into(), "--log-max-batch-bytes=4000".into()],
+        ..Default::default()
+    })
+    .await;
+    let mut c = log_client(&cluster, 1).await;
+    let (tx, rx) = mpsc::channel(16);
+    let mut responses = c.append(ReceiverStream::new(rx)).await.expect("append").into_inner();
+    let req = |stream: &str, entries: Vec<Vec<u8>>, pipeline: u32| pb::AppendRequest {
+        stream: stream.into(),
+        entries,
+        pipeline_size: pipeline,
+        ..Default::default()
+    };
+    let cases: Vec<(pb::AppendRequest, &str)> = vec![
+        (req("bad", vec![b"first".to_vec()], 1), ""),
+        (req("bad", vec![], 1), "empty"),
+        (req("bad", vec![vec![0; 1001]], 1), "entry 0 is 1001 bytes; the limit is 1000"),
+        (req("bad", vec![vec![0; 900]; 5], 1), "the batch is 4500 bytes; the limit is 4000"),
+        (req("bad", vec![b"x".to_vec()], 9), "pipeline_size must be 1..=8"),
+        (req("no/such name", vec![b"x".to_vec()], 1), "stream name"),
+        (req("", vec![b"x".to_vec()], 1), "stream name"),
+        (req("bad", vec![b"second".to_vec()], 1), ""),
+    ];
+    for (r, _) in &cases {
+        tx.send(r.clone()).await.unwrap();
+    }
+    let mut lsns = Vec::new();
+    for (_, want) in &cases {
+        let r = responses.next().await.expect("a result").expect("the stream goes on");
+        match (&r.error, want.is_empty()) {
+            (None, true) => lsns.extend(r.lsns),
+            (Some(e), false) => {
+                assert_eq!(e.code, Code::InvalidArgument as i32, "{e:?}");
+                assert!(e.message.contains(want), "{:?} should say {want:?}", e.message);
+            }
+            _ => panic!("unexpected result {r:?} (wanted error {want:?})"),
+        }
+    }
+    assert_eq!(lsns, vec![1, 2], "good batches around the bad ones are appended");
+
+    // Trim beyond the tail; trim; read below the trimmed point names the first LSN.
+    let e = c.trim(pb::TrimRequest { stream: "bad".into(), before: 4 }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("last committed LSN of bad is 2"), "{e}");
+    let t = c.trim(pb::TrimRequest { stream: "bad".into(), before: 2 }).await.expect("trim").into_inner();
+    assert_eq!(t.first_lsn, 2);
+    let e = c.read(pb::ReadRequest { stream: "bad".into(), from: 1, max: 10 }).await.unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e}");
+    assert!(e.message().contains("first available LSN is 2"), "{e}");
+    let mut other = log_client(&cluster, 2).await;
+    let e = other.read(pb::ReadRequest { stream: "bad".into(), from: 1, max: 10 }).await.unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "from another member too: {e}");
+    assert!(e.message().contains("first available LSN is 2"), "{e}");
+    let tail = other.tail(pb::TailRequest { stream: "bad".into() }).await.expect("tail").into_inner();
+    assert_eq!((tail.first_lsn, tail.last_lsn), (2, 2));
+    let e = c.read(pb::ReadRequest { stream: "nope".into(), from: 1, max: 10 }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    let e = c.read(pb::ReadRequest { stream: "bad".into(), from: 2, max: 100_000 }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    // Creating again with the same settings is fine; with others it is refused.
+    let again =
+        c.create_stream(pb::CreateStreamRequest { name: "bad".into(), replication_factor: 3, ack_quorum: 2 }).await;
+    assert!(again.is_ok(), "{again:?}");
+    let e = c
+        .create_stream(pb::CreateStreamRequest { name: "bad".into(), replication_factor: 3, ack_quorum: 3 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e}");
+    let e = c
+        .create_stream(pb::CreateStreamRequest { name: "x".into(), replication_factor: 5, ack_quorum: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let names = c.list_streams(pb::ListStreamsRequest {}).await.expect("list").into_inner().names;
+    assert_eq!(names, vec!["bad".to_string()]);
+}
