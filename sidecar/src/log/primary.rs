@@ -213,6 +213,20 @@ impl Primary {
             deposed: None,
         };
         tokio::spawn(actor.run(rx));
+        // Recovery ends when the recovered tail is committed under this epoch: until then the
+        // committed LSN would read lower than what earlier primaries acknowledged.
+        let mut commit_rx = shared.commit_tx.subscribe();
+        let h = recovered.last;
+        if tokio::time::timeout(cfg.timeout, commit_rx.wait_for(|c| *c >= h)).await.is_err() {
+            let why = format!(
+                "stream {}: the recovered tail (LSN {h}) did not reach {} replicas within {} ms",
+                cfg.stream,
+                cfg.ack_quorum,
+                cfg.timeout.as_millis()
+            );
+            shared.deposed_tx.send_replace(Some(why.clone()));
+            return Err(LogError::Unavailable(why));
+        }
         tracing::info!(stream = %cfg.stream, epoch = cfg.epoch, last = recovered.last, from = recovered.e_start, "log primary recovered the stream");
         Ok(Self { epoch: cfg.epoch, stream: cfg.stream, tx, shared, store })
     }
