@@ -375,3 +375,69 @@ async fn bad_input_gets_a_clear_error_and_the_stream_goes_on() {
     let names = c.list_streams(pb::ListStreamsRequest {}).await.expect("list").into_inner().names;
     assert_eq!(names, vec!["bad".to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposed_primary_gets_no_append_acknowledged_after_a_new_epoch_is_sealed() {
+    let cluster = TestCluster::start(TestOptions { members: 3, proxied: true, ..Default::default() }).await;
+    let stream = "fenced";
+    let info = log_client(&cluster, 0)
+        .await
+        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
+        .await
+        .expect("create")
+        .into_inner();
+    let old = member_index(&cluster, &info.primary);
+    let other = (0..3).find(|&i| i != old).expect("another member");
+    let append = |c: LogClient<Channel>, data: &'static str| async move {
+        let mut c = c;
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(pb::AppendRequest { stream: stream.into(), entries: vec![data.into()], ..Default::default() })
+            .await
+            .unwrap();
+        let mut resp = c.append(ReceiverStream::new(rx)).await?.into_inner();
+        let r = resp.next().await.ok_or_else(|| tonic::Status::unavailable("no result"))??;
+        Ok::<_, tonic::Status>(r)
+    };
+    let first = append(log_client(&cluster, old).await, "before").await.expect("append").lsns;
+    assert_eq!(first, vec![1]);
+
+    // The primary is cut off but still believes it leads; appends to it are not acknowledged.
+    cluster.partition(old);
+    let stale = tokio::spawn(append(log_client(&cluster, old).await, "stale-1"));
+    // Another member takes over (once it sees the old primary down) and seals a new epoch.
+    let mut acked_new = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked_new.is_none() && Instant::now() < deadline {
+        match append(log_client(&cluster, other).await, "after").await {
+            Ok(r) if r.error.is_none() => acked_new = Some(r.lsns),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let acked_new = acked_new.expect("the new primary acknowledges appends");
+    let described = describe(&cluster, other, stream).await;
+    assert_ne!(described.primary, info.primary);
+    assert!(described.epoch > info.epoch);
+    // Still cut off, and after it heals: the old primary acknowledges nothing of its epoch.
+    let stale2 = tokio::spawn(append(log_client(&cluster, old).await, "stale-2"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.heal(old);
+    for (name, t) in [("stale-1", stale), ("stale-2", stale2)] {
+        let r = t.await.expect("task");
+        let acked = matches!(&r, Ok(resp) if resp.error.is_none());
+        assert!(!acked, "{name} was acknowledged by the deposed primary: {r:?}");
+    }
+    let log = read_all(&cluster, other, stream).await;
+    let data: Vec<String> = log.iter().map(|e| String::from_utf8_lossy(&e.data).to_string()).collect();
+    assert_eq!(data[0], "before");
+    assert_eq!(log[(acked_new[0] - 1) as usize].data, b"after");
+    assert!(!data.iter().any(|d| d.starts_with("stale")), "a deposed primary's entry is in the log: {data:?}");
+    // The healed member serves the stream again, through the new primary.
+    let healed = loop {
+        match append(log_client(&cluster, old).await, "healed").await {
+            Ok(r) if r.error.is_none() => break r.lsns,
+            _ if Instant::now() > deadline + Duration::from_secs(30) => panic!("the healed member never appended"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    assert_eq!(healed[0], log.len() as u64 + 1);
+}

@@ -272,8 +272,18 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 Route::Remote(to) => self.peers.forward(&to, &stream, batch),
             };
             let slot = slot.clone();
+            // A primary that cannot reach its ack quorum (or a forward into a partition) must
+            // not hold the appender forever: the batch may still commit later, which an
+            // idempotent retry resolves.
+            let deadline = self.settings.timeout * 2;
             tokio::spawn(async move {
-                let r = result.await.unwrap_or_else(|_| Err(LogError::Unavailable("the primary went away".into())));
+                let r = match tokio::time::timeout(deadline, result).await {
+                    Ok(r) => r.unwrap_or_else(|_| Err(LogError::Unavailable("the primary went away".into()))),
+                    Err(_) => Err(LogError::Unavailable(format!(
+                        "not acknowledged within {} ms (it may still be written: retry idempotently)",
+                        deadline.as_millis()
+                    ))),
+                };
                 if matches!(r, Err(LogError::Unavailable(_))) {
                     // Ask again who the primary is for the next batch.
                     *slot.route.lock().await = None;
