@@ -22,7 +22,7 @@ use crate::api::peer::{AuthHeader, GrpcPeers};
 use crate::log::primary::{local_link, LogPeers, ReplicaLink, ReplicateAck, ReplicateMsg};
 use crate::log::router::{validate_stream, LogRouter, RemotePrimaries};
 use crate::log::store::{AppendReply, FetchReply, ReplicaStore, SealReply};
-use crate::log::{Batch, EpochStart, LogEntry, LogError};
+use crate::log::{AppendResult, AppendResultTx, Batch, EpochStart, LogEntry, LogError};
 use crate::node::Node;
 
 /// Largest message on the log peer protocol.
@@ -293,7 +293,7 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
 // Client.
 
 type Client = LogPeerClient<InterceptedService<Channel, AuthHeader>>;
-type ForwardItem = (pb::AppendRequest, oneshot::Sender<Result<Vec<u64>, LogError>>);
+type ForwardItem = (pb::AppendRequest, AppendResultTx);
 
 /// gRPC client of the other members' LogPeer services.
 pub struct GrpcLogPeers {
@@ -357,8 +357,8 @@ impl GrpcLogPeers {
         let to = to.to_string();
         tokio::spawn(async move {
             let (req_tx, req_rx) = mpsc::channel::<pb::AppendRequest>(FORWARD_WINDOW);
-            let waiting: Arc<Mutex<VecDeque<oneshot::Sender<Result<Vec<u64>, LogError>>>>> = Arc::default();
-            let fail_all = |why: String, waiting: &Mutex<VecDeque<oneshot::Sender<Result<Vec<u64>, LogError>>>>| {
+            let waiting: Arc<Mutex<VecDeque<AppendResultTx>>> = Arc::default();
+            let fail_all = |why: String, waiting: &Mutex<VecDeque<AppendResultTx>>| {
                 for w in waiting.lock().expect("waiting lock").drain(..) {
                     let _ = w.send(Err(LogError::Unavailable(why.clone())));
                 }
@@ -486,7 +486,7 @@ impl LogPeers for GrpcLogPeers {
 }
 
 impl RemotePrimaries for GrpcLogPeers {
-    fn forward(&self, to: &str, stream: &str, batch: Batch) -> oneshot::Receiver<Result<Vec<u64>, LogError>> {
+    fn forward(&self, to: &str, stream: &str, batch: Batch) -> oneshot::Receiver<AppendResult> {
         let (reply, rx) = oneshot::channel();
         let req = pb::AppendRequest {
             stream: stream.to_string(),

@@ -157,6 +157,11 @@ pub enum LogError {
     Unavailable(String),
 }
 
+/// The LSNs of an appended batch, or why it was not appended.
+pub type AppendResult = Result<Vec<u64>, LogError>;
+/// Where a batch's result goes.
+pub type AppendResultTx = tokio::sync::oneshot::Sender<AppendResult>;
+
 /// Register key of a stream's metadata.
 pub fn meta_key(stream: &str) -> String {
     format!("log/{stream}/meta")

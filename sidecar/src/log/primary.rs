@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::producer::{ProducerTable, Verdict};
 use super::segment::{epoch_at, matching_prefix};
 use super::store::{AppendReply, FetchReply, ReplicaStore, SealReply, StoreError};
-use super::{Batch, EpochStart, LogEntry, LogError};
+use super::{AppendResult, AppendResultTx, Batch, EpochStart, LogEntry, LogError};
 
 /// Entries per replication message.
 const MAX_SEND_ENTRIES: usize = 512;
@@ -136,11 +136,11 @@ impl Tail {
 struct Waiter {
     first_lsn: u64,
     len: u32,
-    reply: oneshot::Sender<Result<Vec<u64>, LogError>>,
+    reply: AppendResultTx,
 }
 
 enum Cmd {
-    Append { batch: Batch, reply: oneshot::Sender<Result<Vec<u64>, LogError>> },
+    Append { batch: Batch, reply: AppendResultTx },
     Durable { replica: usize, lsn: u64 },
     Deposed { by: u64, replica: String },
 }
@@ -232,7 +232,7 @@ impl Primary {
     }
 
     /// Queues a batch (in call order) and returns where its answer will arrive.
-    pub fn submit(&self, batch: Batch) -> oneshot::Receiver<Result<Vec<u64>, LogError>> {
+    pub fn submit(&self, batch: Batch) -> oneshot::Receiver<AppendResult> {
         let (reply, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError(Cmd::Append { reply, .. })) = self.tx.send(Cmd::Append { batch, reply }) {
             let _ = reply.send(Err(LogError::Unavailable("the primary stopped".into())));
@@ -474,7 +474,7 @@ impl Actor {
         }
     }
 
-    fn append(&mut self, batch: Batch, reply: oneshot::Sender<Result<Vec<u64>, LogError>>) {
+    fn append(&mut self, batch: Batch, reply: AppendResultTx) {
         if let Some(why) = &self.deposed {
             let _ = reply.send(Err(LogError::Unavailable(why.clone())));
             return;
@@ -514,7 +514,7 @@ impl Actor {
         }
     }
 
-    fn wait(&mut self, first_lsn: u64, len: u32, reply: oneshot::Sender<Result<Vec<u64>, LogError>>) {
+    fn wait(&mut self, first_lsn: u64, len: u32, reply: AppendResultTx) {
         let last = first_lsn + u64::from(len) - 1;
         if last <= self.commit {
             let _ = reply.send(Ok((first_lsn..=last).collect()));

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::placement;
 use super::primary::{LogPeers, Primary, PrimaryConfig};
 use super::store::ReplicaStore;
-use super::{epoch_key, meta_key, Batch, LogEntry, LogError};
+use super::{epoch_key, meta_key, AppendResult, AppendResultTx, Batch, LogEntry, LogError};
 use crate::config::Role;
 use crate::node::{Node, PeerView};
 use crate::quorum::register::{RegisterError, Registers, Written};
@@ -127,7 +127,7 @@ pub struct StreamInfo {
 /// Calls to a primary on another sidecar.
 pub trait RemotePrimaries: Send + Sync + 'static {
     /// Queues a batch on the forwarding stream to `to` (in call order).
-    fn forward(&self, to: &str, stream: &str, batch: Batch) -> oneshot::Receiver<Result<Vec<u64>, LogError>>;
+    fn forward(&self, to: &str, stream: &str, batch: Batch) -> oneshot::Receiver<AppendResult>;
     /// Reads committed entries at `to` (long poll up to `wait`).
     fn primary_read(
         &self,
@@ -148,9 +148,11 @@ enum Route {
     Remote(String),
 }
 
+type Queued = (Batch, bool, AppendResultTx);
+
 struct StreamSlot {
     route: tokio::sync::Mutex<Option<Route>>,
-    queue: mpsc::UnboundedSender<(Batch, bool, oneshot::Sender<Result<Vec<u64>, LogError>>)>,
+    queue: mpsc::UnboundedSender<Queued>,
 }
 
 /// The log streams as this sidecar serves them.
@@ -229,12 +231,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
 
     /// Queues a batch of `stream` (in call order) and returns where its result will arrive.
     /// With `local_only` (a batch forwarded by another sidecar) it is never forwarded again.
-    pub fn submit(
-        self: &Arc<Self>,
-        stream: &str,
-        batch: Batch,
-        local_only: bool,
-    ) -> oneshot::Receiver<Result<Vec<u64>, LogError>> {
+    pub fn submit(self: &Arc<Self>, stream: &str, batch: Batch, local_only: bool) -> oneshot::Receiver<AppendResult> {
         let (reply, rx) = oneshot::channel();
         if let Err(e) = self.validate_batch(stream, &batch) {
             let _ = reply.send(Err(e));
@@ -248,7 +245,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         self: Arc<Self>,
         stream: String,
         slot: Arc<StreamSlot>,
-        mut rx: mpsc::UnboundedReceiver<(Batch, bool, oneshot::Sender<Result<Vec<u64>, LogError>>)>,
+        mut rx: mpsc::UnboundedReceiver<Queued>,
     ) {
         while let Some((batch, local_only, reply)) = rx.recv().await {
             let route = match self.route(&stream, &slot, true).await {

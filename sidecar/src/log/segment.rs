@@ -141,7 +141,7 @@ impl Segment {
         while at + FRAME as u64 <= len {
             seg.file.read_exact_at(&mut header, at).map_err(io(&path))?;
             let body_len = u32_at(&header, 0) as usize;
-            if body_len < BODY_HEADER || body_len > MAX_RECORD || at + (FRAME + body_len) as u64 > len {
+            if !(BODY_HEADER..=MAX_RECORD).contains(&body_len) || at + (FRAME + body_len) as u64 > len {
                 break;
             }
             let mut body = vec![0u8; body_len];
