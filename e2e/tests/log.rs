@@ -441,3 +441,68 @@ async fn a_deposed_primary_gets_no_append_acknowledged_after_a_new_epoch_is_seal
     };
     assert_eq!(healed[0], log.len() as u64 + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_client_appender_pipelines_retries_across_a_kill9_and_drains_on_close() {
+    use std::sync::{Arc, Mutex};
+
+    use ordo_client::AppenderOptions;
+
+    let mut cluster = TestCluster::start(TestOptions {
+        members: 3,
+        extra_args: vec!["--log-max-entry-bytes=1000".into()],
+        ..Default::default()
+    })
+    .await;
+    let stream = "appender";
+    let client = cluster.client(0).await;
+    let info = client.create_stream(stream, 3, 2).await.expect("create");
+    let primary = member_index(&cluster, &info.primary);
+    let at = (0..3).find(|&i| i != primary).expect("another member");
+    let client = cluster.client(at).await;
+    let opts = AppenderOptions { pipeline: 8, producer_id: Some(77), producer_epoch: 1, ..Default::default() };
+    let appender = client.appender(stream, opts);
+    // (batch index, result) in the order callbacks ran.
+    let results: Arc<Mutex<Vec<(usize, Result<Vec<u64>, String>)>>> = Arc::default();
+    for i in 0..300usize {
+        if i == 100 {
+            cluster.dev.kill9(primary);
+        }
+        let batch: Vec<Vec<u8>> = if i == 50 {
+            vec![vec![b'x'; 1001]] // too large: fails alone
+        } else {
+            (0..3).map(|k| format!("a-{i}-{k}").into_bytes()).collect()
+        };
+        let results = results.clone();
+        appender
+            .append_batch(batch, move |r| results.lock().unwrap().push((i, r.map_err(|e| e.to_string()))))
+            .await
+            .expect("queued");
+    }
+    let empty = appender.append_batch(vec![], |_| {}).await;
+    assert!(empty.is_err(), "an empty batch is refused at once");
+    appender.close().await;
+    let after = appender.append_batch(vec![b"late".to_vec()], |_| panic!("never called")).await;
+    assert!(after.is_err(), "appending after close fails at once");
+
+    let results = std::mem::take(&mut *results.lock().unwrap());
+    assert_eq!(results.len(), 300, "close() returned after every callback ran");
+    assert!(results.iter().enumerate().all(|(k, (i, _))| k == *i), "callbacks ran in append order");
+    let mut acked = Vec::new();
+    for (i, r) in results {
+        match r {
+            Err(e) if i == 50 => assert!(e.contains("limit is 1000"), "{e}"),
+            Err(e) => panic!("batch {i} failed: {e}"),
+            Ok(lsns) if i != 50 => acked.push(Acked {
+                producer: 77,
+                seq: i as u64,
+                lsns,
+                payloads: (0..3).map(|k| format!("a-{i}-{k}")).collect(),
+            }),
+            Ok(l) => panic!("the oversized batch was appended at {l:?}"),
+        }
+    }
+    let log = read_all(&cluster, at, stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), 299 * 3, "every batch but the bad one, once");
+}
