@@ -506,3 +506,76 @@ async fn the_client_appender_pipelines_retries_across_a_kill9_and_drains_on_clos
     check(&acked, &log);
     assert_eq!(log.len(), 299 * 3, "every batch but the bad one, once");
 }
+
+/// The `ordoctl` binary built beside this test.
+fn ordoctl() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("ordoctl"))
+        .find(|p| p.is_file())
+        .expect("ordoctl is built (cargo build --bins)")
+}
+
+fn ordoctl_json(socket: &str, args: &[&str], stdin: Option<&str>) -> serde_json::Value {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new(ordoctl());
+    cmd.args(["--socket", socket, "--output", "json", "log"]).args(args);
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("ordoctl runs");
+    if let Some(text) = stdin {
+        child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("ordoctl finishes");
+    assert!(out.status.success(), "ordoctl log {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ordoctl_log_prints_the_documented_json_shapes() {
+    use serde_json::json;
+
+    let cluster = TestCluster::start(opts()).await;
+    let socket = cluster.dev.member(1).socket.clone();
+    let s = socket.clone();
+    let run = move |args: Vec<&'static str>, stdin: Option<&'static str>| {
+        let s = s.clone();
+        tokio::task::spawn_blocking(move || ordoctl_json(&s, &args, stdin))
+    };
+    let created = run(vec!["create", "cli", "--replication-factor", "3", "--ack-quorum", "2"], None).await.unwrap();
+    assert_eq!((created["stream"].clone(), created["replication_factor"].clone()), (json!("cli"), json!(3)));
+    let appended = run(vec!["append", "cli", "a", "b"], None).await.unwrap();
+    assert_eq!(appended, json!({"stream": "cli", "lsns": [1, 2]}));
+    let piped =
+        run(vec!["append", "cli", "--stdin", "--batch", "2", "--pipeline", "4"], Some("c\nd\ne\n")).await.unwrap();
+    assert_eq!(piped, json!({"stream": "cli", "appended": 3, "first_lsn": 3, "last_lsn": 5}));
+    let read = run(vec!["read", "cli", "--from", "2", "--max", "2"], None).await.unwrap();
+    assert_eq!(read, json!({"stream": "cli", "entries": [{"lsn": 2, "data": "Yg=="}, {"lsn": 3, "data": "Yw=="}]}));
+    let tail = run(vec!["tail", "cli"], None).await.unwrap();
+    assert_eq!(tail, json!({"stream": "cli", "first_lsn": 1, "last_lsn": 5}));
+    let trimmed = run(vec!["trim", "cli", "--before", "3"], None).await.unwrap();
+    assert_eq!(trimmed, json!({"stream": "cli", "first_lsn": 3}));
+    let described = run(vec!["describe", "cli"], None).await.unwrap();
+    assert_eq!((described["first_lsn"].clone(), described["last_lsn"].clone()), (json!(3), json!(5)));
+    let listed = run(vec!["list"], None).await.unwrap();
+    assert_eq!(listed, json!({"streams": ["cli"]}));
+    // subscribe prints one {"lsn", "data"} per line and follows the tail.
+    let mut child = std::process::Command::new(ordoctl())
+        .args(["--socket", &socket, "--output", "json", "log", "subscribe", "cli", "--from", "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("subscribe runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout).lines().take(2).map(|l| l.expect("a line")).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let parsed: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert_eq!(parsed, vec![json!({"lsn": 4, "data": "ZA=="}), json!({"lsn": 5, "data": "ZQ=="})]);
+}
