@@ -463,7 +463,8 @@ async fn the_client_appender_pipelines_retries_across_a_kill9_and_drains_on_clos
     let opts = AppenderOptions { pipeline: 8, producer_id: Some(77), producer_epoch: 1, ..Default::default() };
     let appender = client.appender(stream, opts);
     // (batch index, result) in the order callbacks ran.
-    let results: Arc<Mutex<Vec<(usize, Result<Vec<u64>, String>)>>> = Arc::default();
+    type Outcome = (usize, Result<Vec<u64>, String>);
+    let results: Arc<Mutex<Vec<Outcome>>> = Arc::default();
     for i in 0..300usize {
         if i == 100 {
             cluster.dev.kill9(primary);
