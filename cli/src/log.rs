@@ -85,6 +85,15 @@ pub enum LogCmd {
     List,
 }
 
+/// What `append --stdin` appended.
+#[derive(Debug, Clone, Default)]
+struct Totals {
+    appended: u64,
+    first: u64,
+    last: u64,
+    error: Option<String>,
+}
+
 fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
@@ -141,8 +150,7 @@ pub async fn run(client: Client, cmd: LogCmd, json: bool) -> Result<()> {
                 bail!("--batch must be at least 1");
             }
             let appender = client.appender(&name, AppenderOptions { pipeline, ..Default::default() });
-            // (appended, first, last, first error)
-            let totals: Arc<Mutex<(u64, u64, u64, Option<String>)>> = Arc::default();
+            let totals: Arc<Mutex<Totals>> = Arc::default();
             let mut lines = std::io::stdin().lock().lines();
             loop {
                 let chunk: Vec<Vec<u8>> = lines
@@ -161,21 +169,21 @@ pub async fn run(client: Client, cmd: LogCmd, json: bool) -> Result<()> {
                         let mut t = totals.lock().expect("totals");
                         match r {
                             Ok(lsns) => {
-                                t.0 += lsns.len() as u64;
-                                if t.1 == 0 {
-                                    t.1 = lsns[0];
+                                t.appended += lsns.len() as u64;
+                                if t.first == 0 {
+                                    t.first = lsns.first().copied().unwrap_or(0);
                                 }
-                                t.2 = t.2.max(*lsns.last().unwrap_or(&0));
+                                t.last = t.last.max(lsns.last().copied().unwrap_or(0));
                             }
                             Err(e) => {
-                                t.3.get_or_insert_with(|| e.to_string());
+                                t.error.get_or_insert_with(|| e.to_string());
                             }
                         }
                     })
                     .await?;
             }
             appender.close().await;
-            let (appended, first, last, err) = totals.lock().expect("totals").clone();
+            let Totals { appended, first, last, error: err } = totals.lock().expect("totals").clone();
             if json {
                 println!("{}", json!({"stream": name, "appended": appended, "first_lsn": first, "last_lsn": last}));
             } else {
