@@ -70,10 +70,14 @@
 //!   Tests: `producer::tests`, `primary::tests::a_retried_batch_is_written_once_across_a_takeover`.
 //!
 //! # Not built yet
-//! Catch-up of a wiped replica before it counts is by replication only (a replica that lost its
-//! disk answers as an empty log, which recovery tolerates only while `RF - AQ + 1` sealed
-//! replicas keep their data); replicas are chosen at creation and not moved on membership
-//! changes; trimming is logical (the files keep trimmed entries).
+//! - **A wiped replica is not rebuilt before it counts.** A replica that lost its disk answers a
+//!   seal as an empty log. Recovery waits for every replica's answer up to its deadline and takes
+//!   the most up-to-date log, so an acknowledged entry survives while one replica that holds it
+//!   answers; it can be lost if every replica holding it is wiped or unreachable while a wiped
+//!   one completes the seal set.
+//! - Replicas are chosen when a stream is created and not moved on membership changes.
+//! - Trimming is logical: the trim point is in the metadata register; files keep the entries.
+//! - The primary's producer table is rebuilt by reading the whole local log at takeover.
 
 pub mod placement;
 pub mod primary;
