@@ -580,3 +580,35 @@ async fn ordoctl_log_prints_the_documented_json_shapes() {
     let parsed: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).expect("json line")).collect();
     assert_eq!(parsed, vec![json!({"lsn": 4, "data": "ZA=="}), json!({"lsn": 5, "data": "ZQ=="})]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_replica_that_takes_over_recovers_every_acknowledged_entry() {
+    let mut cluster = TestCluster::start(TestOptions { members: 3, proxied: true, ..Default::default() }).await;
+    let stream = "lagging";
+    let info = log_client(&cluster, 0)
+        .await
+        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
+        .await
+        .expect("create")
+        .into_inner();
+    let primary = member_index(&cluster, &info.primary);
+    let lagging = (0..3).find(|&i| i != primary).expect("a replica");
+    // The replica is cut off while the primary and the third member acknowledge appends.
+    cluster.partition(lagging);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let channel = cluster.client(primary).await.channel();
+    let (mut acked, _) = run_appender(channel, stream.into(), 5, 40, 5, 4, deadline).await;
+    assert_eq!(acked.len(), 40);
+    // The primary dies; the lagging replica comes back and takes over (appends go through it).
+    cluster.dev.kill9(primary);
+    cluster.heal(lagging);
+    let channel = cluster.client(lagging).await.channel();
+    let (more, _) = run_appender(channel, stream.into(), 6, 10, 5, 4, deadline).await;
+    assert_eq!(more.len(), 10);
+    acked.extend(more);
+    let described = describe(&cluster, lagging, stream).await;
+    assert_eq!(described.primary, cluster.dev.member(lagging).id, "the lagging replica is the new primary");
+    let log = read_all(&cluster, lagging, stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), 50 * 5);
+}

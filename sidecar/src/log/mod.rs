@@ -50,8 +50,9 @@
 //!   `segment::tests::a_torn_or_corrupt_tail_is_cut_and_the_rest_kept`,
 //!   `primary::tests::recovery_keeps_every_acknowledged_entry` (verified to fail when recovery
 //!   keeps its own log instead of the most up-to-date one),
-//!   and the checker of `e2e/tests/log.rs` (`kill -9` of the primary mid-pipeline, kill all and
-//!   restart).
+//!   and the checker of `e2e/tests/log.rs`: `kill -9` of the primary mid-pipeline, kill all and
+//!   restart, and `a_lagging_replica_that_takes_over_recovers_every_acknowledged_entry`
+//!   (verified to fail, losing LSN 1, when recovery keeps the new primary's own lagging log).
 //! - **None duplicated, LSNs dense, order kept.** Only the primary of the highest epoch can get
 //!   entries acknowledged, it assigns LSNs consecutively in the order batches arrive on its
 //!   queue, and an appender's batches reach that queue in the order it sent them (one stream,
