@@ -8,7 +8,7 @@
 //! render a pod the sidecar cannot start (`operator/tests/contract.rs`).
 //!
 //! Flags are grouped by what they configure: the sidecar as a whole ([`SidecarArgs`]), and one
-//! section per primitive ([`SequencerArgs`], [`DividerArgs`]), each under its own heading in
+//! section per primitive ([`SequencerArgs`], [`LogArgs`], [`DividerArgs`]), each under its own heading in
 //! `--help`. A new primitive adds one section here and flattens it into [`SidecarArgs`].
 
 use std::collections::BTreeMap;
@@ -127,58 +127,9 @@ pub struct SidecarArgs {
     #[command(flatten)]
     pub registers: RegistersArgs,
 
-    /// Log stream settings.
+    /// Log streams.
     #[command(flatten)]
     pub log: LogArgs,
-}
-
-/// Log stream flags.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Log streams")]
-pub struct LogArgs {
-    /// Replication factor of streams created without one (capped at the member count).
-    #[arg(long = "log-replication-factor", env = "ORDO_LOG_REPLICATION_FACTOR", default_value_t = 3)]
-    pub replication_factor: u32,
-
-    /// Ack quorum of streams created without one (capped at their replication factor).
-    #[arg(long = "log-ack-quorum", env = "ORDO_LOG_ACK_QUORUM", default_value_t = 2)]
-    pub ack_quorum: u32,
-
-    /// Refuse appends to unknown streams instead of creating them with the defaults.
-    #[arg(long = "log-no-auto-create", env = "ORDO_LOG_NO_AUTO_CREATE")]
-    pub no_auto_create: bool,
-
-    /// Largest log entry, in bytes.
-    #[arg(long = "log-max-entry-bytes", env = "ORDO_LOG_MAX_ENTRY_BYTES", default_value_t = 1 << 20)]
-    pub max_entry_bytes: usize,
-
-    /// Largest append batch, in bytes.
-    #[arg(long = "log-max-batch-bytes", env = "ORDO_LOG_MAX_BATCH_BYTES", default_value_t = 4 << 20)]
-    pub max_batch_bytes: usize,
-
-    /// Most entries in one append batch.
-    #[arg(long = "log-max-batch-entries", env = "ORDO_LOG_MAX_BATCH_ENTRIES", default_value_t = 10_000)]
-    pub max_batch_entries: usize,
-}
-
-impl LogArgs {
-    /// Checks the numeric settings.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.replication_factor == 0 || self.ack_quorum == 0 || self.ack_quorum > self.replication_factor {
-            return Err(ConfigError::OutOfRange(
-                "--log-ack-quorum must be in 1..=--log-replication-factor, both at least 1".into(),
-            ));
-        }
-        if self.max_entry_bytes == 0 || self.max_batch_entries == 0 || self.max_batch_bytes < self.max_entry_bytes {
-            return Err(ConfigError::OutOfRange(
-                "log limits must be at least 1, and --log-max-batch-bytes at least --log-max-entry-bytes".into(),
-            ));
-        }
-        if self.max_batch_bytes > 64 << 20 {
-            return Err(ConfigError::OutOfRange("--log-max-batch-bytes must be at most 64 MiB".into()));
-        }
-        Ok(())
-    }
 }
 
 /// Register API flags.
@@ -206,6 +157,129 @@ pub struct SequencerArgs {
     /// Largest `count` one Next request may ask for.
     #[arg(long, env = "ORDO_MAX_COUNT", default_value_t = 1_000_000)]
     pub max_count: u64,
+}
+
+/// Default replication factor of a log stream (capped at the cluster's size by the operator).
+pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
+/// Largest replication factor (a SeqCluster has at most 31 members).
+pub const MAX_REPLICATION_FACTOR: u32 = 31;
+/// Default largest log entry, bytes.
+pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 1 << 20;
+/// Default largest batch of log entries, bytes.
+pub const DEFAULT_MAX_BATCH_BYTES: u64 = 4 << 20;
+/// Default most entries in one batch.
+pub const DEFAULT_MAX_BATCH_ENTRIES: u32 = 4096;
+/// Default append bytes one app connection may have in flight before the sidecar stops reading.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 32 << 20;
+/// Largest entry, batch or in-flight limit a sidecar accepts (the peer message limit is 64 MiB).
+pub const MAX_LOG_BYTES_LIMIT: u64 = 48 << 20;
+
+/// Log stream flags: defaults for streams created without their own settings, limits, retention.
+/// The operator renders them from `SeqCluster.spec.logs` with [`LogArgs::to_args`].
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+#[command(next_help_heading = "Log streams")]
+pub struct LogArgs {
+    /// Replicas of a stream created without its own setting.
+    #[arg(long = "streams-replication-factor", env = "ORDO_STREAMS_REPLICATION_FACTOR", default_value_t = DEFAULT_REPLICATION_FACTOR)]
+    pub replication_factor: u32,
+    /// Replicas that must hold an entry durably before it is acknowledged (default: a majority
+    /// of the replication factor).
+    #[arg(long = "streams-ack-quorum", env = "ORDO_STREAMS_ACK_QUORUM")]
+    pub ack_quorum: Option<u32>,
+    /// Largest entry, in bytes.
+    #[arg(long = "streams-max-entry-bytes", env = "ORDO_STREAMS_MAX_ENTRY_BYTES", default_value_t = DEFAULT_MAX_ENTRY_BYTES)]
+    pub max_entry_bytes: u64,
+    /// Largest batch, in bytes (the sum of its entries).
+    #[arg(long = "streams-max-batch-bytes", env = "ORDO_STREAMS_MAX_BATCH_BYTES", default_value_t = DEFAULT_MAX_BATCH_BYTES)]
+    pub max_batch_bytes: u64,
+    /// Most entries in one batch.
+    #[arg(long = "streams-max-batch-entries", env = "ORDO_STREAMS_MAX_BATCH_ENTRIES", default_value_t = DEFAULT_MAX_BATCH_ENTRIES)]
+    pub max_batch_entries: u32,
+    /// Append bytes one app connection may have in flight; beyond it the sidecar stops reading
+    /// (backpressure), so its memory stays bounded.
+    #[arg(long = "streams-max-inflight-bytes", env = "ORDO_STREAMS_MAX_INFLIGHT_BYTES", default_value_t = DEFAULT_MAX_INFLIGHT_BYTES)]
+    pub max_inflight_bytes: u64,
+    /// Trim entries older than this many seconds (0: keep them until the app trims).
+    #[arg(long = "streams-retention-seconds", env = "ORDO_STREAMS_RETENTION_SECONDS", default_value_t = 0)]
+    pub retention_seconds: u64,
+    /// Trim the oldest entries of a stream beyond this many bytes (0: no limit).
+    #[arg(long = "streams-retention-bytes", env = "ORDO_STREAMS_RETENTION_BYTES", default_value_t = 0)]
+    pub retention_bytes: u64,
+    /// Refuse appends to unknown streams instead of creating them with the defaults above.
+    #[arg(long = "streams-no-auto-create", env = "ORDO_STREAMS_NO_AUTO_CREATE")]
+    pub no_auto_create: bool,
+}
+
+impl Default for LogArgs {
+    fn default() -> Self {
+        Self {
+            replication_factor: DEFAULT_REPLICATION_FACTOR,
+            ack_quorum: None,
+            max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_batch_entries: DEFAULT_MAX_BATCH_ENTRIES,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
+            retention_seconds: 0,
+            retention_bytes: 0,
+            no_auto_create: false,
+        }
+    }
+}
+
+impl LogArgs {
+    /// Effective ack quorum: the flag, else a majority of the replication factor.
+    pub fn effective_ack_quorum(&self) -> u32 {
+        self.ack_quorum.unwrap_or(self.replication_factor / 2 + 1)
+    }
+
+    /// Checks the settings against each other: `1 <= ack quorum <= replication factor <= 31`,
+    /// `entry <= batch <= in-flight <= 48 MiB`, at least one entry per batch.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let rf = self.replication_factor;
+        if !(1..=MAX_REPLICATION_FACTOR).contains(&rf) {
+            return Err(ConfigError::OutOfRange(format!(
+                "--streams-replication-factor must be in 1..={MAX_REPLICATION_FACTOR}, got {rf}"
+            )));
+        }
+        let ack = self.effective_ack_quorum();
+        if !(1..=rf).contains(&ack) {
+            return Err(ConfigError::OutOfRange(format!(
+                "--streams-ack-quorum must be in 1..={rf} (the replication factor), got {ack}"
+            )));
+        }
+        if self.max_batch_entries == 0 {
+            return Err(ConfigError::OutOfRange("--streams-max-batch-entries must be at least 1".into()));
+        }
+        let (entry, batch, inflight) = (self.max_entry_bytes, self.max_batch_bytes, self.max_inflight_bytes);
+        if !(entry >= 1 && entry <= batch && batch <= inflight && inflight <= MAX_LOG_BYTES_LIMIT) {
+            return Err(ConfigError::OutOfRange(format!(
+                "stream limits must satisfy 1 <= --streams-max-entry-bytes ({entry}) <= --streams-max-batch-bytes \
+                 ({batch}) <= --streams-max-inflight-bytes ({inflight}) <= {MAX_LOG_BYTES_LIMIT}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The flags that reproduce these settings (what the operator renders; parsing them back
+    /// gives `self`).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--streams-replication-factor={}", self.replication_factor),
+            format!("--streams-max-entry-bytes={}", self.max_entry_bytes),
+            format!("--streams-max-batch-bytes={}", self.max_batch_bytes),
+            format!("--streams-max-batch-entries={}", self.max_batch_entries),
+            format!("--streams-max-inflight-bytes={}", self.max_inflight_bytes),
+            format!("--streams-retention-seconds={}", self.retention_seconds),
+            format!("--streams-retention-bytes={}", self.retention_bytes),
+        ];
+        if let Some(ack) = self.ack_quorum {
+            args.push(format!("--streams-ack-quorum={ack}"));
+        }
+        if self.no_auto_create {
+            args.push("--streams-no-auto-create".into());
+        }
+        args
+    }
 }
 
 /// Work divider flags.
@@ -425,12 +499,12 @@ mod tests {
         let bad = dir.path().join("bad.yaml");
         std::fs::write(
             &good,
-            "divider: stocks\nseq_cluster: ids\nseq_cluster_epoch: 1\ndefault_affinity: 1\nkeys: {partitions: 8, prefix: p-}\n",
+            "divider: stocks\nseq_cluster: ids\nseq_cluster_epoch: 1\ndefault_affinity: 1\nlease_ms: 5000\nstop_timeout_ms: 0\nkeys: {partitions: 8, prefix: p-}\n",
         )
         .unwrap();
         std::fs::write(
             &bad,
-            "divider: stocks\nseq_cluster: ids\nseq_cluster_epoch: 1\ndefault_affinity: -2\nkeys: {names: []}\n",
+            "divider: stocks\nseq_cluster: ids\nseq_cluster_epoch: 1\ndefault_affinity: -2\nlease_ms: 5\nstop_timeout_ms: 0\nkeys: {names: []}\n",
         )
         .unwrap();
         let with = |p: &std::path::Path| parse(&["--members-file", "/m", "--divider-config", p.to_str().unwrap()]);
@@ -438,7 +512,7 @@ mod tests {
         assert_eq!((loaded.divider.as_str(), loaded.keys.partitions), ("stocks", Some(8)));
         let e = with(&bad).divider.load().unwrap_err().to_string();
         assert!(e.starts_with("--divider-config (ORDO_DIVIDER_CONFIG): divider config is invalid"), "{e}");
-        assert!(e.contains("default_affinity") && e.contains("keys.names"), "{e}");
+        assert!(e.contains("default_affinity") && e.contains("keys.names") && e.contains("lease_ms"), "{e}");
         let missing = with(&dir.path().join("nope.yaml")).divider.load().unwrap_err().to_string();
         assert!(missing.contains("nope.yaml"), "{missing}");
     }
@@ -463,9 +537,45 @@ mod tests {
         };
         assert!(matches!(with(&["--max-count", "0"]), Err(ConfigError::OutOfRange(_))));
         assert!(matches!(with(&["--range-size", "0"]), Err(ConfigError::OutOfRange(_))));
-        assert!(matches!(with(&["--log-ack-quorum", "4"]), Err(ConfigError::OutOfRange(_))));
-        assert!(matches!(with(&["--log-max-batch-bytes", "10"]), Err(ConfigError::OutOfRange(_))));
+        assert!(matches!(with(&["--streams-ack-quorum", "4"]), Err(ConfigError::OutOfRange(_))));
+        assert!(matches!(with(&["--streams-max-batch-bytes", "10"]), Err(ConfigError::OutOfRange(_))));
         assert!(matches!(with(&["--max-count", "1", "--range-size", "1025"]), Err(ConfigError::OutOfRange(_))));
         assert_eq!(with(&["--max-count", "1", "--range-size", "1024"]), Ok(()));
+    }
+
+    #[test]
+    fn log_settings_round_trip_through_their_flags_and_are_checked() {
+        let base = ["--id", "m-0", "--data-dir", "/d", "--members-file", "/m.yaml", "--peer-token", "t"];
+        let defaults = parse(&base).log;
+        assert_eq!(defaults, LogArgs::default());
+        assert_eq!(defaults.effective_ack_quorum(), 2);
+        let custom = LogArgs {
+            replication_factor: 5,
+            ack_quorum: Some(3),
+            max_entry_bytes: 1000,
+            max_batch_bytes: 10_000,
+            max_batch_entries: 16,
+            max_inflight_bytes: 100_000,
+            retention_seconds: 3600,
+            retention_bytes: 1 << 30,
+            no_auto_create: true,
+        };
+        let rendered = custom.to_args();
+        let mut all: Vec<&str> = base.to_vec();
+        all.extend(rendered.iter().map(String::as_str));
+        let parsed = parse(&all);
+        assert_eq!(parsed.log, custom);
+        parsed.validate().unwrap();
+        let bad = |f: &dyn Fn(&mut LogArgs)| {
+            let mut l = LogArgs::default();
+            f(&mut l);
+            l.validate().unwrap_err().to_string()
+        };
+        assert!(bad(&|l| l.ack_quorum = Some(4)).contains("--streams-ack-quorum must be in 1..=3"));
+        assert!(bad(&|l| l.ack_quorum = Some(0)).contains("--streams-ack-quorum"));
+        assert!(bad(&|l| l.replication_factor = 0).contains("--streams-replication-factor"));
+        assert!(bad(&|l| l.max_entry_bytes = l.max_batch_bytes + 1).contains("--streams-max-entry-bytes"));
+        assert!(bad(&|l| l.max_inflight_bytes = MAX_LOG_BYTES_LIMIT + 1).contains("48"));
+        assert!(bad(&|l| l.max_batch_entries = 0).contains("--streams-max-batch-entries"));
     }
 }

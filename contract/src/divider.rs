@@ -1,5 +1,6 @@
 //! The WorkDivider config file: what a WorkDivider's ConfigMap holds for its pods
-//! (`divider.yaml`): which divider and SeqCluster, the static keys, the default affinity.
+//! (`divider.yaml`): which divider and SeqCluster, the static keys, the default affinity, the
+//! lease and stop timeout.
 //!
 //! The operator validates the spec's keys with [`DividerKeys::problems`] and renders the file
 //! with [`DividerConfig::to_yaml`]; the sidecar reads it at startup (`--divider-config`) with
@@ -20,6 +21,16 @@ use crate::validate::{is_key_text, validate_key, validate_name};
 pub const MAX_STATIC_KEYS: usize = 65_536;
 /// Longest prefix of numbered keys.
 pub const MAX_PREFIX_LEN: usize = 64;
+/// Default length of a member's lease on its keys, in milliseconds.
+pub const DEFAULT_LEASE_MS: u64 = 10_000;
+/// Shortest lease (renewals must fit well inside it on a loaded node).
+pub const MIN_LEASE_MS: u64 = 1_000;
+/// Longest lease.
+pub const MAX_LEASE_MS: u64 = 600_000;
+/// Default time a key's old owner gets to confirm its stop before the key moves without it.
+pub const DEFAULT_STOP_TIMEOUT_MS: u64 = 30_000;
+/// Longest stop timeout.
+pub const MAX_STOP_TIMEOUT_MS: u64 = 3_600_000;
 
 /// The divider config file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +45,12 @@ pub struct DividerConfig {
     pub default_affinity: i64,
     /// Static keys.
     pub keys: DividerKeys,
+    /// Length of a member's lease on its keys, ms: a member that cannot renew it stops its keys
+    /// before it can expire; after it expires its keys move.
+    pub lease_ms: u64,
+    /// How long a key's old owner has to confirm a stop; after it the old token is dead and the
+    /// key moves anyway.
+    pub stop_timeout_ms: u64,
 }
 
 /// Static keys: `partitions` numbered keys `<prefix><i>` (`i` in `0..partitions`), or `names`.
@@ -139,6 +156,18 @@ impl DividerConfig {
                 message: format!("must be 0 (no work) or more, got {}", self.default_affinity),
             });
         }
+        if !(MIN_LEASE_MS..=MAX_LEASE_MS).contains(&self.lease_ms) {
+            out.push(Problem {
+                field: "lease_ms",
+                message: format!("must be between {MIN_LEASE_MS} and {MAX_LEASE_MS}, got {}", self.lease_ms),
+            });
+        }
+        if self.stop_timeout_ms > MAX_STOP_TIMEOUT_MS {
+            out.push(Problem {
+                field: "stop_timeout_ms",
+                message: format!("must be at most {MAX_STOP_TIMEOUT_MS}, got {}", self.stop_timeout_ms),
+            });
+        }
         out.extend(self.keys.problems());
         out
     }
@@ -184,6 +213,8 @@ mod tests {
             seq_cluster_epoch: 3,
             default_affinity: 1,
             keys: DividerKeys { partitions: Some(n), prefix: Some("p-".into()), names: None },
+            lease_ms: DEFAULT_LEASE_MS,
+            stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
         }
     }
 
@@ -206,8 +237,12 @@ mod tests {
         c.default_affinity = -1;
         c.divider = "no space".into();
         c.keys.prefix = Some("p q".into());
+        c.lease_ms = 10;
+        c.stop_timeout_ms = MAX_STOP_TIMEOUT_MS + 1;
         let e = c.validate().unwrap_err().to_string();
         for needle in [
+            "lease_ms: must be between 1000",
+            "stop_timeout_ms: must be at most",
             "divider: \"no space\"",
             "default_affinity: must be 0",
             "keys.partitions: must be between 1",

@@ -299,7 +299,7 @@ async fn kill9_of_every_member_and_a_restart_keep_every_acknowledged_entry() {
 async fn bad_input_gets_a_clear_error_and_the_stream_goes_on() {
     let cluster = TestCluster::start(TestOptions {
         members: 3,
-        extra_args: vec!["--log-max-entry-bytes=1000".into(), "--log-max-batch-bytes=4000".into()],
+        extra_args: vec!["--streams-max-entry-bytes=1000".into(), "--streams-max-batch-bytes=4000".into()],
         ..Default::default()
     })
     .await;
@@ -450,7 +450,7 @@ async fn the_client_appender_pipelines_retries_across_a_kill9_and_drains_on_clos
 
     let mut cluster = TestCluster::start(TestOptions {
         members: 3,
-        extra_args: vec!["--log-max-entry-bytes=1000".into()],
+        extra_args: vec!["--streams-max-entry-bytes=1000".into()],
         ..Default::default()
     })
     .await;

@@ -40,7 +40,9 @@ pub const DEFAULT_SIDECAR_IMAGE: &str = "ghcr.io/ordo-dev/ordo-sidecar:0.1.0";
     validation = Rule::new("!has(self.readQuorum) || (self.readQuorum >= 1 && self.readQuorum <= self.replicas)").message("readQuorum must be between 1 and replicas").field_path(".readQuorum"),
     validation = Rule::new("!has(self.writeQuorum) || (self.writeQuorum >= 1 && self.writeQuorum <= self.replicas)").message("writeQuorum must be between 1 and replicas").field_path(".writeQuorum"),
     validation = Rule::new("(has(self.readQuorum) ? self.readQuorum : self.replicas / 2 + 1) + (has(self.writeQuorum) ? self.writeQuorum : self.replicas / 2 + 1) > self.replicas").message("readQuorum + writeQuorum must exceed replicas (R + W > N), so every read quorum meets every write quorum"),
-    validation = Rule::new("2 * (has(self.writeQuorum) ? self.writeQuorum : self.replicas / 2 + 1) > self.replicas").message("twice writeQuorum must exceed replicas (2W > N), so two write quorums always overlap")
+    validation = Rule::new("2 * (has(self.writeQuorum) ? self.writeQuorum : self.replicas / 2 + 1) > self.replicas").message("twice writeQuorum must exceed replicas (2W > N), so two write quorums always overlap"),
+    validation = Rule::new("!has(self.logs) || !has(self.logs.replicationFactor) || self.logs.replicationFactor <= self.replicas").message("logs.replicationFactor must be at most replicas").field_path(".logs.replicationFactor"),
+    validation = Rule::new("!has(self.logs) || !has(self.logs.ackQuorum) || self.logs.ackQuorum <= (has(self.logs.replicationFactor) ? self.logs.replicationFactor : (self.replicas < 3 ? self.replicas : 3))").message("logs.ackQuorum must be at most logs.replicationFactor (default: replicas, at most 3)").field_path(".logs.ackQuorum")
 )]
 pub struct SeqClusterSpec {
     /// Number of members (1..=31).
@@ -68,6 +70,69 @@ pub struct SeqClusterSpec {
     /// Create a NetworkPolicy that limits the peer port to members and their WorkDividers.
     #[serde(default = "default_true")]
     pub network_policy: bool,
+    /// Log streams: defaults for streams created without their own settings, limits, retention.
+    #[serde(default)]
+    pub logs: LogsSpec,
+}
+
+/// Log stream settings of a SeqCluster, rendered into every sidecar of the cluster and of the
+/// WorkDividers that use it. Rules: `1 <= ackQuorum <= replicationFactor <= replicas`,
+/// `maxEntryBytes <= maxBatchBytes <= maxInflightBytes <= 48Mi`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.replicationFactor) || (self.replicationFactor >= 1 && self.replicationFactor <= 31)").message("logs.replicationFactor must be between 1 and 31").field_path(".replicationFactor"),
+    validation = Rule::new("!has(self.ackQuorum) || self.ackQuorum >= 1").message("logs.ackQuorum must be at least 1").field_path(".ackQuorum"),
+    validation = Rule::new("self.maxEntryBytes >= 1 && self.maxEntryBytes <= self.maxBatchBytes && self.maxBatchBytes <= self.maxInflightBytes && self.maxInflightBytes <= 50331648").message("logs limits must satisfy 1 <= maxEntryBytes <= maxBatchBytes <= maxInflightBytes <= 50331648 (48Mi)").field_path(".maxEntryBytes"),
+    validation = Rule::new("self.maxBatchEntries >= 1 && self.maxBatchEntries <= 1000000").message("logs.maxBatchEntries must be between 1 and 1000000").field_path(".maxBatchEntries"),
+    validation = Rule::new("self.retentionSeconds >= 0 && self.retentionBytes >= 0").message("logs.retentionSeconds and logs.retentionBytes must be 0 (no limit) or more")
+)]
+pub struct LogsSpec {
+    /// Replicas of a stream created without its own setting; `min(3, replicas)` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<i32>,
+    /// Replicas that must hold an entry durably before it is acknowledged; a majority of the
+    /// replication factor when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_quorum: Option<i32>,
+    /// Largest entry, bytes.
+    #[serde(default = "default_max_entry_bytes")]
+    pub max_entry_bytes: i64,
+    /// Largest batch, bytes.
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: i64,
+    /// Most entries in one batch.
+    #[serde(default = "default_max_batch_entries")]
+    pub max_batch_entries: i64,
+    /// Append bytes one app connection may have in flight before the sidecar applies
+    /// backpressure.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: i64,
+    /// Trim entries older than this many seconds; 0 keeps them until the app trims.
+    #[serde(default)]
+    pub retention_seconds: i64,
+    /// Trim a stream's oldest entries beyond this many bytes; 0 means no limit.
+    #[serde(default)]
+    pub retention_bytes: i64,
+    /// Create a stream on its first append, with these defaults.
+    #[serde(default = "default_true")]
+    pub auto_create: bool,
+}
+
+impl Default for LogsSpec {
+    fn default() -> Self {
+        Self {
+            replication_factor: None,
+            ack_quorum: None,
+            max_entry_bytes: default_max_entry_bytes(),
+            max_batch_bytes: default_max_batch_bytes(),
+            max_batch_entries: default_max_batch_entries(),
+            max_inflight_bytes: default_max_inflight_bytes(),
+            retention_seconds: 0,
+            retention_bytes: 0,
+            auto_create: true,
+        }
+    }
 }
 
 /// How the sidecar joins the pod.
@@ -274,7 +339,9 @@ pub struct MemberState {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.replicas >= 0 && self.replicas <= 1000").message("replicas must be between 0 and 1000").field_path(".replicas"),
-    validation = Rule::new("self.defaultAffinity >= 0 && self.defaultAffinity <= 1000000").message("defaultAffinity must be between 0 (no work) and 1000000").field_path(".defaultAffinity")
+    validation = Rule::new("self.defaultAffinity >= 0 && self.defaultAffinity <= 1000000").message("defaultAffinity must be between 0 (no work) and 1000000").field_path(".defaultAffinity"),
+    validation = Rule::new("self.leaseMs >= 1000 && self.leaseMs <= 600000").message("leaseMs must be between 1000 and 600000").field_path(".leaseMs"),
+    validation = Rule::new("self.stopTimeoutMs >= 0 && self.stopTimeoutMs <= 3600000").message("stopTimeoutMs must be between 0 and 3600000").field_path(".stopTimeoutMs")
 )]
 pub struct WorkDividerSpec {
     /// The SeqCluster (same namespace) whose quorum store holds the keys and leases.
@@ -287,6 +354,14 @@ pub struct WorkDividerSpec {
     /// Affinity of each pod until it sets its own; higher means proportionally more keys, 0 none.
     #[serde(default = "default_affinity")]
     pub default_affinity: i64,
+    /// Length of a member's lease on its keys, ms. A member that cannot renew it stops its keys
+    /// before it expires; once it expires, its keys move to other members.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: i64,
+    /// How long a key's old owner has to confirm a stop before the key moves without it (its
+    /// token is then dead). A leaving pod's grace period covers this plus the drain timeout.
+    #[serde(default = "default_stop_timeout_ms")]
+    pub stop_timeout_ms: i64,
     /// The `ordo-sidecar` container.
     #[serde(default)]
     pub sidecar: SidecarSpec,
@@ -384,6 +459,24 @@ fn default_request_timeout_ms() -> i64 {
 }
 fn default_drain_timeout_ms() -> i64 {
     5000
+}
+fn default_max_entry_bytes() -> i64 {
+    ordo_contract::config::DEFAULT_MAX_ENTRY_BYTES as i64
+}
+fn default_max_batch_bytes() -> i64 {
+    ordo_contract::config::DEFAULT_MAX_BATCH_BYTES as i64
+}
+fn default_max_batch_entries() -> i64 {
+    i64::from(ordo_contract::config::DEFAULT_MAX_BATCH_ENTRIES)
+}
+fn default_max_inflight_bytes() -> i64 {
+    ordo_contract::config::DEFAULT_MAX_INFLIGHT_BYTES as i64
+}
+fn default_lease_ms() -> i64 {
+    ordo_contract::divider::DEFAULT_LEASE_MS as i64
+}
+fn default_stop_timeout_ms() -> i64 {
+    ordo_contract::divider::DEFAULT_STOP_TIMEOUT_MS as i64
 }
 fn default_storage_size() -> String {
     "1Gi".to_string()

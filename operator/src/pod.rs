@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use ordo_contract::config::{DEFAULT_ADMIN_PORT, DEFAULT_PEER_PORT, DEFAULT_SOCKET};
+use ordo_contract::config::{LogArgs, DEFAULT_ADMIN_PORT, DEFAULT_PEER_PORT, DEFAULT_SOCKET};
 
 use crate::crd::{LogFormat, SidecarMode, SidecarSpec};
 
@@ -64,8 +64,9 @@ impl SidecarRole {
     }
 }
 
-/// Command-line arguments of the sidecar. The id comes from `POD_NAME` (see [`sidecar_env`]).
-pub fn sidecar_args(role: SidecarRole, spec: &SidecarSpec) -> Vec<String> {
+/// Command-line arguments of the sidecar. The id comes from `POD_NAME` (see [`sidecar_env`]);
+/// the log stream settings are the SeqCluster's, rendered by the contract ([`LogArgs::to_args`]).
+pub fn sidecar_args(role: SidecarRole, spec: &SidecarSpec, logs: &LogArgs) -> Vec<String> {
     let mut args = vec![
         format!("--role={}", role.flag()),
         format!("--members-file={CONFIG_DIR}/{MEMBERS_KEY}"),
@@ -93,6 +94,7 @@ pub fn sidecar_args(role: SidecarRole, spec: &SidecarSpec) -> Vec<String> {
     for (name, size) in &spec.sequence_ranges {
         args.push(format!("--sequence-range={name}={size}"));
     }
+    args.extend(logs.to_args());
     args
 }
 
@@ -132,7 +134,7 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 }
 
 /// The sidecar container.
-pub fn sidecar_container(role: SidecarRole, spec: &SidecarSpec) -> Container {
+pub fn sidecar_container(role: SidecarRole, spec: &SidecarSpec, logs: &LogArgs) -> Container {
     let mut ports = vec![ContainerPort {
         name: Some("admin".into()),
         container_port: DEFAULT_ADMIN_PORT.into(),
@@ -154,7 +156,7 @@ pub fn sidecar_container(role: SidecarRole, spec: &SidecarSpec) -> Container {
         name: SIDECAR_CONTAINER.into(),
         image: Some(spec.image.clone()),
         image_pull_policy: spec.image_pull_policy.clone(),
-        args: Some(sidecar_args(role, spec)),
+        args: Some(sidecar_args(role, spec, logs)),
         env: Some(sidecar_env()),
         ports: Some(ports),
         volume_mounts: Some(mounts),
@@ -194,6 +196,11 @@ pub struct PodParts<'a> {
     pub secret: String,
     /// Annotations that roll the pods when they change (e.g. a config hash), if any.
     pub annotations: BTreeMap<String, String>,
+    /// Log stream settings of the SeqCluster.
+    pub logs: &'a LogArgs,
+    /// `terminationGracePeriodSeconds`, when the pod needs longer than Kubernetes' default to
+    /// leave (a WorkDivider pod hands its keys over first).
+    pub grace_period_seconds: Option<i64>,
 }
 
 /// The pod template: app containers with the socket mounted and `ORDO_SOCKET` set, plus the
@@ -219,7 +226,7 @@ pub fn pod_template(parts: PodParts<'_>) -> PodTemplateSpec {
         }
     }
 
-    let mut sidecar = sidecar_container(parts.role, parts.sidecar);
+    let mut sidecar = sidecar_container(parts.role, parts.sidecar, parts.logs);
     if parts.sidecar.mode == SidecarMode::Native && !spec.containers.is_empty() {
         spec.init_containers.get_or_insert_with(Vec::new).push(sidecar);
     } else {
@@ -264,7 +271,8 @@ pub fn pod_template(parts: PodParts<'_>) -> PodTemplateSpec {
     }
     // SIGTERM drains the sidecar (and hands keys off in a WorkDivider) before the kill.
     let drain_s = (parts.sidecar.drain_timeout_ms / 1000) + 10;
-    let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(drain_s);
+    let grace =
+        spec.termination_grace_period_seconds.unwrap_or(30).max(drain_s).max(parts.grace_period_seconds.unwrap_or(0));
     spec.termination_grace_period_seconds = Some(grace);
 
     PodTemplateSpec { metadata: Some(meta), spec: Some(spec) }

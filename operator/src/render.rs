@@ -2,6 +2,7 @@
 //! validate and build steps the controllers use.
 
 use kube::core::DynamicObject;
+use ordo_contract::config::LogArgs;
 use serde::Serialize;
 
 use crate::crd::{MembershipStatus, SeqCluster, WorkDivider};
@@ -104,7 +105,7 @@ pub fn render(input: &str) -> Result<String, RenderError> {
         }
     }
     let mut out = String::new();
-    let mut memberships: Vec<(String, String, MembershipStatus)> = Vec::new();
+    let mut memberships: Vec<(String, String, MembershipStatus, LogArgs)> = Vec::new();
     for sc in &seqclusters {
         let v = seqcluster::validate::validate(sc).map_err(|source| RenderError::Invalid {
             kind: "SeqCluster",
@@ -128,7 +129,7 @@ pub fn render(input: &str) -> Result<String, RenderError> {
         if let Some(n) = &o.network_policy {
             push(&mut out, &with_type(n));
         }
-        memberships.push((v.namespace.clone(), v.name.clone(), plan.membership));
+        memberships.push((v.namespace.clone(), v.name.clone(), plan.membership, v.logs.clone()));
     }
     for wd in &dividers {
         let v = workdivider::validate::validate(wd).map_err(|source| RenderError::Invalid {
@@ -136,12 +137,12 @@ pub fn render(input: &str) -> Result<String, RenderError> {
             name: wd.metadata.name.clone().unwrap_or_default(),
             source,
         })?;
-        let membership = memberships
+        let (membership, logs) = memberships
             .iter()
-            .find(|(ns, name, _)| *ns == v.namespace && *name == v.seq_cluster)
-            .map(|(_, _, m)| m)
+            .find(|(ns, name, _, _)| *ns == v.namespace && *name == v.seq_cluster)
+            .map(|(_, _, m, l)| (m, l))
             .ok_or_else(|| RenderError::MissingSeqCluster(v.name.clone(), v.seq_cluster.clone()))?;
-        let o = workdivider::build::build(&v, membership);
+        let o = workdivider::build::build(&v, membership, logs);
         push(&mut out, &with_type(&o.service));
         push(&mut out, &with_type(&o.config_map));
         push(&mut out, &with_type(&o.statefulset));

@@ -170,10 +170,38 @@ fn joint_configuration_is_written_with_previous_members() {
 }
 
 #[test]
+fn log_stream_settings_default_to_the_cluster_size_and_render_as_flags() {
+    let (v, o) = sc_objects("seqcluster-minimal.yaml");
+    assert_eq!((v.logs.replication_factor, v.logs.effective_ack_quorum()), (3, 2));
+    let args = sidecar_of(o.statefulset.spec.template.spec.as_ref().unwrap()).args.clone().unwrap();
+    assert!(args.contains(&"--streams-replication-factor=3".to_string()), "{args:?}");
+    assert!(!args.iter().any(|a| a.starts_with("--streams-no-auto-create")));
+    let (v, o) = sc_objects("seqcluster-full.yaml");
+    assert_eq!((v.logs.replication_factor, v.logs.ack_quorum, v.logs.max_batch_entries), (5, Some(3), 512));
+    assert_eq!((v.logs.retention_seconds, v.logs.no_auto_create), (86_400, true));
+    let args = sidecar_of(o.statefulset.spec.template.spec.as_ref().unwrap()).args.clone().unwrap();
+    for flag in ["--streams-ack-quorum=3", "--streams-max-entry-bytes=65536", "--streams-no-auto-create"] {
+        assert!(args.contains(&flag.to_string()), "{flag} missing from {args:?}");
+    }
+    // One member: the default replication factor shrinks to it.
+    let mut sc = common::seqcluster("seqcluster-minimal.yaml");
+    sc.spec.replicas = 1;
+    assert_eq!(sc_validate::validate(&sc).unwrap().logs.replication_factor, 1);
+    // Settings the sidecar would refuse are refused here first, naming the field.
+    sc.spec.logs.ack_quorum = Some(2);
+    let e = sc_validate::validate(&sc).unwrap_err().to_string();
+    assert!(e.contains("spec.logs") && e.contains("--streams-ack-quorum must be in 1..=1"), "{e}");
+    sc.spec.logs.ack_quorum = None;
+    sc.spec.logs.replication_factor = Some(3);
+    let e = sc_validate::validate(&sc).unwrap_err().to_string();
+    assert!(e.contains("spec.logs.replicationFactor: 3 is more than replicas (1)"), "{e}");
+}
+
+#[test]
 fn minimal_workdivider_is_a_client_of_its_seqcluster() {
     let wd = common::workdivider("workdivider-minimal.yaml");
     let v = wd_validate::validate(&wd).unwrap();
-    let o = wd_build::build(&v, &stable(7, 3));
+    let o = wd_build::build(&v, &stable(7, 3), &Default::default());
     let data = o.config_map.data.as_ref().unwrap();
     let members = MembersFile::parse(&data[MEMBERS_KEY]).unwrap();
     assert_eq!(members.epoch, 7);
@@ -182,6 +210,10 @@ fn minimal_workdivider_is_a_client_of_its_seqcluster() {
     assert_eq!((divider.keys.partitions, divider.keys.prefix.as_deref()), (Some(8), Some("p-")));
     assert_eq!((divider.divider.as_str(), divider.seq_cluster.as_str()), ("stocks", "ids"));
     assert_eq!((divider.seq_cluster_epoch, divider.default_affinity), (7, 1));
+    assert_eq!(
+        (divider.lease_ms, divider.stop_timeout_ms),
+        (ordo_contract::divider::DEFAULT_LEASE_MS, ordo_contract::divider::DEFAULT_STOP_TIMEOUT_MS)
+    );
 
     assert_eq!(o.service.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
     let sts = &o.statefulset;
@@ -205,13 +237,18 @@ fn minimal_workdivider_is_a_client_of_its_seqcluster() {
 fn full_workdivider_keeps_app_settings() {
     let wd = common::workdivider("workdivider-full.yaml");
     let v = wd_validate::validate(&wd).unwrap();
-    let o = wd_build::build(&v, &stable(1, 3));
+    let o = wd_build::build(&v, &stable(1, 3), &Default::default());
     let divider = DividerConfig::parse(&o.config_map.data.as_ref().unwrap()[DIVIDER_KEY]).unwrap();
     assert_eq!(divider.keys.names.as_ref().unwrap()[1], "us-east");
     assert_eq!(divider.default_affinity, 3);
     let pod = o.statefulset.spec.template.spec.as_ref().unwrap();
     assert_eq!(pod.service_account_name.as_deref(), Some("router"));
-    assert_eq!(pod.termination_grace_period_seconds, Some(15), "raised to cover the drain timeout");
+    assert_eq!(
+        pod.termination_grace_period_seconds,
+        Some(20 + 5 + 5),
+        "raised to cover the key handoff: stopTimeoutMs 20s + drainTimeoutMs 5s + margin"
+    );
+    assert_eq!((divider.lease_ms, divider.stop_timeout_ms), (4000, 20_000));
     let router = &pod.containers[0];
     let socket_envs = router.env.iter().flatten().filter(|e| e.name == "ORDO_SOCKET").count();
     assert_eq!(socket_envs, 1, "a user-set ORDO_SOCKET is not duplicated");

@@ -121,6 +121,7 @@ fn rendered_pods_start_the_sidecar() {
             assert_eq!(parsed.sequencer.range_overrides().get(name), Some(&(*size as u64)));
         }
         assert_eq!(parsed.divider.load(), Ok(None), "members run no divider");
+        assert_eq!(parsed.log, v.logs, "the log stream settings reach the sidecar as rendered");
         let members = members_of(&parsed);
         assert!(members.contains(&parsed.resolved_id().unwrap()), "the pod is in the members file");
         // The readiness and liveness probes hit paths the admin server serves, on its port.
@@ -142,7 +143,7 @@ fn rendered_pods_start_the_sidecar() {
             let mut wd = common::workdivider(wd_fixture);
             wd.spec.seq_cluster_ref.name = v.name.clone();
             let wv = wd_validate::validate(&wd).unwrap();
-            let wo = wd_build::build(&wv, &joint);
+            let wo = wd_build::build(&wv, &joint, &v.logs);
             let root = tmp.path().join(format!("{fixture}-{wd_fixture}"));
             let (_, args) = materialize(&root, &wo.statefulset.spec.template, &[&wo.config_map], &[&o.secret]);
             std::env::set_var("POD_NAME", format!("{}-1", wv.name));
@@ -161,6 +162,8 @@ fn rendered_pods_start_the_sidecar() {
             assert_eq!((divider.divider.as_str(), divider.seq_cluster.as_str()), (wv.name.as_str(), v.name.as_str()));
             assert_eq!(divider.seq_cluster_epoch, members.epoch);
             assert_eq!(divider.keys, wv.keys);
+            assert_eq!((divider.lease_ms, divider.stop_timeout_ms), (wv.lease_ms, wv.stop_timeout_ms));
+            assert_eq!(parsed.log, v.logs, "divider pods get their SeqCluster's log stream settings");
         }
     }
 }

@@ -172,7 +172,10 @@ async fn run(args: SidecarArgs) -> Result<()> {
 
     // Every primitive's app services; health reports each by name, following readiness.
     let app_services = AppServices::default()
-        .merge(app::log::services(&log_router, args.log.max_batch_bytes + (1 << 20)))
+        .merge(app::log::services(
+            &log_router,
+            usize::try_from(args.log.max_batch_bytes).unwrap_or(usize::MAX).saturating_add(1 << 20),
+        ))
         .merge(app::sequencer::services(&args.sequencer, args.request_timeout(), &node))
         .merge(app::cluster::services(&node))
         .merge(app::registers::services(&args.registers, args.request_timeout(), &node));

@@ -170,6 +170,8 @@ pub fn build(
         config_map: config_map_name(&v.name),
         secret: secret_name(&v.name),
         annotations: BTreeMap::new(),
+        logs: &v.logs,
+        grace_period_seconds: None,
     });
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta { name: Some(DATA_VOLUME.into()), labels: Some(selector.clone()), ..Default::default() },

@@ -3,9 +3,10 @@
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use ordo_contract::config::LogArgs;
 use ordo_contract::membership::check_quorum_sizes;
 
-use crate::crd::{SeqCluster, SidecarSpec};
+use crate::crd::{LogsSpec, SeqCluster, SidecarSpec};
 use crate::spec_error::{check_app_template, check_sidecar, identity, Problems, SpecError};
 
 /// A SeqCluster whose spec can be realised.
@@ -35,6 +36,8 @@ pub struct ValidSeqCluster {
     pub pod_disruption_budget: bool,
     /// Whether to create the NetworkPolicy.
     pub network_policy: bool,
+    /// Log stream settings every sidecar of this cluster (and of its WorkDividers) gets.
+    pub logs: LogArgs,
 }
 
 impl ValidSeqCluster {
@@ -68,6 +71,13 @@ pub fn validate(sc: &SeqCluster) -> Result<ValidSeqCluster, SpecError> {
         problems.add("spec.storage.size", "is empty; set a size such as 1Gi");
     }
     let app = check_app_template(spec.template.as_ref(), &mut problems);
+    let logs = log_args(&spec.logs, replicas);
+    if let Some(rf) = spec.logs.replication_factor.filter(|rf| *rf > spec.replicas) {
+        problems.add("spec.logs.replicationFactor", format!("{rf} is more than replicas ({})", spec.replicas));
+    }
+    if let Err(e) = logs.validate() {
+        problems.add("spec.logs", e);
+    }
     problems.finish(ValidSeqCluster {
         name,
         namespace,
@@ -81,5 +91,28 @@ pub fn validate(sc: &SeqCluster) -> Result<ValidSeqCluster, SpecError> {
         app,
         pod_disruption_budget: spec.pod_disruption_budget,
         network_policy: spec.network_policy,
+        logs,
     })
+}
+
+/// The sidecar's log stream settings for a cluster of `replicas` members: the spec's values,
+/// with the replication factor defaulting to `min(3, replicas)` and the ack quorum to a
+/// majority of it. Values that do not fit the flags' types map to 0, which validation rejects.
+pub fn log_args(logs: &LogsSpec, replicas: u32) -> LogArgs {
+    let bytes = |v: i64| u64::try_from(v).unwrap_or(0);
+    LogArgs {
+        replication_factor: logs
+            .replication_factor
+            .map_or(replicas.clamp(1, ordo_contract::config::DEFAULT_REPLICATION_FACTOR), |rf| {
+                u32::try_from(rf).unwrap_or(0)
+            }),
+        ack_quorum: logs.ack_quorum.map(|a| u32::try_from(a).unwrap_or(0)),
+        max_entry_bytes: bytes(logs.max_entry_bytes),
+        max_batch_bytes: bytes(logs.max_batch_bytes),
+        max_batch_entries: u32::try_from(logs.max_batch_entries).unwrap_or(0),
+        max_inflight_bytes: bytes(logs.max_inflight_bytes),
+        retention_seconds: bytes(logs.retention_seconds),
+        retention_bytes: bytes(logs.retention_bytes),
+        no_auto_create: !logs.auto_create,
+    }
 }

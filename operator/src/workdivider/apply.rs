@@ -64,7 +64,12 @@ pub async fn reconcile(wd: Arc<WorkDivider>, ctx: Arc<Context>) -> Result<Action
         }
     };
 
-    let objects = build(&valid, &membership);
+    // The SeqCluster's log stream settings reach the divider's sidecars too (they serve the Log
+    // API as clients of the cluster).
+    let logs = sc.as_ref().map_or_else(Default::default, |sc| {
+        crate::seqcluster::validate::log_args(&sc.spec.logs, u32::try_from(sc.spec.replicas).unwrap_or(1))
+    });
+    let objects = build(&valid, &membership, &logs);
     apply(&ctx.client, &objects.service).await.map_err(ReconcileError::api("apply Service"))?;
     apply(&ctx.client, &objects.config_map).await.map_err(ReconcileError::api("apply ConfigMap"))?;
     let sts = apply(&ctx.client, &objects.statefulset).await.map_err(ReconcileError::api("apply StatefulSet"))?;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use ordo_contract::config::LogArgs;
 use ordo_contract::divider::DividerConfig;
 
 use super::validate::ValidWorkDivider;
@@ -29,8 +30,20 @@ pub struct WorkDividerObjects {
     pub statefulset: StatefulSet,
 }
 
-/// Builds every object, given the referenced SeqCluster's applied member configuration.
-pub fn build(v: &ValidWorkDivider, seq_membership: &MembershipStatus) -> WorkDividerObjects {
+/// Seconds a leaving pod gets beyond its key handoff (stop timeout + drain timeout).
+pub const GRACE_MARGIN_SECONDS: i64 = 5;
+
+/// `terminationGracePeriodSeconds` of a WorkDivider pod: on SIGTERM its sidecar stops every key
+/// and waits up to the stop timeout for the app to confirm, then drains requests, so the kubelet
+/// must not kill it before both ran out.
+pub fn grace_period_seconds(v: &ValidWorkDivider) -> i64 {
+    let ms = i64::try_from(v.stop_timeout_ms).unwrap_or(i64::MAX).saturating_add(v.sidecar.drain_timeout_ms);
+    (ms.saturating_add(999) / 1000).saturating_add(GRACE_MARGIN_SECONDS)
+}
+
+/// Builds every object, given the referenced SeqCluster's applied member configuration and its
+/// log stream settings.
+pub fn build(v: &ValidWorkDivider, seq_membership: &MembershipStatus, logs: &LogArgs) -> WorkDividerObjects {
     let meta = |name: String| ObjectMeta {
         name: Some(name),
         namespace: Some(v.namespace.clone()),
@@ -58,6 +71,8 @@ pub fn build(v: &ValidWorkDivider, seq_membership: &MembershipStatus) -> WorkDiv
         seq_cluster_epoch: members.epoch,
         default_affinity: v.default_affinity,
         keys: v.keys.clone(),
+        lease_ms: v.lease_ms,
+        stop_timeout_ms: v.stop_timeout_ms,
     };
     let config_map = ConfigMap {
         metadata: meta(config_map_name(&v.name)),
@@ -80,6 +95,8 @@ pub fn build(v: &ValidWorkDivider, seq_membership: &MembershipStatus) -> WorkDiv
         config_map: config_map_name(&v.name),
         secret: secret_name(&v.seq_cluster),
         annotations: BTreeMap::new(),
+        logs,
+        grace_period_seconds: Some(grace_period_seconds(v)),
     });
     let statefulset = StatefulSet {
         metadata: meta(v.name.clone()),

@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use ordo_contract::divider::DividerKeys;
+use ordo_contract::divider::{DividerConfig, DividerKeys};
 
 use crate::crd::{KeySpec, SidecarSpec, WorkDivider};
 use crate::spec_error::{check_app_template, check_sidecar, identity, Problems, SpecError};
@@ -27,6 +27,10 @@ pub struct ValidWorkDivider {
     pub keys: DividerKeys,
     /// Default affinity.
     pub default_affinity: i64,
+    /// Lease length, ms.
+    pub lease_ms: u64,
+    /// Stop timeout, ms.
+    pub stop_timeout_ms: u64,
     /// Sidecar settings.
     pub sidecar: SidecarSpec,
     /// App containers.
@@ -44,9 +48,28 @@ pub fn validate(wd: &WorkDivider) -> Result<ValidWorkDivider, SpecError> {
     if spec.default_affinity < 0 {
         problems.add("spec.defaultAffinity", "must be 0 (no work) or more");
     }
+    let lease_ms = u64::try_from(spec.lease_ms).unwrap_or(0);
+    let stop_timeout_ms = u64::try_from(spec.stop_timeout_ms).unwrap_or(u64::MAX);
     let keys = divider_keys(&spec.keys);
     for p in keys.problems() {
         problems.add(&format!("spec.{}", p.field), p.message);
+    }
+    // The same rules the sidecar applies to its config file, under the spec's field names.
+    let probe = DividerConfig {
+        divider: "d".into(),
+        seq_cluster: "s".into(),
+        seq_cluster_epoch: 1,
+        default_affinity: 0,
+        keys: keys.clone(),
+        lease_ms,
+        stop_timeout_ms,
+    };
+    for p in probe.problems() {
+        match p.field {
+            "lease_ms" => problems.add("spec.leaseMs", p.message),
+            "stop_timeout_ms" => problems.add("spec.stopTimeoutMs", p.message),
+            _ => {}
+        }
     }
     check_sidecar(&spec.sidecar, &mut problems);
     let app = check_app_template(spec.template.as_ref(), &mut problems);
@@ -64,6 +87,8 @@ pub fn validate(wd: &WorkDivider) -> Result<ValidWorkDivider, SpecError> {
         replicas: spec.replicas,
         keys,
         default_affinity: spec.default_affinity,
+        lease_ms,
+        stop_timeout_ms,
         sidecar: spec.sidecar.clone(),
         app,
     })

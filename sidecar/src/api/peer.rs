@@ -435,7 +435,15 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
         };
         let incarnation = self.store.meta().incarnation;
         Ok(Response::new(match reply {
-            AcceptReply::Accepted => pb::AcceptResponse { ok: true, incarnation, ..Default::default() },
+            AcceptReply::Accepted { fences } => pb::AcceptResponse {
+                ok: true,
+                incarnation,
+                fences: fences
+                    .into_iter()
+                    .map(|v| pb::Voter { member: v.member, incarnation: v.incarnation })
+                    .collect(),
+                ..Default::default()
+            },
             AcceptReply::Rejected { promised } => {
                 pb::AcceptResponse { ok: false, promised: ballot_to_pb(&promised), incarnation, ..Default::default() }
             }
@@ -731,7 +739,10 @@ impl Peers for GrpcPeers {
         let r = call(timeout, c.accept(timed(req, timeout)), |_| None).await?;
         use pb::refusal::Reason;
         match r.refusal {
-            None if r.ok => Ok((AcceptReply::Accepted, r.incarnation)),
+            None if r.ok => {
+                let fences = r.fences.into_iter().map(|v| Voter { member: v.member, incarnation: v.incarnation });
+                Ok((AcceptReply::Accepted { fences: fences.collect() }, r.incarnation))
+            }
             None => Ok((AcceptReply::Rejected { promised: opt_ballot(r.promised) }, r.incarnation)),
             Some(pb::Refusal { reason: Some(Reason::StaleVoter(v)) }) => Ok((
                 AcceptReply::StaleVoter {

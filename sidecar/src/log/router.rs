@@ -50,11 +50,11 @@ impl LogSettings {
     pub fn from_args(a: &crate::config::LogArgs, timeout: Duration) -> Self {
         Self {
             default_replication_factor: a.replication_factor,
-            default_ack_quorum: a.ack_quorum,
+            default_ack_quorum: a.effective_ack_quorum(),
             auto_create: !a.no_auto_create,
-            max_entry_bytes: a.max_entry_bytes,
-            max_batch_bytes: a.max_batch_bytes,
-            max_batch_entries: a.max_batch_entries,
+            max_entry_bytes: usize::try_from(a.max_entry_bytes).unwrap_or(usize::MAX),
+            max_batch_bytes: usize::try_from(a.max_batch_bytes).unwrap_or(usize::MAX),
+            max_batch_entries: a.max_batch_entries as usize,
             timeout,
         }
     }

@@ -39,8 +39,10 @@ pub enum PrepareReply {
 /// Reply to an Accept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AcceptReply {
-    /// Value accepted (and `promise_next`, if any, promised).
-    Accepted,
+    /// Value accepted (and `promise_next`, if any, promised), with this acceptor's fences at that
+    /// moment (sorted by member): a proposer discounts other replies of the round from replaced
+    /// incarnations (`round.rs`, "Lost data").
+    Accepted { fences: Vec<Voter> },
     /// A higher ballot was promised before.
     Rejected { promised: Ballot },
     /// The round counted a promise from an incarnation that has since been replaced.
@@ -98,7 +100,7 @@ impl AcceptorState {
             // way): this acceptor holds a value that extends this one, which counts for it (see
             // `round.rs`, "Outcomes"). Nothing changes.
             if reg.accepted.same_chain(ballot) && reg.accepted.step > ballot.step {
-                return (AcceptReply::Accepted, false);
+                return (AcceptReply::Accepted { fences: self.fence_list() }, false);
             }
             return (AcceptReply::Rejected { promised: reg.promised.clone() }, false);
         }
@@ -108,7 +110,15 @@ impl AcceptorState {
         };
         reg.accepted = ballot.clone();
         reg.value = value;
-        (AcceptReply::Accepted, true)
+        (AcceptReply::Accepted { fences: self.fence_list() }, true)
+    }
+
+    /// The fences, sorted by member.
+    pub fn fence_list(&self) -> Vec<Voter> {
+        let mut v: Vec<Voter> =
+            self.fences.iter().map(|(m, inc)| Voter { member: m.clone(), incarnation: *inc }).collect();
+        v.sort_by(|a, b| a.member.cmp(&b.member));
+        v
     }
 
     /// Records `member`'s latest incarnation. Returns whether the state changed.
@@ -238,7 +248,10 @@ mod tests {
             s.accept("k", &b(1, "z"), Some(vec![1]), None, &[]).0,
             AcceptReply::Rejected { promised: b(2, "a") }
         );
-        assert_eq!(s.accept("k", &b(2, "a"), Some(vec![7]), Some(&b(3, "a")), &[]).0, AcceptReply::Accepted);
+        assert_eq!(
+            s.accept("k", &b(2, "a"), Some(vec![7]), Some(&b(3, "a")), &[]).0,
+            AcceptReply::Accepted { fences: vec![] }
+        );
         // The fast-path promise blocks a ballot between the two.
         assert!(matches!(s.accept("k", &b(2, "b"), Some(vec![9]), None, &[]).0, AcceptReply::Rejected { .. }));
         match s.prepare("k", &b(4, "b")).0 {
@@ -257,8 +270,14 @@ mod tests {
         let (b1, b2) = (b0.next(), b0.next().next());
         s.accept("k", &b0, Some(vec![1]), Some(&b1), &[]);
         // Round 2 arrives before round 1.
-        assert_eq!(s.accept("k", &b2, Some(vec![3]), Some(&b2.next()), &[]).0, AcceptReply::Accepted);
-        assert_eq!(s.accept("k", &b1, Some(vec![2]), Some(&b2), &[]), (AcceptReply::Accepted, false));
+        assert_eq!(
+            s.accept("k", &b2, Some(vec![3]), Some(&b2.next()), &[]).0,
+            AcceptReply::Accepted { fences: vec![] }
+        );
+        assert_eq!(
+            s.accept("k", &b1, Some(vec![2]), Some(&b2), &[]),
+            (AcceptReply::Accepted { fences: vec![] }, false)
+        );
         assert_eq!(s.registers["k"].value, Some(vec![3]));
         assert_eq!(s.registers["k"].accepted, b2);
         // Another chain (another incarnation of the same proposer) is refused as usual.
@@ -276,7 +295,12 @@ mod tests {
             AcceptReply::StaleVoter { member: "m1".into(), counted: 1, current: 2 }
         );
         let fresh = [Voter { member: "m1".into(), incarnation: 2 }, Voter { member: "m2".into(), incarnation: 9 }];
-        assert_eq!(s.accept("k", &b(1, "p"), Some(vec![]), None, &fresh).0, AcceptReply::Accepted);
+        // The reply reports this acceptor's fences, so the proposer can discount other replies
+        // from m1's replaced incarnation.
+        assert_eq!(
+            s.accept("k", &b(1, "p"), Some(vec![]), None, &fresh).0,
+            AcceptReply::Accepted { fences: vec![Voter { member: "m1".into(), incarnation: 2 }] }
+        );
     }
 
     #[test]

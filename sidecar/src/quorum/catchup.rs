@@ -60,17 +60,18 @@
 //! checked register by register against what was acknowledged before it, then read back
 //! through quorums of copied members only (both checks fail when a page is skipped).
 //!
-//! # Not covered: a round that counted the lost incarnation's *accept*
+//! # A round that counted the lost incarnation's *accept*
 //!
 //! Fencing refuses rounds that counted an old incarnation's *promise*. A round whose prepare
 //! quorum did not include this member, but whose accept this member's old incarnation took
-//! before the wipe, can still complete after the copy: if another member of its write quorum
-//! receives the accept only after the walk read that register, the proposer counts the old
-//! incarnation's accept and that late one, and neither the copy nor any later read quorum
-//! through this member sees the value. This window exists with a single snapshot too (it is
-//! not made by paging); closing it needs the proposer to discount an accept from an incarnation
-//! that another reply of the same round reports as replaced (accept replies carrying the
-//! acceptor's fence of each voter), which belongs to the proposer and the Accept message.
+//! before the wipe, could complete after the copy: another member of its write quorum receives
+//! the accept only after the walk read that register, and neither the copy nor any later read
+//! quorum through this member would see the value. Proposers close this window: every accept
+//! reply carries the replier's fences, and a round does not count a reply from an incarnation
+//! that another reply's fence says was replaced (`round.rs`, "Lost data", with the argument: one
+//! of the copy's sources is in every such quorum, and it either accepted before its walk read the
+//! register, so the copy has the value, or after its fence, so its reply discounts the old
+//! incarnation). Shown by `sidecar/tests/catchup_sim.rs::an_accept_of_the_lost_incarnation_counted_after_the_copy_is_not_lost`.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;

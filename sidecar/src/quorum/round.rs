@@ -43,6 +43,20 @@
 //! **Lost data**: accepts carry the incarnations of the members whose promises the chain's
 //! Prepare counted ([`super::catchup`]), so a chain rooted in a promise of a wiped member's old
 //! incarnation cannot gather a write quorum once that member is fenced.
+//!
+//! A round must not count an *accept* of a wiped member's old incarnation either, once that
+//! member has caught up: its copy may have missed the value (the accept reached the old
+//! incarnation before the wipe and the rest of the quorum only after the copy read the
+//! register), so nothing would hold it. Every "accepted" reply carries the replier's fences as
+//! of that accept, and the round counts no reply from an incarnation another reply's fence says
+//! was replaced ([`counted_accepts`]). Why that suffices: let `Q` be the counted quorum, with the
+//! old incarnation `m` in it. The copy's sources meet every write quorum outside `m`
+//! ([`super::catchup`]: `|sources| + W > |S|`), so some source `c` is in `Q`, and `c` was fenced
+//! before its walk read the register. If `c` accepted before that read, the copy holds the value
+//! (or a later one). Otherwise `c` accepted after its fence, so its reply carries the fence and
+//! `m` is not counted. Shown by
+//! `sidecar/tests/catchup_sim.rs::an_accept_of_the_lost_incarnation_counted_after_the_copy_is_not_lost`,
+//! which fails when [`counted_accepts`] ignores the fences.
 
 use std::future::Future;
 use std::time::Duration;
@@ -102,7 +116,13 @@ pub async fn prepare<P: Peers>(
         deadline,
         |m, t| async move { peers.prepare(m, epoch, key, ballot, t).await },
         |oks: &[&str]| cfg.is_read_quorum(oks.iter().copied()),
-        |r| matches!(r, (PrepareReply::Promised { .. }, _)),
+        |replies| {
+            replies
+                .iter()
+                .filter(|(_, r)| matches!(r, (PrepareReply::Promised { .. }, _)))
+                .map(|(id, _)| id.clone())
+                .collect()
+        },
         |r| matches!(r, (PrepareReply::Rejected { .. }, _)),
     )
     .await;
@@ -149,15 +169,15 @@ pub async fn accept<P: Peers>(
             async move { peers.accept(m, epoch, key, ballot, value, Some(next), voters, t).await }
         },
         |oks: &[&str]| cfg.is_write_quorum(oks.iter().copied()),
-        |r| matches!(r, (AcceptReply::Accepted, _)),
-        |r| !matches!(r, (AcceptReply::Accepted, _)),
+        |replies| counted_accepts(replies).into_iter().map(|v| v.member).collect(),
+        |r| !matches!(r, (AcceptReply::Accepted { .. }, _)),
     )
     .await;
-    let mut accepted = Vec::new();
+    let accepted = counted_accepts(&replies.replies);
     let mut seen = Refusals::default();
-    for (id, r) in &replies.replies {
+    for (_, r) in &replies.replies {
         match r {
-            (AcceptReply::Accepted, inc) => accepted.push(Voter { member: id.clone(), incarnation: *inc }),
+            (AcceptReply::Accepted { .. }, _) => {}
             (AcceptReply::Rejected { promised }, _) => seen.note(promised),
             (AcceptReply::StaleVoter { .. }, _) => seen.conflict = true,
         }
@@ -166,6 +186,27 @@ pub async fn accept<P: Peers>(
         return Err(replies.failure("accept", accepted.len(), members.len(), seen));
     }
     Ok(accepted)
+}
+
+/// The accepts a round may count: every "accepted" reply except those from an incarnation that
+/// another accepted reply's fences say was replaced (the member lost its data since; see
+/// "Lost data" above). A fence that differs from the replier's incarnation in either direction
+/// discounts it: incarnations are random, so an older fence cannot be told from a newer one,
+/// and discounting is always safe (the round may then need another member's accept).
+pub fn counted_accepts(replies: &[(String, (AcceptReply, u64))]) -> Vec<Voter> {
+    let fenced = |member: &str, incarnation: u64| {
+        replies.iter().any(|(_, (r, _))| match r {
+            AcceptReply::Accepted { fences } => {
+                fences.iter().any(|f| f.member == member && f.incarnation != incarnation)
+            }
+            _ => false,
+        })
+    };
+    replies
+        .iter()
+        .filter(|(id, (r, inc))| matches!(r, AcceptReply::Accepted { .. }) && !fenced(id, *inc))
+        .map(|(id, (_, inc))| Voter { member: id.clone(), incarnation: *inc })
+        .collect()
 }
 
 /// Higher ballots seen in refusals.
@@ -220,15 +261,15 @@ impl<T> Gathered<T> {
     }
 }
 
-/// Calls every member at once and returns as soon as `enough` holds for the replies that pass
-/// `favourable`, when a reply shows a higher ballot (the round is pre-empted: retrying beats
-/// waiting for slow members), when a quorum is out of reach, or at the deadline.
+/// Calls every member at once and returns as soon as `enough` holds for the members `counted`
+/// picks from the replies so far, when a reply shows a higher ballot (the round is pre-empted:
+/// retrying beats waiting for slow members), when a quorum is out of reach, or at the deadline.
 async fn gather<'a, T, F, Fut>(
     members: &'a [Member],
     deadline: Instant,
     call: F,
     enough: impl Fn(&[&str]) -> bool,
-    favourable: impl Fn(&T) -> bool,
+    counted: impl Fn(&[(String, T)]) -> Vec<String>,
     preempted: impl Fn(&T) -> bool,
 ) -> Gathered<T>
 where
@@ -244,7 +285,6 @@ where
         })
         .collect();
     let mut out = Gathered { replies: Vec::new(), failures: Vec::new(), timed_out: 0 };
-    let mut oks: Vec<&str> = Vec::new();
     // Members that have not answered yet: once even all of them could not make a quorum,
     // stop waiting (a frozen member must not hold a doomed round until the deadline).
     let mut undecided: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
@@ -257,9 +297,6 @@ where
                 undecided.retain(|u| *u != id);
                 match r {
                     Ok(r) => {
-                        if favourable(&r) {
-                            oks.push(id);
-                        }
                         let stop = preempted(&r);
                         out.replies.push((id.to_string(), r));
                         if stop {
@@ -268,6 +305,8 @@ where
                     }
                     Err(e) => out.failures.push((id.to_string(), e)),
                 }
+                let oks = counted(&out.replies);
+                let oks: Vec<&str> = oks.iter().map(String::as_str).collect();
                 if enough(&oks) {
                     break;
                 }
@@ -283,4 +322,29 @@ where
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted(id: &str, inc: u64, fences: &[(&str, u64)]) -> (String, (AcceptReply, u64)) {
+        let fences = fences.iter().map(|(m, i)| Voter { member: m.to_string(), incarnation: *i }).collect();
+        (id.to_string(), (AcceptReply::Accepted { fences }, inc))
+    }
+
+    #[test]
+    fn an_accept_from_a_replaced_incarnation_is_not_counted() {
+        let ids = |v: Vec<Voter>| v.into_iter().map(|v| v.member).collect::<Vec<_>>();
+        // m0 answered from incarnation 7; m2 knows m0 is 9 now: m0 does not count.
+        let replies = vec![accepted("m0", 7, &[]), accepted("m2", 3, &[("m0", 9)])];
+        assert_eq!(ids(counted_accepts(&replies)), ["m2"]);
+        // A fence naming the incarnation that answered changes nothing.
+        let replies = vec![accepted("m0", 9, &[]), accepted("m2", 3, &[("m0", 9)])];
+        assert_eq!(ids(counted_accepts(&replies)), ["m0", "m2"]);
+        // Refusals are never counted, and their (absent) fences discount nothing.
+        let refused = ("m1".to_string(), (AcceptReply::Rejected { promised: Ballot::new(9, "q") }, 1));
+        let replies = vec![accepted("m0", 7, &[]), refused];
+        assert_eq!(ids(counted_accepts(&replies)), ["m0"]);
+    }
 }
