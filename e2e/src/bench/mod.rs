@@ -4,6 +4,8 @@ pub mod baseline;
 pub mod etcd;
 pub mod hist;
 pub mod http;
+pub mod log;
 pub mod ordo;
+pub mod peers;
 pub mod report;
 pub mod runner;

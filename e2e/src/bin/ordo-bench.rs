@@ -10,6 +10,8 @@
 //!            [--spread N] [--sidecar-range N] [--sidecar PATH] [--etcd PATH] [--out DIR] [--keep]
 //! ```
 //!
+//! `ordo-bench log ...` runs the log-stream benchmark instead (see `bench/log.rs`).
+//!
 //! `--spread N` puts the clients on the first N members only (default 3: all of them);
 //! `--sidecar-range N` gives the sidecar buffers behind the leased `Sequence` rows N IDs per
 //! refill instead of the lease size (both are for diagnosis; the published table uses neither).
@@ -274,6 +276,10 @@ fn now_utc() -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some("log") {
+        return bench::log::main(&raw[1..]).await;
+    }
     let args = parse_args()?;
     let started = now_utc();
     let tmp = tempfile::Builder::new().prefix("ordo-bench-").tempdir()?;
