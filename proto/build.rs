@@ -3,7 +3,14 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["ordo/v1/sequencer.proto", "ordo/v1/cluster.proto", "ordo/v1/quorum.proto", "ordo/v1/registers.proto"];
+    let files = [
+        "ordo/v1/sequencer.proto",
+        "ordo/v1/cluster.proto",
+        "ordo/v1/quorum.proto",
+        "ordo/v1/registers.proto",
+        "ordo/v1/log.proto",
+        "ordo/v1/log_peer.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -1,6 +1,8 @@
 //! `ordoctl`: the Ordo command line. `ordoctl dev` runs a local 3-member cluster; the other
 //! commands talk to a sidecar (`--socket`, `$ORDO_SOCKET`, or the running dev cluster).
 
+mod log;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,6 +56,11 @@ enum Cmd {
     Seq {
         #[command(subcommand)]
         command: SeqCmd,
+    },
+    /// Log streams: create, append, read, subscribe, tail, trim, describe, list.
+    Log {
+        #[command(subcommand)]
+        command: log::LogCmd,
     },
     /// Members, their pids and addresses, epoch, reachability and readiness.
     Status,
@@ -131,6 +138,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Dev { members, dir, base_port, fresh, sidecar_args } => {
             dev(members, dir, base_port, fresh, sidecar_args).await
         }
+        Cmd::Log { command } => log::run(connect(cli.socket).await?, command, cli.output == Output::Json).await,
         Cmd::Seq { command } => {
             let client = connect(cli.socket).await?;
             match command {

@@ -10,6 +10,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod log;
 mod sequence;
 
 use std::ops::Range;
@@ -19,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use ordo_proto::v1 as pb;
 use tonic::transport::{Channel, Endpoint};
 
+pub use log::{AppenderOptions, BatchCallback, BatchResult, Entry, LogStreamAppender, Tail};
 pub use sequence::Sequence;
 
 /// Environment variable naming the sidecar's socket (set by the operator in app containers).

@@ -537,6 +537,8 @@ mod tests {
         };
         assert!(matches!(with(&["--max-count", "0"]), Err(ConfigError::OutOfRange(_))));
         assert!(matches!(with(&["--range-size", "0"]), Err(ConfigError::OutOfRange(_))));
+        assert!(matches!(with(&["--streams-ack-quorum", "4"]), Err(ConfigError::OutOfRange(_))));
+        assert!(matches!(with(&["--streams-max-batch-bytes", "10"]), Err(ConfigError::OutOfRange(_))));
         assert!(matches!(with(&["--max-count", "1", "--range-size", "1025"]), Err(ConfigError::OutOfRange(_))));
         assert_eq!(with(&["--max-count", "1", "--range-size", "1024"]), Ok(()));
     }

@@ -106,6 +106,13 @@ async fn run(args: SidecarArgs) -> Result<()> {
         );
     }
     let metrics = Arc::new(Metrics::new());
+    let log_store = match (args.role, &args.data_dir) {
+        (Role::Member, Some(dir)) => Some(
+            crate::log::store::ReplicaStore::open(&dir.join("log"))
+                .with_context(|| format!("opening the log store in {}", dir.display()))?,
+        ),
+        _ => None,
+    };
     let peers = Arc::new(GrpcPeers::new(token.clone()));
 
     let store = match args.role {
@@ -155,8 +162,20 @@ async fn run(args: SidecarArgs) -> Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    let log_peers = crate::api::log_peer::GrpcLogPeers::new(node.clone(), &token).map_err(anyhow::Error::msg)?;
+    let log_router = crate::log::router::LogRouter::new(
+        node.clone(),
+        log_store.clone(),
+        log_peers,
+        crate::log::router::LogSettings::from_args(&args.log, args.request_timeout()),
+    );
+
     // Every primitive's app services; health reports each by name, following readiness.
     let app_services = AppServices::default()
+        .merge(app::log::services(
+            &log_router,
+            usize::try_from(args.log.max_batch_bytes).unwrap_or(usize::MAX).saturating_add(1 << 20),
+        ))
         .merge(app::sequencer::services(&args.sequencer, args.request_timeout(), &node))
         .merge(app::cluster::services(&node))
         .merge(app::registers::services(&args.registers, args.request_timeout(), &node));
@@ -193,7 +212,9 @@ async fn run(args: SidecarArgs) -> Result<()> {
         let l = tokio::net::TcpListener::bind(args.peer_listen)
             .await
             .with_context(|| format!("binding peer {}", args.peer_listen))?;
-        let svc = PeerService::server(node.clone(), store.clone(), token);
+        let svc = PeerService::server(node.clone(), store.clone(), token.clone());
+        let log_svc =
+            log_store.clone().map(|s| crate::api::log_peer::LogPeerService::server(log_router.clone(), s, token));
         // Rounds stop waiting once a quorum answered, which resets the slower peers' streams;
         // under load many are still queued, and h2's default (20 such resets) would close the
         // connection with every round on it. Bounded still (rapid-reset protection), and the
@@ -202,6 +223,7 @@ async fn run(args: SidecarArgs) -> Result<()> {
             .tcp_nodelay(true)
             .http2_max_pending_accept_reset_streams(Some(PEER_MAX_PENDING_RESETS))
             .add_service(svc)
+            .add_optional_service(log_svc)
             .serve_with_incoming_shutdown(nodelay(l), shutdown(shutdown_rx.clone()));
         tasks.spawn(async move { server.await.context("peer server") });
     }

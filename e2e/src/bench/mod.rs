@@ -5,6 +5,8 @@ pub mod divider;
 pub mod etcd;
 pub mod hist;
 pub mod http;
+pub mod log;
 pub mod ordo;
+pub mod peers;
 pub mod report;
 pub mod runner;

@@ -12,6 +12,8 @@
 //!
 //! `ordo-bench divider [--repeat N] [--out DIR]` measures the divider's assignment function
 //! instead (`bench/divider.rs`: time, keys moved, balance; writes `divider-assign.md`).
+//! `ordo-bench log ...` runs the log-stream benchmark (`bench/log.rs`: vs NATS JetStream and
+//! Redis; writes `log.{md,json,svg}`).
 //!
 //! `--spread N` puts the clients on the first N members only (default 3: all of them);
 //! `--sidecar-range N` gives the sidecar buffers behind the leased `Sequence` rows N IDs per
@@ -279,6 +281,10 @@ fn now_utc() -> String {
 async fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("divider") {
         return bench::divider::run(bench::divider::parse_args(std::env::args().skip(2))?);
+    }
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some("log") {
+        return bench::log::main(&raw[1..]).await;
     }
     let args = parse_args()?;
     let started = now_utc();

@@ -5,4 +5,5 @@
 pub mod admin;
 pub mod app;
 pub mod authority;
+pub mod log_peer;
 pub mod peer;

@@ -290,15 +290,7 @@ impl PeerService {
         pb::quorum_peer_server::QuorumPeerServer<PeerService>,
         impl tonic::service::Interceptor + Clone,
     > {
-        let expected = format!("Bearer {token}");
-        let check = move |req: Request<()>| -> Result<Request<()>, Status> {
-            let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
-            if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-                Ok(req)
-            } else {
-                Err(Status::unauthenticated("peer token missing or wrong"))
-            }
-        };
+        let check = token_check(token);
         let svc = pb::quorum_peer_server::QuorumPeerServer::new(PeerService { node, store })
             .max_decoding_message_size(MAX_VALUE_BYTES + 64 * 1024);
         InterceptedService::new(svc, check)
@@ -328,6 +320,19 @@ impl PeerService {
             return Err(pb::Refusal { reason: Some(reason) });
         }
         Ok(())
+    }
+}
+
+/// The peer port's authentication: every call must carry `authorization: Bearer <token>`.
+pub fn token_check(token: String) -> impl tonic::service::Interceptor + Clone {
+    let expected = format!("Bearer {token}");
+    move |req: Request<()>| -> Result<Request<()>, Status> {
+        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated("peer token missing or wrong"))
+        }
     }
 }
 
@@ -547,7 +552,7 @@ type AuthClient = QuorumPeerClient<InterceptedService<Channel, AuthHeader>>;
 
 /// Adds the peer token to every call.
 #[derive(Clone)]
-pub struct AuthHeader(MetadataValue<tonic::metadata::Ascii>);
+pub struct AuthHeader(pub MetadataValue<tonic::metadata::Ascii>);
 
 impl tonic::service::Interceptor for AuthHeader {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {

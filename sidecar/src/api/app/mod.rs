@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod health;
+pub mod log;
 pub mod registers;
 pub mod sequencer;
 

@@ -1,0 +1,614 @@
+//! Log streams between real processes: idempotent appenders on several members with a
+//! pipeline, `kill -9` of the primary mid-pipeline, `kill -9` of every member and a restart,
+//! a subscriber across a primary change, and bad input. A checker compares every acknowledged
+//! append with the stream read back: nothing acknowledged lost, nothing duplicated, LSNs dense,
+//! each producer's batches in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use futures::StreamExt;
+use ordo_e2e::cluster::{eventually, TestCluster, TestOptions};
+use ordo_proto::v1 as pb;
+use ordo_proto::v1::log_client::LogClient;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::Code;
+
+fn opts() -> TestOptions {
+    TestOptions { members: 3, ..Default::default() }
+}
+
+async fn log_client(cluster: &TestCluster, i: usize) -> LogClient<Channel> {
+    LogClient::new(cluster.client(i).await.channel())
+}
+
+/// One acknowledged batch.
+#[derive(Debug, Clone)]
+struct Acked {
+    producer: u64,
+    seq: u64,
+    lsns: Vec<u64>,
+    payloads: Vec<String>,
+}
+
+fn payload(producer: u64, seq: u64, i: usize) -> String {
+    format!("p{producer}-b{seq}-e{i}")
+}
+
+/// Appends `batches` batches of `per_batch` entries as idempotent producer `producer` with a
+/// pipeline of `pipeline`, reconnecting and resending unacknowledged batches (same sequence
+/// numbers) after any failure, until every batch is acknowledged or `deadline`.
+async fn run_appender(
+    channel: Channel,
+    stream: String,
+    producer: u64,
+    batches: u64,
+    per_batch: usize,
+    pipeline: usize,
+    deadline: Instant,
+) -> (Vec<Acked>, usize) {
+    let mut acked = Vec::new();
+    let mut pending: VecDeque<u64> = VecDeque::new();
+    let mut next_seq = 0u64;
+    let mut reconnects = 0usize;
+    let request = |seq: u64| pb::AppendRequest {
+        stream: stream.clone(),
+        entries: (0..per_batch).map(|i| payload(producer, seq, i).into_bytes()).collect(),
+        pipeline_size: pipeline as u32,
+        producer_id: producer,
+        producer_epoch: 1,
+        batch_seq: seq,
+    };
+    while (next_seq < batches || !pending.is_empty()) && Instant::now() < deadline {
+        let mut client = LogClient::new(channel.clone());
+        let (tx, rx) = mpsc::channel(16);
+        for &seq in &pending {
+            let _ = tx.send(request(seq)).await;
+        }
+        let mut responses =
+            match tokio::time::timeout(Duration::from_secs(5), client.append(ReceiverStream::new(rx))).await {
+                Ok(Ok(r)) => r.into_inner(),
+                _ => {
+                    reconnects += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+        loop {
+            while pending.len() < pipeline && next_seq < batches {
+                if tx.send(request(next_seq)).await.is_err() {
+                    break;
+                }
+                pending.push_back(next_seq);
+                next_seq += 1;
+            }
+            if pending.is_empty() {
+                break;
+            }
+            let r = match tokio::time::timeout(Duration::from_secs(10), responses.next()).await {
+                Ok(Some(Ok(r))) => r,
+                _ => break,
+            };
+            if let Some(e) = r.error {
+                assert_ne!(e.code, Code::InvalidArgument as i32, "a valid batch was refused: {}", e.message);
+                assert_ne!(e.code, Code::FailedPrecondition as i32, "an idempotent retry was refused: {}", e.message);
+                break; // a primary change: reconnect and resend everything unacknowledged
+            }
+            let seq = pending.pop_front().expect("a pending batch");
+            assert_eq!(r.batch_seq, seq, "results come back in request order");
+            acked.push(Acked {
+                producer,
+                seq,
+                lsns: r.lsns,
+                payloads: (0..per_batch).map(|i| payload(producer, seq, i)).collect(),
+            });
+        }
+        if !pending.is_empty() || next_seq < batches {
+            reconnects += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    (acked, reconnects)
+}
+
+/// The whole stream, read from member `i` (retrying while its primary settles).
+async fn read_all(cluster: &TestCluster, i: usize, stream: &str) -> Vec<pb::LogEntry> {
+    let mut c = log_client(cluster, i).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out: Vec<pb::LogEntry> = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "reading {stream} did not finish");
+        let from = out.last().map_or(1, |e| e.lsn + 1);
+        match c.read(pb::ReadRequest { stream: stream.into(), from, max: 1000 }).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                if r.entries.is_empty() && from > r.last_lsn {
+                    return out;
+                }
+                out.extend(r.entries);
+            }
+            Err(s) if s.code() == Code::Unavailable => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(s) => panic!("read failed: {s}"),
+        }
+    }
+}
+
+/// The checker: every acknowledged entry is in the log at its LSN, LSNs are dense from 1, no
+/// payload appears twice, and each producer's batches have increasing LSNs.
+fn check(acked: &[Acked], log: &[pb::LogEntry]) {
+    for (i, e) in log.iter().enumerate() {
+        assert_eq!(e.lsn, i as u64 + 1, "LSNs are dense from 1");
+    }
+    let mut seen = HashMap::new();
+    for e in log {
+        let text = String::from_utf8(e.data.clone()).expect("utf-8 payload");
+        if let Some(first) = seen.insert(text.clone(), e.lsn) {
+            panic!("{text} is in the log twice (LSNs {first} and {})", e.lsn);
+        }
+    }
+    let mut last_by_producer: HashMap<u64, (u64, u64)> = HashMap::new();
+    for a in acked {
+        for (lsn, p) in a.lsns.iter().zip(&a.payloads) {
+            let got = log.get((*lsn - 1) as usize).map(|e| String::from_utf8_lossy(&e.data).to_string());
+            assert_eq!(got.as_deref(), Some(p.as_str()), "acknowledged entry {p} at LSN {lsn} is lost or moved");
+        }
+        assert_eq!(a.lsns.len(), a.payloads.len());
+        if let Some(&(seq, lsn)) = last_by_producer.get(&a.producer) {
+            if a.seq > seq {
+                assert!(a.lsns[0] > lsn, "producer {} batch {} is before batch {seq}", a.producer, a.seq);
+            }
+        }
+        last_by_producer.insert(a.producer, (a.seq, a.lsns[0]));
+    }
+}
+
+async fn describe(cluster: &TestCluster, i: usize, stream: &str) -> pb::StreamInfo {
+    let mut c = log_client(cluster, i).await;
+    c.describe_stream(pb::DescribeStreamRequest { name: stream.into() }).await.expect("describe").into_inner()
+}
+
+fn member_index(cluster: &TestCluster, id: &str) -> usize {
+    (0..cluster.dev.len()).find(|&i| cluster.dev.member(i).id == id).expect("a member")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_of_the_primary_mid_pipeline_loses_and_duplicates_nothing() {
+    let mut cluster = TestCluster::start(opts()).await;
+    let stream = "orders";
+    let info = log_client(&cluster, 0)
+        .await
+        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!((info.replication_factor, info.ack_quorum, info.replicas.len()), (3, 2, 3));
+    assert!(!info.primary.is_empty(), "describing a stream settles its primary: {info:?}");
+    let primary = member_index(&cluster, &info.primary);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+
+    // A subscriber on a member that survives, from the start.
+    let mut sub = log_client(&cluster, others[0])
+        .await
+        .subscribe(pb::SubscribeRequest { stream: stream.into(), from: 1 })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let (sub_tx, mut sub_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = sub.next().await {
+            for e in m.entries {
+                if sub_tx.send(e).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut tasks = Vec::new();
+    for (k, &m) in others.iter().enumerate() {
+        for j in 0..2u64 {
+            let channel = cluster.client(m).await.channel();
+            let producer = 100 + k as u64 * 10 + j;
+            tasks.push(tokio::spawn(run_appender(channel, stream.into(), producer, 120, 4, 4, deadline)));
+        }
+    }
+    // Kill the primary once appends are flowing.
+    let mut c = log_client(&cluster, others[0]).await;
+    eventually(Duration::from_secs(30), "appends flowing", || {
+        let mut c = c.clone();
+        async move { c.tail(pb::TailRequest { stream: stream.into() }).await.is_ok_and(|t| t.get_ref().last_lsn > 200) }
+    })
+    .await;
+    cluster.dev.kill9(primary);
+    let mut acked = Vec::new();
+    let mut reconnects = 0;
+    for t in tasks {
+        let (a, r) = t.await.expect("appender");
+        acked.extend(a);
+        reconnects += r;
+    }
+    assert_eq!(acked.len(), 4 * 120, "every batch acknowledged in the end ({reconnects} reconnects)");
+    assert!(reconnects > 0, "the kill happened while batches were in flight");
+    let log = read_all(&cluster, others[1], stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), 4 * 120 * 4, "exactly the acknowledged entries: retries were written once");
+    let new_primary = describe(&cluster, others[0], stream).await;
+    assert_ne!(new_primary.primary, info.primary, "a new primary took over");
+    assert!(new_primary.epoch > info.epoch);
+
+    // The subscriber saw every committed entry once, in order, across the primary change.
+    let mut got = Vec::new();
+    let until = Instant::now() + Duration::from_secs(30);
+    while got.len() < log.len() && Instant::now() < until {
+        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(1), sub_rx.recv()).await {
+            got.push(e);
+        }
+    }
+    assert_eq!(got, log, "the subscription delivers the log exactly");
+    let _ = c.tail(pb::TailRequest { stream: stream.into() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_of_every_member_and_a_restart_keep_every_acknowledged_entry() {
+    let mut cluster = TestCluster::start(opts()).await;
+    let stream = "events";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let channel = cluster.client(1).await.channel();
+    let (mut acked, _) = run_appender(channel, stream.into(), 7, 60, 8, 8, deadline).await;
+    assert_eq!(acked.len(), 60, "an unknown stream is created on first append");
+    for i in 0..3 {
+        cluster.dev.kill9(i);
+    }
+    for i in 0..3 {
+        cluster.dev.spawn(i).expect("restart");
+    }
+    for i in 0..3 {
+        cluster.wait_ready(i, Duration::from_secs(30)).await;
+    }
+    let log = read_all(&cluster, 2, stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), 60 * 8);
+    // The producer goes on where it was after the restart: batch 60 follows densely, and a
+    // retry of batch 59 is answered with its original LSNs.
+    let mut c = log_client(&cluster, 0).await;
+    let (tx, rx) = mpsc::channel(4);
+    let mut responses = c.append(ReceiverStream::new(rx)).await.expect("append").into_inner();
+    let req = |seq: u64| pb::AppendRequest {
+        stream: stream.into(),
+        entries: (0..8).map(|i| payload(7, seq, i).into_bytes()).collect(),
+        pipeline_size: 2,
+        producer_id: 7,
+        producer_epoch: 1,
+        batch_seq: seq,
+    };
+    tx.send(req(59)).await.unwrap();
+    tx.send(req(60)).await.unwrap();
+    let retry = responses.next().await.expect("a result").expect("ok");
+    assert_eq!(retry.lsns, acked[59].lsns, "a retried batch gets its original LSNs: {retry:?}");
+    let next = responses.next().await.expect("a result").expect("ok");
+    assert_eq!(next.lsns, (481..=488).collect::<Vec<_>>(), "{next:?}");
+    acked.push(Acked { producer: 7, seq: 60, lsns: next.lsns, payloads: (0..8).map(|i| payload(7, 60, i)).collect() });
+    check(&acked, &read_all(&cluster, 1, stream).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_a_clear_error_and_the_stream_goes_on() {
+    let cluster = TestCluster::start(TestOptions {
+        members: 3,
+        extra_args: vec!["--streams-max-entry-bytes=1000".into(), "--streams-max-batch-bytes=4000".into()],
+        ..Default::default()
+    })
+    .await;
+    let mut c = log_client(&cluster, 1).await;
+    let (tx, rx) = mpsc::channel(16);
+    let mut responses = c.append(ReceiverStream::new(rx)).await.expect("append").into_inner();
+    let req = |stream: &str, entries: Vec<Vec<u8>>, pipeline: u32| pb::AppendRequest {
+        stream: stream.into(),
+        entries,
+        pipeline_size: pipeline,
+        ..Default::default()
+    };
+    let cases: Vec<(pb::AppendRequest, &str)> = vec![
+        (req("bad", vec![b"first".to_vec()], 1), ""),
+        (req("bad", vec![], 1), "empty"),
+        (req("bad", vec![vec![0; 1001]], 1), "entry 0 is 1001 bytes; the limit is 1000"),
+        (req("bad", vec![vec![0; 900]; 5], 1), "the batch is 4500 bytes; the limit is 4000"),
+        (req("bad", vec![b"x".to_vec()], 9), "pipeline_size must be 1..=8"),
+        (req("no/such name", vec![b"x".to_vec()], 1), "stream name"),
+        (req("", vec![b"x".to_vec()], 1), "stream name"),
+        (req("bad", vec![b"second".to_vec()], 1), ""),
+    ];
+    for (r, _) in &cases {
+        tx.send(r.clone()).await.unwrap();
+    }
+    let mut lsns = Vec::new();
+    for (_, want) in &cases {
+        let r = responses.next().await.expect("a result").expect("the stream goes on");
+        match (&r.error, want.is_empty()) {
+            (None, true) => lsns.extend(r.lsns),
+            (Some(e), false) => {
+                assert_eq!(e.code, Code::InvalidArgument as i32, "{e:?}");
+                assert!(e.message.contains(want), "{:?} should say {want:?}", e.message);
+            }
+            _ => panic!("unexpected result {r:?} (wanted error {want:?})"),
+        }
+    }
+    assert_eq!(lsns, vec![1, 2], "good batches around the bad ones are appended");
+
+    // Trim beyond the tail; trim; read below the trimmed point names the first LSN.
+    let e = c.trim(pb::TrimRequest { stream: "bad".into(), before: 4 }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("last committed LSN of bad is 2"), "{e}");
+    let t = c.trim(pb::TrimRequest { stream: "bad".into(), before: 2 }).await.expect("trim").into_inner();
+    assert_eq!(t.first_lsn, 2);
+    let e = c.read(pb::ReadRequest { stream: "bad".into(), from: 1, max: 10 }).await.unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e}");
+    assert!(e.message().contains("first available LSN is 2"), "{e}");
+    let mut other = log_client(&cluster, 2).await;
+    let e = other.read(pb::ReadRequest { stream: "bad".into(), from: 1, max: 10 }).await.unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "from another member too: {e}");
+    assert!(e.message().contains("first available LSN is 2"), "{e}");
+    let tail = other.tail(pb::TailRequest { stream: "bad".into() }).await.expect("tail").into_inner();
+    assert_eq!((tail.first_lsn, tail.last_lsn), (2, 2));
+    let e = c.read(pb::ReadRequest { stream: "nope".into(), from: 1, max: 10 }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    let e = c.read(pb::ReadRequest { stream: "bad".into(), from: 2, max: 100_000 }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    // Creating again with the same settings is fine; with others it is refused.
+    let again =
+        c.create_stream(pb::CreateStreamRequest { name: "bad".into(), replication_factor: 3, ack_quorum: 2 }).await;
+    assert!(again.is_ok(), "{again:?}");
+    let e = c
+        .create_stream(pb::CreateStreamRequest { name: "bad".into(), replication_factor: 3, ack_quorum: 3 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e}");
+    let e = c
+        .create_stream(pb::CreateStreamRequest { name: "x".into(), replication_factor: 5, ack_quorum: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let names = c.list_streams(pb::ListStreamsRequest {}).await.expect("list").into_inner().names;
+    assert_eq!(names, vec!["bad".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposed_primary_gets_no_append_acknowledged_after_a_new_epoch_is_sealed() {
+    let cluster = TestCluster::start(TestOptions { members: 3, proxied: true, ..Default::default() }).await;
+    let stream = "fenced";
+    let info = log_client(&cluster, 0)
+        .await
+        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
+        .await
+        .expect("create")
+        .into_inner();
+    let old = member_index(&cluster, &info.primary);
+    let other = (0..3).find(|&i| i != old).expect("another member");
+    let append = |c: LogClient<Channel>, data: &'static str| async move {
+        let mut c = c;
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(pb::AppendRequest { stream: stream.into(), entries: vec![data.into()], ..Default::default() })
+            .await
+            .unwrap();
+        let mut resp = c.append(ReceiverStream::new(rx)).await?.into_inner();
+        let r = resp.next().await.ok_or_else(|| tonic::Status::unavailable("no result"))??;
+        Ok::<_, tonic::Status>(r)
+    };
+    let first = append(log_client(&cluster, old).await, "before").await.expect("append").lsns;
+    assert_eq!(first, vec![1]);
+
+    // The primary is cut off but still believes it leads; appends to it are not acknowledged.
+    cluster.partition(old);
+    let stale = tokio::spawn(append(log_client(&cluster, old).await, "stale-1"));
+    // Another member takes over (once it sees the old primary down) and seals a new epoch.
+    let mut acked_new = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked_new.is_none() && Instant::now() < deadline {
+        match append(log_client(&cluster, other).await, "after").await {
+            Ok(r) if r.error.is_none() => acked_new = Some(r.lsns),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let acked_new = acked_new.expect("the new primary acknowledges appends");
+    let described = describe(&cluster, other, stream).await;
+    assert_ne!(described.primary, info.primary);
+    assert!(described.epoch > info.epoch);
+    // Still cut off, and after it heals: the old primary acknowledges nothing of its epoch.
+    let stale2 = tokio::spawn(append(log_client(&cluster, old).await, "stale-2"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.heal(old);
+    for (name, t) in [("stale-1", stale), ("stale-2", stale2)] {
+        let r = t.await.expect("task");
+        let acked = matches!(&r, Ok(resp) if resp.error.is_none());
+        assert!(!acked, "{name} was acknowledged by the deposed primary: {r:?}");
+    }
+    let log = read_all(&cluster, other, stream).await;
+    let data: Vec<String> = log.iter().map(|e| String::from_utf8_lossy(&e.data).to_string()).collect();
+    assert_eq!(data[0], "before");
+    assert_eq!(log[(acked_new[0] - 1) as usize].data, b"after");
+    assert!(!data.iter().any(|d| d.starts_with("stale")), "a deposed primary's entry is in the log: {data:?}");
+    // The healed member serves the stream again, through the new primary.
+    let healed = loop {
+        match append(log_client(&cluster, old).await, "healed").await {
+            Ok(r) if r.error.is_none() => break r.lsns,
+            _ if Instant::now() > deadline + Duration::from_secs(30) => panic!("the healed member never appended"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    assert_eq!(healed[0], log.len() as u64 + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_client_appender_pipelines_retries_across_a_kill9_and_drains_on_close() {
+    use std::sync::{Arc, Mutex};
+
+    use ordo_client::AppenderOptions;
+
+    let mut cluster = TestCluster::start(TestOptions {
+        members: 3,
+        extra_args: vec!["--streams-max-entry-bytes=1000".into()],
+        ..Default::default()
+    })
+    .await;
+    let stream = "appender";
+    let client = cluster.client(0).await;
+    let info = client.create_stream(stream, 3, 2).await.expect("create");
+    let primary = member_index(&cluster, &info.primary);
+    let at = (0..3).find(|&i| i != primary).expect("another member");
+    let client = cluster.client(at).await;
+    let opts = AppenderOptions { pipeline: 8, producer_id: Some(77), producer_epoch: 1, ..Default::default() };
+    let appender = client.appender(stream, opts);
+    // (batch index, result) in the order callbacks ran.
+    type Outcome = (usize, Result<Vec<u64>, String>);
+    let results: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+    for i in 0..300usize {
+        if i == 100 {
+            cluster.dev.kill9(primary);
+        }
+        let batch: Vec<Vec<u8>> = if i == 50 {
+            vec![vec![b'x'; 1001]] // too large: fails alone
+        } else {
+            (0..3).map(|k| format!("a-{i}-{k}").into_bytes()).collect()
+        };
+        let results = results.clone();
+        appender
+            .append_batch(batch, move |r| results.lock().unwrap().push((i, r.map_err(|e| e.to_string()))))
+            .await
+            .expect("queued");
+    }
+    let empty = appender.append_batch(vec![], |_| {}).await;
+    assert!(empty.is_err(), "an empty batch is refused at once");
+    appender.close().await;
+    let after = appender.append_batch(vec![b"late".to_vec()], |_| panic!("never called")).await;
+    assert!(after.is_err(), "appending after close fails at once");
+
+    let results = std::mem::take(&mut *results.lock().unwrap());
+    assert_eq!(results.len(), 300, "close() returned after every callback ran");
+    assert!(results.iter().enumerate().all(|(k, (i, _))| k == *i), "callbacks ran in append order");
+    let mut acked = Vec::new();
+    for (i, r) in results {
+        match r {
+            Err(e) if i == 50 => assert!(e.contains("limit is 1000"), "{e}"),
+            Err(e) => panic!("batch {i} failed: {e}"),
+            Ok(lsns) if i != 50 => acked.push(Acked {
+                producer: 77,
+                seq: i as u64,
+                lsns,
+                payloads: (0..3).map(|k| format!("a-{i}-{k}")).collect(),
+            }),
+            Ok(l) => panic!("the oversized batch was appended at {l:?}"),
+        }
+    }
+    let log = read_all(&cluster, at, stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), 299 * 3, "every batch but the bad one, once");
+}
+
+/// The `ordoctl` binary built beside this test.
+fn ordoctl() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("ordoctl"))
+        .find(|p| p.is_file())
+        .expect("ordoctl is built (cargo build --bins)")
+}
+
+fn ordoctl_json(socket: &str, args: &[&str], stdin: Option<&str>) -> serde_json::Value {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new(ordoctl());
+    cmd.args(["--socket", socket, "--output", "json", "log"]).args(args);
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("ordoctl runs");
+    if let Some(text) = stdin {
+        child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("ordoctl finishes");
+    assert!(out.status.success(), "ordoctl log {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ordoctl_log_prints_the_documented_json_shapes() {
+    use serde_json::json;
+
+    let cluster = TestCluster::start(opts()).await;
+    let socket = cluster.dev.member(1).socket.clone();
+    let s = socket.clone();
+    let run = move |args: Vec<&'static str>, stdin: Option<&'static str>| {
+        let s = s.clone();
+        tokio::task::spawn_blocking(move || ordoctl_json(&s, &args, stdin))
+    };
+    let created = run(vec!["create", "cli", "--replication-factor", "3", "--ack-quorum", "2"], None).await.unwrap();
+    assert_eq!((created["stream"].clone(), created["replication_factor"].clone()), (json!("cli"), json!(3)));
+    let appended = run(vec!["append", "cli", "a", "b"], None).await.unwrap();
+    assert_eq!(appended, json!({"stream": "cli", "lsns": [1, 2]}));
+    let piped =
+        run(vec!["append", "cli", "--stdin", "--batch", "2", "--pipeline", "4"], Some("c\nd\ne\n")).await.unwrap();
+    assert_eq!(piped, json!({"stream": "cli", "appended": 3, "first_lsn": 3, "last_lsn": 5}));
+    let read = run(vec!["read", "cli", "--from", "2", "--max", "2"], None).await.unwrap();
+    assert_eq!(read, json!({"stream": "cli", "entries": [{"lsn": 2, "data": "Yg=="}, {"lsn": 3, "data": "Yw=="}]}));
+    let tail = run(vec!["tail", "cli"], None).await.unwrap();
+    assert_eq!(tail, json!({"stream": "cli", "first_lsn": 1, "last_lsn": 5}));
+    let trimmed = run(vec!["trim", "cli", "--before", "3"], None).await.unwrap();
+    assert_eq!(trimmed, json!({"stream": "cli", "first_lsn": 3}));
+    let described = run(vec!["describe", "cli"], None).await.unwrap();
+    assert_eq!((described["first_lsn"].clone(), described["last_lsn"].clone()), (json!(3), json!(5)));
+    let listed = run(vec!["list"], None).await.unwrap();
+    assert_eq!(listed, json!({"streams": ["cli"]}));
+    // subscribe prints one {"lsn", "data"} per line and follows the tail.
+    let mut child = std::process::Command::new(ordoctl())
+        .args(["--socket", &socket, "--output", "json", "log", "subscribe", "cli", "--from", "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("subscribe runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout).lines().take(2).map(|l| l.expect("a line")).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let parsed: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert_eq!(parsed, vec![json!({"lsn": 4, "data": "ZA=="}), json!({"lsn": 5, "data": "ZQ=="})]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_replica_that_takes_over_recovers_every_acknowledged_entry() {
+    let mut cluster = TestCluster::start(TestOptions { members: 3, proxied: true, ..Default::default() }).await;
+    let stream = "lagging";
+    let info = log_client(&cluster, 0)
+        .await
+        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
+        .await
+        .expect("create")
+        .into_inner();
+    let primary = member_index(&cluster, &info.primary);
+    let lagging = (0..3).find(|&i| i != primary).expect("a replica");
+    // The replica is cut off while the primary and the third member acknowledge appends.
+    cluster.partition(lagging);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let channel = cluster.client(primary).await.channel();
+    let (mut acked, _) = run_appender(channel, stream.into(), 5, 40, 5, 4, deadline).await;
+    assert_eq!(acked.len(), 40);
+    // The primary dies; the lagging replica comes back and takes over (appends go through it).
+    cluster.dev.kill9(primary);
+    cluster.heal(lagging);
+    let channel = cluster.client(lagging).await.channel();
+    let (more, _) = run_appender(channel, stream.into(), 6, 10, 5, 4, deadline).await;
+    assert_eq!(more.len(), 10);
+    acked.extend(more);
+    let described = describe(&cluster, lagging, stream).await;
+    assert_eq!(described.primary, cluster.dev.member(lagging).id, "the lagging replica is the new primary");
+    let log = read_all(&cluster, lagging, stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), 50 * 5);
+}

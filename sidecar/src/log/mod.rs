@@ -1,0 +1,178 @@
+//! Log streams: named, ordered, replicated logs with dense LSNs (1, 2, 3, ...), appended to
+//! through one primary per stream and replicated to `replication_factor` members.
+//!
+//! Layout: [`segment`] (one stream's CRC-framed file on one replica), [`store`] (the replica
+//! rules and the group-committing writer), [`producer`] (idempotent producers), [`primary`]
+//! (epoch, seal, recovery, pipelined replication, ack quorum), [`router`] (stream metadata in
+//! registers, who is primary, forwarding from any sidecar), [`placement`] (which members hold
+//! a stream). gRPC adapters: `api::app::log` and `api::log_peer`.
+//!
+//! # Protocol
+//!
+//! Each stream has two registers in the quorum store: `log/<name>/meta` (replication factor
+//! RF, ack quorum AQ, the replicas, the trim point) and `log/<name>/epoch` (the primary's id).
+//! A primary's **epoch** is the version of the epoch register its compare-and-set wrote: the
+//! register API makes versions strictly increasing and every CAS linearizable, so two primaries
+//! never share an epoch and a later takeover always has a higher one.
+//!
+//! Every entry on a replica carries the epoch of the primary that wrote that copy. A replica
+//! keeps a durable **sealed epoch** and refuses any write (and any recovery read) from a lower
+//! epoch.
+//!
+//! A new primary with epoch `E` (**recovery**, [`primary`]):
+//! 1. seals every replica at `E` and waits for at least `RF - AQ + 1` of them (itself included):
+//!    this set meets every ack quorum;
+//! 2. takes the log of the sealed replica whose last entry has the highest (epoch, LSN) as the
+//!    stream's log (Raft's "most up-to-date log"), copies what it lacks of it with fencing reads
+//!    (a read carries `E` and seals too), then rewrites the entries from the shortest sealed
+//!    replica's last LSN to the end under epoch `E` (re-replication: they become entries of
+//!    `E`, acknowledged like new ones);
+//! 3. replicates to every replica and continues at the next LSN.
+//!
+//! Replication is Raft's log matching: a primary sends entries with the (LSN, epoch) of the
+//! entry before them; a replica accepts only when it holds that entry, cuts a conflicting
+//! suffix (one that no ack quorum of a later epoch can hold), and answers after the entries are
+//! on disk. An entry of epoch `E` at LSN `x` is **committed**, and its batch acknowledged, once
+//! AQ replicas (the primary's own disk counting as one) answered durably up to `x`; everything
+//! before it is committed with it. Replicas `fdatasync` before answering, and one writer thread
+//! per member groups the fsyncs of all streams and batches that arrive while the disk is busy.
+//!
+//! # Guarantees, why they hold, and the tests that catch their violation
+//!
+//! - **No acknowledged entry is lost.** An acknowledged entry is on AQ replicas' disks
+//!   (fsync before the answer, [`store`]). A later primary seals `RF - AQ + 1` replicas, so at
+//!   least one sealed replica holds it, and a replica answers the seal only after the writes it
+//!   acknowledged (one writer applies operations in order). The chosen log is at least as
+//!   up-to-date as that replica's; by the log-matching induction (every primary since holds all
+//!   committed entries, because each one's recovery made the same choice) it contains the entry.
+//!   A torn tail on restart is cut only past the last record that passes its CRC, which is past
+//!   anything acknowledged. Tests: `store::tests::replicas_refuse_older_epochs_and_cut_conflicting_suffixes`,
+//!   `segment::tests::a_torn_or_corrupt_tail_is_cut_and_the_rest_kept`,
+//!   `primary::tests::recovery_keeps_every_acknowledged_entry` (verified to fail when recovery
+//!   keeps its own log instead of the most up-to-date one),
+//!   and the checker of `e2e/tests/log.rs`: `kill -9` of the primary mid-pipeline, kill all and
+//!   restart, and `a_lagging_replica_that_takes_over_recovers_every_acknowledged_entry`
+//!   (verified to fail, losing LSN 1, when recovery keeps the new primary's own lagging log).
+//! - **None duplicated, LSNs dense, order kept.** Only the primary of the highest epoch can get
+//!   entries acknowledged, it assigns LSNs consecutively in the order batches arrive on its
+//!   queue, and an appender's batches reach that queue in the order it sent them (one stream,
+//!   results in request order). Retries are deduplicated (next point). Tests: the checker of
+//!   `e2e/tests/log.rs` reads the whole stream back and compares it with every acknowledged
+//!   append.
+//! - **A deposed primary gets nothing acknowledged after a seal.** Its writes carry its old
+//!   epoch; every sealed replica refuses them, and any AQ replicas include a sealed one, so it
+//!   can never count AQ durable answers again; it steps down on the first refusal. Tests:
+//!   `primary::tests::a_deposed_primary_gets_nothing_acknowledged` (verified to fail when
+//!   replicas accept older epochs).
+//! - **Idempotent retries.** A batch carries (producer id, producer epoch, batch sequence); the
+//!   primary keeps the last [`producer::KEPT_BATCHES`] batches of each producer, rebuilt from
+//!   the log itself after a takeover (entries store their producer fields), and answers a
+//!   retried batch with its original LSNs; a gap or an older producer epoch is refused.
+//!   Tests: `producer::tests`, `primary::tests::a_retried_batch_is_written_once_across_a_takeover`.
+//!
+//! # Not built yet
+//! - **A wiped replica is not rebuilt before it counts.** A replica that lost its disk answers a
+//!   seal as an empty log. Recovery waits for every replica's answer up to its deadline and takes
+//!   the most up-to-date log, so an acknowledged entry survives while one replica that holds it
+//!   answers; it can be lost if every replica holding it is wiped or unreachable while a wiped
+//!   one completes the seal set.
+//! - Replicas are chosen when a stream is created and not moved on membership changes.
+//! - Trimming is logical: the trim point is in the metadata register; files keep the entries.
+//! - The primary's producer table is rebuilt by reading the whole local log at takeover.
+
+pub mod placement;
+pub mod primary;
+pub mod producer;
+pub mod router;
+
+pub mod segment;
+pub mod store;
+
+/// One entry as replicas store it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Its LSN.
+    pub lsn: u64,
+    /// Epoch of the primary that wrote this copy.
+    pub epoch: u64,
+    /// Producer id (0: not idempotent).
+    pub producer_id: u64,
+    /// Producer epoch.
+    pub producer_epoch: u64,
+    /// Batch sequence number of the producer.
+    pub batch_seq: u64,
+    /// Position in its batch.
+    pub batch_index: u32,
+    /// Entries in its batch.
+    pub batch_len: u32,
+    /// The payload.
+    pub data: Vec<u8>,
+}
+
+/// Where an epoch's entries start in a replica's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochStart {
+    /// The epoch.
+    pub epoch: u64,
+    /// Its first LSN.
+    pub start_lsn: u64,
+}
+
+/// A batch as an appender sends it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Entries.
+    pub entries: Vec<Vec<u8>>,
+    /// Producer id (0: not idempotent).
+    pub producer_id: u64,
+    /// Producer epoch.
+    pub producer_epoch: u64,
+    /// Batch sequence number.
+    pub batch_seq: u64,
+}
+
+/// Why a log call failed; each variant maps to one gRPC code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    /// The request is wrong (INVALID_ARGUMENT).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such stream (NOT_FOUND).
+    #[error("stream {0:?} does not exist")]
+    NotFound(String),
+    /// The stream exists with other settings (ALREADY_EXISTS).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Below the trimmed point (OUT_OF_RANGE); names the first available LSN.
+    #[error("LSN {requested} was trimmed; the first available LSN is {first}")]
+    Trimmed {
+        /// What was asked.
+        requested: u64,
+        /// First available LSN.
+        first: u64,
+    },
+    /// Out of range as a primary elsewhere reported it (OUT_OF_RANGE), its message kept.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// Refused in this state (FAILED_PRECONDITION): a producer gap or fenced producer epoch.
+    #[error("{0}")]
+    Refused(String),
+    /// Not available now; retrying may succeed (UNAVAILABLE).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The LSNs of an appended batch, or why it was not appended.
+pub type AppendResult = Result<Vec<u64>, LogError>;
+/// Where a batch's result goes.
+pub type AppendResultTx = tokio::sync::oneshot::Sender<AppendResult>;
+
+/// Register key of a stream's metadata.
+pub fn meta_key(stream: &str) -> String {
+    format!("log/{stream}/meta")
+}
+
+/// Register key of a stream's epoch (its version is the primary's epoch).
+pub fn epoch_key(stream: &str) -> String {
+    format!("log/{stream}/epoch")
+}

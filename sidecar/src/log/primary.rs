@@ -1,0 +1,686 @@
+//! A stream's primary for one epoch: recovery (seal, choose the most up-to-date log, copy it
+//! with fencing reads, re-replicate the tail under the new epoch), then pipelined appends
+//! replicated to every replica over one long-lived link each, acknowledged once `ack_quorum`
+//! replicas hold them durably. The safety argument is in the module docs of [`super`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::producer::{ProducerTable, Verdict};
+use super::segment::{epoch_at, matching_prefix};
+use super::store::{AppendReply, FetchReply, ReplicaStore, SealReply, StoreError};
+use super::{AppendResult, AppendResultTx, Batch, EpochStart, LogEntry, LogError};
+
+/// Entries per replication message.
+const MAX_SEND_ENTRIES: usize = 512;
+/// Bytes of entry data per replication message.
+const MAX_SEND_BYTES: usize = 1 << 20;
+/// Replication messages in flight per replica.
+const REPLICA_WINDOW: usize = 16;
+/// Entries per recovery read.
+const FETCH_CHUNK: u32 = 1000;
+
+/// One replication message from a primary to a replica.
+#[derive(Debug, Clone)]
+pub struct ReplicateMsg {
+    /// The primary's epoch.
+    pub epoch: u64,
+    /// LSN of the entry before `entries`.
+    pub prev_lsn: u64,
+    /// Its epoch.
+    pub prev_epoch: u64,
+    /// Consecutive entries.
+    pub entries: Vec<LogEntry>,
+    /// Commit point the primary knows.
+    pub commit: u64,
+}
+
+/// A replica's answer to one [`ReplicateMsg`].
+#[derive(Debug, Clone)]
+pub struct ReplicateAck {
+    /// The message's `prev_lsn`.
+    pub prev_lsn: u64,
+    /// What the replica did.
+    pub reply: AppendReply,
+}
+
+/// A long-lived replication link to one replica: messages in order, answers in order.
+pub struct ReplicaLink {
+    /// Messages to the replica.
+    pub tx: mpsc::Sender<ReplicateMsg>,
+    /// Its answers; closed when the link broke.
+    pub rx: mpsc::Receiver<ReplicateAck>,
+}
+
+/// What a primary needs from the network: calls to the replicas of a stream by member id.
+pub trait LogPeers: Send + Sync + 'static {
+    /// Seals `stream` at `epoch` on replica `to`.
+    fn seal(&self, to: &str, stream: &str, epoch: u64) -> impl Future<Output = Result<SealReply, String>> + Send;
+    /// A fencing recovery read on replica `to`.
+    fn fetch(
+        &self,
+        to: &str,
+        stream: &str,
+        epoch: u64,
+        from: u64,
+        max: u32,
+    ) -> impl Future<Output = Result<FetchReply, String>> + Send;
+    /// Opens a replication link to replica `to`.
+    fn replicate(&self, to: &str, stream: &str) -> impl Future<Output = Result<ReplicaLink, String>> + Send;
+}
+
+/// A replication link to this member's own store: writes queued in order, answers in order.
+pub fn local_link(store: ReplicaStore, stream: String) -> ReplicaLink {
+    let (tx, mut msgs) = mpsc::channel::<ReplicateMsg>(REPLICA_WINDOW * 2);
+    let (ack_tx, rx) = mpsc::channel(REPLICA_WINDOW * 2);
+    let (pending_tx, mut pending) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(m) = msgs.recv().await {
+            let r = store.append_queued(&stream, m.epoch, m.prev_lsn, m.prev_epoch, m.entries);
+            if pending_tx.send((m.prev_lsn, r)).is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some((prev_lsn, r)) = pending.recv().await {
+            let Ok(Ok(reply)) = r.await else { return };
+            if ack_tx.send(ReplicateAck { prev_lsn, reply }).await.is_err() {
+                return;
+            }
+        }
+    });
+    ReplicaLink { tx, rx }
+}
+
+/// Settings of a primary.
+#[derive(Debug, Clone)]
+pub struct PrimaryConfig {
+    /// Stream name.
+    pub stream: String,
+    /// This member's id (one of `replicas`).
+    pub me: String,
+    /// The stream's replicas.
+    pub replicas: Vec<String>,
+    /// Replicas that must hold an entry before it is acknowledged.
+    pub ack_quorum: usize,
+    /// The epoch (the epoch register's version).
+    pub epoch: u64,
+    /// First available LSN (trim point).
+    pub first_lsn: u64,
+    /// Deadline of each recovery call.
+    pub timeout: Duration,
+}
+
+/// The primary's log: what is not yet known to be on the local disk and committed, plus the
+/// epochs of the whole log.
+struct Tail {
+    /// Entries from `start` to `last`.
+    entries: VecDeque<LogEntry>,
+    start: u64,
+    last: u64,
+    epochs: Vec<EpochStart>,
+}
+
+impl Tail {
+    fn epoch_at(&self, lsn: u64) -> u64 {
+        epoch_at(&self.epochs, lsn, self.last)
+    }
+}
+
+struct Waiter {
+    first_lsn: u64,
+    len: u32,
+    reply: AppendResultTx,
+}
+
+enum Cmd {
+    Append { batch: Batch, reply: AppendResultTx },
+    Durable { replica: usize, lsn: u64 },
+    Deposed { by: u64, replica: String },
+}
+
+struct Shared {
+    tail: Mutex<Tail>,
+    last_tx: watch::Sender<u64>,
+    commit_tx: watch::Sender<u64>,
+    deposed_tx: watch::Sender<Option<String>>,
+    first_lsn: std::sync::atomic::AtomicU64,
+}
+
+/// A running primary (cheap to clone).
+#[derive(Clone)]
+pub struct Primary {
+    /// Its epoch.
+    pub epoch: u64,
+    stream: String,
+    tx: mpsc::UnboundedSender<Cmd>,
+    shared: Arc<Shared>,
+    store: ReplicaStore,
+}
+
+impl Primary {
+    /// Recovers the stream at `cfg.epoch` and starts serving it.
+    pub async fn start<P: LogPeers>(cfg: PrimaryConfig, store: ReplicaStore, peers: Arc<P>) -> Result<Self, LogError> {
+        let recovered = recover(&cfg, &store, peers.as_ref()).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (last_tx, _) = watch::channel(recovered.last);
+        let (commit_tx, _) = watch::channel(0);
+        let (deposed_tx, _) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            tail: Mutex::new(Tail {
+                entries: recovered.retagged.into(),
+                start: recovered.e_start,
+                last: recovered.last,
+                epochs: recovered.epochs,
+            }),
+            last_tx,
+            commit_tx,
+            deposed_tx,
+            first_lsn: std::sync::atomic::AtomicU64::new(cfg.first_lsn.max(1)),
+        });
+        for (i, r) in cfg.replicas.iter().enumerate() {
+            // From the re-replicated tail: every replica must take the entries of this epoch
+            // (a replica whose log differs earlier answers with a divergence).
+            let start = recovered.e_start;
+            let link = ReplicaTask {
+                index: i,
+                replica: r.clone(),
+                stream: cfg.stream.clone(),
+                epoch: cfg.epoch,
+                next: start,
+                shared: shared.clone(),
+                store: store.clone(),
+                tx: tx.clone(),
+            };
+            let peers = peers.clone();
+            let local = (*r == cfg.me).then(|| store.clone());
+            tokio::spawn(link.run(peers, local));
+        }
+        let actor = Actor {
+            cfg: cfg.clone(),
+            shared: shared.clone(),
+            producers: recovered.producers,
+            matched: vec![0; cfg.replicas.len()],
+            commit: 0,
+            e_start: recovered.e_start,
+            waiters: BTreeMap::new(),
+            deposed: None,
+        };
+        tokio::spawn(actor.run(rx));
+        // Recovery ends when the recovered tail is committed under this epoch: until then the
+        // committed LSN would read lower than what earlier primaries acknowledged.
+        let mut commit_rx = shared.commit_tx.subscribe();
+        let h = recovered.last;
+        if tokio::time::timeout(cfg.timeout, commit_rx.wait_for(|c| *c >= h)).await.is_err() {
+            let why = format!(
+                "stream {}: the recovered tail (LSN {h}) did not reach {} replicas within {} ms",
+                cfg.stream,
+                cfg.ack_quorum,
+                cfg.timeout.as_millis()
+            );
+            shared.deposed_tx.send_replace(Some(why.clone()));
+            return Err(LogError::Unavailable(why));
+        }
+        tracing::info!(stream = %cfg.stream, epoch = cfg.epoch, last = recovered.last, from = recovered.e_start, "log primary recovered the stream");
+        Ok(Self { epoch: cfg.epoch, stream: cfg.stream, tx, shared, store })
+    }
+
+    /// Queues a batch (in call order) and returns where its answer will arrive.
+    pub fn submit(&self, batch: Batch) -> oneshot::Receiver<AppendResult> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Cmd::Append { reply, .. })) = self.tx.send(Cmd::Append { batch, reply }) {
+            let _ = reply.send(Err(LogError::Unavailable("the primary stopped".into())));
+        }
+        rx
+    }
+
+    /// Why this primary stepped down, if it did.
+    pub fn deposed(&self) -> Option<String> {
+        self.shared.deposed_tx.borrow().clone()
+    }
+
+    /// Last committed LSN.
+    pub fn commit(&self) -> u64 {
+        *self.shared.commit_tx.borrow()
+    }
+
+    /// First available LSN.
+    pub fn first_lsn(&self) -> u64 {
+        self.shared.first_lsn.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Raises the first available LSN (after the trim point was stored).
+    pub fn set_first_lsn(&self, first: u64) {
+        self.shared.first_lsn.fetch_max(first, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Up to `max` committed entries from `from` (0: the first available), waiting up to `wait`
+    /// for `from` to commit. Returns the entries, the first available and the committed LSN.
+    pub async fn read(&self, from: u64, max: usize, wait: Duration) -> Result<(Vec<LogEntry>, u64, u64), LogError> {
+        let first = self.first_lsn();
+        let from = if from == 0 { first } else { from };
+        if from < first {
+            return Err(LogError::Trimmed { requested: from, first });
+        }
+        let mut commit_rx = self.shared.commit_tx.subscribe();
+        let mut deposed_rx = self.shared.deposed_tx.subscribe();
+        let waited = tokio::time::timeout(wait, async {
+            loop {
+                if *commit_rx.borrow_and_update() >= from {
+                    return;
+                }
+                tokio::select! {
+                    r = commit_rx.changed() => if r.is_err() { return },
+                    _ = deposed_rx.changed() => return,
+                }
+            }
+        })
+        .await;
+        let _ = waited;
+        if let Some(why) = self.deposed() {
+            return Err(LogError::Unavailable(why));
+        }
+        let commit = self.commit();
+        if from > commit || max == 0 {
+            return Ok((Vec::new(), first, commit));
+        }
+        let n = max.min((commit - from + 1) as usize);
+        let got = self.store.fetch(&self.stream, None, from, n).await.map_err(store_unavailable)?;
+        Ok((got.entries, first, commit))
+    }
+}
+
+fn store_unavailable(e: StoreError) -> LogError {
+    LogError::Unavailable(format!("log store: {e}"))
+}
+
+struct Recovered {
+    last: u64,
+    e_start: u64,
+    epochs: Vec<EpochStart>,
+    retagged: Vec<LogEntry>,
+    producers: ProducerTable,
+}
+
+/// Recovery: seal, choose, copy, re-replicate (see the module docs of [`super`]).
+async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: &P) -> Result<Recovered, LogError> {
+    let stream = cfg.stream.as_str();
+    let seals = cfg.replicas.iter().map(|r| async move {
+        let reply = if *r == cfg.me {
+            store.seal(stream, cfg.epoch).await.map_err(|e| e.to_string())
+        } else {
+            match tokio::time::timeout(cfg.timeout, peers.seal(r, stream, cfg.epoch)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {} ms", cfg.timeout.as_millis())),
+            }
+        };
+        (r.clone(), reply)
+    });
+    let mut sealed: Vec<(String, SealReply)> = Vec::new();
+    let mut failures = Vec::new();
+    for (r, reply) in join_all(seals).await {
+        match reply {
+            Ok(s) if s.ok => sealed.push((r, s)),
+            Ok(s) => {
+                return Err(LogError::Unavailable(format!(
+                    "stream {stream}: replica {r} is sealed at epoch {} above this primary's {}",
+                    s.sealed, cfg.epoch
+                )))
+            }
+            Err(e) => failures.push(format!("{r}: {e}")),
+        }
+    }
+    let needed = cfg.replicas.len() + 1 - cfg.ack_quorum;
+    let Some(local) = sealed.iter().find(|(r, _)| *r == cfg.me).map(|(_, s)| s.clone()) else {
+        return Err(LogError::Unavailable(format!("stream {stream}: the local replica did not seal")));
+    };
+    if sealed.len() < needed {
+        return Err(LogError::Unavailable(format!(
+            "stream {stream}: recovery sealed {} of {} replicas, {needed} needed ({})",
+            sealed.len(),
+            cfg.replicas.len(),
+            failures.join("; ")
+        )));
+    }
+    // The most up-to-date log among the sealed replicas: highest (last epoch, last LSN).
+    let rank = |s: &SealReply| (epoch_at(&s.epochs, s.last_lsn, s.last_lsn), s.last_lsn);
+    let (best_id, best) = sealed.iter().max_by_key(|(_, s)| rank(s)).cloned().expect("at least the local replica");
+    let min_last = sealed.iter().map(|(_, s)| s.last_lsn).min().unwrap_or(0);
+    let h = best.last_lsn;
+    // Copy what the local log lacks of the chosen one.
+    if best_id != cfg.me {
+        let m = matching_prefix(&local.epochs, local.last_lsn, &best.epochs, best.last_lsn);
+        let mut next = m + 1;
+        let mut prev_epoch = epoch_at(&local.epochs, m, local.last_lsn);
+        while next <= h {
+            let got = tokio::time::timeout(cfg.timeout, peers.fetch(&best_id, stream, cfg.epoch, next, FETCH_CHUNK))
+                .await
+                .map_err(|_| LogError::Unavailable(format!("stream {stream}: recovery read from {best_id} timed out")))?
+                .map_err(|e| LogError::Unavailable(format!("stream {stream}: recovery read from {best_id}: {e}")))?;
+            if !got.ok {
+                return Err(LogError::Unavailable(format!(
+                    "stream {stream}: {best_id} is sealed at epoch {} above {}",
+                    got.sealed, cfg.epoch
+                )));
+            }
+            let entries: Vec<LogEntry> = got.entries.into_iter().filter(|e| e.lsn <= h).collect();
+            let Some(last) = entries.last().map(|e| (e.lsn, e.epoch)) else {
+                return Err(LogError::Unavailable(format!("stream {stream}: {best_id} returned no entry at {next}")));
+            };
+            match store.append(stream, cfg.epoch, next - 1, prev_epoch, entries).await.map_err(store_unavailable)? {
+                AppendReply::Durable(_) => {}
+                other => return Err(LogError::Unavailable(format!("stream {stream}: local copy refused: {other:?}"))),
+            }
+            next = last.0 + 1;
+            prev_epoch = last.1;
+        }
+    }
+    expect_durable(stream, store.truncate_after(stream, cfg.epoch, h).await)?;
+    // Re-replicate the tail under the new epoch (at least the last entry, so that the recovered
+    // log commits without waiting for a new append).
+    let e_start = if h == 0 { 1 } else { min_last.clamp(1, h) };
+    let mut retagged = Vec::new();
+    if h > 0 {
+        let state = store.state(stream).await.map_err(store_unavailable)?;
+        let mut from = e_start;
+        while from <= h {
+            let got = store.fetch(stream, None, from, FETCH_CHUNK as usize).await.map_err(store_unavailable)?;
+            if got.entries.is_empty() {
+                break;
+            }
+            from += got.entries.len() as u64;
+            retagged.extend(got.entries.into_iter().map(|mut e| {
+                e.epoch = cfg.epoch;
+                e
+            }));
+        }
+        let prev_epoch = epoch_at(&state.epochs, e_start - 1, state.last_lsn);
+        expect_durable(stream, store.append(stream, cfg.epoch, e_start - 1, prev_epoch, retagged.clone()).await)?;
+    }
+    let state = store.state(stream).await.map_err(store_unavailable)?;
+    if state.last_lsn != h {
+        return Err(LogError::Unavailable(format!(
+            "stream {stream}: recovered log ends at {} instead of {h}",
+            state.last_lsn
+        )));
+    }
+    // Producer state from the log itself.
+    let mut producers = ProducerTable::default();
+    let mut from = 1;
+    while from <= h {
+        let got = store.fetch(stream, None, from, FETCH_CHUNK as usize).await.map_err(store_unavailable)?;
+        if got.entries.is_empty() {
+            break;
+        }
+        from += got.entries.len() as u64;
+        got.entries.iter().for_each(|e| producers.observe(e));
+    }
+    Ok(Recovered { last: h, e_start, epochs: state.epochs, retagged, producers })
+}
+
+fn expect_durable(stream: &str, r: Result<AppendReply, StoreError>) -> Result<(), LogError> {
+    match r.map_err(store_unavailable)? {
+        AppendReply::Durable(_) => Ok(()),
+        AppendReply::Sealed(e) => {
+            Err(LogError::Unavailable(format!("stream {stream}: sealed at epoch {e} during recovery")))
+        }
+        AppendReply::Diverged { last_lsn, .. } => {
+            Err(LogError::Unavailable(format!("stream {stream}: local log diverged at {last_lsn} during recovery")))
+        }
+    }
+}
+
+struct Actor {
+    cfg: PrimaryConfig,
+    shared: Arc<Shared>,
+    producers: ProducerTable,
+    matched: Vec<u64>,
+    commit: u64,
+    e_start: u64,
+    waiters: BTreeMap<u64, Vec<Waiter>>,
+    deposed: Option<String>,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Cmd::Append { batch, reply } => self.append(batch, reply),
+                Cmd::Durable { replica, lsn } => {
+                    self.matched[replica] = self.matched[replica].max(lsn);
+                    self.advance_commit();
+                }
+                Cmd::Deposed { by, replica } => {
+                    let why = format!(
+                        "primary of stream {} at epoch {} was deposed: replica {replica} is sealed at epoch {by}",
+                        self.cfg.stream, self.cfg.epoch
+                    );
+                    tracing::warn!("{why}");
+                    for (_, ws) in std::mem::take(&mut self.waiters) {
+                        for w in ws {
+                            let _ = w.reply.send(Err(LogError::Unavailable(why.clone())));
+                        }
+                    }
+                    self.deposed = Some(why.clone());
+                    self.shared.deposed_tx.send_replace(Some(why));
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, batch: Batch, reply: AppendResultTx) {
+        if let Some(why) = &self.deposed {
+            let _ = reply.send(Err(LogError::Unavailable(why.clone())));
+            return;
+        }
+        let len = batch.entries.len() as u32;
+        match self.producers.check(batch.producer_id, batch.producer_epoch, batch.batch_seq, len) {
+            Verdict::Refuse(why) => {
+                let _ = reply.send(Err(LogError::Refused(why)));
+            }
+            Verdict::Duplicate { first_lsn, len } => self.wait(first_lsn, len, reply),
+            Verdict::Append => {
+                let mut tail = self.shared.tail.lock().expect("tail lock");
+                let first = tail.last + 1;
+                let epoch = self.cfg.epoch;
+                if tail.epochs.last().is_none_or(|e| e.epoch != epoch) {
+                    tail.epochs.push(EpochStart { epoch, start_lsn: first });
+                }
+                for (i, data) in batch.entries.into_iter().enumerate() {
+                    tail.entries.push_back(LogEntry {
+                        lsn: first + i as u64,
+                        epoch,
+                        producer_id: batch.producer_id,
+                        producer_epoch: batch.producer_epoch,
+                        batch_seq: batch.batch_seq,
+                        batch_index: i as u32,
+                        batch_len: len,
+                        data,
+                    });
+                }
+                tail.last += u64::from(len);
+                let last = tail.last;
+                drop(tail);
+                self.producers.record(batch.producer_id, batch.producer_epoch, batch.batch_seq, first, len);
+                self.shared.last_tx.send_replace(last);
+                self.wait(first, len, reply);
+            }
+        }
+    }
+
+    fn wait(&mut self, first_lsn: u64, len: u32, reply: AppendResultTx) {
+        let last = first_lsn + u64::from(len) - 1;
+        if last <= self.commit {
+            let _ = reply.send(Ok((first_lsn..=last).collect()));
+        } else {
+            self.waiters.entry(last).or_default().push(Waiter { first_lsn, len, reply });
+        }
+    }
+
+    fn advance_commit(&mut self) {
+        let mut m = self.matched.clone();
+        m.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = m.get(self.cfg.ack_quorum - 1).copied().unwrap_or(0);
+        // Only entries of this epoch commit by counting (older ones commit with them).
+        if candidate < self.e_start || candidate <= self.commit {
+            return;
+        }
+        self.commit = candidate;
+        self.shared.commit_tx.send_replace(candidate);
+        let later = self.waiters.split_off(&(candidate + 1));
+        for (_, ws) in std::mem::replace(&mut self.waiters, later) {
+            for w in ws {
+                let last = w.first_lsn + u64::from(w.len) - 1;
+                let _ = w.reply.send(Ok((w.first_lsn..=last).collect()));
+            }
+        }
+        // Entries committed and on the local disk are read from the store from now on.
+        let local = self.cfg.replicas.iter().position(|r| *r == self.cfg.me).map_or(0, |i| self.matched[i]);
+        let keep_from = candidate.min(local) + 1;
+        let mut tail = self.shared.tail.lock().expect("tail lock");
+        while tail.entries.front().is_some_and(|e| e.lsn < keep_from) {
+            tail.entries.pop_front();
+            tail.start += 1;
+        }
+    }
+}
+
+/// Replication to one replica: sends what it lacks, pipelined, and reports what it holds.
+struct ReplicaTask {
+    index: usize,
+    replica: String,
+    stream: String,
+    epoch: u64,
+    next: u64,
+    shared: Arc<Shared>,
+    store: ReplicaStore,
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl ReplicaTask {
+    async fn run<P: LogPeers>(mut self, peers: Arc<P>, local: Option<ReplicaStore>) {
+        let mut backoff = Duration::from_millis(50);
+        let mut deposed = self.shared.deposed_tx.subscribe();
+        loop {
+            if deposed.borrow_and_update().is_some() || self.tx.is_closed() {
+                return;
+            }
+            let link = match &local {
+                Some(store) => Ok(local_link(store.clone(), self.stream.clone())),
+                None => peers.replicate(&self.replica, &self.stream).await,
+            };
+            match link {
+                Ok(link) => {
+                    match self.drive(link).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::debug!(stream = %self.stream, replica = %self.replica, error = %e, "replication link broke")
+                        }
+                    }
+                    backoff = Duration::from_millis(50);
+                }
+                Err(e) => {
+                    tracing::debug!(stream = %self.stream, replica = %self.replica, error = %e, "cannot reach replica")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = deposed.changed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Entries from `self.next` (at most one message's worth) and the epoch before them.
+    async fn gather(&self) -> Result<Option<(u64, Vec<LogEntry>)>, String> {
+        let (from_store, prev_epoch, last) = {
+            let tail = self.shared.tail.lock().expect("tail lock");
+            if self.next > tail.last {
+                return Ok(None);
+            }
+            let prev_epoch = tail.epoch_at(self.next - 1);
+            if self.next >= tail.start {
+                let skip = (self.next - tail.start) as usize;
+                let mut bytes = 0;
+                let entries: Vec<LogEntry> = tail
+                    .entries
+                    .iter()
+                    .skip(skip)
+                    .take_while(|e| {
+                        bytes += e.data.len();
+                        bytes <= MAX_SEND_BYTES || e.lsn == self.next
+                    })
+                    .take(MAX_SEND_ENTRIES)
+                    .cloned()
+                    .collect();
+                return Ok(Some((prev_epoch, entries)));
+            }
+            (true, prev_epoch, tail.start - 1)
+        };
+        debug_assert!(from_store);
+        let n = ((last - self.next + 1) as usize).min(MAX_SEND_ENTRIES);
+        let got = self.store.fetch(&self.stream, None, self.next, n).await.map_err(|e| e.to_string())?;
+        Ok(Some((prev_epoch, got.entries)))
+    }
+
+    async fn drive(&mut self, mut link: ReplicaLink) -> Result<(), String> {
+        let mut last_rx = self.shared.last_tx.subscribe();
+        let mut deposed = self.shared.deposed_tx.subscribe();
+        let mut inflight = 0usize;
+        loop {
+            // Marked seen before gathering, so an append after this point wakes the select.
+            last_rx.borrow_and_update();
+            while inflight < REPLICA_WINDOW {
+                let Some((prev_epoch, entries)) = self.gather().await? else { break };
+                if entries.is_empty() {
+                    break;
+                }
+                let n = entries.len() as u64;
+                let msg = ReplicateMsg {
+                    epoch: self.epoch,
+                    prev_lsn: self.next - 1,
+                    prev_epoch,
+                    entries,
+                    commit: *self.shared.commit_tx.borrow(),
+                };
+                link.tx.send(msg).await.map_err(|_| "link closed".to_string())?;
+                self.next += n;
+                inflight += 1;
+            }
+            tokio::select! {
+                ack = link.rx.recv() => {
+                    let Some(ack) = ack else { return Err("link closed".into()) };
+                    inflight = inflight.saturating_sub(1);
+                    match ack.reply {
+                        AppendReply::Durable(lsn) => {
+                            let _ = self.tx.send(Cmd::Durable { replica: self.index, lsn });
+                        }
+                        AppendReply::Sealed(by) => {
+                            let _ = self.tx.send(Cmd::Deposed { by, replica: self.replica.clone() });
+                            return Ok(());
+                        }
+                        AppendReply::Diverged { last_lsn, epochs } => {
+                            let tail = self.shared.tail.lock().expect("tail lock");
+                            let m = matching_prefix(&tail.epochs, tail.last, &epochs, last_lsn);
+                            // Resend from the divergence point (acks of messages already in
+                            // flight may diverge too and land here again: resends are harmless,
+                            // a replica skips what it holds).
+                            self.next = m + 1;
+                        }
+                    }
+                }
+                r = last_rx.changed() => if r.is_err() { return Ok(()) },
+                _ = deposed.changed() => return Ok(()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,160 @@
+//! Recovery, deposition and idempotence of a primary over in-process replicas.
+
+use std::collections::{HashMap, HashSet};
+
+use super::*;
+
+/// Replicas in temporary directories, reachable unless cut.
+struct MemPeers {
+    stores: HashMap<String, ReplicaStore>,
+    cut: Mutex<HashSet<String>>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl MemPeers {
+    fn new(ids: &[&str]) -> Arc<Self> {
+        let mut stores = HashMap::new();
+        let mut dirs = Vec::new();
+        for id in ids {
+            let d = tempfile::tempdir().unwrap();
+            stores.insert(id.to_string(), ReplicaStore::open(d.path()).unwrap());
+            dirs.push(d);
+        }
+        Arc::new(Self { stores, cut: Mutex::new(HashSet::new()), _dirs: dirs })
+    }
+
+    fn reach(&self, to: &str) -> Result<&ReplicaStore, String> {
+        if self.cut.lock().unwrap().contains(to) {
+            return Err(format!("{to} is cut off"));
+        }
+        self.stores.get(to).ok_or_else(|| format!("no replica {to}"))
+    }
+
+    fn set_cut(&self, ids: &[&str]) {
+        *self.cut.lock().unwrap() = ids.iter().map(|s| s.to_string()).collect();
+    }
+}
+
+impl LogPeers for MemPeers {
+    async fn seal(&self, to: &str, stream: &str, epoch: u64) -> Result<SealReply, String> {
+        self.reach(to)?.seal(stream, epoch).await.map_err(|e| e.to_string())
+    }
+
+    async fn fetch(&self, to: &str, stream: &str, epoch: u64, from: u64, max: u32) -> Result<FetchReply, String> {
+        self.reach(to)?.fetch(stream, Some(epoch), from, max as usize).await.map_err(|e| e.to_string())
+    }
+
+    async fn replicate(&self, to: &str, stream: &str) -> Result<ReplicaLink, String> {
+        Ok(local_link(self.reach(to)?.clone(), stream.to_string()))
+    }
+}
+
+fn cfg(me: &str, epoch: u64) -> PrimaryConfig {
+    PrimaryConfig {
+        stream: "s".into(),
+        me: me.into(),
+        replicas: vec!["a".into(), "b".into(), "c".into()],
+        ack_quorum: 2,
+        epoch,
+        first_lsn: 1,
+        timeout: Duration::from_millis(500),
+    }
+}
+
+async fn start(peers: &Arc<MemPeers>, me: &str, epoch: u64) -> Primary {
+    Primary::start(cfg(me, epoch), peers.stores[me].clone(), peers.clone()).await.unwrap()
+}
+
+fn batch(producer: u64, seq: u64, data: &[&str]) -> Batch {
+    Batch {
+        entries: data.iter().map(|d| d.as_bytes().to_vec()).collect(),
+        producer_id: producer,
+        producer_epoch: 1,
+        batch_seq: seq,
+    }
+}
+
+async fn read_all(p: &Primary) -> Vec<(u64, String)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (mut out, mut from) = (Vec::new(), 1);
+    loop {
+        let (entries, _, commit) = p.read(from, 100, Duration::from_millis(1000)).await.unwrap();
+        for e in &entries {
+            out.push((e.lsn, String::from_utf8(e.data.clone()).unwrap()));
+        }
+        from += entries.len() as u64;
+        if entries.is_empty() && from > commit {
+            return out;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "read did not finish");
+    }
+}
+
+#[tokio::test]
+async fn recovery_keeps_every_acknowledged_entry() {
+    let peers = MemPeers::new(&["a", "b", "c"]);
+    // c is cut off while a is primary: acknowledgements come from a and b.
+    peers.set_cut(&["c"]);
+    let a = start(&peers, "a", 1).await;
+    let mut acked = Vec::new();
+    for i in 0..20u64 {
+        let lsns = a.submit(batch(0, 0, &[&format!("x{i}"), &format!("y{i}")])).await.unwrap().unwrap();
+        acked.push((lsns[0], format!("x{i}")));
+        acked.push((lsns[1], format!("y{i}")));
+    }
+    // a is gone; c (which holds nothing) takes over with b.
+    peers.set_cut(&["a"]);
+    let c = start(&peers, "c", 2).await;
+    assert_eq!(read_all(&c).await, acked, "the new primary holds every acknowledged entry");
+    let next = c.submit(batch(0, 0, &["after"])).await.unwrap().unwrap();
+    assert_eq!(next, vec![41], "LSNs continue densely");
+}
+
+#[tokio::test]
+async fn a_deposed_primary_gets_nothing_acknowledged() {
+    let peers = MemPeers::new(&["a", "b", "c"]);
+    let a = start(&peers, "a", 1).await;
+    a.submit(batch(0, 0, &["one"])).await.unwrap().unwrap();
+    // b takes over without reaching a; a still reaches b and c and believes it leads.
+    peers.set_cut(&["a"]);
+    let b = start(&peers, "b", 2).await;
+    peers.set_cut(&[]);
+    for i in 0..5 {
+        let r = tokio::time::timeout(Duration::from_secs(5), a.submit(batch(0, 0, &[&format!("stale{i}")])))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(matches!(&r, Err(LogError::Unavailable(m)) if m.contains("deposed")), "{r:?}");
+    }
+    assert!(a.deposed().is_some());
+    let lsns = b.submit(batch(0, 0, &["two"])).await.unwrap().unwrap();
+    assert_eq!(lsns, vec![2]);
+    let all = read_all(&b).await;
+    assert_eq!(all, vec![(1, "one".to_string()), (2, "two".to_string())]);
+}
+
+#[tokio::test]
+async fn a_retried_batch_is_written_once_across_a_takeover() {
+    let peers = MemPeers::new(&["a", "b", "c"]);
+    let a = start(&peers, "a", 1).await;
+    for seq in 0..5 {
+        a.submit(batch(42, seq, &["p", "q"])).await.unwrap().unwrap();
+    }
+    peers.set_cut(&["a"]);
+    let b = start(&peers, "b", 2).await;
+    // The answer to batch 4 was lost: the retry gets the original LSNs.
+    assert_eq!(b.submit(batch(42, 4, &["p", "q"])).await.unwrap().unwrap(), vec![9, 10]);
+    assert!(matches!(b.submit(batch(42, 7, &["gap"])).await.unwrap(), Err(LogError::Refused(_))));
+    assert_eq!(b.submit(batch(42, 5, &["r"])).await.unwrap().unwrap(), vec![11]);
+    assert_eq!(read_all(&b).await.len(), 11);
+}
+
+#[tokio::test]
+async fn pipelined_appends_keep_their_order() {
+    let peers = MemPeers::new(&["a", "b", "c"]);
+    let a = start(&peers, "a", 1).await;
+    let pending: Vec<_> = (0..200u64).map(|i| a.submit(batch(5, i, &[&format!("{i}")]))).collect();
+    for (i, p) in pending.into_iter().enumerate() {
+        assert_eq!(p.await.unwrap().unwrap(), vec![i as u64 + 1]);
+    }
+}

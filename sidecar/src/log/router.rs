@@ -1,0 +1,534 @@
+//! Any sidecar's entry point to log streams: stream metadata in registers (create, describe,
+//! list, trim point), who the primary is (the epoch register), taking over as primary, and
+//! forwarding appends and reads to a primary elsewhere.
+//!
+//! An appender's batches keep their order: every batch of a stream passes through one queue per
+//! stream on this sidecar, which hands it, in order and without awaiting, to the local primary
+//! or to the long-lived forwarding stream of the remote primary.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::placement;
+use super::primary::{LogPeers, Primary, PrimaryConfig};
+use super::store::ReplicaStore;
+use super::{epoch_key, meta_key, AppendResult, AppendResultTx, Batch, LogEntry, LogError};
+use crate::config::Role;
+use crate::node::{Node, PeerView};
+use crate::quorum::register::{RegisterError, Registers, Written};
+use crate::quorum::transport::Peers;
+use crate::validate::validate_name;
+
+/// Attempts to settle who the primary is before giving up on a request.
+const ROUTE_ATTEMPTS: usize = 4;
+
+/// Log settings of this sidecar.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// Replication factor of streams created without one.
+    pub default_replication_factor: u32,
+    /// Ack quorum of streams created without one.
+    pub default_ack_quorum: u32,
+    /// An append to an unknown stream creates it with the defaults.
+    pub auto_create: bool,
+    /// Largest entry, in bytes.
+    pub max_entry_bytes: usize,
+    /// Largest batch, in bytes.
+    pub max_batch_bytes: usize,
+    /// Most entries in a batch.
+    pub max_batch_entries: usize,
+    /// Deadline of metadata and recovery calls.
+    pub timeout: Duration,
+}
+
+impl LogSettings {
+    /// The settings of the sidecar's log flags, with `timeout` for metadata and recovery calls.
+    pub fn from_args(a: &crate::config::LogArgs, timeout: Duration) -> Self {
+        Self {
+            default_replication_factor: a.replication_factor,
+            default_ack_quorum: a.effective_ack_quorum(),
+            auto_create: !a.no_auto_create,
+            max_entry_bytes: usize::try_from(a.max_entry_bytes).unwrap_or(usize::MAX),
+            max_batch_bytes: usize::try_from(a.max_batch_bytes).unwrap_or(usize::MAX),
+            max_batch_entries: a.max_batch_entries as usize,
+            timeout,
+        }
+    }
+}
+
+/// A stream's settings, as stored in its metadata register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamMeta {
+    /// Replication factor.
+    pub replication_factor: u32,
+    /// Ack quorum.
+    pub ack_quorum: u32,
+    /// Members holding it, preferred primary first.
+    pub replicas: Vec<String>,
+    /// First available LSN.
+    pub first_lsn: u64,
+}
+
+impl StreamMeta {
+    /// The register value.
+    pub fn encode(&self) -> Vec<u8> {
+        format!(
+            "rf={};aq={};replicas={};first={}",
+            self.replication_factor,
+            self.ack_quorum,
+            self.replicas.join(","),
+            self.first_lsn
+        )
+        .into_bytes()
+    }
+
+    /// Parses a register value.
+    pub fn decode(raw: &[u8]) -> Result<Self, String> {
+        let text = std::str::from_utf8(raw).map_err(|_| "stream metadata is not text".to_string())?;
+        let mut m = StreamMeta { replication_factor: 0, ack_quorum: 0, replicas: Vec::new(), first_lsn: 1 };
+        for part in text.split(';') {
+            let (k, v) = part.split_once('=').ok_or_else(|| format!("bad stream metadata field {part:?}"))?;
+            let num = || v.parse::<u64>().map_err(|_| format!("bad stream metadata number {v:?}"));
+            match k {
+                "rf" => m.replication_factor = num()? as u32,
+                "aq" => m.ack_quorum = num()? as u32,
+                "replicas" => m.replicas = v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+                "first" => m.first_lsn = num()?.max(1),
+                _ => {}
+            }
+        }
+        if m.ack_quorum == 0 || m.ack_quorum > m.replication_factor || m.replicas.len() != m.replication_factor as usize
+        {
+            return Err(format!("inconsistent stream metadata {text:?}"));
+        }
+        Ok(m)
+    }
+}
+
+/// What a stream looks like from here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Name.
+    pub name: String,
+    /// Settings.
+    pub meta: StreamMeta,
+    /// Current primary (empty: none yet) and its epoch.
+    pub primary: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Last committed LSN.
+    pub last_lsn: u64,
+}
+
+/// Calls to a primary on another sidecar.
+pub trait RemotePrimaries: Send + Sync + 'static {
+    /// Queues a batch on the forwarding stream to `to` (in call order).
+    fn forward(&self, to: &str, stream: &str, batch: Batch) -> oneshot::Receiver<AppendResult>;
+    /// Reads committed entries at `to` (long poll up to `wait`).
+    fn primary_read(
+        &self,
+        to: &str,
+        stream: &str,
+        from: u64,
+        max: u32,
+        wait: Duration,
+    ) -> impl Future<Output = Result<(Vec<LogEntry>, u64, u64), LogError>> + Send;
+    /// Trims at `to`.
+    fn primary_trim(&self, to: &str, stream: &str, before: u64) -> impl Future<Output = Result<u64, LogError>> + Send;
+}
+
+/// Where a stream's primary is, from this sidecar.
+#[derive(Clone)]
+enum Route {
+    Local(Primary),
+    Remote(String),
+}
+
+type Queued = (Batch, bool, AppendResultTx);
+
+struct StreamSlot {
+    route: tokio::sync::Mutex<Option<Route>>,
+    queue: mpsc::UnboundedSender<Queued>,
+}
+
+/// The log streams as this sidecar serves them.
+pub struct LogRouter<P: Peers, L: LogPeers + RemotePrimaries> {
+    node: Arc<Node<P>>,
+    registers: Registers<P>,
+    store: Option<ReplicaStore>,
+    peers: Arc<L>,
+    settings: LogSettings,
+    slots: Mutex<HashMap<String, Arc<StreamSlot>>>,
+}
+
+fn register_error(e: RegisterError) -> LogError {
+    match e {
+        RegisterError::Invalid(m) => LogError::Invalid(m),
+        other => LogError::Unavailable(other.to_string()),
+    }
+}
+
+/// Checks a stream name.
+pub fn validate_stream(name: &str) -> Result<(), LogError> {
+    validate_name(name).map_err(|e| LogError::Invalid(format!("stream name {name:?}: {e}")))
+}
+
+impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
+    /// A router for `node` (with its replica store in the member role).
+    pub fn new(node: Arc<Node<P>>, store: Option<ReplicaStore>, peers: Arc<L>, settings: LogSettings) -> Arc<Self> {
+        let registers = Registers::new(node.proposer.clone(), settings.timeout);
+        Arc::new(Self { node, registers, store, peers, settings, slots: Mutex::new(HashMap::new()) })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &LogSettings {
+        &self.settings
+    }
+
+    /// Checks a batch against the limits.
+    pub fn validate_batch(&self, stream: &str, batch: &Batch) -> Result<(), LogError> {
+        validate_stream(stream)?;
+        let s = &self.settings;
+        if batch.entries.is_empty() {
+            return Err(LogError::Invalid("the batch is empty: send at least one entry".into()));
+        }
+        if batch.entries.len() > s.max_batch_entries {
+            return Err(LogError::Invalid(format!(
+                "the batch has {} entries; the limit is {}",
+                batch.entries.len(),
+                s.max_batch_entries
+            )));
+        }
+        if let Some((i, e)) = batch.entries.iter().enumerate().find(|(_, e)| e.len() > s.max_entry_bytes) {
+            return Err(LogError::Invalid(format!(
+                "entry {i} is {} bytes; the limit is {}",
+                e.len(),
+                s.max_entry_bytes
+            )));
+        }
+        let total: usize = batch.entries.iter().map(Vec::len).sum();
+        if total > s.max_batch_bytes {
+            return Err(LogError::Invalid(format!("the batch is {total} bytes; the limit is {}", s.max_batch_bytes)));
+        }
+        Ok(())
+    }
+
+    fn slot(self: &Arc<Self>, stream: &str) -> Arc<StreamSlot> {
+        let mut slots = self.slots.lock().expect("slots lock");
+        if let Some(s) = slots.get(stream) {
+            return s.clone();
+        }
+        let (queue, rx) = mpsc::unbounded_channel();
+        let slot = Arc::new(StreamSlot { route: tokio::sync::Mutex::new(None), queue });
+        slots.insert(stream.to_string(), slot.clone());
+        tokio::spawn(self.clone().run_queue(stream.to_string(), slot.clone(), rx));
+        slot
+    }
+
+    /// Queues a batch of `stream` (in call order) and returns where its result will arrive.
+    /// With `local_only` (a batch forwarded by another sidecar) it is never forwarded again.
+    pub fn submit(self: &Arc<Self>, stream: &str, batch: Batch, local_only: bool) -> oneshot::Receiver<AppendResult> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.validate_batch(stream, &batch) {
+            let _ = reply.send(Err(e));
+            return rx;
+        }
+        let _ = self.slot(stream).queue.send((batch, local_only, reply));
+        rx
+    }
+
+    async fn run_queue(
+        self: Arc<Self>,
+        stream: String,
+        slot: Arc<StreamSlot>,
+        mut rx: mpsc::UnboundedReceiver<Queued>,
+    ) {
+        while let Some((batch, local_only, reply)) = rx.recv().await {
+            let route = match self.route(&stream, &slot, true).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+            };
+            let result = match route {
+                Route::Local(p) => p.submit(batch),
+                Route::Remote(to) if local_only => {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = tx.send(Err(LogError::Unavailable(format!(
+                        "{} is not the primary of stream {stream}; {to} is",
+                        self.node.id
+                    ))));
+                    *slot.route.lock().await = None;
+                    rx
+                }
+                Route::Remote(to) => self.peers.forward(&to, &stream, batch),
+            };
+            let slot = slot.clone();
+            // A primary that cannot reach its ack quorum (or a forward into a partition) must
+            // not hold the appender forever: the batch may still commit later, which an
+            // idempotent retry resolves.
+            let deadline = self.settings.timeout * 2;
+            tokio::spawn(async move {
+                let r = match tokio::time::timeout(deadline, result).await {
+                    Ok(r) => r.unwrap_or_else(|_| Err(LogError::Unavailable("the primary went away".into()))),
+                    Err(_) => Err(LogError::Unavailable(format!(
+                        "not acknowledged within {} ms (it may still be written: retry idempotently)",
+                        deadline.as_millis()
+                    ))),
+                };
+                if matches!(r, Err(LogError::Unavailable(_))) {
+                    // Ask again who the primary is for the next batch.
+                    *slot.route.lock().await = None;
+                }
+                let _ = reply.send(r);
+            });
+        }
+    }
+
+    fn is_down(&self, member: &str) -> bool {
+        matches!(self.node.status().peers.get(member), Some(PeerView::Down(_)))
+    }
+
+    /// The stream's metadata; created with the defaults when absent and `create` is set.
+    pub async fn meta(&self, stream: &str, create: bool) -> Result<StreamMeta, LogError> {
+        validate_stream(stream)?;
+        match self.registers.read(&meta_key(stream)).await.map_err(register_error)? {
+            Some(e) => StreamMeta::decode(&e.value).map_err(LogError::Unavailable),
+            None if create => self.create(stream, 0, 0).await,
+            None => Err(LogError::NotFound(stream.to_string())),
+        }
+    }
+
+    /// Creates a stream (idempotent with the same settings; 0 takes the defaults).
+    pub async fn create(&self, stream: &str, rf: u32, aq: u32) -> Result<StreamMeta, LogError> {
+        validate_stream(stream)?;
+        let cfg = self.node.config();
+        let members: Vec<String> = cfg.current.members.iter().map(|m| m.id.clone()).collect();
+        let n = members.len() as u32;
+        let rf = if rf == 0 { self.settings.default_replication_factor.min(n) } else { rf };
+        let aq = if aq == 0 { self.settings.default_ack_quorum.min(rf) } else { aq };
+        if rf == 0 || rf > n {
+            return Err(LogError::Invalid(format!("replication factor must be 1..={n} (the members), got {rf}")));
+        }
+        if aq == 0 || aq > rf {
+            return Err(LogError::Invalid(format!("ack quorum must be 1..={rf} (the replication factor), got {aq}")));
+        }
+        let meta = StreamMeta {
+            replication_factor: rf,
+            ack_quorum: aq,
+            replicas: placement::replicas(stream, &members, rf as usize),
+            first_lsn: 1,
+        };
+        match self.registers.create(&meta_key(stream), meta.encode()).await.map_err(register_error)? {
+            Written::Applied { .. } => Ok(meta),
+            Written::Conflict { current: Some(cur) } => {
+                let existing = StreamMeta::decode(&cur.value).map_err(LogError::Unavailable)?;
+                if existing.replication_factor == rf && existing.ack_quorum == aq {
+                    Ok(existing)
+                } else {
+                    Err(LogError::AlreadyExists(format!(
+                        "stream {stream} exists with replication factor {} and ack quorum {}",
+                        existing.replication_factor, existing.ack_quorum
+                    )))
+                }
+            }
+            Written::Conflict { current: None } => {
+                Err(LogError::Unavailable(format!("stream {stream}: creation raced with a deletion")))
+            }
+        }
+    }
+
+    /// Names of all streams (paged through the register list).
+    pub async fn list(&self) -> Result<Vec<String>, LogError> {
+        let mut names = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..10_000 {
+            let page = self.registers.list("log/", after.as_deref(), 1000).await.map_err(register_error)?;
+            for k in &page.keys {
+                if let Some(name) = k.strip_prefix("log/").and_then(|k| k.strip_suffix("/meta")) {
+                    names.push(name.to_string());
+                }
+            }
+            match page.next_after {
+                Some(a) => after = Some(a),
+                None => break,
+            }
+        }
+        Ok(names)
+    }
+
+    /// Settings, primary and tail of a stream.
+    pub async fn describe(self: &Arc<Self>, stream: &str) -> Result<StreamInfo, LogError> {
+        let meta = self.meta(stream, false).await?;
+        let (_, first, last) = self.read(stream, 0, 0, Duration::ZERO, false).await.unwrap_or((Vec::new(), 1, 0));
+        let ep = self.registers.read(&epoch_key(stream)).await.map_err(register_error)?;
+        let (primary, epoch) = ep.map_or((String::new(), 0), |e| (String::from_utf8_lossy(&e.value).into(), e.version));
+        Ok(StreamInfo {
+            name: stream.to_string(),
+            meta: StreamMeta { first_lsn: first, ..meta },
+            primary,
+            epoch,
+            last_lsn: last,
+        })
+    }
+
+    /// Committed entries from `from` (0: the first available), up to `max`, waiting up to
+    /// `wait` for `from` to commit; with the first available and last committed LSN.
+    pub async fn read(
+        self: &Arc<Self>,
+        stream: &str,
+        from: u64,
+        max: u32,
+        wait: Duration,
+        local_only: bool,
+    ) -> Result<(Vec<LogEntry>, u64, u64), LogError> {
+        validate_stream(stream)?;
+        let slot = self.slot(stream);
+        let r = match self.route(stream, &slot, false).await? {
+            Route::Local(p) => p.read(from, max as usize, wait).await,
+            Route::Remote(to) if local_only => {
+                Err(LogError::Unavailable(format!("{} is not the primary of stream {stream}; {to} is", self.node.id)))
+            }
+            Route::Remote(to) => self.peers.primary_read(&to, stream, from, max, wait).await,
+        };
+        if matches!(r, Err(LogError::Unavailable(_))) {
+            *slot.route.lock().await = None;
+        }
+        r
+    }
+
+    /// Trims the stream below `before` (at most its last committed LSN + 1).
+    pub async fn trim(self: &Arc<Self>, stream: &str, before: u64, local_only: bool) -> Result<u64, LogError> {
+        validate_stream(stream)?;
+        let slot = self.slot(stream);
+        let p = match self.route(stream, &slot, false).await? {
+            Route::Local(p) => p,
+            Route::Remote(to) if local_only => {
+                return Err(LogError::Unavailable(format!(
+                    "{} is not the primary of stream {stream}; {to} is",
+                    self.node.id
+                )))
+            }
+            Route::Remote(to) => return self.peers.primary_trim(&to, stream, before).await,
+        };
+        let commit = p.commit();
+        if before > commit + 1 {
+            return Err(LogError::Invalid(format!(
+                "cannot trim before {before}: the last committed LSN of {stream} is {commit}"
+            )));
+        }
+        for _ in 0..ROUTE_ATTEMPTS {
+            let cur = self.registers.read(&meta_key(stream)).await.map_err(register_error)?;
+            let Some(cur) = cur else { return Err(LogError::NotFound(stream.to_string())) };
+            let mut meta = StreamMeta::decode(&cur.value).map_err(LogError::Unavailable)?;
+            if meta.first_lsn >= before {
+                p.set_first_lsn(meta.first_lsn);
+                return Ok(meta.first_lsn);
+            }
+            meta.first_lsn = before;
+            let w = self.registers.compare_and_set(&meta_key(stream), cur.version, meta.encode()).await;
+            if let Written::Applied { .. } = w.map_err(register_error)? {
+                p.set_first_lsn(before);
+                return Ok(before);
+            }
+        }
+        Err(LogError::Unavailable(format!("stream {stream}: the trim point kept changing")))
+    }
+
+    /// Who serves the stream: the cached route, or settled from the epoch register (taking
+    /// over when this member should be the primary).
+    async fn route(&self, stream: &str, slot: &StreamSlot, create: bool) -> Result<Route, LogError> {
+        let mut cached = slot.route.lock().await;
+        if let Some(r) = cached.as_ref() {
+            match r {
+                Route::Local(p) if p.deposed().is_some() => {}
+                r => return Ok(r.clone()),
+            }
+        }
+        let meta = self.meta(stream, create && self.settings.auto_create).await?;
+        let me = self.node.id.as_str();
+        let is_replica = self.node.role == Role::Member && meta.replicas.iter().any(|r| r == me);
+        let mut last_err = String::new();
+        for _ in 0..ROUTE_ATTEMPTS {
+            let ep = self.registers.read(&epoch_key(stream)).await.map_err(register_error)?;
+            let named = ep.as_ref().map(|e| String::from_utf8_lossy(&e.value).to_string());
+            let local_active = match cached.as_ref() {
+                Some(Route::Local(p)) if p.deposed().is_none() && ep.as_ref().is_some_and(|e| e.version == p.epoch) => {
+                    Some(p.clone())
+                }
+                _ => None,
+            };
+            if let Some(p) = local_active {
+                *cached = Some(Route::Local(p.clone()));
+                return Ok(Route::Local(p));
+            }
+            let target = match &named {
+                Some(n) if n == me && is_replica => None,
+                Some(n) if !self.is_down(n) || !is_replica => Some(n.clone()),
+                Some(_) => None, // the named primary is down and this member holds the stream
+                None => {
+                    let first_up = meta.replicas.iter().find(|r| r.as_str() == me || !self.is_down(r)).cloned();
+                    match first_up {
+                        Some(r) if r == me && is_replica => None,
+                        Some(r) => Some(r),
+                        None => return Err(LogError::Unavailable(format!("no replica of stream {stream} is up"))),
+                    }
+                }
+            };
+            if let Some(to) = target {
+                *cached = Some(Route::Remote(to.clone()));
+                return Ok(Route::Remote(to));
+            }
+            // Take over: the CAS's resulting version is the new epoch.
+            let write = match &ep {
+                Some(e) => self.registers.compare_and_set(&epoch_key(stream), e.version, me.as_bytes().to_vec()).await,
+                None => self.registers.create(&epoch_key(stream), me.as_bytes().to_vec()).await,
+            };
+            let epoch = match write.map_err(register_error)? {
+                Written::Applied { version } => version,
+                Written::Conflict { .. } => {
+                    last_err = "another sidecar took over at the same time".into();
+                    continue;
+                }
+            };
+            let store = self.store.clone().ok_or_else(|| LogError::Unavailable("no local log store".into()))?;
+            let cfg = PrimaryConfig {
+                stream: stream.to_string(),
+                me: me.to_string(),
+                replicas: meta.replicas.clone(),
+                ack_quorum: meta.ack_quorum as usize,
+                epoch,
+                first_lsn: meta.first_lsn,
+                timeout: self.settings.timeout,
+            };
+            let p = Primary::start(cfg, store, self.peers.clone()).await?;
+            *cached = Some(Route::Local(p.clone()));
+            return Ok(Route::Local(p));
+        }
+        Err(LogError::Unavailable(format!("stream {stream}: no settled primary ({last_err})")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trips_and_garbage_is_refused() {
+        let m = StreamMeta {
+            replication_factor: 3,
+            ack_quorum: 2,
+            replicas: vec!["a".into(), "b".into(), "c".into()],
+            first_lsn: 7,
+        };
+        assert_eq!(StreamMeta::decode(&m.encode()), Ok(m));
+        assert!(StreamMeta::decode(b"rf=2;aq=3;replicas=a,b;first=1").is_err());
+        assert!(StreamMeta::decode(b"\xff").is_err());
+        assert!(StreamMeta::decode(b"rf=x").is_err());
+    }
+}
