@@ -3,7 +3,13 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["ordo/v1/sequencer.proto", "ordo/v1/cluster.proto", "ordo/v1/quorum.proto", "ordo/v1/registers.proto"];
+    let files = [
+        "ordo/v1/sequencer.proto",
+        "ordo/v1/cluster.proto",
+        "ordo/v1/quorum.proto",
+        "ordo/v1/registers.proto",
+        "ordo/v1/divider.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
