@@ -116,6 +116,11 @@ impl Client {
         pb::registers_client::RegistersClient::new(self.channel.clone())
     }
 
+    /// A client of `ordo.v1.Divider` on this connection.
+    pub fn divider(&self) -> pb::divider_client::DividerClient<Channel> {
+        pb::divider_client::DividerClient::new(self.channel.clone())
+    }
+
     fn cluster(&self) -> pb::cluster_client::ClusterClient<Channel> {
         pb::cluster_client::ClusterClient::new(self.channel.clone())
     }

@@ -161,9 +161,23 @@ pub struct SequencerArgs {
 pub struct DividerArgs {
     /// WorkDivider config file (YAML: divider, seq_cluster, keys, default_affinity), as the
     /// operator mounts it in WorkDivider pods. Read and checked at startup; a bad file stops the
-    /// sidecar. The divider itself is not built yet: the parsed config is not acted on.
+    /// sidecar. Its divider is the default of `ordo.v1.Divider` calls that name none.
     #[arg(long, env = "ORDO_DIVIDER_CONFIG")]
     pub divider_config: Option<PathBuf>,
+
+    /// Member lease: a member whose sidecar stops renewing loses its keys this long after its
+    /// last renewal (plus the drift margin), in milliseconds.
+    #[arg(long, env = "ORDO_DIVIDER_LEASE_MS", default_value_t = 3000)]
+    pub divider_lease_ms: u64,
+
+    /// Drift margin: a holder's right ends this much before its lease, and observers wait this
+    /// much after it (covers clock rate differences up to margin/lease), in milliseconds.
+    #[arg(long, env = "ORDO_DIVIDER_DRIFT_MARGIN_MS", default_value_t = 300)]
+    pub divider_drift_margin_ms: u64,
+
+    /// How long an app has to confirm a stop before its token is declared dead, in milliseconds.
+    #[arg(long, env = "ORDO_DIVIDER_STOP_TIMEOUT_MS", default_value_t = 10_000)]
+    pub divider_stop_timeout_ms: u64,
 }
 
 /// A configuration that parsed but cannot run.
@@ -254,7 +268,8 @@ impl SidecarArgs {
         if self.request_timeout_ms < 10 {
             return Err(ConfigError::OutOfRange("--request-timeout-ms must be at least 10".into()));
         }
-        self.sequencer.validate()
+        self.sequencer.validate()?;
+        self.divider.validate()
     }
 }
 
@@ -278,6 +293,19 @@ impl SequencerArgs {
 }
 
 impl DividerArgs {
+    /// Checks the timing settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.divider_lease_ms < 100 || self.divider_drift_margin_ms * 3 >= self.divider_lease_ms {
+            return Err(ConfigError::OutOfRange(
+                "--divider-lease-ms must be at least 100 and more than 3x --divider-drift-margin-ms".into(),
+            ));
+        }
+        if self.divider_stop_timeout_ms == 0 {
+            return Err(ConfigError::OutOfRange("--divider-stop-timeout-ms must be at least 1".into()));
+        }
+        Ok(())
+    }
+
     /// Reads and checks the divider config file, if one is configured.
     pub fn load(&self) -> Result<Option<DividerConfig>, ConfigError> {
         self.divider_config

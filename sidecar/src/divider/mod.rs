@@ -98,3 +98,5 @@ pub mod handoff;
 pub mod keys;
 pub mod lease;
 pub mod records;
+pub mod runtime;
+pub mod table;

@@ -53,6 +53,14 @@ impl Layout {
     pub fn removed_prefix(&self) -> String {
         format!("{}removed/", self.base)
     }
+    /// `divider/D/handback/K`: the sessions that handed the key back (newline-separated).
+    pub fn handback(&self, key: &str) -> String {
+        format!("{}handback/{key}", self.base)
+    }
+    /// Prefix of the handed-back keys.
+    pub fn handback_prefix(&self) -> String {
+        format!("{}handback/", self.base)
+    }
     /// `divider/D/keyset`: a counter bumped by every change of the run-time key set.
     pub fn keyset(&self) -> String {
         format!("{}keyset", self.base)
