@@ -177,12 +177,14 @@ impl<P: Peers> Dividers<P> {
             settings: self.settings,
             static_keys: configured.map(|c| static_keys(&c.keys)).unwrap_or_default(),
             default_affinity: configured.map_or(1, |c| u32::try_from(c.default_affinity).unwrap_or(u32::MAX)),
-            state: Mutex::new(State::default()),
+            sessions: Mutex::new(BTreeMap::new()),
+            view: Mutex::new(ViewState::default()),
             table: watch::channel(Arc::new(AssignmentTable::default())).0,
             wake: Notify::new(),
             changed: Notify::new(),
         });
-        tokio::spawn(d.clone().run());
+        tokio::spawn(d.clone().renew_loop());
+        tokio::spawn(d.clone().handoff_loop());
         map.insert(name.to_string(), d.clone());
         Ok(d)
     }
@@ -223,12 +225,16 @@ impl Session {
     }
 }
 
+type Sessions = BTreeMap<String, Session>;
+/// Member records by id: (version, record).
+type Records = BTreeMap<String, (u64, MemberRecord)>;
+
+/// What the handoff loop read from the registers.
 #[derive(Default)]
-struct State {
-    sessions: BTreeMap<String, Session>,
+struct ViewState {
     observed: HashMap<String, Observed>,
     /// Member records read by the last refresh: id -> (version, record).
-    records: BTreeMap<String, (u64, MemberRecord)>,
+    records: Arc<Records>,
     keyset_version: Option<u64>,
     added: Vec<String>,
     removed: BTreeSet<String>,
@@ -255,7 +261,11 @@ pub struct Divider<P: Peers> {
     settings: DividerSettings,
     static_keys: Vec<String>,
     default_affinity: u32,
-    state: Mutex<State>,
+    /// Member sessions; held for member-record writes (one writer per record) and short
+    /// updates, never across a tick's claims.
+    sessions: Mutex<Sessions>,
+    /// Held by the handoff loop's refresh.
+    view: Mutex<ViewState>,
     table: watch::Sender<Arc<AssignmentTable>>,
     wake: Notify,
     changed: Notify,
@@ -285,7 +295,26 @@ impl<P: Peers> Divider<P> {
         self.table.subscribe()
     }
 
-    async fn run(self: Arc<Self>) {
+    /// Renews every session each tick, apart from the handoff work so that a slow tick of
+    /// claims never delays a renewal.
+    async fn renew_loop(self: Arc<Self>) {
+        loop {
+            {
+                let mut sessions = self.sessions.lock().await;
+                let names: Vec<String> = sessions.keys().cloned().collect();
+                for m in &names {
+                    if let Some(s) = sessions.get_mut(m) {
+                        self.tend(m, s).await;
+                    }
+                }
+                sessions.retain(|_, s| !s.gone);
+            }
+            self.changed.notify_waiters();
+            tokio::time::sleep(self.settings.tick()).await;
+        }
+    }
+
+    async fn handoff_loop(self: Arc<Self>) {
         loop {
             self.tick().await;
             tokio::select! {
@@ -408,23 +437,25 @@ impl<P: Peers> Divider<P> {
     }
 
     async fn tick(&self) {
-        let mut st = self.state.lock().await;
-        let names: Vec<String> = st.sessions.keys().cloned().collect();
-        for m in &names {
-            if let Some(s) = st.sessions.get_mut(m) {
-                self.tend(m, s).await;
+        let local: BTreeMap<String, String> =
+            self.sessions.lock().await.iter().map(|(m, s)| (m.clone(), s.session.clone())).collect();
+        let records = {
+            let mut view = self.view.lock().await;
+            match self.refresh(&mut view, &local).await {
+                Ok(()) => Some(view.records.clone()),
+                Err(e) => {
+                    tracing::debug!(divider = %self.name, error = %e, "refresh failed");
+                    None
+                }
             }
+        };
+        if let Some(records) = records {
+            self.handoffs(&records).await;
         }
-        st.sessions.retain(|_, s| !s.gone);
-        match self.refresh(&mut st).await {
-            Ok(()) => self.handoffs(&mut st).await,
-            Err(e) => tracing::debug!(divider = %self.name, error = %e, "refresh failed"),
-        }
-        drop(st);
         self.changed.notify_waiters();
     }
 
-    async fn refresh_keys(&self, st: &mut State) -> Result<u64, RegisterError> {
+    async fn refresh_keys(&self, st: &mut ViewState) -> Result<u64, RegisterError> {
         let kv = self.registers.counter(&self.layout.keyset()).await?.unwrap_or(0);
         if st.keyset_version != Some(kv) {
             st.added = self.list_all(&self.layout.added_prefix()).await?;
@@ -435,7 +466,7 @@ impl<P: Peers> Divider<P> {
         Ok(kv)
     }
 
-    async fn refresh(&self, st: &mut State) -> Result<(), RegisterError> {
+    async fn refresh(&self, st: &mut ViewState, local: &BTreeMap<String, String>) -> Result<(), RegisterError> {
         let ids = self.list_all(&self.layout.members_prefix()).await?;
         let reads: Vec<(String, Result<Option<Entry>, RegisterError>)> = stream::iter(ids)
             .map(|id| async move {
@@ -463,7 +494,7 @@ impl<P: Peers> Divider<P> {
         for (id, (v, rec)) in &records {
             let o = Observed::saw(st.observed.get(id).copied(), *v, now);
             st.observed.insert(id.clone(), o);
-            let local = st.sessions.get(id).is_some_and(|s| s.session == rec.session);
+            let local = local.get(id).is_some_and(|s| *s == rec.session);
             if rec.state == MemberState::Live && !local && o.expired(now, self.settings.timing) {
                 expire.push((id.clone(), *v, rec.clone()));
             }
@@ -506,23 +537,24 @@ impl<P: Peers> Divider<P> {
                 address: r.address.clone(),
             })
             .collect();
-        st.records = records;
+        st.records = Arc::new(records);
         let table = AssignmentTable::compute(version, members, st.keys.clone(), &st.handbacks);
         self.table.send_replace(Arc::new(table));
         Ok(())
     }
 
     /// True when the owner record names a session that is live in `records`.
-    fn owner_alive(records: &BTreeMap<String, (u64, MemberRecord)>, rec: &OwnerRecord) -> bool {
+    fn owner_alive(records: &Records, rec: &OwnerRecord) -> bool {
         records.get(&rec.member).is_some_and(|(_, m)| m.is_live_session(&rec.session))
     }
 
-    async fn handoffs(&self, st: &mut State) {
+    async fn handoffs(&self, records: &Records) {
         let table = self.table();
         let now = Instant::now();
         let mut claims = Vec::new();
         let mut releases = Vec::new();
-        for (m, s) in st.sessions.iter_mut() {
+        let mut sessions = self.sessions.lock().await;
+        for (m, s) in sessions.iter_mut() {
             if s.gone || s.app_gone || s.lost || s.lease.ended(now) {
                 continue;
             }
@@ -554,6 +586,7 @@ impl<P: Peers> Divider<P> {
                 }
             }
         }
+        drop(sessions);
         let released: Vec<(String, String, u64)> = stream::iter(releases)
             .map(|(m, session, key, token, done)| async move {
                 match self.release_record(&m, &session, &key, token, done).await {
@@ -569,15 +602,14 @@ impl<P: Peers> Divider<P> {
             .collect()
             .await;
         for (m, key, token) in released {
-            if let Some(s) = st.sessions.get_mut(&m) {
+            if let Some(s) = self.sessions.lock().await.get_mut(&m) {
                 s.holdings.released(&key, token);
             }
         }
-        let records = &st.records;
-        let claimed: Vec<(String, String, u64)> = stream::iter(claims)
+        let claimed: Vec<(String, String, String, u64)> = stream::iter(claims)
             .map(|(m, session, key)| async move {
                 match self.claim(records, &m, &session, &key).await {
-                    Ok(Some(token)) => Some((m, key, token)),
+                    Ok(Some(token)) => Some((m, session, key, token)),
                     Ok(None) => None,
                     Err(e) => {
                         tracing::debug!(divider = %self.name, key, error = %e, "claim failed");
@@ -590,9 +622,12 @@ impl<P: Peers> Divider<P> {
             .collect()
             .await;
         let now = Instant::now();
-        for (m, key, token) in claimed {
-            if let Some(s) = st.sessions.get_mut(&m) {
-                if !s.lease.ended(now) && !s.lost {
+        let mut sessions = self.sessions.lock().await;
+        for (m, session, key, token) in claimed {
+            // A claim made for a session that is gone since names a dead session: anyone may
+            // claim the key again.
+            if let Some(s) = sessions.get_mut(&m).filter(|s| s.session == session) {
+                if !s.lease.ended(now) && !s.lost && !s.app_gone && s.holdings.get(&key).is_none() {
                     s.holdings.start(&key, token);
                     s.send(Event::Start { key, token });
                 }
@@ -600,11 +635,17 @@ impl<P: Peers> Divider<P> {
         }
     }
 
+    /// True when a fresh read shows the owner record's session live.
+    async fn session_alive(&self, rec: &OwnerRecord) -> Result<bool, RegisterError> {
+        let m = self.registers.read(&self.layout.member(&rec.member)).await?;
+        Ok(m.and_then(|m| MemberRecord::decode(&m.value).ok()).is_some_and(|m| m.is_live_session(&rec.session)))
+    }
+
     /// Claims `key` for `(member, session)` if its owner released it or lost its session;
     /// returns the new token.
     async fn claim(
         &self,
-        records: &BTreeMap<String, (u64, MemberRecord)>,
+        records: &Records,
         member: &str,
         session: &str,
         key: &str,
@@ -618,6 +659,9 @@ impl<P: Peers> Divider<P> {
                     return Ok(Some(e.version))
                 }
                 Ok(r) if r.state == OwnerState::Owned && Self::owner_alive(records, &r) => return Ok(None),
+                // The tick's records may predate the owner's join: only a fresh read of its
+                // member record may declare its session dead (sessions never come back).
+                Ok(r) if r.state == OwnerState::Owned && self.session_alive(&r).await? => return Ok(None),
                 _ => e.version,
             },
         };
@@ -668,8 +712,8 @@ impl<P: Peers> Divider<P> {
         validate_name(member).map_err(|e| DividerError::Invalid(format!("member {member:?}: {e}")))?;
         check_address(address).map_err(DividerError::Invalid)?;
         let affinity = affinity.map(affinity_from).transpose()?.unwrap_or(self.default_affinity);
-        let mut st = self.state.lock().await;
-        if st.sessions.contains_key(member) {
+        let mut sessions = self.sessions.lock().await;
+        if sessions.contains_key(member) {
             return Err(DividerError::AlreadyExists(format!("member {member:?} already has a live session here")));
         }
         let key = self.layout.member(member);
@@ -678,7 +722,10 @@ impl<P: Peers> Divider<P> {
             None => 0,
             Some(e) => {
                 let live = MemberRecord::decode(&e.value).is_ok_and(|r| r.state == MemberState::Live);
-                let dead = st
+                let dead = self
+                    .view
+                    .lock()
+                    .await
                     .observed
                     .get(member)
                     .is_some_and(|o| o.version == e.version && o.expired(Instant::now(), self.settings.timing));
@@ -711,8 +758,8 @@ impl<P: Peers> Divider<P> {
         }
         s.send(Event::Joined { member: member.to_string(), session: s.session.clone(), affinity });
         s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) });
-        st.sessions.insert(member.to_string(), s);
-        drop(st);
+        sessions.insert(member.to_string(), s);
+        drop(sessions);
         self.wake.notify_one();
         Ok(rx)
     }
@@ -722,14 +769,13 @@ impl<P: Peers> Divider<P> {
         member: &str,
         f: impl FnOnce(&mut Session) -> Result<T, DividerError>,
     ) -> Result<T, DividerError> {
-        let mut st = self.state.lock().await;
-        let s = st
-            .sessions
+        let mut sessions = self.sessions.lock().await;
+        let s = sessions
             .get_mut(member)
             .filter(|s| !s.gone && !s.app_gone)
             .ok_or_else(|| DividerError::NotFound(format!("member {member:?} has no session on this sidecar")))?;
         let out = f(s)?;
-        drop(st);
+        drop(sessions);
         self.wake.notify_one();
         Ok(out)
     }
@@ -797,9 +843,8 @@ impl<P: Peers> Divider<P> {
         member: &str,
         f: impl FnOnce(u32) -> Result<u32, DividerError>,
     ) -> Result<u32, DividerError> {
-        let mut st = self.state.lock().await;
-        let s = st
-            .sessions
+        let mut sessions = self.sessions.lock().await;
+        let s = sessions
             .get_mut(member)
             .filter(|s| !s.gone && !s.app_gone)
             .ok_or_else(|| DividerError::NotFound(format!("member {member:?} has no session on this sidecar")))?;
@@ -817,7 +862,7 @@ impl<P: Peers> Divider<P> {
             }
         };
         let affinity = s.affinity;
-        drop(st);
+        drop(sessions);
         self.wake.notify_one();
         if !ok {
             return Err(DividerError::Precondition(format!(
@@ -884,7 +929,7 @@ impl<P: Peers> Divider<P> {
         .await?;
         let deadline = Instant::now() + self.settings.stop_timeout + 3 * self.settings.timing.lease;
         loop {
-            if !self.state.lock().await.sessions.contains_key(member) {
+            if !self.sessions.lock().await.contains_key(member) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -976,9 +1021,9 @@ impl<P: Peers> Divider<P> {
         limit: usize,
     ) -> Result<(Vec<String>, Option<String>), DividerError> {
         let keys = {
-            let mut st = self.state.lock().await;
-            self.refresh_keys(&mut st).await?;
-            st.keys.clone()
+            let mut view = self.view.lock().await;
+            self.refresh_keys(&mut view).await?;
+            view.keys.clone()
         };
         Ok(page(&keys, prefix, after, limit))
     }
