@@ -124,7 +124,8 @@ impl Holdings {
     pub fn working(&self) -> Vec<(String, u64)> {
         self.keys
             .iter()
-            .filter_map(|(k, s)| matches!(s, KeyState::Owned { .. }).then(|| (k.clone(), s.token())))
+            .filter(|(_, s)| matches!(s, KeyState::Owned { .. }))
+            .map(|(k, s)| (k.clone(), s.token()))
             .collect()
     }
 

@@ -52,47 +52,63 @@
 //!
 //! # Guarantees, why they hold, and the test that catches their violation
 //!
+//! The e2e tests are in `e2e/tests/divider.rs`: toy apps record every `Start`, `Stop`,
+//! `ConfirmStop` and token, and `check_history` verifies them.
+//!
 //! 1. **Tokens strictly increase per key.** A token is the version of the claim write of
 //!    `owner/K`; register versions strictly increase across every write of a key (deletes
-//!    included). *Test*: `e2e/tests/divider.rs` history checker (`check_history`): per key,
-//!    tokens of successive `Start`s strictly increase.
+//!    included). *Test*: `check_history`: per key, the tokens of successive `Start`s strictly
+//!    increase.
+//!
 //! 2. **Never two owners.** A claim is a compare-and-set from a record that is `released` or
 //!    whose session is dead, so between two claims of K the earlier owner either (a) wrote
 //!    `released`, which its sidecar does only after the app confirmed the stop or after the
 //!    stop timeout told the app its token is dead, or (b) lost its session: its member record is
-//!    `left` (written by its sidecar only after its own right ended) or `expired`. In case (b)
-//!    the expiring sidecar saw the member's version unchanged for `lease + margin` on its own
-//!    clock, from the moment it first read that version, and its compare-and-set at that
-//!    version succeeded, so no later renewal exists. The holder's right ends at `t_send +
-//!    lease - margin` on the holder's clock, `t_send` being the send time of its last
-//!    acknowledged renewal, which precedes the expirer's first read of that version. With clock
-//!    rates within `rho` of real time, the holder's right ends before the claim when `2 * margin
-//!    > 2 * rho * lease` plus the time to deliver a message on the local socket: with the
-//!    defaults (lease 3 s, margin 300 ms) any `rho` below 5% holds. The app is told its right's
-//!    end in advance: every renewal sends `Lease{valid_for_ms}`, and the app (the client
-//!    library, and the toy app in the tests) stops every key when that time passes without a
-//!    new one, so a paused or dead sidecar cannot leave its app running. *Test*: the checker
-//!    finds no overlapping ownership intervals per key under `kill -9` of a sidecar, SIGSTOP of
-//!    a sidecar past its lease, affinity changes, keys added and removed; a toy downstream that
-//!    keeps the highest token per key rejects every write of a deposed owner.
-//! 3. **A new owner starts only after a confirmed stop or the old owner's right ended**: this is
-//!    the argument of 2 (the claim needs `released` or a dead session). *Test*: as 2, plus
-//!    `handoff` unit tests of the stop state machine (no release before confirm or timeout).
+//!    `left` (written by its sidecar only after its right ended), `expired`, or names a newer
+//!    session. Sessions never come back, and a claim concludes "dead" only from a read of the
+//!    member record made after it read `owner/K` (a member list from earlier in the tick may
+//!    predate the owner's join). In case `expired`, the expiring sidecar saw the member's
+//!    version unchanged for `lease + margin` on its own clock, from the moment it first read
+//!    that version, and its compare-and-set at that version succeeded, so no later renewal
+//!    exists. The holder's right ends at `t_send + lease - margin` on the holder's clock,
+//!    `t_send` being the send time of its last acknowledged renewal, which precedes the
+//!    expirer's first read of that version. With clock rates within `rho` of real time, the
+//!    holder's right ends before the claim while `2 * margin > 2 * rho * lease` plus the time
+//!    to deliver a message on the local socket: with the defaults (lease 3 s, margin 300 ms)
+//!    any `rho` below 5% holds. The app is told its right's end in advance: every renewal sends
+//!    `Lease{valid_for_ms}`, and the app (the client library, and the toy app in the tests)
+//!    stops every key when that time passes without a new one, so a paused or dead sidecar
+//!    cannot leave its app running. *Test*:
+//!    `never_two_owners_under_kill9_sigstop_affinity_and_key_changes`: no overlapping
+//!    ownership intervals per key under `kill -9` of a sidecar, SIGSTOP of a sidecar past its
+//!    lease, an affinity change, keys added and removed, and a member that never confirms; a toy
+//!    downstream that keeps the highest token per key rejects every write of the deposed
+//!    (zombie) owner. The checker caught a real double owner while this was built (claims
+//!    trusted a member list read before the owner joined).
+//!
+//! 3. **A new owner starts only after a confirmed stop or the old owner's right ended**: the
+//!    argument of 2 (a claim needs `released` or a dead session). *Test*: as 2, plus
+//!    `handoff` unit tests (no release before the confirm, the app's release or the timeout).
+//!
 //! 4. **A member that cannot reach the quorum stops its keys before its lease can expire.** The
 //!    holder computes its right's end from acknowledged renewals only (an unknown outcome
-//!    extends nothing) on `tokio::time::Instant` (monotonic), and when renewals fail it sends
-//!    `Stop{LEASE_LOST}` for every key at `right_end - margin`, abandoning the session (a new
-//!    session is needed to own keys again). *Test*: `lease` unit tests; the SIGSTOP e2e case.
+//!    extends nothing) on `tokio::time::Instant` (monotonic); renewals run in their own loop,
+//!    never behind a tick's claims; when the right ends the sidecar sends `Stop{LEASE_LOST}`
+//!    for every key and re-joins with a new session. *Test*: `lease` unit tests (the holder's
+//!    right ends `2 * margin` before any observer may act); the SIGSTOP case of the e2e test.
+//!
 //! 5. **Every key has an owner within a bound while a live member with affinity > 0 exists**:
-//!    after a member dies, its record is expired after at most `lease + margin + tick` and its
-//!    keys are claimed at the next tick: bound `lease + margin + 2 * tick + 2 quorum rounds`
-//!    (defaults: about 4.3 s). After a planned move: the app's confirm time (at most the stop
-//!    timeout) plus a tick and two rounds. *Test*: `every_key_owned_again_after_kill9` waits
-//!    for full ownership within that bound (with slack for a loaded machine).
+//!    after a member's sidecar dies its record is expired within `lease + margin + tick` and
+//!    its keys are claimed at the next tick: bound `lease + margin + 2 * tick` plus a few
+//!    quorum rounds (defaults: about 4.8 s). After a planned move: the app's confirm time (at
+//!    most the stop timeout) plus a tick and two rounds. *Test*: the e2e test waits for full
+//!    ownership after `kill -9` and checks the bound (with slack for a loaded machine).
+//!    Register calls routed to a paused member stall up to a second each (`quorum::route`),
+//!    which slows takeovers while a member is paused (measured ~12 s in the SIGSTOP case).
 //!
 //! Not covered: a sidecar whose clock runs more than `margin / lease` fast relative to the
-//! others (documented drift bound); an app that ignores its `Lease` deadline (its writes are
-//! still rejected downstream by the fencing token).
+//! others (the documented drift bound); an app that ignores its `Lease` deadline (its writes
+//! are still rejected downstream by the fencing token). Handback markers are never collected.
 
 pub mod handoff;
 pub mod keys;
