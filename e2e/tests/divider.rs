@@ -32,7 +32,73 @@ fn ownership_bound() -> Duration {
 
 struct Setup {
     cluster: TestCluster,
-    _config_dir: tempfile::TempDir,
+    args: Vec<String>,
+    config_dir: tempfile::TempDir,
+}
+
+/// A client-role sidecar (as in a WorkDivider pod): proposes to the cluster's members, stores
+/// nothing, so pausing it never stalls the quorum.
+struct ClientSidecar {
+    child: std::process::Child,
+    socket: String,
+}
+
+impl ClientSidecar {
+    fn signal(&self, sig: &str) {
+        let _ = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn client(&self) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match Client::connect(&self.socket).await {
+                Ok(c) if c.status().await.is_ok_and(|s| s.ready) => return c,
+                _ if Instant::now() > deadline => panic!("client sidecar {} never became ready", self.socket),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+impl Drop for ClientSidecar {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        self.kill9();
+    }
+}
+
+impl Setup {
+    fn client_sidecar(&self, id: &str) -> ClientSidecar {
+        let dir = self.config_dir.path();
+        let socket = dir.join(format!("{id}.sock")).display().to_string();
+        let log = std::fs::File::create(dir.join(format!("{id}.log"))).expect("log file");
+        let mut cmd = std::process::Command::new(&ordoctl::dev::find_sidecar()[0]);
+        cmd.args(&ordoctl::dev::find_sidecar()[1..])
+            .arg("--role=client")
+            .arg(format!("--id={id}"))
+            .arg(format!("--members-file={}", self.cluster.dev.members_file().display()))
+            .arg(format!("--peer-token-file={}", self.cluster.dev.token_file().display()))
+            .arg(format!("--socket={socket}"))
+            .arg("--app-listen=off")
+            .arg("--admin-listen=127.0.0.1:0")
+            .arg("--request-timeout-ms=2000")
+            .arg("--log-format=text")
+            .args(&self.args)
+            .env_remove("ORDO_SOCKET")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        ClientSidecar { child: cmd.spawn().expect("start a client sidecar"), socket }
+    }
 }
 
 async fn start(members: usize) -> Setup {
@@ -45,18 +111,14 @@ async fn start(members: usize) -> Setup {
         ),
     )
     .expect("write divider config");
-    let cluster = TestCluster::start(TestOptions {
-        members,
-        extra_args: vec![
-            format!("--divider-config={}", path.display()),
-            format!("--divider-lease-ms={LEASE_MS}"),
-            format!("--divider-drift-margin-ms={MARGIN_MS}"),
-            format!("--divider-stop-timeout-ms={STOP_TIMEOUT_MS}"),
-        ],
-        ..Default::default()
-    })
-    .await;
-    Setup { cluster, _config_dir: config_dir }
+    let args = vec![
+        format!("--divider-config={}", path.display()),
+        format!("--divider-lease-ms={LEASE_MS}"),
+        format!("--divider-drift-margin-ms={MARGIN_MS}"),
+        format!("--divider-stop-timeout-ms={STOP_TIMEOUT_MS}"),
+    ];
+    let cluster = TestCluster::start(TestOptions { members, extra_args: args.clone(), ..Default::default() }).await;
+    Setup { cluster, args, config_dir }
 }
 
 /// One ownership interval of a key, as the app lived it.
@@ -359,18 +421,22 @@ async fn wait_fully_owned(apps: &[&App], c: &Client, timeout: Duration, what: &s
 async fn never_two_owners_under_kill9_sigstop_affinity_and_key_changes() {
     let mut setup = start(3).await;
     let history: Shared = Arc::default();
+    // Apps on two members and on two client-role sidecars (the WorkDivider pod layout).
+    let paused = setup.client_sidecar("pod-paused");
+    let mut killed = setup.client_sidecar("pod-killed");
     let c0 = setup.cluster.client(0).await;
     let c1 = setup.cluster.client(1).await;
-    let c2 = setup.cluster.client(2).await;
+    let (cp, ck) = (paused.client().await, killed.client().await);
     let confirm = AppOpts { affinity: 1, confirm: true };
     let a = spawn_app(c0.clone(), "a", confirm, history.clone()).await;
     let b = spawn_app(c1.clone(), "b", AppOpts { affinity: 2, ..confirm }, history.clone()).await;
     // d never confirms: its keys move only after the stop timeout.
     let d = spawn_app(c0.clone(), "d", AppOpts { affinity: 1, confirm: false }, history.clone()).await;
-    let s = spawn_app(c2.clone(), "s", confirm, history.clone()).await;
-    let settle = Duration::from_secs(30);
-    wait_fully_owned(&[&a, &b, &d, &s], &c0, settle, "every key owned by a, b, d, s").await;
-    assert!(!s.held().is_empty() && !d.held().is_empty());
+    let s = spawn_app(cp.clone(), "s", confirm, history.clone()).await;
+    let k = spawn_app(ck.clone(), "k", confirm, history.clone()).await;
+    let settle = Duration::from_secs(40);
+    wait_fully_owned(&[&a, &b, &d, &s, &k], &c0, settle, "every key owned by a, b, d, s, k").await;
+    assert!(!s.held().is_empty() && !d.held().is_empty() && !k.held().is_empty());
 
     // Affinity change, keys added and removed, at once.
     let mut dv = c1.divider();
@@ -385,30 +451,37 @@ async fn never_two_owners_under_kill9_sigstop_affinity_and_key_changes() {
     let keys = all_keys(&c0).await;
     assert_eq!(keys.len(), PARTITIONS - 10 + 20);
     assert!(keys.contains("extra/7") && !keys.contains("p-3"));
-    wait_fully_owned(&[&a, &b, &d, &s], &c0, settle, "every key owned after the changes").await;
+    wait_fully_owned(&[&a, &b, &d, &s, &k], &c0, settle, "every key owned after the changes").await;
 
     // SIGSTOP s's sidecar past its lease: s's app stops at its lease deadline and turns
     // zombie (keeps writing with its old tokens); the others take its keys.
     s.zombie.store(true, Ordering::SeqCst);
     let s_keys = s.held();
     assert!(!s_keys.is_empty());
-    setup.cluster.dev.signal(2, "STOP");
-    let took = wait_fully_owned(&[&a, &b, &d], &c0, settle, "s's keys taken over while it is paused").await;
+    paused.signal("STOP");
+    let took = wait_fully_owned(&[&a, &b, &d, &k], &c0, settle, "s's keys taken over while it is paused").await;
     eprintln!("keys of the paused member owned again after {took:?}");
-    setup.cluster.dev.signal(2, "CONT");
+    paused.signal("CONT");
     // s re-joins with a new session and gets keys again.
     eventually(settle, "s owns keys again", || async { !s.held().is_empty() }).await;
-    wait_fully_owned(&[&a, &b, &d, &s], &c0, settle, "every key owned after SIGCONT").await;
+    wait_fully_owned(&[&a, &b, &d, &s, &k], &c0, settle, "every key owned after SIGCONT").await;
 
-    // kill -9 of s's sidecar: its app's stream ends; every key is owned again within the bound.
-    setup.cluster.dev.kill9(2);
+    // kill -9 of k's sidecar: its app's stream ends; every key is owned again within the bound.
     let t0 = Instant::now();
+    killed.kill9();
     let keys = all_keys(&c0).await;
-    eventually(settle, "every key owned after kill -9", || async { fully_owned(&[&a, &b, &d], &keys) }).await;
+    eventually(settle, "every key owned after kill -9", || async { fully_owned(&[&a, &b, &d, &s], &keys) }).await;
     let took = t0.elapsed();
     eprintln!("every key owned again {took:?} after kill -9 (stated bound {:?})", ownership_bound());
     // Slack for a loaded 2-core machine; the benchmark measures the real figure.
-    assert!(took <= 4 * ownership_bound(), "took {took:?}, bound {:?}", ownership_bound());
+    assert!(took <= 3 * ownership_bound(), "took {took:?}, bound {:?}", ownership_bound());
+
+    // kill -9 of a quorum member (no app on it): the divider keeps working on the other two.
+    setup.cluster.dev.kill9(2);
+    let r = dv.remove_keys(pb::KeysRequest { keys: vec!["extra/0".into()], ..Default::default() });
+    assert_eq!(r.await.expect("remove with a member down").into_inner().changed, 1);
+    let keys = all_keys(&c0).await;
+    eventually(settle, "every key owned with a member down", || async { fully_owned(&[&a, &b, &d, &s], &keys) }).await;
 
     // Lookup agrees with the apps.
     let (ka, ta) = a.held().into_iter().next().expect("a holds a key");
@@ -416,7 +489,7 @@ async fn never_two_owners_under_kill9_sigstop_affinity_and_key_changes() {
     let l = l.into_inner();
     assert_eq!((l.owner.as_str(), l.token, l.address.as_str()), ("a", ta, "addr-a"));
 
-    for app in [a, b, d, s] {
+    for app in [a, b, d, s, k] {
         app.stop().await;
     }
     let h = history.lock().unwrap();

@@ -103,8 +103,13 @@
 //!    quorum rounds (defaults: about 4.8 s). After a planned move: the app's confirm time (at
 //!    most the stop timeout) plus a tick and two rounds. *Test*: the e2e test waits for full
 //!    ownership after `kill -9` and checks the bound (with slack for a loaded machine).
-//!    Register calls routed to a paused member stall up to a second each (`quorum::route`),
-//!    which slows takeovers while a member is paused (measured ~12 s in the SIGSTOP case).
+//!    Register calls routed to a paused *quorum member* stall up to a second each
+//!    (`quorum::route`), which slows takeovers while one is paused (~12 s measured); the e2e
+//!    test pauses a client-role sidecar (the WorkDivider pod layout), where takeover took
+//!    ~4.5 s.
+//!
+//! Checked on purpose: with claims ignoring a live owner, and with observers expiring a member
+//! after `lease / 2` instead of `lease + margin`, the e2e checker reports overlapping owners.
 //!
 //! Not covered: a sidecar whose clock runs more than `margin / lease` fast relative to the
 //! others (the documented drift bound); an app that ignores its `Lease` deadline (its writes
