@@ -516,6 +516,42 @@ async fn affinity_zero_gets_nothing_flush_moves_everything_and_cancel_leaves() {
     assert_eq!(dv.get_affinity(get("idle")).await.expect("get").into_inner().affinity, 0);
     let set = pb::SetAffinityRequest { member: "idle".into(), affinity: 1, ..Default::default() };
     dv.set_affinity(set).await.expect("set affinity");
+    wait_fully_owned(&[&busy, &idle], &c, Duration::from_secs(30), "busy and idle own every key").await;
+    assert!(!idle.held().is_empty() && !busy.held().is_empty());
+
+    // Routing caches follow the assignment: a new version after every change.
+    let mut follow = dv.follow_assignment(pb::FollowAssignmentRequest::default()).await.expect("follow").into_inner();
+    let first = follow.message().await.expect("follow").expect("a first version");
+    assert_eq!(
+        first.members.iter().map(|m| (m.id.as_str(), m.affinity)).collect::<Vec<_>>(),
+        [("busy", 3), ("idle", 1)]
+    );
+
+    // Release: the app gives keys up (it stops working on them first).
+    let mut held = busy.held().into_iter();
+    let (x, tx) = held.next().expect("a key");
+    let (y, ty) = held.next().expect("another key");
+    for (key, token) in [(&x, tx), (&y, ty)] {
+        busy.held.lock().unwrap().remove(key);
+        history.lock().unwrap().end("busy", key, token, "released");
+    }
+    let rel = |key: &str, token: u64, mode: pb::release_request::Mode| pb::ReleaseRequest {
+        member: "busy".into(),
+        key: key.into(),
+        token,
+        mode: mode as i32,
+        ..Default::default()
+    };
+    dv.release(rel(&x, tx, pb::release_request::Mode::Handback)).await.expect("handback");
+    dv.release(rel(&y, ty, pb::release_request::Mode::Done)).await.expect("done");
+    eventually(Duration::from_secs(30), "the handed-back key moves to idle", || async {
+        idle.held().get(&x).is_some_and(|t| *t > tx)
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the done key is removed", || async { !all_keys(&c).await.contains(&y) }).await;
+    let next = follow.message().await.expect("follow").expect("a newer version");
+    assert!(next.version > first.version, "{} after {}", next.version, first.version);
+    assert!(!busy.held().contains_key(&x), "the handed-back key came back to busy");
 
     // Flush returns only once every key of busy is confirmed and owned by idle.
     dv.flush(get("busy")).await.expect("flush");
