@@ -259,7 +259,7 @@ struct AppOpts {
 }
 
 async fn spawn_app(client: Client, member: &str, o: AppOpts, history: Shared) -> App {
-    let mut dc = client.divider();
+    let mut dc = client.divider_api();
     let req = pb::WatchRequest {
         divider: String::new(),
         member: member.into(),
@@ -376,7 +376,7 @@ async fn all_keys(c: &Client) -> BTreeSet<String> {
     let mut after = String::new();
     for _ in 0..1000 {
         let r = c
-            .divider()
+            .divider_api()
             .list_keys(pb::DividerListKeysRequest { after_key: after.clone(), limit: 1000, ..Default::default() })
             .await
             .expect("list keys")
@@ -439,7 +439,7 @@ async fn never_two_owners_under_kill9_sigstop_affinity_and_key_changes() {
     assert!(!s.held().is_empty() && !d.held().is_empty() && !k.held().is_empty());
 
     // Affinity change, keys added and removed, at once.
-    let mut dv = c1.divider();
+    let mut dv = c1.divider_api();
     let r = dv.alter_affinity(pb::AlterAffinityRequest { member: "b".into(), delta: 2, ..Default::default() });
     assert_eq!(r.await.expect("alter").into_inner().affinity, 4);
     let added: Vec<String> = (0..20).map(|i| format!("extra/{i}")).collect();
@@ -485,7 +485,7 @@ async fn never_two_owners_under_kill9_sigstop_affinity_and_key_changes() {
 
     // Lookup agrees with the apps.
     let (ka, ta) = a.held().into_iter().next().expect("a holds a key");
-    let l = c1.divider().lookup(pb::LookupRequest { key: ka.clone(), ..Default::default() }).await.expect("lookup");
+    let l = c1.divider_api().lookup(pb::LookupRequest { key: ka.clone(), ..Default::default() }).await.expect("lookup");
     let l = l.into_inner();
     assert_eq!((l.owner.as_str(), l.token, l.address.as_str()), ("a", ta, "addr-a"));
 
@@ -511,7 +511,7 @@ async fn affinity_zero_gets_nothing_flush_moves_everything_and_cancel_leaves() {
     let busy = spawn_app(c.clone(), "busy", AppOpts { affinity: 3, confirm: true }, history.clone()).await;
     wait_fully_owned(&[&busy], &c, Duration::from_secs(30), "busy owns every key").await;
     assert!(idle.held().is_empty(), "affinity 0 got keys");
-    let mut dv = c.divider();
+    let mut dv = c.divider_api();
     let get = |m: &str| pb::MemberRequest { member: m.into(), ..Default::default() };
     assert_eq!(dv.get_affinity(get("idle")).await.expect("get").into_inner().affinity, 0);
     let set = pb::SetAffinityRequest { member: "idle".into(), affinity: 1, ..Default::default() };
@@ -588,7 +588,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     wait_fully_owned(&[&app], &c, Duration::from_secs(30), "m owns every key").await;
     let keys_before = all_keys(&c).await;
     let (key, token) = app.held().into_iter().next().expect("a key");
-    let mut dv = c.divider();
+    let mut dv = c.divider_api();
     let expect = |r: Result<tonic::Response<pb::DividerAck>, tonic::Status>, code: Code, needle: &str| {
         let e = r.expect_err("must fail");
         assert_eq!(e.code(), code, "{e:?}");
@@ -674,4 +674,52 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(app.held().get(&key), Some(&token));
     app.stop().await;
     check_history(&history.lock().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_handle_follows_routes_and_expires_the_lease_on_the_app_side() {
+    use ordo_client::divider::{DividerEvent, RoutingCache};
+    let setup = start(1).await;
+    let c = setup.cluster.client(0).await;
+    let divider = c.divider("");
+    let mut me = divider.join("x", Some(2), "10.0.0.9:80").await.expect("join");
+    let keys: BTreeSet<String> = divider.list_keys("").await.expect("keys").into_iter().collect();
+    assert_eq!(keys.len(), PARTITIONS);
+    let t0 = Instant::now();
+    while me.held().len() < keys.len() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "only {} keys started", me.held().len());
+        match tokio::time::timeout(Duration::from_secs(30), me.next()).await.expect("an event") {
+            Some(Ok(DividerEvent::Start { .. } | DividerEvent::Joined { .. })) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let routes = RoutingCache::start(divider.clone()).await.expect("routes");
+    assert_eq!(routes.owner_of("p-7"), Some(("x".to_string(), "10.0.0.9:80".to_string())));
+    assert_eq!(routes.counts().get("x"), Some(&PARTITIONS));
+    let v = routes.version();
+    divider.add_keys(vec!["late".into()]).await.expect("add");
+    eventually(Duration::from_secs(30), "the cache follows a new key", || async {
+        routes.version() > v && routes.owner_of("late").is_some()
+    })
+    .await;
+    assert_eq!(divider.lookup("p-7").await.expect("lookup").owner.as_deref(), Some("x"));
+    assert_eq!(me.control().alter_affinity(1).await.expect("alter"), 3);
+
+    // The sidecar is paused: the handle itself ends every key when the lease runs out.
+    setup.cluster.dev.signal(0, "STOP");
+    let paused = Instant::now();
+    let ev = loop {
+        match tokio::time::timeout(Duration::from_secs(30), me.next()).await.expect("an event") {
+            Some(Ok(DividerEvent::Start { .. })) => {}
+            other => break other,
+        }
+    };
+    let waited = paused.elapsed();
+    setup.cluster.dev.signal(0, "CONT");
+    match ev {
+        Some(Ok(DividerEvent::LeaseExpired { keys: lost })) => assert_eq!(lost.len(), PARTITIONS + 1),
+        other => panic!("expected LeaseExpired, got {other:?}"),
+    }
+    assert!(waited <= Duration::from_millis(LEASE_MS), "expired after {waited:?}");
+    assert!(me.held().is_empty());
 }
