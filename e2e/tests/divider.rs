@@ -723,3 +723,99 @@ async fn client_handle_follows_routes_and_expires_the_lease_on_the_app_side() {
     assert!(waited <= Duration::from_millis(LEASE_MS), "expired after {waited:?}");
     assert!(me.held().is_empty());
 }
+
+/// The `ordoctl` binary built beside this test (`cargo build --workspace --bins`).
+fn ordoctl_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("ordoctl"))
+        .find(|p| p.is_file())
+        .expect("ordoctl binary (run `cargo build --workspace --bins` first)")
+}
+
+fn ordoctl_json(socket: &str, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(ordoctl_bin())
+        .args(["--socket", socket, "--output", "json", "divider", "--name", "stocks"])
+        .args(args)
+        .output()
+        .expect("run ordoctl");
+    assert!(out.status.success(), "ordoctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ordoctl {args:?} printed no JSON ({e}): {out:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ordoctl_divider_prints_the_documented_json_shapes() {
+    use serde_json::json;
+    use std::io::BufRead;
+    let setup = start(1).await;
+    let socket = setup.cluster.dev.member(0).socket.clone();
+    assert_eq!(ordoctl_json(&socket, &["keys", "add", "k1", "k2"]), json!({"divider": "stocks", "added": 2}));
+    assert_eq!(
+        ordoctl_json(&socket, &["keys", "list", "--prefix", "k"]),
+        json!({"divider": "stocks", "keys": ["k1", "k2"]})
+    );
+    let total = PARTITIONS + 2;
+
+    let mut watch = std::process::Command::new(ordoctl_bin())
+        .args(["--socket", &socket, "--output", "json", "divider", "--name", "stocks", "watch", "--member", "w"])
+        .args(["--address", "10.1.1.1:9", "--confirm-after-ms", "5"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ordoctl watch");
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = watch.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let mut tokens = BTreeMap::new();
+    while tokens.len() < total {
+        let v = rx.recv_timeout(Duration::from_secs(30)).expect("a start line");
+        assert_eq!(v["event"], "start", "{v}");
+        assert_eq!(v.as_object().map(|o| o.len()), Some(3), "{v}");
+        tokens.insert(v["key"].as_str().expect("key").to_string(), v["token"].as_u64().expect("token"));
+    }
+    assert_eq!(
+        ordoctl_json(&socket, &["lookup", "k1"]),
+        json!({"key": "k1", "owner": "w", "token": tokens["k1"], "address": "10.1.1.1:9"})
+    );
+    let assigned = ordoctl_json(&socket, &["assigned", "--member", "w"]);
+    assert_eq!(assigned["member"], "w");
+    assert_eq!(assigned["keys"].as_array().map(Vec::len), Some(total));
+    assert!(assigned["keys"].as_array().unwrap().contains(&json!({"key": "k2", "token": tokens["k2"]})));
+    assert_eq!(ordoctl_json(&socket, &["affinity", "get", "--member", "w"]), json!({"member": "w", "affinity": 1}));
+    assert_eq!(ordoctl_json(&socket, &["affinity", "set", "--member", "w", "4"])["affinity"], 4);
+    assert_eq!(ordoctl_json(&socket, &["affinity", "alter", "--member", "w", "-1"])["affinity"], 3);
+    assert_eq!(
+        ordoctl_json(&socket, &["status"]),
+        json!({"divider": "stocks", "keys": total, "unowned": 0, "members": [{"id": "w", "affinity": 3, "keys": total}]})
+    );
+    assert_eq!(ordoctl_json(&socket, &["flush", "--member", "w"]), json!({"member": "w", "flushed": true}));
+    let mut stopped = BTreeSet::new();
+    while stopped.len() < total {
+        let v = rx.recv_timeout(Duration::from_secs(30)).expect("a stop line");
+        assert_eq!(v["event"], "stop", "{v}");
+        stopped.insert(v["key"].as_str().expect("key").to_string());
+    }
+    assert_eq!(ordoctl_json(&socket, &["status"])["unowned"], total);
+    // Interrupted, it leaves and exits.
+    let _ = std::process::Command::new("kill").args(["-INT", &watch.id().to_string()]).status();
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = watch.try_wait().expect("wait") {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "ordoctl watch did not leave");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let req = pb::MemberRequest { member: "w".into(), ..Default::default() };
+    let left = setup.cluster.client(0).await.divider_api().list_assigned(req).await.expect_err("w left");
+    assert_eq!(left.code(), Code::NotFound);
+}
