@@ -435,8 +435,11 @@ async fn never_two_owners_under_kill9_sigstop_affinity_and_key_changes() {
     let s = spawn_app(cp.clone(), "s", confirm, history.clone()).await;
     let k = spawn_app(ck.clone(), "k", confirm, history.clone()).await;
     let settle = Duration::from_secs(40);
+    eventually(settle, "every member owns keys", || async {
+        [&a, &b, &d, &s, &k].iter().all(|app| !app.held().is_empty())
+    })
+    .await;
     wait_fully_owned(&[&a, &b, &d, &s, &k], &c0, settle, "every key owned by a, b, d, s, k").await;
-    assert!(!s.held().is_empty() && !d.held().is_empty() && !k.held().is_empty());
 
     // Affinity change, keys added and removed, at once.
     let mut dv = c1.divider_api();
@@ -516,8 +519,8 @@ async fn affinity_zero_gets_nothing_flush_moves_everything_and_cancel_leaves() {
     assert_eq!(dv.get_affinity(get("idle")).await.expect("get").into_inner().affinity, 0);
     let set = pb::SetAffinityRequest { member: "idle".into(), affinity: 1, ..Default::default() };
     dv.set_affinity(set).await.expect("set affinity");
+    eventually(Duration::from_secs(30), "idle gets keys", || async { !idle.held().is_empty() }).await;
     wait_fully_owned(&[&busy, &idle], &c, Duration::from_secs(30), "busy and idle own every key").await;
-    assert!(!idle.held().is_empty() && !busy.held().is_empty());
 
     // Routing caches follow the assignment: a new version after every change.
     let mut follow = dv.follow_assignment(pb::FollowAssignmentRequest::default()).await.expect("follow").into_inner();
@@ -818,4 +821,52 @@ async fn ordoctl_divider_prints_the_documented_json_shapes() {
     let req = pb::MemberRequest { member: "w".into(), ..Default::default() };
     let left = setup.cluster.client(0).await.divider_api().list_assigned(req).await.expect_err("w left");
     assert_eq!(left.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_cut_off_from_the_quorum_stops_its_keys_before_others_take_them() {
+    let config_dir = tempfile::tempdir().expect("tempdir");
+    let path = config_dir.path().join("divider.yaml");
+    std::fs::write(
+        &path,
+        "divider: stocks\nseq_cluster: ids\nseq_cluster_epoch: 1\ndefault_affinity: 1\nkeys: {partitions: 30, prefix: p-}\n",
+    )
+    .expect("config");
+    let cluster = TestCluster::start(TestOptions {
+        members: 3,
+        proxied: true,
+        extra_args: vec![
+            format!("--divider-config={}", path.display()),
+            format!("--divider-lease-ms={LEASE_MS}"),
+            format!("--divider-drift-margin-ms={MARGIN_MS}"),
+            format!("--divider-stop-timeout-ms={STOP_TIMEOUT_MS}"),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let history: Shared = Arc::default();
+    let confirm = AppOpts { affinity: 1, confirm: true };
+    let c0 = cluster.client(0).await;
+    let a = spawn_app(c0.clone(), "a", confirm, history.clone()).await;
+    let b = spawn_app(cluster.client(1).await, "b", confirm, history.clone()).await;
+    let cut = spawn_app(cluster.client(2).await, "cut", confirm, history.clone()).await;
+    let settle = Duration::from_secs(60);
+    eventually(settle, "every member owns keys", || async {
+        !a.held().is_empty() && !b.held().is_empty() && !cut.held().is_empty()
+    })
+    .await;
+    wait_fully_owned(&[&a, &b, &cut], &c0, settle, "every key owned").await;
+    cut.zombie.store(true, Ordering::SeqCst);
+    cluster.partition(2);
+    let took = wait_fully_owned(&[&a, &b], &c0, settle, "the cut-off member's keys taken over").await;
+    eprintln!("keys of the cut-off member owned again after {took:?}");
+    cluster.heal(2);
+    eventually(settle, "the healed member owns keys again", || async { !cut.held().is_empty() }).await;
+    wait_fully_owned(&[&a, &b, &cut], &c0, settle, "every key owned after healing").await;
+    for app in [a, b, cut] {
+        app.stop().await;
+    }
+    let h = history.lock().unwrap();
+    check_history(&h).unwrap_or_else(|e| panic!("history violates the divider's guarantees:\n{e}"));
+    assert!(h.writes.iter().any(|w| w.deposed && !w.accepted), "no stale write was tried");
 }
