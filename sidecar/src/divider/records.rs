@@ -97,6 +97,10 @@ pub struct MemberRecord {
     pub affinity: u32,
     /// Where the member can be reached.
     pub address: String,
+    /// One more than the record version replaced by the last write that changed session,
+    /// state, affinity or address (renewals keep it): the sum over every member record, plus the key-set counter,
+    /// is the assignment's version, which therefore grows only when the assignment's inputs do.
+    pub changed: u64,
 }
 
 /// State of a key's ownership.
@@ -143,12 +147,12 @@ impl MemberRecord {
             MemberState::Left => "left",
             MemberState::Expired => "expired",
         };
-        format!("m1\n{}\n{state}\n{}\n{}", self.session, self.affinity, self.address).into_bytes()
+        format!("m1\n{}\n{state}\n{}\n{}\n{}", self.session, self.affinity, self.changed, self.address).into_bytes()
     }
 
     /// Decodes [`MemberRecord::encode`]'s output.
     pub fn decode(raw: &[u8]) -> Result<Self, RecordError> {
-        let f = fields(raw, "m1", 5)?;
+        let f = fields(raw, "m1", 6)?;
         let state = match f[2].as_str() {
             "live" => MemberState::Live,
             "left" => MemberState::Left,
@@ -156,7 +160,14 @@ impl MemberRecord {
             s => return Err(RecordError(format!("member state {s:?}"))),
         };
         let affinity = f[3].parse().map_err(|_| RecordError(format!("affinity {:?}", f[3])))?;
-        Ok(Self { session: f[1].clone(), state, affinity, address: f[4].clone() })
+        let changed = f[4].parse().map_err(|_| RecordError(format!("changed {:?}", f[4])))?;
+        Ok(Self { session: f[1].clone(), state, affinity, address: f[5].clone(), changed })
+    }
+
+    /// True when `other` differs in what the assignment depends on.
+    pub fn differs(&self, other: &MemberRecord) -> bool {
+        (&self.session, self.state, self.affinity, &self.address)
+            != (&other.session, other.state, other.affinity, &other.address)
     }
 
     /// True when this record is the live session `session`.
@@ -207,11 +218,12 @@ mod tests {
             state: MemberState::Expired,
             affinity: 7,
             address: "10.0.0.1:80".into(),
+            changed: 4,
         };
         assert_eq!(MemberRecord::decode(&m.encode()).unwrap(), m);
         let o = OwnerRecord { member: "a".into(), session: "s".into(), state: OwnerState::Released, token: 9 };
         assert_eq!(OwnerRecord::decode(&o.encode()).unwrap(), o);
-        assert!(MemberRecord::decode(b"m1\ns\nzombie\n1\n").is_err());
+        assert!(MemberRecord::decode(b"m1\ns\nzombie\n1\n0\n").is_err());
         assert!(OwnerRecord::decode(b"x").is_err());
         assert!(OwnerRecord::decode(&[0xff, 0xfe]).is_err());
     }

@@ -197,6 +197,8 @@ struct Session {
     address: String,
     /// Version of its member record; `None` when a write's outcome is unknown.
     version: Option<u64>,
+    /// The record last written.
+    written: Option<MemberRecord>,
     lease: HolderLease,
     holdings: Holdings,
     events: mpsc::UnboundedSender<Event>,
@@ -212,8 +214,19 @@ impl Session {
         let _ = self.events.send(e);
     }
 
-    fn record(&self, state: MemberState) -> MemberRecord {
-        MemberRecord { session: self.session.clone(), state, affinity: self.affinity, address: self.address.clone() }
+    /// The record to write at version `expect`.
+    fn record(&self, state: MemberState, expect: u64) -> MemberRecord {
+        let mut r = MemberRecord {
+            session: self.session.clone(),
+            state,
+            affinity: self.affinity,
+            address: self.address.clone(),
+            changed: expect + 1,
+        };
+        if let Some(last) = self.written.as_ref().filter(|last| !last.differs(&r)) {
+            r.changed = last.changed;
+        }
+        r
     }
 
     /// The right ended or was taken: every key is dropped, the app told.
@@ -362,9 +375,11 @@ impl<P: Peers> Divider<P> {
             },
         };
         let sent = Instant::now();
-        match self.put(&key, expect, s.record(state).encode()).await {
+        let record = s.record(state, expect);
+        match self.put(&key, expect, record.encode()).await {
             Ok(Written::Applied { version }) => {
                 s.version = Some(version);
+                s.written = Some(record);
                 if state == MemberState::Live {
                     s.lease.renewed(sent);
                 }
@@ -501,6 +516,7 @@ impl<P: Peers> Divider<P> {
         }
         for (id, v, mut rec) in expire {
             rec.state = MemberState::Expired;
+            rec.changed = v + 1;
             match self.registers.compare_and_set(&self.layout.member(&id), v, rec.encode()).await {
                 Ok(Written::Applied { version }) => {
                     tracing::info!(divider = %self.name, member = %id, "member lease expired");
@@ -525,8 +541,9 @@ impl<P: Peers> Divider<P> {
                 handbacks.insert(key, sessions);
             }
         }
+        let handbacks_changed = st.handbacks != handbacks;
         st.handbacks = handbacks;
-        let version = records.values().fold(kv, |acc, (v, _)| acc.saturating_add(*v));
+        let version = records.values().fold(kv, |acc, (_, r)| acc.saturating_add(r.changed));
         let members: Vec<TableMember> = records
             .iter()
             .filter(|(_, (_, r))| r.state == MemberState::Live)
@@ -538,8 +555,12 @@ impl<P: Peers> Divider<P> {
             })
             .collect();
         st.records = Arc::new(records);
-        let table = AssignmentTable::compute(version, members, st.keys.clone(), &st.handbacks);
-        self.table.send_replace(Arc::new(table));
+        let current = self.table();
+        // The table changes only with its inputs (the version covers members and keys).
+        if current.version != version || !Arc::ptr_eq(&current.keys, &st.keys) || handbacks_changed {
+            let table = AssignmentTable::compute(version, members, st.keys.clone(), &st.handbacks);
+            self.table.send_replace(Arc::new(table));
+        }
         Ok(())
     }
 
@@ -744,6 +765,7 @@ impl<P: Peers> Divider<P> {
             affinity,
             address: address.to_string(),
             version: Some(expect),
+            written: None,
             lease: HolderLease::new(self.settings.timing),
             holdings: Holdings::default(),
             events: tx,

@@ -24,8 +24,9 @@ pub struct TableMember {
 /// Who should own which key.
 #[derive(Debug, Clone, Default)]
 pub struct AssignmentTable {
-    /// Grows with every change of member records and of the key set (sum of the member
-    /// records' versions plus the key-set counter; every component only grows).
+    /// Grows with every change of the assignment's inputs: the key-set counter plus the sum of
+    /// the member records' `changed` fields (renewals leave it alone; see
+    /// [`super::records::MemberRecord::changed`]).
     pub version: u64,
     /// Live members, by id.
     pub members: Vec<TableMember>,
