@@ -424,7 +424,24 @@ mod tests {
         let seq = help.find("Sequencer:").expect("a Sequencer heading");
         let div = help.find("Work divider:").expect("a Work divider heading");
         assert!(help[seq..div].contains("--range-size") && help[div..].contains("--divider-config"), "{help}");
-        assert!(help[div..].contains("not built yet"), "the help says the config is not acted on yet");
+        for flag in ["--divider-lease-ms", "--divider-drift-margin-ms", "--divider-stop-timeout-ms"] {
+            assert!(help[div..].contains(flag), "{flag} missing from the Work divider section");
+        }
+    }
+
+    #[test]
+    fn divider_timing_is_checked() {
+        let base = ["--id", "c", "--role", "client", "--members-file", "/m", "--peer-token", "t"];
+        let with = |extra: &[&str]| {
+            let mut argv = vec!["ordo-sidecar"];
+            argv.extend(base);
+            argv.extend(extra);
+            SidecarArgs::try_parse_from(argv).unwrap().validate()
+        };
+        assert!(with(&[]).is_ok());
+        assert!(with(&["--divider-lease-ms=900", "--divider-drift-margin-ms=300"]).is_err());
+        assert!(with(&["--divider-lease-ms=50", "--divider-drift-margin-ms=1"]).is_err());
+        assert!(with(&["--divider-stop-timeout-ms=0"]).is_err());
     }
 
     #[test]
