@@ -556,6 +556,35 @@ async fn affinity_zero_gets_nothing_flush_moves_everything_and_cancel_leaves() {
     assert!(next.version > first.version, "{} after {}", next.version, first.version);
     assert!(!busy.held().contains_key(&x), "the handed-back key came back to busy");
 
+    // The admin port's metrics count what happened (renewals start within a tick).
+    let admin = setup.cluster.dev.member(0).admin_addr.clone();
+    let needles = [
+        "ordo_divider_keys_owned{divider=\"stocks\"}",
+        "ordo_divider_handoffs_total{event=\"start\"}",
+        "ordo_divider_lease_renewals_total{result=\"ok\"}",
+        "ordo_divider_lease_renewal_seconds_count",
+        "ordo_divider_handoff_seconds_count",
+    ];
+    eventually(Duration::from_secs(10), "divider metrics on /metrics", || {
+        let admin = admin.clone();
+        async move {
+            let text = tokio::task::spawn_blocking(move || {
+                use std::io::{Read, Write};
+                let mut conn = std::net::TcpStream::connect(admin).ok()?;
+                conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+                let mut text = String::new();
+                conn.read_to_string(&mut text).ok()?;
+                Some(text)
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+            needles.iter().all(|n| text.contains(n))
+        }
+    })
+    .await;
+
     // Flush returns only once every key of busy is confirmed and owned by idle.
     dv.flush(get("busy")).await.expect("flush");
     assert!(busy.held().is_empty(), "busy still holds {:?}", busy.held());

@@ -118,6 +118,7 @@
 pub mod handoff;
 pub mod keys;
 pub mod lease;
+pub mod metrics;
 pub mod records;
 pub mod runtime;
 pub mod table;

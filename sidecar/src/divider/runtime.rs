@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use super::handoff::{HandoffError, Holdings, StopReason};
 use super::keys::{check_batch, key_set, static_keys};
 use super::lease::{HolderLease, LeaseTiming, Observed};
+use super::metrics::DividerMetrics;
 use super::records::{check_address, Layout, MemberRecord, MemberState, OwnerRecord, OwnerState};
 use super::table::{AssignmentTable, TableMember};
 use crate::quorum::register::{Entry, RegisterError, Registers, Written, MAX_PAGE};
@@ -129,6 +130,7 @@ pub struct Dividers<P: Peers> {
     settings: DividerSettings,
     config: Option<DividerConfig>,
     sidecar_id: String,
+    metrics: DividerMetrics,
     dividers: StdMutex<HashMap<String, Arc<Divider<P>>>>,
 }
 
@@ -139,8 +141,16 @@ impl<P: Peers> Dividers<P> {
         settings: DividerSettings,
         config: Option<DividerConfig>,
         sidecar_id: String,
+        metrics: DividerMetrics,
     ) -> Arc<Self> {
-        let d = Arc::new(Self { registers, settings, config, sidecar_id, dividers: StdMutex::new(HashMap::new()) });
+        let d = Arc::new(Self {
+            registers,
+            settings,
+            config,
+            sidecar_id,
+            metrics,
+            dividers: StdMutex::new(HashMap::new()),
+        });
         if d.config.is_some() {
             if let Err(e) = d.get("") {
                 tracing::warn!(error = %e, "the configured divider cannot start");
@@ -182,6 +192,7 @@ impl<P: Peers> Dividers<P> {
             table: watch::channel(Arc::new(AssignmentTable::default())).0,
             wake: Notify::new(),
             changed: Notify::new(),
+            metrics: self.metrics.clone(),
         });
         tokio::spawn(d.clone().renew_loop());
         tokio::spawn(d.clone().handoff_loop());
@@ -202,6 +213,9 @@ struct Session {
     lease: HolderLease,
     holdings: Holdings,
     events: mpsc::UnboundedSender<Event>,
+    metrics: DividerMetrics,
+    /// When each pending stop was sent (for the handoff duration).
+    stops_sent: HashMap<String, Instant>,
     leaving: bool,
     flushing: bool,
     app_gone: bool,
@@ -210,8 +224,24 @@ struct Session {
 }
 
 impl Session {
-    fn send(&self, e: Event) {
+    fn send(&mut self, e: Event) {
+        match &e {
+            Event::Start { .. } => self.metrics.handoff("start"),
+            Event::Stop { key, reason, .. } => {
+                self.metrics.handoff(&format!("stop_{reason:?}").to_lowercase());
+                self.stops_sent.entry(key.clone()).or_insert_with(Instant::now);
+            }
+            Event::Joined { .. } | Event::Lease { .. } => {}
+        }
         let _ = self.events.send(e);
+    }
+
+    /// The release of `key` at `token` was written.
+    fn released(&mut self, key: &str, token: u64) {
+        self.holdings.released(key, token);
+        if let Some(sent) = self.stops_sent.remove(key) {
+            self.metrics.handoff_seconds.observe(sent.elapsed().as_secs_f64());
+        }
     }
 
     /// The record to write at version `expect`.
@@ -282,6 +312,7 @@ pub struct Divider<P: Peers> {
     table: watch::Sender<Arc<AssignmentTable>>,
     wake: Notify,
     changed: Notify,
+    metrics: DividerMetrics,
 }
 
 fn new_session_id() -> String {
@@ -438,13 +469,21 @@ impl<P: Peers> Divider<P> {
             }
             return;
         }
+        let sent = Instant::now();
         match self.write_session(member, s, MemberState::Live).await {
-            Ok(true) => s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) }),
+            Ok(true) => {
+                self.metrics.renewal("ok", sent.elapsed());
+                s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) });
+            }
             Ok(false) => {
+                self.metrics.renewal("lost", sent.elapsed());
                 tracing::warn!(divider = %self.name, member, "member record moved (expired?): stopping every key");
                 s.lose();
             }
-            Err(e) => tracing::debug!(divider = %self.name, member, error = %e, "renewal failed"),
+            Err(e) => {
+                self.metrics.renewal("failed", sent.elapsed());
+                tracing::debug!(divider = %self.name, member, error = %e, "renewal failed");
+            }
         }
         for (key, token) in s.holdings.timed_out(Instant::now()) {
             s.send(Event::Stop { key, token, reason: StopReason::Timeout });
@@ -624,9 +663,10 @@ impl<P: Peers> Divider<P> {
             .await;
         for (m, key, token) in released {
             if let Some(s) = self.sessions.lock().await.get_mut(&m) {
-                s.holdings.released(&key, token);
+                s.released(&key, token);
             }
         }
+        let claim_count = claims.len();
         let claimed: Vec<(String, String, String, u64)> = stream::iter(claims)
             .map(|(m, session, key)| async move {
                 match self.claim(records, &m, &session, &key).await {
@@ -643,6 +683,8 @@ impl<P: Peers> Divider<P> {
             .collect()
             .await;
         let now = Instant::now();
+        let waiting = claim_count;
+        let started = claimed.len();
         let mut sessions = self.sessions.lock().await;
         for (m, session, key, token) in claimed {
             // A claim made for a session that is gone since names a dead session: anyone may
@@ -654,6 +696,8 @@ impl<P: Peers> Divider<P> {
                 }
             }
         }
+        let owned: usize = sessions.values().map(|s| s.holdings.len()).sum();
+        self.metrics.keys(&self.name, owned, waiting.saturating_sub(started));
     }
 
     /// True when a fresh read shows the owner record's session live.
@@ -769,6 +813,8 @@ impl<P: Peers> Divider<P> {
             lease: HolderLease::new(self.settings.timing),
             holdings: Holdings::default(),
             events: tx,
+            metrics: self.metrics.clone(),
+            stops_sent: HashMap::new(),
             leaving: false,
             flushing: false,
             app_gone: false,

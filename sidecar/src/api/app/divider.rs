@@ -39,7 +39,7 @@ pub fn services(
         request_timeout: timeout,
     };
     let registers = crate::quorum::register::Registers::new(node.proposer.clone(), timeout);
-    let dividers = Dividers::new(registers, settings, config, node.id.clone());
+    let dividers = Dividers::new(registers, settings, config, node.id.clone(), node.metrics.divider.clone());
     AppServices::default().with_service(pb::divider_server::DividerServer::new(DividerService { dividers }))
 }
 
