@@ -78,24 +78,31 @@
 //!    any `rho` below 5% holds. The app is told its right's end in advance: every renewal sends
 //!    `Lease{valid_for_ms}`, and the app (the client library, and the toy app in the tests)
 //!    stops every key when that time passes without a new one, so a paused or dead sidecar
-//!    cannot leave its app running. *Test*:
-//!    `never_two_owners_under_kill9_sigstop_affinity_and_key_changes`: no overlapping
+//!    cannot leave its app running (`Lease.valid_for_ms` is relative to its sending; the
+//!    margin also covers its delivery). *Tests*:
+//!    `never_two_owners_under_kill9_sigstop_affinity_and_key_changes` (no overlapping
 //!    ownership intervals per key under `kill -9` of a sidecar, SIGSTOP of a sidecar past its
-//!    lease, an affinity change, keys added and removed, and a member that never confirms; a toy
-//!    downstream that keeps the highest token per key rejects every write of the deposed
-//!    (zombie) owner. The checker caught a real double owner while this was built (claims
+//!    lease, `kill -9` of a quorum member, an affinity change, keys added and removed, and a
+//!    member that never confirms; a toy downstream that keeps the highest token per key rejects
+//!    every write of the deposed (zombie) owner),
+//!    `a_member_cut_off_from_the_quorum_stops_its_keys_before_others_take_them` (fault proxy),
+//!    `scaling_2_to_5_to_2_members_with_flush_before_leaving`. The checker caught a real double owner while this was built (claims
 //!    trusted a member list read before the owner joined).
 //!
 //! 3. **A new owner starts only after a confirmed stop or the old owner's right ended**: the
 //!    argument of 2 (a claim needs `released` or a dead session). *Test*: as 2, plus
-//!    `handoff` unit tests (no release before the confirm, the app's release or the timeout).
+//!    `handoff` unit tests (no release before the confirm, the app's release or the timeout);
+//!    `affinity_zero_gets_nothing_flush_moves_everything_and_cancel_leaves` (Flush returns only
+//!    once every stop is confirmed and the keys are owned elsewhere; HANDBACK, DONE, Cancel).
 //!
 //! 4. **A member that cannot reach the quorum stops its keys before its lease can expire.** The
 //!    holder computes its right's end from acknowledged renewals only (an unknown outcome
 //!    extends nothing) on `tokio::time::Instant` (monotonic); renewals run in their own loop,
 //!    never behind a tick's claims; when the right ends the sidecar sends `Stop{LEASE_LOST}`
 //!    for every key and re-joins with a new session. *Test*: `lease` unit tests (the holder's
-//!    right ends `2 * margin` before any observer may act); the SIGSTOP case of the e2e test.
+//!    right ends `2 * margin` before any observer may act); the SIGSTOP and cut-off cases of
+//!    the e2e tests; `client_handle_follows_routes_and_expires_the_lease_on_the_app_side` (the
+//!    client handle yields `LeaseExpired` within the lease when its sidecar is paused).
 //!
 //! 5. **Every key has an owner within a bound while a live member with affinity > 0 exists**:
 //!    after a member's sidecar dies its record is expired within `lease + margin + tick` and
@@ -114,6 +121,13 @@
 //! Not covered: a sidecar whose clock runs more than `margin / lease` fast relative to the
 //! others (the documented drift bound); an app that ignores its `Lease` deadline (its writes
 //! are still rejected downstream by the fencing token). Handback markers are never collected.
+
+//! # Modules
+//!
+//! [`records`] (register names and record encodings), [`lease`] (holder and observer clocks),
+//! [`handoff`] (the stop state machine of one session's keys), [`keys`] (the key set),
+//! [`table`] (the assignment table), [`runtime`] (sessions, the renewal and handoff loops, the
+//! calls apps make), [`metrics`]. The gRPC adapter is `crate::api::app::divider`.
 
 pub mod handoff;
 pub mod keys;
