@@ -109,11 +109,24 @@ impl Divider {
     pub async fn join(&self, member: &str, affinity: Option<i64>, address: &str) -> Result<Membership, ClientError> {
         let req =
             pb::WatchRequest { divider: self.name.clone(), member: member.into(), affinity, address: address.into() };
-        let stream = self.api.clone().watch(req).await?.into_inner();
+        let mut stream = self.api.clone().watch(req).await?.into_inner();
+        // Read the stream as it arrives, stamping each message, so that a Lease read late
+        // still counts from its arrival (an app busy elsewhere never extends its right).
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            loop {
+                let msg = stream.message().await;
+                let last = !matches!(msg, Ok(Some(_)));
+                if tx.send((Instant::now(), msg)).is_err() || last {
+                    break;
+                }
+            }
+        });
         Ok(Membership {
             divider: self.clone(),
             member: member.to_string(),
-            stream,
+            events,
+            reader,
             deadline: None,
             held: BTreeMap::new(),
             ended: None,
@@ -188,11 +201,15 @@ impl Divider {
     }
 }
 
+/// A stream message and when it arrived.
+type Stamped = (Instant, Result<Option<pb::DividerEvent>, tonic::Status>);
+
 /// One member session: its events, and the calls that act on it.
 pub struct Membership {
     divider: Divider,
     member: String,
-    stream: tonic::Streaming<pb::DividerEvent>,
+    events: tokio::sync::mpsc::UnboundedReceiver<Stamped>,
+    reader: tokio::task::JoinHandle<()>,
     deadline: Option<Instant>,
     held: BTreeMap<String, u64>,
     /// Why the stream ended (returned after the `LeaseExpired` for what was held).
@@ -232,11 +249,13 @@ impl Membership {
                 }
             };
             tokio::select! {
-                msg = self.stream.message() => match msg {
-                    Ok(Some(pb::DividerEvent { event: Some(e) })) => {
+                // Messages that already arrived go first: their Lease may extend the deadline.
+                biased;
+                msg = self.events.recv() => match msg.unwrap_or((Instant::now(), Ok(None))) {
+                    (at, Ok(Some(pb::DividerEvent { event: Some(e) }))) => {
                         use pb::divider_event::Event as E;
                         match e {
-                            E::Lease(l) => self.deadline = Some(Instant::now() + Duration::from_millis(l.valid_for_ms)),
+                            E::Lease(l) => self.deadline = Some(at + Duration::from_millis(l.valid_for_ms)),
                             E::Joined(j) => return Some(Ok(DividerEvent::Joined { member: j.member, session: j.session })),
                             E::Start(s) => {
                                 self.held.insert(s.key.clone(), s.token);
@@ -251,9 +270,9 @@ impl Membership {
                             }
                         }
                     }
-                    Ok(Some(_)) => {}
-                    Ok(None) => self.ended = Some(None),
-                    Err(s) => self.ended = Some(Some(s)),
+                    (_, Ok(Some(_))) => {}
+                    (_, Ok(None)) => self.ended = Some(None),
+                    (_, Err(s)) => self.ended = Some(Some(s)),
                 },
                 _ = expired => return Some(Ok(self.expire())),
             }
@@ -289,6 +308,13 @@ impl Membership {
     /// (Flush and Cancel need the event loop to keep confirming stops).
     pub fn control(&self) -> MemberControl {
         MemberControl { divider: self.divider.clone(), member: self.member.clone() }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        // Closing the stream tells the sidecar the app went away.
+        self.reader.abort();
     }
 }
 

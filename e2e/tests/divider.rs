@@ -740,6 +740,13 @@ async fn client_handle_follows_routes_and_expires_the_lease_on_the_app_side() {
     assert_eq!(divider.lookup("p-7").await.expect("lookup").owner.as_deref(), Some("x"));
     assert_eq!(me.control().alter_affinity(1).await.expect("alter"), 3);
 
+    while me.held().len() < PARTITIONS + 1 {
+        match tokio::time::timeout(Duration::from_secs(30), me.next()).await.expect("the late key's Start") {
+            Some(Ok(DividerEvent::Start { .. })) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     // The sidecar is paused: the handle itself ends every key when the lease runs out.
     setup.cluster.dev.signal(0, "STOP");
     let paused = Instant::now();
