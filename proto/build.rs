@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ordo/v1/registers.proto",
         "ordo/v1/log.proto",
         "ordo/v1/log_peer.proto",
+        "ordo/v1/divider.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

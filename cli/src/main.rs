@@ -12,6 +12,8 @@ use ordo_client::{Client, SOCKET_ENV};
 use ordoctl::dev::{default_dir, read_cluster_file, DevCluster, DevOptions};
 use serde_json::json;
 
+mod divider;
+
 #[derive(Parser)]
 #[command(name = "ordoctl", version, about = "Ordo command line: local dev cluster, sequences, status")]
 struct Cli {
@@ -64,6 +66,8 @@ enum Cmd {
     },
     /// Members, their pids and addresses, epoch, reachability and readiness.
     Status,
+    /// The work divider: keys, members, watch, lookup, affinity, flush, status.
+    Divider(divider::DividerCmd),
     /// Run an ordo-sidecar in this process (what `ordoctl dev` starts when no ordo-sidecar
     /// binary is installed beside ordoctl).
     #[command(hide = true)]
@@ -139,6 +143,7 @@ async fn run(cli: Cli) -> Result<()> {
             dev(members, dir, base_port, fresh, sidecar_args).await
         }
         Cmd::Log { command } => log::run(connect(cli.socket).await?, command, cli.output == Output::Json).await,
+        Cmd::Divider(cmd) => divider::run(connect(cli.socket).await?, cmd, cli.output == Output::Json).await,
         Cmd::Seq { command } => {
             let client = connect(cli.socket).await?;
             match command {

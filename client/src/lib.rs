@@ -10,6 +10,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod divider;
 mod log;
 mod sequence;
 
@@ -116,6 +117,16 @@ impl Client {
     /// A client of `ordo.v1.Registers` on this connection (served with `--registers-api`).
     pub fn registers(&self) -> pb::registers_client::RegistersClient<Channel> {
         pb::registers_client::RegistersClient::new(self.channel.clone())
+    }
+
+    /// A client of `ordo.v1.Divider` on this connection (the raw gRPC API).
+    pub fn divider_api(&self) -> pb::divider_client::DividerClient<Channel> {
+        pb::divider_client::DividerClient::new(self.channel.clone())
+    }
+
+    /// A handle on the divider `name` (empty: the sidecar's configured divider).
+    pub fn divider(&self, name: &str) -> divider::Divider {
+        divider::Divider::new(self.channel.clone(), name)
     }
 
     fn cluster(&self) -> pb::cluster_client::ClusterClient<Channel> {

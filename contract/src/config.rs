@@ -288,9 +288,23 @@ impl LogArgs {
 pub struct DividerArgs {
     /// WorkDivider config file (YAML: divider, seq_cluster, keys, default_affinity), as the
     /// operator mounts it in WorkDivider pods. Read and checked at startup; a bad file stops the
-    /// sidecar. The divider itself is not built yet: the parsed config is not acted on.
+    /// sidecar. Its divider is the default of `ordo.v1.Divider` calls that name none.
     #[arg(long, env = "ORDO_DIVIDER_CONFIG")]
     pub divider_config: Option<PathBuf>,
+
+    /// Member lease: a member whose sidecar stops renewing loses its keys this long after its
+    /// last renewal (plus the drift margin), in milliseconds.
+    #[arg(long, env = "ORDO_DIVIDER_LEASE_MS", default_value_t = 3000)]
+    pub divider_lease_ms: u64,
+
+    /// Drift margin: a holder's right ends this much before its lease, and observers wait this
+    /// much after it (covers clock rate differences up to margin/lease), in milliseconds.
+    #[arg(long, env = "ORDO_DIVIDER_DRIFT_MARGIN_MS", default_value_t = 300)]
+    pub divider_drift_margin_ms: u64,
+
+    /// How long an app has to confirm a stop before its token is declared dead, in milliseconds.
+    #[arg(long, env = "ORDO_DIVIDER_STOP_TIMEOUT_MS", default_value_t = 10_000)]
+    pub divider_stop_timeout_ms: u64,
 }
 
 /// A configuration that parsed but cannot run.
@@ -382,7 +396,8 @@ impl SidecarArgs {
             return Err(ConfigError::OutOfRange("--request-timeout-ms must be at least 10".into()));
         }
         self.sequencer.validate()?;
-        self.log.validate()
+        self.log.validate()?;
+        self.divider.validate()
     }
 }
 
@@ -406,6 +421,19 @@ impl SequencerArgs {
 }
 
 impl DividerArgs {
+    /// Checks the timing settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.divider_lease_ms < 100 || self.divider_drift_margin_ms * 3 >= self.divider_lease_ms {
+            return Err(ConfigError::OutOfRange(
+                "--divider-lease-ms must be at least 100 and more than 3x --divider-drift-margin-ms".into(),
+            ));
+        }
+        if self.divider_stop_timeout_ms == 0 {
+            return Err(ConfigError::OutOfRange("--divider-stop-timeout-ms must be at least 1".into()));
+        }
+        Ok(())
+    }
+
     /// Reads and checks the divider config file, if one is configured.
     pub fn load(&self) -> Result<Option<DividerConfig>, ConfigError> {
         self.divider_config
@@ -524,7 +552,24 @@ mod tests {
         let seq = help.find("Sequencer:").expect("a Sequencer heading");
         let div = help.find("Work divider:").expect("a Work divider heading");
         assert!(help[seq..div].contains("--range-size") && help[div..].contains("--divider-config"), "{help}");
-        assert!(help[div..].contains("not built yet"), "the help says the config is not acted on yet");
+        for flag in ["--divider-lease-ms", "--divider-drift-margin-ms", "--divider-stop-timeout-ms"] {
+            assert!(help[div..].contains(flag), "{flag} missing from the Work divider section");
+        }
+    }
+
+    #[test]
+    fn divider_timing_is_checked() {
+        let base = ["--id", "c", "--role", "client", "--members-file", "/m", "--peer-token", "t"];
+        let with = |extra: &[&str]| {
+            let mut argv = vec!["ordo-sidecar"];
+            argv.extend(base);
+            argv.extend(extra);
+            SidecarArgs::try_parse_from(argv).unwrap().validate()
+        };
+        assert!(with(&[]).is_ok());
+        assert!(with(&["--divider-lease-ms=900", "--divider-drift-margin-ms=300"]).is_err());
+        assert!(with(&["--divider-lease-ms=50", "--divider-drift-margin-ms=1"]).is_err());
+        assert!(with(&["--divider-stop-timeout-ms=0"]).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod config;
+pub mod divider;
 pub mod log;
 pub mod membership;
 pub mod metrics;

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub ready: Gauge,
     /// Configuration epoch.
     pub epoch: Gauge,
+    /// The work divider's metrics.
+    pub divider: crate::divider::metrics::DividerMetrics,
 }
 
 impl Default for Metrics {
@@ -100,6 +102,7 @@ impl Metrics {
         registry.register("caught_up", "1 when this member counts in quorums", caught_up.clone());
         registry.register("ready", "1 when ready (caught up, quorum reachable)", ready.clone());
         registry.register("config_epoch", "Configuration epoch", epoch.clone());
+        let divider = crate::divider::metrics::DividerMetrics::register(&mut registry);
         Self {
             registry,
             requests,
@@ -114,6 +117,7 @@ impl Metrics {
             caught_up,
             ready,
             epoch,
+            divider,
         }
     }
 

@@ -98,12 +98,9 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
 async fn run(args: SidecarArgs) -> Result<()> {
     let id = args.resolved_id()?;
     let token = args.resolved_token()?;
-    if let Some(divider) = args.divider.load()? {
-        tracing::info!(
-            divider = %divider.divider,
-            seq_cluster = %divider.seq_cluster,
-            "divider config is valid; the divider is not built yet, so it is not acted on"
-        );
+    let divider_config = args.divider.load()?;
+    if let Some(divider) = &divider_config {
+        tracing::info!(divider = %divider.divider, seq_cluster = %divider.seq_cluster, "serving the configured divider");
     }
     let metrics = Arc::new(Metrics::new());
     let log_store = match (args.role, &args.data_dir) {
@@ -178,7 +175,8 @@ async fn run(args: SidecarArgs) -> Result<()> {
         ))
         .merge(app::sequencer::services(&args.sequencer, args.request_timeout(), &node))
         .merge(app::cluster::services(&node))
-        .merge(app::registers::services(&args.registers, args.request_timeout(), &node));
+        .merge(app::registers::services(&args.registers, args.request_timeout(), &node))
+        .merge(app::divider::services(&args.divider, divider_config, args.request_timeout(), &node));
     let health_service = app::health::following_readiness(app_services.names(), node.watch_ready()).await;
     let app_routes = app_services.into_routes();
     let reflection = || {

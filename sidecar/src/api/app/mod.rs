@@ -8,6 +8,7 @@
 //! `ordo_contract::config`, and one `.merge(...)` line in the server.
 
 pub mod cluster;
+pub mod divider;
 pub mod health;
 pub mod log;
 pub mod registers;

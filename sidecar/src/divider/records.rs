@@ -1,0 +1,240 @@
+//! What the divider stores in registers: register names and the member and owner records,
+//! encoded as a few newline-separated fields (`m1`/`o1` tagged, so a later format can differ).
+
+use crate::quorum::register::validate_key as validate_register_key;
+use ordo_contract::validate::{validate_key as validate_work_key, validate_name};
+
+/// Longest divider name (keeps every register name within the register key limit).
+pub const MAX_DIVIDER_NAME: usize = 64;
+/// Longest member address.
+pub const MAX_ADDRESS: usize = 256;
+
+/// Register names of one divider.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    base: String,
+}
+
+impl Layout {
+    /// The layout of divider `name` (checked: a name of at most [`MAX_DIVIDER_NAME`] bytes).
+    pub fn new(name: &str) -> Result<Self, String> {
+        validate_name(name).map_err(|e| format!("divider name {name:?}: {e}"))?;
+        if name.len() > MAX_DIVIDER_NAME {
+            return Err(format!("divider name is {} bytes; the limit is {MAX_DIVIDER_NAME}", name.len()));
+        }
+        Ok(Self { base: format!("divider/{name}/") })
+    }
+
+    /// `divider/D/members/M`.
+    pub fn member(&self, member: &str) -> String {
+        format!("{}members/{member}", self.base)
+    }
+    /// Prefix of every member record.
+    pub fn members_prefix(&self) -> String {
+        format!("{}members/", self.base)
+    }
+    /// `divider/D/owner/K`.
+    pub fn owner(&self, key: &str) -> String {
+        format!("{}owner/{key}", self.base)
+    }
+    /// `divider/D/keys/K` (a key added at run time).
+    pub fn added(&self, key: &str) -> String {
+        format!("{}keys/{key}", self.base)
+    }
+    /// Prefix of the added keys.
+    pub fn added_prefix(&self) -> String {
+        format!("{}keys/", self.base)
+    }
+    /// `divider/D/removed/K` (a static key removed at run time).
+    pub fn removed(&self, key: &str) -> String {
+        format!("{}removed/{key}", self.base)
+    }
+    /// Prefix of the removed static keys.
+    pub fn removed_prefix(&self) -> String {
+        format!("{}removed/", self.base)
+    }
+    /// `divider/D/handback/K`: the sessions that handed the key back (newline-separated).
+    pub fn handback(&self, key: &str) -> String {
+        format!("{}handback/{key}", self.base)
+    }
+    /// Prefix of the handed-back keys.
+    pub fn handback_prefix(&self) -> String {
+        format!("{}handback/", self.base)
+    }
+    /// `divider/D/keyset`: a counter bumped by every change of the run-time key set.
+    pub fn keyset(&self) -> String {
+        format!("{}keyset", self.base)
+    }
+
+    /// Checks a work key: a divider key (1..=128 bytes of `[A-Za-z0-9._/-]`) whose `/`-separated
+    /// parts are names, so it fits in a register name.
+    pub fn check_key(&self, key: &str) -> Result<(), String> {
+        validate_work_key(key).map_err(|e| format!("key {key:?}: {e}"))?;
+        validate_register_key(&self.owner(key))
+            .map_err(|_| format!("key {key:?}: every `/`-separated part must start with a letter or digit"))
+    }
+}
+
+/// State of a member session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberState {
+    /// Joined and renewing.
+    Live,
+    /// Left on its own, after its right to its keys ended.
+    Left,
+    /// Declared dead by an observer who saw its lease run out.
+    Expired,
+}
+
+/// `divider/D/members/M`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    /// Random id of the session (one Watch, or its automatic re-join after a lost lease).
+    pub session: String,
+    /// Live, left or expired.
+    pub state: MemberState,
+    /// Affinity (0: no keys).
+    pub affinity: u32,
+    /// Where the member can be reached.
+    pub address: String,
+    /// One more than the record version replaced by the last write that changed session,
+    /// state, affinity or address (renewals keep it): the sum over every member record, plus the key-set counter,
+    /// is the assignment's version, which therefore grows only when the assignment's inputs do.
+    pub changed: u64,
+}
+
+/// State of a key's ownership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerState {
+    /// Owned by the named session (the record's version is the token).
+    Owned,
+    /// Given up by the named session (stop confirmed, timed out, or released by the app).
+    Released,
+}
+
+/// `divider/D/owner/K`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerRecord {
+    /// Member id.
+    pub member: String,
+    /// Its session.
+    pub session: String,
+    /// Owned or released.
+    pub state: OwnerState,
+    /// Token of the ownership this record is about (0 while owned: the version is the token).
+    pub token: u64,
+}
+
+/// A record that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed divider record: {0}")]
+pub struct RecordError(String);
+
+fn fields(raw: &[u8], tag: &str, n: usize) -> Result<Vec<String>, RecordError> {
+    let text = std::str::from_utf8(raw).map_err(|_| RecordError("not UTF-8".into()))?;
+    let f: Vec<String> = text.split('\n').map(str::to_string).collect();
+    if f.len() != n || f[0] != tag {
+        return Err(RecordError(format!("expected {n} fields tagged {tag}, got {text:?}")));
+    }
+    Ok(f)
+}
+
+impl MemberRecord {
+    /// Encoded form.
+    pub fn encode(&self) -> Vec<u8> {
+        let state = match self.state {
+            MemberState::Live => "live",
+            MemberState::Left => "left",
+            MemberState::Expired => "expired",
+        };
+        format!("m1\n{}\n{state}\n{}\n{}\n{}", self.session, self.affinity, self.changed, self.address).into_bytes()
+    }
+
+    /// Decodes [`MemberRecord::encode`]'s output.
+    pub fn decode(raw: &[u8]) -> Result<Self, RecordError> {
+        let f = fields(raw, "m1", 6)?;
+        let state = match f[2].as_str() {
+            "live" => MemberState::Live,
+            "left" => MemberState::Left,
+            "expired" => MemberState::Expired,
+            s => return Err(RecordError(format!("member state {s:?}"))),
+        };
+        let affinity = f[3].parse().map_err(|_| RecordError(format!("affinity {:?}", f[3])))?;
+        let changed = f[4].parse().map_err(|_| RecordError(format!("changed {:?}", f[4])))?;
+        Ok(Self { session: f[1].clone(), state, affinity, address: f[5].clone(), changed })
+    }
+
+    /// True when `other` differs in what the assignment depends on.
+    pub fn differs(&self, other: &MemberRecord) -> bool {
+        (&self.session, self.state, self.affinity, &self.address)
+            != (&other.session, other.state, other.affinity, &other.address)
+    }
+
+    /// True when this record is the live session `session`.
+    pub fn is_live_session(&self, session: &str) -> bool {
+        self.state == MemberState::Live && self.session == session
+    }
+}
+
+impl OwnerRecord {
+    /// Encoded form.
+    pub fn encode(&self) -> Vec<u8> {
+        let state = match self.state {
+            OwnerState::Owned => "owned",
+            OwnerState::Released => "released",
+        };
+        format!("o1\n{}\n{}\n{state}\n{}", self.member, self.session, self.token).into_bytes()
+    }
+
+    /// Decodes [`OwnerRecord::encode`]'s output.
+    pub fn decode(raw: &[u8]) -> Result<Self, RecordError> {
+        let f = fields(raw, "o1", 5)?;
+        let state = match f[3].as_str() {
+            "owned" => OwnerState::Owned,
+            "released" => OwnerState::Released,
+            s => return Err(RecordError(format!("owner state {s:?}"))),
+        };
+        let token = f[4].parse().map_err(|_| RecordError(format!("token {:?}", f[4])))?;
+        Ok(Self { member: f[1].clone(), session: f[2].clone(), state, token })
+    }
+}
+
+/// Checks a member address: at most [`MAX_ADDRESS`] bytes, no line breaks.
+pub fn check_address(address: &str) -> Result<(), String> {
+    if address.len() > MAX_ADDRESS || address.contains(['\n', '\r']) {
+        return Err(format!("address must be at most {MAX_ADDRESS} bytes without line breaks"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_garbage_is_refused() {
+        let m = MemberRecord {
+            session: "s1".into(),
+            state: MemberState::Expired,
+            affinity: 7,
+            address: "10.0.0.1:80".into(),
+            changed: 4,
+        };
+        assert_eq!(MemberRecord::decode(&m.encode()).unwrap(), m);
+        let o = OwnerRecord { member: "a".into(), session: "s".into(), state: OwnerState::Released, token: 9 };
+        assert_eq!(OwnerRecord::decode(&o.encode()).unwrap(), o);
+        assert!(MemberRecord::decode(b"m1\ns\nzombie\n1\n0\n").is_err());
+        assert!(OwnerRecord::decode(b"x").is_err());
+        assert!(OwnerRecord::decode(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn keys_must_fit_a_register_name() {
+        let l = Layout::new("stocks").unwrap();
+        assert!(l.check_key("eu/west-1").is_ok());
+        assert!(l.check_key("a//b").is_err());
+        assert!(l.check_key(&"k".repeat(129)).is_err());
+        assert!(Layout::new(&"d".repeat(65)).is_err());
+        assert!(check_address("a\nb").is_err());
+    }
+}

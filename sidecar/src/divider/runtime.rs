@@ -1,0 +1,1123 @@
+//! The divider runtime of one sidecar: the member sessions opened on it, their leases, the
+//! handoff of their keys, and the assignment table, driven by one loop per divider that runs
+//! every `lease / 4` (and at once after a confirm, release or affinity change).
+//!
+//! One tick: (1) tend every session: renew its member record (one compare-and-set whatever the
+//! number of keys), tell the app how long its right lasts, drop everything when the right ended,
+//! re-join with a new session after a lost lease, leave once a cancelled or abandoned session
+//! holds nothing; (2) read every member record and the key set, expire members whose record did
+//! not move for `lease + margin`, compute the [`AssignmentTable`]; (3) per session: stop keys
+//! assigned elsewhere, write the releases of keys the app is done with, claim keys assigned to
+//! it whose owner released them or lost its session. The safety argument is in [`super`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use ordo_contract::divider::DividerConfig;
+use tokio::sync::{mpsc, watch, Mutex, Notify};
+use tokio::time::Instant;
+
+use super::handoff::{HandoffError, Holdings, StopReason};
+use super::keys::{check_batch, key_set, static_keys};
+use super::lease::{HolderLease, LeaseTiming, Observed};
+use super::metrics::DividerMetrics;
+use super::records::{check_address, Layout, MemberRecord, MemberState, OwnerRecord, OwnerState};
+use super::table::{AssignmentTable, TableMember};
+use crate::quorum::register::{Entry, RegisterError, Registers, Written, MAX_PAGE};
+use crate::quorum::transport::Peers;
+use ordo_contract::validate::validate_name;
+
+/// Register calls one tick runs at once (claims, releases, member reads).
+const PARALLEL: usize = 32;
+/// Most dividers one sidecar serves (each has a loop and a table).
+pub const MAX_DIVIDERS: usize = 64;
+/// Most pages read when listing a prefix (1000 keys each).
+const MAX_PAGES: usize = 2_000;
+
+/// Timing of the divider.
+#[derive(Debug, Clone, Copy)]
+pub struct DividerSettings {
+    /// Member lease and drift margin.
+    pub timing: LeaseTiming,
+    /// How long an app has to confirm a stop before its token is declared dead.
+    pub stop_timeout: Duration,
+    /// Deadline of one register call.
+    pub request_timeout: Duration,
+}
+
+impl DividerSettings {
+    /// Interval between ticks (renewals every tick).
+    pub fn tick(&self) -> Duration {
+        self.timing.lease / 4
+    }
+}
+
+/// What a member session's stream carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The session is registered (first event, and again after a re-join).
+    Joined {
+        /// Member id.
+        member: String,
+        /// Session id.
+        session: String,
+        /// Affinity.
+        affinity: u32,
+    },
+    /// Start working on a key.
+    Start {
+        /// Key.
+        key: String,
+        /// Its fencing token.
+        token: u64,
+    },
+    /// Stop working on a key.
+    Stop {
+        /// Key.
+        key: String,
+        /// Its token.
+        token: u64,
+        /// Why.
+        reason: StopReason,
+    },
+    /// The right to every held key lasts this long from now unless renewed.
+    Lease {
+        /// Remaining right.
+        valid_for: Duration,
+    },
+}
+
+/// Why a divider call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DividerError {
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+    /// Unknown member session or key not held.
+    #[error("{0}")]
+    NotFound(String),
+    /// The member id has a live session.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Wrong token or state.
+    #[error("{0}")]
+    Precondition(String),
+    /// A value out of range (affinity overflow).
+    #[error("{0}")]
+    OutOfRange(String),
+    /// The quorum store failed.
+    #[error(transparent)]
+    Quorum(#[from] RegisterError),
+    /// A wait ran out of time.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+impl From<HandoffError> for DividerError {
+    fn from(e: HandoffError) -> Self {
+        match e {
+            HandoffError::NotHeld(_) => DividerError::NotFound(e.to_string()),
+            HandoffError::WrongToken { .. } | HandoffError::NotStopping(_) => DividerError::Precondition(e.to_string()),
+        }
+    }
+}
+
+/// Every divider this sidecar serves, by name; created on first use.
+pub struct Dividers<P: Peers> {
+    registers: Registers<P>,
+    settings: DividerSettings,
+    config: Option<DividerConfig>,
+    sidecar_id: String,
+    metrics: DividerMetrics,
+    dividers: StdMutex<HashMap<String, Arc<Divider<P>>>>,
+}
+
+impl<P: Peers> Dividers<P> {
+    /// The dividers of a sidecar; the configured one (if any) starts now.
+    pub fn new(
+        registers: Registers<P>,
+        settings: DividerSettings,
+        config: Option<DividerConfig>,
+        sidecar_id: String,
+        metrics: DividerMetrics,
+    ) -> Arc<Self> {
+        let d = Arc::new(Self {
+            registers,
+            settings,
+            config,
+            sidecar_id,
+            metrics,
+            dividers: StdMutex::new(HashMap::new()),
+        });
+        if d.config.is_some() {
+            if let Err(e) = d.get("") {
+                tracing::warn!(error = %e, "the configured divider cannot start");
+            }
+        }
+        d
+    }
+
+    /// This sidecar's id (the default member id).
+    pub fn sidecar_id(&self) -> &str {
+        &self.sidecar_id
+    }
+
+    /// The divider `name` (empty: the configured one), started on first use.
+    pub fn get(&self, name: &str) -> Result<Arc<Divider<P>>, DividerError> {
+        let name = match (name, &self.config) {
+            ("", Some(c)) => c.divider.as_str(),
+            ("", None) => return Err(DividerError::Invalid("no default divider is configured here: name one".into())),
+            (n, _) => n,
+        };
+        let mut map = self.dividers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = map.get(name) {
+            return Ok(d.clone());
+        }
+        if map.len() >= MAX_DIVIDERS {
+            return Err(DividerError::Invalid(format!("this sidecar serves at most {MAX_DIVIDERS} dividers")));
+        }
+        let layout = Layout::new(name).map_err(DividerError::Invalid)?;
+        let configured = self.config.as_ref().filter(|c| c.divider == name);
+        let d = Arc::new(Divider {
+            name: name.to_string(),
+            layout,
+            registers: self.registers.clone(),
+            settings: self.settings,
+            static_keys: configured.map(|c| static_keys(&c.keys)).unwrap_or_default(),
+            default_affinity: configured.map_or(1, |c| u32::try_from(c.default_affinity).unwrap_or(u32::MAX)),
+            sessions: Mutex::new(BTreeMap::new()),
+            view: Mutex::new(ViewState::default()),
+            table: watch::channel(Arc::new(AssignmentTable::default())).0,
+            wake: Notify::new(),
+            changed: Notify::new(),
+            metrics: self.metrics.clone(),
+        });
+        tokio::spawn(d.clone().renew_loop());
+        tokio::spawn(d.clone().handoff_loop());
+        map.insert(name.to_string(), d.clone());
+        Ok(d)
+    }
+}
+
+/// One member session on this sidecar.
+struct Session {
+    session: String,
+    affinity: u32,
+    address: String,
+    /// Version of its member record; `None` when a write's outcome is unknown.
+    version: Option<u64>,
+    /// The record last written.
+    written: Option<MemberRecord>,
+    lease: HolderLease,
+    holdings: Holdings,
+    events: mpsc::UnboundedSender<Event>,
+    metrics: DividerMetrics,
+    /// When each pending stop was sent (for the handoff duration).
+    stops_sent: HashMap<String, Instant>,
+    leaving: bool,
+    flushing: bool,
+    app_gone: bool,
+    lost: bool,
+    gone: bool,
+}
+
+impl Session {
+    fn send(&mut self, e: Event) {
+        match &e {
+            Event::Start { .. } => self.metrics.handoff("start"),
+            Event::Stop { key, reason, .. } => {
+                self.metrics.handoff(&format!("stop_{reason:?}").to_lowercase());
+                self.stops_sent.entry(key.clone()).or_insert_with(Instant::now);
+            }
+            Event::Joined { .. } | Event::Lease { .. } => {}
+        }
+        let _ = self.events.send(e);
+    }
+
+    /// The release of `key` at `token` was written.
+    fn released(&mut self, key: &str, token: u64) {
+        self.holdings.released(key, token);
+        if let Some(sent) = self.stops_sent.remove(key) {
+            self.metrics.handoff_seconds.observe(sent.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The record to write at version `expect`.
+    fn record(&self, state: MemberState, expect: u64) -> MemberRecord {
+        let mut r = MemberRecord {
+            session: self.session.clone(),
+            state,
+            affinity: self.affinity,
+            address: self.address.clone(),
+            changed: expect + 1,
+        };
+        if let Some(last) = self.written.as_ref().filter(|last| !last.differs(&r)) {
+            r.changed = last.changed;
+        }
+        r
+    }
+
+    /// The right ended or was taken: every key is dropped, the app told.
+    fn lose(&mut self) {
+        for (key, token) in self.holdings.drop_all() {
+            self.send(Event::Stop { key, token, reason: StopReason::LeaseLost });
+        }
+        self.lost = true;
+    }
+}
+
+type Sessions = BTreeMap<String, Session>;
+/// Member records by id: (version, record).
+type Records = BTreeMap<String, (u64, MemberRecord)>;
+
+/// What the handoff loop read from the registers.
+#[derive(Default)]
+struct ViewState {
+    observed: HashMap<String, Observed>,
+    /// Member records read by the last refresh: id -> (version, record).
+    records: Arc<Records>,
+    keyset_version: Option<u64>,
+    added: Vec<String>,
+    removed: BTreeSet<String>,
+    keys: Arc<Vec<String>>,
+    handbacks: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The owner of a key as [`Divider::lookup`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Member id (`None`: nobody owns the key now).
+    pub member: Option<String>,
+    /// Its address.
+    pub address: String,
+    /// The key's current (or last) token; 0 when never owned.
+    pub token: u64,
+}
+
+/// One divider on this sidecar.
+pub struct Divider<P: Peers> {
+    name: String,
+    layout: Layout,
+    registers: Registers<P>,
+    settings: DividerSettings,
+    static_keys: Vec<String>,
+    default_affinity: u32,
+    /// Member sessions; held for member-record writes (one writer per record) and short
+    /// updates, never across a tick's claims.
+    sessions: Mutex<Sessions>,
+    /// Held by the handoff loop's refresh.
+    view: Mutex<ViewState>,
+    table: watch::Sender<Arc<AssignmentTable>>,
+    wake: Notify,
+    changed: Notify,
+    metrics: DividerMetrics,
+}
+
+fn new_session_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn affinity_from(value: i64) -> Result<u32, DividerError> {
+    u32::try_from(value).map_err(|_| DividerError::Invalid(format!("affinity must be 0..={}, got {value}", u32::MAX)))
+}
+
+impl<P: Peers> Divider<P> {
+    /// The divider's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The current assignment table.
+    pub fn table(&self) -> Arc<AssignmentTable> {
+        self.table.borrow().clone()
+    }
+
+    /// Follows the assignment table.
+    pub fn follow(&self) -> watch::Receiver<Arc<AssignmentTable>> {
+        self.table.subscribe()
+    }
+
+    /// Renews every session each tick, apart from the handoff work so that a slow tick of
+    /// claims never delays a renewal.
+    async fn renew_loop(self: Arc<Self>) {
+        loop {
+            {
+                let mut sessions = self.sessions.lock().await;
+                let names: Vec<String> = sessions.keys().cloned().collect();
+                for m in &names {
+                    if let Some(s) = sessions.get_mut(m) {
+                        self.tend(m, s).await;
+                    }
+                }
+                sessions.retain(|_, s| !s.gone);
+            }
+            self.changed.notify_waiters();
+            tokio::time::sleep(self.settings.tick()).await;
+        }
+    }
+
+    async fn handoff_loop(self: Arc<Self>) {
+        loop {
+            self.tick().await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.tick()) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    async fn put(&self, key: &str, expect: u64, value: Vec<u8>) -> Result<Written, RegisterError> {
+        if expect == 0 {
+            self.registers.create(key, value).await
+        } else {
+            self.registers.compare_and_set(key, expect, value).await
+        }
+    }
+
+    async fn list_all(&self, prefix: &str) -> Result<Vec<String>, RegisterError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let page = self.registers.list(prefix, after.as_deref(), MAX_PAGE).await?;
+            out.extend(page.keys.into_iter().filter_map(|k| k.strip_prefix(prefix).map(str::to_string)));
+            match page.next_after {
+                Some(a) => after = Some(a),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the session's record with `state` at its known version. `Ok(false)`: the record
+    /// moved (expired by an observer, or taken over): the session is over.
+    async fn write_session(&self, member: &str, s: &mut Session, state: MemberState) -> Result<bool, DividerError> {
+        let key = self.layout.member(member);
+        let expect = match s.version {
+            Some(v) => v,
+            None => match self.registers.read(&key).await? {
+                Some(Entry { version, value })
+                    if MemberRecord::decode(&value).is_ok_and(|r| r.is_live_session(&s.session)) =>
+                {
+                    version
+                }
+                _ => return Ok(false),
+            },
+        };
+        let sent = Instant::now();
+        let record = s.record(state, expect);
+        match self.put(&key, expect, record.encode()).await {
+            Ok(Written::Applied { version }) => {
+                s.version = Some(version);
+                s.written = Some(record);
+                if state == MemberState::Live {
+                    s.lease.renewed(sent);
+                }
+                Ok(true)
+            }
+            Ok(Written::Conflict { .. }) => Ok(false),
+            Err(e) => {
+                if matches!(e, RegisterError::OutcomeUnknown { .. }) {
+                    s.version = None;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Starts a new session for `member` over whatever its record holds (the old session, if
+    /// any, is dead from this write on: its keys become claimable).
+    async fn rejoin(&self, member: &str, s: &mut Session) -> Result<(), DividerError> {
+        let current = self.registers.read(&self.layout.member(member)).await?;
+        s.version = Some(current.map_or(0, |e| e.version));
+        s.session = new_session_id();
+        if self.write_session(member, s, MemberState::Live).await? {
+            s.lost = false;
+            s.send(Event::Joined { member: member.to_string(), session: s.session.clone(), affinity: s.affinity });
+            s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) });
+        }
+        Ok(())
+    }
+
+    async fn tend(&self, member: &str, s: &mut Session) {
+        let now = Instant::now();
+        if !s.app_gone && s.events.is_closed() {
+            // The app closed its stream: by the protocol it stopped everything. Its keys stay
+            // fenced by the live session until the right ends, then the member leaves.
+            s.app_gone = true;
+            s.holdings.drop_all();
+        }
+        if s.app_gone || (s.leaving && s.holdings.is_empty()) {
+            if (s.leaving && s.holdings.is_empty()) || s.lease.ended(now) {
+                match self.write_session(member, s, MemberState::Left).await {
+                    Ok(_) => s.gone = true,
+                    Err(e) => tracing::debug!(divider = %self.name, member, error = %e, "leave not written yet"),
+                }
+            }
+            if s.app_gone || s.gone {
+                return;
+            }
+        }
+        if !s.lost && s.lease.ended(now) {
+            tracing::warn!(divider = %self.name, member, "lease ran out before a renewal: stopping every key");
+            s.lose();
+        }
+        if s.lost {
+            if let Err(e) = self.rejoin(member, s).await {
+                tracing::debug!(divider = %self.name, member, error = %e, "re-join failed");
+            }
+            return;
+        }
+        let sent = Instant::now();
+        match self.write_session(member, s, MemberState::Live).await {
+            Ok(true) => {
+                self.metrics.renewal("ok", sent.elapsed());
+                s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) });
+            }
+            Ok(false) => {
+                self.metrics.renewal("lost", sent.elapsed());
+                tracing::warn!(divider = %self.name, member, "member record moved (expired?): stopping every key");
+                s.lose();
+            }
+            Err(e) => {
+                self.metrics.renewal("failed", sent.elapsed());
+                tracing::debug!(divider = %self.name, member, error = %e, "renewal failed");
+            }
+        }
+        for (key, token) in s.holdings.timed_out(Instant::now()) {
+            s.send(Event::Stop { key, token, reason: StopReason::Timeout });
+        }
+    }
+
+    async fn tick(&self) {
+        let local: BTreeMap<String, String> =
+            self.sessions.lock().await.iter().map(|(m, s)| (m.clone(), s.session.clone())).collect();
+        let records = {
+            let mut view = self.view.lock().await;
+            match self.refresh(&mut view, &local).await {
+                Ok(()) => Some(view.records.clone()),
+                Err(e) => {
+                    tracing::debug!(divider = %self.name, error = %e, "refresh failed");
+                    None
+                }
+            }
+        };
+        if let Some(records) = records {
+            self.handoffs(&records).await;
+        }
+        self.changed.notify_waiters();
+    }
+
+    async fn refresh_keys(&self, st: &mut ViewState) -> Result<u64, RegisterError> {
+        let kv = self.registers.counter(&self.layout.keyset()).await?.unwrap_or(0);
+        if st.keyset_version != Some(kv) {
+            st.added = self.list_all(&self.layout.added_prefix()).await?;
+            st.removed = self.list_all(&self.layout.removed_prefix()).await?.into_iter().collect();
+            st.keys = Arc::new(key_set(&self.static_keys, &st.added, &st.removed));
+            st.keyset_version = Some(kv);
+        }
+        Ok(kv)
+    }
+
+    async fn refresh(&self, st: &mut ViewState, local: &BTreeMap<String, String>) -> Result<(), RegisterError> {
+        let ids = self.list_all(&self.layout.members_prefix()).await?;
+        let reads: Vec<(String, Result<Option<Entry>, RegisterError>)> = stream::iter(ids)
+            .map(|id| async move {
+                let r = self.registers.read(&self.layout.member(&id)).await;
+                (id, r)
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        let mut records = BTreeMap::new();
+        for (id, r) in reads {
+            if let Some(e) = r? {
+                match MemberRecord::decode(&e.value) {
+                    Ok(rec) => {
+                        records.insert(id, (e.version, rec));
+                    }
+                    Err(err) => {
+                        tracing::warn!(divider = %self.name, member = %id, error = %err, "skipping a member record")
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut expire = Vec::new();
+        for (id, (v, rec)) in &records {
+            let o = Observed::saw(st.observed.get(id).copied(), *v, now);
+            st.observed.insert(id.clone(), o);
+            let local = local.get(id).is_some_and(|s| *s == rec.session);
+            if rec.state == MemberState::Live && !local && o.expired(now, self.settings.timing) {
+                expire.push((id.clone(), *v, rec.clone()));
+            }
+        }
+        for (id, v, mut rec) in expire {
+            rec.state = MemberState::Expired;
+            rec.changed = v + 1;
+            match self.registers.compare_and_set(&self.layout.member(&id), v, rec.encode()).await {
+                Ok(Written::Applied { version }) => {
+                    tracing::info!(divider = %self.name, member = %id, "member lease expired");
+                    records.insert(id, (version, rec));
+                }
+                Ok(Written::Conflict { current: Some(e) }) => {
+                    if let Ok(r) = MemberRecord::decode(&e.value) {
+                        records.insert(id, (e.version, r));
+                    }
+                }
+                Ok(Written::Conflict { current: None }) => {
+                    records.remove(&id);
+                }
+                Err(e) => tracing::debug!(divider = %self.name, member = %id, error = %e, "expiry not written"),
+            }
+        }
+        let kv = self.refresh_keys(st).await?;
+        let mut handbacks = BTreeMap::new();
+        for key in self.list_all(&self.layout.handback_prefix()).await? {
+            if let Some(e) = self.registers.read(&self.layout.handback(&key)).await? {
+                let sessions = String::from_utf8_lossy(&e.value).lines().map(str::to_string).collect();
+                handbacks.insert(key, sessions);
+            }
+        }
+        let handbacks_changed = st.handbacks != handbacks;
+        st.handbacks = handbacks;
+        let version = records.values().fold(kv, |acc, (_, r)| acc.saturating_add(r.changed));
+        let members: Vec<TableMember> = records
+            .iter()
+            .filter(|(_, (_, r))| r.state == MemberState::Live)
+            .map(|(id, (_, r))| TableMember {
+                id: id.clone(),
+                session: r.session.clone(),
+                affinity: r.affinity,
+                address: r.address.clone(),
+            })
+            .collect();
+        st.records = Arc::new(records);
+        let current = self.table();
+        // The table changes only with its inputs (the version covers members and keys).
+        if current.version != version || !Arc::ptr_eq(&current.keys, &st.keys) || handbacks_changed {
+            let table = AssignmentTable::compute(version, members, st.keys.clone(), &st.handbacks);
+            self.table.send_replace(Arc::new(table));
+        }
+        Ok(())
+    }
+
+    /// True when the owner record names a session that is live in `records`.
+    fn owner_alive(records: &Records, rec: &OwnerRecord) -> bool {
+        records.get(&rec.member).is_some_and(|(_, m)| m.is_live_session(&rec.session))
+    }
+
+    async fn handoffs(&self, records: &Records) {
+        let table = self.table();
+        let now = Instant::now();
+        let mut claims = Vec::new();
+        let mut releases = Vec::new();
+        let mut sessions = self.sessions.lock().await;
+        for (m, s) in sessions.iter_mut() {
+            if s.gone || s.app_gone || s.lost || s.lease.ended(now) {
+                continue;
+            }
+            for (key, _) in s.holdings.working() {
+                let reason = if s.leaving || s.flushing {
+                    Some(StopReason::Leaving)
+                } else if !table.contains(&key) {
+                    Some(StopReason::Removed)
+                } else if table.owner_of(&key).is_none_or(|o| o.id != *m) {
+                    Some(StopReason::Reassigned)
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    if let Some(token) = s.holdings.stop(&key, now, self.settings.stop_timeout) {
+                        s.send(Event::Stop { key, token, reason });
+                    }
+                }
+            }
+            for (key, token, done) in s.holdings.releasing() {
+                releases.push((m.clone(), s.session.clone(), key, token, done));
+            }
+            let current = table.members.iter().any(|t| t.id == *m && t.session == s.session);
+            if current && !s.leaving && !s.flushing && s.affinity > 0 {
+                for key in table.keys_of(m) {
+                    if s.holdings.get(&key).is_none() {
+                        claims.push((m.clone(), s.session.clone(), key));
+                    }
+                }
+            }
+        }
+        drop(sessions);
+        let released: Vec<(String, String, u64)> = stream::iter(releases)
+            .map(|(m, session, key, token, done)| async move {
+                match self.release_record(&m, &session, &key, token, done).await {
+                    Ok(()) => Some((m, key, token)),
+                    Err(e) => {
+                        tracing::debug!(divider = %self.name, key, error = %e, "release not written yet");
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(PARALLEL)
+            .filter_map(|r| async move { r })
+            .collect()
+            .await;
+        for (m, key, token) in released {
+            if let Some(s) = self.sessions.lock().await.get_mut(&m) {
+                s.released(&key, token);
+            }
+        }
+        let claim_count = claims.len();
+        let claimed: Vec<(String, String, String, u64)> = stream::iter(claims)
+            .map(|(m, session, key)| async move {
+                match self.claim(records, &m, &session, &key).await {
+                    Ok(Some(token)) => Some((m, session, key, token)),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::debug!(divider = %self.name, key, error = %e, "claim failed");
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(PARALLEL)
+            .filter_map(|r| async move { r })
+            .collect()
+            .await;
+        let now = Instant::now();
+        let waiting = claim_count;
+        let started = claimed.len();
+        let mut sessions = self.sessions.lock().await;
+        for (m, session, key, token) in claimed {
+            // A claim made for a session that is gone since names a dead session: anyone may
+            // claim the key again.
+            if let Some(s) = sessions.get_mut(&m).filter(|s| s.session == session) {
+                if !s.lease.ended(now) && !s.lost && !s.app_gone && s.holdings.get(&key).is_none() {
+                    s.holdings.start(&key, token);
+                    s.send(Event::Start { key, token });
+                }
+            }
+        }
+        let owned: usize = sessions.values().map(|s| s.holdings.len()).sum();
+        self.metrics.keys(&self.name, owned, waiting.saturating_sub(started));
+    }
+
+    /// True when a fresh read shows the owner record's session live.
+    async fn session_alive(&self, rec: &OwnerRecord) -> Result<bool, RegisterError> {
+        let m = self.registers.read(&self.layout.member(&rec.member)).await?;
+        Ok(m.and_then(|m| MemberRecord::decode(&m.value).ok()).is_some_and(|m| m.is_live_session(&rec.session)))
+    }
+
+    /// Claims `key` for `(member, session)` if its owner released it or lost its session;
+    /// returns the new token.
+    async fn claim(
+        &self,
+        records: &Records,
+        member: &str,
+        session: &str,
+        key: &str,
+    ) -> Result<Option<u64>, RegisterError> {
+        let okey = self.layout.owner(key);
+        let expect = match self.registers.read(&okey).await? {
+            None => 0,
+            Some(e) => match OwnerRecord::decode(&e.value) {
+                // Ours already: a claim whose reply was lost.
+                Ok(r) if r.state == OwnerState::Owned && r.member == member && r.session == session => {
+                    return Ok(Some(e.version))
+                }
+                Ok(r) if r.state == OwnerState::Owned && Self::owner_alive(records, &r) => return Ok(None),
+                // The tick's records may predate the owner's join: only a fresh read of its
+                // member record may declare its session dead (sessions never come back).
+                Ok(r) if r.state == OwnerState::Owned && self.session_alive(&r).await? => return Ok(None),
+                _ => e.version,
+            },
+        };
+        let rec = OwnerRecord {
+            member: member.to_string(),
+            session: session.to_string(),
+            state: OwnerState::Owned,
+            token: 0,
+        };
+        Ok(match self.put(&okey, expect, rec.encode()).await? {
+            Written::Applied { version } => Some(version),
+            Written::Conflict { .. } => None,
+        })
+    }
+
+    /// Writes `owner/K` released by `(member, session)` at `token` (removing the key first when
+    /// `done`). A record that moved on already counts as released.
+    async fn release_record(
+        &self,
+        member: &str,
+        session: &str,
+        key: &str,
+        token: u64,
+        done: bool,
+    ) -> Result<(), DividerError> {
+        if done {
+            self.change_keys(std::slice::from_ref(&key.to_string()), false).await?;
+        }
+        let rec = OwnerRecord {
+            member: member.to_string(),
+            session: session.to_string(),
+            state: OwnerState::Released,
+            token,
+        };
+        self.registers.compare_and_set(&self.layout.owner(key), token, rec.encode()).await?;
+        Ok(())
+    }
+
+    // ---- calls from apps ----
+
+    /// Opens a session for `member`; returns its event stream.
+    pub async fn watch(
+        &self,
+        member: &str,
+        affinity: Option<i64>,
+        address: &str,
+    ) -> Result<mpsc::UnboundedReceiver<Event>, DividerError> {
+        validate_name(member).map_err(|e| DividerError::Invalid(format!("member {member:?}: {e}")))?;
+        check_address(address).map_err(DividerError::Invalid)?;
+        let affinity = affinity.map(affinity_from).transpose()?.unwrap_or(self.default_affinity);
+        let mut sessions = self.sessions.lock().await;
+        if sessions.contains_key(member) {
+            return Err(DividerError::AlreadyExists(format!("member {member:?} already has a live session here")));
+        }
+        let key = self.layout.member(member);
+        let current = self.registers.read(&key).await?;
+        let expect = match &current {
+            None => 0,
+            Some(e) => {
+                let live = MemberRecord::decode(&e.value).is_ok_and(|r| r.state == MemberState::Live);
+                let dead = self
+                    .view
+                    .lock()
+                    .await
+                    .observed
+                    .get(member)
+                    .is_some_and(|o| o.version == e.version && o.expired(Instant::now(), self.settings.timing));
+                if live && !dead {
+                    return Err(DividerError::AlreadyExists(format!(
+                        "member {member:?} has a live session; retry once its lease ({} ms) has run out",
+                        self.settings.timing.lease.as_millis()
+                    )));
+                }
+                e.version
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut s = Session {
+            session: new_session_id(),
+            affinity,
+            address: address.to_string(),
+            version: Some(expect),
+            written: None,
+            lease: HolderLease::new(self.settings.timing),
+            holdings: Holdings::default(),
+            events: tx,
+            metrics: self.metrics.clone(),
+            stops_sent: HashMap::new(),
+            leaving: false,
+            flushing: false,
+            app_gone: false,
+            lost: false,
+            gone: false,
+        };
+        if !self.write_session(member, &mut s, MemberState::Live).await? {
+            return Err(DividerError::AlreadyExists(format!("member {member:?} joined elsewhere at the same time")));
+        }
+        s.send(Event::Joined { member: member.to_string(), session: s.session.clone(), affinity });
+        s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) });
+        sessions.insert(member.to_string(), s);
+        drop(sessions);
+        self.wake.notify_one();
+        Ok(rx)
+    }
+
+    async fn with_session<T>(
+        &self,
+        member: &str,
+        f: impl FnOnce(&mut Session) -> Result<T, DividerError>,
+    ) -> Result<T, DividerError> {
+        let mut sessions = self.sessions.lock().await;
+        let s = sessions
+            .get_mut(member)
+            .filter(|s| !s.gone && !s.app_gone)
+            .ok_or_else(|| DividerError::NotFound(format!("member {member:?} has no session on this sidecar")))?;
+        let out = f(s)?;
+        drop(sessions);
+        self.wake.notify_one();
+        Ok(out)
+    }
+
+    /// The app confirmed the stop of `key` at `token`.
+    pub async fn confirm_stop(&self, member: &str, key: &str, token: u64) -> Result<(), DividerError> {
+        self.with_session(member, |s| Ok(s.holdings.confirm(key, token)?)).await
+    }
+
+    /// The app gives `key` up: `done` removes it from the divider, otherwise it is handed back
+    /// (assigned among the other members while this session lives).
+    pub async fn release(&self, member: &str, key: &str, token: u64, done: bool) -> Result<(), DividerError> {
+        let session = self
+            .with_session(member, |s| {
+                match s.holdings.get(key) {
+                    None => return Err(HandoffError::NotHeld(key.to_string()).into()),
+                    Some(k) if k.token() != token => {
+                        return Err(
+                            HandoffError::WrongToken { key: key.into(), given: token, current: k.token() }.into()
+                        )
+                    }
+                    _ => {}
+                }
+                Ok(s.session.clone())
+            })
+            .await?;
+        if !done {
+            // The handback marker goes first, so no sidecar assigns the key to this session again.
+            let hkey = self.layout.handback(key);
+            let current = self.registers.read(&hkey).await?;
+            let mut sessions: BTreeSet<String> = current
+                .as_ref()
+                .map(|e| String::from_utf8_lossy(&e.value).lines().map(str::to_string).collect())
+                .unwrap_or_default();
+            sessions.insert(session);
+            let value = sessions.into_iter().collect::<Vec<_>>().join("\n").into_bytes();
+            if let Written::Conflict { .. } = self.put(&hkey, current.map_or(0, |e| e.version), value).await? {
+                return Err(DividerError::Precondition(format!("key {key:?} was handed back concurrently; retry")));
+            }
+        }
+        self.with_session(member, |s| Ok(s.holdings.release(key, token, done)?)).await
+    }
+
+    /// Keys the member holds and works on (owned or stopping), with tokens.
+    pub async fn assigned(&self, member: &str) -> Result<Vec<(String, u64)>, DividerError> {
+        self.with_session(member, |s| {
+            Ok(s.holdings
+                .iter()
+                .filter(|(_, k)| !matches!(k, super::handoff::KeyState::Releasing { .. }))
+                .map(|(key, k)| (key.clone(), k.token()))
+                .collect())
+        })
+        .await
+    }
+
+    /// The member's affinity.
+    pub async fn affinity(&self, member: &str) -> Result<u32, DividerError> {
+        self.with_session(member, |s| Ok(s.affinity)).await
+    }
+
+    /// Sets the member's affinity to `f(current)` and writes it (atomic per member: one
+    /// writer). On failure the old affinity stays.
+    pub async fn update_affinity(
+        &self,
+        member: &str,
+        f: impl FnOnce(u32) -> Result<u32, DividerError>,
+    ) -> Result<u32, DividerError> {
+        let mut sessions = self.sessions.lock().await;
+        let s = sessions
+            .get_mut(member)
+            .filter(|s| !s.gone && !s.app_gone)
+            .ok_or_else(|| DividerError::NotFound(format!("member {member:?} has no session on this sidecar")))?;
+        let old = s.affinity;
+        s.affinity = f(old)?;
+        let ok = match self.write_session(member, s, MemberState::Live).await {
+            Ok(true) => true,
+            Ok(false) => {
+                s.lose();
+                false
+            }
+            Err(e) => {
+                s.affinity = old;
+                return Err(e);
+            }
+        };
+        let affinity = s.affinity;
+        drop(sessions);
+        self.wake.notify_one();
+        if !ok {
+            return Err(DividerError::Precondition(format!(
+                "member {member:?} lost its lease; it re-joins with affinity {affinity}"
+            )));
+        }
+        Ok(affinity)
+    }
+
+    /// Sets affinity 0, stops every key, and returns once every stop is confirmed (or timed
+    /// out) and the keys are owned by other members (or nobody else has affinity > 0).
+    pub async fn flush(&self, member: &str) -> Result<(), DividerError> {
+        let held: Vec<String> = self.assigned(member).await?.into_iter().map(|(k, _)| k).collect();
+        self.update_affinity(member, |_| Ok(0)).await?;
+        self.with_session(member, |s| {
+            s.flushing = true;
+            Ok(())
+        })
+        .await?;
+        let deadline = Instant::now() + self.settings.stop_timeout + 3 * self.settings.timing.lease;
+        let mut pending: BTreeSet<String> = held.into_iter().collect();
+        loop {
+            let empty = self.with_session(member, |s| Ok(s.holdings.is_empty())).await?;
+            if empty {
+                let table = self.table();
+                let mut still = BTreeSet::new();
+                for key in &pending {
+                    if !table.contains(key) || !table.anyone_works() {
+                        continue;
+                    }
+                    let owner = self.lookup(key).await?;
+                    if owner.member.is_none() || owner.member.as_deref() == Some(member) {
+                        still.insert(key.clone());
+                    }
+                }
+                pending = still;
+                if pending.is_empty() {
+                    let _ = self
+                        .with_session(member, |s| {
+                            s.flushing = false;
+                            Ok(())
+                        })
+                        .await;
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(DividerError::Timeout(format!(
+                    "flush of {member:?}: {} keys not yet confirmed or moved",
+                    pending.len()
+                )));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.changed.notified()).await;
+        }
+    }
+
+    /// Leaves: stops every key, waits for the confirms (up to the stop timeout), writes the
+    /// member record `left` and ends the session's stream.
+    pub async fn cancel(&self, member: &str) -> Result<(), DividerError> {
+        self.with_session(member, |s| {
+            s.leaving = true;
+            Ok(())
+        })
+        .await?;
+        let deadline = Instant::now() + self.settings.stop_timeout + 3 * self.settings.timing.lease;
+        loop {
+            if !self.sessions.lock().await.contains_key(member) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(DividerError::Timeout(format!("cancel of {member:?} did not finish")));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.changed.notified()).await;
+        }
+    }
+
+    /// The owner of `key` now (linearizable reads of its owner and member records).
+    pub async fn lookup(&self, key: &str) -> Result<Owner, DividerError> {
+        self.layout.check_key(key).map_err(DividerError::Invalid)?;
+        let Some(e) = self.registers.read(&self.layout.owner(key)).await? else {
+            return Ok(Owner { member: None, address: String::new(), token: 0 });
+        };
+        let rec = OwnerRecord::decode(&e.value).map_err(|err| DividerError::Precondition(err.to_string()))?;
+        if rec.state == OwnerState::Released {
+            return Ok(Owner { member: None, address: String::new(), token: rec.token });
+        }
+        let member = self.registers.read(&self.layout.member(&rec.member)).await?;
+        match member.and_then(|m| MemberRecord::decode(&m.value).ok()) {
+            Some(m) if m.is_live_session(&rec.session) => {
+                Ok(Owner { member: Some(rec.member), address: m.address, token: e.version })
+            }
+            _ => Ok(Owner { member: None, address: String::new(), token: e.version }),
+        }
+    }
+
+    /// Adds (`add`) or removes keys; returns how many changed.
+    async fn change_keys(&self, keys: &[String], add: bool) -> Result<u32, DividerError> {
+        let results: Vec<Result<bool, RegisterError>> = stream::iter(keys.to_vec())
+            .map(|k| async move {
+                let k = k.as_str();
+                let is_static = self.static_keys.binary_search_by(|s| s.as_str().cmp(k)).is_ok();
+                // A static key is present unless marked removed; a run-time key while its
+                // register exists.
+                let (reg, present_when_exists) =
+                    if is_static { (self.layout.removed(k), false) } else { (self.layout.added(k), true) };
+                let want_exists = add == present_when_exists;
+                let current = self.registers.read(&reg).await?;
+                Ok(match (current, want_exists) {
+                    (None, true) => matches!(self.registers.create(&reg, Vec::new()).await?, Written::Applied { .. }),
+                    (Some(e), false) => {
+                        matches!(self.registers.delete(&reg, e.version).await?, Written::Applied { .. })
+                    }
+                    _ => false,
+                })
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        let mut changed = 0u32;
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok(true) => changed += 1,
+                Ok(false) => {}
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        if changed > 0 || first_error.is_some() {
+            let deadline = Instant::now() + self.settings.request_timeout;
+            self.registers.add(&self.layout.keyset(), 1, 0, deadline).await?;
+            self.wake.notify_one();
+        }
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(changed),
+        }
+    }
+
+    /// Adds keys at run time; returns how many were not there yet.
+    pub async fn add_keys(&self, keys: &[String]) -> Result<u32, DividerError> {
+        check_batch(&self.layout, keys).map_err(DividerError::Invalid)?;
+        self.change_keys(keys, true).await
+    }
+
+    /// Removes keys; returns how many were there.
+    pub async fn remove_keys(&self, keys: &[String]) -> Result<u32, DividerError> {
+        check_batch(&self.layout, keys).map_err(DividerError::Invalid)?;
+        self.change_keys(keys, false).await
+    }
+
+    /// Up to `limit` keys under `prefix` after `after`; the next `after` when there are more.
+    pub async fn list_keys(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<String>), DividerError> {
+        let keys = {
+            let mut view = self.view.lock().await;
+            self.refresh_keys(&mut view).await?;
+            view.keys.clone()
+        };
+        Ok(page(&keys, prefix, after, limit))
+    }
+}
+
+/// One page of sorted `keys` under `prefix` after `after`.
+pub fn page(keys: &[String], prefix: &str, after: &str, limit: usize) -> (Vec<String>, Option<String>) {
+    let start = keys.partition_point(|k| k.as_str() <= after || k.as_str() < prefix);
+    let mut out: Vec<String> =
+        keys[start..].iter().take_while(|k| k.starts_with(prefix)).take(limit + 1).cloned().collect();
+    let more = out.len() > limit;
+    out.truncate(limit);
+    let next = if more { out.last().cloned() } else { None };
+    (out, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_walk_a_prefix() {
+        let keys: Vec<String> = ["a1", "b1", "b2", "b3", "c"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(page(&keys, "b", "", 2), (vec!["b1".into(), "b2".into()], Some("b2".into())));
+        assert_eq!(page(&keys, "b", "b2", 2), (vec!["b3".into()], None));
+        assert_eq!(page(&keys, "", "", 10).0.len(), 5);
+        assert!(affinity_from(-1).is_err() && affinity_from(i64::from(u32::MAX) + 1).is_err());
+    }
+}
