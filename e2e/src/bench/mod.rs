@@ -7,6 +7,7 @@ pub mod hist;
 pub mod http;
 pub mod log;
 pub mod ordo;
+pub mod ownership;
 pub mod peers;
 pub mod report;
 pub mod runner;

@@ -45,7 +45,7 @@ pub fn free_ports(count: u16, from: u16) -> anyhow::Result<u16> {
 /// A running 3-member cluster.
 pub struct OrdoCluster {
     /// The processes (killed on drop).
-    _dev: DevCluster,
+    pub dev: DevCluster,
     /// Each member's app socket.
     pub sockets: Vec<String>,
     /// Each member's admin HTTP address.
@@ -58,7 +58,19 @@ impl OrdoCluster {
     /// Starts `members` members in `dir` with per-sequence range sizes, and waits until each
     /// member reports ready.
     pub async fn start(sidecar: &Path, dir: &Path, members: usize, ranges: &[(String, u64)]) -> anyhow::Result<Self> {
+        Self::start_with(sidecar, dir, members, ranges, &[]).await
+    }
+
+    /// [`OrdoCluster::start`] with extra sidecar flags.
+    pub async fn start_with(
+        sidecar: &Path,
+        dir: &Path,
+        members: usize,
+        ranges: &[(String, u64)],
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let mut opts = DevOptions::new(dir.to_path_buf());
+        opts.extra_args.extend(extra.iter().cloned());
         opts.members = members;
         opts.base_port = free_ports(2 * members as u16, 27100)?;
         opts.sidecar = vec![sidecar.display().to_string()];
@@ -70,7 +82,7 @@ impl OrdoCluster {
         let dev = DevCluster::start(opts).context("starting the sidecars")?;
         let sockets: Vec<String> = (0..members).map(|i| dev.member(i).socket.clone()).collect();
         let admin = (0..members).map(|i| dev.member(i).admin_addr.clone()).collect();
-        let cluster = Self { _dev: dev, sockets, admin, spread: members };
+        let cluster = Self { dev, sockets, admin, spread: members };
         let deadline = Instant::now() + Duration::from_secs(60);
         for s in &cluster.sockets {
             loop {

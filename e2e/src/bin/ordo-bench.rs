@@ -13,7 +13,9 @@
 //! `ordo-bench divider [--repeat N] [--out DIR]` measures the divider's assignment function
 //! instead (`bench/divider.rs`: time, keys moved, balance; writes `divider-assign.md`).
 //! `ordo-bench log ...` runs the log-stream benchmark (`bench/log.rs`: vs NATS JetStream and
-//! Redis; writes `log.{md,json,svg}`).
+//! Redis; writes `log.{md,json,svg}`). `ordo-bench ownership ...` measures the divider's
+//! ownership (recovery after `kill -9`, idle quorum writes) next to the etcd recipe
+//! (`bench/ownership.rs`).
 //!
 //! `--spread N` puts the clients on the first N members only (default 3: all of them);
 //! `--sidecar-range N` gives the sidecar buffers behind the leased `Sequence` rows N IDs per
@@ -285,6 +287,9 @@ async fn main() -> anyhow::Result<()> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     if raw.first().map(String::as_str) == Some("log") {
         return bench::log::main(&raw[1..]).await;
+    }
+    if raw.first().map(String::as_str) == Some("ownership") {
+        return bench::ownership::main(&raw[1..]).await;
     }
     let args = parse_args()?;
     let started = now_utc();

@@ -1,0 +1,564 @@
+//! `ordo-bench ownership`: keeping keys owned, and getting them owned again after a member dies,
+//! Ordo's divider side by side with the usual etcd recipe in the same run.
+//!
+//! Ordo: a 3-member SeqCluster plus `apps` client-role sidecars (WorkDivider pods), one member
+//! session (`Watch`) per app, every key of the divider owned; then `kill -9` of one app's sidecar
+//! and the time until every key it owned has a new owner (`Start` on a survivor). Also the quorum
+//! rounds per second (every round writes a quorum of acceptors) while nothing changes, with 100
+//! and with many keys: leases are per member, so the rate should not grow with the keys.
+//!
+//! etcd: 3 members; each app holds a lease (TTL = the divider's lease) kept alive every TTL/3 and
+//! owns a key by a transaction `create_revision(key) == 0 -> put(key, app, lease)`; survivors poll
+//! the keyspace every 100 ms and claim unowned keys of their share (rendezvous over live apps).
+//! The same two figures are measured.
+//!
+//! ```text
+//! ordo-bench ownership [--keys 100,10000] [--runs 5] [--apps 3] [--lease-ms 3000]
+//!                      [--idle-secs 10] [--only ordo,etcd] [--sidecar PATH] [--etcd PATH] [--out DIR]
+//! ```
+//! Writes `ownership.md` and `ownership.json` under `--out`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use ordo_client::divider::DividerEvent;
+use ordo_client::Client;
+use tokio::time::Instant;
+
+use super::etcd::{b64, etcd_binary, EtcdCluster};
+use super::hist::Hist;
+use super::http::Http;
+use super::ordo::{sidecar_binary, OrdoCluster};
+
+const USAGE: &str = "usage: ordo-bench ownership [--keys 100,10000] [--runs 5] [--apps 3] [--lease-ms 3000] \
+[--idle-secs 10] [--only ordo,etcd] [--sidecar PATH] [--etcd PATH] [--out DIR]";
+const DIVIDER: &str = "bench";
+
+struct Args {
+    keys: Vec<usize>,
+    runs: usize,
+    apps: usize,
+    lease_ms: u64,
+    idle_secs: f64,
+    only: Vec<String>,
+    sidecar: Option<String>,
+    etcd: Option<String>,
+    out: PathBuf,
+}
+
+fn parse(raw: &[String]) -> anyhow::Result<Args> {
+    let mut a = Args {
+        keys: vec![100, 10_000],
+        runs: 5,
+        apps: 3,
+        lease_ms: 3000,
+        idle_secs: 10.0,
+        only: vec!["ordo".into(), "etcd".into()],
+        sidecar: None,
+        etcd: None,
+        out: PathBuf::from("bench-out"),
+    };
+    let mut it = raw.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().cloned().with_context(|| format!("{arg} needs a value\n{USAGE}"));
+        match arg.as_str() {
+            "--keys" => {
+                a.keys = value()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
+            }
+            "--runs" => a.runs = value()?.parse()?,
+            "--apps" => a.apps = value()?.parse()?,
+            "--lease-ms" => a.lease_ms = value()?.parse()?,
+            "--idle-secs" => a.idle_secs = value()?.parse()?,
+            "--only" => a.only = value()?.split(',').map(String::from).collect(),
+            "--sidecar" => a.sidecar = Some(value()?),
+            "--etcd" => a.etcd = Some(value()?),
+            "--out" => a.out = PathBuf::from(value()?),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => bail!("unknown argument {arg:?}\n{USAGE}"),
+        }
+    }
+    if a.keys.is_empty() || a.keys.contains(&0) || a.runs == 0 || a.apps < 2 || a.lease_ms < 1000 {
+        bail!("--keys and --runs must be positive, --apps at least 2, --lease-ms at least 1000");
+    }
+    if a.idle_secs.is_nan() || a.idle_secs <= 0.0 {
+        bail!("--idle-secs must be positive");
+    }
+    Ok(a)
+}
+
+/// One system at one key count.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Row {
+    system: String,
+    keys: usize,
+    /// Time until every key is owned after the start, ms (median over runs).
+    initial_ms: f64,
+    /// Time until every key of the killed member has a new owner, ms: p50 and p99 over runs.
+    recovery_p50_ms: f64,
+    recovery_p99_ms: f64,
+    /// Quorum writes per second while nothing changes (Ordo: consensus rounds; etcd: requests
+    /// that write: keepalives and transactions).
+    idle_writes_per_sec: f64,
+    runs: usize,
+    note: Option<String>,
+}
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("k-{i:06}")).collect()
+}
+
+async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut done: F) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > limit {
+            bail!("{what}: not within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(start.elapsed())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ordo
+
+/// A client-role sidecar (a WorkDivider pod's), killed on drop.
+struct AppSidecar {
+    child: std::process::Child,
+    socket: String,
+}
+
+impl Drop for AppSidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn app_sidecar(
+    cluster: &OrdoCluster,
+    sidecar: &Path,
+    dir: &Path,
+    id: &str,
+    extra: &[String],
+) -> anyhow::Result<AppSidecar> {
+    let socket = dir.join(format!("{id}.sock")).display().to_string();
+    let log = std::fs::File::create(dir.join(format!("{id}.log")))?;
+    let child = std::process::Command::new(sidecar)
+        .arg("--role=client")
+        .arg(format!("--id={id}"))
+        .arg(format!("--members-file={}", cluster.dev.members_file().display()))
+        .arg(format!("--peer-token-file={}", cluster.dev.token_file().display()))
+        .arg(format!("--socket={socket}"))
+        .arg("--app-listen=off")
+        .arg("--admin-listen=127.0.0.1:0")
+        .arg("--log-format=text")
+        .args(extra)
+        .env_remove("ORDO_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting a client-role sidecar")?;
+    Ok(AppSidecar { child, socket })
+}
+
+async fn ready_client(socket: &str) -> anyhow::Result<Client> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Client::connect(socket).await {
+            Ok(c) if c.status().await.is_ok_and(|s| s.ready) => return Ok(c),
+            _ if Instant::now() > deadline => bail!("sidecar at {socket} not ready within 30 s"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Owners as the apps see them: key -> member, from Start/Stop events.
+type Owners = Arc<Mutex<HashMap<String, String>>>;
+
+/// Runs one app's session: records Starts, confirms Stops at once.
+fn run_app(mut m: ordo_client::divider::Membership, owners: Owners) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let me = m.member().to_string();
+        while let Some(ev) = m.next().await {
+            match ev {
+                Ok(DividerEvent::Start { key, .. }) => {
+                    owners.lock().expect("owners").insert(key, me.clone());
+                }
+                Ok(DividerEvent::Stop { key, token, .. }) => {
+                    {
+                        let mut o = owners.lock().expect("owners");
+                        if o.get(&key) == Some(&me) {
+                            o.remove(&key);
+                        }
+                    }
+                    let _ = m.confirm_stop(&key, token).await;
+                }
+                Ok(DividerEvent::LeaseExpired { keys }) => {
+                    let mut o = owners.lock().expect("owners");
+                    for (k, _) in keys {
+                        if o.get(&k) == Some(&me) {
+                            o.remove(&k);
+                        }
+                    }
+                }
+                Ok(DividerEvent::Joined { .. }) => {}
+                Err(_) => break,
+            }
+        }
+    })
+}
+
+struct OrdoRun {
+    initial: Duration,
+    recovery: Duration,
+    idle_rounds_per_sec: Option<f64>,
+}
+
+async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idle: bool) -> anyhow::Result<OrdoRun> {
+    let timing = vec![
+        format!("--divider-lease-ms={}", args.lease_ms),
+        format!("--divider-drift-margin-ms={}", args.lease_ms / 10),
+        "--divider-stop-timeout-ms=2000".to_string(),
+    ];
+    let cluster = OrdoCluster::start_with(sidecar, &dir.join("ordo"), 3, &[], &timing).await?;
+    let mut apps = Vec::new();
+    for i in 0..args.apps {
+        apps.push(app_sidecar(&cluster, sidecar, dir, &format!("app-{i}"), &timing)?);
+    }
+    let first = ready_client(&apps[0].socket).await?;
+    let divider = first.divider(DIVIDER);
+    for chunk in keys(n).chunks(1000) {
+        divider.add_keys(chunk.to_vec()).await.context("adding keys")?;
+    }
+    let owners: Owners = Arc::new(Mutex::new(HashMap::new()));
+    let started = Instant::now();
+    let mut sessions = Vec::new();
+    for (i, app) in apps.iter().enumerate() {
+        let c = ready_client(&app.socket).await?;
+        let m = c.divider(DIVIDER).join(&format!("app-{i}"), Some(1), &format!("app-{i}:0")).await?;
+        sessions.push(run_app(m, owners.clone()));
+    }
+    let o = owners.clone();
+    eventually(Duration::from_secs(120), "every key owned", || o.lock().expect("owners").len() == n).await?;
+    let initial = started.elapsed();
+    let idle_rounds_per_sec = if measure_idle {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = cluster.quorum_stats().await;
+        tokio::time::sleep(Duration::from_secs_f64(args.idle_secs)).await;
+        let delta = cluster.quorum_stats().await.since(&before);
+        Some((delta.rounds_ok + delta.rounds_failed) / args.idle_secs)
+    } else {
+        None
+    };
+    // kill -9 the last app's sidecar; its app goes with it.
+    let victim = format!("app-{}", args.apps - 1);
+    let orphans: Vec<String> = {
+        let o = owners.lock().expect("owners");
+        o.iter().filter(|(_, m)| **m == victim).map(|(k, _)| k.clone()).collect()
+    };
+    let mut dead = apps.pop().context("an app")?;
+    let killed = Instant::now();
+    let _ = dead.child.kill();
+    let _ = dead.child.wait();
+    if let Some(s) = sessions.pop() {
+        s.abort();
+    }
+    {
+        let mut o = owners.lock().expect("owners");
+        for k in &orphans {
+            o.remove(k);
+        }
+    }
+    let o = owners.clone();
+    eventually(Duration::from_secs(120), "every orphaned key owned again", || {
+        let o = o.lock().expect("owners");
+        orphans.iter().all(|k| o.get(k).is_some_and(|m| *m != victim))
+    })
+    .await?;
+    let recovery = killed.elapsed();
+    for s in sessions {
+        s.abort();
+    }
+    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec })
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd: a lease per app, a transaction per key
+
+/// Rendezvous owner of `key` among `apps` (the etcd apps' share rule).
+fn rendezvous<'a>(key: &str, apps: &'a [String]) -> &'a str {
+    apps.iter()
+        .max_by_key(|a| ordo_contract::assign::hash_bytes(format!("{a}/{key}").as_bytes()))
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+/// One etcd app: its lease, kept alive; claims its share of unowned keys.
+struct EtcdApp {
+    name: String,
+    lease: i64,
+}
+
+async fn etcd_post(
+    h: &mut Http,
+    path: &str,
+    body: &str,
+    writes: &std::sync::atomic::AtomicU64,
+) -> anyhow::Result<String> {
+    writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    h.post(path, body).await
+}
+
+fn json_i64(v: &serde_json::Value, field: &str) -> Option<i64> {
+    v.get(field).and_then(|x| x.as_str().and_then(|s| s.parse().ok()).or_else(|| x.as_i64()))
+}
+
+/// Current owners: key -> app, by a range read over the prefix.
+async fn etcd_owners(h: &mut Http) -> anyhow::Result<HashMap<String, String>> {
+    let body = format!("{{\"key\":\"{}\",\"range_end\":\"{}\"}}", b64(b"k-"), b64(b"k."));
+    let text = h.post("/v3/kv/range", &body).await?;
+    let v: serde_json::Value = serde_json::from_str(&text).context("etcd range reply")?;
+    let mut out = HashMap::new();
+    for kv in v.get("kvs").and_then(|k| k.as_array()).into_iter().flatten() {
+        let k = kv.get("key").and_then(|k| k.as_str()).map(super::etcd::unb64).transpose()?;
+        let val = kv.get("value").and_then(|k| k.as_str()).map(super::etcd::unb64).transpose()?;
+        if let (Some(k), Some(val)) = (k, val) {
+            out.insert(String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&val).into_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// One app's loop: keepalive every TTL/3; every 100 ms claim unowned keys of its share.
+fn etcd_app(
+    addr: String,
+    app: EtcdApp,
+    all: Arc<Mutex<Vec<String>>>,
+    keys: Arc<Vec<String>>,
+    ttl: Duration,
+    writes: Arc<std::sync::atomic::AtomicU64>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        let mut h = Http::connect(&addr).await?;
+        let mut last_keepalive = Instant::now();
+        loop {
+            if last_keepalive.elapsed() >= ttl / 3 {
+                etcd_post(&mut h, "/v3/lease/keepalive", &format!("{{\"ID\":\"{}\"}}", app.lease), &writes).await?;
+                last_keepalive = Instant::now();
+            }
+            let owners = etcd_owners(&mut h).await?;
+            let live = all.lock().expect("apps").clone();
+            for k in keys.iter().filter(|k| !owners.contains_key(*k) && rendezvous(k, &live) == app.name) {
+                let body = format!(
+                    "{{\"compare\":[{{\"key\":\"{key}\",\"target\":\"CREATE\",\"result\":\"EQUAL\",\"create_revision\":\"0\"}}],\
+                     \"success\":[{{\"request_put\":{{\"key\":\"{key}\",\"value\":\"{val}\",\"lease\":\"{lease}\"}}}}]}}",
+                    key = b64(k.as_bytes()),
+                    val = b64(app.name.as_bytes()),
+                    lease = app.lease
+                );
+                etcd_post(&mut h, "/v3/kv/txn", &body, &writes).await?;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+async fn etcd_run(args: &Args, bin: &Path, dir: &Path, n: usize, measure_idle: bool) -> anyhow::Result<OrdoRun> {
+    let cluster = EtcdCluster::start(bin, &dir.join("etcd"), 3).await?;
+    let ttl = Duration::from_millis(args.lease_ms);
+    let names: Vec<String> = (0..args.apps).map(|i| format!("app-{i}")).collect();
+    let all = Arc::new(Mutex::new(names.clone()));
+    let keys = Arc::new(keys(n));
+    let writes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for (i, name) in names.iter().enumerate() {
+        let addr = cluster.clients[i % cluster.clients.len()].clone();
+        let mut h = Http::connect(&addr).await?;
+        let ttl_s = (args.lease_ms / 1000).max(1);
+        let reply = etcd_post(&mut h, "/v3/lease/grant", &format!("{{\"TTL\":\"{ttl_s}\"}}"), &writes).await?;
+        let v: serde_json::Value = serde_json::from_str(&reply)?;
+        let lease = json_i64(&v, "ID").with_context(|| format!("lease grant reply {reply}"))?;
+        let app = EtcdApp { name: name.clone(), lease };
+        tasks.push(etcd_app(addr, app, all.clone(), keys.clone(), ttl, writes.clone()));
+    }
+    let mut h = Http::connect(&cluster.clients[0]).await?;
+    let initial = loop {
+        if etcd_owners(&mut h).await?.len() == n {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("etcd: not every key owned within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let idle = if measure_idle {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = writes.load(std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs_f64(args.idle_secs)).await;
+        Some((writes.load(std::sync::atomic::Ordering::Relaxed) - before) as f64 / args.idle_secs)
+    } else {
+        None
+    };
+    let victim = names.last().cloned().context("an app")?;
+    let before = etcd_owners(&mut h).await?;
+    let orphans: Vec<String> = before.iter().filter(|(_, a)| **a == victim).map(|(k, _)| k.clone()).collect();
+    // The victim dies: it stops keeping its lease alive; the others learn it is gone when its
+    // keys disappear (lease expiry), and then count only the live apps.
+    let killed = Instant::now();
+    if let Some(t) = tasks.pop() {
+        t.abort();
+    }
+    let recovery = loop {
+        let owners = etcd_owners(&mut h).await?;
+        if orphans.iter().any(|k| !owners.contains_key(k)) {
+            all.lock().expect("apps").retain(|a| *a != victim);
+        }
+        if orphans.iter().all(|k| owners.get(k).is_some_and(|a| *a != victim)) {
+            break killed.elapsed();
+        }
+        if killed.elapsed() > Duration::from_secs(120) {
+            bail!("etcd: orphaned keys not owned again within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for t in tasks {
+        t.abort();
+    }
+    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec: idle })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Entry point of `ordo-bench ownership`.
+pub async fn main(raw: &[String]) -> anyhow::Result<()> {
+    let args = parse(raw)?;
+    let tmp = tempfile::Builder::new().prefix("ordo-bench-own-").tempdir()?;
+    let mut rows = Vec::new();
+    for &n in &args.keys {
+        for system in ["ordo", "etcd"] {
+            if !args.only.iter().any(|o| o == system) {
+                continue;
+            }
+            let bin = match system {
+                "ordo" => Some(sidecar_binary(args.sidecar.as_deref())?),
+                _ => etcd_binary(args.etcd.as_deref()),
+            };
+            let Some(bin) = bin else {
+                rows.push(not_run(system, n, "no etcd binary (scripts/bench.sh installs etcd-server)".into()));
+                continue;
+            };
+            let mut initial = Vec::new();
+            let mut recovery = Hist::default();
+            let mut idle = None;
+            let mut failure = None;
+            for run in 0..args.runs {
+                let dir = tmp.path().join(format!("{system}-{n}-{run}"));
+                std::fs::create_dir_all(&dir)?;
+                let r = match system {
+                    "ordo" => ordo_run(&args, &bin, &dir, n, run == 0).await,
+                    _ => etcd_run(&args, &bin, &dir, n, run == 0).await,
+                };
+                match r {
+                    Ok(r) => {
+                        eprintln!(
+                            "{system} {n} keys run {run}: all owned after {:.0} ms, orphans owned again {:.0} ms after the kill{}",
+                            r.initial.as_secs_f64() * 1e3,
+                            r.recovery.as_secs_f64() * 1e3,
+                            r.idle_rounds_per_sec.map(|w| format!(", idle {w:.1} writes/s")).unwrap_or_default()
+                        );
+                        initial.push(r.initial.as_secs_f64() * 1e3);
+                        recovery.record(r.recovery.as_nanos() as u64);
+                        idle = idle.or(r.idle_rounds_per_sec);
+                    }
+                    Err(e) => {
+                        eprintln!("{system} {n} keys run {run}: FAILED: {e:#}");
+                        failure = Some(format!("{e:#}"));
+                    }
+                }
+            }
+            initial.sort_by(f64::total_cmp);
+            rows.push(Row {
+                system: system.into(),
+                keys: n,
+                initial_ms: initial.get(initial.len() / 2).copied().unwrap_or(0.0),
+                recovery_p50_ms: recovery.quantile(0.5) as f64 / 1e6,
+                recovery_p99_ms: recovery.quantile(0.99) as f64 / 1e6,
+                idle_writes_per_sec: idle.unwrap_or(0.0),
+                runs: initial.len(),
+                note: failure,
+            });
+        }
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let md = markdown(&rows, &args);
+    std::fs::write(args.out.join("ownership.md"), &md)?;
+    std::fs::write(args.out.join("ownership.json"), serde_json::to_string_pretty(&rows)?)?;
+    println!("{md}");
+    Ok(())
+}
+
+fn not_run(system: &str, keys: usize, why: String) -> Row {
+    Row {
+        system: system.into(),
+        keys,
+        initial_ms: 0.0,
+        recovery_p50_ms: 0.0,
+        recovery_p99_ms: 0.0,
+        idle_writes_per_sec: 0.0,
+        runs: 0,
+        note: Some(why),
+    }
+}
+
+fn markdown(rows: &[Row], args: &Args) -> String {
+    let mut s = format!(
+        "# Divider ownership: Ordo vs etcd (lease per member, transaction per key), same run\n\n\
+         {} apps, lease {} ms, {} runs per cell; `kill -9` of one app's sidecar (etcd: its lease is no \
+         longer kept alive). Recovery: until every key the dead app owned has a new owner. Goal for \
+         Ordo: recovery <= lease + 1 s = {} ms. Idle writes: quorum rounds (Ordo) or writing requests \
+         (etcd) per second while every key is owned and nothing changes.\n\n\
+         | system | keys | all owned after start (median) | recovery p50 | recovery p99 | idle writes/s | runs |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+        args.apps,
+        args.lease_ms,
+        args.runs,
+        args.lease_ms + 1000
+    );
+    for r in rows {
+        match &r.note {
+            Some(n) if r.runs == 0 => s.push_str(&format!("| {} | {} | not run: {n} | | | | 0 |\n", r.system, r.keys)),
+            _ => s.push_str(&format!(
+                "| {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} | {}{} |\n",
+                r.system,
+                r.keys,
+                r.initial_ms,
+                r.recovery_p50_ms,
+                r.recovery_p99_ms,
+                r.idle_writes_per_sec,
+                r.runs,
+                r.note.as_ref().map(|n| format!(" (a run failed: {n})")).unwrap_or_default()
+            )),
+        }
+    }
+    let by: BTreeMap<(String, usize), &Row> = rows.iter().map(|r| ((r.system.clone(), r.keys), r)).collect();
+    let ordo: Vec<&&Row> = by.iter().filter(|((s, _), _)| s == "ordo").map(|(_, r)| r).collect();
+    if let (Some(lo), Some(hi)) = (ordo.first(), ordo.last()) {
+        if lo.keys != hi.keys && lo.idle_writes_per_sec > 0.0 {
+            s.push_str(&format!(
+                "\nOrdo idle writes with {} keys / with {} keys: {:.2} (leases per member: should stay near 1).\n",
+                hi.keys,
+                lo.keys,
+                hi.idle_writes_per_sec / lo.idle_writes_per_sec
+            ));
+        }
+    }
+    s
+}
