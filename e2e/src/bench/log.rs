@@ -150,18 +150,7 @@ fn row(system: &str, cell: Cell, m: &Measured, secs: f64) -> Row {
 }
 
 fn failed(system: &str, cell: Cell, why: String) -> Row {
-    Row {
-        system: system.into(),
-        streams: cell.streams,
-        entry_bytes: cell.entry,
-        batch: cell.batch,
-        pipeline: cell.pipeline,
-        entries_per_sec: 0.0,
-        mb_per_sec: 0.0,
-        p50_us: 0.0,
-        p99_us: 0.0,
-        note: Some(why),
-    }
+    Row { note: Some(why), ..row(system, cell, &Measured::default(), 1.0) }
 }
 
 /// Appends to one Ordo stream through `socket` until `until`: up to `pipeline` batches in flight

@@ -73,6 +73,34 @@ impl Measured {
     }
 }
 
+/// Batches in flight of one appender whose peer acknowledges message by message: a batch counts
+/// when the last acknowledgement of its messages arrives.
+struct InFlight {
+    sent: VecDeque<Instant>,
+    acks: usize,
+    batch: usize,
+    entry_bytes: usize,
+}
+
+impl InFlight {
+    fn new(batch: usize, entry_bytes: usize) -> Self {
+        Self { sent: VecDeque::new(), acks: 0, batch, entry_bytes }
+    }
+
+    /// Records one acknowledgement.
+    fn acked(&mut self, m: &mut Measured) -> anyhow::Result<()> {
+        self.acks += 1;
+        if self.acks == self.batch {
+            self.acks = 0;
+            let t = self.sent.pop_front().context("more acknowledgements than messages sent")?;
+            m.hist.record(t.elapsed().as_nanos() as u64);
+            m.entries += self.batch as u64;
+            m.bytes += (self.batch * self.entry_bytes) as u64;
+        }
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // NATS JetStream
 
@@ -243,14 +271,13 @@ pub async fn nats_appender(
 ) -> anyhow::Result<Measured> {
     let mut c = NatsConn::connect(port).await?;
     let mut m = Measured::default();
-    let mut sent: VecDeque<Instant> = VecDeque::new();
-    let mut acks_left = 0usize;
+    let mut flight = InFlight::new(batch, payload.len());
     loop {
-        while sent.len() < pipeline && Instant::now() < until {
+        while flight.sent.len() < pipeline && Instant::now() < until {
             c.publish_many(name, payload, batch).await?;
-            sent.push_back(Instant::now());
+            flight.sent.push_back(Instant::now());
         }
-        if sent.is_empty() {
+        if flight.sent.is_empty() {
             return Ok(m);
         }
         let reply = tokio::time::timeout(Duration::from_secs(10), c.next_reply())
@@ -259,14 +286,7 @@ pub async fn nats_appender(
         if reply.contains("\"error\"") {
             bail!("JetStream refused a publish: {reply}");
         }
-        acks_left += 1;
-        if acks_left == batch {
-            acks_left = 0;
-            let t = sent.pop_front().context("more acks than publishes")?;
-            m.hist.record(t.elapsed().as_nanos() as u64);
-            m.entries += batch as u64;
-            m.bytes += (batch * payload.len()) as u64;
-        }
+        flight.acked(&mut m)?;
     }
 }
 
@@ -332,14 +352,13 @@ pub async fn redis_appender(
     cmd.extend_from_slice(b"\r\n");
     let batch_bytes: Vec<u8> = cmd.repeat(batch);
     let mut m = Measured::default();
-    let mut sent: VecDeque<Instant> = VecDeque::new();
-    let mut answers = 0usize;
+    let mut flight = InFlight::new(batch, payload.len());
     loop {
-        while sent.len() < pipeline && Instant::now() < until {
+        while flight.sent.len() < pipeline && Instant::now() < until {
             wr.write_all(&batch_bytes).await?;
-            sent.push_back(Instant::now());
+            flight.sent.push_back(Instant::now());
         }
-        if sent.is_empty() {
+        if flight.sent.is_empty() {
             return Ok(m);
         }
         let mut line = String::new();
@@ -358,14 +377,7 @@ pub async fn redis_appender(
             Some(b'-') => bail!("redis: {}", line.trim()),
             _ => bail!("unexpected Redis reply {line:?}"),
         }
-        answers += 1;
-        if answers == batch {
-            answers = 0;
-            let t = sent.pop_front().context("more replies than commands")?;
-            m.hist.record(t.elapsed().as_nanos() as u64);
-            m.entries += batch as u64;
-            m.bytes += (batch * payload.len()) as u64;
-        }
+        flight.acked(&mut m)?;
     }
 }
 
