@@ -612,3 +612,124 @@ async fn a_lagging_replica_that_takes_over_recovers_every_acknowledged_entry() {
     check(&acked, &log);
     assert_eq!(log.len(), 50 * 5);
 }
+
+/// Kills a child process when dropped.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_role_sidecar_forwards_appends_and_reads_to_the_primary() {
+    let cluster = TestCluster::start(opts()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("client.sock");
+    let sidecar = ordoctl::dev::find_sidecar();
+    let child = std::process::Command::new(&sidecar[0])
+        .args(&sidecar[1..])
+        .args(["--role=client", "--id=wdiv-0", "--app-listen=off", "--admin-listen=127.0.0.1:0", "--log-format=text"])
+        .arg(format!("--members-file={}", cluster.dev.members_file().display()))
+        .arg(format!("--peer-token-file={}", cluster.dev.token_file().display()))
+        .arg(format!("--socket={}", socket.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = ChildGuard(child);
+    let socket = socket.display().to_string();
+    eventually(Duration::from_secs(20), "client-role sidecar ready", || {
+        let socket = socket.clone();
+        async move {
+            match ordo_client::Client::connect(&socket).await {
+                Ok(c) => c.status().await.is_ok_and(|s| s.ready && s.role == "client"),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    let client = ordo_client::Client::connect(&socket).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (acked, _) = run_appender(client.channel(), "via-client".into(), 3, 50, 4, 8, deadline).await;
+    assert_eq!(acked.len(), 50, "an unknown stream is created through the client-role sidecar");
+    let info = client.describe_stream("via-client").await.expect("describe");
+    assert!(!info.replicas.iter().any(|r| r == "wdiv-0"), "only members hold streams: {info:?}");
+    assert_ne!(info.primary, "wdiv-0", "a client-role sidecar holds no data and is never primary");
+    let mut entries = Vec::new();
+    let mut sub = Box::pin(client.subscribe("via-client", 1).await.expect("subscribe"));
+    while entries.len() < 200 {
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("an entry").expect("open");
+        entries.push(pb::LogEntry { lsn: e.as_ref().map_or(0, |e| e.lsn), data: e.expect("ok").data });
+    }
+    check(&acked, &entries);
+    assert_eq!(client.tail("via-client").await.expect("tail").last_lsn, 200);
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_stays_bounded_while_clients_flood_appends() {
+    let cluster = TestCluster::start(opts()).await;
+    let stream = "flood";
+    log_client(&cluster, 0)
+        .await
+        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
+        .await
+        .expect("create");
+    // Six connections on two members each push 256 KiB batches as fast as the sidecar reads
+    // them, for a few seconds; nobody waits for results before sending more.
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut tasks = Vec::new();
+    for k in 0..6usize {
+        let mut c = log_client(&cluster, k % 2).await;
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel(64);
+            let feeder = tokio::spawn(async move {
+                let entry = vec![b'f'; 64 * 1024];
+                while Instant::now() < until {
+                    let req = pb::AppendRequest {
+                        stream: stream.into(),
+                        entries: vec![entry.clone(); 4],
+                        pipeline_size: 8,
+                        ..Default::default()
+                    };
+                    if tx.send(req).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut responses = c.append(ReceiverStream::new(rx)).await.expect("append").into_inner();
+            let mut ok = 0u64;
+            while let Some(Ok(r)) = responses.next().await {
+                ok += u64::from(r.error.is_none());
+            }
+            let _ = feeder.await;
+            ok
+        }));
+    }
+    let mut peak = 0u64;
+    while Instant::now() < until {
+        for i in 0..3 {
+            peak = peak.max(rss_bytes(cluster.dev.member(i).pid));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut appended = 0;
+    for t in tasks {
+        appended += t.await.expect("flooder");
+    }
+    assert!(appended > 0, "the flood was appended");
+    // Bounded: at most 8 batches of 256 KiB per connection in flight; a generous bound.
+    assert!(peak < 512 << 20, "a member's RSS reached {} MiB under the flood", peak >> 20);
+    eprintln!("flood: {appended} batches of 256 KiB appended; peak member RSS {} MiB", peak >> 20);
+}
