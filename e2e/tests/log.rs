@@ -733,3 +733,80 @@ async fn memory_stays_bounded_while_clients_flood_appends() {
     assert!(peak < 512 << 20, "a member's RSS reached {} MiB under the flood", peak >> 20);
     eprintln!("flood: {appended} batches of 256 KiB appended; peak member RSS {} MiB", peak >> 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_3_to_5_to_3_while_appending_loses_and_duplicates_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut cluster = TestCluster::start(TestOptions { members: 3, slots: 5, ..Default::default() }).await;
+    let stream = "members";
+    log_client(&cluster, 0)
+        .await
+        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
+        .await
+        .expect("create");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for member in 0..2usize {
+        let channel = cluster.client(member).await.channel();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut round = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let producer = 1000 * (member as u64 + 1) + round;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let (a, _) = run_appender(channel.clone(), stream.into(), producer, 20, 2, 4, deadline).await;
+                assert_eq!(a.len(), 20, "producer {producer} got every batch acknowledged");
+                acked.extend(a);
+                round += 1;
+            }
+            acked
+        }));
+    }
+    let settled = |cluster: &TestCluster, members: Vec<usize>, epoch: u64| {
+        let sockets: Vec<String> = members.iter().map(|&i| cluster.dev.member(i).socket.clone()).collect();
+        async move {
+            eventually(Duration::from_secs(30), &format!("members {members:?} at epoch {epoch}"), || {
+                let sockets = sockets.clone();
+                async move {
+                    for s in sockets {
+                        let Ok(c) = ordo_client::Client::connect(&s).await else { return false };
+                        match c.status().await {
+                            Ok(st) if st.epoch == epoch && st.migrated_epoch >= epoch && st.caught_up => {}
+                            _ => return false,
+                        }
+                    }
+                    true
+                }
+            })
+            .await;
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.dev.spawn(3).unwrap();
+    cluster.dev.spawn(4).unwrap();
+    let joint = cluster.dev.write_members(&[0, 1, 2, 3, 4], Some(&[0, 1, 2])).unwrap();
+    settled(&cluster, vec![0, 1, 2, 3, 4], joint).await;
+    let five = cluster.dev.write_members(&[0, 1, 2, 3, 4], None).unwrap();
+    settled(&cluster, vec![0, 1, 2, 3, 4], five).await;
+    // A new member serves the stream too (through the primary).
+    let tail = log_client(&cluster, 4).await.tail(pb::TailRequest { stream: stream.into() }).await;
+    assert!(tail.is_ok_and(|t| t.get_ref().last_lsn > 0));
+    let joint = cluster.dev.write_members(&[0, 1, 2], Some(&[0, 1, 2, 3, 4])).unwrap();
+    settled(&cluster, vec![0, 1, 2], joint).await;
+    let three = cluster.dev.write_members(&[0, 1, 2], None).unwrap();
+    settled(&cluster, vec![0, 1, 2], three).await;
+    cluster.dev.stop(3, Duration::from_secs(5));
+    cluster.dev.stop(4, Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("appender"));
+    }
+    let log = read_all(&cluster, 2, stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), acked.len() * 2, "every acknowledged batch once, nothing else");
+}
