@@ -810,3 +810,45 @@ async fn membership_3_to_5_to_3_while_appending_loses_and_duplicates_nothing() {
     check(&acked, &log);
     assert_eq!(log.len(), acked.len() * 2, "every acknowledged batch once, nothing else");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_replica_is_rebuilt_and_then_carries_a_takeover() {
+    let mut cluster = TestCluster::start(opts()).await;
+    let stream = "wiped";
+    let info = log_client(&cluster, 0)
+        .await
+        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
+        .await
+        .expect("create")
+        .into_inner();
+    let primary = member_index(&cluster, &info.primary);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    let (writer, wiped) = (others[0], others[1]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut acked, _) =
+        run_appender(cluster.client(writer).await.channel(), stream.into(), 1, 30, 4, 4, deadline).await;
+    assert_eq!(acked.len(), 30);
+    // The replica loses its disk and comes back empty.
+    cluster.dev.stop(wiped, Duration::from_secs(5));
+    cluster.dev.wipe(wiped).expect("wipe");
+    cluster.dev.spawn(wiped).expect("restart");
+    cluster.wait_ready(wiped, Duration::from_secs(30)).await;
+    let (more, _) = run_appender(cluster.client(writer).await.channel(), stream.into(), 2, 10, 4, 4, deadline).await;
+    acked.extend(more);
+    // It is rebuilt from the primary (its marker goes once it holds the committed log).
+    let marker =
+        std::path::PathBuf::from(&cluster.dev.member(wiped).data_dir).join("log").join(stream).join("rebuilding");
+    eventually(Duration::from_secs(20), "the wiped replica is rebuilt", || {
+        let marker = marker.clone();
+        async move { marker.parent().is_some_and(|d| d.exists()) && !marker.exists() }
+    })
+    .await;
+    // Now the primary dies: the writer and the rebuilt replica recover everything.
+    cluster.dev.kill9(primary);
+    let (more, _) = run_appender(cluster.client(writer).await.channel(), stream.into(), 3, 10, 4, 4, deadline).await;
+    assert_eq!(more.len(), 10);
+    acked.extend(more);
+    let log = read_all(&cluster, wiped, stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), 50 * 4);
+}

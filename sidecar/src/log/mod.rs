@@ -64,6 +64,16 @@
 //!   can never count AQ durable answers again; it steps down on the first refusal. Tests:
 //!   `primary::tests::a_deposed_primary_gets_nothing_acknowledged` (verified to fail when
 //!   replicas accept older epochs).
+//! - **A wiped replica is rebuilt before it counts.** A replica that finds a stream missing
+//!   (its disk was wiped, or it never received the stream) marks it *rebuilding* (durably),
+//!   unless the seal says the stream is new (its epoch register was just created, so no entry
+//!   exists anywhere). A rebuilding replica's seal answer does not count toward the
+//!   `RF - AQ + 1` a recovery needs; it counts again once it holds the primary's log through a
+//!   commit point that covers the recovered tail (every entry earlier epochs acknowledged).
+//!   Until then a stream whose only other replicas are down stays unavailable rather than
+//!   recovering an empty log. Tests: `primary::tests::a_wiped_replica_does_not_count_until_it_is_rebuilt`
+//!   (verified to fail when rebuilding replicas are counted), `e2e/tests/log.rs`
+//!   (`a_wiped_replica_is_rebuilt_and_then_carries_a_takeover`).
 //! - **Idempotent retries.** A batch carries (producer id, producer epoch, batch sequence); the
 //!   primary keeps the last [`producer::KEPT_BATCHES`] batches of each producer, rebuilt from
 //!   the log itself after a takeover (entries store their producer fields), and answers a
@@ -71,11 +81,6 @@
 //!   Tests: `producer::tests`, `primary::tests::a_retried_batch_is_written_once_across_a_takeover`.
 //!
 //! # Not built yet
-//! - **A wiped replica is not rebuilt before it counts.** A replica that lost its disk answers a
-//!   seal as an empty log. Recovery waits for every replica's answer up to its deadline and takes
-//!   the most up-to-date log, so an acknowledged entry survives while one replica that holds it
-//!   answers; it can be lost if every replica holding it is wiped or unreachable while a wiped
-//!   one completes the seal set.
 //! - Replicas are chosen when a stream is created and not moved on membership changes.
 //! - Trimming is logical: the trim point is in the metadata register; files keep the entries.
 //! - The primary's producer table is rebuilt by reading the whole local log at takeover.
