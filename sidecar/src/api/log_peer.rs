@@ -470,7 +470,6 @@ impl LogPeers for GrpcLogPeers {
                     prev_epoch: m.prev_epoch,
                     entries: m.entries.into_iter().map(entry_to_pb).collect(),
                     commit_lsn: m.commit,
-                    replication_factor: 0,
                     complete_through: m.complete_through,
                 };
                 if req_tx.send(req).await.is_err() {

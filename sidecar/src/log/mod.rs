@@ -20,14 +20,16 @@
 //! epoch.
 //!
 //! A new primary with epoch `E` (**recovery**, [`primary`]):
-//! 1. seals every replica at `E` and waits for at least `RF - AQ + 1` of them (itself included):
-//!    this set meets every ack quorum;
+//! 1. seals every replica at `E` (waiting for each up to its deadline) and needs at least
+//!    `RF - AQ + 1` complete (not rebuilding) ones, itself included: they meet every ack quorum;
 //! 2. takes the log of the sealed replica whose last entry has the highest (epoch, LSN) as the
 //!    stream's log (Raft's "most up-to-date log"), copies what it lacks of it with fencing reads
 //!    (a read carries `E` and seals too), then rewrites the entries from the shortest sealed
 //!    replica's last LSN to the end under epoch `E` (re-replication: they become entries of
 //!    `E`, acknowledged like new ones);
-//! 3. replicates to every replica and continues at the next LSN.
+//! 3. replicates to every replica; once the recovered tail is committed under `E` (so the
+//!    committed LSN never reads lower than what earlier primaries acknowledged) it continues at
+//!    the next LSN.
 //!
 //! Replication is Raft's log matching: a primary sends entries with the (LSN, epoch) of the
 //! entry before them; a replica accepts only when it holds that entry, cuts a conflicting
@@ -58,12 +60,13 @@
 //!   queue, and an appender's batches reach that queue in the order it sent them (one stream,
 //!   results in request order). Retries are deduplicated (next point). Tests: the checker of
 //!   `e2e/tests/log.rs` reads the whole stream back and compares it with every acknowledged
-//!   append.
+//!   append (verified to report a duplicate when the producer check is disabled).
 //! - **A deposed primary gets nothing acknowledged after a seal.** Its writes carry its old
 //!   epoch; every sealed replica refuses them, and any AQ replicas include a sealed one, so it
 //!   can never count AQ durable answers again; it steps down on the first refusal. Tests:
 //!   `primary::tests::a_deposed_primary_gets_nothing_acknowledged` (verified to fail when
-//!   replicas accept older epochs).
+//!   replicas accept older epochs), and with real processes behind a partition
+//!   `e2e/tests/log.rs::a_deposed_primary_gets_no_append_acknowledged_after_a_new_epoch_is_sealed`.
 //! - **A wiped replica is rebuilt before it counts.** A replica that finds a stream missing
 //!   (its disk was wiped, or it never received the stream) marks it *rebuilding* (durably),
 //!   unless the seal says the stream is new (its epoch register was just created, so no entry
@@ -78,7 +81,9 @@
 //!   primary keeps the last [`producer::KEPT_BATCHES`] batches of each producer, rebuilt from
 //!   the log itself after a takeover (entries store their producer fields), and answers a
 //!   retried batch with its original LSNs; a gap or an older producer epoch is refused.
-//!   Tests: `producer::tests`, `primary::tests::a_retried_batch_is_written_once_across_a_takeover`.
+//!   Tests: `producer::tests`, `primary::tests::a_retried_batch_is_written_once_across_a_takeover`,
+//!   and in `e2e/tests/log.rs` the resend of batch 59 after `kill -9` of every member and the
+//!   appenders that resend every unacknowledged batch after a primary's `kill -9`.
 //!
 //! # Not built yet
 //! - Replicas are chosen when a stream is created and not moved on membership changes.
