@@ -170,6 +170,12 @@ async fn describe(cluster: &TestCluster, i: usize, stream: &str) -> pb::StreamIn
     c.describe_stream(pb::DescribeStreamRequest { name: stream.into() }).await.expect("describe").into_inner()
 }
 
+/// Creates `stream` through member 0 with replication factor 3 and ack quorum 2.
+async fn create_rf3(cluster: &TestCluster, stream: &str) -> pb::StreamInfo {
+    let req = pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 };
+    log_client(cluster, 0).await.create_stream(req).await.expect("create").into_inner()
+}
+
 fn member_index(cluster: &TestCluster, id: &str) -> usize {
     (0..cluster.dev.len()).find(|&i| cluster.dev.member(i).id == id).expect("a member")
 }
@@ -178,12 +184,7 @@ fn member_index(cluster: &TestCluster, id: &str) -> usize {
 async fn kill9_of_the_primary_mid_pipeline_loses_and_duplicates_nothing() {
     let mut cluster = TestCluster::start(opts()).await;
     let stream = "orders";
-    let info = log_client(&cluster, 0)
-        .await
-        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
-        .await
-        .expect("create")
-        .into_inner();
+    let info = create_rf3(&cluster, stream).await;
     assert_eq!((info.replication_factor, info.ack_quorum, info.replicas.len()), (3, 2, 3));
     assert!(!info.primary.is_empty(), "describing a stream settles its primary: {info:?}");
     let primary = member_index(&cluster, &info.primary);
@@ -380,12 +381,7 @@ async fn bad_input_gets_a_clear_error_and_the_stream_goes_on() {
 async fn a_deposed_primary_gets_no_append_acknowledged_after_a_new_epoch_is_sealed() {
     let cluster = TestCluster::start(TestOptions { members: 3, proxied: true, ..Default::default() }).await;
     let stream = "fenced";
-    let info = log_client(&cluster, 0)
-        .await
-        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
-        .await
-        .expect("create")
-        .into_inner();
+    let info = create_rf3(&cluster, stream).await;
     let old = member_index(&cluster, &info.primary);
     let other = (0..3).find(|&i| i != old).expect("another member");
     let append = |c: LogClient<Channel>, data: &'static str| async move {
@@ -585,12 +581,7 @@ async fn ordoctl_log_prints_the_documented_json_shapes() {
 async fn a_lagging_replica_that_takes_over_recovers_every_acknowledged_entry() {
     let mut cluster = TestCluster::start(TestOptions { members: 3, proxied: true, ..Default::default() }).await;
     let stream = "lagging";
-    let info = log_client(&cluster, 0)
-        .await
-        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
-        .await
-        .expect("create")
-        .into_inner();
+    let info = create_rf3(&cluster, stream).await;
     let primary = member_index(&cluster, &info.primary);
     let lagging = (0..3).find(|&i| i != primary).expect("a replica");
     // The replica is cut off while the primary and the third member acknowledge appends.
@@ -613,44 +604,11 @@ async fn a_lagging_replica_that_takes_over_recovers_every_acknowledged_entry() {
     assert_eq!(log.len(), 50 * 5);
 }
 
-/// Kills a child process when dropped.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_role_sidecar_forwards_appends_and_reads_to_the_primary() {
     let cluster = TestCluster::start(opts()).await;
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("client.sock");
-    let sidecar = ordoctl::dev::find_sidecar();
-    let child = std::process::Command::new(&sidecar[0])
-        .args(&sidecar[1..])
-        .args(["--role=client", "--id=wdiv-0", "--app-listen=off", "--admin-listen=127.0.0.1:0", "--log-format=text"])
-        .arg(format!("--members-file={}", cluster.dev.members_file().display()))
-        .arg(format!("--peer-token-file={}", cluster.dev.token_file().display()))
-        .arg(format!("--socket={}", socket.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = ChildGuard(child);
-    let socket = socket.display().to_string();
-    eventually(Duration::from_secs(20), "client-role sidecar ready", || {
-        let socket = socket.clone();
-        async move {
-            match ordo_client::Client::connect(&socket).await {
-                Ok(c) => c.status().await.is_ok_and(|s| s.ready && s.role == "client"),
-                Err(_) => false,
-            }
-        }
-    })
-    .await;
+    let (socket, _guard) = cluster.start_client_sidecar("wdiv-0", dir.path()).await;
     let client = ordo_client::Client::connect(&socket).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let (acked, _) = run_appender(client.channel(), "via-client".into(), 3, 50, 4, 8, deadline).await;
@@ -681,11 +639,7 @@ fn rss_bytes(pid: u32) -> u64 {
 async fn memory_stays_bounded_while_clients_flood_appends() {
     let cluster = TestCluster::start(opts()).await;
     let stream = "flood";
-    log_client(&cluster, 0)
-        .await
-        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
-        .await
-        .expect("create");
+    create_rf3(&cluster, stream).await;
     // Six connections on two members each push 256 KiB batches as fast as the sidecar reads
     // them, for a few seconds; nobody waits for results before sending more.
     let until = Instant::now() + Duration::from_secs(4);
@@ -741,11 +695,7 @@ async fn membership_3_to_5_to_3_while_appending_loses_and_duplicates_nothing() {
 
     let mut cluster = TestCluster::start(TestOptions { members: 3, slots: 5, ..Default::default() }).await;
     let stream = "members";
-    log_client(&cluster, 0)
-        .await
-        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
-        .await
-        .expect("create");
+    create_rf3(&cluster, stream).await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for member in 0..2usize {
@@ -815,12 +765,7 @@ async fn membership_3_to_5_to_3_while_appending_loses_and_duplicates_nothing() {
 async fn a_wiped_replica_is_rebuilt_and_then_carries_a_takeover() {
     let mut cluster = TestCluster::start(opts()).await;
     let stream = "wiped";
-    let info = log_client(&cluster, 0)
-        .await
-        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
-        .await
-        .expect("create")
-        .into_inner();
+    let info = create_rf3(&cluster, stream).await;
     let primary = member_index(&cluster, &info.primary);
     let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
     let (writer, wiped) = (others[0], others[1]);

@@ -154,16 +154,8 @@ impl ReplicaStore {
         entries: Vec<LogEntry>,
         complete_through: u64,
     ) -> Result<AppendReply, StoreError> {
-        self.call(|reply| Op::Append {
-            stream: stream.into(),
-            epoch,
-            prev_lsn,
-            prev_epoch,
-            entries,
-            complete_through,
-            reply,
-        })
-        .await
+        let rx = self.append_queued(stream, epoch, prev_lsn, prev_epoch, entries, complete_through);
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Like [`ReplicaStore::append`], but queued at once (in call order) and answered later:
