@@ -797,3 +797,73 @@ async fn a_wiped_replica_is_rebuilt_and_then_carries_a_takeover() {
     check(&acked, &log);
     assert_eq!(log.len(), 50 * 4);
 }
+
+/// Sends raw bytes as request messages and decodes replies as `T`.
+struct RawCodec<T>(std::marker::PhantomData<T>);
+
+impl<T> Default for RawCodec<T> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl<T: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawCodec<T> {
+    type Encode = Vec<u8>;
+    type Decode = T;
+    type Encoder = RawEncoder;
+    type Decoder = tonic_prost::ProstDecoder<T>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<Vec<u8>, T>::default().decoder()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn garbage_on_the_wire_gets_an_error_and_the_sidecar_goes_on() {
+    use prost::Message;
+
+    let cluster = TestCluster::start(opts()).await;
+    let channel = cluster.client(0).await.channel();
+    let mut raw = tonic::client::Grpc::new(channel.clone());
+    raw.ready().await.unwrap();
+    let garbage = vec![0xffu8, 0xff, 0xff, 0x01, 0x02];
+    // A unary call whose message is not protobuf.
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/ordo.v1.Log/Read");
+    let r: Result<tonic::Response<pb::ReadResponse>, _> =
+        raw.unary(tonic::Request::new(garbage.clone()), path, RawCodec::default()).await;
+    let err = r.unwrap_err();
+    assert!(matches!(err.code(), Code::Internal | Code::InvalidArgument), "{err:?}");
+    // An Append stream: a good batch, then garbage: the good one is answered, then the error.
+    let good = pb::AppendRequest { stream: "wire".into(), entries: vec![b"ok".to_vec()], ..Default::default() };
+    let msgs = futures::stream::iter(vec![good.encode_to_vec(), garbage]);
+    raw.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/ordo.v1.Log/Append");
+    let resp = raw.streaming(tonic::Request::new(msgs), path, RawCodec::<pb::AppendResponse>::default()).await;
+    let mut responses = resp.expect("the stream opens").into_inner();
+    let first = responses.next().await.expect("a result").expect("the good batch");
+    assert_eq!(first.lsns, vec![1]);
+    let err = responses.next().await.expect("an error").unwrap_err();
+    assert!(matches!(err.code(), Code::InvalidArgument | Code::Internal), "{err:?}");
+    // The sidecar goes on.
+    let client = cluster.client(0).await;
+    let appender = client.appender("wire", ordo_client::AppenderOptions::default());
+    assert_eq!(appender.append(vec![b"after".to_vec()]).await.expect("append"), vec![2]);
+    appender.close().await;
+}

@@ -13,8 +13,9 @@ use tokio::sync::oneshot;
 use super::segment::{Segment, SegmentError};
 use super::{EpochStart, LogEntry};
 
-/// Largest read answered at once, in bytes of entry data.
-pub const MAX_READ_BYTES: usize = 4 << 20;
+/// Largest read answered at once, in bytes of entry data (plus at most one entry): well under
+/// the 4 MiB that gRPC clients accept by default.
+pub const MAX_READ_BYTES: usize = 2 << 20;
 
 /// What a replica answers to a seal (or reports as its state).
 #[derive(Debug, Clone, PartialEq, Eq)]
