@@ -217,7 +217,7 @@ impl Worker {
         for p in &self.pending {
             let _ = tx.try_send(self.request(p));
         }
-        let mut client = pb::log_client::LogClient::new(self.channel.clone());
+        let mut client = pb::log_client::LogClient::new(self.channel.clone()).max_encoding_message_size(64 << 20);
         let mut responses = match client.append(ReceiverStream::new(req_rx)).await {
             Ok(r) => r.into_inner(),
             Err(s) => return End::Broken(ClientError::Status(s)),
@@ -298,7 +298,8 @@ pub struct Tail {
 
 impl Client {
     fn log(&self) -> pb::log_client::LogClient<Channel> {
-        pb::log_client::LogClient::new(self.channel())
+        // Reads carry up to a few MiB and a batch up to the sidecar's batch limit.
+        pb::log_client::LogClient::new(self.channel()).max_decoding_message_size(64 << 20)
     }
 
     /// A pipelined, idempotent appender of `stream`.

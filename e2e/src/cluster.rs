@@ -177,11 +177,52 @@ impl TestCluster {
         }
     }
 
+    /// Starts a client-role sidecar (`id`, its socket in `dir`) proposing to this cluster's
+    /// members, and waits until it is ready; it is killed when the guard is dropped.
+    pub async fn start_client_sidecar(&self, id: &str, dir: &std::path::Path) -> (String, ChildGuard) {
+        let socket = dir.join(format!("{id}.sock"));
+        let sidecar = ordoctl::dev::find_sidecar();
+        let child = std::process::Command::new(&sidecar[0])
+            .args(&sidecar[1..])
+            .args(["--role=client", "--app-listen=off", "--admin-listen=127.0.0.1:0", "--log-format=text"])
+            .arg(format!("--id={id}"))
+            .arg(format!("--members-file={}", self.dev.members_file().display()))
+            .arg(format!("--peer-token-file={}", self.dev.token_file().display()))
+            .arg(format!("--socket={}", socket.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start a client-role sidecar");
+        let guard = ChildGuard(child);
+        let socket = socket.display().to_string();
+        eventually(Duration::from_secs(20), "client-role sidecar ready", || {
+            let socket = socket.clone();
+            async move {
+                match Client::connect(&socket).await {
+                    Ok(c) => c.status().await.is_ok_and(|s| s.ready && s.role == "client"),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        (socket, guard)
+    }
+
     /// The last lines of member `i`'s log (for failure messages).
     pub fn log_tail(&self, i: usize) -> String {
         let path = self._dir.path().join("logs").join(format!("{}.log", self.dev.member(i).id));
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+/// Kills a child process when dropped.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

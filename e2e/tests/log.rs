@@ -170,6 +170,12 @@ async fn describe(cluster: &TestCluster, i: usize, stream: &str) -> pb::StreamIn
     c.describe_stream(pb::DescribeStreamRequest { name: stream.into() }).await.expect("describe").into_inner()
 }
 
+/// Creates `stream` through member 0 with replication factor 3 and ack quorum 2.
+async fn create_rf3(cluster: &TestCluster, stream: &str) -> pb::StreamInfo {
+    let req = pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 };
+    log_client(cluster, 0).await.create_stream(req).await.expect("create").into_inner()
+}
+
 fn member_index(cluster: &TestCluster, id: &str) -> usize {
     (0..cluster.dev.len()).find(|&i| cluster.dev.member(i).id == id).expect("a member")
 }
@@ -178,12 +184,7 @@ fn member_index(cluster: &TestCluster, id: &str) -> usize {
 async fn kill9_of_the_primary_mid_pipeline_loses_and_duplicates_nothing() {
     let mut cluster = TestCluster::start(opts()).await;
     let stream = "orders";
-    let info = log_client(&cluster, 0)
-        .await
-        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
-        .await
-        .expect("create")
-        .into_inner();
+    let info = create_rf3(&cluster, stream).await;
     assert_eq!((info.replication_factor, info.ack_quorum, info.replicas.len()), (3, 2, 3));
     assert!(!info.primary.is_empty(), "describing a stream settles its primary: {info:?}");
     let primary = member_index(&cluster, &info.primary);
@@ -380,12 +381,7 @@ async fn bad_input_gets_a_clear_error_and_the_stream_goes_on() {
 async fn a_deposed_primary_gets_no_append_acknowledged_after_a_new_epoch_is_sealed() {
     let cluster = TestCluster::start(TestOptions { members: 3, proxied: true, ..Default::default() }).await;
     let stream = "fenced";
-    let info = log_client(&cluster, 0)
-        .await
-        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
-        .await
-        .expect("create")
-        .into_inner();
+    let info = create_rf3(&cluster, stream).await;
     let old = member_index(&cluster, &info.primary);
     let other = (0..3).find(|&i| i != old).expect("another member");
     let append = |c: LogClient<Channel>, data: &'static str| async move {
@@ -585,12 +581,7 @@ async fn ordoctl_log_prints_the_documented_json_shapes() {
 async fn a_lagging_replica_that_takes_over_recovers_every_acknowledged_entry() {
     let mut cluster = TestCluster::start(TestOptions { members: 3, proxied: true, ..Default::default() }).await;
     let stream = "lagging";
-    let info = log_client(&cluster, 0)
-        .await
-        .create_stream(pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 })
-        .await
-        .expect("create")
-        .into_inner();
+    let info = create_rf3(&cluster, stream).await;
     let primary = member_index(&cluster, &info.primary);
     let lagging = (0..3).find(|&i| i != primary).expect("a replica");
     // The replica is cut off while the primary and the third member acknowledge appends.
@@ -611,4 +602,268 @@ async fn a_lagging_replica_that_takes_over_recovers_every_acknowledged_entry() {
     let log = read_all(&cluster, lagging, stream).await;
     check(&acked, &log);
     assert_eq!(log.len(), 50 * 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_role_sidecar_forwards_appends_and_reads_to_the_primary() {
+    let cluster = TestCluster::start(opts()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, _guard) = cluster.start_client_sidecar("wdiv-0", dir.path()).await;
+    let client = ordo_client::Client::connect(&socket).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (acked, _) = run_appender(client.channel(), "via-client".into(), 3, 50, 4, 8, deadline).await;
+    assert_eq!(acked.len(), 50, "an unknown stream is created through the client-role sidecar");
+    let info = client.describe_stream("via-client").await.expect("describe");
+    assert!(!info.replicas.iter().any(|r| r == "wdiv-0"), "only members hold streams: {info:?}");
+    assert_ne!(info.primary, "wdiv-0", "a client-role sidecar holds no data and is never primary");
+    let mut entries = Vec::new();
+    let mut sub = Box::pin(client.subscribe("via-client", 1).await.expect("subscribe"));
+    while entries.len() < 200 {
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("an entry").expect("open");
+        entries.push(pb::LogEntry { lsn: e.as_ref().map_or(0, |e| e.lsn), data: e.expect("ok").data });
+    }
+    check(&acked, &entries);
+    assert_eq!(client.tail("via-client").await.expect("tail").last_lsn, 200);
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_stays_bounded_while_clients_flood_appends() {
+    let cluster = TestCluster::start(opts()).await;
+    let stream = "flood";
+    create_rf3(&cluster, stream).await;
+    // Six connections on two members each push 256 KiB batches as fast as the sidecar reads
+    // them, for a few seconds; nobody waits for results before sending more.
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut tasks = Vec::new();
+    for k in 0..6usize {
+        let mut c = log_client(&cluster, k % 2).await;
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel(64);
+            let feeder = tokio::spawn(async move {
+                let entry = vec![b'f'; 64 * 1024];
+                while Instant::now() < until {
+                    let req = pb::AppendRequest {
+                        stream: stream.into(),
+                        entries: vec![entry.clone(); 4],
+                        pipeline_size: 8,
+                        ..Default::default()
+                    };
+                    if tx.send(req).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut responses = c.append(ReceiverStream::new(rx)).await.expect("append").into_inner();
+            let mut ok = 0u64;
+            while let Some(Ok(r)) = responses.next().await {
+                ok += u64::from(r.error.is_none());
+            }
+            let _ = feeder.await;
+            ok
+        }));
+    }
+    let mut peak = 0u64;
+    while Instant::now() < until {
+        for i in 0..3 {
+            peak = peak.max(rss_bytes(cluster.dev.member(i).pid));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut appended = 0;
+    for t in tasks {
+        appended += t.await.expect("flooder");
+    }
+    assert!(appended > 0, "the flood was appended");
+    // Bounded: at most 8 batches of 256 KiB per connection in flight; a generous bound.
+    assert!(peak < 512 << 20, "a member's RSS reached {} MiB under the flood", peak >> 20);
+    eprintln!("flood: {appended} batches of 256 KiB appended; peak member RSS {} MiB", peak >> 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_3_to_5_to_3_while_appending_loses_and_duplicates_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut cluster = TestCluster::start(TestOptions { members: 3, slots: 5, ..Default::default() }).await;
+    let stream = "members";
+    create_rf3(&cluster, stream).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for member in 0..2usize {
+        let channel = cluster.client(member).await.channel();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut round = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let producer = 1000 * (member as u64 + 1) + round;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let (a, _) = run_appender(channel.clone(), stream.into(), producer, 20, 2, 4, deadline).await;
+                assert_eq!(a.len(), 20, "producer {producer} got every batch acknowledged");
+                acked.extend(a);
+                round += 1;
+            }
+            acked
+        }));
+    }
+    let settled = |cluster: &TestCluster, members: Vec<usize>, epoch: u64| {
+        let sockets: Vec<String> = members.iter().map(|&i| cluster.dev.member(i).socket.clone()).collect();
+        async move {
+            eventually(Duration::from_secs(30), &format!("members {members:?} at epoch {epoch}"), || {
+                let sockets = sockets.clone();
+                async move {
+                    for s in sockets {
+                        let Ok(c) = ordo_client::Client::connect(&s).await else { return false };
+                        match c.status().await {
+                            Ok(st) if st.epoch == epoch && st.migrated_epoch >= epoch && st.caught_up => {}
+                            _ => return false,
+                        }
+                    }
+                    true
+                }
+            })
+            .await;
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.dev.spawn(3).unwrap();
+    cluster.dev.spawn(4).unwrap();
+    let joint = cluster.dev.write_members(&[0, 1, 2, 3, 4], Some(&[0, 1, 2])).unwrap();
+    settled(&cluster, vec![0, 1, 2, 3, 4], joint).await;
+    let five = cluster.dev.write_members(&[0, 1, 2, 3, 4], None).unwrap();
+    settled(&cluster, vec![0, 1, 2, 3, 4], five).await;
+    // A new member serves the stream too (through the primary).
+    let tail = log_client(&cluster, 4).await.tail(pb::TailRequest { stream: stream.into() }).await;
+    assert!(tail.is_ok_and(|t| t.get_ref().last_lsn > 0));
+    let joint = cluster.dev.write_members(&[0, 1, 2], Some(&[0, 1, 2, 3, 4])).unwrap();
+    settled(&cluster, vec![0, 1, 2], joint).await;
+    let three = cluster.dev.write_members(&[0, 1, 2], None).unwrap();
+    settled(&cluster, vec![0, 1, 2], three).await;
+    cluster.dev.stop(3, Duration::from_secs(5));
+    cluster.dev.stop(4, Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("appender"));
+    }
+    let log = read_all(&cluster, 2, stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), acked.len() * 2, "every acknowledged batch once, nothing else");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_replica_is_rebuilt_and_then_carries_a_takeover() {
+    let mut cluster = TestCluster::start(opts()).await;
+    let stream = "wiped";
+    let info = create_rf3(&cluster, stream).await;
+    let primary = member_index(&cluster, &info.primary);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    let (writer, wiped) = (others[0], others[1]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut acked, _) =
+        run_appender(cluster.client(writer).await.channel(), stream.into(), 1, 30, 4, 4, deadline).await;
+    assert_eq!(acked.len(), 30);
+    // The replica loses its disk and comes back empty.
+    cluster.dev.stop(wiped, Duration::from_secs(5));
+    cluster.dev.wipe(wiped).expect("wipe");
+    cluster.dev.spawn(wiped).expect("restart");
+    cluster.wait_ready(wiped, Duration::from_secs(30)).await;
+    let (more, _) = run_appender(cluster.client(writer).await.channel(), stream.into(), 2, 10, 4, 4, deadline).await;
+    acked.extend(more);
+    // It is rebuilt from the primary (its marker goes once it holds the committed log).
+    let marker =
+        std::path::PathBuf::from(&cluster.dev.member(wiped).data_dir).join("log").join(stream).join("rebuilding");
+    eventually(Duration::from_secs(20), "the wiped replica is rebuilt", || {
+        let marker = marker.clone();
+        async move { marker.parent().is_some_and(|d| d.exists()) && !marker.exists() }
+    })
+    .await;
+    // Now the primary dies: the writer and the rebuilt replica recover everything.
+    cluster.dev.kill9(primary);
+    let (more, _) = run_appender(cluster.client(writer).await.channel(), stream.into(), 3, 10, 4, 4, deadline).await;
+    assert_eq!(more.len(), 10);
+    acked.extend(more);
+    let log = read_all(&cluster, wiped, stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), 50 * 4);
+}
+
+/// Sends raw bytes as request messages and decodes replies as `T`.
+struct RawCodec<T>(std::marker::PhantomData<T>);
+
+impl<T> Default for RawCodec<T> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl<T: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawCodec<T> {
+    type Encode = Vec<u8>;
+    type Decode = T;
+    type Encoder = RawEncoder;
+    type Decoder = tonic_prost::ProstDecoder<T>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<Vec<u8>, T>::default().decoder()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn garbage_on_the_wire_gets_an_error_and_the_sidecar_goes_on() {
+    use prost::Message;
+
+    let cluster = TestCluster::start(opts()).await;
+    let channel = cluster.client(0).await.channel();
+    let mut raw = tonic::client::Grpc::new(channel.clone());
+    raw.ready().await.unwrap();
+    let garbage = vec![0xffu8, 0xff, 0xff, 0x01, 0x02];
+    // A unary call whose message is not protobuf.
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/ordo.v1.Log/Read");
+    let r: Result<tonic::Response<pb::ReadResponse>, _> =
+        raw.unary(tonic::Request::new(garbage.clone()), path, RawCodec::default()).await;
+    let err = r.unwrap_err();
+    assert!(matches!(err.code(), Code::Internal | Code::InvalidArgument), "{err:?}");
+    // An Append stream: a good batch, then garbage: the good one is answered, then the error.
+    let good = pb::AppendRequest { stream: "wire".into(), entries: vec![b"ok".to_vec()], ..Default::default() };
+    let msgs = futures::stream::iter(vec![good.encode_to_vec(), garbage]);
+    raw.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/ordo.v1.Log/Append");
+    let resp = raw.streaming(tonic::Request::new(msgs), path, RawCodec::<pb::AppendResponse>::default()).await;
+    let mut responses = resp.expect("the stream opens").into_inner();
+    let first = responses.next().await.expect("a result").expect("the good batch");
+    assert_eq!(first.lsns, vec![1]);
+    let err = responses.next().await.expect("an error").unwrap_err();
+    assert!(matches!(err.code(), Code::InvalidArgument | Code::Internal), "{err:?}");
+    // The sidecar goes on.
+    let client = cluster.client(0).await;
+    let appender = client.appender("wire", ordo_client::AppenderOptions::default());
+    assert_eq!(appender.append(vec![b"after".to_vec()]).await.expect("append"), vec![2]);
+    appender.close().await;
 }

@@ -473,44 +473,11 @@ async fn unreachable_quorum_is_reported_promptly() {
     assert_eq!(err.code(), Some(tonic::Code::Unavailable));
 }
 
-/// Kills a child process when dropped.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn client_role_sidecar_serves_the_same_api_through_the_members() {
     let cluster = TestCluster::start(opts(3)).await;
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("client.sock");
-    let sidecar = ordoctl::dev::find_sidecar();
-    let child = std::process::Command::new(&sidecar[0])
-        .args(&sidecar[1..])
-        .args(["--role=client", "--id=wdiv-0", "--app-listen=off", "--admin-listen=127.0.0.1:0", "--log-format=text"])
-        .arg(format!("--members-file={}", cluster.dev.members_file().display()))
-        .arg(format!("--peer-token-file={}", cluster.dev.token_file().display()))
-        .arg(format!("--socket={}", socket.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = ChildGuard(child);
-    let socket = socket.display().to_string();
-    eventually(Duration::from_secs(20), "client-role sidecar ready", || {
-        let socket = socket.clone();
-        async move {
-            match Client::connect(&socket).await {
-                Ok(c) => c.status().await.is_ok_and(|s| s.ready && s.role == "client"),
-                Err(_) => false,
-            }
-        }
-    })
-    .await;
+    let (socket, _guard) = cluster.start_client_sidecar("wdiv-0", dir.path()).await;
     let log: Log = Arc::default();
     let mut tasks = Vec::new();
     for (k, kind) in [Kind::Strict(1), Kind::Buffered(4), Kind::Leased(32)].into_iter().enumerate() {

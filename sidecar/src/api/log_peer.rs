@@ -154,12 +154,17 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
     async fn seal(&self, req: Request<pb::SealRequest>) -> Result<Response<pb::SealResponse>, Status> {
         let r = req.into_inner();
         validate_stream(&r.stream).map_err(log_status)?;
-        let s = self.store.seal(&r.stream, r.epoch).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let s = self
+            .store
+            .seal(&r.stream, r.epoch, r.fresh_stream)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::SealResponse {
             ok: s.ok,
             sealed_epoch: s.sealed,
             last_lsn: s.last_lsn,
             epochs: epochs_to_pb(s.epochs),
+            rebuilding: s.rebuilding,
         }))
     }
 
@@ -212,6 +217,7 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
                             prev_epoch: m.prev_epoch,
                             entries: m.entries.into_iter().map(entry_from_pb).collect(),
                             commit: m.commit_lsn,
+                            complete_through: m.complete_through,
                         };
                         if l.tx.send(msg).await.is_err() {
                             return;
@@ -416,14 +422,21 @@ impl GrpcLogPeers {
 }
 
 impl LogPeers for GrpcLogPeers {
-    async fn seal(&self, to: &str, stream: &str, epoch: u64) -> Result<SealReply, String> {
+    async fn seal(&self, to: &str, stream: &str, epoch: u64, fresh_stream: bool) -> Result<SealReply, String> {
         let mut c = self.client(to)?;
-        let r = tokio::time::timeout(self.timeout(), c.seal(pb::SealRequest { stream: stream.into(), epoch }))
+        let req = pb::SealRequest { stream: stream.into(), epoch, fresh_stream };
+        let r = tokio::time::timeout(self.timeout(), c.seal(req))
             .await
             .map_err(|_| format!("{to}: seal timed out"))?
             .map_err(|s| format!("{to}: {}", s.message()))?
             .into_inner();
-        Ok(SealReply { ok: r.ok, sealed: r.sealed_epoch, last_lsn: r.last_lsn, epochs: epochs_from_pb(r.epochs) })
+        Ok(SealReply {
+            ok: r.ok,
+            sealed: r.sealed_epoch,
+            last_lsn: r.last_lsn,
+            epochs: epochs_from_pb(r.epochs),
+            rebuilding: r.rebuilding,
+        })
     }
 
     async fn fetch(&self, to: &str, stream: &str, epoch: u64, from: u64, max: u32) -> Result<FetchReply, String> {
@@ -457,7 +470,7 @@ impl LogPeers for GrpcLogPeers {
                     prev_epoch: m.prev_epoch,
                     entries: m.entries.into_iter().map(entry_to_pb).collect(),
                     commit_lsn: m.commit,
-                    replication_factor: 0,
+                    complete_through: m.complete_through,
                 };
                 if req_tx.send(req).await.is_err() {
                     return;

@@ -20,14 +20,16 @@
 //! epoch.
 //!
 //! A new primary with epoch `E` (**recovery**, [`primary`]):
-//! 1. seals every replica at `E` and waits for at least `RF - AQ + 1` of them (itself included):
-//!    this set meets every ack quorum;
+//! 1. seals every replica at `E` (waiting for each up to its deadline) and needs at least
+//!    `RF - AQ + 1` complete (not rebuilding) ones, itself included: they meet every ack quorum;
 //! 2. takes the log of the sealed replica whose last entry has the highest (epoch, LSN) as the
 //!    stream's log (Raft's "most up-to-date log"), copies what it lacks of it with fencing reads
 //!    (a read carries `E` and seals too), then rewrites the entries from the shortest sealed
 //!    replica's last LSN to the end under epoch `E` (re-replication: they become entries of
 //!    `E`, acknowledged like new ones);
-//! 3. replicates to every replica and continues at the next LSN.
+//! 3. replicates to every replica; once the recovered tail is committed under `E` (so the
+//!    committed LSN never reads lower than what earlier primaries acknowledged) it continues at
+//!    the next LSN.
 //!
 //! Replication is Raft's log matching: a primary sends entries with the (LSN, epoch) of the
 //! entry before them; a replica accepts only when it holds that entry, cuts a conflicting
@@ -58,24 +60,32 @@
 //!   queue, and an appender's batches reach that queue in the order it sent them (one stream,
 //!   results in request order). Retries are deduplicated (next point). Tests: the checker of
 //!   `e2e/tests/log.rs` reads the whole stream back and compares it with every acknowledged
-//!   append.
+//!   append (verified to report a duplicate when the producer check is disabled).
 //! - **A deposed primary gets nothing acknowledged after a seal.** Its writes carry its old
 //!   epoch; every sealed replica refuses them, and any AQ replicas include a sealed one, so it
 //!   can never count AQ durable answers again; it steps down on the first refusal. Tests:
 //!   `primary::tests::a_deposed_primary_gets_nothing_acknowledged` (verified to fail when
-//!   replicas accept older epochs).
+//!   replicas accept older epochs), and with real processes behind a partition
+//!   `e2e/tests/log.rs::a_deposed_primary_gets_no_append_acknowledged_after_a_new_epoch_is_sealed`.
+//! - **A wiped replica is rebuilt before it counts.** A replica that finds a stream missing
+//!   (its disk was wiped, or it never received the stream) marks it *rebuilding* (durably),
+//!   unless the seal says the stream is new (its epoch register was just created, so no entry
+//!   exists anywhere). A rebuilding replica's seal answer does not count toward the
+//!   `RF - AQ + 1` a recovery needs; it counts again once it holds the primary's log through a
+//!   commit point that covers the recovered tail (every entry earlier epochs acknowledged).
+//!   Until then a stream whose only other replicas are down stays unavailable rather than
+//!   recovering an empty log. Tests: `primary::tests::a_wiped_replica_does_not_count_until_it_is_rebuilt`
+//!   (verified to fail when rebuilding replicas are counted), `e2e/tests/log.rs`
+//!   (`a_wiped_replica_is_rebuilt_and_then_carries_a_takeover`).
 //! - **Idempotent retries.** A batch carries (producer id, producer epoch, batch sequence); the
 //!   primary keeps the last [`producer::KEPT_BATCHES`] batches of each producer, rebuilt from
 //!   the log itself after a takeover (entries store their producer fields), and answers a
 //!   retried batch with its original LSNs; a gap or an older producer epoch is refused.
-//!   Tests: `producer::tests`, `primary::tests::a_retried_batch_is_written_once_across_a_takeover`.
+//!   Tests: `producer::tests`, `primary::tests::a_retried_batch_is_written_once_across_a_takeover`,
+//!   and in `e2e/tests/log.rs` the resend of batch 59 after `kill -9` of every member and the
+//!   appenders that resend every unacknowledged batch after a primary's `kill -9`.
 //!
 //! # Not built yet
-//! - **A wiped replica is not rebuilt before it counts.** A replica that lost its disk answers a
-//!   seal as an empty log. Recovery waits for every replica's answer up to its deadline and takes
-//!   the most up-to-date log, so an acknowledged entry survives while one replica that holds it
-//!   answers; it can be lost if every replica holding it is wiped or unreachable while a wiped
-//!   one completes the seal set.
 //! - Replicas are chosen when a stream is created and not moved on membership changes.
 //! - Trimming is logical: the trim point is in the metadata register; files keep the entries.
 //! - The primary's producer table is rebuilt by reading the whole local log at takeover.

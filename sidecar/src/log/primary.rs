@@ -38,6 +38,8 @@ pub struct ReplicateMsg {
     pub entries: Vec<LogEntry>,
     /// Commit point the primary knows.
     pub commit: u64,
+    /// A rebuilding replica counts again once it holds the log through this LSN.
+    pub complete_through: u64,
 }
 
 /// A replica's answer to one [`ReplicateMsg`].
@@ -59,8 +61,14 @@ pub struct ReplicaLink {
 
 /// What a primary needs from the network: calls to the replicas of a stream by member id.
 pub trait LogPeers: Send + Sync + 'static {
-    /// Seals `stream` at `epoch` on replica `to`.
-    fn seal(&self, to: &str, stream: &str, epoch: u64) -> impl Future<Output = Result<SealReply, String>> + Send;
+    /// Seals `stream` at `epoch` on replica `to` (`fresh_stream`: the stream's first epoch).
+    fn seal(
+        &self,
+        to: &str,
+        stream: &str,
+        epoch: u64,
+        fresh_stream: bool,
+    ) -> impl Future<Output = Result<SealReply, String>> + Send;
     /// A fencing recovery read on replica `to`.
     fn fetch(
         &self,
@@ -81,7 +89,7 @@ pub fn local_link(store: ReplicaStore, stream: String) -> ReplicaLink {
     let (pending_tx, mut pending) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(m) = msgs.recv().await {
-            let r = store.append_queued(&stream, m.epoch, m.prev_lsn, m.prev_epoch, m.entries);
+            let r = store.append_queued(&stream, m.epoch, m.prev_lsn, m.prev_epoch, m.entries, m.complete_through);
             if pending_tx.send((m.prev_lsn, r)).is_err() {
                 return;
             }
@@ -115,6 +123,8 @@ pub struct PrimaryConfig {
     pub first_lsn: u64,
     /// Deadline of each recovery call.
     pub timeout: Duration,
+    /// The epoch register was just created: no earlier primary existed, so no entry either.
+    pub fresh_stream: bool,
 }
 
 /// The primary's log: what is not yet known to be on the local disk and committed, plus the
@@ -194,6 +204,7 @@ impl Primary {
                 stream: cfg.stream.clone(),
                 epoch: cfg.epoch,
                 next: start,
+                recovered: recovered.last,
                 shared: shared.clone(),
                 store: store.clone(),
                 tx: tx.clone(),
@@ -313,9 +324,9 @@ async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: 
     let stream = cfg.stream.as_str();
     let seals = cfg.replicas.iter().map(|r| async move {
         let reply = if *r == cfg.me {
-            store.seal(stream, cfg.epoch).await.map_err(|e| e.to_string())
+            store.seal(stream, cfg.epoch, cfg.fresh_stream).await.map_err(|e| e.to_string())
         } else {
-            match tokio::time::timeout(cfg.timeout, peers.seal(r, stream, cfg.epoch)).await {
+            match tokio::time::timeout(cfg.timeout, peers.seal(r, stream, cfg.epoch, cfg.fresh_stream)).await {
                 Ok(r) => r,
                 Err(_) => Err(format!("no answer within {} ms", cfg.timeout.as_millis())),
             }
@@ -336,14 +347,17 @@ async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: 
             Err(e) => failures.push(format!("{r}: {e}")),
         }
     }
+    // Only replicas that did not lose the stream count: a wiped replica answers as an empty log
+    // and must be rebuilt from a primary before its answer can stand for what it acknowledged.
     let needed = cfg.replicas.len() + 1 - cfg.ack_quorum;
+    let complete = sealed.iter().filter(|(_, s)| !s.rebuilding).count();
     let Some(local) = sealed.iter().find(|(r, _)| *r == cfg.me).map(|(_, s)| s.clone()) else {
         return Err(LogError::Unavailable(format!("stream {stream}: the local replica did not seal")));
     };
-    if sealed.len() < needed {
+    if complete < needed {
+        let rebuilding: Vec<&str> = sealed.iter().filter(|(_, s)| s.rebuilding).map(|(r, _)| r.as_str()).collect();
         return Err(LogError::Unavailable(format!(
-            "stream {stream}: recovery sealed {} of {} replicas, {needed} needed ({})",
-            sealed.len(),
+            "stream {stream}: recovery sealed {complete} complete replicas of {}, {needed} needed (rebuilding: {rebuilding:?}; {})",
             cfg.replicas.len(),
             failures.join("; ")
         )));
@@ -373,7 +387,8 @@ async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: 
             let Some(last) = entries.last().map(|e| (e.lsn, e.epoch)) else {
                 return Err(LogError::Unavailable(format!("stream {stream}: {best_id} returned no entry at {next}")));
             };
-            match store.append(stream, cfg.epoch, next - 1, prev_epoch, entries).await.map_err(store_unavailable)? {
+            let copied = store.append(stream, cfg.epoch, next - 1, prev_epoch, entries, u64::MAX).await;
+            match copied.map_err(store_unavailable)? {
                 AppendReply::Durable(_) => {}
                 other => return Err(LogError::Unavailable(format!("stream {stream}: local copy refused: {other:?}"))),
             }
@@ -401,7 +416,8 @@ async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: 
             }));
         }
         let prev_epoch = epoch_at(&state.epochs, e_start - 1, state.last_lsn);
-        expect_durable(stream, store.append(stream, cfg.epoch, e_start - 1, prev_epoch, retagged.clone()).await)?;
+        let rewritten = store.append(stream, cfg.epoch, e_start - 1, prev_epoch, retagged.clone(), u64::MAX).await;
+        expect_durable(stream, rewritten)?;
     }
     let state = store.state(stream).await.map_err(store_unavailable)?;
     if state.last_lsn != h {
@@ -558,6 +574,9 @@ struct ReplicaTask {
     stream: String,
     epoch: u64,
     next: u64,
+    /// Last LSN of the recovered log: a commit point at or above it covers every entry an
+    /// earlier epoch acknowledged.
+    recovered: u64,
     shared: Arc<Shared>,
     store: ReplicaStore,
     tx: mpsc::UnboundedSender<Cmd>,
@@ -642,12 +661,14 @@ impl ReplicaTask {
                     break;
                 }
                 let n = entries.len() as u64;
+                let commit = *self.shared.commit_tx.borrow();
                 let msg = ReplicateMsg {
                     epoch: self.epoch,
                     prev_lsn: self.next - 1,
                     prev_epoch,
                     entries,
-                    commit: *self.shared.commit_tx.borrow(),
+                    commit,
+                    complete_through: if commit >= self.recovered { commit } else { u64::MAX },
                 };
                 link.tx.send(msg).await.map_err(|_| "link closed".to_string())?;
                 self.next += n;

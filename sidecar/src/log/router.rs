@@ -485,6 +485,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 return Ok(Route::Remote(to));
             }
             // Take over: the CAS's resulting version is the new epoch.
+            let fresh_stream = ep.is_none();
             let write = match &ep {
                 Some(e) => self.registers.compare_and_set(&epoch_key(stream), e.version, me.as_bytes().to_vec()).await,
                 None => self.registers.create(&epoch_key(stream), me.as_bytes().to_vec()).await,
@@ -505,6 +506,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 epoch,
                 first_lsn: meta.first_lsn,
                 timeout: self.settings.timeout,
+                fresh_stream,
             };
             let p = Primary::start(cfg, store, self.peers.clone()).await?;
             *cached = Some(Route::Local(p.clone()));

@@ -118,12 +118,27 @@ pub struct Segment {
     sealed: u64,
     /// Bytes cut from the tail when it was opened (a torn write).
     pub torn_bytes: u64,
+    /// The stream was missing here (data lost) and is not yet rebuilt from a primary.
+    rebuilding: bool,
 }
 
 impl Segment {
-    /// Opens (or creates) the segment in `dir`, cutting a torn tail.
-    pub fn open(dir: &Path) -> Result<Self, SegmentError> {
+    /// Opens (or creates) the segment in `dir`, cutting a torn tail. A segment created here
+    /// starts as *rebuilding* unless `fresh_stream` says the stream never had entries: a missing
+    /// directory may be a replica whose disk was wiped.
+    pub fn open(dir: &Path, fresh_stream: bool) -> Result<Self, SegmentError> {
+        let existed = dir.exists();
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let marker = dir.join("rebuilding");
+        if !existed && !fresh_stream {
+            File::create(&marker).and_then(|f| f.sync_all()).map_err(io(&marker))?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+        }
+        if !existed {
+            if let Some(parent) = dir.parent() {
+                File::open(parent).and_then(|d| d.sync_all()).map_err(io(parent))?;
+            }
+        }
         let path = dir.join("records");
         let file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io(&path))?;
         let len = file.metadata().map_err(io(&path))?.len();
@@ -135,6 +150,7 @@ impl Segment {
             epochs: Vec::new(),
             sealed: read_sealed(dir)?,
             torn_bytes: 0,
+            rebuilding: marker.exists(),
         };
         let mut header = [0u8; FRAME];
         let mut at = 0u64;
@@ -186,6 +202,22 @@ impl Segment {
     /// Where each epoch's entries start.
     pub fn epochs(&self) -> &[EpochStart] {
         &self.epochs
+    }
+
+    /// True while the segment is rebuilding (see [`Segment::open`]).
+    pub fn rebuilding(&self) -> bool {
+        self.rebuilding
+    }
+
+    /// Marks the segment rebuilt (durably).
+    pub fn finish_rebuild(&mut self) -> Result<(), SegmentError> {
+        if self.rebuilding {
+            let marker = self.dir.join("rebuilding");
+            std::fs::remove_file(&marker).map_err(io(&marker))?;
+            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+            self.rebuilding = false;
+        }
+        Ok(())
     }
 
     /// The sealed epoch.
@@ -330,14 +362,14 @@ mod tests {
     #[test]
     fn records_survive_reopen_and_truncation() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Segment::open(dir.path()).unwrap();
+        let mut s = Segment::open(dir.path(), true).unwrap();
         for lsn in 1..=5 {
             s.append(&entry(lsn, if lsn < 4 { 1 } else { 2 }, format!("e{lsn}").as_bytes())).unwrap();
         }
         s.sync().unwrap();
         s.seal(3).unwrap();
         assert!(s.append(&entry(9, 2, b"gap")).is_err());
-        let s = Segment::open(dir.path()).unwrap();
+        let s = Segment::open(dir.path(), true).unwrap();
         assert_eq!((s.last_lsn(), s.sealed(), s.epoch_at(3), s.epoch_at(4)), (5, 3, 1, 2));
         let got = s.read(2, 2, 1 << 20).unwrap();
         assert_eq!(got.iter().map(|e| e.data.clone()).collect::<Vec<_>>(), vec![b"e2".to_vec(), b"e3".to_vec()]);
@@ -345,7 +377,7 @@ mod tests {
         s.truncate_from(3).unwrap();
         s.append(&entry(3, 3, b"new")).unwrap();
         s.sync().unwrap();
-        let s = Segment::open(dir.path()).unwrap();
+        let s = Segment::open(dir.path(), true).unwrap();
         assert_eq!(s.last_lsn(), 3);
         assert_eq!(s.read(3, 10, 1 << 20).unwrap()[0].data, b"new");
         assert_eq!(s.epochs(), &[EpochStart { epoch: 1, start_lsn: 1 }, EpochStart { epoch: 3, start_lsn: 3 }]);
@@ -357,7 +389,7 @@ mod tests {
     fn a_torn_or_corrupt_tail_is_cut_and_the_rest_kept() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = Segment::open(dir.path()).unwrap();
+            let mut s = Segment::open(dir.path(), true).unwrap();
             s.append(&entry(1, 1, b"kept")).unwrap();
             s.append(&entry(2, 1, b"torn-record")).unwrap();
             s.sync().unwrap();
@@ -367,7 +399,7 @@ mod tests {
         let first_len = encode_record(&entry(1, 1, b"kept")).len();
         for cut in first_len..full.len() {
             std::fs::write(&path, &full[..cut]).unwrap();
-            let s = Segment::open(dir.path()).unwrap();
+            let s = Segment::open(dir.path(), true).unwrap();
             assert_eq!(s.last_lsn(), 1, "cut at {cut}");
             assert_eq!(std::fs::metadata(&path).unwrap().len(), first_len as u64);
         }
@@ -375,7 +407,7 @@ mod tests {
             let mut bad = full.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
             std::fs::write(&path, &bad).unwrap();
-            let s = Segment::open(dir.path()).unwrap();
+            let s = Segment::open(dir.path(), true).unwrap();
             assert_eq!(s.last_lsn(), 1, "bit {bit}");
             assert_eq!(s.read(1, 1, 100).unwrap()[0].data, b"kept");
         }

@@ -78,13 +78,21 @@ impl pb::log_server::Log for LogService {
             let mut pipeline = DEFAULT_PIPELINE as usize;
             let mut inflight = FuturesOrdered::new();
             let mut open = true;
+            // A message that does not decode ends the stream with its error, after the results
+            // of the batches before it.
+            let mut malformed: Option<Status> = None;
             loop {
                 tokio::select! {
                     // A new batch is read only while the pipeline has room: backpressure.
                     msg = inbound.next(), if open && inflight.len() < pipeline => {
                         let mut m = match msg {
                             Some(Ok(m)) => m,
-                            Some(Err(_)) | None => { open = false; continue; }
+                            Some(Err(s)) => {
+                                open = false;
+                                malformed = Some(Status::invalid_argument(format!("malformed append request: {}", s.message())));
+                                continue;
+                            }
+                            None => { open = false; continue; }
                         };
                         let (stream, seq) = (m.stream.clone(), m.batch_seq);
                         let submitted = match m.pipeline_size {
@@ -112,6 +120,9 @@ impl pb::log_server::Log for LogService {
                     }
                     else => {
                         if !open && inflight.is_empty() {
+                            if let Some(s) = malformed.take() {
+                                let _ = out_tx.send(Err(s)).await;
+                            }
                             return;
                         }
                     }

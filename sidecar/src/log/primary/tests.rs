@@ -6,9 +6,9 @@ use super::*;
 
 /// Replicas in temporary directories, reachable unless cut.
 struct MemPeers {
-    stores: HashMap<String, ReplicaStore>,
+    stores: Mutex<HashMap<String, ReplicaStore>>,
     cut: Mutex<HashSet<String>>,
-    _dirs: Vec<tempfile::TempDir>,
+    dirs: Mutex<Vec<tempfile::TempDir>>,
 }
 
 impl MemPeers {
@@ -20,14 +20,25 @@ impl MemPeers {
             stores.insert(id.to_string(), ReplicaStore::open(d.path()).unwrap());
             dirs.push(d);
         }
-        Arc::new(Self { stores, cut: Mutex::new(HashSet::new()), _dirs: dirs })
+        Arc::new(Self { stores: Mutex::new(stores), cut: Mutex::new(HashSet::new()), dirs: Mutex::new(dirs) })
     }
 
-    fn reach(&self, to: &str) -> Result<&ReplicaStore, String> {
+    fn store(&self, id: &str) -> ReplicaStore {
+        self.stores.lock().unwrap()[id].clone()
+    }
+
+    /// Replaces `id`'s disk with an empty one.
+    fn wipe(&self, id: &str) {
+        let d = tempfile::tempdir().unwrap();
+        self.stores.lock().unwrap().insert(id.to_string(), ReplicaStore::open(d.path()).unwrap());
+        self.dirs.lock().unwrap().push(d);
+    }
+
+    fn reach(&self, to: &str) -> Result<ReplicaStore, String> {
         if self.cut.lock().unwrap().contains(to) {
             return Err(format!("{to} is cut off"));
         }
-        self.stores.get(to).ok_or_else(|| format!("no replica {to}"))
+        self.stores.lock().unwrap().get(to).cloned().ok_or_else(|| format!("no replica {to}"))
     }
 
     fn set_cut(&self, ids: &[&str]) {
@@ -36,8 +47,8 @@ impl MemPeers {
 }
 
 impl LogPeers for MemPeers {
-    async fn seal(&self, to: &str, stream: &str, epoch: u64) -> Result<SealReply, String> {
-        self.reach(to)?.seal(stream, epoch).await.map_err(|e| e.to_string())
+    async fn seal(&self, to: &str, stream: &str, epoch: u64, fresh: bool) -> Result<SealReply, String> {
+        self.reach(to)?.seal(stream, epoch, fresh).await.map_err(|e| e.to_string())
     }
 
     async fn fetch(&self, to: &str, stream: &str, epoch: u64, from: u64, max: u32) -> Result<FetchReply, String> {
@@ -45,7 +56,7 @@ impl LogPeers for MemPeers {
     }
 
     async fn replicate(&self, to: &str, stream: &str) -> Result<ReplicaLink, String> {
-        Ok(local_link(self.reach(to)?.clone(), stream.to_string()))
+        Ok(local_link(self.reach(to)?, stream.to_string()))
     }
 }
 
@@ -58,11 +69,16 @@ fn cfg(me: &str, epoch: u64) -> PrimaryConfig {
         epoch,
         first_lsn: 1,
         timeout: Duration::from_millis(500),
+        fresh_stream: epoch == 1,
     }
 }
 
+async fn try_start(peers: &Arc<MemPeers>, me: &str, epoch: u64) -> Result<Primary, LogError> {
+    Primary::start(cfg(me, epoch), peers.store(me), peers.clone()).await
+}
+
 async fn start(peers: &Arc<MemPeers>, me: &str, epoch: u64) -> Primary {
-    Primary::start(cfg(me, epoch), peers.stores[me].clone(), peers.clone()).await.unwrap()
+    try_start(peers, me, epoch).await.unwrap()
 }
 
 fn batch(producer: u64, seq: u64, data: &[&str]) -> Batch {
@@ -93,21 +109,55 @@ async fn read_all(p: &Primary) -> Vec<(u64, String)> {
 #[tokio::test]
 async fn recovery_keeps_every_acknowledged_entry() {
     let peers = MemPeers::new(&["a", "b", "c"]);
-    // c is cut off while a is primary: acknowledgements come from a and b.
-    peers.set_cut(&["c"]);
     let a = start(&peers, "a", 1).await;
     let mut acked = Vec::new();
+    let first = a.submit(batch(0, 0, &["first"])).await.unwrap().unwrap();
+    acked.push((first[0], "first".to_string()));
+    // c is cut off while a is primary: acknowledgements come from a and b; c lags.
+    peers.set_cut(&["c"]);
     for i in 0..20u64 {
         let lsns = a.submit(batch(0, 0, &[&format!("x{i}"), &format!("y{i}")])).await.unwrap().unwrap();
         acked.push((lsns[0], format!("x{i}")));
         acked.push((lsns[1], format!("y{i}")));
     }
-    // a is gone; c (which holds nothing) takes over with b.
+    // a is gone; c (which lags) takes over with b.
     peers.set_cut(&["a"]);
     let c = start(&peers, "c", 2).await;
     assert_eq!(read_all(&c).await, acked, "the new primary holds every acknowledged entry");
     let next = c.submit(batch(0, 0, &["after"])).await.unwrap().unwrap();
-    assert_eq!(next, vec![41], "LSNs continue densely");
+    assert_eq!(next, vec![42], "LSNs continue densely");
+}
+
+#[tokio::test]
+async fn a_wiped_replica_does_not_count_until_it_is_rebuilt() {
+    let peers = MemPeers::new(&["a", "b", "c"]);
+    let a = start(&peers, "a", 1).await;
+    a.submit(batch(0, 0, &["first"])).await.unwrap().unwrap();
+    // Acknowledged by a and b only; then b loses its disk and a is cut off.
+    peers.set_cut(&["c"]);
+    for i in 0..10 {
+        a.submit(batch(0, 0, &[&format!("e{i}")])).await.unwrap().unwrap();
+    }
+    peers.wipe("b");
+    peers.set_cut(&["a"]);
+    // b (wiped) and c (lagging) would make a seal set holding none of the acknowledged tail:
+    // recovery refuses instead of losing it.
+    let refused = try_start(&peers, "c", 2).await.err().expect("recovery must not proceed");
+    assert!(matches!(&refused, LogError::Unavailable(m) if m.contains("rebuilding")), "{refused:?}");
+    // With a back, recovery proceeds, keeps everything, and b is rebuilt by replication.
+    peers.set_cut(&[]);
+    let c = start(&peers, "c", 3).await;
+    assert_eq!(read_all(&c).await.len(), 11);
+    c.submit(batch(0, 0, &["after"])).await.unwrap().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = peers.store("b").state("s").await.unwrap();
+        if !st.rebuilding && st.last_lsn == 12 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "b was not rebuilt: {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
