@@ -19,11 +19,13 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ordo_proto::v1 as pb;
 use pb::log_client::LogClient;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -155,7 +157,7 @@ fn failed(system: &str, cell: Cell, why: String) -> Row {
 
 /// Appends to one Ordo stream through `socket` until `until`: up to `pipeline` batches in flight
 /// on one Append stream, or, with `interval`, one batch every `interval` (open loop, still at
-/// most `pipeline` in flight).
+/// most `pipeline` in flight). A sender task sends; this task reads the results.
 async fn ordo_appender(
     socket: &str,
     stream: &str,
@@ -168,49 +170,56 @@ async fn ordo_appender(
     let mut log = LogClient::new(client.channel());
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::AppendRequest>(cell.pipeline + 1);
     let mut responses = log.append(ReceiverStream::new(rx)).await?.into_inner();
-    let producer_id = rand::random::<u64>() | 1;
-    let entries: Vec<Vec<u8>> = vec![payload.to_vec(); cell.batch];
+    let permits = Arc::new(Semaphore::new(cell.pipeline));
+    let sent: Arc<Mutex<VecDeque<(u64, Instant)>>> = Arc::default();
+    let mut sender = {
+        let (permits, sent, stream) = (permits.clone(), sent.clone(), stream.to_string());
+        let entries: Vec<Vec<u8>> = vec![payload.to_vec(); cell.batch];
+        let producer_id = rand::random::<u64>() | 1;
+        tokio::spawn(async move {
+            let mut next = Instant::now();
+            for seq in 0u64.. {
+                permits.acquire().await?.forget();
+                if let Some(i) = interval {
+                    tokio::time::sleep_until(next).await;
+                    next += i;
+                }
+                if Instant::now() >= until {
+                    break;
+                }
+                let req = pb::AppendRequest {
+                    stream: stream.clone(),
+                    entries: entries.clone(),
+                    pipeline_size: cell.pipeline as u32,
+                    producer_id,
+                    producer_epoch: 1,
+                    batch_seq: seq,
+                };
+                sent.lock().expect("sent").push_back((seq, Instant::now()));
+                tx.send(req).await.context("the Append stream closed")?;
+            }
+            anyhow::Ok(())
+        })
+    };
     let mut m = Measured::default();
-    let mut sent: VecDeque<(u64, Instant)> = VecDeque::new();
-    let mut seq = 0u64;
-    let mut next_send = Instant::now();
+    let mut sender_done = false;
     loop {
-        while sent.len() < cell.pipeline && Instant::now() < until && Instant::now() >= next_send {
-            let req = pb::AppendRequest {
-                stream: stream.to_string(),
-                entries: entries.clone(),
-                pipeline_size: cell.pipeline as u32,
-                producer_id,
-                producer_epoch: 1,
-                batch_seq: seq,
-            };
-            tx.send(req).await.context("the Append stream closed")?;
-            sent.push_back((seq, Instant::now()));
-            seq += 1;
-            if let Some(i) = interval {
-                next_send += i;
-            }
+        if sender_done && sent.lock().expect("sent").is_empty() {
+            return Ok(m);
         }
-        if sent.is_empty() {
-            if Instant::now() >= until {
-                return Ok(m);
+        let r = tokio::select! {
+            done = &mut sender, if !sender_done => {
+                done.context("sender task")??;
+                sender_done = true;
+                continue;
             }
-            tokio::time::sleep_until(next_send).await;
-            continue;
-        }
-        let wait = match interval {
-            Some(_) if sent.len() < cell.pipeline && Instant::now() < until => next_send,
-            _ => Instant::now() + Duration::from_secs(10),
+            r = tokio::time::timeout(Duration::from_secs(10), responses.message()) => r,
         };
-        let r = match tokio::time::timeout_at(wait, responses.message()).await {
-            Ok(r) => r?.context("the Append stream ended")?,
-            Err(_) if interval.is_some() && Instant::now() < until => continue,
-            Err(_) => bail!("no append result within 10 s"),
-        };
+        let r = r.context("no append result within 10 s")??.context("the Append stream ended")?;
         if let Some(e) = r.error {
             bail!("append refused: {} (code {})", e.message, e.code);
         }
-        let (want, t) = sent.pop_front().context("a result with nothing in flight")?;
+        let (want, t) = sent.lock().expect("sent").pop_front().context("a result with nothing in flight")?;
         if r.batch_seq != want || r.lsns.len() != cell.batch {
             bail!(
                 "result for batch {} with {} LSNs, expected batch {want} with {}",
@@ -219,6 +228,7 @@ async fn ordo_appender(
                 cell.batch
             );
         }
+        permits.add_permits(1);
         m.hist.record(t.elapsed().as_nanos() as u64);
         m.entries += cell.batch as u64;
         m.bytes += (cell.batch * payload.len()) as u64;
