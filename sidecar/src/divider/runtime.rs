@@ -33,6 +33,8 @@ use ordo_contract::validate::validate_name;
 const PARALLEL: usize = 32;
 /// Most dividers one sidecar serves (each has a loop and a table).
 pub const MAX_DIVIDERS: usize = 64;
+/// How long a wake-up waits to gather more confirms before a handoff pass.
+const WAKE_GATHER: Duration = Duration::from_millis(10);
 /// Most pages read when listing a prefix (1000 keys each).
 const MAX_PAGES: usize = 2_000;
 
@@ -191,6 +193,7 @@ impl<P: Peers> Dividers<P> {
             view: Mutex::new(ViewState::default()),
             table: watch::channel(Arc::new(AssignmentTable::default())).0,
             wake: Notify::new(),
+            refresh_now: std::sync::atomic::AtomicBool::new(false),
             changed: Notify::new(),
             metrics: self.metrics.clone(),
         });
@@ -311,6 +314,8 @@ pub struct Divider<P: Peers> {
     view: Mutex<ViewState>,
     table: watch::Sender<Arc<AssignmentTable>>,
     wake: Notify,
+    /// The next wake-up runs a full tick.
+    refresh_now: std::sync::atomic::AtomicBool,
     changed: Notify,
     metrics: DividerMetrics,
 }
@@ -358,14 +363,35 @@ impl<P: Peers> Divider<P> {
         }
     }
 
+    /// A full tick (refresh, then handoffs) every `tick`; in between, a wake-up (confirm,
+    /// release, affinity change, join) runs the handoffs alone on the last refresh, after a
+    /// short pause that gathers a burst of confirms into one pass.
     async fn handoff_loop(self: Arc<Self>) {
         loop {
             self.tick().await;
-            tokio::select! {
-                _ = tokio::time::sleep(self.settings.tick()) => {}
-                _ = self.wake.notified() => {}
+            let next = Instant::now() + self.settings.tick();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => break,
+                    _ = self.wake.notified() => {
+                        tokio::time::sleep(WAKE_GATHER).await;
+                        if self.refresh_now.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                            self.tick().await;
+                        } else {
+                            let records = self.view.lock().await.records.clone();
+                            self.handoffs(&records).await;
+                            self.changed.notify_waiters();
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// Wakes the handoff loop for a full tick (members, affinities or keys changed).
+    fn refresh_soon(&self) {
+        self.refresh_now.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
     }
 
     async fn put(&self, key: &str, expect: u64, value: Vec<u8>) -> Result<Written, RegisterError> {
@@ -828,7 +854,7 @@ impl<P: Peers> Divider<P> {
         s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) });
         sessions.insert(member.to_string(), s);
         drop(sessions);
-        self.wake.notify_one();
+        self.refresh_soon();
         Ok(rx)
     }
 
@@ -931,7 +957,7 @@ impl<P: Peers> Divider<P> {
         };
         let affinity = s.affinity;
         drop(sessions);
-        self.wake.notify_one();
+        self.refresh_soon();
         if !ok {
             return Err(DividerError::Precondition(format!(
                 "member {member:?} lost its lease; it re-joins with affinity {affinity}"
@@ -1061,7 +1087,7 @@ impl<P: Peers> Divider<P> {
         if changed > 0 || first_error.is_some() {
             let deadline = Instant::now() + self.settings.request_timeout;
             self.registers.add(&self.layout.keyset(), 1, 0, deadline).await?;
-            self.wake.notify_one();
+            self.refresh_soon();
         }
         match first_error {
             Some(e) => Err(e.into()),
