@@ -33,6 +33,8 @@ use ordo_contract::validate::validate_name;
 const PARALLEL: usize = 32;
 /// Most dividers one sidecar serves (each has a loop and a table).
 pub const MAX_DIVIDERS: usize = 64;
+/// Most claims applied at once (the rest keep landing meanwhile).
+const CLAIM_BATCH: usize = 256;
 /// How long a wake-up waits to gather more confirms before a handoff pass.
 const WAKE_GATHER: Duration = Duration::from_millis(10);
 /// Most pages read when listing a prefix (1000 keys each).
@@ -692,8 +694,10 @@ impl<P: Peers> Divider<P> {
                 s.released(&key, token);
             }
         }
-        let claim_count = claims.len();
-        let claimed: Vec<(String, String, String, u64)> = stream::iter(claims)
+        let waiting = claims.len();
+        let mut started = 0;
+        // Starts go out as claims land (a first tick may claim tens of thousands of keys).
+        let claimed = stream::iter(claims)
             .map(|(m, session, key)| async move {
                 match self.claim(records, &m, &session, &key).await {
                     Ok(Some(token)) => Some((m, session, key, token)),
@@ -706,23 +710,24 @@ impl<P: Peers> Divider<P> {
             })
             .buffer_unordered(PARALLEL)
             .filter_map(|r| async move { r })
-            .collect()
-            .await;
-        let now = Instant::now();
-        let waiting = claim_count;
-        let started = claimed.len();
-        let mut sessions = self.sessions.lock().await;
-        for (m, session, key, token) in claimed {
-            // A claim made for a session that is gone since names a dead session: anyone may
-            // claim the key again.
-            if let Some(s) = sessions.get_mut(&m).filter(|s| s.session == session) {
-                if !s.lease.ended(now) && !s.lost && !s.app_gone && s.holdings.get(&key).is_none() {
-                    s.holdings.start(&key, token);
-                    s.send(Event::Start { key, token });
+            .ready_chunks(CLAIM_BATCH);
+        tokio::pin!(claimed);
+        while let Some(batch) = claimed.next().await {
+            started += batch.len();
+            let now = Instant::now();
+            let mut sessions = self.sessions.lock().await;
+            for (m, session, key, token) in batch {
+                // A claim made for a session that is gone since names a dead session: anyone
+                // may claim the key again.
+                if let Some(s) = sessions.get_mut(&m).filter(|s| s.session == session) {
+                    if !s.lease.ended(now) && !s.lost && !s.app_gone && s.holdings.get(&key).is_none() {
+                        s.holdings.start(&key, token);
+                        s.send(Event::Start { key, token });
+                    }
                 }
             }
         }
-        let owned: usize = sessions.values().map(|s| s.holdings.len()).sum();
+        let owned: usize = self.sessions.lock().await.values().map(|s| s.holdings.len()).sum();
         self.metrics.keys(&self.name, owned, waiting.saturating_sub(started));
     }
 
