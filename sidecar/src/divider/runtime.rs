@@ -1,14 +1,17 @@
 //! The divider runtime of one sidecar: the member sessions opened on it, their leases, the
-//! handoff of their keys, and the assignment table, driven by one loop per divider that runs
-//! every `lease / 4` (and at once after a confirm, release or affinity change).
+//! handoff of their keys, and the assignment table, driven by two loops per divider.
 //!
-//! One tick: (1) tend every session: renew its member record (one compare-and-set whatever the
-//! number of keys), tell the app how long its right lasts, drop everything when the right ended,
-//! re-join with a new session after a lost lease, leave once a cancelled or abandoned session
-//! holds nothing; (2) read every member record and the key set, expire members whose record did
-//! not move for `lease + margin`, compute the [`AssignmentTable`]; (3) per session: stop keys
-//! assigned elsewhere, write the releases of keys the app is done with, claim keys assigned to
-//! it whose owner released them or lost its session. The safety argument is in [`super`].
+//! The renewal loop, every `lease / 4`: tend every session: renew its member record (one
+//! compare-and-set whatever the number of keys), tell the app how long its right lasts, drop
+//! everything when the right ended, re-join with a new session after a lost lease, leave once a
+//! cancelled or abandoned session holds nothing, time out unconfirmed stops.
+//!
+//! The handoff loop, every `lease / 4` (a join, affinity or key change wakes it at once): (1)
+//! read every member record and the key set, expire members whose record did not move for
+//! `lease + margin`, compute the [`AssignmentTable`]; (2) per session: stop keys assigned
+//! elsewhere, write the releases of keys the app is done with, claim keys assigned to it whose
+//! owner released them or lost its session. A confirm or release wakes step (2) alone. The
+//! safety argument is in [`super`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex as StdMutex};
