@@ -669,7 +669,10 @@ impl<P: Peers> Divider<P> {
                 releases.push((m.clone(), s.session.clone(), key, token, done));
             }
             let current = table.members.iter().any(|t| t.id == *m && t.session == s.session);
-            if current && !s.leaving && !s.flushing && s.affinity > 0 {
+            // Claims wait while renewals struggle (less than a tick of right left): they compete
+            // for the same quorum.
+            let renewing = s.lease.valid_for(now) >= self.settings.tick();
+            if current && renewing && !s.leaving && !s.flushing && s.affinity > 0 {
                 for key in table.keys_of(m) {
                     if s.holdings.get(&key).is_none() {
                         claims.push((m.clone(), s.session.clone(), key));
@@ -719,6 +722,9 @@ impl<P: Peers> Divider<P> {
             started += batch.len();
             let now = Instant::now();
             let mut sessions = self.sessions.lock().await;
+            // Back off when renewals struggle (the claims left are retried next pass; one cut
+            // short may still land: the next pass finds the record naming its session).
+            let back_off = !sessions.values().any(|s| s.lease.valid_for(now) >= self.settings.tick());
             for (m, session, key, token) in batch {
                 // A claim made for a session that is gone since names a dead session: anyone
                 // may claim the key again.
@@ -728,6 +734,10 @@ impl<P: Peers> Divider<P> {
                         s.send(Event::Start { key, token });
                     }
                 }
+            }
+            if back_off {
+                tracing::debug!(divider = %self.name, "renewals are slow: claims wait for the next pass");
+                break;
             }
         }
         let owned: usize = self.sessions.lock().await.values().map(|s| s.holdings.len()).sum();
