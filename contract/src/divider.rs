@@ -7,8 +7,8 @@
 //! [`DividerConfig::load`], which refuses a file that does not parse or breaks a rule, naming
 //! every broken rule at once. Fields are required (no serde defaults), so a field renamed on
 //! one side is an error, not a silent default; unknown fields are ignored so a newer operator
-//! may add some. The divider itself is not built yet: the sidecar parses and checks this file
-//! but does not act on it.
+//! may add some. Its divider is the sidecar's default for `ordo.v1.Divider` calls that name none,
+//! and its `lease_ms` and `stop_timeout_ms` set the divider's timing.
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -834,10 +834,17 @@ async fn ordoctl_divider_prints_the_documented_json_shapes() {
     assert_eq!(ordoctl_json(&socket, &["affinity", "get", "--member", "w"]), json!({"member": "w", "affinity": 1}));
     assert_eq!(ordoctl_json(&socket, &["affinity", "set", "--member", "w", "4"])["affinity"], 4);
     assert_eq!(ordoctl_json(&socket, &["affinity", "alter", "--member", "w", "-1"])["affinity"], 3);
-    assert_eq!(
-        ordoctl_json(&socket, &["status"]),
-        json!({"divider": "stocks", "keys": total, "unowned": 0, "members": [{"id": "w", "affinity": 3, "keys": total}]})
-    );
+    // The assignment follows the affinity change within a tick.
+    let want = json!({"divider": "stocks", "keys": total, "unowned": 0, "members": [{"id": "w", "affinity": 3, "keys": total}]});
+    let t0 = Instant::now();
+    loop {
+        let status = ordoctl_json(&socket, &["status"]);
+        if status == want {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "status {status} never became {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(ordoctl_json(&socket, &["flush", "--member", "w"]), json!({"member": "w", "flushed": true}));
     let mut stopped = BTreeSet::new();
     while stopped.len() < total {

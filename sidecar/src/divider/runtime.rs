@@ -1,14 +1,17 @@
 //! The divider runtime of one sidecar: the member sessions opened on it, their leases, the
-//! handoff of their keys, and the assignment table, driven by one loop per divider that runs
-//! every `lease / 4` (and at once after a confirm, release or affinity change).
+//! handoff of their keys, and the assignment table, driven by two loops per divider.
 //!
-//! One tick: (1) tend every session: renew its member record (one compare-and-set whatever the
-//! number of keys), tell the app how long its right lasts, drop everything when the right ended,
-//! re-join with a new session after a lost lease, leave once a cancelled or abandoned session
-//! holds nothing; (2) read every member record and the key set, expire members whose record did
-//! not move for `lease + margin`, compute the [`AssignmentTable`]; (3) per session: stop keys
-//! assigned elsewhere, write the releases of keys the app is done with, claim keys assigned to
-//! it whose owner released them or lost its session. The safety argument is in [`super`].
+//! The renewal loop, every `lease / 4`: tend every session: renew its member record (one
+//! compare-and-set whatever the number of keys), tell the app how long its right lasts, drop
+//! everything when the right ended, re-join with a new session after a lost lease, leave once a
+//! cancelled or abandoned session holds nothing, time out unconfirmed stops.
+//!
+//! The handoff loop, every `lease / 4` (a join, affinity or key change wakes it at once): (1)
+//! read every member record and the key set, expire members whose record did not move for
+//! `lease + margin`, compute the [`AssignmentTable`]; (2) per session: stop keys assigned
+//! elsewhere, write the releases of keys the app is done with, claim keys assigned to it whose
+//! owner released them or lost its session. A confirm or release wakes step (2) alone. The
+//! safety argument is in [`super`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -33,6 +36,10 @@ use ordo_contract::validate::validate_name;
 const PARALLEL: usize = 32;
 /// Most dividers one sidecar serves (each has a loop and a table).
 pub const MAX_DIVIDERS: usize = 64;
+/// Most claims applied at once (the rest keep landing meanwhile).
+const CLAIM_BATCH: usize = 256;
+/// How long a wake-up waits to gather more confirms before a handoff pass.
+const WAKE_GATHER: Duration = Duration::from_millis(10);
 /// Most pages read when listing a prefix (1000 keys each).
 const MAX_PAGES: usize = 2_000;
 
@@ -191,6 +198,7 @@ impl<P: Peers> Dividers<P> {
             view: Mutex::new(ViewState::default()),
             table: watch::channel(Arc::new(AssignmentTable::default())).0,
             wake: Notify::new(),
+            refresh_now: std::sync::atomic::AtomicBool::new(false),
             changed: Notify::new(),
             metrics: self.metrics.clone(),
         });
@@ -311,6 +319,8 @@ pub struct Divider<P: Peers> {
     view: Mutex<ViewState>,
     table: watch::Sender<Arc<AssignmentTable>>,
     wake: Notify,
+    /// The next wake-up runs a full tick.
+    refresh_now: std::sync::atomic::AtomicBool,
     changed: Notify,
     metrics: DividerMetrics,
 }
@@ -358,14 +368,35 @@ impl<P: Peers> Divider<P> {
         }
     }
 
+    /// A full tick (refresh, then handoffs) every `tick`; in between, a wake-up (confirm,
+    /// release, affinity change, join) runs the handoffs alone on the last refresh, after a
+    /// short pause that gathers a burst of confirms into one pass.
     async fn handoff_loop(self: Arc<Self>) {
         loop {
             self.tick().await;
-            tokio::select! {
-                _ = tokio::time::sleep(self.settings.tick()) => {}
-                _ = self.wake.notified() => {}
+            let next = Instant::now() + self.settings.tick();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => break,
+                    _ = self.wake.notified() => {
+                        tokio::time::sleep(WAKE_GATHER).await;
+                        if self.refresh_now.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                            self.tick().await;
+                        } else {
+                            let records = self.view.lock().await.records.clone();
+                            self.handoffs(&records).await;
+                            self.changed.notify_waiters();
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// Wakes the handoff loop for a full tick (members, affinities or keys changed).
+    fn refresh_soon(&self) {
+        self.refresh_now.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
     }
 
     async fn put(&self, key: &str, expect: u64, value: Vec<u8>) -> Result<Written, RegisterError> {
@@ -638,7 +669,10 @@ impl<P: Peers> Divider<P> {
                 releases.push((m.clone(), s.session.clone(), key, token, done));
             }
             let current = table.members.iter().any(|t| t.id == *m && t.session == s.session);
-            if current && !s.leaving && !s.flushing && s.affinity > 0 {
+            // Claims wait while renewals struggle (less than a tick of right left): they compete
+            // for the same quorum.
+            let renewing = s.lease.valid_for(now) >= self.settings.tick();
+            if current && renewing && !s.leaving && !s.flushing && s.affinity > 0 {
                 for key in table.keys_of(m) {
                     if s.holdings.get(&key).is_none() {
                         claims.push((m.clone(), s.session.clone(), key));
@@ -666,8 +700,10 @@ impl<P: Peers> Divider<P> {
                 s.released(&key, token);
             }
         }
-        let claim_count = claims.len();
-        let claimed: Vec<(String, String, String, u64)> = stream::iter(claims)
+        let waiting = claims.len();
+        let mut started = 0;
+        // Starts go out as claims land (a first tick may claim tens of thousands of keys).
+        let claimed = stream::iter(claims)
             .map(|(m, session, key)| async move {
                 match self.claim(records, &m, &session, &key).await {
                     Ok(Some(token)) => Some((m, session, key, token)),
@@ -680,23 +716,31 @@ impl<P: Peers> Divider<P> {
             })
             .buffer_unordered(PARALLEL)
             .filter_map(|r| async move { r })
-            .collect()
-            .await;
-        let now = Instant::now();
-        let waiting = claim_count;
-        let started = claimed.len();
-        let mut sessions = self.sessions.lock().await;
-        for (m, session, key, token) in claimed {
-            // A claim made for a session that is gone since names a dead session: anyone may
-            // claim the key again.
-            if let Some(s) = sessions.get_mut(&m).filter(|s| s.session == session) {
-                if !s.lease.ended(now) && !s.lost && !s.app_gone && s.holdings.get(&key).is_none() {
-                    s.holdings.start(&key, token);
-                    s.send(Event::Start { key, token });
+            .ready_chunks(CLAIM_BATCH);
+        tokio::pin!(claimed);
+        while let Some(batch) = claimed.next().await {
+            started += batch.len();
+            let now = Instant::now();
+            let mut sessions = self.sessions.lock().await;
+            // Back off when renewals struggle (the claims left are retried next pass; one cut
+            // short may still land: the next pass finds the record naming its session).
+            let back_off = !sessions.values().any(|s| s.lease.valid_for(now) >= self.settings.tick());
+            for (m, session, key, token) in batch {
+                // A claim made for a session that is gone since names a dead session: anyone
+                // may claim the key again.
+                if let Some(s) = sessions.get_mut(&m).filter(|s| s.session == session) {
+                    if !s.lease.ended(now) && !s.lost && !s.app_gone && s.holdings.get(&key).is_none() {
+                        s.holdings.start(&key, token);
+                        s.send(Event::Start { key, token });
+                    }
                 }
             }
+            if back_off {
+                tracing::debug!(divider = %self.name, "renewals are slow: claims wait for the next pass");
+                break;
+            }
         }
-        let owned: usize = sessions.values().map(|s| s.holdings.len()).sum();
+        let owned: usize = self.sessions.lock().await.values().map(|s| s.holdings.len()).sum();
         self.metrics.keys(&self.name, owned, waiting.saturating_sub(started));
     }
 
@@ -828,7 +872,7 @@ impl<P: Peers> Divider<P> {
         s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) });
         sessions.insert(member.to_string(), s);
         drop(sessions);
-        self.wake.notify_one();
+        self.refresh_soon();
         Ok(rx)
     }
 
@@ -931,7 +975,7 @@ impl<P: Peers> Divider<P> {
         };
         let affinity = s.affinity;
         drop(sessions);
-        self.wake.notify_one();
+        self.refresh_soon();
         if !ok {
             return Err(DividerError::Precondition(format!(
                 "member {member:?} lost its lease; it re-joins with affinity {affinity}"
@@ -1061,7 +1105,7 @@ impl<P: Peers> Divider<P> {
         if changed > 0 || first_error.is_some() {
             let deadline = Instant::now() + self.settings.request_timeout;
             self.registers.add(&self.layout.keyset(), 1, 0, deadline).await?;
-            self.wake.notify_one();
+            self.refresh_soon();
         }
         match first_error {
             Some(e) => Err(e.into()),
