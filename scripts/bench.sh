@@ -2,7 +2,8 @@
 # Benchmarks. Without a mode: the sequencer (rr_seq's matrix on a local 3-member Ordo cluster, side
 # by side with an in-process baseline and a 3-member etcd cluster; bench-out/sequencer.*).
 # `bash scripts/bench.sh log ...`: log streams vs NATS JetStream R3 and Redis (bench-out/log.*).
-# `bash scripts/bench.sh divider ...`: the divider's assignment function. Arguments go to
+# `bash scripts/bench.sh divider ...`: the divider's assignment function; `... ownership ...`: the
+# divider's ownership (recovery after kill -9, idle quorum writes) vs the etcd recipe. Arguments go to
 # ordo-bench (e.g. --secs 3 --repeat 3 --no-etcd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,5 +45,9 @@ if [ "${1:-}" = "log" ]; then
 fi
 if [ "${1:-}" = "divider" ]; then
   exec target/release/ordo-bench "$@"
+fi
+if [ "${1:-}" = "ownership" ]; then
+  shift
+  exec target/release/ordo-bench ownership --sidecar "$ORDO_SIDECAR_BIN" "$@"
 fi
 exec target/release/ordo-bench --sidecar "$ORDO_SIDECAR_BIN" "$@"

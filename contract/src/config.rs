@@ -195,7 +195,7 @@ pub struct LogArgs {
     /// Most entries in one batch.
     #[arg(long = "streams-max-batch-entries", env = "ORDO_STREAMS_MAX_BATCH_ENTRIES", default_value_t = DEFAULT_MAX_BATCH_ENTRIES)]
     pub max_batch_entries: u32,
-    /// Append bytes one app connection may have in flight; beyond it the sidecar stops reading
+    /// Append bytes one Append stream may have in flight; beyond it the sidecar stops reading
     /// (backpressure), so its memory stays bounded.
     #[arg(long = "streams-max-inflight-bytes", env = "ORDO_STREAMS_MAX_INFLIGHT_BYTES", default_value_t = DEFAULT_MAX_INFLIGHT_BYTES)]
     pub max_inflight_bytes: u64,

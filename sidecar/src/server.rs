@@ -172,6 +172,7 @@ async fn run(args: SidecarArgs) -> Result<()> {
         .merge(app::log::services(
             &log_router,
             usize::try_from(args.log.max_batch_bytes).unwrap_or(usize::MAX).saturating_add(1 << 20),
+            usize::try_from(args.log.max_inflight_bytes).unwrap_or(usize::MAX),
         ))
         .merge(app::sequencer::services(&args.sequencer, args.request_timeout(), &node))
         .merge(app::cluster::services(&node))

@@ -248,6 +248,15 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
     let o = owners.clone();
     eventually(Duration::from_secs(120), "every key owned", || o.lock().expect("owners").len() == n).await?;
     let initial = started.elapsed();
+    // Wait for the handoffs to settle: the last app to join owns about its share.
+    let victim = format!("app-{}", args.apps - 1);
+    let share = n / args.apps;
+    let o = owners.clone();
+    eventually(Duration::from_secs(120), "the assignment settled", || {
+        let o = o.lock().expect("owners");
+        o.len() == n && o.values().filter(|m| **m == victim).count() * 10 >= share * 9
+    })
+    .await?;
     let idle_rounds_per_sec = if measure_idle {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = cluster.quorum_stats().await;
@@ -258,7 +267,6 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
         None
     };
     // kill -9 the last app's sidecar; its app goes with it.
-    let victim = format!("app-{}", args.apps - 1);
     let orphans: Vec<String> = {
         let o = owners.lock().expect("owners");
         o.iter().filter(|(_, m)| **m == victim).map(|(k, _)| k.clone()).collect()
@@ -336,7 +344,11 @@ async fn etcd_owners(h: &mut Http) -> anyhow::Result<HashMap<String, String>> {
     Ok(out)
 }
 
-/// One app's loop: keepalive every TTL/3; every 100 ms claim unowned keys of its share.
+/// Transactions one etcd app keeps in flight while claiming (one connection each).
+const ETCD_CLAIMS_IN_FLIGHT: usize = 16;
+
+/// One app's loop: keepalive every TTL/3; every 100 ms claim the unowned keys of its share, a
+/// transaction per key, [`ETCD_CLAIMS_IN_FLIGHT`] at a time.
 fn etcd_app(
     addr: String,
     app: EtcdApp,
@@ -347,6 +359,10 @@ fn etcd_app(
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
         let mut h = Http::connect(&addr).await?;
+        let mut pool = Vec::new();
+        for _ in 0..ETCD_CLAIMS_IN_FLIGHT {
+            pool.push(Http::connect(&addr).await?);
+        }
         let mut last_keepalive = Instant::now();
         loop {
             if last_keepalive.elapsed() >= ttl / 3 {
@@ -355,15 +371,26 @@ fn etcd_app(
             }
             let owners = etcd_owners(&mut h).await?;
             let live = all.lock().expect("apps").clone();
-            for k in keys.iter().filter(|k| !owners.contains_key(*k) && rendezvous(k, &live) == app.name) {
-                let body = format!(
-                    "{{\"compare\":[{{\"key\":\"{key}\",\"target\":\"CREATE\",\"result\":\"EQUAL\",\"create_revision\":\"0\"}}],\
-                     \"success\":[{{\"request_put\":{{\"key\":\"{key}\",\"value\":\"{val}\",\"lease\":\"{lease}\"}}}}]}}",
-                    key = b64(k.as_bytes()),
-                    val = b64(app.name.as_bytes()),
-                    lease = app.lease
-                );
-                etcd_post(&mut h, "/v3/kv/txn", &body, &writes).await?;
+            let mine: Vec<&String> =
+                keys.iter().filter(|k| !owners.contains_key(*k) && rendezvous(k, &live) == app.name).collect();
+            let claims = pool.iter_mut().enumerate().map(|(i, conn)| {
+                let (mine, app, writes) = (&mine, &app, &writes);
+                async move {
+                    for k in mine.iter().skip(i).step_by(ETCD_CLAIMS_IN_FLIGHT) {
+                        let body = format!(
+                            "{{\"compare\":[{{\"key\":\"{key}\",\"target\":\"CREATE\",\"result\":\"EQUAL\",\"create_revision\":\"0\"}}],\
+                             \"success\":[{{\"request_put\":{{\"key\":\"{key}\",\"value\":\"{val}\",\"lease\":\"{lease}\"}}}}]}}",
+                            key = b64(k.as_bytes()),
+                            val = b64(app.name.as_bytes()),
+                            lease = app.lease
+                        );
+                        etcd_post(conn, "/v3/kv/txn", &body, writes).await?;
+                    }
+                    anyhow::Ok(())
+                }
+            });
+            for r in futures::future::join_all(claims).await {
+                r?;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -29,10 +29,12 @@ const FOLLOW_WAIT: Duration = Duration::from_millis(1000);
 /// How long Subscribe retries while a stream has no reachable primary before it ends.
 const FOLLOW_GIVE_UP: Duration = Duration::from_secs(30);
 
-/// The log's app services.
-pub fn services(router: &Arc<Router>, max_message: usize) -> AppServices {
+/// The log's app services. One Append stream stops reading new batches while its batches in
+/// flight hold `max_inflight` bytes or more (or its pipeline is full): backpressure that bounds the
+/// sidecar's memory per connection to about `max_inflight` plus one batch.
+pub fn services(router: &Arc<Router>, max_message: usize, max_inflight: usize) -> AppServices {
     AppServices::default().with_service(
-        pb::log_server::LogServer::new(LogService { router: router.clone() })
+        pb::log_server::LogServer::new(LogService { router: router.clone(), max_inflight })
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message),
     )
@@ -41,6 +43,7 @@ pub fn services(router: &Arc<Router>, max_message: usize) -> AppServices {
 /// The Log service.
 pub struct LogService {
     router: Arc<Router>,
+    max_inflight: usize,
 }
 
 fn info_to_pb(i: StreamInfo) -> pb::StreamInfo {
@@ -73,10 +76,13 @@ impl pb::log_server::Log for LogService {
     async fn append(&self, req: Request<Streaming<pb::AppendRequest>>) -> Result<Response<Self::AppendStream>, Status> {
         let mut inbound = req.into_inner();
         let router = self.router.clone();
+        let max_inflight = self.max_inflight;
         let (out_tx, out_rx) = mpsc::channel::<Result<pb::AppendResponse, Status>>(MAX_PIPELINE as usize);
         tokio::spawn(async move {
             let mut pipeline = DEFAULT_PIPELINE as usize;
             let mut inflight = FuturesOrdered::new();
+            // Payload bytes of the batches in flight.
+            let mut inflight_bytes = 0usize;
             let mut open = true;
             // A message that does not decode ends the stream with its error, after the results
             // of the batches before it.
@@ -84,7 +90,7 @@ impl pb::log_server::Log for LogService {
             loop {
                 tokio::select! {
                     // A new batch is read only while the pipeline has room: backpressure.
-                    msg = inbound.next(), if open && inflight.len() < pipeline => {
+                    msg = inbound.next(), if open && inflight.len() < pipeline && inflight_bytes < max_inflight => {
                         let mut m = match msg {
                             Some(Ok(m)) => m,
                             Some(Err(s)) => {
@@ -95,6 +101,8 @@ impl pb::log_server::Log for LogService {
                             None => { open = false; continue; }
                         };
                         let (stream, seq) = (m.stream.clone(), m.batch_seq);
+                        let bytes: usize = m.entries.iter().map(Vec::len).sum();
+                        inflight_bytes += bytes;
                         let submitted = match m.pipeline_size {
                             p if p > MAX_PIPELINE => Err(LogError::Invalid(format!(
                                 "pipeline_size must be 1..={MAX_PIPELINE} (0 for the default {DEFAULT_PIPELINE}), got {p}"
@@ -110,10 +118,11 @@ impl pb::log_server::Log for LogService {
                                 Ok(rx) => rx.await.unwrap_or_else(|_| Err(LogError::Unavailable("the primary went away".into()))),
                                 Err(e) => Err(e),
                             };
-                            append_response(stream, seq, r)
+                            (bytes, append_response(stream, seq, r))
                         });
                     }
-                    Some(resp) = inflight.next(), if !inflight.is_empty() => {
+                    Some((bytes, resp)) = inflight.next(), if !inflight.is_empty() => {
+                        inflight_bytes -= bytes;
                         if out_tx.send(Ok(resp)).await.is_err() {
                             return;
                         }
