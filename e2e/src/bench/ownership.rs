@@ -363,17 +363,24 @@ fn etcd_app(
         for _ in 0..ETCD_CLAIMS_IN_FLIGHT {
             pool.push(Http::connect(&addr).await?);
         }
-        let mut last_keepalive = Instant::now();
-        loop {
-            if last_keepalive.elapsed() >= ttl / 3 {
-                etcd_post(&mut h, "/v3/lease/keepalive", &format!("{{\"ID\":\"{}\"}}", app.lease), &writes).await?;
-                last_keepalive = Instant::now();
+        // Keepalives on their own connection, beside the claims (both end with this task).
+        let mut k = Http::connect(&addr).await?;
+        let (lease, kw) = (app.lease, writes.clone());
+        let keepalive = async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                etcd_post(&mut k, "/v3/lease/keepalive", &format!("{{\"ID\":\"{lease}\"}}"), &kw).await?;
             }
-            let owners = etcd_owners(&mut h).await?;
-            let live = all.lock().expect("apps").clone();
-            let mine: Vec<&String> =
-                keys.iter().filter(|k| !owners.contains_key(*k) && rendezvous(k, &live) == app.name).collect();
-            let claims = pool.iter_mut().enumerate().map(|(i, conn)| {
+            #[allow(unreachable_code)]
+            anyhow::Ok(())
+        };
+        let claims = async move {
+            loop {
+                let owners = etcd_owners(&mut h).await?;
+                let live = all.lock().expect("apps").clone();
+                let mine: Vec<&String> =
+                    keys.iter().filter(|k| !owners.contains_key(*k) && rendezvous(k, &live) == app.name).collect();
+                let claims = pool.iter_mut().enumerate().map(|(i, conn)| {
                 let (mine, app, writes) = (&mine, &app, &writes);
                 async move {
                     for k in mine.iter().skip(i).step_by(ETCD_CLAIMS_IN_FLIGHT) {
@@ -389,11 +396,16 @@ fn etcd_app(
                     anyhow::Ok(())
                 }
             });
-            for r in futures::future::join_all(claims).await {
-                r?;
+                for r in futures::future::join_all(claims).await {
+                    r?;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            #[allow(unreachable_code)]
+            anyhow::Ok(())
+        };
+        tokio::try_join!(keepalive, claims)?;
+        Ok(())
     })
 }
 
@@ -420,6 +432,10 @@ async fn etcd_run(args: &Args, bin: &Path, dir: &Path, n: usize, measure_idle: b
     let initial = loop {
         if etcd_owners(&mut h).await?.len() == n {
             break started.elapsed();
+        }
+        if let Some(i) = tasks.iter().position(|t| t.is_finished()) {
+            let end = tasks.remove(i).await;
+            bail!("etcd app {i} stopped: {:?}", end.map(|r| r.map_err(|e| format!("{e:#}"))));
         }
         if started.elapsed() > Duration::from_secs(120) {
             bail!("etcd: not every key owned within 120 s");
