@@ -149,6 +149,26 @@ impl TestCluster {
         .await;
     }
 
+    /// Waits (up to 30 s) until every member in `members` runs configuration `epoch`, has
+    /// migrated its registers for it and is caught up: a membership step has settled.
+    pub async fn wait_migrated(&self, members: &[usize], epoch: u64) {
+        let sockets: Vec<String> = members.iter().map(|&i| self.dev.member(i).socket.clone()).collect();
+        eventually(Duration::from_secs(30), &format!("members {members:?} migrated epoch {epoch}"), || {
+            let sockets = sockets.clone();
+            async move {
+                for s in sockets {
+                    let Ok(c) = Client::connect(&s).await else { return false };
+                    match c.status().await {
+                        Ok(st) if st.epoch == epoch && st.migrated_epoch >= epoch && st.caught_up => {}
+                        _ => return false,
+                    }
+                }
+                true
+            }
+        })
+        .await;
+    }
+
     /// Member `i`'s own status.
     pub async fn status(&self, i: usize) -> Option<ordo_proto::v1::StatusResponse> {
         Client::connect(&self.dev.member(i).socket).await.ok()?.status().await.ok()

@@ -6,5 +6,6 @@
 pub mod checker;
 pub mod cluster;
 pub mod proxy;
+pub mod raw;
 
 pub use cluster::TestCluster;

@@ -166,7 +166,8 @@ async fn peers_with_wrong_token_stale_epoch_or_malformed_messages_are_refused() 
     raw.ready().await.unwrap();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/ordo.v1.QuorumPeer/Prepare");
     let garbage = authed(vec![0xffu8, 0xff, 0xff, 0x01, 0x02], &token);
-    let r: Result<tonic::Response<pb::PrepareResponse>, _> = raw.unary(garbage, path, RawCodec).await;
+    let r: Result<tonic::Response<pb::PrepareResponse>, _> =
+        raw.unary(garbage, path, ordo_e2e::raw::RawCodec::default()).await;
     let err = r.unwrap_err();
     assert!(matches!(err.code(), Code::Internal | Code::InvalidArgument), "{err:?}");
 
@@ -174,37 +175,4 @@ async fn peers_with_wrong_token_stale_epoch_or_malformed_messages_are_refused() 
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(c.current("peer-victim").await.unwrap(), before);
     assert_eq!(c.next("peer-victim", 1, true).await.unwrap().start, before);
-}
-
-/// Sends raw bytes as a request body and decodes the reply as `PrepareResponse`.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = pb::PrepareResponse;
-    type Encoder = RawEncoder;
-    type Decoder = tonic_prost::ProstDecoder<pb::PrepareResponse>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstCodec::<Vec<u8>, pb::PrepareResponse>::default().decoder()
-    }
-}
-
-#[derive(Clone, Default)]
-struct RawEncoder;
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
 }

@@ -715,39 +715,20 @@ async fn membership_3_to_5_to_3_while_appending_loses_and_duplicates_nothing() {
             acked
         }));
     }
-    let settled = |cluster: &TestCluster, members: Vec<usize>, epoch: u64| {
-        let sockets: Vec<String> = members.iter().map(|&i| cluster.dev.member(i).socket.clone()).collect();
-        async move {
-            eventually(Duration::from_secs(30), &format!("members {members:?} at epoch {epoch}"), || {
-                let sockets = sockets.clone();
-                async move {
-                    for s in sockets {
-                        let Ok(c) = ordo_client::Client::connect(&s).await else { return false };
-                        match c.status().await {
-                            Ok(st) if st.epoch == epoch && st.migrated_epoch >= epoch && st.caught_up => {}
-                            _ => return false,
-                        }
-                    }
-                    true
-                }
-            })
-            .await;
-        }
-    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.dev.spawn(3).unwrap();
     cluster.dev.spawn(4).unwrap();
     let joint = cluster.dev.write_members(&[0, 1, 2, 3, 4], Some(&[0, 1, 2])).unwrap();
-    settled(&cluster, vec![0, 1, 2, 3, 4], joint).await;
+    cluster.wait_migrated(&[0, 1, 2, 3, 4], joint).await;
     let five = cluster.dev.write_members(&[0, 1, 2, 3, 4], None).unwrap();
-    settled(&cluster, vec![0, 1, 2, 3, 4], five).await;
+    cluster.wait_migrated(&[0, 1, 2, 3, 4], five).await;
     // A new member serves the stream too (through the primary).
     let tail = log_client(&cluster, 4).await.tail(pb::TailRequest { stream: stream.into() }).await;
     assert!(tail.is_ok_and(|t| t.get_ref().last_lsn > 0));
     let joint = cluster.dev.write_members(&[0, 1, 2], Some(&[0, 1, 2, 3, 4])).unwrap();
-    settled(&cluster, vec![0, 1, 2], joint).await;
+    cluster.wait_migrated(&[0, 1, 2], joint).await;
     let three = cluster.dev.write_members(&[0, 1, 2], None).unwrap();
-    settled(&cluster, vec![0, 1, 2], three).await;
+    cluster.wait_migrated(&[0, 1, 2], three).await;
     cluster.dev.stop(3, Duration::from_secs(5));
     cluster.dev.stop(4, Duration::from_secs(5));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -798,45 +779,9 @@ async fn a_wiped_replica_is_rebuilt_and_then_carries_a_takeover() {
     assert_eq!(log.len(), 50 * 4);
 }
 
-/// Sends raw bytes as request messages and decodes replies as `T`.
-struct RawCodec<T>(std::marker::PhantomData<T>);
-
-impl<T> Default for RawCodec<T> {
-    fn default() -> Self {
-        Self(std::marker::PhantomData)
-    }
-}
-
-struct RawEncoder;
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl<T: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawCodec<T> {
-    type Encode = Vec<u8>;
-    type Decode = T;
-    type Encoder = RawEncoder;
-    type Decoder = tonic_prost::ProstDecoder<T>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstCodec::<Vec<u8>, T>::default().decoder()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn garbage_on_the_wire_gets_an_error_and_the_sidecar_goes_on() {
+    use ordo_e2e::raw::RawCodec;
     use prost::Message;
 
     let cluster = TestCluster::start(opts()).await;

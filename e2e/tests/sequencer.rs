@@ -360,31 +360,12 @@ async fn membership_change_3_to_5_to_3_keeps_ids_unique() {
             }));
         }
     }
-    let migrated = |cluster: &TestCluster, members: Vec<usize>, epoch: u64| {
-        let sockets: Vec<String> = members.iter().map(|&i| cluster.dev.member(i).socket.clone()).collect();
-        async move {
-            eventually(Duration::from_secs(30), &format!("members {members:?} migrated epoch {epoch}"), || {
-                let sockets = sockets.clone();
-                async move {
-                    for s in sockets {
-                        let Ok(c) = Client::connect(&s).await else { return false };
-                        match c.status().await {
-                            Ok(st) if st.epoch == epoch && st.migrated_epoch >= epoch && st.caught_up => {}
-                            _ => return false,
-                        }
-                    }
-                    true
-                }
-            })
-            .await;
-        }
-    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     // 3 -> 5: start the new members, joint epoch, wait for migration, then the new set alone.
     cluster.dev.spawn(3).unwrap();
     cluster.dev.spawn(4).unwrap();
     let joint = cluster.dev.write_members(&[0, 1, 2, 3, 4], Some(&[0, 1, 2])).unwrap();
-    migrated(&cluster, vec![0, 1, 2, 3, 4], joint).await;
+    cluster.wait_migrated(&[0, 1, 2, 3, 4], joint).await;
     let five = cluster.dev.write_members(&[0, 1, 2, 3, 4], None).unwrap();
     for i in 0..5 {
         cluster.wait_ready(i, Duration::from_secs(20)).await;
@@ -407,7 +388,7 @@ async fn membership_change_3_to_5_to_3_keeps_ids_unique() {
     });
     // 5 -> 3: drop members 3 and 4 (and the original 2 stays), same two steps, then stop them.
     let joint = cluster.dev.write_members(&[0, 1, 2], Some(&[0, 1, 2, 3, 4])).unwrap();
-    migrated(&cluster, vec![0, 1, 2], joint).await;
+    cluster.wait_migrated(&[0, 1, 2], joint).await;
     let three = cluster.dev.write_members(&[0, 1, 2], None).unwrap();
     eventually(Duration::from_secs(10), "members on the final epoch", || async {
         cluster.status(0).await.is_some_and(|s| s.epoch == three)
