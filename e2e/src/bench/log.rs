@@ -286,9 +286,17 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
         let mut log = LogClient::new(client.channel());
         for (i, cell) in cells.iter().enumerate() {
             let names: Vec<String> = (0..cell.streams).map(|s| format!("bench-{i}-{s}")).collect();
+            let mut created = Ok(());
             for n in &names {
                 let req = pb::CreateStreamRequest { name: n.clone(), replication_factor: 3, ack_quorum: 2 };
-                log.create_stream(req).await.with_context(|| format!("creating stream {n}"))?;
+                if let Err(e) = log.create_stream(req).await {
+                    created = Err(anyhow::anyhow!("creating stream {n}: {e}"));
+                    break;
+                }
+            }
+            if let Err(e) = created {
+                push(&mut rows, "ordo", *cell, Err(e), args.secs);
+                continue;
             }
             let until = Instant::now() + secs;
             let payload = vec![0x6fu8; cell.entry];
@@ -352,43 +360,63 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
             continue;
         };
         eprintln!("starting a 3-node JetStream cluster ({}, sync_always={sync_always})", bin.display());
-        let nats = NatsCluster::start(&bin, sync_always).await?;
+        let nats = match NatsCluster::start(&bin, sync_always).await {
+            Ok(n) => n,
+            Err(e) => {
+                notes.push(format!("{system}: not run: the cluster did not start: {e:#}"));
+                continue;
+            }
+        };
         for (i, cell) in cells.iter().enumerate() {
             let names: Vec<String> = (0..cell.streams).map(|s| format!("b{i}s{s}")).collect();
+            let mut created = Ok(());
             for n in &names {
-                nats.create_stream(n).await?;
+                if let Err(e) = nats.create_stream(n).await {
+                    created = Err(e);
+                    break;
+                }
             }
-            let until = Instant::now() + secs;
-            let payload = vec![0x6fu8; cell.entry];
-            let ports = nats.ports.clone();
-            let c = *cell;
-            let result = run_all(cell.streams, |s| {
-                let (port, name, payload) = (ports[s % ports.len()], names[s].clone(), payload.clone());
-                async move { peers::nats_appender(port, &name, &payload, c.batch, c.pipeline, until).await }
-            })
-            .await;
+            let result = match created {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let until = Instant::now() + secs;
+                    let payload = vec![0x6fu8; cell.entry];
+                    let ports = nats.ports.clone();
+                    let c = *cell;
+                    run_all(cell.streams, |s| {
+                        let (port, name, payload) = (ports[s % ports.len()], names[s].clone(), payload.clone());
+                        async move { peers::nats_appender(port, &name, &payload, c.batch, c.pipeline, until).await }
+                    })
+                    .await
+                }
+            };
             push(&mut rows, system, *cell, result, args.secs);
+            for n in &names {
+                nats.delete_stream(n).await;
+            }
         }
     }
 
     if wants("redis") {
         match peers::find_binary(args.redis.as_deref(), "redis-server") {
             None => notes.push("redis: not run (no redis-server; scripts/bench.sh installs it)".into()),
-            Some(bin) => {
-                let redis = Redis::start(&bin).await?;
-                for (i, cell) in cells.iter().enumerate() {
-                    let until = Instant::now() + secs;
-                    let payload = vec![0x6fu8; cell.entry];
-                    let port = redis.port;
-                    let c = *cell;
-                    let result = run_all(cell.streams, |s| {
-                        let (key, payload) = (format!("b{i}s{s}"), payload.clone());
-                        async move { peers::redis_appender(port, &key, &payload, c.batch, c.pipeline, until).await }
-                    })
-                    .await;
-                    push(&mut rows, "redis", *cell, result, args.secs);
+            Some(bin) => match Redis::start(&bin).await {
+                Err(e) => notes.push(format!("redis: not run: it did not start: {e:#}")),
+                Ok(redis) => {
+                    for (i, cell) in cells.iter().enumerate() {
+                        let until = Instant::now() + secs;
+                        let payload = vec![0x6fu8; cell.entry];
+                        let port = redis.port;
+                        let c = *cell;
+                        let result = run_all(cell.streams, |s| {
+                            let (key, payload) = (format!("b{i}s{s}"), payload.clone());
+                            async move { peers::redis_appender(port, &key, &payload, c.batch, c.pipeline, until).await }
+                        })
+                        .await;
+                        push(&mut rows, "redis", *cell, result, args.secs);
+                    }
                 }
-            }
+            },
         }
     }
 

@@ -167,6 +167,18 @@ impl NatsCluster {
     }
 }
 
+impl NatsCluster {
+    /// Deletes stream `name` (best effort: cells clean up after themselves, so the cluster does
+    /// not slow down as hundreds of streams pile up).
+    pub async fn delete_stream(&self, name: &str) {
+        if let Ok(mut c) = NatsConn::connect(self.ports[0]).await {
+            if c.publish(&format!("$JS.API.STREAM.DELETE.{name}"), b"").await.is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), c.next_reply()).await;
+            }
+        }
+    }
+}
+
 /// One NATS connection with one reply inbox (`_INBOX.bench.<n>`).
 pub struct NatsConn {
     rd: BufReader<OwnedReadHalf>,
