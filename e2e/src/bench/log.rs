@@ -215,7 +215,13 @@ async fn ordo_appender(
             }
             r = tokio::time::timeout(Duration::from_secs(10), responses.message()) => r,
         };
-        let r = r.context("no append result within 10 s")??.context("the Append stream ended")?;
+        let Some(r) = r.context("no append result within 10 s")?? else {
+            // The sender finished and the sidecar answered everything: a normal end.
+            if sent.lock().expect("sent").is_empty() {
+                return Ok(m);
+            }
+            bail!("the Append stream ended with batches unanswered");
+        };
         if let Some(e) = r.error {
             bail!("append refused: {} (code {})", e.message, e.code);
         }
