@@ -7,7 +7,9 @@ that the sidecar accepts it. It calls grpc.health.v1 Check, Next (buffered and s
 and Current, lists services through server reflection v1alpha (what grpcio-reflection,
 grpcui, Postman and older grpcurl ask), checks what it got, and prints one JSON object:
 {"ranges": [[start, end], ...], "current": N, "health": "SERVING", "services": [...],
-"registers": "ok"} (Create, Read and CompareAndSet on ordo.v1.Registers when the sidecar serves it).
+"registers": "ok", "log": "ok", "divider": "ok"} (Create, Read and CompareAndSet on ordo.v1.Registers
+when the sidecar serves it; CreateStream, a pipelined Append stream, Read and Tail on ordo.v1.Log;
+AddKeys, Watch until every key started, Lookup and Cancel on ordo.v1.Divider).
 Run by e2e/tests/foreign_clients.rs; exits non-zero with a message on any failure.
 """
 
@@ -25,11 +27,10 @@ DEADLINE_S = 10
 
 
 def load_stubs(proto_dir, out_dir):
-    """Compiles sequencer.proto and registers.proto with grpcio-tools' bundled compiler and
-    imports the stubs."""
+    """Compiles the app-facing protos with grpcio-tools' bundled compiler and imports the stubs."""
     rc = protoc.main(
         ["protoc", f"-I{proto_dir}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}",
-         "ordo/v1/sequencer.proto", "ordo/v1/registers.proto"]
+         "ordo/v1/sequencer.proto", "ordo/v1/registers.proto", "ordo/v1/log.proto", "ordo/v1/divider.proto"]
     )
     if rc != 0:
         sys.exit(f"compiling the protos failed ({rc})")
@@ -58,6 +59,54 @@ def use_registers(channel, sequence):
         sys.exit("an empty key was accepted")
     except grpc.RpcError as e:
         check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"an empty key is INVALID_ARGUMENT: {e.code()}")
+    return "ok"
+
+
+def use_log(channel, sequence):
+    """CreateStream, three batches on one pipelined Append stream (results in order, dense LSNs),
+    Read them back, Tail."""
+    from ordo.v1 import log_pb2 as lp, log_pb2_grpc as lg  # noqa: E402
+
+    log = lg.LogStub(channel)
+    name = f"py-{sequence}"
+    info = log.CreateStream(lp.CreateStreamRequest(name=name, replication_factor=3, ack_quorum=2), timeout=DEADLINE_S)
+    check(info.name == name and info.replication_factor == 3, f"CreateStream: {info}")
+    batches = [[b"a", b"b"], [b"c"], [b"d", b"e", b"f"]]
+    requests = (lp.AppendRequest(stream=name, entries=b, pipeline_size=2, producer_id=7, producer_epoch=1,
+                                 batch_seq=i) for i, b in enumerate(batches))
+    lsns = []
+    for i, r in enumerate(log.Append(requests, timeout=DEADLINE_S)):
+        check(not r.HasField("error"), f"batch {i} appended: {r}")
+        check(r.batch_seq == i and len(r.lsns) == len(batches[i]), f"result {i} in request order: {r}")
+        lsns.extend(r.lsns)
+    check(lsns == list(range(1, 7)), f"dense LSNs from 1: {lsns}")
+    read = log.Read(lp.ReadRequest(stream=name, **{"from": 1}, max=10), timeout=DEADLINE_S)
+    check([e.data for e in read.entries] == [d for b in batches for d in b], f"Read returns the entries: {read}")
+    tail = log.Tail(lp.TailRequest(stream=name), timeout=DEADLINE_S)
+    check(tail.last_lsn == 6, f"Tail: {tail}")
+    return "ok"
+
+
+def use_divider(channel, sequence):
+    """AddKeys, Watch as a member until every key started, Lookup names it, Cancel."""
+    from ordo.v1 import divider_pb2 as dp, divider_pb2_grpc as dg  # noqa: E402
+
+    div = dg.DividerStub(channel)
+    name, member = f"py-{sequence}", "py-app"
+    keys = [f"k{i}" for i in range(4)]
+    div.AddKeys(dp.KeysRequest(divider=name, keys=keys), timeout=DEADLINE_S)
+    events = div.Watch(dp.WatchRequest(divider=name, member=member, address="py:0"), timeout=30)
+    started = {}
+    for ev in events:
+        if ev.HasField("start"):
+            started[ev.start.key] = ev.start.token
+        if set(started) == set(keys):
+            break
+    check(set(started) == set(keys), f"every key started: {started}")
+    owner = div.Lookup(dp.LookupRequest(divider=name, key=keys[0]), timeout=DEADLINE_S)
+    check(owner.owner == member and owner.token == started[keys[0]], f"Lookup names the member and token: {owner}")
+    div.Cancel(dp.MemberRequest(divider=name, member=member), timeout=30)
+    events.cancel()
     return "ok"
 
 
@@ -106,9 +155,11 @@ def main():
             services = sorted(s.name for s in resp.list_services_response.service)
             check("ordo.v1.Sequencer" in services, f"reflection v1alpha lists ordo.v1.Sequencer: {services}")
             registers = use_registers(channel, sequence) if "ordo.v1.Registers" in services else "not served"
+            log = use_log(channel, sequence)
+            divider = use_divider(channel, sequence)
 
     print(json.dumps({"ranges": ranges, "current": current, "health": status_name, "services": services,
-                      "registers": registers}))
+                      "registers": registers, "log": log, "divider": divider}))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,12 @@ struct Report {
     services: Vec<String>,
     #[serde(default)]
     registers: Option<String>,
+    /// `ok` once the Python client used ordo.v1.Log (absent from the Node client).
+    #[serde(default)]
+    log: Option<String>,
+    /// `ok` once the Python client used ordo.v1.Divider (absent from the Node client).
+    #[serde(default)]
+    divider: Option<String>,
 }
 
 /// Runs a client script against `socket` for `sequence` and parses its report.
@@ -93,6 +99,8 @@ async fn python_grpcio_and_node_grpc_js_work_on_the_socket_with_default_settings
         assert!(py.services.iter().any(|x| x == s), "python grpcio: reflection v1alpha lists {s}: {py:?}");
     }
     assert_eq!(py.registers.as_deref(), Some("ok"), "python grpcio: Create, Read, CompareAndSet on Registers");
+    assert_eq!(py.log.as_deref(), Some("ok"), "python grpcio: CreateStream, pipelined Append, Read, Tail on Log");
+    assert_eq!(py.divider.as_deref(), Some("ok"), "python grpcio: AddKeys, Watch, Lookup, Cancel on Divider");
 
     // Node on another member, same sequence: its IDs are all new.
     let socket = cluster.dev.member(1).socket.clone();
