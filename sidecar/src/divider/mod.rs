@@ -21,7 +21,7 @@
 //! **One lease per member, not per key.** A member's right to every key it owns rests on its
 //! member record alone: the owner record `owner/K` names `(M, session)`, and it is valid while
 //! `members/M` is `live` with that session. Renewing a member is one compare-and-set of its
-//! member record every `lease / 3`, whatever the number of keys, so keeping 100k keys owned
+//! member record every `lease / 4`, whatever the number of keys, so keeping 100k keys owned
 //! costs the same quorum writes per second as keeping 100. Writes per key happen only when a
 //! key changes hands (claim, release).
 //!
