@@ -46,6 +46,11 @@ pub struct HolderLease {
 }
 
 impl HolderLease {
+    /// The lease and margin it runs with.
+    pub fn timing(&self) -> LeaseTiming {
+        self.timing
+    }
+
     /// A lease with no right yet.
     pub fn new(timing: LeaseTiming) -> Self {
         Self { timing, right_end: None }

@@ -46,7 +46,9 @@
 //!    the app gets `Start{key, token}`.
 //!
 //! A member record is marked `expired` by any sidecar that saw its version unchanged for
-//! `lease + drift margin` on its own monotonic clock ([`lease::Observed`]), with a
+//! `lease + drift margin` on its own monotonic clock ([`lease::Observed`]), the lease and margin
+//! being at least the holder's own, which its record carries
+//! ([`records::MemberRecord::observer_timing`]: sidecars need not share their timing flags), with a
 //! compare-and-set at the version it saw, so a renewal landing in between makes the expiry
 //! fail and the other way round: a renewal can never revive an expired session.
 //!

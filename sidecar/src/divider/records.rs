@@ -1,6 +1,9 @@
 //! What the divider stores in registers: register names and the member and owner records,
 //! encoded as a few newline-separated fields (`m1`/`o1` tagged, so a later format can differ).
 
+use std::time::Duration;
+
+use super::lease::LeaseTiming;
 use crate::quorum::register::validate_key as validate_register_key;
 use ordo_contract::validate::{validate_key as validate_work_key, validate_name};
 
@@ -101,6 +104,11 @@ pub struct MemberRecord {
     /// state, affinity or address (renewals keep it): the sum over every member record, plus the key-set counter,
     /// is the assignment's version, which therefore grows only when the assignment's inputs do.
     pub changed: u64,
+    /// The holder's lease and drift margin, ms (0: not recorded, a record of format `m1`).
+    /// Observers wait at least these before they expire the member, whatever their own timing.
+    pub lease_ms: u64,
+    /// See `lease_ms`.
+    pub margin_ms: u64,
 }
 
 /// State of a key's ownership.
@@ -147,12 +155,25 @@ impl MemberRecord {
             MemberState::Left => "left",
             MemberState::Expired => "expired",
         };
-        format!("m1\n{}\n{state}\n{}\n{}\n{}", self.session, self.affinity, self.changed, self.address).into_bytes()
+        format!(
+            "m2\n{}\n{state}\n{}\n{}\n{}\n{}\n{}",
+            self.session, self.affinity, self.changed, self.lease_ms, self.margin_ms, self.address
+        )
+        .into_bytes()
     }
 
     /// Decodes [`MemberRecord::encode`]'s output.
     pub fn decode(raw: &[u8]) -> Result<Self, RecordError> {
-        let f = fields(raw, "m1", 6)?;
+        // `m2` records the holder's timing; `m1` (written before it) does not.
+        let f = match fields(raw, "m2", 8) {
+            Ok(f) => f,
+            Err(_) => {
+                let mut f = fields(raw, "m1", 6)?;
+                let address = f.pop().unwrap_or_default();
+                f.extend(["0".to_string(), "0".to_string(), address]);
+                f
+            }
+        };
         let state = match f[2].as_str() {
             "live" => MemberState::Live,
             "left" => MemberState::Left,
@@ -161,7 +182,20 @@ impl MemberRecord {
         };
         let affinity = f[3].parse().map_err(|_| RecordError(format!("affinity {:?}", f[3])))?;
         let changed = f[4].parse().map_err(|_| RecordError(format!("changed {:?}", f[4])))?;
-        Ok(Self { session: f[1].clone(), state, affinity, address: f[5].clone(), changed })
+        let lease_ms = f[5].parse().map_err(|_| RecordError(format!("lease_ms {:?}", f[5])))?;
+        let margin_ms = f[6].parse().map_err(|_| RecordError(format!("margin_ms {:?}", f[6])))?;
+        Ok(Self { session: f[1].clone(), state, affinity, address: f[7].clone(), changed, lease_ms, margin_ms })
+    }
+
+    /// The timing an observer judges this member's lease by: its own, lengthened to the holder's
+    /// recorded lease and margin. Waiting longer than the holder's right is always safe; waiting
+    /// by a shorter lease than the holder's would not be, so sidecars of one divider need not
+    /// share their timing flags.
+    pub fn observer_timing(&self, own: LeaseTiming) -> LeaseTiming {
+        LeaseTiming {
+            lease: own.lease.max(Duration::from_millis(self.lease_ms)),
+            margin: own.margin.max(Duration::from_millis(self.margin_ms)),
+        }
     }
 
     /// True when `other` differs in what the assignment depends on.
@@ -212,6 +246,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn observers_wait_at_least_the_holders_recorded_lease() {
+        let own = LeaseTiming { lease: Duration::from_millis(1000), margin: Duration::from_millis(100) };
+        let mut m = MemberRecord {
+            session: "s".into(),
+            state: MemberState::Live,
+            affinity: 1,
+            address: String::new(),
+            changed: 1,
+            lease_ms: 10_000,
+            margin_ms: 500,
+        };
+        let t = m.observer_timing(own);
+        assert_eq!((t.lease, t.margin), (Duration::from_millis(10_000), Duration::from_millis(500)));
+        m.lease_ms = 0;
+        m.margin_ms = 0;
+        assert_eq!(m.observer_timing(own).lease, own.lease, "an m1 record: the observer's own timing");
+    }
+
+    #[test]
     fn records_round_trip_and_garbage_is_refused() {
         let m = MemberRecord {
             session: "s1".into(),
@@ -219,8 +272,13 @@ mod tests {
             affinity: 7,
             address: "10.0.0.1:80".into(),
             changed: 4,
+            lease_ms: 3000,
+            margin_ms: 300,
         };
         assert_eq!(MemberRecord::decode(&m.encode()).unwrap(), m);
+        // A record written before the timing was recorded still reads, with no timing.
+        let old = MemberRecord::decode(b"m1\ns1\nlive\n7\n4\n10.0.0.1:80").unwrap();
+        assert_eq!((old.lease_ms, old.margin_ms, old.address.as_str()), (0, 0, "10.0.0.1:80"));
         let o = OwnerRecord { member: "a".into(), session: "s".into(), state: OwnerState::Released, token: 9 };
         assert_eq!(OwnerRecord::decode(&o.encode()).unwrap(), o);
         assert!(MemberRecord::decode(b"m1\ns\nzombie\n1\n0\n").is_err());

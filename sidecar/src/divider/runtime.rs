@@ -254,12 +254,15 @@ impl Session {
 
     /// The record to write at version `expect`.
     fn record(&self, state: MemberState, expect: u64) -> MemberRecord {
+        let timing = self.lease.timing();
         let mut r = MemberRecord {
             session: self.session.clone(),
             state,
             affinity: self.affinity,
             address: self.address.clone(),
             changed: expect + 1,
+            lease_ms: u64::try_from(timing.lease.as_millis()).unwrap_or(u64::MAX),
+            margin_ms: u64::try_from(timing.margin.as_millis()).unwrap_or(u64::MAX),
         };
         if let Some(last) = self.written.as_ref().filter(|last| !last.differs(&r)) {
             r.changed = last.changed;
@@ -580,7 +583,7 @@ impl<P: Peers> Divider<P> {
             let o = Observed::saw(st.observed.get(id).copied(), *v, now);
             st.observed.insert(id.clone(), o);
             let local = local.get(id).is_some_and(|s| *s == rec.session);
-            if rec.state == MemberState::Live && !local && o.expired(now, self.settings.timing) {
+            if rec.state == MemberState::Live && !local && o.expired(now, rec.observer_timing(self.settings.timing)) {
                 expire.push((id.clone(), *v, rec.clone()));
             }
         }
@@ -830,14 +833,16 @@ impl<P: Peers> Divider<P> {
         let expect = match &current {
             None => 0,
             Some(e) => {
-                let live = MemberRecord::decode(&e.value).is_ok_and(|r| r.state == MemberState::Live);
+                let rec = MemberRecord::decode(&e.value).ok();
+                let live = rec.as_ref().is_some_and(|r| r.state == MemberState::Live);
+                let timing = rec.as_ref().map_or(self.settings.timing, |r| r.observer_timing(self.settings.timing));
                 let dead = self
                     .view
                     .lock()
                     .await
                     .observed
                     .get(member)
-                    .is_some_and(|o| o.version == e.version && o.expired(Instant::now(), self.settings.timing));
+                    .is_some_and(|o| o.version == e.version && o.expired(Instant::now(), timing));
                 if live && !dead {
                     return Err(DividerError::AlreadyExists(format!(
                         "member {member:?} has a live session; retry once its lease ({} ms) has run out",

@@ -30,9 +30,8 @@ pub fn services(
     timeout: Duration,
     node: &Arc<Node<GrpcPeers>>,
 ) -> AppServices {
-    // A WorkDivider's pods all get the same config file, whose timing wins over the flags:
-    // observers judge a member's lease by their own timing, so every sidecar of one divider
-    // must use the same.
+    // A WorkDivider's pods all get the same config file, whose timing wins over the flags (member
+    // records carry the holder's timing, so observers wait at least that long either way).
     let (lease_ms, stop_timeout_ms) = match &config {
         Some(c) => (c.lease_ms, c.stop_timeout_ms),
         None => (args.divider_lease_ms, args.divider_stop_timeout_ms),
