@@ -169,6 +169,17 @@ impl TestCluster {
         .await;
     }
 
+    /// Moves the cluster from members `from` to members `to` (started already) the safe way:
+    /// the joint epoch, every member of `to` migrated, then `to` alone, migrated too. Returns the
+    /// final epoch.
+    pub async fn change_members(&mut self, from: &[usize], to: &[usize]) -> u64 {
+        let joint = self.dev.write_members(to, Some(from)).expect("write the joint members file");
+        self.wait_migrated(to, joint).await;
+        let next = self.dev.write_members(to, None).expect("write the new members file");
+        self.wait_migrated(to, next).await;
+        next
+    }
+
     /// Member `i`'s own status.
     pub async fn status(&self, i: usize) -> Option<ordo_proto::v1::StatusResponse> {
         Client::connect(&self.dev.member(i).socket).await.ok()?.status().await.ok()

@@ -718,17 +718,11 @@ async fn membership_3_to_5_to_3_while_appending_loses_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.dev.spawn(3).unwrap();
     cluster.dev.spawn(4).unwrap();
-    let joint = cluster.dev.write_members(&[0, 1, 2, 3, 4], Some(&[0, 1, 2])).unwrap();
-    cluster.wait_migrated(&[0, 1, 2, 3, 4], joint).await;
-    let five = cluster.dev.write_members(&[0, 1, 2, 3, 4], None).unwrap();
-    cluster.wait_migrated(&[0, 1, 2, 3, 4], five).await;
+    cluster.change_members(&[0, 1, 2], &[0, 1, 2, 3, 4]).await;
     // A new member serves the stream too (through the primary).
     let tail = log_client(&cluster, 4).await.tail(pb::TailRequest { stream: stream.into() }).await;
     assert!(tail.is_ok_and(|t| t.get_ref().last_lsn > 0));
-    let joint = cluster.dev.write_members(&[0, 1, 2], Some(&[0, 1, 2, 3, 4])).unwrap();
-    cluster.wait_migrated(&[0, 1, 2], joint).await;
-    let three = cluster.dev.write_members(&[0, 1, 2], None).unwrap();
-    cluster.wait_migrated(&[0, 1, 2], three).await;
+    cluster.change_members(&[0, 1, 2, 3, 4], &[0, 1, 2]).await;
     cluster.dev.stop(3, Duration::from_secs(5));
     cluster.dev.stop(4, Duration::from_secs(5));
     tokio::time::sleep(Duration::from_millis(300)).await;
