@@ -8,9 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# A one-shot run gains nothing from incremental state, which would cost gigabytes of disk (a CI
+# run once failed with the linker's bus error on a full disk); line tables keep backtraces useful.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 start=$(date +%s)
 step() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - start ))"; }
 
+df -h . 2>/dev/null | awk 'NR==2 {print "disk free at start: " $4}' || true
 step "test dependencies (pinned Python tools in .venv)"
 bash scripts/test-deps.sh
 
@@ -51,3 +55,4 @@ step "kind end-to-end suite"
 bash e2e/kind/run.sh
 
 step "all tests passed"
+du -sh target 2>/dev/null | sed 's/^/disk used by target: /' || true
