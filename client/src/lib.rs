@@ -41,6 +41,10 @@ pub enum ClientError {
     /// The sidecar answered with an error.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Status(tonic::Status),
+    /// A fenced append was refused: the stream already took a higher token for the key, so
+    /// this owner lost it (FAILED_PRECONDITION with reason FENCED on the wire).
+    #[error("FailedPrecondition: {0}")]
+    Fenced(String),
 }
 
 fn code_name(c: tonic::Code) -> String {
@@ -59,7 +63,13 @@ impl ClientError {
         match self {
             ClientError::Status(s) => Some(s.code()),
             ClientError::Connect { .. } => Some(tonic::Code::Unavailable),
+            ClientError::Fenced(_) => Some(tonic::Code::FailedPrecondition),
         }
+    }
+
+    /// A fenced append was refused (this owner lost its key).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, ClientError::Fenced(_))
     }
 }
 

@@ -43,6 +43,26 @@ pub struct AppenderOptions {
     pub producer_id: Option<u64>,
     /// Producer epoch.
     pub producer_epoch: u64,
+    /// Fencing precondition carried by every batch: a batch is refused with
+    /// [`ClientError::Fenced`] once the stream took a higher token for the same divider key.
+    pub fence: Option<Fence>,
+}
+
+/// A fencing precondition of an append: a work-divider key and the token of its `Start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// Divider name.
+    pub divider: String,
+    /// Key.
+    pub key: String,
+    /// Token (>= 1).
+    pub token: u64,
+}
+
+impl Fence {
+    fn to_pb(&self) -> pb::Fence {
+        pb::Fence { divider: self.divider.clone(), key: self.key.clone(), token: self.token }
+    }
 }
 
 impl Default for AppenderOptions {
@@ -52,6 +72,7 @@ impl Default for AppenderOptions {
             retry_deadline: Duration::from_secs(30),
             producer_id: None,
             producer_epoch: 0,
+            fence: None,
         }
     }
 }
@@ -82,6 +103,7 @@ impl LogStreamAppender {
             retry_deadline: opts.retry_deadline,
             producer_id: opts.producer_id.filter(|p| *p != 0).unwrap_or_else(|| rand::random::<u64>() | 1),
             producer_epoch: opts.producer_epoch,
+            fence: opts.fence.as_ref().map(Fence::to_pb),
             next_seq: 0,
             pending: VecDeque::new(),
         };
@@ -155,6 +177,7 @@ struct Worker {
     retry_deadline: Duration,
     producer_id: u64,
     producer_epoch: u64,
+    fence: Option<pb::Fence>,
     next_seq: u64,
     pending: VecDeque<Pending>,
 }
@@ -178,6 +201,7 @@ impl Worker {
             producer_id: self.producer_id,
             producer_epoch: self.producer_epoch,
             batch_seq: p.seq,
+            fence: self.fence.clone(),
         }
     }
 
@@ -254,6 +278,7 @@ impl Worker {
                         }
                         Some(e) => {
                             let code = tonic::Code::from_i32(e.code);
+                            let fenced = e.reason == pb::AppendErrorReason::Fenced as i32;
                             let status = tonic::Status::new(code, e.message);
                             match code {
                                 tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::NotFound => {
@@ -261,7 +286,12 @@ impl Worker {
                                     // ones sent after it move down by one (the primary refuses
                                     // them as a gap) and go again on a new stream.
                                     let p = self.pending.pop_front().expect("front");
-                                    (p.callback)(Err(ClientError::Status(status)));
+                                    let err = if fenced {
+                                        ClientError::Fenced(status.message().to_string())
+                                    } else {
+                                        ClientError::Status(status)
+                                    };
+                                    (p.callback)(Err(err));
                                     for q in self.pending.iter_mut() {
                                         q.seq -= 1;
                                     }

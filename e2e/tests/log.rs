@@ -61,6 +61,7 @@ async fn run_appender(
         producer_id: producer,
         producer_epoch: 1,
         batch_seq: seq,
+        fence: None,
     };
     while (next_seq < batches || !pending.is_empty()) && Instant::now() < deadline {
         let mut client = LogClient::new(channel.clone());
@@ -285,6 +286,7 @@ async fn kill9_of_every_member_and_a_restart_keep_every_acknowledged_entry() {
         producer_id: 7,
         producer_epoch: 1,
         batch_seq: seq,
+        fence: None,
     };
     tx.send(req(59)).await.unwrap();
     tx.send(req(60)).await.unwrap();

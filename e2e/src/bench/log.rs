@@ -194,6 +194,7 @@ async fn ordo_appender(
                     producer_id,
                     producer_epoch: 1,
                     batch_seq: seq,
+                    fence: None,
                 };
                 sent.lock().expect("sent").push_back((seq, Instant::now()));
                 tx.send(req).await.context("the Append stream closed")?;

@@ -22,7 +22,7 @@ use crate::api::peer::{AuthHeader, GrpcPeers};
 use crate::log::primary::{local_link, LogPeers, ReplicaLink, ReplicateAck, ReplicateMsg};
 use crate::log::router::{validate_stream, LogRouter, RemotePrimaries};
 use crate::log::store::{AppendReply, FetchReply, ReplicaStore, SealReply};
-use crate::log::{AppendResult, AppendResultTx, Batch, EpochStart, LogEntry, LogError};
+use crate::log::{AppendResult, AppendResultTx, Batch, EpochStart, Fence, LogEntry, LogError};
 use crate::node::Node;
 
 /// Largest message on the log peer protocol.
@@ -46,8 +46,19 @@ pub fn entry_to_pb(e: LogEntry) -> pb::PeerEntry {
         batch_seq: e.batch_seq,
         batch_index: e.batch_index,
         batch_len: e.batch_len,
+        fence: e.fence.map(fence_to_pb),
         data: e.data,
     }
+}
+
+/// A fence for the wire.
+pub fn fence_to_pb(f: Fence) -> pb::Fence {
+    pb::Fence { divider: f.divider, key: f.key, token: f.token }
+}
+
+/// A fence from the wire (a token of 0 means none).
+pub fn fence_from_pb(f: pb::Fence) -> Option<Fence> {
+    (f.token != 0 || !f.key.is_empty()).then_some(Fence { divider: f.divider, key: f.key, token: f.token })
 }
 
 /// Converts an entry from the wire.
@@ -60,6 +71,7 @@ pub fn entry_from_pb(e: pb::PeerEntry) -> LogEntry {
         batch_seq: e.batch_seq,
         batch_index: e.batch_index,
         batch_len: e.batch_len,
+        fence: e.fence.and_then(fence_from_pb),
         data: e.data,
     }
 }
@@ -80,7 +92,7 @@ pub fn log_status(e: LogError) -> Status {
         LogError::NotFound(_) => Status::not_found(msg),
         LogError::AlreadyExists(_) => Status::already_exists(msg),
         LogError::Trimmed { .. } | LogError::OutOfRange(_) => Status::out_of_range(msg),
-        LogError::Refused(_) => Status::failed_precondition(msg),
+        LogError::Refused(_) | LogError::Fenced(_) => Status::failed_precondition(msg),
         LogError::Unavailable(_) => Status::unavailable(msg),
     }
 }
@@ -103,12 +115,20 @@ pub fn append_response(stream: String, batch_seq: u64, r: Result<Vec<u64>, LogEr
     match r {
         Ok(lsns) => pb::AppendResponse { stream, batch_seq, lsns, error: None },
         Err(e) => {
+            let reason = match e {
+                LogError::Fenced(_) => pb::AppendErrorReason::Fenced,
+                _ => pb::AppendErrorReason::Unspecified,
+            };
             let s = log_status(e);
             pb::AppendResponse {
                 stream,
                 batch_seq,
                 lsns: Vec::new(),
-                error: Some(pb::AppendError { code: s.code() as i32, message: s.message().to_string() }),
+                error: Some(pb::AppendError {
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                    reason: reason as i32,
+                }),
             }
         }
     }
@@ -121,7 +141,16 @@ pub fn batch_of(r: &mut pb::AppendRequest) -> Batch {
         producer_id: r.producer_id,
         producer_epoch: r.producer_epoch,
         batch_seq: r.batch_seq,
+        fence: r.fence.take().and_then(fence_from_pb),
     }
+}
+
+/// The log error of an append result from a primary elsewhere.
+pub fn append_error(e: pb::AppendError) -> LogError {
+    if e.reason == pb::AppendErrorReason::Fenced as i32 {
+        return LogError::Fenced(e.message);
+    }
+    status_error(&Status::new(tonic::Code::from_i32(e.code), e.message))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -393,7 +422,7 @@ impl GrpcLogPeers {
                             Some(Ok(r)) => {
                                 let w = waiting.lock().expect("waiting lock").pop_front();
                                 let result = match r.error {
-                                    Some(e) => Err(status_error(&Status::new(tonic::Code::from_i32(e.code), e.message))),
+                                    Some(e) => Err(append_error(e)),
                                     None => Ok(r.lsns),
                                 };
                                 if let Some(w) = w {
@@ -508,6 +537,7 @@ impl RemotePrimaries for GrpcLogPeers {
             producer_id: batch.producer_id,
             producer_epoch: batch.producer_epoch,
             batch_seq: batch.batch_seq,
+            fence: batch.fence.map(fence_to_pb),
         };
         let mut forwarders = self.forwarders.lock().expect("forwarders lock");
         let mut item = (req, reply);

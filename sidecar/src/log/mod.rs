@@ -90,6 +90,7 @@
 //! - Trimming is logical: the trim point is in the metadata register; files keep the entries.
 //! - The primary's producer table is rebuilt by reading the whole local log at takeover.
 
+pub mod fence;
 pub mod placement;
 pub mod primary;
 pub mod producer;
@@ -115,8 +116,21 @@ pub struct LogEntry {
     pub batch_index: u32,
     /// Entries in its batch.
     pub batch_len: u32,
+    /// The batch's fencing precondition (on its first entry only).
+    pub fence: Option<Fence>,
     /// The payload.
     pub data: Vec<u8>,
+}
+
+/// A fencing precondition: refused once a higher `token` for `(divider, key)` was appended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Fence {
+    /// Divider name.
+    pub divider: String,
+    /// Key.
+    pub key: String,
+    /// Token (>= 1).
+    pub token: u64,
 }
 
 /// Where an epoch's entries start in a replica's log.
@@ -139,6 +153,8 @@ pub struct Batch {
     pub producer_epoch: u64,
     /// Batch sequence number.
     pub batch_seq: u64,
+    /// Fencing precondition.
+    pub fence: Option<Fence>,
 }
 
 /// Why a log call failed; each variant maps to one gRPC code.
@@ -167,6 +183,10 @@ pub enum LogError {
     /// Refused in this state (FAILED_PRECONDITION): a producer gap or fenced producer epoch.
     #[error("{0}")]
     Refused(String),
+    /// A higher fencing token for the batch's key was already appended (FAILED_PRECONDITION,
+    /// reason FENCED).
+    #[error("{0}")]
+    Fenced(String),
     /// Not available now; retrying may succeed (UNAVAILABLE).
     #[error("{0}")]
     Unavailable(String),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::fence::FenceTable;
 use super::producer::{ProducerTable, Verdict};
 use super::segment::{epoch_at, matching_prefix};
 use super::store::{AppendReply, FetchReply, ReplicaStore, SealReply, StoreError};
@@ -217,6 +218,7 @@ impl Primary {
             cfg: cfg.clone(),
             shared: shared.clone(),
             producers: recovered.producers,
+            fences: recovered.fences,
             matched: vec![0; cfg.replicas.len()],
             commit: 0,
             e_start: recovered.e_start,
@@ -317,6 +319,7 @@ struct Recovered {
     epochs: Vec<EpochStart>,
     retagged: Vec<LogEntry>,
     producers: ProducerTable,
+    fences: FenceTable,
 }
 
 /// Recovery: seal, choose, copy, re-replicate (see the module docs of [`super`]).
@@ -426,8 +429,9 @@ async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: 
             state.last_lsn
         )));
     }
-    // Producer state from the log itself.
+    // Producer and fence state from the log itself.
     let mut producers = ProducerTable::default();
+    let mut fences = FenceTable::default();
     let mut from = 1;
     while from <= h {
         let got = store.fetch(stream, None, from, FETCH_CHUNK as usize).await.map_err(store_unavailable)?;
@@ -435,9 +439,12 @@ async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: 
             break;
         }
         from += got.entries.len() as u64;
-        got.entries.iter().for_each(|e| producers.observe(e));
+        for e in &got.entries {
+            producers.observe(e);
+            fences.observe(e);
+        }
     }
-    Ok(Recovered { last: h, e_start, epochs: state.epochs, retagged, producers })
+    Ok(Recovered { last: h, e_start, epochs: state.epochs, retagged, producers, fences })
 }
 
 fn expect_durable(stream: &str, r: Result<AppendReply, StoreError>) -> Result<(), LogError> {
@@ -456,6 +463,7 @@ struct Actor {
     cfg: PrimaryConfig,
     shared: Arc<Shared>,
     producers: ProducerTable,
+    fences: FenceTable,
     matched: Vec<u64>,
     commit: u64,
     e_start: u64,
@@ -502,6 +510,11 @@ impl Actor {
             }
             Verdict::Duplicate { first_lsn, len } => self.wait(first_lsn, len, reply),
             Verdict::Append => {
+                if let Err(why) = self.fences.check(&self.cfg.stream, batch.fence.as_ref()) {
+                    let _ = reply.send(Err(LogError::Fenced(why)));
+                    return;
+                }
+                self.fences.record(batch.fence.as_ref());
                 let mut tail = self.shared.tail.lock().expect("tail lock");
                 let first = tail.last + 1;
                 let epoch = self.cfg.epoch;
@@ -517,6 +530,7 @@ impl Actor {
                         batch_seq: batch.batch_seq,
                         batch_index: i as u32,
                         batch_len: len,
+                        fence: if i == 0 { batch.fence.clone() } else { None },
                         data,
                     });
                 }

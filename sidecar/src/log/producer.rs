@@ -140,6 +140,7 @@ mod tests {
                 batch_seq: seq,
                 batch_index: ((lsn - 1) % 2) as u32,
                 batch_len: 2,
+                fence: None,
                 data: vec![],
             };
             t.observe(&e);

@@ -214,6 +214,9 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         if total > s.max_batch_bytes {
             return Err(LogError::Invalid(format!("the batch is {total} bytes; the limit is {}", s.max_batch_bytes)));
         }
+        if let Some(f) = &batch.fence {
+            super::fence::validate(f).map_err(LogError::Invalid)?;
+        }
         Ok(())
     }
 

@@ -4,7 +4,11 @@
 //!
 //! Record framing: `[u32 body length][u32 CRC-32 of the body][body]`, body =
 //! `lsn, epoch, producer_id, producer_epoch, batch_seq` (u64 each), `batch_index, batch_len`
-//! (u32 each), then the entry's bytes; all little-endian. On open, the file is scanned and cut
+//! (u32 each), then the entry's bytes; all little-endian. A record whose batch carries a fence
+//! (the batch's first entry, [`super::fence`]) sets the top bit of the length word, and its body
+//! has the fence between the header and the bytes: `[u32 fence length][u64 token][u16 divider
+//! length][divider][key]` (a sidecar from before fences would read that bit as a torn length:
+//! do not downgrade across it). On open, the file is scanned and cut
 //! at the first record that is short, fails its CRC or does not carry the next LSN: a write torn
 //! by a crash was never acknowledged (acks follow the fsync), so dropping it loses nothing.
 
@@ -13,12 +17,14 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{EpochStart, LogEntry};
+use super::{EpochStart, Fence, LogEntry};
 
 /// Bytes of a record's frame header.
 const FRAME: usize = 8;
 /// Bytes of a record body before the entry's data.
 const BODY_HEADER: usize = 5 * 8 + 2 * 4;
+/// Top bit of the length word: the body carries a fence.
+const FENCED: u32 = 1 << 31;
 /// Largest record body accepted when scanning (anything larger is a torn or corrupt length).
 pub const MAX_RECORD: usize = 64 << 20;
 
@@ -67,9 +73,21 @@ pub fn encode_record(e: &LogEntry) -> Vec<u8> {
     }
     body.extend_from_slice(&e.batch_index.to_le_bytes());
     body.extend_from_slice(&e.batch_len.to_le_bytes());
+    let mut word = 0;
+    if let Some(f) = &e.fence {
+        // Divider names and keys are at most a few hundred bytes (checked at the API).
+        let d = &f.divider.as_bytes()[..f.divider.len().min(u16::MAX as usize)];
+        let len = 8 + 2 + d.len() + f.key.len();
+        body.extend_from_slice(&(len as u32).to_le_bytes());
+        body.extend_from_slice(&f.token.to_le_bytes());
+        body.extend_from_slice(&(d.len() as u16).to_le_bytes());
+        body.extend_from_slice(d);
+        body.extend_from_slice(f.key.as_bytes());
+        word = FENCED;
+    }
     body.extend_from_slice(&e.data);
     let mut out = Vec::with_capacity(FRAME + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32 | word).to_le_bytes());
     out.extend_from_slice(&crc32(&body).to_le_bytes());
     out.extend_from_slice(&body);
     out
@@ -87,11 +105,29 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(a)
 }
 
-/// Decodes a record body (its CRC already checked).
-fn decode_body(body: &[u8]) -> Option<LogEntry> {
+/// Decodes a fence (`[u32 len][u64 token][u16 divider len][divider][key]`) at the start of
+/// `b`; returns it and the bytes after it.
+fn decode_fence(b: &[u8]) -> Option<(Fence, &[u8])> {
+    let len = u32_at(b.get(..4)?, 0) as usize;
+    let f = b.get(4..4 + len)?;
+    let token = u64_at(f.get(..8)?, 0);
+    let dlen = u16::from_le_bytes([*f.get(8)?, *f.get(9)?]) as usize;
+    let divider = std::str::from_utf8(f.get(10..10 + dlen)?).ok()?.to_string();
+    let key = std::str::from_utf8(f.get(10 + dlen..)?).ok()?.to_string();
+    Some((Fence { divider, key, token }, &b[4 + len..]))
+}
+
+/// Decodes a record body (its CRC already checked); `fenced`: the length word's top bit.
+fn decode_body(body: &[u8], fenced: bool) -> Option<LogEntry> {
     if body.len() < BODY_HEADER {
         return None;
     }
+    let (fence, data) = if fenced {
+        let (f, rest) = decode_fence(&body[BODY_HEADER..])?;
+        (Some(f), rest)
+    } else {
+        (None, &body[BODY_HEADER..])
+    };
     Some(LogEntry {
         lsn: u64_at(body, 0),
         epoch: u64_at(body, 8),
@@ -100,7 +136,8 @@ fn decode_body(body: &[u8]) -> Option<LogEntry> {
         batch_seq: u64_at(body, 32),
         batch_index: u32_at(body, 40),
         batch_len: u32_at(body, 44),
-        data: body[BODY_HEADER..].to_vec(),
+        fence,
+        data: data.to_vec(),
     })
 }
 
@@ -156,7 +193,8 @@ impl Segment {
         let mut at = 0u64;
         while at + FRAME as u64 <= len {
             seg.file.read_exact_at(&mut header, at).map_err(io(&path))?;
-            let body_len = u32_at(&header, 0) as usize;
+            let word = u32_at(&header, 0);
+            let body_len = (word & !FENCED) as usize;
             if !(BODY_HEADER..=MAX_RECORD).contains(&body_len) || at + (FRAME + body_len) as u64 > len {
                 break;
             }
@@ -165,7 +203,7 @@ impl Segment {
             if crc32(&body) != u32_at(&header, 4) {
                 break;
             }
-            let Some(e) = decode_body(&body) else { break };
+            let Some(e) = decode_body(&body, word & FENCED != 0) else { break };
             if e.lsn != seg.last_lsn() + 1 || e.epoch == 0 {
                 break;
             }
@@ -289,7 +327,7 @@ impl Segment {
             let next = self.offsets.get(lsn as usize).copied().unwrap_or(self.end);
             let mut rec = vec![0u8; (next - at) as usize];
             self.file.read_exact_at(&mut rec, at).map_err(io(&path))?;
-            let e = decode_body(&rec[FRAME..])
+            let e = decode_body(&rec[FRAME..], u32_at(&rec, 0) & FENCED != 0)
                 .ok_or_else(|| SegmentError::Invalid(format!("record of LSN {lsn} is unreadable")))?;
             bytes += e.data.len();
             out.push(e);
@@ -357,6 +395,31 @@ mod tests {
     #[test]
     fn crc_matches_the_standard_check_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn fences_survive_reopen_and_reads_beside_unfenced_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let fence = Fence { divider: "stocks".into(), key: "stock-7".into(), token: 42 };
+        let mut written = Vec::new();
+        {
+            let mut s = Segment::open(dir.path(), true).unwrap();
+            for lsn in 1..=4 {
+                let mut e = entry(lsn, 1, format!("e{lsn}").as_bytes());
+                if lsn % 2 == 1 {
+                    e.fence = Some(Fence { token: 40 + lsn, ..fence.clone() });
+                }
+                s.append(&e).unwrap();
+                written.push(e);
+            }
+            assert_eq!(s.read(1, 10, usize::MAX).unwrap(), written);
+        }
+        let s = Segment::open(dir.path(), false).unwrap();
+        assert_eq!(s.torn_bytes, 0, "a fenced record is not a torn one");
+        assert_eq!(s.read(1, 10, usize::MAX).unwrap(), written);
+        let mut empty_divider = entry(1, 1, b"");
+        empty_divider.fence = Some(Fence { divider: String::new(), key: "k".into(), token: 1 });
+        assert_eq!(decode_body(&encode_record(&empty_divider)[FRAME..], true), Some(empty_divider));
     }
 
     #[test]

@@ -87,6 +87,7 @@ fn batch(producer: u64, seq: u64, data: &[&str]) -> Batch {
         producer_id: producer,
         producer_epoch: 1,
         batch_seq: seq,
+        fence: None,
     }
 }
 
@@ -197,6 +198,32 @@ async fn a_retried_batch_is_written_once_across_a_takeover() {
     assert!(matches!(b.submit(batch(42, 7, &["gap"])).await.unwrap(), Err(LogError::Refused(_))));
     assert_eq!(b.submit(batch(42, 5, &["r"])).await.unwrap().unwrap(), vec![11]);
     assert_eq!(read_all(&b).await.len(), 11);
+}
+
+#[tokio::test]
+async fn a_fence_survives_a_takeover() {
+    let fenced = |producer: u64, seq: u64, token: u64| Batch {
+        fence: Some(crate::log::Fence { divider: "stocks".into(), key: "stock-1".into(), token }),
+        ..batch(producer, seq, &["delta"])
+    };
+    let peers = MemPeers::new(&["a", "b", "c"]);
+    let a = start(&peers, "a", 1).await;
+    assert_eq!(a.submit(fenced(1, 0, 3)).await.unwrap().unwrap(), vec![1]);
+    // The new owner (token 5) appends in a batch of several entries: the fence is on its first.
+    let mut several = fenced(2, 0, 5);
+    several.entries.push(b"more".to_vec());
+    assert_eq!(a.submit(several).await.unwrap().unwrap(), vec![2, 3]);
+    assert!(matches!(a.submit(fenced(1, 1, 3)).await.unwrap(), Err(LogError::Fenced(_))));
+    peers.set_cut(&["a"]);
+    let b = start(&peers, "b", 2).await;
+    // The new primary rebuilt the fence from the log: the old owner is still refused, the
+    // refusal took no LSN, and the new owner goes on.
+    match b.submit(fenced(1, 1, 3)).await.unwrap() {
+        Err(LogError::Fenced(why)) => assert!(why.contains("token 5"), "{why}"),
+        other => panic!("the deposed owner's append was not fenced: {other:?}"),
+    }
+    assert_eq!(b.submit(fenced(2, 1, 5)).await.unwrap().unwrap(), vec![4]);
+    assert_eq!(read_all(&b).await.len(), 4);
 }
 
 #[tokio::test]
