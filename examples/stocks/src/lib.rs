@@ -1,0 +1,9 @@
+//! Ordo's example app: stock-symbol partitions divided among app processes by a WorkDivider,
+//! each owner keeping its partitions' state in memory, stamping trades with sequencer IDs and
+//! appending state deltas every `merge_ticks` trades to its partition's log stream with fenced
+//! appends; a new owner rebuilds a partition by replaying its log. See `README.md` beside this
+//! crate and the "Example app" section of the project's README.
+//!
+//! Modules: [`model`] (trades, state, log records, serial replay).
+
+pub mod model;
