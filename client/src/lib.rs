@@ -21,8 +21,10 @@ use hyper_util::rt::TokioIo;
 use ordo_proto::v1 as pb;
 use tonic::transport::{Channel, Endpoint};
 
-pub use log::{AppenderOptions, BatchCallback, BatchResult, Entry, LogStreamAppender, Tail};
+pub use log::{AppenderOptions, BatchCallback, BatchResult, Entry, Fence, LogStreamAppender, Tail};
 pub use sequence::Sequence;
+/// gRPC status codes, as [`ClientError::code`] returns them.
+pub use tonic::Code;
 
 /// Environment variable naming the sidecar's socket (set by the operator in app containers).
 pub const SOCKET_ENV: &str = "ORDO_SOCKET";

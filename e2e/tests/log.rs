@@ -441,6 +441,56 @@ async fn a_deposed_primary_gets_no_append_acknowledged_after_a_new_epoch_is_seal
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_through_a_paused_and_replaced_primary_are_not_stale() {
+    let cluster = TestCluster::start(TestOptions { members: 3, ..Default::default() }).await;
+    let stream = "stale-reads";
+    let info = create_rf3(&cluster, stream).await;
+    let old = member_index(&cluster, &info.primary);
+    let other = (0..3).find(|&i| i != old).expect("another member");
+    let client = |i: usize| {
+        let c = &cluster;
+        async move { c.client(i).await }
+    };
+    let before = client(old).await.appender(stream, Default::default());
+    assert_eq!(before.append(vec![b"before".to_vec()]).await.expect("append"), vec![1]);
+    before.close().await;
+
+    // The primary is paused (its connections stay open and it serves no append meanwhile, so
+    // nothing tells it that it lost the stream); another member takes over and acknowledges more.
+    let signal = |sig: &str| {
+        let pid = cluster.dev.member(old).pid.to_string();
+        std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid).status().expect("kill");
+    };
+    signal("STOP");
+    // Appends go straight to a takeover once `other` sees the old primary down (before that
+    // they would be forwarded to it and, on SIGCONT, tell it that it was replaced).
+    let old_id = cluster.dev.member(old).id.clone();
+    eventually(Duration::from_secs(20), "the paused primary is seen down", || async {
+        let st = cluster.status(other).await;
+        st.is_some_and(|s| s.members.iter().any(|m| m.id == old_id && !m.reachable))
+    })
+    .await;
+    let newer = client(other).await.appender(stream, Default::default());
+    let mut acked = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.len() < 3 && Instant::now() < deadline {
+        match newer.append(vec![format!("after-{}", acked.len()).into_bytes()]).await {
+            Ok(l) => acked.extend(l),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    assert_eq!(acked, vec![2, 3, 4], "the new primary acknowledges appends");
+    newer.close().await;
+    signal("CONT");
+    // Reads through the old primary's member see every acknowledged entry at once.
+    let c = client(old).await;
+    let tail = c.tail(stream).await.expect("tail");
+    assert_eq!(tail.last_lsn, 4, "a replaced primary answered a stale tail");
+    let got = c.read(stream, 1, 10).await.expect("read");
+    assert_eq!(got.len(), 4, "a replaced primary answered a stale read: {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_client_appender_pipelines_retries_across_a_kill9_and_drains_on_close() {
     use std::sync::{Arc, Mutex};
 

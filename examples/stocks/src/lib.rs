@@ -4,6 +4,10 @@
 //! appends; a new owner rebuilds a partition by replaying its log. See `README.md` beside this
 //! crate and the "Example app" section of the project's README.
 //!
-//! Modules: [`model`] (trades, state, log records, serial replay).
+//! Modules: [`model`] (trades, state, log records, serial replay), [`app`] (an owner process),
+//! [`generator`] (routes trades to owners), [`check`] (logs against the serial replay).
 
+pub mod app;
+pub mod check;
+pub mod generator;
 pub mod model;

@@ -290,7 +290,7 @@ mod tests {
         let a = generate(&params());
         assert_eq!(a, generate(&params()));
         assert_ne!(a, generate(&Params { seed: 8, ..params() }));
-        let mut next = vec![1u64; 8];
+        let mut next = [1u64; 8];
         for t in &a {
             assert_eq!(t.partition, partition_of(&t.symbol, 8));
             assert_eq!(t.pseq, next[t.partition as usize]);
