@@ -490,6 +490,77 @@ async fn reads_through_a_paused_and_replaced_primary_are_not_stale() {
     assert_eq!(got.len(), 4, "a replaced primary answered a stale read: {got:?}");
 }
 
+/// The next Start of a member session (skipping Joined), within 30 s.
+async fn next_start(m: &mut ordo_client::divider::Membership) -> (String, u64) {
+    use ordo_client::divider::DividerEvent;
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, m.next()).await.expect("a Start within 30 s") {
+            Some(Ok(DividerEvent::Start { key, token })) => return (key, token),
+            Some(Ok(_)) => {}
+            other => panic!("the session ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposed_divider_owner_cannot_append_with_its_old_token() {
+    use ordo_client::{AppenderOptions, Client, Fence};
+    let cluster = TestCluster::start(opts()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The apps' sidecars are client-role (the WorkDivider pod layout): pausing one never
+    // stalls the quorum.
+    let (sock_x, guard_x) = cluster.start_client_sidecar("owner-x", dir.path()).await;
+    let (sock_y, _guard_y) = cluster.start_client_sidecar("owner-y", dir.path()).await;
+    let (cx, cy) = (Client::connect(&sock_x).await.unwrap(), Client::connect(&sock_y).await.unwrap());
+    let stream = "partition-k";
+    cx.create_stream(stream, 3, 2).await.expect("create");
+    cx.divider("d").add_keys(vec!["k".into()]).await.expect("add key");
+    let fenced = |c: &Client, token: u64| {
+        let fence = Some(Fence { divider: "d".into(), key: "k".into(), token });
+        c.appender(stream, AppenderOptions { fence, retry_deadline: Duration::from_secs(20), ..Default::default() })
+    };
+
+    // x owns k and writes with its token.
+    let mut x = cx.divider("d").join("x", Some(1), "x:1").await.expect("join x");
+    let (key, t1) = next_start(&mut x).await;
+    assert_eq!(key, "k");
+    let x_log = fenced(&cx, t1);
+    x_log.append(vec![b"x-1".to_vec()]).await.expect("x appends with its token");
+
+    // y joins, and x's sidecar freezes past its lease: y takes k with a higher token.
+    let mut y = cy.divider("d").join("y", Some(1), "y:1").await.expect("join y");
+    let pid = guard_x.0.id().to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill").arg(format!("-{sig}")).arg(&pid).status().expect("kill");
+    };
+    // (If rendezvous moves k to y at its join, x's app never confirms the Stop: y still gets k
+    // once x's lease expired or the stop timed out.)
+    signal("STOP");
+    let (key, t2) = next_start(&mut y).await;
+    assert_eq!(key, "k");
+    assert!(t2 > t1, "tokens increase: {t1} then {t2}");
+    let y_log = fenced(&cy, t2);
+    let y_lsns = y_log.append(vec![b"y-1".to_vec()]).await.expect("y appends with the new token");
+    signal("CONT");
+
+    // x's app never handled a Stop, and still holds t1: its append is refused, clearly.
+    let refused = x_log.append(vec![b"x-zombie".to_vec()]).await.expect_err("the deposed owner's append");
+    assert!(refused.is_fenced(), "not a fencing refusal: {refused}");
+    let msg = refused.to_string();
+    assert!(msg.contains(&format!("token {t1}")) && msg.contains(&format!("token {t2}")), "{msg}");
+    // y goes on; the log holds x's entry before y's, and no zombie entry.
+    assert_eq!(y_log.append(vec![b"y-2".to_vec()]).await.expect("y goes on"), vec![y_lsns[0] + 1]);
+    let data: Vec<Vec<u8>> = cy.read(stream, 1, 10).await.expect("read").into_iter().map(|e| e.data).collect();
+    assert_eq!(data, vec![b"x-1".to_vec(), b"y-1".to_vec(), b"y-2".to_vec()]);
+    // Through another sidecar (forwarded to the primary) the old token is refused as well.
+    let other = cluster.client(0).await;
+    let via_member = fenced(&other, t1).append(vec![b"x-again".to_vec()]).await.expect_err("refused via a member");
+    assert!(via_member.is_fenced(), "{via_member}");
+    drop(x);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_client_appender_pipelines_retries_across_a_kill9_and_drains_on_close() {
     use std::sync::{Arc, Mutex};

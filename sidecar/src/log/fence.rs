@@ -14,7 +14,8 @@
 //! Test: `tests::a_lower_token_is_refused_after_a_higher_one_and_the_table_is_rebuilt`, the
 //! primary's `a_fence_survives_a_takeover`, and in `e2e/tests/log.rs`
 //! `a_deposed_divider_owner_cannot_append_with_its_old_token` (real processes: the old owner's
-//! token is refused after the new owner appended, also through a forwarding sidecar).
+//! token is refused after the new owner appended, also through a forwarding sidecar; verified to
+//! fail when the primary skips the check).
 
 use std::collections::HashMap;
 

@@ -423,11 +423,9 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
     /// register's change, so if the confirmation (which starts after the read request arrived)
     /// sees the old epoch, no write acknowledged before the request is missing from the answer.
     /// Found by the stocks demo's checker (`scripts/stocks-demo.sh`: a sidecar paused past its
-    /// lease served a tail and reads from its old commit point after SIGCONT; the check failed
-    /// without this confirmation and passes with it). `e2e/tests/log.rs::
-    /// reads_through_a_paused_and_replaced_primary_are_not_stale` covers the same path, but in
-    /// its setup the old primary learns of its replacement before the read even without this
-    /// confirmation (so it does not fail when the confirmation is removed).
+    /// lease served a stale tail after SIGCONT). Test:
+    /// `e2e/tests/log.rs::reads_through_a_paused_and_replaced_primary_are_not_stale` (verified to
+    /// fail, with a stale tail, without this confirmation).
     async fn confirm_epoch(&self, stream: &str, epoch: u64) -> Result<(), LogError> {
         let ep = self.registers.read(&epoch_key(stream)).await.map_err(register_error)?;
         match ep {
