@@ -9,7 +9,9 @@
 #   bash scripts/stocks-demo.sh --seeds 1,2,3      # several seeds (each on a fresh cluster)
 #   bash scripts/stocks-demo.sh --trades 50000     # a longer stream
 #   bash scripts/stocks-demo.sh --bench            # the merge-tick benchmark (see --help)
-#   bash scripts/stocks-demo.sh --no-fenced ...    # appends without fencing (shows what fencing prevents)
+#   bash scripts/stocks-demo.sh --no-fenced ...    # appends without fencing tokens, for experiments
+#     (whether a zombie append lands then depends on timing; e2e/tests/log.rs
+#     a_deposed_divider_owner_cannot_append_with_its_old_token shows the refusal deterministically)
 #
 # Exit status 0 only if every run's checker passed. Logs stay in the run's directory on failure.
 set -euo pipefail
@@ -29,7 +31,7 @@ while [ $# -gt 0 ]; do
     --release) profile=release; shift ;;
     --keep) keep=1; shift ;;
     --no-fenced) extra_app+=(--no-fence); shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -47,6 +47,10 @@ ORDO_REQUIRE_PY_TESTS=1 cargo test --workspace --locked --no-fail-fast
 
 step "ordo-operator render smoke test"
 target/debug/ordo-operator render -f examples/k8s/seqcluster.yaml -f examples/k8s/workdivider.yaml >/dev/null
+target/debug/ordo-operator render -f examples/k8s/stocks.yaml >/dev/null
+
+step "stocks example: demo with kill -9 and SIGSTOP, checked against a serial replay (seeds 1 and 2)"
+bash scripts/stocks-demo.sh --seeds 1,2
 
 step "real API server suite (etcd, kube-apiserver, controller manager, scheduler, kwok, helm; built from source once, cached)"
 bash e2e/apiserver/run.sh

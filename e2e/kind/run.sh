@@ -36,7 +36,8 @@ log "building images"
 docker build -f "$root/docker/operator.Dockerfile" -t ordo-operator:dev "$root"
 docker build -f "$root/docker/sidecar.Dockerfile" -t ordo-sidecar:dev "$root"
 docker build -f "$root/docker/sidecar.Dockerfile" --target tools -t ordo-tools:dev "$root"
-for image in ordo-operator:dev ordo-sidecar:dev ordo-tools:dev; do
+docker build -f "$root/docker/stocks.Dockerfile" -t ordo-stocks:dev "$root"
+for image in ordo-operator:dev ordo-sidecar:dev ordo-tools:dev ordo-stocks:dev; do
   kind load docker-image "$image" --name "$cluster"
 done
 
@@ -79,6 +80,19 @@ kubectl -n "$ns" patch seqc ids --type=merge -p '{"spec":{"replicas":3}}'
 kubectl -n "$ns" wait seqc/ids --for=jsonpath='{.status.membership.current.members}'=3 --timeout="$timeout"
 kubectl -n "$ns" wait seqc/ids --for=jsonpath='{.status.membership.phase}'=Stable --timeout="$timeout"
 next_id ids-0
+
+log "the stocks example: 3 app pods, a trade stream, one app pod deleted mid-run, then the checker"
+kubectl create namespace "$ns-stocks"
+kubectl -n "$ns-stocks" apply -f "$root/examples/k8s/stocks.yaml"
+kubectl -n "$ns-stocks" wait seqc/ids --for=condition=Available --timeout="$timeout"
+kubectl -n "$ns-stocks" wait wdiv/stocks --for=condition=Available --timeout="$timeout"
+kubectl -n "$ns-stocks" exec stocks-0 -c app -- stocks generate --trades 20000 --partitions 12 --deadline-secs 240 &
+gen=$!
+sleep 3
+kubectl -n "$ns-stocks" delete pod stocks-2 --wait=false
+wait "$gen"
+kubectl -n "$ns-stocks" exec stocks-1 -c app -- stocks check --trades 20000 --partitions 12
+kubectl -n "$ns-stocks" delete wdiv/stocks seqc/ids --wait=true
 
 log "uninstalling"
 kubectl -n "$ns" delete wdiv/stocks seqc/ids --wait=true

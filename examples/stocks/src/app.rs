@@ -63,6 +63,8 @@ pub struct AppConfig {
     pub affinity: i64,
     /// Where trades arrive (`127.0.0.1:0` picks a port).
     pub listen: SocketAddr,
+    /// The address others reach this app at (default: the listening address).
+    pub advertise: Option<String>,
     /// Trades applied between two appends of a partition's delta.
     pub merge_ticks: u64,
     /// Longest wait of an applied trade before its delta is appended anyway.
@@ -118,7 +120,10 @@ static APPLIED: AtomicI64 = AtomicI64::new(0);
 pub async fn run(cfg: AppConfig) -> Result<()> {
     let client = Client::connect(&cfg.socket).await.context("connecting to the sidecar")?;
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
-    let address = listener.local_addr()?.to_string();
+    let address = match &cfg.advertise {
+        Some(a) => a.clone(),
+        None => listener.local_addr()?.to_string(),
+    };
     let parts: Parts = Arc::default();
     tokio::spawn(serve(listener, parts.clone()));
     let sampler = tokio::spawn(sample_unmerged());

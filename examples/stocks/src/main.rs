@@ -77,6 +77,10 @@ enum Cmd {
         /// Where trades arrive.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// The address the generator reaches this app at (default: the listening address), e.g.
+        /// the pod IP and port.
+        #[arg(long, env = "STOCKS_ADVERTISE")]
+        advertise: Option<String>,
         /// Trades applied between two delta appends of a partition.
         #[arg(long, default_value_t = 10)]
         merge_ticks: u64,
@@ -130,7 +134,7 @@ async fn main() -> Result<()> {
             let added = client.divider(&conn.divider).add_keys(keys).await?;
             println!("divider {:?}: {partitions} partitions ({added} added)", conn.divider);
         }
-        Cmd::App { conn, member, affinity, listen, merge_ticks, flush_ms, snapshot_every, stats, no_fence } => {
+        Cmd::App { conn, member, affinity, listen, advertise, merge_ticks, flush_ms, snapshot_every, stats, no_fence } => {
             let member =
                 member.or_else(|| std::env::var("HOSTNAME").ok()).context("no --member, $POD_NAME or $HOSTNAME")?;
             app::run(app::AppConfig {
@@ -139,6 +143,7 @@ async fn main() -> Result<()> {
                 member,
                 affinity,
                 listen,
+                advertise,
                 merge_ticks,
                 flush: Duration::from_millis(flush_ms),
                 snapshot_every,
