@@ -6,4 +6,5 @@
 //!
 //! Modules: [`model`] (trades, state, log records, serial replay).
 
+pub mod local;
 pub mod model;
