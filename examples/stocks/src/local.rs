@@ -488,7 +488,7 @@ struct Plot<'a> {
     stale_max: f64,
 }
 
-const WIDTH: f64 = 900.0;
+const WIDTH: f64 = 1000.0;
 const HEIGHT: f64 = 620.0;
 const LEFT: f64 = 90.0;
 const RIGHT: f64 = 560.0;
@@ -644,7 +644,7 @@ impl<'a> Plot<'a> {
         if panel == 1 {
             let decades = self.stale_max as i32;
             return std::iter::once((0.0, "0".to_owned()))
-                .chain((0..=decades).map(|d| 10f64.powi(d)).map(|v| (v, si(v))))
+                .chain((1..=decades).map(|d| 10f64.powi(d)).map(|v| (v, si(v))))
                 .filter(|(v, _)| (1.0 + v).log10() <= self.stale_max + 1e-9)
                 .collect();
         }
@@ -703,20 +703,16 @@ fn who(r: &Row) -> String {
     format!("{} {unit}{}", r.workers, if r.workers == 1 { "" } else { plural })
 }
 
-/// A short human figure: 950, 12.5k, 1.2M.
+/// A short human figure: 0, 2.9, 950, 12k, 1.5M.
 fn si(v: f64) -> String {
-    let a = v.abs();
-    if a >= 1e6 {
-        format!("{:.2}M", v / 1e6)
-    } else if a >= 1e4 {
-        format!("{:.0}k", v / 1e3)
-    } else if a >= 1e3 {
-        format!("{:.1}k", v / 1e3)
-    } else if a >= 10.0 || a == 0.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.1}")
-    }
+    let (unit, div) = match v.abs() {
+        a if a >= 1e6 => ("M", 1e6),
+        a if a >= 1e3 => ("k", 1e3),
+        _ => ("", 1.0),
+    };
+    let x = v / div;
+    let digits = if x.abs() >= 10.0 || x.fract() == 0.0 { 0 } else { 1 };
+    format!("{x:.digits$}{unit}")
 }
 
 fn escape(text: &str) -> String {
