@@ -26,21 +26,24 @@
 //!   into the global state. Its leftovers (fewer than `k` trades) are merged when its trades run
 //!   out, before the run's clock stops.
 //!
-//! - **Rounds.** Each mode runs 3 times and the fastest round is reported, with its staleness
-//!   samples (a busy machine only ever slows a round down); `correct` requires every round.
+//! - **Rounds.** Each mode runs 3 times: the throughput is the fastest round's (a busy machine
+//!   only ever slows a round down), the staleness is over the samples of all rounds, and
+//!   `correct` requires every round.
 //!
 //! # Staleness
 //! Workers count every trade they finish in one atomic (`processed`): in (b) inside the lock
-//! that applies it, in (c) and (d) after applying it locally. A reader thread draws `samples`
-//! random positions in `0..trades`, waits (sleeping about as long as the workers need to get
-//! there at their rate so far, 20 us to 2 ms) until `processed` reaches each,
-//! then takes the global lock and records `processed - trades in the global state`: trades done
-//! but not yet visible to a reader of the global state. So (b) is exactly 0, (c) is everything
-//! processed so far (its global state never changes), and (d) is at most `workers * k` (each
-//! worker holds at most `k` unmerged trades, counted before it merges them). The serial
-//! baseline has one thread and one state, which every read sees whole: its staleness is 0 by
-//! construction and is not sampled. Sampling stops when the workers are done, so a reader that
-//! fell behind does not record the finished state. Tests: `staleness_follows_merge_ticks`.
+//! that applies it, in (c) and (d) after applying it locally. Each round draws `samples` random
+//! points in `1..=trades`; when a worker's trade brings `processed` to a point, that worker
+//! (before its next trade, as a read request served between trades would be) takes the global
+//! lock and records `processed - trades in the global state`: trades done but not yet visible
+//! to a reader of the global state. So (b) is exactly 0, (c) is everything processed so far
+//! (its global state never changes), and (d) is at most `workers * k` (each worker holds at
+//! most `k` unmerged trades, counted before it merges them). Samples are taken by the workers
+//! rather than by a reader thread of their own because on a loaded two-core machine such a
+//! thread was starved through whole short rounds (a 5 ms round of 20k trades gave no sample):
+//! this way every point is sampled, mid-run, in every round. The serial baseline has one thread
+//! and one state, which every read sees whole: its staleness is 0 by construction and is not
+//! sampled. Tests: `staleness_follows_merge_ticks`.
 //!
 //! # Correctness
 //! A run's final global state must equal [`model::serial`] on every partition's market fields
@@ -50,7 +53,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -67,11 +70,7 @@ pub const DEFAULT_SAMPLES: usize = 200;
 pub const DEFAULT_MERGE_TICKS: [u64; 3] = [4, 10, 30];
 
 /// Runs per mode; [`run_all`] reports the fastest.
-const ROUNDS: usize = 3;
-/// How often the staleness reader checks whether the run reached its next sampling point.
-const SAMPLE_POLL: Duration = Duration::from_micros(20);
-/// The longest the staleness reader sleeps between checks.
-const SAMPLE_POLL_MAX: Duration = Duration::from_millis(2);
+const ROUNDS: u64 = 3;
 
 /// What [`run_all`] runs.
 #[derive(Debug, Clone)]
@@ -120,25 +119,23 @@ pub fn run_all(opts: &LocalOptions) -> Vec<Row> {
     let shares = split(&trades, opts.params.partitions, opts.workers.max(1));
     let run = Run { shares: &shares, partitions: expected.len(), work, samples: opts.samples, seed: opts.params.seed };
 
-    let mut rows = vec![best_of(|| run_serial(&trades, expected.len(), work).row(&expected))];
-    rows.push(best_of(|| run.parallel(Mode::Mutex).row(&expected)));
-    rows.push(best_of(|| run.parallel(Mode::Bad).row(&expected)));
+    let mut rows = vec![best_of(&expected, |_| run_serial(&trades, expected.len(), work))];
+    rows.push(best_of(&expected, |round| run.parallel(Mode::Mutex, round)));
+    rows.push(best_of(&expected, |round| run.parallel(Mode::Bad, round)));
     for &k in &opts.merge_ticks {
-        rows.push(best_of(|| run.parallel(Mode::Merged(k.max(1))).row(&expected)));
+        rows.push(best_of(&expected, |round| run.parallel(Mode::Merged(k.max(1)), round)));
     }
     rows
 }
 
-/// The fastest of [`ROUNDS`] runs (other load on the machine only ever slows a run down), with
-/// its staleness; correct only if every round was.
-fn best_of(mut run: impl FnMut() -> Row) -> Row {
-    let rounds: Vec<Row> = (0..ROUNDS).map(|_| run()).collect();
-    let correct = rounds.iter().all(|r| r.correct == Some(true));
-    let mut best = rounds.into_iter().max_by(|a, b| a.trades_per_sec.total_cmp(&b.trades_per_sec));
-    if let Some(b) = best.as_mut() {
-        b.correct = Some(correct);
-    }
-    best.unwrap_or_else(run)
+/// [`ROUNDS`] runs of one mode: the throughput of the fastest (a busy machine only ever slows a
+/// round down), the staleness samples of all, correct only if every round was.
+fn best_of(expected: &[PartitionState], mut run: impl FnMut(u64) -> Outcome) -> Row {
+    let mut rounds: Vec<Outcome> = (0..ROUNDS).map(&mut run).collect();
+    let correct = rounds.iter().all(|o| o.is_correct(expected));
+    let staleness: Vec<u64> = rounds.iter_mut().flat_map(|o| std::mem::take(&mut o.staleness)).collect();
+    let best = rounds.into_iter().min_by(|a, b| a.secs.total_cmp(&b.secs)).unwrap_or_else(|| run(0));
+    best.row(staleness, correct)
 }
 
 /// The comparison as a markdown table; speedups are over the first "serial" row.
@@ -287,14 +284,18 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn row(self, expected: &[PartitionState]) -> Row {
+    /// Whether the final global state is the serial replay's.
+    fn is_correct(&self, expected: &[PartitionState]) -> bool {
+        self.state.len() == expected.len()
+            && self.state.iter().zip(expected).all(|(a, b)| a.applied == b.applied && a.market() == b.market())
+    }
+
+    fn row(self, mut staleness: Vec<u64>, correct: bool) -> Row {
         let secs = self.secs.max(1e-9);
-        let mut s = self.staleness;
-        s.sort_unstable();
+        staleness.sort_unstable();
+        let s = staleness;
         let mean = if s.is_empty() { 0.0 } else { s.iter().sum::<u64>() as f64 / s.len() as f64 };
         let p99 = s.get((s.len() * 99).div_ceil(100).saturating_sub(1)).map_or(0.0, |v| *v as f64);
-        let correct = self.state.len() == expected.len()
-            && self.state.iter().zip(expected).all(|(a, b)| a.applied == b.applied && a.market() == b.market());
         Row {
             mode: self.mode.to_owned(),
             workers: self.workers,
@@ -339,27 +340,22 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn parallel(&self, mode: Mode) -> Outcome {
+    /// Round `round` of `mode`.
+    fn parallel(&self, mode: Mode, round: u64) -> Outcome {
         let total: u64 = self.shares.iter().map(|s| s.len() as u64).sum();
         let global = Mutex::new(Global { parts: vec![PartitionState::default(); self.partitions], trades: 0 });
-        let processed = AtomicU64::new(0);
-        let done = AtomicBool::new(false);
-        let (secs, staleness) = thread::scope(|scope| {
-            let reader = scope.spawn(|| self.sample(&global, &processed, &done, total));
-            let start = Instant::now();
+        let mut rng = Rng::new(self.seed ^ round.wrapping_mul(0x5a17));
+        let mut points: Vec<u64> = (0..self.samples).map(|_| 1 + rng.below(total)).collect();
+        points.sort_unstable();
+        let sampler = Sampler { points, next: AtomicUsize::new(0), processed: AtomicU64::new(0) };
+        let start = Instant::now();
+        let staleness: Vec<u64> = thread::scope(|scope| {
             let workers: Vec<_> =
-                self.shares.iter().map(|share| scope.spawn(|| self.worker(mode, share, &global, &processed))).collect();
+                self.shares.iter().map(|share| scope.spawn(|| self.worker(mode, share, &global, &sampler))).collect();
             let joined: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
-            let secs = start.elapsed().as_secs_f64();
-            done.store(true, SeqCst);
-            let staleness = reader.join();
-            for j in joined {
-                if let Err(panic) = j {
-                    std::panic::resume_unwind(panic);
-                }
-            }
-            (secs, staleness.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            joined.into_iter().flat_map(|j| j.unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
         });
+        let secs = start.elapsed().as_secs_f64();
         let state = global.into_inner().unwrap_or_else(PoisonError::into_inner).parts;
         Outcome {
             mode: mode.name(),
@@ -375,17 +371,22 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn worker(&self, mode: Mode, share: &[&'a Trade], global: &Mutex<Global>, processed: &AtomicU64) {
+    /// One worker's run over its share; returns the staleness samples it took.
+    fn worker(&self, mode: Mode, share: &[&'a Trade], global: &Mutex<Global>, sampler: &Sampler) -> Vec<u64> {
+        let mut samples = Vec::new();
         if mode == Mode::Mutex {
             for t in share {
                 let seen = read(&lock(global).parts, t);
                 let stamp = self.work.run(t, seen);
-                let mut g = lock(global);
-                g.parts[t.partition as usize].apply(t, stamp);
-                g.trades += 1;
-                processed.fetch_add(1, SeqCst);
+                let done = {
+                    let mut g = lock(global);
+                    g.parts[t.partition as usize].apply(t, stamp);
+                    g.trades += 1;
+                    sampler.processed.fetch_add(1, SeqCst) + 1
+                };
+                sampler.take(done, global, &mut samples);
             }
-            return;
+            return samples;
         }
         let every = match mode {
             Mode::Merged(k) => k,
@@ -396,57 +397,48 @@ impl<'a> Run<'a> {
         for t in share {
             let stamp = self.work.run(t, read(&local, t));
             local[t.partition as usize].apply(t, stamp);
-            processed.fetch_add(1, SeqCst);
+            let done = sampler.processed.fetch_add(1, SeqCst) + 1;
             if every != u64::MAX {
                 touched.push((t.partition, t.symbol.as_str()));
                 if touched.len() as u64 >= every {
                     merge(global, &local, &mut touched);
                 }
             }
+            sampler.take(done, global, &mut samples);
         }
         // The leftovers: without them the global state misses up to k-1 trades per worker.
         merge(global, &local, &mut touched);
         black_box(&local);
-    }
-
-    /// The staleness samples of a run (see the module docs).
-    fn sample(&self, global: &Mutex<Global>, processed: &AtomicU64, done: &AtomicBool, total: u64) -> Vec<u64> {
-        let mut rng = Rng::new(self.seed ^ 0x5a17);
-        let mut points: Vec<u64> = (0..self.samples).map(|_| rng.below(total)).collect();
-        points.sort_unstable();
-        let mut out = Vec::with_capacity(points.len());
-        let start = Instant::now();
-        for point in points {
-            loop {
-                let now = processed.load(SeqCst);
-                if now >= point {
-                    break;
-                }
-                if done.load(SeqCst) {
-                    return out;
-                }
-                thread::sleep(nap(point - now, now, start.elapsed()));
-            }
-            if done.load(SeqCst) {
-                return out;
-            }
-            let g = lock(global);
-            out.push(processed.load(SeqCst).saturating_sub(g.trades));
-        }
-        out
+        samples
     }
 }
 
-/// How long the reader sleeps while `left` trades remain before its next sampling point, after
-/// `done` trades took `elapsed`: about the time those trades will take at the rate so far, so it
-/// wakes about once per sample instead of stealing a core from the workers; within
-/// [`SAMPLE_POLL`] and [`SAMPLE_POLL_MAX`] so it neither spins nor oversleeps a burst.
-fn nap(left: u64, done: u64, elapsed: Duration) -> Duration {
-    if done == 0 {
-        return SAMPLE_POLL;
+/// The run's progress and its staleness sampling points (see the module docs).
+struct Sampler {
+    /// Sampling points: values of `processed`, drawn uniformly in `1..=trades`, sorted.
+    points: Vec<u64>,
+    /// The first point not sampled yet.
+    next: AtomicUsize,
+    /// Trades finished by all workers.
+    processed: AtomicU64,
+}
+
+impl Sampler {
+    /// After a worker's trade brought `processed` to `done`: takes a sample for every point up
+    /// to `done` that no worker took yet (a read of the global state served between trades).
+    fn take(&self, done: u64, global: &Mutex<Global>, out: &mut Vec<u64>) {
+        loop {
+            let i = self.next.load(SeqCst);
+            match self.points.get(i) {
+                Some(&point) if point <= done => {}
+                _ => return,
+            }
+            if self.next.compare_exchange(i, i + 1, SeqCst, SeqCst).is_ok() {
+                let g = lock(global);
+                out.push(self.processed.load(SeqCst).saturating_sub(g.trades));
+            }
+        }
     }
-    let per_trade = elapsed.as_secs_f64() / done as f64;
-    Duration::from_secs_f64(per_trade * left as f64).clamp(SAMPLE_POLL, SAMPLE_POLL_MAX)
 }
 
 /// Copies the state of the symbols in `touched` (one entry per trade since the last merge) from
