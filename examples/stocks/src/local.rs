@@ -26,7 +26,8 @@
 //!   into the global state. Its leftovers (fewer than `k` trades) are merged when its trades run
 //!   out, before the run's clock stops.
 //!
-//! - **Rounds.** Each mode runs 3 times: the throughput is the fastest round's (a busy machine
+//! - **Rounds.** Each mode runs 5 times, the rounds going over all modes in turn (so a change
+//!   in the machine's load touches every mode alike): the throughput is the fastest round's (a busy machine
 //!   only ever slows a round down), the staleness is over the samples of all rounds, and
 //!   `correct` requires every round.
 //!
@@ -70,7 +71,8 @@ pub const DEFAULT_SAMPLES: usize = 200;
 pub const DEFAULT_MERGE_TICKS: [u64; 3] = [4, 10, 30];
 
 /// Runs per mode; [`run_all`] reports the fastest.
-const ROUNDS: u64 = 3;
+const ROUNDS: u64 = 5;
+const _: () = assert!(ROUNDS > 0);
 
 /// What [`run_all`] runs.
 #[derive(Debug, Clone)]
@@ -111,30 +113,40 @@ pub struct Row {
 }
 
 /// Runs (a) serial, (b) mutex, (c) bad and (d) merged for each of `opts.merge_ticks`, in that
-/// order, on the stream of `opts.params`; each row is the fastest of three rounds.
+/// order, on the stream of `opts.params`; each row's throughput is the fastest of five rounds.
 pub fn run_all(opts: &LocalOptions) -> Vec<Row> {
     let trades = model::generate(&opts.params);
     let expected = model::serial(&trades, opts.params.partitions);
     let work = Work::calibrate(opts.work_ns);
     let shares = split(&trades, opts.params.partitions, opts.workers.max(1));
-    let run = Run { shares: &shares, partitions: expected.len(), work, samples: opts.samples, seed: opts.params.seed };
-
-    let mut rows = vec![best_of(&expected, |_| run_serial(&trades, expected.len(), work))];
-    rows.push(best_of(&expected, |round| run.parallel(Mode::Mutex, round)));
-    rows.push(best_of(&expected, |round| run.parallel(Mode::Bad, round)));
-    for &k in &opts.merge_ticks {
-        rows.push(best_of(&expected, |round| run.parallel(Mode::Merged(k.max(1)), round)));
+    let run = Run {
+        trades: &trades,
+        shares: &shares,
+        partitions: expected.len(),
+        work,
+        samples: opts.samples,
+        seed: opts.params.seed,
+    };
+    let modes: Vec<Mode> = [Mode::Serial, Mode::Mutex, Mode::Bad]
+        .into_iter()
+        .chain(opts.merge_ticks.iter().map(|k| Mode::Merged((*k).max(1))))
+        .collect();
+    // Rounds go over all modes in turn, so that a change in the machine's load touches all alike.
+    let mut rounds: Vec<Vec<Outcome>> = modes.iter().map(|_| Vec::new()).collect();
+    for round in 0..ROUNDS {
+        for (mode, outcomes) in modes.iter().zip(&mut rounds) {
+            outcomes.push(run.once(*mode, round));
+        }
     }
-    rows
+    rounds.into_iter().map(|outcomes| best_of(&expected, outcomes)).collect()
 }
 
-/// [`ROUNDS`] runs of one mode: the throughput of the fastest (a busy machine only ever slows a
-/// round down), the staleness samples of all, correct only if every round was.
-fn best_of(expected: &[PartitionState], mut run: impl FnMut(u64) -> Outcome) -> Row {
-    let mut rounds: Vec<Outcome> = (0..ROUNDS).map(&mut run).collect();
+/// The rounds of one mode: the throughput of the fastest (a busy machine only ever slows a round
+/// down), the staleness samples of all, correct only if every round was.
+fn best_of(expected: &[PartitionState], mut rounds: Vec<Outcome>) -> Row {
     let correct = rounds.iter().all(|o| o.is_correct(expected));
     let staleness: Vec<u64> = rounds.iter_mut().flat_map(|o| std::mem::take(&mut o.staleness)).collect();
-    let best = rounds.into_iter().min_by(|a, b| a.secs.total_cmp(&b.secs)).unwrap_or_else(|| run(0));
+    let best = rounds.into_iter().min_by(|a, b| a.secs.total_cmp(&b.secs)).expect("ROUNDS > 0");
     best.row(staleness, correct)
 }
 
@@ -170,9 +182,11 @@ pub fn plot_svg(rows: &[Row]) -> String {
     Plot::new(rows).render()
 }
 
-/// The parallel modes.
+/// The modes [`run_all`] compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
+    /// (a): one thread, one state.
+    Serial,
     /// (b): one global state behind a mutex.
     Mutex,
     /// (c): per-worker state, never merged.
@@ -184,6 +198,7 @@ enum Mode {
 impl Mode {
     fn name(self) -> &'static str {
         match self {
+            Mode::Serial => "serial",
             Mode::Mutex => "mutex",
             Mode::Bad => "bad",
             Mode::Merged(_) => "merged",
@@ -330,8 +345,10 @@ fn run_serial(trades: &[Trade], partitions: usize, work: Work) -> Outcome {
     }
 }
 
-/// What the parallel runs share.
+/// What the runs share.
 struct Run<'a> {
+    /// The whole stream, for the serial baseline.
+    trades: &'a [Trade],
     shares: &'a [Vec<&'a Trade>],
     partitions: usize,
     work: Work,
@@ -341,7 +358,10 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     /// Round `round` of `mode`.
-    fn parallel(&self, mode: Mode, round: u64) -> Outcome {
+    fn once(&self, mode: Mode, round: u64) -> Outcome {
+        if mode == Mode::Serial {
+            return run_serial(self.trades, self.partitions, self.work);
+        }
         let total: u64 = self.shares.iter().map(|s| s.len() as u64).sum();
         let global = Mutex::new(Global { parts: vec![PartitionState::default(); self.partitions], trades: 0 });
         let mut rng = Rng::new(self.seed ^ round.wrapping_mul(0x5a17));
