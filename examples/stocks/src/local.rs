@@ -25,10 +25,9 @@
 //!   takes the global lock and copies those symbols' new state (and the partitions' `applied`)
 //!   into the global state. Its leftovers (fewer than `k` trades) are merged when its trades run
 //!   out, before the run's clock stops.
-//!
-//! - **Rounds.** Each mode runs 5 times, the rounds going over all modes in turn (so a change
-//!   in the machine's load touches every mode alike): the throughput is the fastest round's (a busy machine
-//!   only ever slows a round down), the staleness is over the samples of all rounds, and
+//! - **Rounds.** Each mode runs 5 times, the rounds going over all modes in turn (so a change in
+//!   the machine's load touches every mode alike): the throughput is the fastest round's (a busy
+//!   machine only ever slows a round down), the staleness is over the samples of all rounds, and
 //!   `correct` requires every round.
 //!
 //! # Staleness
@@ -65,12 +64,12 @@ use crate::model::{self, PartitionState, Rng, Trade};
 
 /// Simulated processing per trade when the caller has no better figure, in nanoseconds.
 pub const DEFAULT_WORK_NS: u64 = 1_500;
-/// Staleness samples per run when the caller has no better figure.
+/// Staleness samples per round when the caller has no better figure.
 pub const DEFAULT_SAMPLES: usize = 200;
 /// The merge intervals of the seed (ticks between merges).
 pub const DEFAULT_MERGE_TICKS: [u64; 3] = [4, 10, 30];
 
-/// Runs per mode; [`run_all`] reports the fastest.
+/// Rounds per mode; [`run_all`] reports the fastest's throughput.
 const ROUNDS: u64 = 5;
 const _: () = assert!(ROUNDS > 0);
 
@@ -83,7 +82,7 @@ pub struct LocalOptions {
     pub workers: usize,
     /// Merge intervals of the merged mode, one run each (0 counts as 1).
     pub merge_ticks: Vec<u64>,
-    /// Staleness samples per run.
+    /// Staleness samples per round (each row pools five rounds).
     pub samples: usize,
     /// Simulated processing per trade, in nanoseconds.
     pub work_ns: u64,
@@ -571,30 +570,24 @@ impl<'a> Plot<'a> {
         self.axes(&mut s);
         for panel in 0..2 {
             for (i, (_, r)) in self.references.iter().enumerate() {
-                let y = self.y(panel, Self::value(panel, r));
-                let _ = writeln!(
-                    s,
-                    "<line x1=\"{LEFT}\" x2=\"{RIGHT}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"{}\" stroke-width=\"1.5\" stroke-dasharray=\"{}\"/>",
-                    REF_COLORS[i % REF_COLORS.len()],
-                    DASHES[i % DASHES.len()]
-                );
+                hline(&mut s, (LEFT, RIGHT), self.y(panel, Self::value(panel, r)), reference_stroke(i));
             }
             for (i, (_, points)) in self.series.iter().enumerate() {
-                let color = COLORS[i % COLORS.len()];
-                let coords: Vec<String> = points
+                let stroke = series_stroke(i);
+                let xy: Vec<(f64, f64)> = points
                     .iter()
-                    .map(|r| {
-                        format!("{:.1},{:.1}", self.x(r.merge_ticks.unwrap_or(1)), self.y(panel, Self::value(panel, r)))
-                    })
+                    .map(|r| (self.x(r.merge_ticks.unwrap_or(1)), self.y(panel, Self::value(panel, r))))
                     .collect();
+                let coords: Vec<String> = xy.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
                 let _ = writeln!(
                     s,
-                    "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>",
-                    coords.join(" ")
+                    "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"{}\"/>",
+                    coords.join(" "),
+                    stroke.color,
+                    stroke.width
                 );
-                for c in &coords {
-                    let (cx, cy) = c.split_once(',').unwrap_or(("0", "0"));
-                    let _ = writeln!(s, "<circle cx=\"{cx}\" cy=\"{cy}\" r=\"3.5\" fill=\"{color}\"/>");
+                for (x, y) in xy {
+                    dot(&mut s, x, y, stroke.color);
                 }
             }
         }
@@ -624,12 +617,11 @@ impl<'a> Plot<'a> {
             );
             for (value, label) in self.y_ticks(panel) {
                 let y = self.y(panel, value);
+                hline(s, (LEFT - 5.0, LEFT), y, Stroke { color: "#333", width: 1.0, dash: None });
+                hline(s, (LEFT, RIGHT), y, Stroke { color: "#ddd", width: 1.0, dash: None });
                 let _ = writeln!(
                     s,
-                    "<line x1=\"{:.1}\" x2=\"{LEFT}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#333\"/>\
-                     <line x1=\"{LEFT}\" x2=\"{RIGHT}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
-                     <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>",
-                    LEFT - 5.0,
+                    "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>",
                     LEFT - 8.0,
                     y + 4.0
                 );
@@ -672,41 +664,50 @@ impl<'a> Plot<'a> {
         let _ = writeln!(s, "<text x=\"{x}\" y=\"{y}\" font-weight=\"bold\">Legend</text>");
         for (i, (label, points)) in self.series.iter().enumerate() {
             y += 22.0;
-            let color = COLORS[i % COLORS.len()];
+            hline(s, (x, x + 30.0), y - 4.0, series_stroke(i));
+            dot(s, x + 15.0, y - 4.0, series_stroke(i).color);
             let ticks: Vec<String> = points.iter().filter_map(|r| r.merge_ticks).map(|k| k.to_string()).collect();
-            let _ = writeln!(
-                s,
-                "<line x1=\"{x}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{color}\" stroke-width=\"2\"/>\
-                 <circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{color}\"/>\
-                 <text x=\"{:.1}\" y=\"{y}\">{} at merge ticks {}</text>",
-                x + 30.0,
-                y - 4.0,
-                y - 4.0,
-                x + 15.0,
-                y - 4.0,
-                x + 38.0,
-                escape(label),
-                ticks.join(", ")
-            );
+            let text = format!("{label} at merge ticks {}", ticks.join(", "));
+            let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{y}\">{}</text>", x + 38.0, escape(&text));
         }
         for (i, (label, r)) in self.references.iter().enumerate() {
             y += 22.0;
-            let _ = writeln!(
-                s,
-                "<line x1=\"{x}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{}\" stroke-width=\"1.5\" stroke-dasharray=\"{}\"/>\
-                 <text x=\"{:.1}\" y=\"{y}\">{}: {} trades/s, staleness {}</text>",
-                x + 30.0,
-                y - 4.0,
-                y - 4.0,
-                REF_COLORS[i % REF_COLORS.len()],
-                DASHES[i % DASHES.len()],
-                x + 38.0,
-                escape(label),
-                si(r.trades_per_sec),
-                si(r.staleness_mean)
-            );
+            hline(s, (x, x + 30.0), y - 4.0, reference_stroke(i));
+            let text = format!("{label}: {} trades/s, staleness {}", si(r.trades_per_sec), si(r.staleness_mean));
+            let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{y}\">{}</text>", x + 38.0, escape(&text));
         }
     }
+}
+
+/// How a line is drawn.
+#[derive(Debug, Clone, Copy)]
+struct Stroke {
+    color: &'static str,
+    width: f64,
+    dash: Option<&'static str>,
+}
+
+/// The stroke of the `i`th series: solid, a color each.
+fn series_stroke(i: usize) -> Stroke {
+    Stroke { color: COLORS[i % COLORS.len()], width: 2.0, dash: None }
+}
+
+/// The stroke of the `i`th reference line: dashed, a color and a dash pattern each.
+fn reference_stroke(i: usize) -> Stroke {
+    Stroke { color: REF_COLORS[i % REF_COLORS.len()], width: 1.5, dash: Some(DASHES[i % DASHES.len()]) }
+}
+
+fn hline(s: &mut String, (x1, x2): (f64, f64), y: f64, stroke: Stroke) {
+    let dash = stroke.dash.map(|d| format!(" stroke-dasharray=\"{d}\"")).unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "<line x1=\"{x1:.1}\" x2=\"{x2:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"{}\" stroke-width=\"{}\"{dash}/>",
+        stroke.color, stroke.width
+    );
+}
+
+fn dot(s: &mut String, x: f64, y: f64, color: &str) {
+    let _ = writeln!(s, "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3.5\" fill=\"{color}\"/>");
 }
 
 /// "1 worker", "4 workers", "2 processes".
@@ -718,8 +719,9 @@ fn who(r: &Row) -> String {
 /// A short human figure: 0, 2.9, 950, 12k, 1.5M.
 fn si(v: f64) -> String {
     let (unit, div) = match v.abs() {
-        a if a >= 1e6 => ("M", 1e6),
-        a if a >= 1e3 => ("k", 1e3),
+        // Thresholds below the round figure so 999_888 reads 1.0M, not 1000k.
+        a if a >= 999_500.0 => ("M", 1e6),
+        a if a >= 999.5 => ("k", 1e3),
         _ => ("", 1.0),
     };
     let x = v / div;
@@ -836,6 +838,15 @@ mod tests {
         assert_eq!(lines[4], "| bad | 2 | – | 1000000 | 2.00x | 150000.0 / 300000 | no |");
         assert_eq!(lines[6], "| merged | 2 | 30 | 900000 | 1.80x | 29.0 / 58 | yes |");
         assert_eq!(lines[7], "| ordo | 2 | 10 | 20000 | 0.04x | 12.0 / 24 | – |");
+    }
+
+    #[test]
+    fn figures_are_short() {
+        let cases =
+            [(0.0, "0"), (2.94, "2.9"), (950.0, "950"), (999_888.0, "1.0M"), (12_345.0, "12k"), (1_540_000.0, "1.5M")];
+        for (v, text) in cases {
+            assert_eq!(si(v), text);
+        }
     }
 
     #[test]
