@@ -5,9 +5,11 @@
 //! crate and the "Example app" section of the project's README.
 //!
 //! Modules: [`model`] (trades, state, log records, serial replay), [`app`] (an owner process),
-//! [`generator`] (routes trades to owners), [`check`] (logs against the serial replay).
+//! [`generator`] (routes trades to owners), [`check`] (logs against the serial replay), [`local`]
+//! (the seed's in-process comparison: serial, mutex, bad, merged every k ticks).
 
 pub mod app;
 pub mod check;
 pub mod generator;
+pub mod local;
 pub mod model;
