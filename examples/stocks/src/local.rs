@@ -89,7 +89,7 @@ pub struct LocalOptions {
 }
 
 /// One run of the comparison.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Row {
     /// "serial" | "mutex" | "bad" | "merged" | "ordo".
     pub mode: String,
