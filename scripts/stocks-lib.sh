@@ -4,7 +4,8 @@
 declare -A app_pid=()
 dev_pid=
 dev_dir=
-base_port=$(( 20000 + ($$ % 2000) * 10 ))
+# Below the kernel's ephemeral range (32768+), so a port in use by an outgoing connection never collides.
+base_port=$(( 20000 + ($$ % 1000) * 10 ))
 
 sock() { echo "$dev_dir/dev-$1/ordo.sock"; }
 # member_pid I: the pid of dev member i's sidecar (from the dev cluster's cluster.json).
