@@ -23,13 +23,13 @@ use crate::node::Node;
 pub const MAX_PAGE: usize = 10_000;
 const DEFAULT_PAGE: usize = 1000;
 
-/// The divider's app services, configured by `args` (and its config file, already loaded).
-pub fn services(
+/// The dividers this sidecar serves, configured by `args` (and its config file, already loaded).
+pub fn dividers(
     args: &DividerArgs,
     config: Option<DividerConfig>,
     timeout: Duration,
     node: &Arc<Node<GrpcPeers>>,
-) -> AppServices {
+) -> Arc<Dividers<GrpcPeers>> {
     // A WorkDivider's pods all get the same config file, whose timing wins over the flags (member
     // records carry the holder's timing, so observers wait at least that long either way).
     let (lease_ms, stop_timeout_ms) = match &config {
@@ -45,7 +45,11 @@ pub fn services(
         request_timeout: timeout,
     };
     let registers = crate::quorum::register::Registers::new(node.proposer.clone(), timeout);
-    let dividers = Dividers::new(registers, settings, config, node.id.clone(), node.metrics.divider.clone());
+    Dividers::new(registers, settings, config, node.id.clone(), node.metrics.divider.clone())
+}
+
+/// The divider's app services.
+pub fn services(dividers: Arc<Dividers<GrpcPeers>>) -> AppServices {
     AppServices::default().with_service(pb::divider_server::DividerServer::new(DividerService { dividers }))
 }
 
