@@ -71,5 +71,6 @@ pub mod round;
 pub mod route;
 pub mod store;
 pub mod transport;
+pub mod wal;
 
 pub use ballot::Ballot;
