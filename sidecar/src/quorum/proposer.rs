@@ -41,6 +41,9 @@ const WORKER_IDLE: Duration = Duration::from_secs(30);
 /// Backoff bounds after a failed round (scaled by the observed round time).
 const BACKOFF_MIN: Duration = Duration::from_millis(1);
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// How long a register counts as contended after this sidecar lost a round on it to another
+/// proposer: meanwhile its changes go to the register's home (see [`super::route`]).
+pub const CONTENDED_FOR: Duration = Duration::from_secs(10);
 
 /// A change waiting for its round.
 pub(super) struct Pending {
@@ -84,7 +87,7 @@ pub(super) struct Inner<P> {
     pub(super) live: std::sync::RwLock<Vec<String>>,
     /// Homes that failed a forward recently, until when they are bypassed.
     pub(super) suspects: Mutex<HashMap<String, Instant>>,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
     /// Simulation only: pipeline at non-adjacent ballots (unsafe; see [`super::round`]).
     non_adjacent: AtomicBool,
 }
@@ -221,6 +224,8 @@ struct Worker<P: Peers> {
     retry_at: Option<Instant>,
     last_error: Option<ChangeError>,
     forwards: Arc<Mutex<ForwardQueue>>,
+    /// Until when another proposer is known to write this register (a lost round).
+    contended_until: Option<Instant>,
 }
 
 impl<P: Peers> Worker<P> {
@@ -239,6 +244,7 @@ impl<P: Peers> Worker<P> {
             retry_at: None,
             last_error: None,
             forwards: Arc::new(Mutex::new(ForwardQueue::default())),
+            contended_until: None,
         }
     }
 
@@ -283,11 +289,12 @@ impl<P: Peers> Worker<P> {
         }
     }
 
-    /// Forwards changes made here to the register's home when that is another member; queues
-    /// the rest for rounds here.
+    /// Forwards changes made here to the register's home when the register is contended and
+    /// the home is another member; queues the rest for rounds here.
     fn route(&mut self, incoming: Vec<Pending>) {
         let cfg = self.inner.config.borrow().clone();
-        let home = remote_home(&self.inner, &self.key, &cfg);
+        let contended = self.contended_until.is_some_and(|t| t > Instant::now());
+        let home = if contended { remote_home(&self.inner, &self.key, &cfg) } else { None };
         let (to_forward, here): (Vec<_>, Vec<_>) = incoming.into_iter().partition(|p| p.to_home && home.is_some());
         self.queue.extend(here);
         if !to_forward.is_empty() {
@@ -436,6 +443,7 @@ impl<P: Peers> Worker<P> {
                 let own = failure.holder.as_deref() == Some(self.inner.id.as_str()) && !self.rounds.is_empty();
                 if failure.conflict && !own {
                     self.inner.metrics.conflicts.inc();
+                    self.contended_until = Some(Instant::now() + CONTENDED_FOR);
                 }
                 if took > Duration::from_millis(200) || !failure.conflict {
                     tracing::debug!(key = %self.key, batch = flight.batch.len(), took_ms = took.as_millis() as u64, error = %failure.detail, "round failed");
