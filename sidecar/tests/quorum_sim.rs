@@ -203,3 +203,24 @@ async fn a_lone_writer_proposes_itself_and_contending_writers_forward() {
     assert!(metrics.conflicts.get() > 0, "two writers of one register pre-empt each other at first");
     assert!(metrics.forwards.get() > 0, "after a lost round, changes go to the register's home");
 }
+
+/// A pass over many registers (a migration rewrites each once) does not keep a worker per
+/// register for the full idle time: above `WORKERS_CROWDED` they retire quickly. Fails when
+/// every worker stays 30 s.
+#[tokio::test(flavor = "current_thread")]
+async fn workers_of_a_pass_over_many_registers_retire_quickly() {
+    use ordo_sidecar::quorum::proposer::WORKERS_CROWDED;
+    let cfg = config(3);
+    let net = Arc::new(SimNet::new(&cfg, 11, 0.0));
+    let (_tx, rx) = watch::channel(Arc::new(cfg));
+    let proposer = Proposer::new("p0".into(), net, rx, Arc::new(Metrics::new()));
+    let n = WORKERS_CROWDED * 2;
+    for i in 0..n {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        proposer.change(&format!("r/{i}"), Change::Add { n: 1, start: 1 }, deadline).await.unwrap();
+    }
+    assert!(proposer.worker_count() > WORKERS_CROWDED, "{} workers right after the pass", proposer.worker_count());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let left = proposer.worker_count();
+    assert!(left <= WORKERS_CROWDED, "{left} workers 2 s after a pass over {n} registers");
+}

@@ -38,6 +38,12 @@ const MAX_BATCH: usize = 4096;
 pub const PIPELINE_DEPTH: usize = 4;
 /// A register's worker exits after this long without requests.
 const WORKER_IDLE: Duration = Duration::from_secs(30);
+/// Above this many workers (a migration or a scan touching every register once), an idle
+/// worker retires after [`WORKER_IDLE_CROWDED`] instead: memory then follows the rate of new
+/// registers, not the keyspace (about 5 KB a worker).
+pub const WORKERS_CROWDED: usize = 1024;
+/// Idle time after which a worker retires while there are more than [`WORKERS_CROWDED`].
+const WORKER_IDLE_CROWDED: Duration = Duration::from_millis(250);
 /// Backoff bounds after a failed round (scaled by the observed round time).
 const BACKOFF_MIN: Duration = Duration::from_millis(1);
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
@@ -118,6 +124,11 @@ impl<P: Peers> Proposer<P> {
     /// The transport to the members.
     pub fn peers(&self) -> &P {
         &self.inner.peers
+    }
+
+    /// Register workers alive now (each register changed recently has one).
+    pub fn worker_count(&self) -> usize {
+        self.inner.workers.lock().expect("workers lock").len()
     }
 
     /// Sets the members that are live and caught up (home candidates).
@@ -253,6 +264,13 @@ impl<P: Peers> Worker<P> {
             self.expire();
             self.launch();
             let idle = self.rounds.is_empty() && self.queue.is_empty();
+            let idle_for = if !idle {
+                WORKER_IDLE
+            } else if self.inner.workers.lock().expect("workers lock").len() > WORKERS_CROWDED {
+                WORKER_IDLE_CROWDED
+            } else {
+                WORKER_IDLE
+            };
             let retry_at = self.retry_at;
             tokio::select! {
                 p = rx.recv() => match p {
@@ -272,7 +290,7 @@ impl<P: Peers> Worker<P> {
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                     self.retry_at = None;
                 }
-                _ = tokio::time::sleep(WORKER_IDLE), if idle => {
+                _ = tokio::time::sleep(idle_for), if idle => {
                     let mut workers = self.inner.workers.lock().expect("workers lock");
                     match rx.try_recv() {
                         Ok(p) => {
