@@ -91,9 +91,11 @@
 //! - The primary's producer table is rebuilt by reading the whole local log at takeover.
 
 pub mod fence;
+pub mod metrics;
 pub mod placement;
 pub mod primary;
 pub mod producer;
+pub mod retention;
 pub mod router;
 
 pub mod segment;
