@@ -84,7 +84,10 @@ impl TestCluster {
         dev_opts.members = opts.members;
         dev_opts.base_port = free_ports(2 * slots as u16);
         dev_opts.extra_args = opts.extra_args.clone();
-        dev_opts.extra_args.push("--request-timeout-ms=2000".into());
+        // A test may set its own request timeout (clap refuses the flag twice).
+        if !opts.extra_args.iter().any(|a| a.starts_with("--request-timeout-ms")) {
+            dev_opts.extra_args.push("--request-timeout-ms=2000".into());
+        }
         dev_opts.member_args = opts.member_args.clone();
         dev_opts.log_dir = Some(dir.path().join("logs"));
         let mut proxies = Vec::new();

@@ -36,7 +36,10 @@ pub fn services(router: &Arc<Router>, max_message: usize, max_inflight: usize) -
     AppServices::default().with_service(
         pb::log_server::LogServer::new(LogService { router: router.clone(), max_inflight })
             .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message),
+            // Reads answer up to MAX_READ_BYTES of entries whatever the batch limit (found by
+            // `a_small_inflight_limit_holds_a_flooding_client_back`: with a 256 KiB batch
+            // limit, reads of 2 MiB failed with OUT_OF_RANGE).
+            .max_encoding_message_size(max_message.max(crate::log::store::MAX_READ_BYTES + (1 << 20))),
     )
 }
 
