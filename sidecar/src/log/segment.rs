@@ -1,6 +1,9 @@
-//! One stream's copy on one replica: an append-only file of CRC-framed records plus a small
-//! file holding the sealed epoch. Pure file I/O with no syncing policy: [`super::store`] groups
-//! the `fdatasync`s of many segments and batches into one commit.
+//! One stream's copy on one replica: append-only segment files of CRC-framed records
+//! (`seg-<first LSN>`, the last one active, a new one started once it holds the roll size), a
+//! small file holding the sealed epoch and one holding the base (the last deleted LSN and its
+//! epoch; see "Trimming" in [`super`]). A stream written before segments existed (one file,
+//! `records`) is renamed to its first segment on open. Pure file I/O with no syncing policy:
+//! [`super::store`] groups the `fdatasync`s of many segments and batches into one commit.
 //!
 //! Record framing: `[u32 body length][u32 CRC-32 of the body][body]`, body =
 //! `lsn, epoch, producer_id, producer_epoch, batch_seq` (u64 each), `batch_index, batch_len`
@@ -8,8 +11,8 @@
 //! (the batch's first entry, [`super::fence`]) sets the top bit of the length word, and its body
 //! has the fence between the header and the bytes: `[u32 fence length][u64 token][u16 divider
 //! length][divider][key]` (a sidecar from before fences would read that bit as a torn length:
-//! do not downgrade across it). On open, the file is scanned and cut
-//! at the first record that is short, fails its CRC or does not carry the next LSN: a write torn
+//! do not downgrade across it). On open, the files are scanned in order and the log is cut
+//! (the rest of that file and every later file) at the first record that is short, fails its CRC or does not carry the next LSN: a write torn
 //! by a crash was never acknowledged (acks follow the fsync), so dropping it loses nothing.
 
 use std::fs::{File, OpenOptions};
