@@ -242,6 +242,23 @@ impl TestCluster {
         (socket, guard)
     }
 
+    /// The Prometheus text of member `i`'s admin `/metrics` (empty when it does not answer).
+    pub async fn scrape_metrics(&self, i: usize) -> String {
+        let admin = self.dev.member(i).admin_addr.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut conn = std::net::TcpStream::connect(admin).ok()?;
+            conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+            let mut text = String::new();
+            conn.read_to_string(&mut text).ok()?;
+            Some(text)
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+    }
+
     /// The last lines of member `i`'s log (for failure messages).
     pub fn log_tail(&self, i: usize) -> String {
         let path = self._dir.path().join("logs").join(format!("{}.log", self.dev.member(i).id));

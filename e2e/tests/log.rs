@@ -188,6 +188,19 @@ async fn create_rf3(cluster: &TestCluster, stream: &str) -> pb::StreamInfo {
     log_client(cluster, 0).await.create_stream(req).await.expect("create").into_inner()
 }
 
+/// `kill -9` of the three members, then all restart and become ready.
+async fn kill9_all_and_restart(cluster: &mut TestCluster) {
+    for i in 0..3 {
+        cluster.dev.kill9(i);
+    }
+    for i in 0..3 {
+        cluster.dev.spawn(i).expect("restart");
+    }
+    for i in 0..3 {
+        cluster.wait_ready(i, Duration::from_secs(30)).await;
+    }
+}
+
 fn member_index(cluster: &TestCluster, id: &str) -> usize {
     (0..cluster.dev.len()).find(|&i| cluster.dev.member(i).id == id).expect("a member")
 }
@@ -273,15 +286,7 @@ async fn kill9_of_every_member_and_a_restart_keep_every_acknowledged_entry() {
     let channel = cluster.client(1).await.channel();
     let (mut acked, _) = run_appender(channel, stream.into(), 7, 60, 8, 8, deadline).await;
     assert_eq!(acked.len(), 60, "an unknown stream is created on first append");
-    for i in 0..3 {
-        cluster.dev.kill9(i);
-    }
-    for i in 0..3 {
-        cluster.dev.spawn(i).expect("restart");
-    }
-    for i in 0..3 {
-        cluster.wait_ready(i, Duration::from_secs(30)).await;
-    }
+    kill9_all_and_restart(&mut cluster).await;
     let log = read_all(&cluster, 2, stream).await;
     check(&acked, &log);
     assert_eq!(log.len(), 60 * 8);
@@ -1016,23 +1021,6 @@ fn stream_dir(cluster: &TestCluster, i: usize, stream: &str) -> std::path::PathB
     std::path::PathBuf::from(&cluster.dev.member(i).data_dir).join("log").join(stream)
 }
 
-/// The metrics text of member `i`'s admin port.
-async fn scrape(cluster: &TestCluster, i: usize) -> String {
-    let admin = cluster.dev.member(i).admin_addr.clone();
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(admin).ok()?;
-        conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-        let mut text = String::new();
-        conn.read_to_string(&mut text).ok()?;
-        Some(text)
-    })
-    .await
-    .ok()
-    .flatten()
-    .unwrap_or_default()
-}
-
 /// The value of the sample named exactly `sample` (with its labels), or `None`.
 fn sample(text: &str, sample: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
@@ -1084,15 +1072,7 @@ async fn trim_reclaims_disk_on_every_replica_and_survives_a_restart() {
     assert!(below.message().contains(&format!("first available LSN is {first}")), "{below:?}");
     check_from(&acked, &read_from(&cluster, down, stream, first).await, first);
     // Every member restarts: the new primary serves from the trim point, nothing comes back.
-    for i in 0..3 {
-        cluster.dev.kill9(i);
-    }
-    for i in 0..3 {
-        cluster.dev.spawn(i).expect("restart");
-    }
-    for i in 0..3 {
-        cluster.wait_ready(i, Duration::from_secs(30)).await;
-    }
+    kill9_all_and_restart(&mut cluster).await;
     let mut c = log_client(&cluster, down).await;
     let tail = loop {
         match c.tail(pb::TailRequest { stream: stream.into() }).await {
@@ -1153,7 +1133,7 @@ async fn retention_by_bytes_keeps_disk_bounded_while_appending() {
     assert!(tail.first_lsn > 1, "retention trimmed the stream: {tail:?}");
     let log = read_from(&cluster, primary, stream, tail.first_lsn).await;
     check_from(&acked, &log, tail.first_lsn);
-    let text = scrape(&cluster, primary).await;
+    let text = cluster.scrape_metrics(primary).await;
     assert!(sample(&text, "ordo_log_trims_total{cause=\"retention\"}").unwrap_or(0.0) >= 1.0, "{text}");
     assert!(sample(&text, "ordo_log_segments_deleted_total").unwrap_or(0.0) >= 1.0, "{text}");
 }
@@ -1171,7 +1151,7 @@ async fn log_metrics_count_appends_seals_recoveries_and_trims() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let channel = cluster.client(others[0]).await.channel();
     let (mut acked, _) = run_appender(channel.clone(), stream.into(), 1, 20, 5, 4, deadline).await;
-    let before: Vec<String> = futures::future::join_all(others.iter().map(|&i| scrape(&cluster, i))).await;
+    let before: Vec<String> = futures::future::join_all(others.iter().map(|&i| cluster.scrape_metrics(i))).await;
     cluster.dev.kill9(primary);
     let (more, _) = run_appender(channel, stream.into(), 2, 20, 5, 4, deadline).await;
     acked.extend(more);
@@ -1180,7 +1160,7 @@ async fn log_metrics_count_appends_seals_recoveries_and_trims() {
     let t = log_client(&cluster, new_primary).await.trim(pb::TrimRequest { stream: stream.into(), before: 11 }).await;
     assert_eq!(t.expect("trim").into_inner().first_lsn, 11);
     let value = |text: &str, name: &str| sample(text, name).unwrap_or(0.0);
-    let text = scrape(&cluster, new_primary).await;
+    let text = cluster.scrape_metrics(new_primary).await;
     let was = &before[others.iter().position(|&i| i == new_primary).expect("a survivor")];
     for name in ["ordo_log_appended_entries_total", "ordo_log_appended_bytes_total", "ordo_log_batch_entries_count"] {
         assert!(value(&text, name) > value(was, name), "{name} did not move on the new primary: {text}");
@@ -1189,7 +1169,7 @@ async fn log_metrics_count_appends_seals_recoveries_and_trims() {
     assert!(value(&text, "ordo_log_recoveries_total{result=\"ok\"}") >= 1.0, "{text}");
     assert_eq!(value(&text, "ordo_log_trims_total{cause=\"app\"}"), 1.0, "{text}");
     for (k, &i) in others.iter().enumerate() {
-        let text = scrape(&cluster, i).await;
+        let text = cluster.scrape_metrics(i).await;
         assert!(
             value(&text, "ordo_log_seals_total") > value(&before[k], "ordo_log_seals_total"),
             "no seal on {i}: {text}"
@@ -1201,7 +1181,7 @@ async fn log_metrics_count_appends_seals_recoveries_and_trims() {
         }
     }
     // The client's sidecar measured the acknowledgements of the batches it queued.
-    let served = scrape(&cluster, others[0]).await;
+    let served = cluster.scrape_metrics(others[0]).await;
     assert!(value(&served, "ordo_log_ack_seconds_count") >= 40.0, "{served}");
     check_from(&acked, &read_from(&cluster, new_primary, stream, 11).await, 11);
 }
@@ -1281,7 +1261,7 @@ async fn a_small_inflight_limit_holds_a_flooding_client_back() {
     }
     let in_flight = |text: &str| sample(text, "ordo_log_batches_in_flight").unwrap_or(-1.0);
     eventually(Duration::from_secs(10), "the sidecar holds 1 MiB of batches", || async {
-        in_flight(&scrape(&cluster, primary).await) == 4.0
+        in_flight(&cluster.scrape_metrics(primary).await) == 4.0
     })
     .await;
     // The buffers between the client and the sidecar fill, then the client's sends stop.
@@ -1302,7 +1282,7 @@ async fn a_small_inflight_limit_holds_a_flooding_client_back() {
         peak_rss = peak_rss.max(rss_bytes(cluster.dev.member(primary).pid));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let text = scrape(&cluster, primary).await;
+    let text = cluster.scrape_metrics(primary).await;
     assert_eq!(in_flight(&text), 4.0, "4 batches of 256 KiB fill the 1 MiB limit (pipeline 8)");
     let still = sent.load(Ordering::SeqCst);
     assert_eq!(still, held, "the client's sends are blocked while the sidecar does not read");
