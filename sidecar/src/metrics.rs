@@ -63,6 +63,8 @@ pub struct Metrics {
     pub epoch: Gauge,
     /// The work divider's metrics.
     pub divider: crate::divider::metrics::DividerMetrics,
+    /// The log streams' metrics.
+    pub log: crate::log::metrics::LogMetrics,
 }
 
 impl Default for Metrics {
@@ -111,6 +113,7 @@ impl Metrics {
         registry.register("ready", "1 when ready (caught up, quorum reachable)", ready.clone());
         registry.register("config_epoch", "Configuration epoch", epoch.clone());
         let divider = crate::divider::metrics::DividerMetrics::register(&mut registry);
+        let log = crate::log::metrics::LogMetrics::register(&mut registry);
         Self {
             registry,
             requests,
@@ -127,6 +130,7 @@ impl Metrics {
             ready,
             epoch,
             divider,
+            log,
         }
     }
 
