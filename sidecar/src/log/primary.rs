@@ -257,7 +257,11 @@ impl Primary {
         let actor = Actor {
             cfg: cfg.clone(),
             shared: shared.clone(),
-            producers: recovered.producers,
+            producers: {
+                let mut p = recovered.producers;
+                p.set_history_trimmed(cfg.first_lsn > 1);
+                p
+            },
             fences: recovered.fences,
             matched: vec![0; cfg.replicas.len()],
             commit: 0,

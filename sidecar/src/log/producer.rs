@@ -3,6 +3,13 @@
 //! each producer, so a retried batch is answered with its original LSNs instead of being
 //! written again. The table is rebuilt from the log's own entries (which carry the producer
 //! fields) whenever a primary takes over.
+//!
+//! A producer the table does not know must start at batch 0: a later batch first means the
+//! earlier ones are still on their way (at a primary change, a batch routed to the new primary
+//! can overtake the retries of the batches before it), and writing it would put the producer's
+//! batches out of order. Only when the log was trimmed before this primary rebuilt the table
+//! (its producers may have been trimmed away with their entries) is an unknown producer taken
+//! at any batch.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -38,6 +45,8 @@ struct ProducerState {
 #[derive(Debug, Clone, Default)]
 pub struct ProducerTable {
     producers: HashMap<u64, ProducerState>,
+    /// The log this table was rebuilt from had been trimmed: producers may be missing.
+    history_trimmed: bool,
 }
 
 impl ProducerTable {
@@ -46,7 +55,15 @@ impl ProducerTable {
         if id == 0 {
             return Verdict::Append;
         }
-        let Some(p) = self.producers.get(&id) else { return Verdict::Append };
+        let Some(p) = self.producers.get(&id) else {
+            return if seq == 0 || self.history_trimmed {
+                Verdict::Append
+            } else {
+                Verdict::Refuse(format!(
+                    "producer {id} epoch {epoch} has written nothing to this stream yet: its first batch is 0, not {seq} (out of order)"
+                ))
+            };
+        };
         if epoch < p.epoch {
             return Verdict::Refuse(format!(
                 "producer {id} epoch {epoch} is fenced: epoch {} already wrote to this stream",
@@ -98,6 +115,12 @@ impl ProducerTable {
         }
     }
 
+    /// Marks the table as rebuilt from a trimmed log (unknown producers are then taken at any
+    /// batch: their history may be gone).
+    pub fn set_history_trimmed(&mut self, trimmed: bool) {
+        self.history_trimmed = trimmed;
+    }
+
     /// Rebuilds the table from entries of the log, in LSN order.
     pub fn observe(&mut self, e: &LogEntry) {
         if e.batch_index == 0 {
@@ -125,6 +148,15 @@ mod tests {
         assert_eq!(t.check(7, 2, 0, 1), Verdict::Append);
         assert!(matches!(t.check(7, 2, 5, 1), Verdict::Refuse(_)));
         assert_eq!(t.check(0, 0, 0, 1), Verdict::Append, "no producer id: no dedup");
+    }
+
+    #[test]
+    fn an_unknown_producer_starts_at_batch_0_unless_the_log_was_trimmed() {
+        let mut t = ProducerTable::default();
+        assert!(matches!(t.check(5, 1, 3, 1), Verdict::Refuse(m) if m.contains("out of order")));
+        assert_eq!(t.check(5, 1, 0, 1), Verdict::Append);
+        t.set_history_trimmed(true);
+        assert_eq!(t.check(5, 1, 3, 1), Verdict::Append, "its earlier batches may have been trimmed");
     }
 
     #[test]
