@@ -167,6 +167,8 @@ async fn run(args: SidecarArgs) -> Result<()> {
         crate::log::router::LogSettings::from_args(&args.log, args.request_timeout()),
     );
 
+    let (divider_services, dividers) =
+        app::divider::services(&args.divider, divider_config, args.request_timeout(), &node);
     // Every primitive's app services; health reports each by name, following readiness.
     let app_services = AppServices::default()
         .merge(app::log::services(
@@ -177,7 +179,7 @@ async fn run(args: SidecarArgs) -> Result<()> {
         .merge(app::sequencer::services(&args.sequencer, args.request_timeout(), &node))
         .merge(app::cluster::services(&node))
         .merge(app::registers::services(&args.registers, args.request_timeout(), &node))
-        .merge(app::divider::services(&args.divider, divider_config, args.request_timeout(), &node));
+        .merge(divider_services);
     let health_service = app::health::following_readiness(app_services.names(), node.watch_ready()).await;
     let app_routes = app_services.into_routes();
     let reflection = || {
@@ -253,6 +255,10 @@ async fn run(args: SidecarArgs) -> Result<()> {
         }
     }
     node.start_draining();
+    // Divider sessions leave first, while the app servers still carry their Stops and confirms,
+    // so their keys get new owners now rather than at lease expiry (bounded by the stop
+    // timeout plus a little; the operator's grace period covers it and the drain below).
+    dividers.leave_all().await;
     let _ = shutdown_tx.send(true);
     let drain = Duration::from_millis(args.drain_timeout_ms);
     if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await.is_err() {

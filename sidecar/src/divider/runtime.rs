@@ -13,7 +13,7 @@
 //! owner released them or lost its session. A confirm or release wakes step (2) alone. The
 //! safety argument is in [`super`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -32,14 +32,22 @@ use crate::quorum::register::{Entry, RegisterError, Registers, Written, MAX_PAGE
 use crate::quorum::transport::Peers;
 use ordo_contract::validate::validate_name;
 
-/// Register calls one tick runs at once (claims, releases, member reads).
+/// Register calls one tick runs at once (member reads, key changes).
 const PARALLEL: usize = 32;
+/// Claims and releases in flight at once: each is one or two rounds of its own register, so
+/// the quorum runs them side by side (its acceptors group-commit them).
+const CLAIM_PARALLEL: usize = 512;
+/// Most sessions remembered as dead (see [`DeadSessions`]).
+const MAX_DEAD: usize = 4096;
 /// Most dividers one sidecar serves (each has a loop and a table).
 pub const MAX_DIVIDERS: usize = 64;
 /// Most claims applied at once (the rest keep landing meanwhile).
 const CLAIM_BATCH: usize = 256;
 /// How long a wake-up waits to gather more confirms before a handoff pass.
 const WAKE_GATHER: Duration = Duration::from_millis(10);
+/// How long a planned leave (SIGTERM) may take beyond the stop timeout: the releases, the
+/// `left` write, a round or two each.
+pub const LEAVE_SLACK: Duration = Duration::from_secs(2);
 /// Most pages read when listing a prefix (1000 keys each).
 const MAX_PAGES: usize = 2_000;
 
@@ -55,9 +63,16 @@ pub struct DividerSettings {
 }
 
 impl DividerSettings {
-    /// Interval between ticks (renewals every tick).
+    /// Interval between renewals, and the longest a pass of claims runs before the table is
+    /// refreshed.
     pub fn tick(&self) -> Duration {
         self.timing.lease / 4
+    }
+
+    /// Interval between refreshes of the member records: an observer's first read of a renewal
+    /// lags its write by up to this, and that lag adds to the time a dead member's keys wait.
+    pub fn poll(&self) -> Duration {
+        self.timing.lease / 8
     }
 }
 
@@ -166,6 +181,17 @@ impl<P: Peers> Dividers<P> {
         d
     }
 
+    /// The planned leave of every session on this sidecar (SIGTERM, before the app servers
+    /// stop, so the apps still get their Stops and can confirm them): each session leaves as by
+    /// `Flush` then `Cancel` (see [`Divider::leave_all`]). Returns once every session is gone,
+    /// or at the latest after the stop timeout plus [`LEAVE_SLACK`].
+    pub async fn leave_all(&self) {
+        let deadline = Instant::now() + self.settings.stop_timeout + LEAVE_SLACK;
+        let dividers: Vec<Arc<Divider<P>>> =
+            self.dividers.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        futures::future::join_all(dividers.iter().map(|d| d.leave_all(deadline))).await;
+    }
+
     /// This sidecar's id (the default member id).
     pub fn sidecar_id(&self) -> &str {
         &self.sidecar_id
@@ -196,10 +222,12 @@ impl<P: Peers> Dividers<P> {
             default_affinity: configured.map_or(1, |c| u32::try_from(c.default_affinity).unwrap_or(u32::MAX)),
             sessions: Mutex::new(BTreeMap::new()),
             view: Mutex::new(ViewState::default()),
+            dead: StdMutex::new(DeadSessions::default()),
             table: watch::channel(Arc::new(AssignmentTable::default())).0,
             wake: Notify::new(),
             refresh_now: std::sync::atomic::AtomicBool::new(false),
             changed: Notify::new(),
+            renew_now: Notify::new(),
             metrics: self.metrics.clone(),
         });
         tokio::spawn(d.clone().renew_loop());
@@ -294,6 +322,39 @@ struct ViewState {
     removed: BTreeSet<String>,
     keys: Arc<Vec<String>>,
     handbacks: BTreeMap<String, BTreeSet<String>>,
+    /// The live session each member had at the last refresh.
+    live_seen: HashMap<String, String>,
+    /// The earliest moment an observed member may be declared expired.
+    next_expiry: Option<Instant>,
+}
+
+/// Sessions known to be over for good: named by a member record that is `left` or `expired`,
+/// or seen live by one refresh and replaced in a later one. Sessions never come back, so a
+/// claim may take a key whose owner record names one of them without reading its member
+/// record again. Knowing a session only from a read made *before* it joined would prove
+/// nothing: that is why nothing else goes in. Bounded: the oldest are forgotten (a forgotten
+/// session costs a read, never safety).
+#[derive(Default)]
+struct DeadSessions {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl DeadSessions {
+    fn insert(&mut self, session: &str) {
+        if self.set.insert(session.to_string()) {
+            self.order.push_back(session.to_string());
+            while self.order.len() > MAX_DEAD {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, session: &str) -> bool {
+        self.set.contains(session)
+    }
 }
 
 /// The owner of a key as [`Divider::lookup`] reports it.
@@ -320,11 +381,15 @@ pub struct Divider<P: Peers> {
     sessions: Mutex<Sessions>,
     /// Held by the handoff loop's refresh.
     view: Mutex<ViewState>,
+    /// Sessions known dead.
+    dead: StdMutex<DeadSessions>,
     table: watch::Sender<Arc<AssignmentTable>>,
     wake: Notify,
     /// The next wake-up runs a full tick.
     refresh_now: std::sync::atomic::AtomicBool,
     changed: Notify,
+    /// Wakes the renewal loop early (a leaving session released its last key: write `left`).
+    renew_now: Notify,
     metrics: DividerMetrics,
 }
 
@@ -367,17 +432,26 @@ impl<P: Peers> Divider<P> {
                 sessions.retain(|_, s| !s.gone);
             }
             self.changed.notify_waiters();
-            tokio::time::sleep(self.settings.tick()).await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.tick()) => {}
+                _ = self.renew_now.notified() => {}
+            }
         }
     }
 
-    /// A full tick (refresh, then handoffs) every `tick`; in between, a wake-up (confirm,
+    /// A full tick (refresh, then handoffs) every `poll`; in between, a wake-up (confirm,
     /// release, affinity change, join) runs the handoffs alone on the last refresh, after a
     /// short pause that gathers a burst of confirms into one pass.
     async fn handoff_loop(self: Arc<Self>) {
         loop {
             self.tick().await;
-            let next = Instant::now() + self.settings.tick();
+            // The next refresh comes after a poll interval, or at the moment an observed member
+            // may be declared expired, whichever is first: waiting for the next poll past that
+            // moment would only delay its keys' takeover.
+            let mut next = Instant::now() + self.settings.poll();
+            if let Some(at) = self.view.lock().await.next_expiry {
+                next = next.min(at);
+            }
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(next) => break,
@@ -579,20 +653,46 @@ impl<P: Peers> Divider<P> {
         }
         let now = Instant::now();
         let mut expire = Vec::new();
+        let mut next_expiry: Option<Instant> = None;
+        {
+            let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, (_, rec)) in &records {
+                if rec.state != MemberState::Live {
+                    dead.insert(&rec.session);
+                }
+                if let Some(prev) = st.live_seen.get(id).filter(|prev| !rec.is_live_session(prev)) {
+                    dead.insert(prev);
+                }
+            }
+        }
+        st.live_seen = records
+            .iter()
+            .filter(|(_, (_, r))| r.state == MemberState::Live)
+            .map(|(id, (_, r))| (id.clone(), r.session.clone()))
+            .collect();
         for (id, (v, rec)) in &records {
             let o = Observed::saw(st.observed.get(id).copied(), *v, now);
             st.observed.insert(id.clone(), o);
             let local = local.get(id).is_some_and(|s| *s == rec.session);
-            if rec.state == MemberState::Live && !local && o.expired(now, rec.observer_timing(self.settings.timing)) {
+            if rec.state != MemberState::Live || local {
+                continue;
+            }
+            let timing = rec.observer_timing(self.settings.timing);
+            if o.expired(now, timing) {
                 expire.push((id.clone(), *v, rec.clone()));
+            } else {
+                let at = o.expires_at(timing);
+                next_expiry = Some(next_expiry.map_or(at, |n| n.min(at)));
             }
         }
+        st.next_expiry = next_expiry;
         for (id, v, mut rec) in expire {
             rec.state = MemberState::Expired;
             rec.changed = v + 1;
             match self.registers.compare_and_set(&self.layout.member(&id), v, rec.encode()).await {
                 Ok(Written::Applied { version }) => {
                     tracing::info!(divider = %self.name, member = %id, "member lease expired");
+                    self.dead.lock().unwrap_or_else(|e| e.into_inner()).insert(&rec.session);
                     records.insert(id, (version, rec));
                 }
                 Ok(Written::Conflict { current: Some(e) }) => {
@@ -694,19 +794,34 @@ impl<P: Peers> Divider<P> {
                     }
                 }
             })
-            .buffer_unordered(PARALLEL)
+            .buffer_unordered(CLAIM_PARALLEL)
             .filter_map(|r| async move { r })
             .collect()
             .await;
         for (m, key, token) in released {
             if let Some(s) = self.sessions.lock().await.get_mut(&m) {
                 s.released(&key, token);
+                if s.leaving && s.holdings.is_empty() {
+                    self.renew_now.notify_one();
+                }
             }
         }
         let waiting = claims.len();
         let mut started = 0;
-        // Starts go out as claims land (a first tick may claim tens of thousands of keys).
+        // Starts go out as claims land (a first tick may claim tens of thousands of keys). A
+        // pass issues claims for at most a tick, then the loop refreshes the table at once and
+        // goes on with what is left, so a long first pass never hides expiries or moves.
+        let budget = Instant::now() + self.settings.tick();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut2 = cut.clone();
         let claimed = stream::iter(claims)
+            .take_while(move |_| {
+                let go = Instant::now() < budget;
+                if !go {
+                    cut2.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                futures::future::ready(go)
+            })
             .map(|(m, session, key)| async move {
                 match self.claim(records, &m, &session, &key).await {
                     Ok(Some(token)) => Some((m, session, key, token)),
@@ -717,7 +832,7 @@ impl<P: Peers> Divider<P> {
                     }
                 }
             })
-            .buffer_unordered(PARALLEL)
+            .buffer_unordered(CLAIM_PARALLEL)
             .filter_map(|r| async move { r })
             .ready_chunks(CLAIM_BATCH);
         tokio::pin!(claimed);
@@ -743,6 +858,9 @@ impl<P: Peers> Divider<P> {
                 break;
             }
         }
+        if cut.load(std::sync::atomic::Ordering::SeqCst) {
+            self.refresh_soon();
+        }
         let owned: usize = self.sessions.lock().await.values().map(|s| s.holdings.len()).sum();
         self.metrics.keys(&self.name, owned, waiting.saturating_sub(started));
     }
@@ -755,6 +873,11 @@ impl<P: Peers> Divider<P> {
 
     /// Claims `key` for `(member, session)` if its owner released it or lost its session;
     /// returns the new token.
+    ///
+    /// The first attempt is a create, as if the key had never been owned (every key of a new
+    /// divider): one round instead of a read and a write. When it conflicts, the reply carries
+    /// what the register holds (a linearizable read, like [`Registers::read`]), and the claim
+    /// judges that exactly as it would a read, then writes at its version.
     async fn claim(
         &self,
         records: &Records,
@@ -763,30 +886,50 @@ impl<P: Peers> Divider<P> {
         key: &str,
     ) -> Result<Option<u64>, RegisterError> {
         let okey = self.layout.owner(key);
-        let expect = match self.registers.read(&okey).await? {
-            None => 0,
-            Some(e) => match OwnerRecord::decode(&e.value) {
-                // Ours already: a claim whose reply was lost.
-                Ok(r) if r.state == OwnerState::Owned && r.member == member && r.session == session => {
-                    return Ok(Some(e.version))
-                }
-                Ok(r) if r.state == OwnerState::Owned && Self::owner_alive(records, &r) => return Ok(None),
-                // The tick's records may predate the owner's join: only a fresh read of its
-                // member record may declare its session dead (sessions never come back).
-                Ok(r) if r.state == OwnerState::Owned && self.session_alive(&r).await? => return Ok(None),
-                _ => e.version,
-            },
-        };
         let rec = OwnerRecord {
             member: member.to_string(),
             session: session.to_string(),
             state: OwnerState::Owned,
             token: 0,
         };
-        Ok(match self.put(&okey, expect, rec.encode()).await? {
-            Written::Applied { version } => Some(version),
-            Written::Conflict { .. } => None,
-        })
+        let mut expect = 0;
+        for attempt in 0..2 {
+            let current = match self.put(&okey, expect, rec.encode()).await? {
+                Written::Applied { version } => return Ok(Some(version)),
+                Written::Conflict { current } => current,
+            };
+            if attempt == 1 {
+                break;
+            }
+            let Some(e) = current else {
+                expect = 0;
+                continue;
+            };
+            expect = e.version;
+            match OwnerRecord::decode(&e.value) {
+                // Ours already: a claim whose reply was lost.
+                Ok(r) if r.state == OwnerState::Owned && r.member == member && r.session == session => {
+                    return Ok(Some(e.version))
+                }
+                Ok(r) if r.state == OwnerState::Owned && Self::owner_alive(records, &r) => return Ok(None),
+                Ok(r) if r.state == OwnerState::Owned => {
+                    // The tick's records may predate the owner's join: only a session known dead
+                    // (see [`DeadSessions`]), or a fresh read of its member record, made after
+                    // this read of the owner record, may declare it dead (sessions never come
+                    // back).
+                    let known_dead = self.dead.lock().unwrap_or_else(|e| e.into_inner()).contains(&r.session);
+                    if !known_dead {
+                        if self.session_alive(&r).await? {
+                            return Ok(None);
+                        }
+                        self.dead.lock().unwrap_or_else(|e| e.into_inner()).insert(&r.session);
+                    }
+                }
+                // Released, or a record that does not decode: claimable.
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 
     /// Writes `owner/K` released by `(member, session)` at `token` (removing the key first when
@@ -1056,6 +1199,50 @@ impl<P: Peers> Divider<P> {
         }
     }
 
+    /// Every session on this sidecar leaves (SIGTERM): affinity 0 is written first, so every
+    /// other sidecar's table moves the keys at once and claims each one at its next pass after
+    /// its release lands; then `Stop{LEAVING}` for every key, the releases as the app confirms
+    /// (or at the stop timeout, the app being told its token is dead), and `left`. Returns once
+    /// every such session is gone, or at `deadline`. Sessions whose app already went away keep
+    /// their keys fenced until their lease ends, as without a leave.
+    pub async fn leave_all(&self, deadline: Instant) {
+        let members: Vec<String> = self
+            .sessions
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, s)| !s.gone && !s.app_gone)
+            .map(|(m, _)| m.clone())
+            .collect();
+        for m in &members {
+            if let Err(e) = self.update_affinity(m, |_| Ok(0)).await {
+                tracing::debug!(divider = %self.name, member = %m, error = %e, "affinity 0 not written before leaving");
+            }
+            let _ = self
+                .with_session(m, |s| {
+                    s.leaving = true;
+                    Ok(())
+                })
+                .await;
+        }
+        self.refresh_soon();
+        loop {
+            let left = {
+                let sessions = self.sessions.lock().await;
+                members.iter().filter(|m| sessions.get(*m).is_some_and(|s| !s.app_gone)).count()
+            };
+            if left == 0 {
+                tracing::info!(divider = %self.name, sessions = members.len(), "every session left");
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(divider = %self.name, sessions = left, "sessions still leaving at the deadline");
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), self.changed.notified()).await;
+        }
+    }
+
     /// The owner of `key` now (linearizable reads of its owner and member records).
     pub async fn lookup(&self, key: &str) -> Result<Owner, DividerError> {
         self.layout.check_key(key).map_err(DividerError::Invalid)?;
@@ -1086,16 +1273,16 @@ impl<P: Peers> Divider<P> {
                 let (reg, present_when_exists) =
                     if is_static { (self.layout.removed(k), false) } else { (self.layout.added(k), true) };
                 let want_exists = add == present_when_exists;
-                let current = self.registers.read(&reg).await?;
-                Ok(match (current, want_exists) {
-                    (None, true) => matches!(self.registers.create(&reg, Vec::new()).await?, Written::Applied { .. }),
-                    (Some(e), false) => {
-                        matches!(self.registers.delete(&reg, e.version).await?, Written::Applied { .. })
-                    }
-                    _ => false,
+                if want_exists {
+                    // A create conflicts when the register exists: nothing to change.
+                    return Ok(matches!(self.registers.create(&reg, Vec::new()).await?, Written::Applied { .. }));
+                }
+                Ok(match self.registers.read(&reg).await? {
+                    Some(e) => matches!(self.registers.delete(&reg, e.version).await?, Written::Applied { .. }),
+                    None => false,
                 })
             })
-            .buffer_unordered(PARALLEL)
+            .buffer_unordered(CLAIM_PARALLEL)
             .collect()
             .await;
         let mut changed = 0u32;
