@@ -223,6 +223,7 @@ impl<P: Peers> Dividers<P> {
             sessions: Mutex::new(BTreeMap::new()),
             view: Mutex::new(ViewState::default()),
             dead: StdMutex::new(DeadSessions::default()),
+            blocked: StdMutex::new(HashMap::new()),
             table: watch::channel(Arc::new(AssignmentTable::default())).0,
             wake: Notify::new(),
             refresh_now: std::sync::atomic::AtomicBool::new(false),
@@ -252,6 +253,8 @@ struct Session {
     metrics: DividerMetrics,
     /// When each pending stop was sent (for the handoff duration).
     stops_sent: HashMap<String, Instant>,
+    /// Releases written (carried in the member record: [`MemberRecord::released`]).
+    releases: u64,
     leaving: bool,
     flushing: bool,
     app_gone: bool,
@@ -275,6 +278,7 @@ impl Session {
     /// The release of `key` at `token` was written.
     fn released(&mut self, key: &str, token: u64) {
         self.holdings.released(key, token);
+        self.releases += 1;
         if let Some(sent) = self.stops_sent.remove(key) {
             self.metrics.handoff_seconds.observe(sent.elapsed().as_secs_f64());
         }
@@ -291,6 +295,7 @@ impl Session {
             changed: expect + 1,
             lease_ms: u64::try_from(timing.lease.as_millis()).unwrap_or(u64::MAX),
             margin_ms: u64::try_from(timing.margin.as_millis()).unwrap_or(u64::MAX),
+            released: self.releases,
         };
         if let Some(last) = self.written.as_ref().filter(|last| !last.differs(&r)) {
             r.changed = last.changed;
@@ -383,6 +388,11 @@ pub struct Divider<P: Peers> {
     view: Mutex<ViewState>,
     /// Sessions known dead.
     dead: StdMutex<DeadSessions>,
+    /// Keys a claim found owned by a live session: key -> (member, session, its release count
+    /// then). The key is not tried again while that session lives with the same count: its
+    /// release would move the count ([`MemberRecord::released`]). Saves a round per waiting key
+    /// and pass; safety never rests on it.
+    blocked: StdMutex<HashMap<String, (String, String, u64)>>,
     table: watch::Sender<Arc<AssignmentTable>>,
     wake: Notify,
     /// The next wake-up runs a full tick.
@@ -784,6 +794,27 @@ impl<P: Peers> Divider<P> {
             }
         }
         drop(sessions);
+        let claims: Vec<(String, String, String)> = {
+            let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+            if blocked.len() > table.keys.len() + MAX_DEAD {
+                blocked.clear();
+            }
+            claims
+                .into_iter()
+                .filter(|(_, _, key)| match blocked.get(key) {
+                    Some((om, os, count))
+                        if records.get(om).is_some_and(|(_, r)| r.is_live_session(os) && r.released == *count) =>
+                    {
+                        false
+                    }
+                    Some(_) => {
+                        blocked.remove(key);
+                        true
+                    }
+                    None => true,
+                })
+                .collect()
+        };
         let released: Vec<(String, String, u64)> = stream::iter(releases)
             .map(|(m, session, key, token, done)| async move {
                 match self.release_record(&m, &session, &key, token, done).await {
@@ -798,13 +829,17 @@ impl<P: Peers> Divider<P> {
             .filter_map(|r| async move { r })
             .collect()
             .await;
-        for (m, key, token) in released {
-            if let Some(s) = self.sessions.lock().await.get_mut(&m) {
-                s.released(&key, token);
-                if s.leaving && s.holdings.is_empty() {
-                    self.renew_now.notify_one();
+        if !released.is_empty() {
+            let mut sessions = self.sessions.lock().await;
+            for (m, key, token) in released {
+                if let Some(s) = sessions.get_mut(&m) {
+                    s.released(&key, token);
                 }
             }
+            // Renew now: the record carries the new release count, which tells claimers waiting
+            // on these keys to try again (and a leaving session that released its last key
+            // writes `left`).
+            self.renew_now.notify_one();
         }
         let waiting = claims.len();
         let mut started = 0;
@@ -911,7 +946,13 @@ impl<P: Peers> Divider<P> {
                 Ok(r) if r.state == OwnerState::Owned && r.member == member && r.session == session => {
                     return Ok(Some(e.version))
                 }
-                Ok(r) if r.state == OwnerState::Owned && Self::owner_alive(records, &r) => return Ok(None),
+                Ok(r) if r.state == OwnerState::Owned && Self::owner_alive(records, &r) => {
+                    if let Some((_, m)) = records.get(&r.member) {
+                        let wait = (r.member.clone(), r.session.clone(), m.released);
+                        self.blocked.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string(), wait);
+                    }
+                    return Ok(None);
+                }
                 Ok(r) if r.state == OwnerState::Owned => {
                     // The tick's records may predate the owner's join: only a session known dead
                     // (see [`DeadSessions`]), or a fresh read of its member record, made after
@@ -1007,6 +1048,7 @@ impl<P: Peers> Divider<P> {
             events: tx,
             metrics: self.metrics.clone(),
             stops_sent: HashMap::new(),
+            releases: 0,
             leaving: false,
             flushing: false,
             app_gone: false,
