@@ -36,7 +36,7 @@ use ordo_contract::validate::validate_name;
 const PARALLEL: usize = 32;
 /// Claims and releases in flight at once: each is one or two rounds of its own register, so
 /// the quorum runs them side by side (its acceptors group-commit them).
-const CLAIM_PARALLEL: usize = 512;
+const CLAIM_PARALLEL: usize = 128;
 /// Most sessions remembered as dead (see [`DeadSessions`]).
 const MAX_DEAD: usize = 4096;
 /// Most dividers one sidecar serves (each has a loop and a table).
@@ -530,7 +530,16 @@ impl<P: Peers> Divider<P> {
                 s.version = Some(version);
                 s.written = Some(record);
                 if state == MemberState::Live {
+                    // A renewal acknowledged only after the right ran out does not mend the gap:
+                    // the app stopped every key at its deadline (it was told how long the right
+                    // lasts), so the keys are dropped and the member re-joins, and its keys
+                    // become claimable again rather than held by a sidecar whose app stopped.
+                    let lapsed = s.lease.right_end().is_some_and(|end| end <= Instant::now());
                     s.lease.renewed(sent);
+                    if lapsed && !s.holdings.is_empty() {
+                        tracing::warn!(divider = %self.name, member, "the right lapsed before a renewal landed: stopping every key");
+                        s.lose();
+                    }
                 }
                 Ok(true)
             }
