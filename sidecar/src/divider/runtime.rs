@@ -727,12 +727,31 @@ impl<P: Peers> Divider<P> {
         }
         let kv = self.refresh_keys(st).await?;
         let mut handbacks = BTreeMap::new();
+        let mut collect = Vec::new();
         for key in self.list_all(&self.layout.handback_prefix()).await? {
             if let Some(e) = self.registers.read(&self.layout.handback(&key)).await? {
-                let sessions = String::from_utf8_lossy(&e.value).lines().map(str::to_string).collect();
-                handbacks.insert(key, sessions);
+                let sessions: BTreeSet<String> =
+                    String::from_utf8_lossy(&e.value).lines().map(str::to_string).collect();
+                // A marker whose sessions are all dead changes no assignment (dead sessions are
+                // no members): it is deleted at the version read, so a handback landing
+                // meanwhile makes the delete fail and the marker stays.
+                let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+                if sessions.iter().all(|s| dead.contains(s)) {
+                    collect.push((key, e.version));
+                } else {
+                    handbacks.insert(key, sessions);
+                }
             }
         }
+        for (key, version) in collect.into_iter().take(PARALLEL) {
+            if let Err(e) = self.registers.delete(&self.layout.handback(&key), version).await {
+                tracing::debug!(divider = %self.name, key, error = %e, "handback marker not collected yet");
+            }
+        }
+        self.metrics
+            .handback_markers
+            .get_or_create(&super::metrics::DividerLabels { divider: self.name.clone() })
+            .set(handbacks.len() as i64);
         let handbacks_changed = st.handbacks != handbacks;
         st.handbacks = handbacks;
         let version = records.values().fold(kv, |acc, (_, r)| acc.saturating_add(r.changed));
