@@ -1052,8 +1052,7 @@ async fn sigterm_of_a_members_sidecar_hands_its_keys_over_before_any_lease_could
     let y = spawn_app(cy, "y", confirm, history.clone()).await;
     let z = spawn_app(c0.clone(), "z", confirm, history.clone()).await;
     let settle = Duration::from_secs(40);
-    eventually(settle, "every member owns keys", || async { [&x, &y, &z].iter().all(|a| !a.held().is_empty()) })
-        .await;
+    eventually(settle, "every member owns keys", || async { [&x, &y, &z].iter().all(|a| !a.held().is_empty()) }).await;
     wait_fully_owned(&[&x, &y, &z], &c0, settle, "every key owned by x, y, z").await;
     let y_keys = y.held();
     assert!(!y_keys.is_empty());

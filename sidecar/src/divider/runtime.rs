@@ -6,7 +6,8 @@
 //! everything when the right ended, re-join with a new session after a lost lease, leave once a
 //! cancelled or abandoned session holds nothing, time out unconfirmed stops.
 //!
-//! The handoff loop, every `lease / 4` (a join, affinity or key change wakes it at once): (1)
+//! The handoff loop, every `lease / 8`, and at the moment an observed member may be declared
+//! expired (a join, affinity or key change wakes it at once): (1)
 //! read every member record and the key set, expire members whose record did not move for
 //! `lease + margin`, compute the [`AssignmentTable`]; (2) per session: stop keys assigned
 //! elsewhere, write the releases of keys the app is done with, claim keys assigned to it whose
@@ -1276,14 +1277,8 @@ impl<P: Peers> Divider<P> {
     /// every such session is gone, or at `deadline`. Sessions whose app already went away keep
     /// their keys fenced until their lease ends, as without a leave.
     pub async fn leave_all(&self, deadline: Instant) {
-        let members: Vec<String> = self
-            .sessions
-            .lock()
-            .await
-            .iter()
-            .filter(|(_, s)| !s.gone && !s.app_gone)
-            .map(|(m, _)| m.clone())
-            .collect();
+        let members: Vec<String> =
+            self.sessions.lock().await.iter().filter(|(_, s)| !s.gone && !s.app_gone).map(|(m, _)| m.clone()).collect();
         for m in &members {
             if let Err(e) = self.update_affinity(m, |_| Ok(0)).await {
                 tracing::debug!(divider = %self.name, member = %m, error = %e, "affinity 0 not written before leaving");
