@@ -5,7 +5,11 @@
 //! session (`Watch`) per app, every key of the divider owned; then `kill -9` of one app's sidecar
 //! and the time until every key it owned has a new owner (`Start` on a survivor). Also the quorum
 //! rounds per second (every round writes a quorum of acceptors) while nothing changes, with 100
-//! and with many keys: leases are per member, so the rate should not grow with the keys.
+//! and with many keys: leases are per member, so the rate should not grow with the keys. Then a
+//! planned scale-down: SIGTERM of a second app's sidecar, which hands its keys over before it
+//! exits; the longest a key of it stayed unowned (its old app's Stop to the new owner's Start)
+//! and the time until every one of them has a new owner. Phase limits grow with the keys
+//! (100k keys work).
 //!
 //! etcd: 3 members; each app holds a lease (TTL = the divider's lease) kept alive every TTL/3 and
 //! owns a key by a transaction `create_revision(key) == 0 -> put(key, app, lease)`; survivors poll
