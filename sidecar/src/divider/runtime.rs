@@ -1421,4 +1421,16 @@ mod tests {
         assert_eq!(page(&keys, "", "", 10).0.len(), 5);
         assert!(affinity_from(-1).is_err() && affinity_from(i64::from(u32::MAX) + 1).is_err());
     }
+
+    #[test]
+    fn dead_sessions_are_bounded_and_forget_the_oldest_first() {
+        let mut d = DeadSessions::default();
+        for i in 0..MAX_DEAD + 10 {
+            d.insert(&format!("s{i}"));
+        }
+        d.insert("s20");
+        assert_eq!(d.set.len(), MAX_DEAD);
+        assert!(!d.contains("s0") && !d.contains("s9"), "the oldest are forgotten");
+        assert!(d.contains("s10") && d.contains(&format!("s{}", MAX_DEAD + 9)));
+    }
 }
