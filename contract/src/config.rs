@@ -199,10 +199,14 @@ pub struct LogArgs {
     /// (backpressure), so its memory stays bounded.
     #[arg(long = "streams-max-inflight-bytes", env = "ORDO_STREAMS_MAX_INFLIGHT_BYTES", default_value_t = DEFAULT_MAX_INFLIGHT_BYTES)]
     pub max_inflight_bytes: u64,
-    /// Trim entries older than this many seconds (0: keep them until the app trims).
+    /// Trim entries older than this many seconds (0: keep them until the app trims). The
+    /// stream's primary deletes whole segment files once their last write is older; the newest
+    /// file always stays.
     #[arg(long = "streams-retention-seconds", env = "ORDO_STREAMS_RETENTION_SECONDS", default_value_t = 0)]
     pub retention_seconds: u64,
-    /// Trim the oldest entries of a stream beyond this many bytes (0: no limit).
+    /// Trim the oldest entries of a stream beyond this many bytes (0: no limit). The primary
+    /// deletes the oldest segment files while the rest exceed the limit; files roll at a quarter
+    /// of it, so a replica holds about 1.25 times the limit at most (plus a second of appends).
     #[arg(long = "streams-retention-bytes", env = "ORDO_STREAMS_RETENTION_BYTES", default_value_t = 0)]
     pub retention_bytes: u64,
     /// Refuse appends to unknown streams instead of creating them with the defaults above.

@@ -363,7 +363,7 @@ check_reconcile() {
     --owner SeqCluster/ids --owner SeqCluster/ledger --owner WorkDivider/stocks
   py "$here/checks.py" columns --kubectl "$KUBECTL" --namespace "$ns" \
     --crd "$root/crds/seqclusters.ordo.dev.yaml" --object ids:REPLICAS=3,READY=3,EPOCH=1,PHASE=Stable,AVAILABLE=True \
-    --crd "$root/crds/workdividers.ordo.dev.yaml" --object stocks:SEQCLUSTER=ids,REPLICAS=2,READY=2,AVAILABLE=True
+    --crd "$root/crds/workdividers.ordo.dev.yaml" --object stocks:SEQCLUSTER=ids,REPLICAS=2,READY=2,KEYS="<none>",UNOWNED="<none>",AVAILABLE=True
   kc -n "$ns" get seqc,wdiv
   py "$here/checks.py" conditions --kubectl "$KUBECTL" --namespace "$ns" --object seqc/ids --object wdiv/stocks
 }

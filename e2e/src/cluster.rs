@@ -84,7 +84,10 @@ impl TestCluster {
         dev_opts.members = opts.members;
         dev_opts.base_port = free_ports(2 * slots as u16);
         dev_opts.extra_args = opts.extra_args.clone();
-        dev_opts.extra_args.push("--request-timeout-ms=2000".into());
+        // A test may set its own request timeout (clap refuses the flag twice).
+        if !opts.extra_args.iter().any(|a| a.starts_with("--request-timeout-ms")) {
+            dev_opts.extra_args.push("--request-timeout-ms=2000".into());
+        }
         dev_opts.member_args = opts.member_args.clone();
         dev_opts.log_dir = Some(dir.path().join("logs"));
         let mut proxies = Vec::new();
@@ -237,6 +240,23 @@ impl TestCluster {
         })
         .await;
         (socket, guard)
+    }
+
+    /// The Prometheus text of member `i`'s admin `/metrics` (empty when it does not answer).
+    pub async fn scrape_metrics(&self, i: usize) -> String {
+        let admin = self.dev.member(i).admin_addr.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut conn = std::net::TcpStream::connect(admin).ok()?;
+            conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+            let mut text = String::new();
+            conn.read_to_string(&mut text).ok()?;
+            Some(text)
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
     }
 
     /// The last lines of member `i`'s log (for failure messages).

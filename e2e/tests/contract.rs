@@ -1,13 +1,15 @@
 //! Contracts between the operator and the sidecar, joined across real processes: the `/status`
 //! a running `ordo-sidecar` serves is what the operator's probe parses, and the WorkDivider pod
-//! the operator renders (arguments and divider config) starts a real sidecar, while a bad divider
-//! config stops it with a message that names what is wrong.
+//! the operator renders (arguments and divider config) starts a real sidecar whose `/divider`
+//! report the operator's probe reads for the WorkDivider's status, while a bad divider config
+//! stops it with a message that names what is wrong.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ordo_contract::config::Role;
+use ordo_contract::status::DividerReport;
 use ordo_e2e::cluster::{eventually, TestOptions};
 use ordo_e2e::TestCluster;
 use ordo_operator::pod::{DIVIDER_KEY, SIDECAR_CONTAINER};
@@ -121,8 +123,32 @@ async fn rendered_workdivider_pod_starts_a_sidecar_and_a_bad_divider_config_stop
         }
     })
     .await;
-    let ids = ordo_client::Client::connect(&socket).await.unwrap().next("orders", 3, true).await.unwrap();
+    let client = ordo_client::Client::connect(&socket).await.unwrap();
+    let ids = client.next("orders", 3, true).await.unwrap();
     assert_eq!(ids.end - ids.start, 3);
+
+    // Its `/divider` report is what the operator's probe reads for the WorkDivider's status:
+    // once the pod's app joined and started every key, all 64 are held here, none unowned.
+    let admin = client.status().await.unwrap().admin_addr;
+    let (host, port) = admin.rsplit_once(':').unwrap();
+    let probe = HttpMemberProbe { port: port.parse().unwrap(), timeout: Duration::from_secs(5) };
+    let mut member = client.divider("").join("stocks-0", None, "").await.unwrap();
+    let mut started = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while started < 64 && Instant::now() < deadline {
+        let next = tokio::time::timeout(Duration::from_secs(5), member.next()).await;
+        if let Ok(Some(Ok(ordo_client::divider::DividerEvent::Start { .. }))) = next {
+            started += 1;
+        }
+    }
+    assert_eq!(started, 64, "the member started every key");
+    let report = probe.divider(host, "").await.expect("the probe reads /divider");
+    let counts = DividerReport::merge(std::slice::from_ref(&report)).unwrap();
+    assert_eq!((report.divider.as_str(), counts.keys, counts.unowned), ("stocks", 64, 0), "{report:?}");
+    let m = &counts.members[0];
+    assert_eq!((m.id.as_str(), m.affinity, m.assigned, m.held), ("stocks-0", 1, 64, 64));
+    assert_eq!(probe.divider(host, "elsewhere").await, None, "a divider it does not serve");
+    drop(member);
     assert_eq!(good.0.try_wait().unwrap(), None, "still running");
     drop(good);
 

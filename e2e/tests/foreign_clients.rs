@@ -2,8 +2,9 @@
 //! Python `grpcio` (which sends the socket path as `:authority`, refused by h2 unless the
 //! sidecar fixes it, see `sidecar/src/api/authority.rs`) and Node `@grpc/grpc-js`. Each runs
 //! `e2e/foreign/sequencer_client.{py,js}` (health Check, Next buffered and strict, Stream,
-//! Current; the Python one also lists services through reflection v1alpha) against a real
-//! local cluster, and this test checks what they report.
+//! Current; Registers, Log with a pipelined Append stream, Divider with a Watch; the Python one
+//! also lists services through reflection v1alpha) against a real local cluster, and this test
+//! checks what they report.
 //!
 //! The clients are installed by `scripts/test-deps.sh`. When they are missing the test says
 //! so and skips, unless ORDO_REQUIRE_PY_TESTS is set (`scripts/test.sh` sets it): then it fails.
@@ -43,10 +44,10 @@ struct Report {
     services: Vec<String>,
     #[serde(default)]
     registers: Option<String>,
-    /// `ok` once the Python client used ordo.v1.Log (absent from the Node client).
+    /// `ok` once the client used ordo.v1.Log.
     #[serde(default)]
     log: Option<String>,
-    /// `ok` once the Python client used ordo.v1.Divider (absent from the Node client).
+    /// `ok` once the client used ordo.v1.Divider.
     #[serde(default)]
     divider: Option<String>,
 }
@@ -106,6 +107,9 @@ async fn python_grpcio_and_node_grpc_js_work_on_the_socket_with_default_settings
     let socket = cluster.dev.member(1).socket.clone();
     let js = run_client(Path::new("node"), "sequencer_client.js", &socket, "foreign").await;
     check(&js, "node grpc-js");
+    assert_eq!(js.registers.as_deref(), Some("ok"), "node grpc-js: Create, Read, CompareAndSet on Registers");
+    assert_eq!(js.log.as_deref(), Some("ok"), "node grpc-js: CreateStream, pipelined Append, Read, Tail on Log");
+    assert_eq!(js.divider.as_deref(), Some("ok"), "node grpc-js: AddKeys, Watch, Lookup, Cancel on Divider");
     let seen: Vec<_> = py.ranges.iter().chain(&js.ranges).collect();
     for (i, a) in seen.iter().enumerate() {
         for b in &seen[i + 1..] {

@@ -117,12 +117,17 @@ async fn run_appender(
 
 /// The whole stream, read from member `i` (retrying while its primary settles).
 async fn read_all(cluster: &TestCluster, i: usize, stream: &str) -> Vec<pb::LogEntry> {
+    read_from(cluster, i, stream, 1).await
+}
+
+/// The stream from `first` on, read from member `i` (retrying while its primary settles).
+async fn read_from(cluster: &TestCluster, i: usize, stream: &str, first: u64) -> Vec<pb::LogEntry> {
     let mut c = log_client(cluster, i).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut out: Vec<pb::LogEntry> = Vec::new();
     loop {
         assert!(Instant::now() < deadline, "reading {stream} did not finish");
-        let from = out.last().map_or(1, |e| e.lsn + 1);
+        let from = out.last().map_or(first, |e| e.lsn + 1);
         match c.read(pb::ReadRequest { stream: stream.into(), from, max: 1000 }).await {
             Ok(r) => {
                 let r = r.into_inner();
@@ -140,8 +145,14 @@ async fn read_all(cluster: &TestCluster, i: usize, stream: &str) -> Vec<pb::LogE
 /// The checker: every acknowledged entry is in the log at its LSN, LSNs are dense from 1, no
 /// payload appears twice, and each producer's batches have increasing LSNs.
 fn check(acked: &[Acked], log: &[pb::LogEntry]) {
+    check_from(acked, log, 1);
+}
+
+/// [`check`] of a stream trimmed below `first`: the log read from `first` is dense from there,
+/// and every acknowledged entry at or above `first` is in it.
+fn check_from(acked: &[Acked], log: &[pb::LogEntry], first: u64) {
     for (i, e) in log.iter().enumerate() {
-        assert_eq!(e.lsn, i as u64 + 1, "LSNs are dense from 1");
+        assert_eq!(e.lsn, i as u64 + first, "LSNs are dense from {first}");
     }
     let mut seen = HashMap::new();
     for e in log {
@@ -152,8 +163,8 @@ fn check(acked: &[Acked], log: &[pb::LogEntry]) {
     }
     let mut last_by_producer: HashMap<u64, (u64, u64)> = HashMap::new();
     for a in acked {
-        for (lsn, p) in a.lsns.iter().zip(&a.payloads) {
-            let got = log.get((*lsn - 1) as usize).map(|e| String::from_utf8_lossy(&e.data).to_string());
+        for (lsn, p) in a.lsns.iter().zip(&a.payloads).filter(|(lsn, _)| **lsn >= first) {
+            let got = log.get((*lsn - first) as usize).map(|e| String::from_utf8_lossy(&e.data).to_string());
             assert_eq!(got.as_deref(), Some(p.as_str()), "acknowledged entry {p} at LSN {lsn} is lost or moved");
         }
         assert_eq!(a.lsns.len(), a.payloads.len());
@@ -175,6 +186,19 @@ async fn describe(cluster: &TestCluster, i: usize, stream: &str) -> pb::StreamIn
 async fn create_rf3(cluster: &TestCluster, stream: &str) -> pb::StreamInfo {
     let req = pb::CreateStreamRequest { name: stream.into(), replication_factor: 3, ack_quorum: 2 };
     log_client(cluster, 0).await.create_stream(req).await.expect("create").into_inner()
+}
+
+/// `kill -9` of the three members, then all restart and become ready.
+async fn kill9_all_and_restart(cluster: &mut TestCluster) {
+    for i in 0..3 {
+        cluster.dev.kill9(i);
+    }
+    for i in 0..3 {
+        cluster.dev.spawn(i).expect("restart");
+    }
+    for i in 0..3 {
+        cluster.wait_ready(i, Duration::from_secs(30)).await;
+    }
 }
 
 fn member_index(cluster: &TestCluster, id: &str) -> usize {
@@ -262,15 +286,7 @@ async fn kill9_of_every_member_and_a_restart_keep_every_acknowledged_entry() {
     let channel = cluster.client(1).await.channel();
     let (mut acked, _) = run_appender(channel, stream.into(), 7, 60, 8, 8, deadline).await;
     assert_eq!(acked.len(), 60, "an unknown stream is created on first append");
-    for i in 0..3 {
-        cluster.dev.kill9(i);
-    }
-    for i in 0..3 {
-        cluster.dev.spawn(i).expect("restart");
-    }
-    for i in 0..3 {
-        cluster.wait_ready(i, Duration::from_secs(30)).await;
-    }
+    kill9_all_and_restart(&mut cluster).await;
     let log = read_all(&cluster, 2, stream).await;
     check(&acked, &log);
     assert_eq!(log.len(), 60 * 8);
@@ -928,4 +944,367 @@ async fn garbage_on_the_wire_gets_an_error_and_the_sidecar_goes_on() {
     let appender = client.appender("wire", ordo_client::AppenderOptions::default());
     assert_eq!(appender.append(vec![b"after".to_vec()]).await.expect("append"), vec![2]);
     appender.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trim, retention, metrics and backpressure.
+
+/// Appends `batches` batches of `per_batch` entries of `entry_bytes` bytes (each starts with
+/// its [`payload`] name, for the checker) as idempotent producer `producer`, pipeline 8,
+/// waiting `pace` between batches. No faults are expected: every batch must be acknowledged.
+async fn fill(
+    channel: Channel,
+    stream: &str,
+    producer: u64,
+    batches: u64,
+    per_batch: usize,
+    entry_bytes: usize,
+    pace: Duration,
+) -> Vec<Acked> {
+    let padded = move |seq: u64, i: usize| {
+        let mut p = payload(producer, seq, i);
+        p.extend(std::iter::repeat_n('.', entry_bytes.saturating_sub(p.len())));
+        p
+    };
+    let (tx, rx) = mpsc::channel(4);
+    let stream_name = stream.to_string();
+    let feeder = tokio::spawn(async move {
+        for seq in 0..batches {
+            let req = pb::AppendRequest {
+                stream: stream_name.clone(),
+                entries: (0..per_batch).map(|i| padded(seq, i).into_bytes()).collect(),
+                pipeline_size: 8,
+                producer_id: producer,
+                producer_epoch: 1,
+                batch_seq: seq,
+                fence: None,
+            };
+            if tx.send(req).await.is_err() {
+                return;
+            }
+            if !pace.is_zero() {
+                tokio::time::sleep(pace).await;
+            }
+        }
+    });
+    let mut responses = LogClient::new(channel).append(ReceiverStream::new(rx)).await.expect("append").into_inner();
+    let mut acked = Vec::new();
+    for seq in 0..batches {
+        let r = tokio::time::timeout(Duration::from_secs(30), responses.next())
+            .await
+            .expect("a result in time")
+            .expect("a result")
+            .expect("the stream stays up");
+        assert!(r.error.is_none(), "batch {seq} failed: {:?}", r.error);
+        assert_eq!(r.batch_seq, seq);
+        acked.push(Acked { producer, seq, lsns: r.lsns, payloads: (0..per_batch).map(|i| padded(seq, i)).collect() });
+    }
+    feeder.await.expect("feeder");
+    acked
+}
+
+/// Bytes of the files under `dir` (recursively; 0 when it does not exist).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The directory of `stream` on member `i`.
+fn stream_dir(cluster: &TestCluster, i: usize, stream: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(&cluster.dev.member(i).data_dir).join("log").join(stream)
+}
+
+/// The value of the sample named exactly `sample` (with its labels), or `None`.
+fn sample(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Trim reclaims disk on every replica (one that was down learns the trim point when it comes
+/// back), reads below it name the first available LSN, and the trim point survives `kill -9`
+/// of every member (a new primary). Verified to fail when replicas do not delete files (the
+/// size check) and when the replicas' base is not durable (the restart check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trim_reclaims_disk_on_every_replica_and_survives_a_restart() {
+    let mut cluster = TestCluster::start(opts()).await;
+    let stream = "trimmed";
+    let info = create_rf3(&cluster, stream).await;
+    let primary = member_index(&cluster, &info.primary);
+    let down = (0..3).find(|&i| i != primary).expect("a replica");
+    // 24 MiB: 96 batches of 8 entries of 32 KiB (segment files roll at 8 MiB).
+    let channel = cluster.client(primary).await.channel();
+    let acked = fill(channel, stream, 1, 96, 8, 32 << 10, Duration::ZERO).await;
+    let last = acked.last().and_then(|a| a.lsns.last().copied()).expect("acknowledged");
+    assert_eq!(last, 96 * 8);
+    let before: Vec<u64> = (0..3).map(|i| dir_bytes(&stream_dir(&cluster, i, stream))).collect();
+    assert!(before.iter().all(|b| *b >= 24 << 20), "every replica holds the stream: {before:?}");
+    // One replica is down while the stream is trimmed.
+    cluster.dev.kill9(down);
+    let first = last - 49;
+    let mut c = log_client(&cluster, primary).await;
+    let t = c.trim(pb::TrimRequest { stream: stream.into(), before: first }).await.expect("trim").into_inner();
+    assert_eq!(t.first_lsn, first);
+    for i in (0..3).filter(|&i| i != down) {
+        eventually(Duration::from_secs(20), "the replica deletes its files below the trim point", || {
+            let dir = stream_dir(&cluster, i, stream);
+            async move { dir_bytes(&dir) <= 9 << 20 }
+        })
+        .await;
+    }
+    // The replica that was down learns the trim point from the primary when it is back.
+    cluster.dev.spawn(down).expect("restart");
+    cluster.wait_ready(down, Duration::from_secs(30)).await;
+    eventually(Duration::from_secs(30), "the replica that was down deletes its files too", || {
+        let dir = stream_dir(&cluster, down, stream);
+        async move { dir_bytes(&dir) <= 9 << 20 }
+    })
+    .await;
+    let after: Vec<u64> = (0..3).map(|i| dir_bytes(&stream_dir(&cluster, i, stream))).collect();
+    eprintln!("trim: stream directory bytes per replica before {before:?}, after {after:?}");
+    let below = c.read(pb::ReadRequest { stream: stream.into(), from: 1, max: 10 }).await.unwrap_err();
+    assert_eq!(below.code(), Code::OutOfRange);
+    assert!(below.message().contains(&format!("first available LSN is {first}")), "{below:?}");
+    check_from(&acked, &read_from(&cluster, down, stream, first).await, first);
+    // Every member restarts: the new primary serves from the trim point, nothing comes back.
+    kill9_all_and_restart(&mut cluster).await;
+    let mut c = log_client(&cluster, down).await;
+    let tail = loop {
+        match c.tail(pb::TailRequest { stream: stream.into() }).await {
+            Ok(t) => break t.into_inner(),
+            Err(s) if s.code() == Code::Unavailable => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(s) => panic!("tail: {s}"),
+        }
+    };
+    assert_eq!((tail.first_lsn, tail.last_lsn), (first, last));
+    let below = c.read(pb::ReadRequest { stream: stream.into(), from: first - 1, max: 1 }).await.unwrap_err();
+    assert!(below.message().contains(&format!("first available LSN is {first}")), "{below:?}");
+    let log = read_from(&cluster, 0, stream, first).await;
+    assert_eq!(log.len(), 50);
+    check_from(&acked, &log, first);
+    let restarted: Vec<u64> = (0..3).map(|i| dir_bytes(&stream_dir(&cluster, i, stream))).collect();
+    assert!(restarted.iter().all(|b| *b <= 9 << 20), "nothing trimmed came back: {restarted:?}");
+}
+
+/// With `--streams-retention-bytes` of 4 MiB, a stream appended at a steady rate far past that
+/// stays bounded on every replica (files roll at 1 MiB; a replica keeps about 1.25 times the
+/// limit plus what arrives between two retention ticks), and reads from the first available
+/// LSN see every acknowledged entry there. Verified to fail (the bound) when the primary does
+/// not run retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_by_bytes_keeps_disk_bounded_while_appending() {
+    let cluster = TestCluster::start(TestOptions {
+        members: 3,
+        extra_args: vec!["--streams-retention-bytes=4194304".into()],
+        ..Default::default()
+    })
+    .await;
+    let stream = "retained";
+    let info = create_rf3(&cluster, stream).await;
+    let primary = member_index(&cluster, &info.primary);
+    // 32 MiB at about 4 MiB/s: 256 batches of 4 entries of 32 KiB, one every 30 ms.
+    let channel = cluster.client(primary).await.channel();
+    let appender = tokio::spawn(fill(channel, stream, 3, 256, 4, 32 << 10, Duration::from_millis(30)));
+    let mut peak = 0u64;
+    while !appender.is_finished() {
+        for i in 0..3 {
+            peak = peak.max(dir_bytes(&stream_dir(&cluster, i, stream)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let acked = appender.await.expect("appender");
+    eprintln!("retention: 32 MiB appended; peak stream directory on a replica {} KiB", peak >> 10);
+    assert!(peak <= 14 << 20, "a replica held {} KiB with a 4 MiB retention", peak >> 10);
+    for i in 0..3 {
+        eventually(Duration::from_secs(20), "each replica settles within 1.25 x the limit", || {
+            let dir = stream_dir(&cluster, i, stream);
+            async move { dir_bytes(&dir) <= (5 << 20) + (256 << 10) }
+        })
+        .await;
+    }
+    let tail = log_client(&cluster, primary).await.tail(pb::TailRequest { stream: stream.into() }).await;
+    let tail = tail.expect("tail").into_inner();
+    assert_eq!(tail.last_lsn, 256 * 4);
+    assert!(tail.first_lsn > 1, "retention trimmed the stream: {tail:?}");
+    let log = read_from(&cluster, primary, stream, tail.first_lsn).await;
+    check_from(&acked, &log, tail.first_lsn);
+    let text = cluster.scrape_metrics(primary).await;
+    assert!(sample(&text, "ordo_log_trims_total{cause=\"retention\"}").unwrap_or(0.0) >= 1.0, "{text}");
+    assert!(sample(&text, "ordo_log_segments_deleted_total").unwrap_or(0.0) >= 1.0, "{text}");
+}
+
+/// The log metrics move: appends, batch sizes and ack latency on the sidecars that served
+/// them, a seal on each surviving replica and a recovery on the new primary after `kill -9` of
+/// the old one, and an app trim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn log_metrics_count_appends_seals_recoveries_and_trims() {
+    let mut cluster = TestCluster::start(opts()).await;
+    let stream = "metered";
+    let info = create_rf3(&cluster, stream).await;
+    let primary = member_index(&cluster, &info.primary);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let channel = cluster.client(others[0]).await.channel();
+    let (mut acked, _) = run_appender(channel.clone(), stream.into(), 1, 20, 5, 4, deadline).await;
+    let before: Vec<String> = futures::future::join_all(others.iter().map(|&i| cluster.scrape_metrics(i))).await;
+    cluster.dev.kill9(primary);
+    let (more, _) = run_appender(channel, stream.into(), 2, 20, 5, 4, deadline).await;
+    acked.extend(more);
+    assert_eq!(acked.len(), 40);
+    let new_primary = member_index(&cluster, &describe(&cluster, others[0], stream).await.primary);
+    let t = log_client(&cluster, new_primary).await.trim(pb::TrimRequest { stream: stream.into(), before: 11 }).await;
+    assert_eq!(t.expect("trim").into_inner().first_lsn, 11);
+    let value = |text: &str, name: &str| sample(text, name).unwrap_or(0.0);
+    let text = cluster.scrape_metrics(new_primary).await;
+    let was = &before[others.iter().position(|&i| i == new_primary).expect("a survivor")];
+    for name in ["ordo_log_appended_entries_total", "ordo_log_appended_bytes_total", "ordo_log_batch_entries_count"] {
+        assert!(value(&text, name) > value(was, name), "{name} did not move on the new primary: {text}");
+    }
+    assert!(value(&text, "ordo_log_appended_entries_total") >= 100.0, "{text}");
+    assert!(value(&text, "ordo_log_recoveries_total{result=\"ok\"}") >= 1.0, "{text}");
+    assert_eq!(value(&text, "ordo_log_trims_total{cause=\"app\"}"), 1.0, "{text}");
+    for (k, &i) in others.iter().enumerate() {
+        let text = cluster.scrape_metrics(i).await;
+        assert!(
+            value(&text, "ordo_log_seals_total") > value(&before[k], "ordo_log_seals_total"),
+            "no seal on {i}: {text}"
+        );
+        for present in
+            ["ordo_log_replica_lag_entries ", "ordo_log_batches_in_flight ", "ordo_log_segments_deleted_total "]
+        {
+            assert!(text.contains(present), "{present} missing: {text}");
+        }
+    }
+    // The client's sidecar measured the acknowledgements of the batches it queued.
+    let served = cluster.scrape_metrics(others[0]).await;
+    assert!(value(&served, "ordo_log_ack_seconds_count") >= 40.0, "{served}");
+    check_from(&acked, &read_from(&cluster, new_primary, stream, 11).await, 11);
+}
+
+/// `--streams-max-inflight-bytes` of 1 MiB holds a flooding client back: while the stream
+/// cannot commit (both other replicas paused), the sidecar reads exactly 1 MiB of batches (4 of
+/// 256 KiB, although the client asked for a pipeline of 8) and then stops reading, so the
+/// client's sends block; its memory stays bounded; once the replicas are back every batch is
+/// acknowledged and the checker finds each one once, in order. Verified to fail (8 batches in
+/// flight, and the client's sends go on) when the in-flight byte limit is not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_inflight_limit_holds_a_flooding_client_back() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let cluster = TestCluster::start(TestOptions {
+        members: 3,
+        extra_args: vec![
+            "--streams-max-inflight-bytes=1048576".into(),
+            "--streams-max-batch-bytes=262144".into(),
+            "--streams-max-entry-bytes=65536".into(),
+            // Batches held back must not time out while the replicas are paused.
+            "--request-timeout-ms=15000".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let stream = "held-back";
+    let info = create_rf3(&cluster, stream).await;
+    let primary = member_index(&cluster, &info.primary);
+    let others: Vec<usize> = (0..3).filter(|&i| i != primary).collect();
+    let batches = 200u64;
+    let padded = |seq: u64, i: usize| {
+        let mut p = payload(9, seq, i);
+        p.extend(std::iter::repeat_n('.', (64 << 10) - p.len()));
+        p
+    };
+    // The client sends as fast as the stream takes its messages (a channel of one).
+    let sent = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel(1);
+    let feeder = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            for seq in 0..batches {
+                let req = pb::AppendRequest {
+                    stream: stream.into(),
+                    entries: (0..4).map(|i| padded(seq, i).into_bytes()).collect(),
+                    pipeline_size: 8,
+                    producer_id: 9,
+                    producer_epoch: 1,
+                    batch_seq: seq,
+                    fence: None,
+                };
+                if tx.send(req).await.is_err() {
+                    return;
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let mut client = log_client(&cluster, primary).await;
+    let mut responses = client.append(ReceiverStream::new(rx)).await.expect("append").into_inner();
+    let mut acked = Vec::new();
+    let next_result = |acked: &mut Vec<Acked>, r: pb::AppendResponse| {
+        assert!(r.error.is_none(), "batch {} failed: {:?}", r.batch_seq, r.error);
+        let seq = acked.len() as u64;
+        assert_eq!(r.batch_seq, seq, "results in order");
+        acked.push(Acked { producer: 9, seq, lsns: r.lsns, payloads: (0..4).map(|i| padded(seq, i)).collect() });
+    };
+    for _ in 0..10 {
+        let r = responses.next().await.expect("a result").expect("ok");
+        next_result(&mut acked, r);
+    }
+    // The stream stalls: nothing commits without another replica.
+    for &i in &others {
+        cluster.dev.signal(i, "STOP");
+    }
+    let in_flight = |text: &str| sample(text, "ordo_log_batches_in_flight").unwrap_or(-1.0);
+    eventually(Duration::from_secs(10), "the sidecar holds 1 MiB of batches", || async {
+        in_flight(&cluster.scrape_metrics(primary).await) == 4.0
+    })
+    .await;
+    // The buffers between the client and the sidecar fill, then the client's sends stop.
+    let mut held = sent.load(Ordering::SeqCst);
+    let mut steady = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = sent.load(Ordering::SeqCst);
+        steady = if now == held { steady + 1 } else { 0 };
+        held = now;
+        if steady == 5 {
+            break;
+        }
+    }
+    assert_eq!(steady, 5, "the client's sends did not stop");
+    let mut peak_rss = 0u64;
+    for _ in 0..15 {
+        peak_rss = peak_rss.max(rss_bytes(cluster.dev.member(primary).pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = cluster.scrape_metrics(primary).await;
+    assert_eq!(in_flight(&text), 4.0, "4 batches of 256 KiB fill the 1 MiB limit (pipeline 8)");
+    let still = sent.load(Ordering::SeqCst);
+    assert_eq!(still, held, "the client's sends are blocked while the sidecar does not read");
+    // What the client could push beyond the sidecar's 4: the HTTP/2 windows and buffers.
+    assert!(still - acked.len() as u64 <= 24, "{still} sent, {} answered", acked.len());
+    assert!(peak_rss < 256 << 20, "the primary's RSS reached {} MiB", peak_rss >> 20);
+    eprintln!(
+        "backpressure: {} batches answered, {still} sent while stalled, 4 in flight at the sidecar, RSS {} MiB",
+        acked.len(),
+        peak_rss >> 20
+    );
+    for &i in &others {
+        cluster.dev.signal(i, "CONT");
+    }
+    while (acked.len() as u64) < batches {
+        let r = tokio::time::timeout(Duration::from_secs(30), responses.next())
+            .await
+            .expect("a result in time")
+            .expect("a result")
+            .expect("ok");
+        next_result(&mut acked, r);
+    }
+    feeder.await.expect("feeder");
+    check(&acked, &read_all(&cluster, primary, stream).await);
 }

@@ -9,11 +9,13 @@ pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 /// The spec cannot be (fully) realised; the message says what to fix.
 pub const DEGRADED: &str = "Degraded";
+/// WorkDivider only: every key of the divider has an owner.
+pub const KEYS_OWNED: &str = "KeysOwned";
 
 /// A condition to set, without timestamps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConditionUpdate {
-    /// `Available`, `Progressing` or `Degraded`.
+    /// `Available`, `Progressing`, `Degraded` or `KeysOwned`.
     pub type_: &'static str,
     /// True or false.
     pub status: bool,

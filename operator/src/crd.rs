@@ -333,6 +333,8 @@ pub struct MemberState {
     printcolumn = r#"{"name":"SeqCluster","type":"string","jsonPath":".spec.seqClusterRef.name"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Keys","type":"integer","jsonPath":".status.keys"}"#,
+    printcolumn = r#"{"name":"Unowned","type":"integer","jsonPath":".status.unownedKeys"}"#,
     printcolumn = r#"{"name":"Available","type":"string","jsonPath":".status.conditions[?(@.type==\"Available\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -410,6 +412,20 @@ pub struct KeySpec {
     pub names: Option<Vec<String>>,
 }
 
+/// A live member of a WorkDivider's divider, as its pods report it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkDividerMember {
+    /// Member id (by default the pod's name).
+    pub id: String,
+    /// Its affinity.
+    pub affinity: i64,
+    /// Keys the assignment gives it.
+    pub assigned_keys: i64,
+    /// Keys it holds now.
+    pub keys: i64,
+}
+
 /// Observed state of a WorkDivider.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -423,7 +439,16 @@ pub struct WorkDividerStatus {
     /// Epoch of the SeqCluster member list copied into this WorkDivider's ConfigMap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq_cluster_epoch: Option<i64>,
-    /// `Available`, `Progressing`, `Degraded`.
+    /// Keys in the divider's key set (unset until a pod reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<i64>,
+    /// Keys that no answering pod's member holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unowned_keys: Option<i64>,
+    /// Live members: affinity, keys assigned and keys held (as the pods report them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<WorkDividerMember>,
+    /// `Available`, `Progressing`, `Degraded`, `KeysOwned`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

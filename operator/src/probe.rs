@@ -1,4 +1,5 @@
-//! Reads members' admin `/status` (an [`ordo_contract::status::StatusReport`]) to drive scaling.
+//! Reads members' admin `/status` (an [`ordo_contract::status::StatusReport`]) to drive scaling,
+//! and WorkDivider pods' `/divider` (a [`DividerReport`]) for the WorkDivider's status.
 
 use std::time::Duration;
 
@@ -6,12 +7,19 @@ use futures::future::BoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use ordo_contract::status::StatusReport;
+use ordo_contract::status::{DividerReport, Report, StatusReport};
 
 /// Source of member reports (HTTP in production, a table in tests).
 pub trait MemberProbe: Send + Sync {
     /// The report of the member at `host`, or `None` when it does not answer.
     fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<StatusReport>>;
+
+    /// The report of divider `name` (empty: the pod's configured one) from the pod at `host`, or
+    /// `None` when it does not answer (the default: a probe that knows no dividers).
+    fn divider<'a>(&'a self, host: &'a str, name: &'a str) -> BoxFuture<'a, Option<DividerReport>> {
+        let _ = (host, name);
+        Box::pin(async { None })
+    }
 }
 
 /// `GET http://<host>:7072/status` with a short deadline.
@@ -29,20 +37,35 @@ impl Default for HttpMemberProbe {
     }
 }
 
+impl HttpMemberProbe {
+    /// `GET path` on the admin port of `host`, parsed as `T`; `None` (logged) on any failure.
+    async fn get<T: Report>(&self, host: &str, path: &str) -> Option<T> {
+        match tokio::time::timeout(self.timeout, get_report(host, self.port, path)).await {
+            Ok(Ok(report)) => Some(report),
+            Ok(Err(e)) => {
+                tracing::debug!(host, path, error = %e, "admin report unavailable");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(host, path, "admin report timed out");
+                None
+            }
+        }
+    }
+}
+
 impl MemberProbe for HttpMemberProbe {
     fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<StatusReport>> {
+        Box::pin(self.get(host, "/status"))
+    }
+
+    fn divider<'a>(&'a self, host: &'a str, name: &'a str) -> BoxFuture<'a, Option<DividerReport>> {
         Box::pin(async move {
-            match tokio::time::timeout(self.timeout, get_status(host, self.port)).await {
-                Ok(Ok(report)) => Some(report),
-                Ok(Err(e)) => {
-                    tracing::debug!(host, error = %e, "member status unavailable");
-                    None
-                }
-                Err(_) => {
-                    tracing::debug!(host, "member status timed out");
-                    None
-                }
+            // Divider names are DNS-label-like: nothing in them needs escaping in a query.
+            if ordo_contract::validate::validate_name(name).is_err() && !name.is_empty() {
+                return None;
             }
+            self.get(host, &format!("/divider?name={name}")).await
         })
     }
 }
@@ -74,33 +97,41 @@ pub fn lookup_test_host(hosts: &str, host: &str) -> Option<String> {
         .next()
 }
 
-impl<P: MemberProbe> MemberProbe for TestHostsProbe<P> {
-    fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<StatusReport>> {
-        Box::pin(async move {
-            let hosts = match tokio::fs::read_to_string(&self.hosts_file).await {
-                Ok(text) => text,
-                Err(e) => {
-                    tracing::warn!(file = %self.hosts_file.display(), error = %e, "test hosts file unreadable");
-                    return None;
-                }
-            };
-            let addr = lookup_test_host(&hosts, host)?;
-            self.inner.status(&addr).await
-        })
+impl<P: MemberProbe> TestHostsProbe<P> {
+    /// The address the hosts file gives `host` (re-read now), if any.
+    async fn mapped(&self, host: &str) -> Option<String> {
+        let hosts = match tokio::fs::read_to_string(&self.hosts_file).await {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::warn!(file = %self.hosts_file.display(), error = %e, "test hosts file unreadable");
+                return None;
+            }
+        };
+        lookup_test_host(&hosts, host)
     }
 }
 
-async fn get_status(host: &str, port: u16) -> std::io::Result<StatusReport> {
+impl<P: MemberProbe> MemberProbe for TestHostsProbe<P> {
+    fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<StatusReport>> {
+        Box::pin(async move { self.inner.status(&self.mapped(host).await?).await })
+    }
+
+    fn divider<'a>(&'a self, host: &'a str, name: &'a str) -> BoxFuture<'a, Option<DividerReport>> {
+        Box::pin(async move { self.inner.divider(&self.mapped(host).await?, name).await })
+    }
+}
+
+async fn get_report<T: Report>(host: &str, port: u16, path: &str) -> std::io::Result<T> {
     let mut stream = TcpStream::connect((host, port)).await?;
-    let request = format!("GET /status HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     stream.take(64 * 1024).read_to_end(&mut raw).await?;
     parse_response(&raw)
 }
 
-/// Parses an HTTP/1.x response carrying a `/status` JSON body (any status line but 200 is an error).
-pub fn parse_response(raw: &[u8]) -> std::io::Result<StatusReport> {
+/// Parses an HTTP/1.x response carrying a JSON report (any status line but 200 is an error).
+pub fn parse_response<T: Report>(raw: &[u8]) -> std::io::Result<T> {
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| invalid("no end of headers".into()))?;
     let head = String::from_utf8_lossy(&raw[..split]);
@@ -108,7 +139,7 @@ pub fn parse_response(raw: &[u8]) -> std::io::Result<StatusReport> {
     if status_line.split_whitespace().nth(1) != Some("200") {
         return Err(invalid(format!("unexpected response {status_line:?}")));
     }
-    StatusReport::from_json(&raw[split + 4..]).map_err(|e| invalid(e.to_string()))
+    T::from_json(&raw[split + 4..]).map_err(|e| invalid(e.to_string()))
 }
 
 #[cfg(test)]
@@ -118,13 +149,13 @@ mod tests {
     #[test]
     fn parses_status_body() {
         let raw = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"id\":\"s-0\",\"role\":\"member\",\"epoch\":2,\"caught_up\":true,\"migrated_epoch\":2,\"ready\":true,\"pid\":7}";
-        let r = parse_response(raw).unwrap();
+        let r = parse_response::<StatusReport>(raw).unwrap();
         assert_eq!((r.id.as_str(), r.epoch, r.migrated_epoch, r.ready), ("s-0", 2, 2, true));
-        assert!(parse_response(b"HTTP/1.1 503 Service Unavailable\r\n\r\n{}").is_err());
-        assert!(parse_response(b"garbage").is_err());
+        assert!(parse_response::<StatusReport>(b"HTTP/1.1 503 Service Unavailable\r\n\r\n{}").is_err());
+        assert!(parse_response::<StatusReport>(b"garbage").is_err());
         // A renamed field is an error, not a default that would stall scaling.
         let renamed = String::from_utf8_lossy(raw).replace("migrated_epoch", "migratedEpoch");
-        assert!(parse_response(renamed.as_bytes()).unwrap_err().to_string().contains("migrated_epoch"));
+        assert!(parse_response::<StatusReport>(renamed.as_bytes()).unwrap_err().to_string().contains("migrated_epoch"));
     }
 
     #[test]

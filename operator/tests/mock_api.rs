@@ -15,7 +15,7 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::Client;
 use ordo_contract::config::Role;
-use ordo_contract::status::StatusReport;
+use ordo_contract::status::{DividerMember, DividerReport, HeldKeys, StatusReport};
 use ordo_operator::context::{Context, ErrorClass, ReconcileError};
 use ordo_operator::crd::{
     MemberSetStatus, MembershipPhase, MembershipStatus, SeqCluster, SeqClusterStatus, WorkDivider,
@@ -108,13 +108,18 @@ fn verifier(
     })
 }
 
-/// Member reports by host, fixed for the test.
+/// Member and divider reports by host, fixed for the test.
 #[derive(Default)]
-struct TableProbe(Mutex<BTreeMap<String, StatusReport>>);
+struct TableProbe(Mutex<BTreeMap<String, StatusReport>>, Mutex<BTreeMap<String, DividerReport>>);
 
 impl MemberProbe for TableProbe {
     fn status<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Option<StatusReport>> {
         let r = self.0.lock().unwrap().get(host).cloned();
+        Box::pin(async move { r })
+    }
+
+    fn divider<'a>(&'a self, host: &'a str, name: &'a str) -> BoxFuture<'a, Option<DividerReport>> {
+        let r = if name.is_empty() { self.1.lock().unwrap().get(host).cloned() } else { None };
         Box::pin(async move { r })
     }
 }
@@ -471,6 +476,45 @@ async fn workdivider_first_reconcile_copies_the_seqcluster_members() {
     ];
     let action = run(&wd, script, TableProbe::default(), workdivider::apply::reconcile).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(5)), "pods not ready yet: poll");
+}
+
+#[tokio::test]
+async fn workdivider_status_counts_the_keys_its_pods_hold() {
+    let wd = Arc::new(common::workdivider("workdivider-minimal.yaml"));
+    let mut sc = seqc_with(3, Some(stable(4, 3)));
+    sc.metadata.name = Some("ids".into());
+    let member = |id: &str, assigned| DividerMember { id: id.into(), affinity: 1, assigned };
+    let probe = TableProbe::default();
+    // Pod 0 answers and holds all 4 keys of its member; pod 1 does not answer, so the keys its
+    // member would hold count as unowned.
+    probe.1.lock().unwrap().insert(
+        workdivider::apply::pod_host("stocks", "prod", 0),
+        DividerReport {
+            divider: "stocks".into(),
+            version: 7,
+            keys: 8,
+            members: vec![member("stocks-0", 4), member("stocks-1", 4)],
+            held_here: vec![HeldKeys { id: "stocks-0".into(), keys: 4 }],
+        },
+    );
+    let script = vec![
+        expect("GET", format!("{SC}/ids")).respond(200, serde_json::to_value(&sc).unwrap()),
+        expect("PATCH", "/api/v1/namespaces/prod/services/stocks"),
+        expect("PATCH", "/api/v1/namespaces/prod/configmaps/stocks-config"),
+        expect("PATCH", "/apis/apps/v1/namespaces/prod/statefulsets/stocks"),
+        expect("PATCH", format!("{WD}/stocks/status")).check(|b| {
+            let st = &b["status"];
+            assert_eq!((st["keys"].as_i64(), st["unownedKeys"].as_i64()), (Some(8), Some(4)), "{st}");
+            assert_eq!(st["members"][0], json!({"id": "stocks-0", "affinity": 1, "assignedKeys": 4, "keys": 4}));
+            assert_eq!(st["members"][1]["keys"], 0);
+            let c = st["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "KeysOwned").unwrap();
+            assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("False"), Some("KeysUnowned")));
+            assert!(c["message"].as_str().unwrap().contains("4 of 8 keys"), "{c}");
+        }),
+        expect("POST", EVENTS).check(|b| assert_eq!(b["reason"], "MembersCopied")),
+    ];
+    let action = run(&wd, script, probe, workdivider::apply::reconcile).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)), "keys wait for owners: poll");
 }
 
 #[tokio::test]

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub round_batch: Histogram,
     /// Rounds pre-empted by another proposer's ballot.
     pub conflicts: Counter,
+    /// Batches of changes forwarded to a register's home (or the proposer that beat us).
+    pub forwards: Counter,
     /// Sequence buffer refills.
     pub refills: Counter,
     /// IDs handed out to apps.
@@ -61,6 +63,8 @@ pub struct Metrics {
     pub epoch: Gauge,
     /// The work divider's metrics.
     pub divider: crate::divider::metrics::DividerMetrics,
+    /// The log streams' metrics.
+    pub log: crate::log::metrics::LogMetrics,
 }
 
 impl Default for Metrics {
@@ -80,6 +84,7 @@ impl Metrics {
         let round_seconds = latency_histogram();
         let round_batch = Histogram::new(exponential_buckets(1.0, 2.0, 13));
         let conflicts = Counter::default();
+        let forwards = Counter::default();
         let refills = Counter::default();
         let ids_issued = Counter::default();
         let peers_reachable = Gauge::default();
@@ -92,6 +97,11 @@ impl Metrics {
         registry.register("quorum_round_seconds", "Quorum round latency", round_seconds.clone());
         registry.register("quorum_round_batch", "Changes folded into one quorum round", round_batch.clone());
         registry.register("quorum_conflicts", "Rounds pre-empted by a higher ballot", conflicts.clone());
+        registry.register(
+            "quorum_forwards",
+            "Batches of changes forwarded to a contended register's home or to the proposer that won",
+            forwards.clone(),
+        );
         registry.register("sequence_buffer_refills", "Sequence buffer refills", refills.clone());
         registry.register("sequence_ids_issued", "IDs handed out to apps", ids_issued.clone());
         registry.register(
@@ -103,6 +113,7 @@ impl Metrics {
         registry.register("ready", "1 when ready (caught up, quorum reachable)", ready.clone());
         registry.register("config_epoch", "Configuration epoch", epoch.clone());
         let divider = crate::divider::metrics::DividerMetrics::register(&mut registry);
+        let log = crate::log::metrics::LogMetrics::register(&mut registry);
         Self {
             registry,
             requests,
@@ -111,6 +122,7 @@ impl Metrics {
             round_seconds,
             round_batch,
             conflicts,
+            forwards,
             refills,
             ids_issued,
             peers_reachable,
@@ -118,6 +130,7 @@ impl Metrics {
             ready,
             epoch,
             divider,
+            log,
         }
     }
 

@@ -167,8 +167,7 @@ async fn run(args: SidecarArgs) -> Result<()> {
         crate::log::router::LogSettings::from_args(&args.log, args.request_timeout()),
     );
 
-    let (divider_services, dividers) =
-        app::divider::services(&args.divider, divider_config, args.request_timeout(), &node);
+    let dividers = app::divider::dividers(&args.divider, divider_config, args.request_timeout(), &node);
     // Every primitive's app services; health reports each by name, following readiness.
     let app_services = AppServices::default()
         .merge(app::log::services(
@@ -179,7 +178,7 @@ async fn run(args: SidecarArgs) -> Result<()> {
         .merge(app::sequencer::services(&args.sequencer, args.request_timeout(), &node))
         .merge(app::cluster::services(&node))
         .merge(app::registers::services(&args.registers, args.request_timeout(), &node))
-        .merge(divider_services);
+        .merge(app::divider::services(dividers.clone()));
     let health_service = app::health::following_readiness(app_services.names(), node.watch_ready()).await;
     let app_routes = app_services.into_routes();
     let reflection = || {
@@ -229,7 +228,7 @@ async fn run(args: SidecarArgs) -> Result<()> {
         tasks.spawn(async move { server.await.context("peer server") });
     }
     {
-        let router = admin::router(node.clone());
+        let router = admin::router(node.clone(), dividers.clone());
         let rx = shutdown_rx.clone();
         tasks.spawn(async move {
             axum::serve(admin_listener, router).with_graceful_shutdown(shutdown(rx)).await.context("admin server")

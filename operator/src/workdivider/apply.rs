@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 
+use futures::future::join_all;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
+use ordo_contract::status::DividerReport;
 
 use super::build::build;
 use super::status::{self, SeqClusterProblem};
@@ -15,6 +17,17 @@ use crate::ssa::{apply, apply_status};
 
 /// Kind label for metrics and logs.
 pub const KIND: &str = "WorkDivider";
+
+/// Reads `/divider` (the pod's configured divider) of every pod of the WorkDivider.
+async fn probe_pods(ctx: &Context, namespace: &str, name: &str, replicas: i32) -> Vec<DividerReport> {
+    let hosts: Vec<String> = (0..replicas).map(|i| pod_host(name, namespace, i)).collect();
+    join_all(hosts.iter().map(|host| ctx.probe.divider(host, ""))).await.into_iter().flatten().collect()
+}
+
+/// Stable DNS name of WorkDivider pod `ordinal` (its StatefulSet's headless Service).
+pub fn pod_host(name: &str, namespace: &str, ordinal: i32) -> String {
+    format!("{name}-{ordinal}.{name}.{namespace}.svc")
+}
 
 /// Reconciles one WorkDivider.
 pub async fn reconcile(wd: Arc<WorkDivider>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -74,7 +87,10 @@ pub async fn reconcile(wd: Arc<WorkDivider>, ctx: Arc<Context>) -> Result<Action
     apply(&ctx.client, &objects.config_map).await.map_err(ReconcileError::api("apply ConfigMap"))?;
     let sts = apply(&ctx.client, &objects.statefulset).await.map_err(ReconcileError::api("apply StatefulSet"))?;
 
-    let next = status::observed(existing, generation, valid.replicas, membership.epoch, Some(&sts), now);
+    let reports = probe_pods(&ctx, &valid.namespace, &valid.name, valid.replicas).await;
+    let counts = ordo_contract::status::DividerReport::merge(&reports);
+    let next =
+        status::observed(existing, generation, valid.replicas, membership.epoch, Some(&sts), counts.as_ref(), now);
     if existing != Some(&next) {
         apply_status(&ctx.client, wd.as_ref(), &next).await.map_err(ReconcileError::api("write status"))?;
     }
@@ -89,5 +105,10 @@ pub async fn reconcile(wd: Arc<WorkDivider>, ctx: Arc<Context>) -> Result<Action
         .await;
     }
     tracing::info!(workdivider = %wd.name_any(), ready = next.ready_replicas, "reconciled");
-    Ok(Action::requeue(if next.ready_replicas >= valid.replicas { RESYNC } else { POLL_WHILE_PROGRESSING }))
+    // Counts refresh every RESYNC while settled, every few seconds while pods start or while
+    // the pods report keys waiting for owners that exist (a handoff under way). Without reports,
+    // or without a member that takes keys, waiting faster would change nothing.
+    let handoff = counts.as_ref().is_some_and(|c| c.unowned > 0 && c.members.iter().any(|m| m.affinity > 0));
+    let settled = next.ready_replicas >= valid.replicas && !handoff;
+    Ok(Action::requeue(if settled { RESYNC } else { POLL_WHILE_PROGRESSING }))
 }

@@ -185,7 +185,7 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
         validate_stream(&r.stream).map_err(log_status)?;
         let s = self
             .store
-            .seal(&r.stream, r.epoch, r.fresh_stream)
+            .seal(&r.stream, r.epoch, r.fresh_stream, r.first_lsn)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::SealResponse {
@@ -194,6 +194,7 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
             last_lsn: s.last_lsn,
             epochs: epochs_to_pb(s.epochs),
             rebuilding: s.rebuilding,
+            base_lsn: s.base_lsn,
         }))
     }
 
@@ -247,6 +248,8 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
                             entries: m.entries.into_iter().map(entry_from_pb).collect(),
                             commit: m.commit_lsn,
                             complete_through: m.complete_through,
+                            first_lsn: m.first_lsn,
+                            reset: m.reset,
                         };
                         if l.tx.send(msg).await.is_err() {
                             return;
@@ -258,8 +261,8 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
                         let result = match ack.reply {
                             AppendReply::Durable(l) => R::DurableLsn(l),
                             AppendReply::Sealed(e) => R::SealedEpoch(e),
-                            AppendReply::Diverged { last_lsn, epochs } => {
-                                R::Diverged(pb::Divergence { last_lsn, epochs: epochs_to_pb(epochs) })
+                            AppendReply::Diverged { last_lsn, epochs, base_lsn } => {
+                                R::Diverged(pb::Divergence { last_lsn, epochs: epochs_to_pb(epochs), base_lsn })
                             }
                         };
                         let resp = pb::ReplicateResponse { prev_lsn: ack.prev_lsn, result: Some(result) };
@@ -451,9 +454,16 @@ impl GrpcLogPeers {
 }
 
 impl LogPeers for GrpcLogPeers {
-    async fn seal(&self, to: &str, stream: &str, epoch: u64, fresh_stream: bool) -> Result<SealReply, String> {
+    async fn seal(
+        &self,
+        to: &str,
+        stream: &str,
+        epoch: u64,
+        fresh_stream: bool,
+        first_lsn: u64,
+    ) -> Result<SealReply, String> {
         let mut c = self.client(to)?;
-        let req = pb::SealRequest { stream: stream.into(), epoch, fresh_stream };
+        let req = pb::SealRequest { stream: stream.into(), epoch, fresh_stream, first_lsn };
         let r = tokio::time::timeout(self.timeout(), c.seal(req))
             .await
             .map_err(|_| format!("{to}: seal timed out"))?
@@ -465,6 +475,7 @@ impl LogPeers for GrpcLogPeers {
             last_lsn: r.last_lsn,
             epochs: epochs_from_pb(r.epochs),
             rebuilding: r.rebuilding,
+            base_lsn: r.base_lsn,
         })
     }
 
@@ -500,6 +511,8 @@ impl LogPeers for GrpcLogPeers {
                     entries: m.entries.into_iter().map(entry_to_pb).collect(),
                     commit_lsn: m.commit,
                     complete_through: m.complete_through,
+                    first_lsn: m.first_lsn,
+                    reset: m.reset,
                 };
                 if req_tx.send(req).await.is_err() {
                     return;
@@ -513,9 +526,11 @@ impl LogPeers for GrpcLogPeers {
                 let reply = match r.result {
                     Some(R::DurableLsn(l)) => AppendReply::Durable(l),
                     Some(R::SealedEpoch(e)) => AppendReply::Sealed(e),
-                    Some(R::Diverged(d)) => {
-                        AppendReply::Diverged { last_lsn: d.last_lsn, epochs: epochs_from_pb(d.epochs) }
-                    }
+                    Some(R::Diverged(d)) => AppendReply::Diverged {
+                        last_lsn: d.last_lsn,
+                        epochs: epochs_from_pb(d.epochs),
+                        base_lsn: d.base_lsn,
+                    },
                     None => return,
                 };
                 if ack_tx.send(ReplicateAck { prev_lsn: r.prev_lsn, reply }).await.is_err() {

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use ordo_contract::divider::DividerConfig;
+use ordo_contract::status::{DividerMember, DividerReport, HeldKeys};
 use tokio::sync::{mpsc, watch, Mutex, Notify};
 use tokio::time::Instant;
 
@@ -196,6 +197,13 @@ impl<P: Peers> Dividers<P> {
     /// This sidecar's id (the default member id).
     pub fn sidecar_id(&self) -> &str {
         &self.sidecar_id
+    }
+
+    /// The divider `name` (empty: the configured one) if this sidecar serves it already; never
+    /// starts one (for reports).
+    pub fn running(&self, name: &str) -> Option<Arc<Divider<P>>> {
+        let name = if name.is_empty() { self.config.as_ref()?.divider.as_str() } else { name };
+        self.dividers.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }
 
     /// The divider `name` (empty: the configured one), started on first use.
@@ -426,6 +434,37 @@ impl<P: Peers> Divider<P> {
     /// Follows the assignment table.
     pub fn follow(&self) -> watch::Receiver<Arc<AssignmentTable>> {
         self.table.subscribe()
+    }
+
+    /// This sidecar's report of the divider (`/divider` on the admin port): the assignment
+    /// table's members and counts, and the keys its own member sessions hold now.
+    pub async fn report(&self) -> DividerReport {
+        let table = self.table();
+        let mut assigned = vec![0u64; table.members.len()];
+        for o in table.owners.iter().flatten() {
+            assigned[*o as usize] += 1;
+        }
+        let members = table
+            .members
+            .iter()
+            .zip(assigned)
+            .map(|(m, assigned)| DividerMember { id: m.id.clone(), affinity: m.affinity, assigned })
+            .collect();
+        let held_here = self
+            .sessions
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, s)| !s.lost && !s.gone)
+            .map(|(id, s)| HeldKeys { id: id.clone(), keys: s.holdings.len() as u64 })
+            .collect();
+        DividerReport {
+            divider: self.name.clone(),
+            version: table.version,
+            keys: table.keys.len() as u64,
+            members,
+            held_here,
+        }
     }
 
     /// Renews every session each tick, apart from the handoff work so that a slow tick of

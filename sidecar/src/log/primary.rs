@@ -12,9 +12,10 @@ use futures::future::join_all;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::fence::FenceTable;
+use super::metrics::LogMetrics;
 use super::producer::{ProducerTable, Verdict};
 use super::segment::{epoch_at, matching_prefix};
-use super::store::{AppendReply, FetchReply, ReplicaStore, SealReply, StoreError};
+use super::store::{AppendReply, FetchReply, ReplicaStore, ReplicaWrite, SealReply, StoreError};
 use super::{AppendResult, AppendResultTx, Batch, EpochStart, LogEntry, LogError};
 
 /// Entries per replication message.
@@ -41,6 +42,27 @@ pub struct ReplicateMsg {
     pub commit: u64,
     /// A rebuilding replica counts again once it holds the log through this LSN.
     pub complete_through: u64,
+    /// The stream's trim point (the replica deletes its files wholly below it).
+    pub first_lsn: u64,
+    /// The replica drops its log and continues after `prev_lsn` if it does not hold it
+    /// ([`ReplicaWrite::reset`]).
+    pub reset: bool,
+}
+
+impl ReplicateMsg {
+    /// The write a replica applies.
+    pub fn into_write(self) -> ReplicaWrite {
+        ReplicaWrite {
+            epoch: self.epoch,
+            prev_lsn: self.prev_lsn,
+            prev_epoch: self.prev_epoch,
+            entries: self.entries,
+            complete_through: self.complete_through,
+            commit: self.commit,
+            first_lsn: self.first_lsn,
+            reset: self.reset,
+        }
+    }
 }
 
 /// A replica's answer to one [`ReplicateMsg`].
@@ -62,13 +84,15 @@ pub struct ReplicaLink {
 
 /// What a primary needs from the network: calls to the replicas of a stream by member id.
 pub trait LogPeers: Send + Sync + 'static {
-    /// Seals `stream` at `epoch` on replica `to` (`fresh_stream`: the stream's first epoch).
+    /// Seals `stream` at `epoch` on replica `to` (`fresh_stream`: the stream's first epoch)
+    /// and tells it the trim point `first_lsn`.
     fn seal(
         &self,
         to: &str,
         stream: &str,
         epoch: u64,
         fresh_stream: bool,
+        first_lsn: u64,
     ) -> impl Future<Output = Result<SealReply, String>> + Send;
     /// A fencing recovery read on replica `to`.
     fn fetch(
@@ -90,8 +114,9 @@ pub fn local_link(store: ReplicaStore, stream: String) -> ReplicaLink {
     let (pending_tx, mut pending) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(m) = msgs.recv().await {
-            let r = store.append_queued(&stream, m.epoch, m.prev_lsn, m.prev_epoch, m.entries, m.complete_through);
-            if pending_tx.send((m.prev_lsn, r)).is_err() {
+            let prev_lsn = m.prev_lsn;
+            let r = store.write_queued(&stream, m.into_write());
+            if pending_tx.send((prev_lsn, r)).is_err() {
                 return;
             }
         }
@@ -126,6 +151,8 @@ pub struct PrimaryConfig {
     pub timeout: Duration,
     /// The epoch register was just created: no earlier primary existed, so no entry either.
     pub fresh_stream: bool,
+    /// Where the primary counts what it does.
+    pub metrics: LogMetrics,
 }
 
 /// The primary's log: what is not yet known to be on the local disk and committed, plus the
@@ -161,7 +188,8 @@ struct Shared {
     last_tx: watch::Sender<u64>,
     commit_tx: watch::Sender<u64>,
     deposed_tx: watch::Sender<Option<String>>,
-    first_lsn: std::sync::atomic::AtomicU64,
+    /// The trim point (first available LSN); replication tells the replicas when it moves.
+    first_tx: watch::Sender<u64>,
 }
 
 /// A running primary (cheap to clone).
@@ -178,6 +206,16 @@ pub struct Primary {
 impl Primary {
     /// Recovers the stream at `cfg.epoch` and starts serving it.
     pub async fn start<P: LogPeers>(cfg: PrimaryConfig, store: ReplicaStore, peers: Arc<P>) -> Result<Self, LogError> {
+        let started = Self::recover_and_start(cfg.clone(), store, peers).await;
+        cfg.metrics.recovery(started.is_ok());
+        started
+    }
+
+    async fn recover_and_start<P: LogPeers>(
+        cfg: PrimaryConfig,
+        store: ReplicaStore,
+        peers: Arc<P>,
+    ) -> Result<Self, LogError> {
         let recovered = recover(&cfg, &store, peers.as_ref()).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (last_tx, _) = watch::channel(recovered.last);
@@ -193,7 +231,7 @@ impl Primary {
             last_tx,
             commit_tx,
             deposed_tx,
-            first_lsn: std::sync::atomic::AtomicU64::new(cfg.first_lsn.max(1)),
+            first_tx: watch::channel(cfg.first_lsn.max(1)).0,
         });
         for (i, r) in cfg.replicas.iter().enumerate() {
             // From the re-replicated tail: every replica must take the entries of this epoch
@@ -206,6 +244,8 @@ impl Primary {
                 epoch: cfg.epoch,
                 next: start,
                 recovered: recovered.last,
+                replica_base: 0,
+                reset: false,
                 shared: shared.clone(),
                 store: store.clone(),
                 tx: tx.clone(),
@@ -265,12 +305,24 @@ impl Primary {
 
     /// First available LSN.
     pub fn first_lsn(&self) -> u64 {
-        self.shared.first_lsn.load(std::sync::atomic::Ordering::SeqCst)
+        *self.shared.first_tx.borrow()
     }
 
-    /// Raises the first available LSN (after the trim point was stored).
+    /// Raises the first available LSN (after the trim point was stored): replication carries
+    /// it to every replica, which deletes its segment files below it.
     pub fn set_first_lsn(&self, first: u64) {
-        self.shared.first_lsn.fetch_max(first, std::sync::atomic::Ordering::SeqCst);
+        self.shared.first_tx.send_if_modified(|f| {
+            let raise = first > *f;
+            if raise {
+                *f = first;
+            }
+            raise
+        });
+    }
+
+    /// The stream's name.
+    pub fn stream(&self) -> &str {
+        &self.stream
     }
 
     /// Up to `max` committed entries from `from` (0: the first available), waiting up to `wait`
@@ -327,9 +379,10 @@ async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: 
     let stream = cfg.stream.as_str();
     let seals = cfg.replicas.iter().map(|r| async move {
         let reply = if *r == cfg.me {
-            store.seal(stream, cfg.epoch, cfg.fresh_stream).await.map_err(|e| e.to_string())
+            store.seal(stream, cfg.epoch, cfg.fresh_stream, cfg.first_lsn).await.map_err(|e| e.to_string())
         } else {
-            match tokio::time::timeout(cfg.timeout, peers.seal(r, stream, cfg.epoch, cfg.fresh_stream)).await {
+            let sealing = peers.seal(r, stream, cfg.epoch, cfg.fresh_stream, cfg.first_lsn);
+            match tokio::time::timeout(cfg.timeout, sealing).await {
                 Ok(r) => r,
                 Err(_) => Err(format!("no answer within {} ms", cfg.timeout.as_millis())),
             }
@@ -373,8 +426,16 @@ async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: 
     // Copy what the local log lacks of the chosen one.
     if best_id != cfg.me {
         let m = matching_prefix(&local.epochs, local.last_lsn, &best.epochs, best.last_lsn);
-        let mut next = m + 1;
-        let mut prev_epoch = epoch_at(&local.epochs, m, local.last_lsn);
+        // Below either replica's base the match is unknown, and the chosen replica cannot send
+        // what lies below its own: the local log is reset to the chosen one's base. What it
+        // drops is below the trim point (bases never pass it) or conflicts with the chosen log
+        // (so was never acknowledged).
+        let mut reset = m < local.base_lsn.max(best.base_lsn);
+        let (mut next, mut prev_epoch) = if reset {
+            (best.base_lsn + 1, epoch_at(&best.epochs, best.base_lsn, best.last_lsn))
+        } else {
+            (m + 1, epoch_at(&local.epochs, m, local.last_lsn))
+        };
         while next <= h {
             let got = tokio::time::timeout(cfg.timeout, peers.fetch(&best_id, stream, cfg.epoch, next, FETCH_CHUNK))
                 .await
@@ -390,7 +451,21 @@ async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: 
             let Some(last) = entries.last().map(|e| (e.lsn, e.epoch)) else {
                 return Err(LogError::Unavailable(format!("stream {stream}: {best_id} returned no entry at {next}")));
             };
-            let copied = store.append(stream, cfg.epoch, next - 1, prev_epoch, entries, u64::MAX).await;
+            if entries[0].lsn != next {
+                return Err(LogError::Unavailable(format!(
+                    "stream {stream}: {best_id} no longer holds LSN {next} (trimmed meanwhile)"
+                )));
+            }
+            let write = ReplicaWrite {
+                epoch: cfg.epoch,
+                prev_lsn: next - 1,
+                prev_epoch,
+                entries,
+                complete_through: u64::MAX,
+                reset: std::mem::take(&mut reset),
+                ..Default::default()
+            };
+            let copied = store.write(stream, write).await;
             match copied.map_err(store_unavailable)? {
                 AppendReply::Durable(_) => {}
                 other => return Err(LogError::Unavailable(format!("stream {stream}: local copy refused: {other:?}"))),
@@ -402,17 +477,17 @@ async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: 
     expect_durable(stream, store.truncate_after(stream, cfg.epoch, h).await)?;
     // Re-replicate the tail under the new epoch (at least the last entry, so that the recovered
     // log commits without waiting for a new append).
-    let e_start = if h == 0 { 1 } else { min_last.clamp(1, h) };
+    // Entries up to the local base are trimmed: re-replication starts after it.
+    let local_base = store.state(stream).await.map_err(store_unavailable)?.base_lsn;
+    let e_start = if h == 0 { 1 } else { min_last.max(local_base + 1).clamp(1, h) };
     let mut retagged = Vec::new();
     if h > 0 {
         let state = store.state(stream).await.map_err(store_unavailable)?;
         let mut from = e_start;
         while from <= h {
             let got = store.fetch(stream, None, from, FETCH_CHUNK as usize).await.map_err(store_unavailable)?;
-            if got.entries.is_empty() {
-                break;
-            }
-            from += got.entries.len() as u64;
+            let Some(last) = got.entries.last().map(|e| e.lsn) else { break };
+            from = last + 1;
             retagged.extend(got.entries.into_iter().map(|mut e| {
                 e.epoch = cfg.epoch;
                 e
@@ -429,16 +504,14 @@ async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: 
             state.last_lsn
         )));
     }
-    // Producer and fence state from the log itself.
+    // Producer and fence state from the log itself (what is left of it after trims).
     let mut producers = ProducerTable::default();
     let mut fences = FenceTable::default();
     let mut from = 1;
     while from <= h {
         let got = store.fetch(stream, None, from, FETCH_CHUNK as usize).await.map_err(store_unavailable)?;
-        if got.entries.is_empty() {
-            break;
-        }
-        from += got.entries.len() as u64;
+        let Some(last) = got.entries.last().map(|e| e.lsn) else { break };
+        from = last + 1;
         for e in &got.entries {
             producers.observe(e);
             fences.observe(e);
@@ -515,6 +588,7 @@ impl Actor {
                     return;
                 }
                 self.fences.record(batch.fence.as_ref());
+                let batch_bytes: usize = batch.entries.iter().map(Vec::len).sum();
                 let mut tail = self.shared.tail.lock().expect("tail lock");
                 let first = tail.last + 1;
                 let epoch = self.cfg.epoch;
@@ -537,6 +611,10 @@ impl Actor {
                 tail.last += u64::from(len);
                 let last = tail.last;
                 drop(tail);
+                let bytes: usize = batch_bytes;
+                self.cfg.metrics.appended_entries.inc_by(u64::from(len));
+                self.cfg.metrics.appended_bytes.inc_by(bytes as u64);
+                self.cfg.metrics.batch_entries.observe(f64::from(len));
                 self.producers.record(batch.producer_id, batch.producer_epoch, batch.batch_seq, first, len);
                 self.shared.last_tx.send_replace(last);
                 self.wait(first, len, reply);
@@ -591,6 +669,10 @@ struct ReplicaTask {
     /// Last LSN of the recovered log: a commit point at or above it covers every entry an
     /// earlier epoch acknowledged.
     recovered: u64,
+    /// Entries up to here are deleted on the replica (as it last reported).
+    replica_base: u64,
+    /// The replica must drop its log and take this primary's from the trim point.
+    reset: bool,
     shared: Arc<Shared>,
     store: ReplicaStore,
     tx: mpsc::UnboundedSender<Cmd>,
@@ -630,62 +712,101 @@ impl ReplicaTask {
         }
     }
 
-    /// Entries from `self.next` (at most one message's worth) and the epoch before them.
-    async fn gather(&self) -> Result<Option<(u64, Vec<LogEntry>)>, String> {
-        let (from_store, prev_epoch, last) = {
-            let tail = self.shared.tail.lock().expect("tail lock");
-            if self.next > tail.last {
-                return Ok(None);
+    /// The next message's entries from `self.next` (at most one message's worth), the epoch
+    /// before them, and whether the replica must be reset first; `None` when it has everything.
+    async fn gather(&mut self) -> Result<Option<(u64, Vec<LogEntry>, bool)>, String> {
+        for _ in 0..2 {
+            if self.reset {
+                // The replica cannot take what follows its log (it diverged below a base, or it
+                // lacks what this primary trimmed): send it the log from the trim point (or the
+                // last entry, at least one is sent) over what it holds.
+                let base = self.store.state(&self.stream).await.map_err(|e| e.to_string())?.base_lsn;
+                let tail = self.shared.tail.lock().expect("tail lock");
+                if tail.last == 0 {
+                    self.reset = false;
+                    return Ok(None);
+                }
+                let first = *self.shared.first_tx.borrow();
+                self.next = base.max(first.saturating_sub(1)).min(tail.last - 1) + 1;
             }
-            let prev_epoch = tail.epoch_at(self.next - 1);
-            if self.next >= tail.start {
-                let skip = (self.next - tail.start) as usize;
-                let mut bytes = 0;
-                let entries: Vec<LogEntry> = tail
-                    .entries
-                    .iter()
-                    .skip(skip)
-                    .take_while(|e| {
-                        bytes += e.data.len();
-                        bytes <= MAX_SEND_BYTES || e.lsn == self.next
-                    })
-                    .take(MAX_SEND_ENTRIES)
-                    .cloned()
-                    .collect();
-                return Ok(Some((prev_epoch, entries)));
+            let (prev_epoch, last) = {
+                let tail = self.shared.tail.lock().expect("tail lock");
+                if self.next > tail.last {
+                    return Ok(None);
+                }
+                let prev_epoch = tail.epoch_at(self.next - 1);
+                if self.next >= tail.start {
+                    let skip = (self.next - tail.start) as usize;
+                    let mut bytes = 0;
+                    let entries: Vec<LogEntry> = tail
+                        .entries
+                        .iter()
+                        .skip(skip)
+                        .take_while(|e| {
+                            bytes += e.data.len();
+                            bytes <= MAX_SEND_BYTES || e.lsn == self.next
+                        })
+                        .take(MAX_SEND_ENTRIES)
+                        .cloned()
+                        .collect();
+                    return Ok(Some((prev_epoch, entries, std::mem::take(&mut self.reset))));
+                }
+                (prev_epoch, tail.start - 1)
+            };
+            let n = ((last - self.next + 1) as usize).min(MAX_SEND_ENTRIES);
+            let got = self.store.fetch(&self.stream, None, self.next, n).await.map_err(|e| e.to_string())?;
+            if got.entries.first().is_some_and(|e| e.lsn == self.next) {
+                return Ok(Some((prev_epoch, got.entries, std::mem::take(&mut self.reset))));
             }
-            (true, prev_epoch, tail.start - 1)
-        };
-        debug_assert!(from_store);
-        let n = ((last - self.next + 1) as usize).min(MAX_SEND_ENTRIES);
-        let got = self.store.fetch(&self.stream, None, self.next, n).await.map_err(|e| e.to_string())?;
-        Ok(Some((prev_epoch, got.entries)))
+            // This primary's own files no longer hold `next` (trimmed): reset the replica.
+            self.reset = true;
+        }
+        Err(format!("stream {}: cannot find entries to send from LSN {}", self.stream, self.next))
+    }
+
+    fn message(&self, prev_epoch: u64, entries: Vec<LogEntry>, reset: bool, first_lsn: u64) -> ReplicateMsg {
+        let commit = *self.shared.commit_tx.borrow();
+        ReplicateMsg {
+            epoch: self.epoch,
+            prev_lsn: self.next - 1,
+            prev_epoch,
+            entries,
+            commit,
+            complete_through: if commit >= self.recovered { commit } else { u64::MAX },
+            first_lsn,
+            reset,
+        }
     }
 
     async fn drive(&mut self, mut link: ReplicaLink) -> Result<(), String> {
         let mut last_rx = self.shared.last_tx.subscribe();
+        let mut first_rx = self.shared.first_tx.subscribe();
         let mut deposed = self.shared.deposed_tx.subscribe();
         let mut inflight = 0usize;
+        // The trim point this replica was last told (0: not yet on this link).
+        let mut told_first = 0;
         loop {
             // Marked seen before gathering, so an append after this point wakes the select.
             last_rx.borrow_and_update();
+            let first = *first_rx.borrow_and_update();
             while inflight < REPLICA_WINDOW {
-                let Some((prev_epoch, entries)) = self.gather().await? else { break };
+                let Some((prev_epoch, entries, reset)) = self.gather().await? else { break };
                 if entries.is_empty() {
                     break;
                 }
                 let n = entries.len() as u64;
-                let commit = *self.shared.commit_tx.borrow();
-                let msg = ReplicateMsg {
-                    epoch: self.epoch,
-                    prev_lsn: self.next - 1,
-                    prev_epoch,
-                    entries,
-                    commit,
-                    complete_through: if commit >= self.recovered { commit } else { u64::MAX },
-                };
+                let msg = self.message(prev_epoch, entries, reset, first);
                 link.tx.send(msg).await.map_err(|_| "link closed".to_string())?;
+                told_first = first;
                 self.next += n;
+                inflight += 1;
+            }
+            if told_first < first && inflight < REPLICA_WINDOW {
+                // Nothing to send but a new trim point (or a new link): the replica deletes
+                // what lies below it now, not at the next append.
+                let prev_epoch = self.shared.tail.lock().expect("tail lock").epoch_at(self.next - 1);
+                link.tx.send(self.message(prev_epoch, Vec::new(), false, first)).await.map_err(|_| "link closed")?;
+                told_first = first;
                 inflight += 1;
             }
             tokio::select! {
@@ -700,17 +821,23 @@ impl ReplicaTask {
                             let _ = self.tx.send(Cmd::Deposed { by, replica: self.replica.clone() });
                             return Ok(());
                         }
-                        AppendReply::Diverged { last_lsn, epochs } => {
+                        AppendReply::Diverged { last_lsn, epochs, base_lsn } => {
                             let tail = self.shared.tail.lock().expect("tail lock");
                             let m = matching_prefix(&tail.epochs, tail.last, &epochs, last_lsn);
                             // Resend from the divergence point (acks of messages already in
                             // flight may diverge too and land here again: resends are harmless,
-                            // a replica skips what it holds).
+                            // a replica skips what it holds). Below the replica's base the
+                            // match is unknown: everything it holds after `m` conflicts with
+                            // this log and everything up to `m` is below the trim point, so it
+                            // is reset (as it is when this primary no longer holds `m + 1`).
                             self.next = m + 1;
+                            self.replica_base = base_lsn;
+                            self.reset = m < base_lsn;
                         }
                     }
                 }
                 r = last_rx.changed() => if r.is_err() { return Ok(()) },
+                r = first_rx.changed() => if r.is_err() { return Ok(()) },
                 _ = deposed.changed() => return Ok(()),
             }
         }

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::placement;
 use super::primary::{LogPeers, Primary, PrimaryConfig};
+use super::retention::Retention;
 use super::store::ReplicaStore;
 use super::{epoch_key, meta_key, AppendResult, AppendResultTx, Batch, LogEntry, LogError};
 use crate::config::Role;
@@ -25,6 +26,8 @@ use crate::validate::validate_name;
 
 /// Attempts to settle who the primary is before giving up on a request.
 const ROUTE_ATTEMPTS: usize = 4;
+/// How often the primaries on this member apply retention.
+const RETENTION_TICK: Duration = Duration::from_secs(1);
 
 /// Log settings of this sidecar.
 #[derive(Debug, Clone)]
@@ -43,6 +46,8 @@ pub struct LogSettings {
     pub max_batch_entries: usize,
     /// Deadline of metadata and recovery calls.
     pub timeout: Duration,
+    /// How much of each stream its primary keeps on its own.
+    pub retention: Retention,
 }
 
 impl LogSettings {
@@ -56,6 +61,10 @@ impl LogSettings {
             max_batch_bytes: usize::try_from(a.max_batch_bytes).unwrap_or(usize::MAX),
             max_batch_entries: a.max_batch_entries as usize,
             timeout,
+            retention: Retention {
+                bytes: a.retention_bytes,
+                age: (a.retention_seconds > 0).then(|| Duration::from_secs(a.retention_seconds)),
+            },
         }
     }
 }
@@ -179,14 +188,57 @@ pub fn validate_stream(name: &str) -> Result<(), LogError> {
 
 impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
     /// A router for `node` (with its replica store in the member role).
+    /// Starts the retention task when a retention limit is set.
     pub fn new(node: Arc<Node<P>>, store: Option<ReplicaStore>, peers: Arc<L>, settings: LogSettings) -> Arc<Self> {
+        if let Some(s) = &store {
+            s.configure(settings.retention.segment_bytes(), node.metrics.log.clone());
+        }
         let registers = Registers::new(node.proposer.clone(), settings.timeout);
-        Arc::new(Self { node, registers, store, peers, settings, slots: Mutex::new(HashMap::new()) })
+        let router = Arc::new(Self { node, registers, store, peers, settings, slots: Mutex::new(HashMap::new()) });
+        if router.settings.retention.enabled() && router.store.is_some() {
+            tokio::spawn(Self::retain(Arc::downgrade(&router)));
+        }
+        router
+    }
+
+    /// Every [`RETENTION_TICK`], trims each stream this member is the primary of as far as
+    /// [`Retention`] asks (one store call per stream; ends with the router).
+    async fn retain(router: std::sync::Weak<Self>) {
+        let mut tick = tokio::time::interval(RETENTION_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(router) = router.upgrade() else { return };
+            let Some(store) = router.store.clone() else { return };
+            let slots: Vec<Arc<StreamSlot>> = router.slots.lock().expect("slots lock").values().cloned().collect();
+            for slot in slots {
+                // A slot busy settling its primary is skipped this tick.
+                let Ok(route) = slot.route.try_lock() else { continue };
+                let Some(Route::Local(p)) = route.clone() else { continue };
+                drop(route);
+                if p.deposed().is_some() {
+                    continue;
+                }
+                let Ok(files) = store.files(p.stream()).await else { continue };
+                let point = router.settings.retention.trim_point(&files, std::time::SystemTime::now(), p.commit());
+                if point > p.first_lsn() {
+                    match router.trim_as(p.stream(), point, true, "retention").await {
+                        Ok(first) => tracing::debug!(stream = p.stream(), first, "retention trimmed the stream"),
+                        Err(e) => tracing::warn!(stream = p.stream(), error = %e, "retention could not trim"),
+                    }
+                }
+            }
+        }
     }
 
     /// The settings.
     pub fn settings(&self) -> &LogSettings {
         &self.settings
+    }
+
+    /// The log metrics of this sidecar.
+    pub fn metrics(&self) -> &super::metrics::LogMetrics {
+        &self.node.metrics.log
     }
 
     /// Checks a batch against the limits.
@@ -272,6 +324,8 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 Route::Remote(to) => self.peers.forward(&to, &stream, batch),
             };
             let slot = slot.clone();
+            let ack_seconds = self.node.metrics.log.ack_seconds.clone();
+            let queued = std::time::Instant::now();
             // A primary that cannot reach its ack quorum (or a forward into a partition) must
             // not hold the appender forever: the batch may still commit later, which an
             // idempotent retry resolves.
@@ -284,6 +338,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                         deadline.as_millis()
                     ))),
                 };
+                ack_seconds.observe(queued.elapsed().as_secs_f64());
                 if matches!(r, Err(LogError::Unavailable(_))) {
                     // Ask again who the primary is for the next batch.
                     *slot.route.lock().await = None;
@@ -437,8 +492,21 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         }
     }
 
-    /// Trims the stream below `before` (at most its last committed LSN + 1).
+    /// Trims the stream below `before` (at most its last committed LSN + 1): the trim point is
+    /// stored in the metadata register first, then every replica deletes its segment files
+    /// wholly below it (the primary's replication carries it).
     pub async fn trim(self: &Arc<Self>, stream: &str, before: u64, local_only: bool) -> Result<u64, LogError> {
+        self.trim_as(stream, before, local_only, "app").await
+    }
+
+    /// [`LogRouter::trim`], counted under `cause`.
+    async fn trim_as(
+        self: &Arc<Self>,
+        stream: &str,
+        before: u64,
+        local_only: bool,
+        cause: &str,
+    ) -> Result<u64, LogError> {
         validate_stream(stream)?;
         let slot = self.slot(stream);
         let p = match self.route(stream, &slot, false).await? {
@@ -469,6 +537,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
             let w = self.registers.compare_and_set(&meta_key(stream), cur.version, meta.encode()).await;
             if let Written::Applied { .. } = w.map_err(register_error)? {
                 p.set_first_lsn(before);
+                self.node.metrics.log.trim(cause);
                 return Ok(before);
             }
         }
@@ -542,6 +611,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 first_lsn: meta.first_lsn,
                 timeout: self.settings.timeout,
                 fresh_stream,
+                metrics: self.node.metrics.log.clone(),
             };
             let p = Primary::start(cfg, store, self.peers.clone()).await?;
             *cached = Some(Route::Local(p.clone()));

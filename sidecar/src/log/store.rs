@@ -3,6 +3,12 @@
 //! one writer thread that applies every operation in arrival order and **group-commits**: it
 //! takes everything queued while the disk was busy, writes it, `fdatasync`s each touched
 //! segment once, and only then replies. A batch is never acknowledged before it is durable.
+//!
+//! Trimming is physical here: every write and seal from a primary carries the stream's trim
+//! point, and the replica deletes the segment files wholly below it (never the active one),
+//! after making the new base durable. A replica that lacks what a trimmed primary can still
+//! send is reset to the primary's log (see [`ReplicaWrite::reset`] and the argument in
+//! [`super`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -10,7 +16,8 @@ use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::oneshot;
 
-use super::segment::{Segment, SegmentError};
+use super::metrics::LogMetrics;
+use super::segment::{Segment, SegmentError, SegmentInfo, DEFAULT_SEGMENT_BYTES};
 use super::{EpochStart, LogEntry};
 
 /// Largest read answered at once, in bytes of entry data (plus at most one entry): well under
@@ -30,6 +37,8 @@ pub struct SealReply {
     pub epochs: Vec<EpochStart>,
     /// It lost the stream and is not yet rebuilt (it must not count in a recovery's seal set).
     pub rebuilding: bool,
+    /// Every entry up to this LSN was deleted here (trimmed); it holds `base_lsn + 1..=last_lsn`.
+    pub base_lsn: u64,
 }
 
 /// What a replica did with entries from a primary.
@@ -45,7 +54,33 @@ pub enum AppendReply {
         last_lsn: u64,
         /// Where each of its epochs starts.
         epochs: Vec<EpochStart>,
+        /// Entries up to here are deleted on the replica (its epochs are unknown below).
+        base_lsn: u64,
     },
+}
+
+/// Entries from a primary, as a replica applies them.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaWrite {
+    /// The primary's epoch.
+    pub epoch: u64,
+    /// LSN of the entry before `entries`.
+    pub prev_lsn: u64,
+    /// Its epoch.
+    pub prev_epoch: u64,
+    /// Consecutive entries (none: only the trim point travels).
+    pub entries: Vec<LogEntry>,
+    /// A rebuilding replica is rebuilt once it holds the log through this LSN.
+    pub complete_through: u64,
+    /// The commit point the primary knew (the replica's lag metric is measured against it).
+    pub commit: u64,
+    /// The stream's trim point: segment files wholly below it are deleted (0: none known).
+    pub first_lsn: u64,
+    /// A replica that does not hold `(prev_lsn, prev_epoch)` drops its whole log and continues
+    /// after `prev_lsn` instead of answering with a divergence. The primary sets it only when
+    /// every entry the replica would drop is below the trim point or conflicts with the
+    /// primary's log (so was never acknowledged).
+    pub reset: bool,
 }
 
 /// Entries read from a replica.
@@ -75,16 +110,21 @@ enum Op {
         stream: String,
         epoch: u64,
         fresh: bool,
+        first_lsn: u64,
         reply: oneshot::Sender<Result<SealReply, StoreError>>,
     },
     Append {
         stream: String,
-        epoch: u64,
-        prev_lsn: u64,
-        prev_epoch: u64,
-        entries: Vec<LogEntry>,
-        complete_through: u64,
+        write: ReplicaWrite,
         reply: oneshot::Sender<Result<AppendReply, StoreError>>,
+    },
+    Files {
+        stream: String,
+        reply: oneshot::Sender<Result<Vec<SegmentInfo>, StoreError>>,
+    },
+    Configure {
+        segment_bytes: u64,
+        metrics: LogMetrics,
     },
     Truncate {
         stream: String,
@@ -114,7 +154,12 @@ impl ReplicaStore {
         std::fs::create_dir_all(root)
             .map_err(|source| SegmentError::Io { path: root.display().to_string(), source })?;
         let (tx, rx) = std_mpsc::channel();
-        let writer = Writer { root: root.to_path_buf(), segments: HashMap::new() };
+        let writer = Writer {
+            root: root.to_path_buf(),
+            segments: HashMap::new(),
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            metrics: LogMetrics::default(),
+        };
         std::thread::Builder::new()
             .name("ordo-log-writer".into())
             .spawn(move || writer.run(rx))
@@ -133,15 +178,33 @@ impl ReplicaStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Seals `stream` at `epoch` (durably) and reports its tail; `fresh_stream`: the stream
-    /// never had a primary before (a replica without it starts complete, not rebuilding).
-    pub async fn seal(&self, stream: &str, epoch: u64, fresh_stream: bool) -> Result<SealReply, StoreError> {
-        self.call(|reply| Op::Seal { stream: stream.into(), epoch, fresh: fresh_stream, reply }).await
+    /// Sets the size at which segment files roll and where the store counts what it does
+    /// (applies to the operations queued after this call).
+    pub fn configure(&self, segment_bytes: u64, metrics: LogMetrics) {
+        let _ = self.tx.send(Op::Configure { segment_bytes, metrics });
+    }
+
+    /// Seals `stream` at `epoch` (durably), applies the trim point `first_lsn` (0: none) and
+    /// reports its tail; `fresh_stream`: the stream never had a primary before (a replica
+    /// without it starts complete, not rebuilding).
+    pub async fn seal(
+        &self,
+        stream: &str,
+        epoch: u64,
+        fresh_stream: bool,
+        first_lsn: u64,
+    ) -> Result<SealReply, StoreError> {
+        self.call(|reply| Op::Seal { stream: stream.into(), epoch, fresh: fresh_stream, first_lsn, reply }).await
     }
 
     /// The replica's state of `stream` without sealing (epoch 0 is never refused).
     pub async fn state(&self, stream: &str) -> Result<SealReply, StoreError> {
-        self.seal(stream, 0, false).await
+        self.seal(stream, 0, false, 0).await
+    }
+
+    /// The segment files of `stream` on this replica, oldest first.
+    pub async fn files(&self, stream: &str) -> Result<Vec<SegmentInfo>, StoreError> {
+        self.call(|reply| Op::Files { stream: stream.into(), reply }).await
     }
 
     /// Applies entries of a primary at `epoch` that follow `(prev_lsn, prev_epoch)`; a
@@ -155,25 +218,25 @@ impl ReplicaStore {
         entries: Vec<LogEntry>,
         complete_through: u64,
     ) -> Result<AppendReply, StoreError> {
-        let rx = self.append_queued(stream, epoch, prev_lsn, prev_epoch, entries, complete_through);
-        rx.await.map_err(|_| StoreError::Closed)?
+        let write = ReplicaWrite { epoch, prev_lsn, prev_epoch, entries, complete_through, ..Default::default() };
+        self.write(stream, write).await
     }
 
-    /// Like [`ReplicaStore::append`], but queued at once (in call order) and answered later:
+    /// Applies a [`ReplicaWrite`].
+    pub async fn write(&self, stream: &str, write: ReplicaWrite) -> Result<AppendReply, StoreError> {
+        self.write_queued(stream, write).await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Like [`ReplicaStore::write`], but queued at once (in call order) and answered later:
     /// for callers that pipeline writes and must keep their order.
-    pub fn append_queued(
+    pub fn write_queued(
         &self,
         stream: &str,
-        epoch: u64,
-        prev_lsn: u64,
-        prev_epoch: u64,
-        entries: Vec<LogEntry>,
-        complete_through: u64,
+        write: ReplicaWrite,
     ) -> oneshot::Receiver<Result<AppendReply, StoreError>> {
         let (reply, rx) = oneshot::channel();
         // A closed writer drops `reply`, which the caller sees as a closed store.
-        let op = Op::Append { stream: stream.into(), epoch, prev_lsn, prev_epoch, entries, complete_through, reply };
-        let _ = self.tx.send(op);
+        let _ = self.tx.send(Op::Append { stream: stream.into(), write, reply });
         rx
     }
 
@@ -199,6 +262,8 @@ impl ReplicaStore {
 struct Writer {
     root: PathBuf,
     segments: HashMap<String, Segment>,
+    segment_bytes: u64,
+    metrics: LogMetrics,
 }
 
 type Reply = Box<dyn FnOnce(bool) + Send>;
@@ -217,7 +282,7 @@ impl Writer {
             let replies: Vec<Reply> = ops.into_iter().map(|op| self.apply(op, &mut dirty)).collect();
             let mut ok = true;
             for stream in &dirty {
-                if let Some(seg) = self.segments.get(stream) {
+                if let Some(seg) = self.segments.get_mut(stream) {
                     if let Err(e) = seg.sync() {
                         // Data the kernel failed to write may be lost: do not acknowledge
                         // anything, and stop (as the register store does) rather than go on
@@ -239,7 +304,9 @@ impl Writer {
     fn segment(&mut self, stream: &str, fresh: bool) -> Result<&mut Segment, StoreError> {
         if !self.segments.contains_key(stream) {
             crate::validate::validate_name(stream).map_err(|e| StoreError::Invalid(format!("stream: {e}")))?;
-            let seg = Segment::open(&self.root.join(stream), fresh).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let mut seg =
+                Segment::open(&self.root.join(stream), fresh).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            seg.set_roll_bytes(self.segment_bytes);
             self.segments.insert(stream.to_string(), seg);
         }
         Ok(self.segments.get_mut(stream).expect("inserted above"))
@@ -252,9 +319,20 @@ impl Writer {
             })
         }
         match op {
-            Op::Seal { stream, epoch, fresh, reply } => later(reply, self.seal(&stream, epoch, fresh)),
-            Op::Append { stream, epoch, prev_lsn, prev_epoch, entries, complete_through, reply } => {
-                let r = self.append(&stream, epoch, prev_lsn, prev_epoch, entries, complete_through);
+            Op::Seal { stream, epoch, fresh, first_lsn, reply } => {
+                later(reply, self.seal(&stream, epoch, fresh, first_lsn))
+            }
+            Op::Files { stream, reply } => later(reply, self.segment(&stream, false).map(|s| s.files())),
+            Op::Configure { segment_bytes, metrics } => {
+                self.segment_bytes = segment_bytes;
+                self.metrics = metrics;
+                for seg in self.segments.values_mut() {
+                    seg.set_roll_bytes(segment_bytes);
+                }
+                Box::new(|_| {})
+            }
+            Op::Append { stream, write, reply } => {
+                let r = self.append(&stream, write);
                 if matches!(r, Ok(AppendReply::Durable(_))) {
                     dirty.insert(stream);
                 }
@@ -280,11 +358,16 @@ impl Writer {
         }
     }
 
-    fn seal(&mut self, stream: &str, epoch: u64, fresh: bool) -> Result<SealReply, StoreError> {
+    fn seal(&mut self, stream: &str, epoch: u64, fresh: bool, first_lsn: u64) -> Result<SealReply, StoreError> {
+        let metrics = self.metrics.clone();
         let seg = self.segment(stream, fresh)?;
         let ok = epoch >= seg.sealed();
         if ok {
-            seg.seal(epoch).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            if epoch > seg.sealed() {
+                metrics.seals.inc();
+            }
+            seg.seal(epoch).map_err(invalid)?;
+            trim(seg, first_lsn, &metrics)?;
         }
         Ok(SealReply {
             ok,
@@ -292,25 +375,61 @@ impl Writer {
             last_lsn: seg.last_lsn(),
             epochs: seg.epochs().to_vec(),
             rebuilding: seg.rebuilding(),
+            base_lsn: seg.base_lsn(),
         })
     }
 
-    fn append(
-        &mut self,
-        stream: &str,
-        epoch: u64,
-        prev_lsn: u64,
-        prev_epoch: u64,
-        entries: Vec<LogEntry>,
-        complete_through: u64,
-    ) -> Result<AppendReply, StoreError> {
+    fn append(&mut self, stream: &str, w: ReplicaWrite) -> Result<AppendReply, StoreError> {
+        let metrics = self.metrics.clone();
+        let commit = w.commit;
         let seg = self.segment(stream, false)?;
+        let r = apply_write(seg, w, &metrics);
+        if let Ok(AppendReply::Durable(lsn)) = &r {
+            metrics.replica_lag(stream, commit.saturating_sub(*lsn));
+        }
+        r
+    }
+}
+
+fn invalid(e: SegmentError) -> StoreError {
+    StoreError::Invalid(e.to_string())
+}
+
+/// Deletes the files of `seg` wholly below `first_lsn` (0: nothing to do).
+fn trim(seg: &mut Segment, first_lsn: u64, metrics: &LogMetrics) -> Result<(), StoreError> {
+    if first_lsn <= seg.base_lsn() + 1 {
+        return Ok(());
+    }
+    let (files, bytes) = seg.trim(first_lsn).map_err(invalid)?;
+    if files > 0 {
+        metrics.segments_deleted.inc_by(files as u64);
+        metrics.deleted_bytes.inc_by(bytes);
+    }
+    Ok(())
+}
+
+/// The replica rules of one write (see [`ReplicaWrite`] and the module docs of [`super`]).
+fn apply_write(seg: &mut Segment, w: ReplicaWrite, metrics: &LogMetrics) -> Result<AppendReply, StoreError> {
+    let ReplicaWrite { epoch, prev_lsn, prev_epoch, entries, complete_through, first_lsn, reset, .. } = w;
+    {
         if epoch < seg.sealed() {
             return Ok(AppendReply::Sealed(seg.sealed()));
         }
-        seg.seal(epoch).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        if prev_lsn > seg.last_lsn() || seg.epoch_at(prev_lsn) != prev_epoch {
-            return Ok(AppendReply::Diverged { last_lsn: seg.last_lsn(), epochs: seg.epochs().to_vec() });
+        seg.seal(epoch).map_err(invalid)?;
+        let holds_prev =
+            prev_lsn >= seg.base_lsn() && prev_lsn <= seg.last_lsn() && seg.epoch_at(prev_lsn) == prev_epoch;
+        if !holds_prev && reset {
+            let files = seg.files();
+            seg.reset(prev_lsn, prev_epoch).map_err(invalid)?;
+            metrics.segments_deleted.inc_by(files.len() as u64);
+            metrics.deleted_bytes.inc_by(files.iter().map(|f| f.bytes).sum());
+        } else if !holds_prev {
+            trim(seg, first_lsn, metrics)?;
+            return Ok(AppendReply::Diverged {
+                last_lsn: seg.last_lsn(),
+                epochs: seg.epochs().to_vec(),
+                base_lsn: seg.base_lsn(),
+            });
         }
         let mut lsn = prev_lsn;
         for e in entries {
@@ -330,6 +449,7 @@ impl Writer {
             }
             seg.append(&e).map_err(|e| StoreError::Invalid(e.to_string()))?;
         }
+        trim(seg, first_lsn, metrics)?;
         if seg.rebuilding() && lsn >= complete_through {
             // It holds the primary's log through a commit point that covers everything any
             // earlier epoch acknowledged: it counts again (entries synced before the marker goes).
@@ -338,7 +458,9 @@ impl Writer {
         }
         Ok(AppendReply::Durable(lsn))
     }
+}
 
+impl Writer {
     fn fetch(&mut self, stream: &str, fence: Option<u64>, from: u64, max: usize) -> Result<FetchReply, StoreError> {
         let seg = self.segment(stream, false)?;
         if let Some(epoch) = fence {
@@ -370,7 +492,7 @@ mod tests {
             s.append("st", 1, 5, 1, vec![e(6, 1)], 0).await,
             Ok(AppendReply::Diverged { last_lsn: 3, .. })
         ));
-        let sealed = s.seal("st", 2, false).await.unwrap();
+        let sealed = s.seal("st", 2, false, 0).await.unwrap();
         assert_eq!((sealed.ok, sealed.last_lsn), (true, 3));
         // The deposed epoch gets nothing written after the seal.
         assert_eq!(s.append("st", 1, 3, 1, vec![e(4, 1)], 0).await, Ok(AppendReply::Sealed(2)));
@@ -388,6 +510,71 @@ mod tests {
         let s = ReplicaStore::open(dir.path()).unwrap();
         let st = s.state("st").await.unwrap();
         assert_eq!((st.sealed, st.last_lsn), (2, 4));
+    }
+
+    fn big(lsn: u64, epoch: u64) -> LogEntry {
+        LogEntry { lsn, epoch, data: vec![b'x'; 200], ..Default::default() }
+    }
+
+    /// The trim point travels with writes and seals and deletes files on the replica (the
+    /// replica's base moves up, reads start after it, the disk shrinks); a replica that lacks
+    /// what the primary sends is reset to it only when the write says so.
+    #[tokio::test]
+    async fn writes_and_seals_carry_the_trim_point_and_a_reset_replaces_a_lagging_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ReplicaStore::open(dir.path()).unwrap();
+        let metrics = LogMetrics::default();
+        s.configure(4096, metrics.clone());
+        let entries: Vec<LogEntry> = (1..=200).map(|l| big(l, 1)).collect();
+        assert_eq!(s.append("t", 1, 0, 0, entries, 0).await, Ok(AppendReply::Durable(200)));
+        let files = s.files("t").await.unwrap();
+        assert!(files.len() > 5, "{files:?}");
+        // An empty write carries only the trim point.
+        let trim = ReplicaWrite { epoch: 1, prev_lsn: 200, prev_epoch: 1, first_lsn: 150, ..Default::default() };
+        assert_eq!(s.write("t", trim).await, Ok(AppendReply::Durable(200)));
+        let st = s.state("t").await.unwrap();
+        assert!(st.base_lsn > 100 && st.base_lsn < 150, "{st:?}");
+        assert!(s.files("t").await.unwrap().len() < files.len());
+        assert_eq!(s.fetch("t", None, 1, 1).await.unwrap().entries[0].lsn, st.base_lsn + 1);
+        assert!(metrics.segments_deleted.get() > 0 && metrics.deleted_bytes.get() > 0);
+        // A seal carries it too (a replica that was down learns it when a primary recovers).
+        let sealed = s.seal("t", 2, false, 199).await.unwrap();
+        assert!(sealed.base_lsn > st.base_lsn && sealed.base_lsn < 199, "{sealed:?}");
+        // Below its base the replica cannot match: a divergence names the base.
+        let below =
+            ReplicaWrite { epoch: 2, prev_lsn: 10, prev_epoch: 1, entries: vec![big(11, 1)], ..Default::default() };
+        assert!(
+            matches!(s.write("t", below.clone()).await, Ok(AppendReply::Diverged { base_lsn, .. }) if base_lsn == sealed.base_lsn)
+        );
+        // A reset to a primary's log from LSN 500 (this replica lacks 201..500).
+        let reset = ReplicaWrite {
+            epoch: 2,
+            prev_lsn: 499,
+            prev_epoch: 2,
+            entries: vec![big(500, 2), big(501, 2)],
+            first_lsn: 500,
+            reset: true,
+            ..Default::default()
+        };
+        assert_eq!(s.write("t", reset).await, Ok(AppendReply::Durable(501)));
+        let st = s.state("t").await.unwrap();
+        assert_eq!((st.base_lsn, st.last_lsn), (499, 501));
+        assert_eq!(s.files("t").await.unwrap().len(), 1);
+        drop(s);
+        let s = ReplicaStore::open(dir.path()).unwrap();
+        let st = s.state("t").await.unwrap();
+        assert_eq!((st.base_lsn, st.last_lsn, st.sealed), (499, 501, 2));
+        // A reset of a replica that holds the base is a normal write (nothing dropped).
+        let again = ReplicaWrite {
+            epoch: 2,
+            prev_lsn: 500,
+            prev_epoch: 2,
+            entries: vec![big(501, 2)],
+            reset: true,
+            ..Default::default()
+        };
+        assert_eq!(s.write("t", again).await, Ok(AppendReply::Durable(501)));
+        assert_eq!(s.state("t").await.unwrap().base_lsn, 499);
     }
 
     #[derive(Debug, Clone)]
@@ -428,7 +615,7 @@ mod tests {
                     let sealed_before = s.state("p").await.unwrap().sealed;
                     match op {
                         TestOp::Seal(e) => {
-                            let r = s.seal("p", e, true).await.unwrap();
+                            let r = s.seal("p", e, true, 0).await.unwrap();
                             assert_eq!(r.ok, e >= sealed_before);
                         }
                         TestOp::Append { epoch, prev_lsn, prev_epoch, lsn0, epochs } => {

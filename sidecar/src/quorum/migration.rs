@@ -27,9 +27,10 @@
 //!
 //! **Memory.** A migration holds one listing step (a page from each listing member) and
 //! [`IN_FLIGHT`] rounds, whatever the number of registers; a failed attempt resumes from
-//! [`Progress`]. Not bounded here: the proposer keeps each register's worker for 30 s after its
-//! last round (about 5 KB each), so a member rewriting `r` registers/s holds about `30 r` of
-//! them (about 150 MB at 1,000/s).
+//! [`Progress`]. The proposer keeps a register's worker (about 5 KB) for 30 s after its last
+//! round only while it has at most [`super::proposer::WORKERS_CROWDED`] of them; above that,
+//! idle workers retire after 250 ms, so a member rewriting `r` registers/s holds about
+//! `1024 + r / 4` of them (`quorum_sim.rs::workers_of_a_pass_over_many_registers_retire_quickly`).
 //!
 //! Shown by `e2e/tests/sequencer.rs::membership_change_3_to_5_to_3_keeps_ids_unique` and
 //! `sidecar/tests/catchup_sim.rs::migration_rewrites_every_register_of_a_paged_listing`

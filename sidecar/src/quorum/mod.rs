@@ -38,10 +38,11 @@
 //! applied once ([`change`]). The typed API that log streams, the divider and the sequencer use is
 //! [`register`].
 //!
-//! **Contention** between proposers ([`route`]): each sidecar forwards a register's changes to the register's
-//! *home* member (a hash of the key over the live members), and after losing a round to another
-//! proposer's ballot it hands its own changes to that proposer; so normally one proposer runs a
-//! register's rounds. This is routing only: any sidecar may still propose, and a rejected round
+//! **Contention** between proposers ([`route`]): a sidecar proposes its own changes until it
+//! loses a round on that register to another proposer's ballot; it then hands the losing changes
+//! to the winner and, for a while, forwards the register's changes to the register's *home*
+//! member (a hash of the key over the live members); so under contention one proposer runs a
+//! register's rounds, and a lone writer pays no extra hop. This is routing only: any sidecar may still propose, and a rejected round
 //! retries with a higher ballot after a randomized exponential backoff, so two proposers cannot
 //! keep pre-empting each other forever (with probability 1 one of them completes both phases
 //! inside the other's backoff).
@@ -71,5 +72,6 @@ pub mod round;
 pub mod route;
 pub mod store;
 pub mod transport;
+pub mod wal;
 
 pub use ballot::Ballot;

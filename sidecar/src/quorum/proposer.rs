@@ -38,9 +38,18 @@ const MAX_BATCH: usize = 4096;
 pub const PIPELINE_DEPTH: usize = 4;
 /// A register's worker exits after this long without requests.
 const WORKER_IDLE: Duration = Duration::from_secs(30);
+/// Above this many workers (a migration or a scan touching every register once), an idle
+/// worker retires after [`WORKER_IDLE_CROWDED`] instead: memory then follows the rate of new
+/// registers, not the keyspace (about 5 KB a worker).
+pub const WORKERS_CROWDED: usize = 1024;
+/// Idle time after which a worker retires while there are more than [`WORKERS_CROWDED`].
+const WORKER_IDLE_CROWDED: Duration = Duration::from_millis(250);
 /// Backoff bounds after a failed round (scaled by the observed round time).
 const BACKOFF_MIN: Duration = Duration::from_millis(1);
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// How long a register counts as contended after this sidecar lost a round on it to another
+/// proposer: meanwhile its changes go to the register's home (see [`super::route`]).
+pub const CONTENDED_FOR: Duration = Duration::from_secs(10);
 
 /// A change waiting for its round.
 pub(super) struct Pending {
@@ -84,7 +93,7 @@ pub(super) struct Inner<P> {
     pub(super) live: std::sync::RwLock<Vec<String>>,
     /// Homes that failed a forward recently, until when they are bypassed.
     pub(super) suspects: Mutex<HashMap<String, Instant>>,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
     /// Simulation only: pipeline at non-adjacent ballots (unsafe; see [`super::round`]).
     non_adjacent: AtomicBool,
 }
@@ -115,6 +124,11 @@ impl<P: Peers> Proposer<P> {
     /// The transport to the members.
     pub fn peers(&self) -> &P {
         &self.inner.peers
+    }
+
+    /// Register workers alive now (each register changed recently has one).
+    pub fn worker_count(&self) -> usize {
+        self.inner.workers.lock().expect("workers lock").len()
     }
 
     /// Sets the members that are live and caught up (home candidates).
@@ -221,6 +235,8 @@ struct Worker<P: Peers> {
     retry_at: Option<Instant>,
     last_error: Option<ChangeError>,
     forwards: Arc<Mutex<ForwardQueue>>,
+    /// Until when another proposer is known to write this register (a lost round).
+    contended_until: Option<Instant>,
 }
 
 impl<P: Peers> Worker<P> {
@@ -239,6 +255,7 @@ impl<P: Peers> Worker<P> {
             retry_at: None,
             last_error: None,
             forwards: Arc::new(Mutex::new(ForwardQueue::default())),
+            contended_until: None,
         }
     }
 
@@ -247,6 +264,13 @@ impl<P: Peers> Worker<P> {
             self.expire();
             self.launch();
             let idle = self.rounds.is_empty() && self.queue.is_empty();
+            let idle_for = if !idle {
+                WORKER_IDLE
+            } else if self.inner.workers.lock().expect("workers lock").len() > WORKERS_CROWDED {
+                WORKER_IDLE_CROWDED
+            } else {
+                WORKER_IDLE
+            };
             let retry_at = self.retry_at;
             tokio::select! {
                 p = rx.recv() => match p {
@@ -266,7 +290,7 @@ impl<P: Peers> Worker<P> {
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                     self.retry_at = None;
                 }
-                _ = tokio::time::sleep(WORKER_IDLE), if idle => {
+                _ = tokio::time::sleep(idle_for), if idle => {
                     let mut workers = self.inner.workers.lock().expect("workers lock");
                     match rx.try_recv() {
                         Ok(p) => {
@@ -283,11 +307,12 @@ impl<P: Peers> Worker<P> {
         }
     }
 
-    /// Forwards changes made here to the register's home when that is another member; queues
-    /// the rest for rounds here.
+    /// Forwards changes made here to the register's home when the register is contended and
+    /// the home is another member; queues the rest for rounds here.
     fn route(&mut self, incoming: Vec<Pending>) {
         let cfg = self.inner.config.borrow().clone();
-        let home = remote_home(&self.inner, &self.key, &cfg);
+        let contended = self.contended_until.is_some_and(|t| t > Instant::now());
+        let home = if contended { remote_home(&self.inner, &self.key, &cfg) } else { None };
         let (to_forward, here): (Vec<_>, Vec<_>) = incoming.into_iter().partition(|p| p.to_home && home.is_some());
         self.queue.extend(here);
         if !to_forward.is_empty() {
@@ -436,6 +461,7 @@ impl<P: Peers> Worker<P> {
                 let own = failure.holder.as_deref() == Some(self.inner.id.as_str()) && !self.rounds.is_empty();
                 if failure.conflict && !own {
                     self.inner.metrics.conflicts.inc();
+                    self.contended_until = Some(Instant::now() + CONTENDED_FOR);
                 }
                 if took > Duration::from_millis(200) || !failure.conflict {
                     tracing::debug!(key = %self.key, batch = flight.batch.len(), took_ms = took.as_millis() as u64, error = %failure.detail, "round failed");

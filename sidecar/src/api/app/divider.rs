@@ -23,14 +23,14 @@ use crate::node::Node;
 pub const MAX_PAGE: usize = 10_000;
 const DEFAULT_PAGE: usize = 1000;
 
-/// The divider's app services, configured by `args` (and its config file, already loaded), and
-/// the dividers behind them (for the planned leave on SIGTERM, [`Dividers::leave_all`]).
-pub fn services(
+/// The dividers this sidecar serves, configured by `args` (and its config file, already loaded);
+/// the server also makes their sessions leave on SIGTERM ([`Dividers::leave_all`]).
+pub fn dividers(
     args: &DividerArgs,
     config: Option<DividerConfig>,
     timeout: Duration,
     node: &Arc<Node<GrpcPeers>>,
-) -> (AppServices, Arc<Dividers<GrpcPeers>>) {
+) -> Arc<Dividers<GrpcPeers>> {
     // A WorkDivider's pods all get the same config file, whose timing wins over the flags (member
     // records carry the holder's timing, so observers wait at least that long either way).
     let (lease_ms, stop_timeout_ms) = match &config {
@@ -46,9 +46,12 @@ pub fn services(
         request_timeout: timeout,
     };
     let registers = crate::quorum::register::Registers::new(node.proposer.clone(), timeout);
-    let dividers = Dividers::new(registers, settings, config, node.id.clone(), node.metrics.divider.clone());
-    let service = pb::divider_server::DividerServer::new(DividerService { dividers: dividers.clone() });
-    (AppServices::default().with_service(service), dividers)
+    Dividers::new(registers, settings, config, node.id.clone(), node.metrics.divider.clone())
+}
+
+/// The divider's app services.
+pub fn services(dividers: Arc<Dividers<GrpcPeers>>) -> AppServices {
+    AppServices::default().with_service(pb::divider_server::DividerServer::new(DividerService { dividers }))
 }
 
 /// Maps a divider error to a gRPC status.

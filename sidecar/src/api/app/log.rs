@@ -36,7 +36,10 @@ pub fn services(router: &Arc<Router>, max_message: usize, max_inflight: usize) -
     AppServices::default().with_service(
         pb::log_server::LogServer::new(LogService { router: router.clone(), max_inflight })
             .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message),
+            // Reads answer up to MAX_READ_BYTES of entries whatever the batch limit (found by
+            // `a_small_inflight_limit_holds_a_flooding_client_back`: with a 256 KiB batch
+            // limit, reads of 2 MiB failed with OUT_OF_RANGE).
+            .max_encoding_message_size(max_message.max(crate::log::store::MAX_READ_BYTES + (1 << 20))),
     )
 }
 
@@ -77,6 +80,7 @@ impl pb::log_server::Log for LogService {
         let mut inbound = req.into_inner();
         let router = self.router.clone();
         let max_inflight = self.max_inflight;
+        let in_flight = router.metrics().batches_in_flight.clone();
         let (out_tx, out_rx) = mpsc::channel::<Result<pb::AppendResponse, Status>>(MAX_PIPELINE as usize);
         tokio::spawn(async move {
             let mut pipeline = DEFAULT_PIPELINE as usize;
@@ -103,6 +107,7 @@ impl pb::log_server::Log for LogService {
                         let (stream, seq) = (m.stream.clone(), m.batch_seq);
                         let bytes: usize = m.entries.iter().map(Vec::len).sum();
                         inflight_bytes += bytes;
+                        in_flight.inc();
                         let submitted = match m.pipeline_size {
                             p if p > MAX_PIPELINE => Err(LogError::Invalid(format!(
                                 "pipeline_size must be 1..={MAX_PIPELINE} (0 for the default {DEFAULT_PIPELINE}), got {p}"
@@ -123,7 +128,9 @@ impl pb::log_server::Log for LogService {
                     }
                     Some((bytes, resp)) = inflight.next(), if !inflight.is_empty() => {
                         inflight_bytes -= bytes;
+                        in_flight.dec();
                         if out_tx.send(Ok(resp)).await.is_err() {
+                            in_flight.dec_by(inflight.len() as i64);
                             return;
                         }
                     }

@@ -47,8 +47,8 @@ impl MemPeers {
 }
 
 impl LogPeers for MemPeers {
-    async fn seal(&self, to: &str, stream: &str, epoch: u64, fresh: bool) -> Result<SealReply, String> {
-        self.reach(to)?.seal(stream, epoch, fresh).await.map_err(|e| e.to_string())
+    async fn seal(&self, to: &str, stream: &str, epoch: u64, fresh: bool, first: u64) -> Result<SealReply, String> {
+        self.reach(to)?.seal(stream, epoch, fresh, first).await.map_err(|e| e.to_string())
     }
 
     async fn fetch(&self, to: &str, stream: &str, epoch: u64, from: u64, max: u32) -> Result<FetchReply, String> {
@@ -70,6 +70,7 @@ fn cfg(me: &str, epoch: u64) -> PrimaryConfig {
         first_lsn: 1,
         timeout: Duration::from_millis(500),
         fresh_stream: epoch == 1,
+        metrics: LogMetrics::default(),
     }
 }
 
@@ -234,4 +235,61 @@ async fn pipelined_appends_keep_their_order() {
     for (i, p) in pending.into_iter().enumerate() {
         assert_eq!(p.await.unwrap().unwrap(), vec![i as u64 + 1]);
     }
+}
+
+async fn until_state(peers: &MemPeers, id: &str, what: &str, ok: impl Fn(&SealReply) -> bool) -> SealReply {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = peers.store(id).state("s").await.unwrap();
+        if ok(&st) {
+            return st;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{id}: {what}: {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A trim reaches every replica (their files below the trim point go), a replica that lagged
+/// below it is rebuilt from the trim point of a primary that no longer holds what it lacks, and
+/// a later primary serves everything from the trim point and refuses reads below it. Verified
+/// to fail (the lagging replica never catches up) when the primary does not reset it.
+#[tokio::test]
+async fn a_lagging_replica_is_rebuilt_from_the_trim_point_of_a_trimmed_primary() {
+    let peers = MemPeers::new(&["a", "b", "c"]);
+    for id in ["a", "b", "c"] {
+        peers.store(id).configure(4096, LogMetrics::default());
+    }
+    // c is cut off from the start (a link, once open, is never cut in these tests).
+    peers.set_cut(&["c"]);
+    let a = start(&peers, "a", 1).await;
+    a.submit(batch(0, 0, &["first"])).await.unwrap().unwrap();
+    let big = "x".repeat(200);
+    let mut data = vec![(1, "first".to_string())];
+    for i in 0..100u64 {
+        let lsns = a.submit(batch(0, 0, &[&big, &format!("e{i}")])).await.unwrap().unwrap();
+        data.push((lsns[0], big.clone()));
+        data.push((lsns[1], format!("e{i}")));
+    }
+    a.set_first_lsn(150);
+    for id in ["a", "b"] {
+        until_state(&peers, id, "files below the trim point go", |s| s.base_lsn > 100 && s.base_lsn < 150).await;
+    }
+    assert!(matches!(a.read(10, 10, Duration::ZERO).await, Err(LogError::Trimmed { requested: 10, first: 150 })));
+    // c comes back: it lacks LSN 2..201, which a no longer holds from LSN 2.
+    peers.set_cut(&[]);
+    let after = a.submit(batch(0, 0, &["after"])).await.unwrap().unwrap();
+    assert_eq!(after, vec![202]);
+    data.push((202, "after".into()));
+    let c_state = until_state(&peers, "c", "rebuilt from the trim point", |s| s.last_lsn == 202).await;
+    assert_eq!((c_state.base_lsn, c_state.rebuilding), (149, false), "{c_state:?}");
+    // a is gone: c recovers with b and serves the stream from the trim point.
+    peers.set_cut(&["a"]);
+    let c =
+        Primary::start(PrimaryConfig { first_lsn: 150, ..cfg("c", 2) }, peers.store("c"), peers.clone()).await.unwrap();
+    let (got, first, commit) = c.read(0, 1000, Duration::from_secs(1)).await.unwrap();
+    assert_eq!((first, commit), (150, 202));
+    let got: Vec<(u64, String)> = got.iter().map(|e| (e.lsn, String::from_utf8(e.data.clone()).unwrap())).collect();
+    assert_eq!(got, data[149..].to_vec());
+    assert!(matches!(c.read(149, 1, Duration::ZERO).await, Err(LogError::Trimmed { first: 150, .. })));
+    assert_eq!(c.submit(batch(0, 0, &["next"])).await.unwrap().unwrap(), vec![203]);
 }
