@@ -73,6 +73,9 @@
 //!
 //! **Handback markers** are deleted once every session they name is known dead (they change
 //! no assignment then), at the version read, so a handback landing meanwhile keeps them.
+//! *Test*: `affinity_zero_gets_nothing_flush_moves_everything_and_cancel_leaves` (the gauge
+//! `ordo_divider_handback_markers` counts the marker while its session lives and drops to 0
+//! after; fails with the collection disabled).
 //!
 //! A member record is marked `expired` by any sidecar that saw its version unchanged for
 //! `lease + drift margin` on its own monotonic clock ([`lease::Observed`]), the lease and margin
