@@ -3,7 +3,8 @@
 # by side with an in-process baseline and a 3-member etcd cluster; bench-out/sequencer.*).
 # `bash scripts/bench.sh log ...`: log streams vs NATS JetStream R3 and Redis (bench-out/log.*).
 # `bash scripts/bench.sh divider ...`: the divider's assignment function; `... ownership ...`: the
-# divider's ownership (recovery after kill -9, idle quorum writes) vs the etcd recipe. Arguments go to
+# divider's ownership (all owned from scratch, recovery after kill -9, the unowned gap of a planned
+# scale-down by SIGTERM, idle quorum writes; --keys 100,10000,100000) vs the etcd recipe. Arguments go to
 # ordo-bench (e.g. --secs 3 --repeat 3 --no-etcd).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -69,6 +69,20 @@ impl ClientSidecar {
     }
 }
 
+impl ClientSidecar {
+    /// Waits up to `limit` for the process to exit; its exit status.
+    async fn exited(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
 impl Drop for ClientSidecar {
     fn drop(&mut self) {
         self.signal("CONT");
@@ -568,22 +582,14 @@ async fn affinity_zero_gets_nothing_flush_moves_everything_and_cancel_leaves() {
     eventually(Duration::from_secs(10), "divider metrics on /metrics", || {
         let admin = admin.clone();
         async move {
-            let text = tokio::task::spawn_blocking(move || {
-                use std::io::{Read, Write};
-                let mut conn = std::net::TcpStream::connect(admin).ok()?;
-                conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-                let mut text = String::new();
-                conn.read_to_string(&mut text).ok()?;
-                Some(text)
-            })
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+            let text = metrics_text(admin).await;
             needles.iter().all(|n| text.contains(n))
         }
     })
     .await;
+    // busy's handback marker is live while busy's session lives.
+    let one_marker = "ordo_divider_handback_markers{divider=\"stocks\"} 1\n";
+    assert!(metrics_text(admin.clone()).await.contains(one_marker), "busy's handback marker not counted");
 
     // Flush returns only once every key of busy is confirmed and owned by idle.
     dv.flush(get("busy")).await.expect("flush");
@@ -607,8 +613,44 @@ async fn affinity_zero_gets_nothing_flush_moves_everything_and_cancel_leaves() {
     idle.task.await.expect("idle's stream ended");
     let again = spawn_app(c.clone(), "idle", AppOpts { affinity: 1, confirm: true }, history.clone()).await;
     busy.stop().await;
+    // busy's app went away: its session leaves once its right ended, and its handback marker,
+    // naming only a dead session now, is collected.
+    let no_marker = "ordo_divider_handback_markers{divider=\"stocks\"} 0\n";
+    eventually(Duration::from_secs(20), "busy's handback marker collected", || {
+        let admin = admin.clone();
+        async move { metrics_text(admin).await.contains(no_marker) }
+    })
+    .await;
     again.stop().await;
     check_history(&history.lock().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The text of the admin port's `/metrics` (empty when it cannot be read).
+async fn metrics_text(admin: String) -> String {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(admin).ok()?;
+        conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text).ok()?;
+        Some(text)
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
+/// Sends garbage bytes (not protobuf) in a valid gRPC frame to the unary call `path`; returns
+/// the error (panics if it was accepted).
+async fn garbage_call<T: prost::Message + Default + Send + 'static>(c: &Client, path: &'static str) -> tonic::Status {
+    let mut raw = tonic::client::Grpc::new(c.channel());
+    raw.ready().await.expect("channel ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    let garbage = vec![0xffu8, 0xff, 0xff, 0x01, 0x02];
+    let r: Result<tonic::Response<T>, _> =
+        raw.unary(tonic::Request::new(garbage), path.clone(), ordo_e2e::raw::RawCodec::default()).await;
+    r.err().unwrap_or_else(|| panic!("{path}: garbage accepted"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -701,9 +743,24 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let e = dv.lookup(pb::LookupRequest { key: "".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
-    // Nothing changed: same keys, same owner and token.
+    // Malformed messages: garbage bytes in a valid gRPC frame, to calls that would change keys,
+    // a key's handoff or an affinity: a clear error each.
+    for e in [
+        garbage_call::<pb::KeysResponse>(&c, "/ordo.v1.Divider/AddKeys").await,
+        garbage_call::<pb::KeysResponse>(&c, "/ordo.v1.Divider/RemoveKeys").await,
+        garbage_call::<pb::AffinityResponse>(&c, "/ordo.v1.Divider/SetAffinity").await,
+        garbage_call::<pb::DividerAck>(&c, "/ordo.v1.Divider/ConfirmStop").await,
+        garbage_call::<pb::DividerAck>(&c, "/ordo.v1.Divider/Release").await,
+    ] {
+        assert!(matches!(e.code(), Code::Internal | Code::InvalidArgument), "{e:?}");
+        assert!(e.message().contains("decode"), "not a clear error: {:?}", e.message());
+    }
+
+    // Nothing changed: same keys, same owner and token, same affinity.
     assert_eq!(all_keys(&c).await, keys_before);
     assert_eq!(app.held().get(&key), Some(&token));
+    let get = pb::MemberRequest { member: "m".into(), ..Default::default() };
+    assert_eq!(dv.get_affinity(get).await.expect("get").into_inner().affinity, 1, "affinity changed");
     app.stop().await;
     check_history(&history.lock().unwrap()).unwrap_or_else(|e| panic!("{e}"));
 }
@@ -974,6 +1031,56 @@ async fn scaling_2_to_5_to_2_members_with_flush_before_leaving() {
     let n = check_history(&h).unwrap_or_else(|e| panic!("history violates the divider's guarantees:\n{e}"));
     eprintln!(
         "{n} intervals checked; longest a key stayed unowned in the planned scale-down: {:?}",
+        longest_gap(&h, from, to)
+    );
+}
+
+/// Planned scale-down: SIGTERM of a member's sidecar (what Kubernetes sends a removed pod). The
+/// sidecar stops its app's keys, releases them as the app confirms, leaves, then exits: the keys
+/// get new owners well before an expiry could hand them over (that takes at least the lease
+/// plus the margin less a renewal interval after the last renewal), no key ever has two owners,
+/// and every one of the leaving app's keys ended by its confirmed stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_of_a_members_sidecar_hands_its_keys_over_before_any_lease_could_expire() {
+    let setup = start(3).await;
+    let history: Shared = Arc::default();
+    let pod_x = setup.client_sidecar("pod-x");
+    let mut pod_y = setup.client_sidecar("pod-y");
+    let (cx, cy, c0) = (pod_x.client().await, pod_y.client().await, setup.cluster.client(0).await);
+    let confirm = AppOpts { affinity: 1, confirm: true };
+    let x = spawn_app(cx, "x", confirm, history.clone()).await;
+    let y = spawn_app(cy, "y", confirm, history.clone()).await;
+    let z = spawn_app(c0.clone(), "z", confirm, history.clone()).await;
+    let settle = Duration::from_secs(40);
+    eventually(settle, "every member owns keys", || async { [&x, &y, &z].iter().all(|a| !a.held().is_empty()) }).await;
+    wait_fully_owned(&[&x, &y, &z], &c0, settle, "every key owned by x, y, z").await;
+    let y_keys = y.held();
+    assert!(!y_keys.is_empty());
+
+    let from = Instant::now();
+    pod_y.signal("TERM");
+    let keys = all_keys(&c0).await;
+    eventually(settle, "y's keys owned by x and z", || async { fully_owned(&[&x, &z], &keys) }).await;
+    let took = from.elapsed();
+    let status = pod_y.exited(Duration::from_millis(STOP_TIMEOUT_MS + LEASE_MS + 5000)).await;
+    assert!(status.is_some_and(|s| s.success()), "the sidecar did not exit cleanly after SIGTERM: {status:?}");
+    let to = Instant::now();
+    // Generous (a loaded machine); the benchmark measures the real figure. An expiry could not
+    // have moved them before lease + margin - a renewal interval = 2.55 s after the SIGTERM.
+    assert!(took < Duration::from_millis(LEASE_MS), "y's keys moved only after {took:?}");
+    for app in [x, y, z] {
+        app.stop().await;
+    }
+    let h = history.lock().unwrap();
+    let n = check_history(&h).unwrap_or_else(|e| panic!("history violates the divider's guarantees:\n{e}"));
+    for (key, token) in &y_keys {
+        let i = h.intervals.iter().find(|i| i.member == "y" && i.key == *key && i.token == *token);
+        assert_eq!(i.map(|i| i.why), Some("confirmed"), "y's {key}@{token} did not end by a confirmed stop");
+        assert!(h.intervals.iter().any(|i| i.key == *key && i.member != "y" && i.token > *token), "{key} not moved");
+    }
+    eprintln!(
+        "{n} intervals checked; y's {} keys owned elsewhere {took:?} after SIGTERM; longest a key stayed unowned: {:?}",
+        y_keys.len(),
         longest_gap(&h, from, to)
     );
 }

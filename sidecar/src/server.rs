@@ -254,6 +254,10 @@ async fn run(args: SidecarArgs) -> Result<()> {
         }
     }
     node.start_draining();
+    // Divider sessions leave first, while the app servers still carry their Stops and confirms,
+    // so their keys get new owners now rather than at lease expiry (bounded by the stop
+    // timeout plus a little; the operator's grace period covers it and the drain below).
+    dividers.leave_all().await;
     let _ = shutdown_tx.send(true);
     let drain = Duration::from_millis(args.drain_timeout_ms);
     if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await.is_err() {

@@ -5,7 +5,11 @@
 //! session (`Watch`) per app, every key of the divider owned; then `kill -9` of one app's sidecar
 //! and the time until every key it owned has a new owner (`Start` on a survivor). Also the quorum
 //! rounds per second (every round writes a quorum of acceptors) while nothing changes, with 100
-//! and with many keys: leases are per member, so the rate should not grow with the keys.
+//! and with many keys: leases are per member, so the rate should not grow with the keys. Then a
+//! planned scale-down: SIGTERM of a second app's sidecar, which hands its keys over before it
+//! exits; the longest a key of it stayed unowned (its old app's Stop to the new owner's Start)
+//! and the time until every one of them has a new owner. Phase limits grow with the keys
+//! (100k keys work).
 //!
 //! etcd: 3 members; each app holds a lease (TTL = the divider's lease) kept alive every TTL/3 and
 //! owns a key by a transaction `create_revision(key) == 0 -> put(key, app, lease)`; survivors poll
@@ -105,12 +109,25 @@ struct Row {
     /// Quorum writes per second while nothing changes (Ordo: consensus rounds; etcd: requests
     /// that write: keepalives and transactions).
     idle_writes_per_sec: f64,
+    /// Planned scale-down (Ordo: SIGTERM of a second app's sidecar, after the kill -9): the
+    /// longest time one of its keys stayed unowned (from the Stop its app got to the Start on
+    /// the new owner), ms, p50 and p99 over runs; and until every one of its keys had a new
+    /// owner, counted from the SIGTERM, median.
+    gap_p50_ms: f64,
+    gap_p99_ms: f64,
+    scale_down_ms: f64,
     runs: usize,
     note: Option<String>,
 }
 
 fn keys(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("k-{i:06}")).collect()
+}
+
+/// How long a phase may take with `n` keys (bounded, and generous: the benchmark reports the
+/// time, the limit only ends a hung run).
+fn limit(n: usize) -> Duration {
+    Duration::from_secs(120) + Duration::from_millis(5 * n as u64)
 }
 
 async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut done: F) -> anyhow::Result<Duration> {
@@ -182,16 +199,27 @@ async fn ready_client(socket: &str) -> anyhow::Result<Client> {
 /// Owners as the apps see them: key -> member, from Start/Stop events.
 type Owners = Arc<Mutex<HashMap<String, String>>>;
 
+/// When each key last got a Start and a Stop (any app).
+#[derive(Default)]
+struct Times {
+    start: HashMap<String, Instant>,
+    stop: HashMap<String, Instant>,
+}
+
+type SharedTimes = Arc<Mutex<Times>>;
+
 /// Runs one app's session: records Starts, confirms Stops at once.
-fn run_app(mut m: ordo_client::divider::Membership, owners: Owners) -> tokio::task::JoinHandle<()> {
+fn run_app(mut m: ordo_client::divider::Membership, owners: Owners, times: SharedTimes) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let me = m.member().to_string();
         while let Some(ev) = m.next().await {
             match ev {
                 Ok(DividerEvent::Start { key, .. }) => {
+                    times.lock().expect("times").start.insert(key.clone(), Instant::now());
                     owners.lock().expect("owners").insert(key, me.clone());
                 }
                 Ok(DividerEvent::Stop { key, token, .. }) => {
+                    times.lock().expect("times").stop.insert(key.clone(), Instant::now());
                     {
                         let mut o = owners.lock().expect("owners");
                         if o.get(&key) == Some(&me) {
@@ -219,6 +247,8 @@ struct OrdoRun {
     initial: Duration,
     recovery: Duration,
     idle_rounds_per_sec: Option<f64>,
+    /// Planned scale-down: the longest gap of one key, and the time until all moved.
+    scale_down: Option<(Duration, Duration)>,
 }
 
 async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idle: bool) -> anyhow::Result<OrdoRun> {
@@ -238,21 +268,22 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
         divider.add_keys(chunk.to_vec()).await.context("adding keys")?;
     }
     let owners: Owners = Arc::new(Mutex::new(HashMap::new()));
+    let times: SharedTimes = Arc::default();
     let started = Instant::now();
     let mut sessions = Vec::new();
     for (i, app) in apps.iter().enumerate() {
         let c = ready_client(&app.socket).await?;
         let m = c.divider(DIVIDER).join(&format!("app-{i}"), Some(1), &format!("app-{i}:0")).await?;
-        sessions.push(run_app(m, owners.clone()));
+        sessions.push(run_app(m, owners.clone(), times.clone()));
     }
     let o = owners.clone();
-    eventually(Duration::from_secs(120), "every key owned", || o.lock().expect("owners").len() == n).await?;
+    eventually(limit(n), "every key owned", || o.lock().expect("owners").len() == n).await?;
     let initial = started.elapsed();
     // Wait for the handoffs to settle: the last app to join owns about its share.
     let victim = format!("app-{}", args.apps - 1);
     let share = n / args.apps;
     let o = owners.clone();
-    eventually(Duration::from_secs(120), "the assignment settled", || {
+    eventually(limit(n), "the assignment settled", || {
         let o = o.lock().expect("owners");
         o.len() == n && o.values().filter(|m| **m == victim).count() * 10 >= share * 9
     })
@@ -285,16 +316,49 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
         }
     }
     let o = owners.clone();
-    eventually(Duration::from_secs(120), "every orphaned key owned again", || {
+    eventually(limit(n), "every orphaned key owned again", || {
         let o = o.lock().expect("owners");
         orphans.iter().all(|k| o.get(k).is_some_and(|m| *m != victim))
     })
     .await?;
     let recovery = killed.elapsed();
+    // Planned scale-down: SIGTERM of the next app's sidecar (as when Kubernetes removes its
+    // pod); its sidecar stops the app's keys, releases them as they are confirmed, leaves.
+    let scale_down = if apps.len() >= 2 {
+        let leaver = format!("app-{}", apps.len() - 1);
+        let moving: Vec<String> = {
+            let o = owners.lock().expect("owners");
+            o.iter().filter(|(_, m)| **m == leaver).map(|(k, _)| k.clone()).collect()
+        };
+        let app = apps.last().context("an app")?;
+        let term = Instant::now();
+        let sent = std::process::Command::new("kill").arg("-TERM").arg(app.child.id().to_string()).status()?;
+        if !sent.success() {
+            bail!("kill -TERM failed");
+        }
+        let o = owners.clone();
+        eventually(limit(n), "every key of the leaving app owned again", || {
+            let o = o.lock().expect("owners");
+            moving.iter().all(|k| o.get(k).is_some_and(|m| *m != leaver))
+        })
+        .await?;
+        let all_moved = term.elapsed();
+        let t = times.lock().expect("times");
+        let mut worst = Duration::ZERO;
+        for k in &moving {
+            let (Some(stop), Some(start)) = (t.stop.get(k), t.start.get(k)) else {
+                bail!("key {k} moved without a Stop at its old owner (it should have been told to stop)");
+            };
+            worst = worst.max(start.saturating_duration_since(*stop));
+        }
+        Some((worst, all_moved))
+    } else {
+        None
+    };
     for s in sessions {
         s.abort();
     }
-    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec })
+    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec, scale_down })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -475,7 +539,7 @@ async fn etcd_run(args: &Args, bin: &Path, dir: &Path, n: usize, measure_idle: b
     for t in tasks {
         t.abort();
     }
-    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec: idle })
+    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec: idle, scale_down: None })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -500,6 +564,8 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
             };
             let mut initial = Vec::new();
             let mut recovery = Hist::default();
+            let mut gap = Hist::default();
+            let mut moved = Vec::new();
             let mut idle = None;
             let mut failure = None;
             for run in 0..args.runs {
@@ -512,11 +578,22 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
                 match r {
                     Ok(r) => {
                         eprintln!(
-                            "{system} {n} keys run {run}: all owned after {:.0} ms, orphans owned again {:.0} ms after the kill{}",
+                            "{system} {n} keys run {run}: all owned after {:.0} ms, orphans owned again {:.0} ms after the kill{}{}",
                             r.initial.as_secs_f64() * 1e3,
                             r.recovery.as_secs_f64() * 1e3,
-                            r.idle_rounds_per_sec.map(|w| format!(", idle {w:.1} writes/s")).unwrap_or_default()
+                            r.idle_rounds_per_sec.map(|w| format!(", idle {w:.1} writes/s")).unwrap_or_default(),
+                            r.scale_down
+                                .map(|(g, all)| format!(
+                                    ", scale-down: longest unowned gap {:.0} ms, all moved {:.0} ms after SIGTERM",
+                                    g.as_secs_f64() * 1e3,
+                                    all.as_secs_f64() * 1e3
+                                ))
+                                .unwrap_or_default()
                         );
+                        if let Some((g, all)) = r.scale_down {
+                            gap.record(g.as_nanos() as u64);
+                            moved.push(all.as_secs_f64() * 1e3);
+                        }
                         initial.push(r.initial.as_secs_f64() * 1e3);
                         recovery.record(r.recovery.as_nanos() as u64);
                         idle = idle.or(r.idle_rounds_per_sec);
@@ -528,6 +605,7 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
                 }
             }
             initial.sort_by(f64::total_cmp);
+            moved.sort_by(f64::total_cmp);
             rows.push(Row {
                 system: system.into(),
                 keys: n,
@@ -535,6 +613,9 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
                 recovery_p50_ms: recovery.quantile(0.5) as f64 / 1e6,
                 recovery_p99_ms: recovery.quantile(0.99) as f64 / 1e6,
                 idle_writes_per_sec: idle.unwrap_or(0.0),
+                gap_p50_ms: gap.quantile(0.5) as f64 / 1e6,
+                gap_p99_ms: gap.quantile(0.99) as f64 / 1e6,
+                scale_down_ms: moved.get(moved.len() / 2).copied().unwrap_or(0.0),
                 runs: initial.len(),
                 note: failure,
             });
@@ -556,8 +637,19 @@ fn not_run(system: &str, keys: usize, why: String) -> Row {
         recovery_p50_ms: 0.0,
         recovery_p99_ms: 0.0,
         idle_writes_per_sec: 0.0,
+        gap_p50_ms: 0.0,
+        gap_p99_ms: 0.0,
+        scale_down_ms: 0.0,
         runs: 0,
         note: Some(why),
+    }
+}
+
+fn ms_or_dash(ms: f64) -> String {
+    if ms > 0.0 {
+        format!("{ms:.0} ms")
+    } else {
+        "-".into()
     }
 }
 
@@ -567,9 +659,12 @@ fn markdown(rows: &[Row], args: &Args) -> String {
          {} apps, lease {} ms, {} runs per cell; `kill -9` of one app's sidecar (etcd: its lease is no \
          longer kept alive). Recovery: until every key the dead app owned has a new owner. Goal for \
          Ordo: recovery <= lease + 1 s = {} ms. Idle writes: quorum rounds (Ordo) or writing requests \
-         (etcd) per second while every key is owned and nothing changes.\n\n\
-         | system | keys | all owned after start (median) | recovery p50 | recovery p99 | idle writes/s | runs |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
+         (etcd) per second while every key is owned and nothing changes. Planned scale-down (Ordo): \
+         SIGTERM of a second app's sidecar after the kill; the longest a key of it stayed unowned \
+         (its old app's Stop to the new owner's Start), and the time until all its keys moved.\n\n\
+         | system | keys | all owned after start (median) | recovery p50 | recovery p99 | idle writes/s | \
+         scale-down gap p50 | gap p99 | all moved (median) | runs |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         args.apps,
         args.lease_ms,
         args.runs,
@@ -577,15 +672,20 @@ fn markdown(rows: &[Row], args: &Args) -> String {
     );
     for r in rows {
         match &r.note {
-            Some(n) if r.runs == 0 => s.push_str(&format!("| {} | {} | not run: {n} | | | | 0 |\n", r.system, r.keys)),
+            Some(n) if r.runs == 0 => {
+                s.push_str(&format!("| {} | {} | not run: {n} | | | | | | | 0 |\n", r.system, r.keys))
+            }
             _ => s.push_str(&format!(
-                "| {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} | {}{} |\n",
+                "| {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} | {} | {} | {} | {}{} |\n",
                 r.system,
                 r.keys,
                 r.initial_ms,
                 r.recovery_p50_ms,
                 r.recovery_p99_ms,
                 r.idle_writes_per_sec,
+                ms_or_dash(r.gap_p50_ms),
+                ms_or_dash(r.gap_p99_ms),
+                ms_or_dash(r.scale_down_ms),
                 r.runs,
                 r.note.as_ref().map(|n| format!(" (a run failed: {n})")).unwrap_or_default()
             )),

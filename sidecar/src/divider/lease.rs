@@ -99,7 +99,12 @@ impl Observed {
     /// True when the version has been unchanged for `lease + margin`: the holder's right has
     /// ended (the caller still has to fence it with a compare-and-set at `version`).
     pub fn expired(&self, now: Instant, timing: LeaseTiming) -> bool {
-        now.saturating_duration_since(self.first_seen) >= timing.lease + timing.margin
+        now >= self.expires_at(timing)
+    }
+
+    /// The first moment [`Observed::expired`] holds (if the version does not move).
+    pub fn expires_at(&self, timing: LeaseTiming) -> Instant {
+        self.first_seen + timing.lease + timing.margin
     }
 }
 

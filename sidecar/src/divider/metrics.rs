@@ -46,6 +46,9 @@ pub struct DividerMetrics {
     pub renewals: Family<RenewalLabels, Counter>,
     /// Renewal latency (one compare-and-set of the member record).
     pub renewal_seconds: Histogram,
+    /// Handback markers this sidecar last read (markers whose sessions are all dead are
+    /// collected).
+    pub handback_markers: Family<DividerLabels, Gauge>,
 }
 
 impl DividerMetrics {
@@ -58,6 +61,7 @@ impl DividerMetrics {
             handoff_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             renewals: Family::default(),
             renewal_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            handback_markers: Family::default(),
         };
         registry.register("divider_keys_owned", "Keys held by member sessions on this sidecar", m.keys_owned.clone());
         registry.register(
@@ -73,6 +77,11 @@ impl DividerMetrics {
         );
         registry.register("divider_lease_renewals", "Member lease renewals by result", m.renewals.clone());
         registry.register("divider_lease_renewal_seconds", "Lease renewal latency", m.renewal_seconds.clone());
+        registry.register(
+            "divider_handback_markers",
+            "Handback markers read by the last refresh (collected once their sessions are dead)",
+            m.handback_markers.clone(),
+        );
         m
     }
 

@@ -45,6 +45,38 @@
 //!    from the version read writes `owned` by this session; the new version is the token, and
 //!    the app gets `Start{key, token}`.
 //!
+//! **Claims at scale.** A claim's first attempt is a create, as if the key were new: one round
+//! for a fresh key. When it conflicts, the reply carries what `owner/K` holds, a linearizable
+//! read like any other, and the claim judges it exactly as it would a read, then writes at its
+//! version. Up to 128 claims (and releases) are in flight at once, each on its own register;
+//! a pass issues claims for at most a tick, then the table is refreshed at once and the rest
+//! follow, so a pass of 100k keys never hides an expiry or a move. A claim that found a key
+//! owned by a live session does not retry it every pass: member records carry the number of
+//! releases their session wrote ([`records::MemberRecord::released`]; a release renews the
+//! record at once), and the key waits until that count moves or the session dies. A hint
+//! only: every claim is still the compare-and-set above.
+//!
+//! **Sessions known dead** ([`runtime`]'s `DeadSessions`) save a member read per claimed key:
+//! a session named by a member record that is `left` or `expired`, or seen live by one refresh
+//! and not by a later one. Sessions never come back, so a claim may take a key whose record
+//! names one of them. What never goes in: a session merely absent from a read, which may
+//! predate its join (the double owner the checker once caught).
+//!
+//! **Planned leave (SIGTERM).** Before its servers stop, the sidecar makes every session on it
+//! leave ([`runtime::Dividers::leave_all`]): affinity 0 is written first, so every other
+//! sidecar moves the keys in its table at once; then `Stop{LEAVING}` for every key, each
+//! release written as the app confirms (or at the stop timeout, the app being told its token
+//! is dead), then `left`. The new owners claim each key at their next refresh after its
+//! release (the release count tells them), well before an expiry could. Bounded by the stop
+//! timeout plus [`runtime::LEAVE_SLACK`]; the operator's grace period covers it and the drain.
+//! A session whose app already went away keeps its keys fenced until its lease ends.
+//!
+//! **Handback markers** are deleted once every session they name is known dead (they change
+//! no assignment then), at the version read, so a handback landing meanwhile keeps them.
+//! *Test*: `affinity_zero_gets_nothing_flush_moves_everything_and_cancel_leaves` (the gauge
+//! `ordo_divider_handback_markers` counts the marker while its session lives and drops to 0
+//! after; fails with the collection disabled).
+//!
 //! A member record is marked `expired` by any sidecar that saw its version unchanged for
 //! `lease + drift margin` on its own monotonic clock ([`lease::Observed`]), the lease and margin
 //! being at least the holder's own, which its record carries
@@ -101,17 +133,28 @@
 //!    holder computes its right's end from acknowledged renewals only (an unknown outcome
 //!    extends nothing) on `tokio::time::Instant` (monotonic); renewals run in their own loop,
 //!    never behind a tick's claims; when the right ends the sidecar sends `Stop{LEASE_LOST}`
-//!    for every key and re-joins with a new session. *Test*: `lease` unit tests (the holder's
+//!    for every key and re-joins with a new session. A renewal acknowledged only after the
+//!    right ran out does the same (the app stopped every key at its own deadline; keeping them
+//!    held would leave them unworked until the next move). *Test*: `lease` unit tests (the holder's
 //!    right ends `2 * margin` before any observer may act); the SIGSTOP and cut-off cases of
 //!    the e2e tests; `client_handle_follows_routes_and_expires_the_lease_on_the_app_side` (the
 //!    client handle yields `LeaseExpired` within the lease when its sidecar is paused).
 //!
 //! 5. **Every key has an owner within a bound while a live member with affinity > 0 exists**:
-//!    after a member's sidecar dies its record is expired within `lease + margin + tick` and
-//!    its keys are claimed at the next tick: bound `lease + margin + 2 * tick` plus a few
-//!    quorum rounds (defaults: about 4.8 s). After a planned move: the app's confirm time (at
-//!    most the stop timeout) plus a tick and two rounds. *Test*: the e2e test waits for full
-//!    ownership after `kill -9` and checks the bound (with slack for a loaded machine).
+//!    observers read the member records every `poll = lease / 8`, so an observer first reads a
+//!    renewal at most a poll after it was written; it schedules a refresh at the exact moment
+//!    `first_seen + lease + margin` rather than waiting for the next poll, expires the member
+//!    by one compare-and-set, and claims its keys in the same pass (a create that conflicts,
+//!    then a compare-and-set: two rounds per key, 128 keys in flight). After `kill -9`, which
+//!    comes at most a renewal interval (`lease / 4`) after the last renewal: between
+//!    `lease + margin - lease / 4` and `lease + margin + poll` (defaults 2.55 s to 3.675 s),
+//!    plus the claims, which grow with the dead member's keys (about 1,500 rounds/s on the
+//!    2-core test machine: see `docs/benchmarks.md`). After a planned move: the app's confirm
+//!    time (at most the stop timeout) plus the release, a poll, and the claim.
+//!    *Test*: the e2e test waits for full ownership after `kill -9` and checks the bound (with
+//!    slack for a loaded machine); `sigterm_of_a_members_sidecar_hands_its_keys_over_before_any_lease_could_expire`
+//!    (a planned leave moves the keys in less than a lease, every stop confirmed, no overlap;
+//!    fails with the leave taken out of the shutdown path: 8.5 s).
 //!    Register calls routed to a paused *quorum member* stall up to a second each
 //!    (`quorum::route`), which slows takeovers while one is paused (~12 s measured); the e2e
 //!    test pauses a client-role sidecar (the WorkDivider pod layout), where takeover took
@@ -121,12 +164,13 @@
 //!    thousands of keys on a loaded machine) a renewal can miss its lease, so claims back off
 //!    while a session has less than a tick of right left. Not yet measured in a release build.
 //!
-//! Checked on purpose: with claims ignoring a live owner, and with observers expiring a member
-//! after `lease / 2` instead of `lease + margin`, the e2e checker reports overlapping owners.
+//! Checked on purpose: with claims ignoring a live owner, with observers expiring a member
+//! after `lease / 2` instead of `lease + margin`, and with every session read (live ones too)
+//! trusted as dead by claims, the e2e checker reports overlapping owners.
 //!
 //! Not covered: a sidecar whose clock runs more than `margin / lease` fast relative to the
 //! others (the documented drift bound); an app that ignores its `Lease` deadline (its writes
-//! are still rejected downstream by the fencing token). Handback markers are never collected.
+//! are still rejected downstream by the fencing token).
 
 //! # Modules
 //!

@@ -109,6 +109,10 @@ pub struct MemberRecord {
     pub lease_ms: u64,
     /// See `lease_ms`.
     pub margin_ms: u64,
+    /// Releases of `owner/K` this session has written so far (0 in formats `m1`, `m2`). Only a
+    /// hint for claimers: a claim that found a key owned by this live session waits until the
+    /// count moves rather than retrying every pass (no safety rests on it).
+    pub released: u64,
 }
 
 /// State of a key's ownership.
@@ -156,21 +160,26 @@ impl MemberRecord {
             MemberState::Expired => "expired",
         };
         format!(
-            "m2\n{}\n{state}\n{}\n{}\n{}\n{}\n{}",
-            self.session, self.affinity, self.changed, self.lease_ms, self.margin_ms, self.address
+            "m3\n{}\n{state}\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.session, self.affinity, self.changed, self.lease_ms, self.margin_ms, self.released, self.address
         )
         .into_bytes()
     }
 
     /// Decodes [`MemberRecord::encode`]'s output.
     pub fn decode(raw: &[u8]) -> Result<Self, RecordError> {
-        // `m2` records the holder's timing; `m1` (written before it) does not.
-        let f = match fields(raw, "m2", 8) {
+        // `m3` adds the release count to `m2`, which added the holder's timing to `m1`; older
+        // formats read with zeros.
+        let f = match fields(raw, "m3", 9) {
             Ok(f) => f,
             Err(_) => {
-                let mut f = fields(raw, "m1", 6)?;
+                let (mut f, missing) = match fields(raw, "m2", 8) {
+                    Ok(f) => (f, 1),
+                    Err(_) => (fields(raw, "m1", 6)?, 3),
+                };
                 let address = f.pop().unwrap_or_default();
-                f.extend(["0".to_string(), "0".to_string(), address]);
+                f.extend(std::iter::repeat_n("0".to_string(), missing));
+                f.push(address);
                 f
             }
         };
@@ -184,7 +193,17 @@ impl MemberRecord {
         let changed = f[4].parse().map_err(|_| RecordError(format!("changed {:?}", f[4])))?;
         let lease_ms = f[5].parse().map_err(|_| RecordError(format!("lease_ms {:?}", f[5])))?;
         let margin_ms = f[6].parse().map_err(|_| RecordError(format!("margin_ms {:?}", f[6])))?;
-        Ok(Self { session: f[1].clone(), state, affinity, address: f[7].clone(), changed, lease_ms, margin_ms })
+        let released = f[7].parse().map_err(|_| RecordError(format!("released {:?}", f[7])))?;
+        Ok(Self {
+            session: f[1].clone(),
+            state,
+            affinity,
+            address: f[8].clone(),
+            changed,
+            lease_ms,
+            margin_ms,
+            released,
+        })
     }
 
     /// The timing an observer judges this member's lease by: its own, lengthened to the holder's
@@ -256,6 +275,7 @@ mod tests {
             changed: 1,
             lease_ms: 10_000,
             margin_ms: 500,
+            released: 0,
         };
         let t = m.observer_timing(own);
         assert_eq!((t.lease, t.margin), (Duration::from_millis(10_000), Duration::from_millis(500)));
@@ -274,8 +294,11 @@ mod tests {
             changed: 4,
             lease_ms: 3000,
             margin_ms: 300,
+            released: 12,
         };
         assert_eq!(MemberRecord::decode(&m.encode()).unwrap(), m);
+        let m2 = MemberRecord::decode(b"m2\ns1\nexpired\n7\n4\n3000\n300\n10.0.0.1:80").unwrap();
+        assert_eq!(m2, MemberRecord { released: 0, ..m.clone() });
         // A record written before the timing was recorded still reads, with no timing.
         let old = MemberRecord::decode(b"m1\ns1\nlive\n7\n4\n10.0.0.1:80").unwrap();
         assert_eq!((old.lease_ms, old.margin_ms, old.address.as_str()), (0, 0, "10.0.0.1:80"));

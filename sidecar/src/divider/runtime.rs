@@ -6,14 +6,15 @@
 //! everything when the right ended, re-join with a new session after a lost lease, leave once a
 //! cancelled or abandoned session holds nothing, time out unconfirmed stops.
 //!
-//! The handoff loop, every `lease / 4` (a join, affinity or key change wakes it at once): (1)
+//! The handoff loop, every `lease / 8`, and at the moment an observed member may be declared
+//! expired (a join, affinity or key change wakes it at once): (1)
 //! read every member record and the key set, expire members whose record did not move for
 //! `lease + margin`, compute the [`AssignmentTable`]; (2) per session: stop keys assigned
 //! elsewhere, write the releases of keys the app is done with, claim keys assigned to it whose
 //! owner released them or lost its session. A confirm or release wakes step (2) alone. The
 //! safety argument is in [`super`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -33,14 +34,22 @@ use crate::quorum::register::{Entry, RegisterError, Registers, Written, MAX_PAGE
 use crate::quorum::transport::Peers;
 use ordo_contract::validate::validate_name;
 
-/// Register calls one tick runs at once (claims, releases, member reads).
+/// Register calls one tick runs at once (member reads, key changes).
 const PARALLEL: usize = 32;
+/// Claims and releases in flight at once: each is one or two rounds of its own register, so
+/// the quorum runs them side by side (its acceptors group-commit them).
+const CLAIM_PARALLEL: usize = 128;
+/// Most sessions remembered as dead (see [`DeadSessions`]).
+const MAX_DEAD: usize = 4096;
 /// Most dividers one sidecar serves (each has a loop and a table).
 pub const MAX_DIVIDERS: usize = 64;
 /// Most claims applied at once (the rest keep landing meanwhile).
 const CLAIM_BATCH: usize = 256;
 /// How long a wake-up waits to gather more confirms before a handoff pass.
 const WAKE_GATHER: Duration = Duration::from_millis(10);
+/// How long a planned leave (SIGTERM) may take beyond the stop timeout: the releases, the
+/// `left` write, a round or two each.
+pub const LEAVE_SLACK: Duration = Duration::from_secs(2);
 /// Most pages read when listing a prefix (1000 keys each).
 const MAX_PAGES: usize = 2_000;
 
@@ -56,9 +65,16 @@ pub struct DividerSettings {
 }
 
 impl DividerSettings {
-    /// Interval between ticks (renewals every tick).
+    /// Interval between renewals, and the longest a pass of claims runs before the table is
+    /// refreshed.
     pub fn tick(&self) -> Duration {
         self.timing.lease / 4
+    }
+
+    /// Interval between refreshes of the member records: an observer's first read of a renewal
+    /// lags its write by up to this, and that lag adds to the time a dead member's keys wait.
+    pub fn poll(&self) -> Duration {
+        self.timing.lease / 8
     }
 }
 
@@ -167,6 +183,17 @@ impl<P: Peers> Dividers<P> {
         d
     }
 
+    /// The planned leave of every session on this sidecar (SIGTERM, before the app servers
+    /// stop, so the apps still get their Stops and can confirm them): each session leaves as by
+    /// `Flush` then `Cancel` (see [`Divider::leave_all`]). Returns once every session is gone,
+    /// or at the latest after the stop timeout plus [`LEAVE_SLACK`].
+    pub async fn leave_all(&self) {
+        let deadline = Instant::now() + self.settings.stop_timeout + LEAVE_SLACK;
+        let dividers: Vec<Arc<Divider<P>>> =
+            self.dividers.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        futures::future::join_all(dividers.iter().map(|d| d.leave_all(deadline))).await;
+    }
+
     /// This sidecar's id (the default member id).
     pub fn sidecar_id(&self) -> &str {
         &self.sidecar_id
@@ -204,10 +231,13 @@ impl<P: Peers> Dividers<P> {
             default_affinity: configured.map_or(1, |c| u32::try_from(c.default_affinity).unwrap_or(u32::MAX)),
             sessions: Mutex::new(BTreeMap::new()),
             view: Mutex::new(ViewState::default()),
+            dead: StdMutex::new(DeadSessions::default()),
+            blocked: StdMutex::new(HashMap::new()),
             table: watch::channel(Arc::new(AssignmentTable::default())).0,
             wake: Notify::new(),
             refresh_now: std::sync::atomic::AtomicBool::new(false),
             changed: Notify::new(),
+            renew_now: Notify::new(),
             metrics: self.metrics.clone(),
         });
         tokio::spawn(d.clone().renew_loop());
@@ -232,6 +262,8 @@ struct Session {
     metrics: DividerMetrics,
     /// When each pending stop was sent (for the handoff duration).
     stops_sent: HashMap<String, Instant>,
+    /// Releases written (carried in the member record: [`MemberRecord::released`]).
+    releases: u64,
     leaving: bool,
     flushing: bool,
     app_gone: bool,
@@ -255,6 +287,7 @@ impl Session {
     /// The release of `key` at `token` was written.
     fn released(&mut self, key: &str, token: u64) {
         self.holdings.released(key, token);
+        self.releases += 1;
         if let Some(sent) = self.stops_sent.remove(key) {
             self.metrics.handoff_seconds.observe(sent.elapsed().as_secs_f64());
         }
@@ -271,6 +304,7 @@ impl Session {
             changed: expect + 1,
             lease_ms: u64::try_from(timing.lease.as_millis()).unwrap_or(u64::MAX),
             margin_ms: u64::try_from(timing.margin.as_millis()).unwrap_or(u64::MAX),
+            released: self.releases,
         };
         if let Some(last) = self.written.as_ref().filter(|last| !last.differs(&r)) {
             r.changed = last.changed;
@@ -302,6 +336,39 @@ struct ViewState {
     removed: BTreeSet<String>,
     keys: Arc<Vec<String>>,
     handbacks: BTreeMap<String, BTreeSet<String>>,
+    /// The live session each member had at the last refresh.
+    live_seen: HashMap<String, String>,
+    /// The earliest moment an observed member may be declared expired.
+    next_expiry: Option<Instant>,
+}
+
+/// Sessions known to be over for good: named by a member record that is `left` or `expired`,
+/// or seen live by one refresh and replaced in a later one. Sessions never come back, so a
+/// claim may take a key whose owner record names one of them without reading its member
+/// record again. Knowing a session only from a read made *before* it joined would prove
+/// nothing: that is why nothing else goes in. Bounded: the oldest are forgotten (a forgotten
+/// session costs a read, never safety).
+#[derive(Default)]
+struct DeadSessions {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl DeadSessions {
+    fn insert(&mut self, session: &str) {
+        if self.set.insert(session.to_string()) {
+            self.order.push_back(session.to_string());
+            while self.order.len() > MAX_DEAD {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, session: &str) -> bool {
+        self.set.contains(session)
+    }
 }
 
 /// The owner of a key as [`Divider::lookup`] reports it.
@@ -328,11 +395,20 @@ pub struct Divider<P: Peers> {
     sessions: Mutex<Sessions>,
     /// Held by the handoff loop's refresh.
     view: Mutex<ViewState>,
+    /// Sessions known dead.
+    dead: StdMutex<DeadSessions>,
+    /// Keys a claim found owned by a live session: key -> (member, session, its release count
+    /// then). The key is not tried again while that session lives with the same count: its
+    /// release would move the count ([`MemberRecord::released`]). Saves a round per waiting key
+    /// and pass; safety never rests on it.
+    blocked: StdMutex<HashMap<String, (String, String, u64)>>,
     table: watch::Sender<Arc<AssignmentTable>>,
     wake: Notify,
     /// The next wake-up runs a full tick.
     refresh_now: std::sync::atomic::AtomicBool,
     changed: Notify,
+    /// Wakes the renewal loop early (a leaving session released its last key: write `left`).
+    renew_now: Notify,
     metrics: DividerMetrics,
 }
 
@@ -406,17 +482,26 @@ impl<P: Peers> Divider<P> {
                 sessions.retain(|_, s| !s.gone);
             }
             self.changed.notify_waiters();
-            tokio::time::sleep(self.settings.tick()).await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.tick()) => {}
+                _ = self.renew_now.notified() => {}
+            }
         }
     }
 
-    /// A full tick (refresh, then handoffs) every `tick`; in between, a wake-up (confirm,
+    /// A full tick (refresh, then handoffs) every `poll`; in between, a wake-up (confirm,
     /// release, affinity change, join) runs the handoffs alone on the last refresh, after a
     /// short pause that gathers a burst of confirms into one pass.
     async fn handoff_loop(self: Arc<Self>) {
         loop {
             self.tick().await;
-            let next = Instant::now() + self.settings.tick();
+            // The next refresh comes after a poll interval, or at the moment an observed member
+            // may be declared expired, whichever is first: waiting for the next poll past that
+            // moment would only delay its keys' takeover.
+            let mut next = Instant::now() + self.settings.poll();
+            if let Some(at) = self.view.lock().await.next_expiry {
+                next = next.min(at);
+            }
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(next) => break,
@@ -485,7 +570,16 @@ impl<P: Peers> Divider<P> {
                 s.version = Some(version);
                 s.written = Some(record);
                 if state == MemberState::Live {
+                    // A renewal acknowledged only after the right ran out does not mend the gap:
+                    // the app stopped every key at its deadline (it was told how long the right
+                    // lasts), so the keys are dropped and the member re-joins, and its keys
+                    // become claimable again rather than held by a sidecar whose app stopped.
+                    let lapsed = s.lease.right_end().is_some_and(|end| end <= Instant::now());
                     s.lease.renewed(sent);
+                    if lapsed && !s.holdings.is_empty() {
+                        tracing::warn!(divider = %self.name, member, "the right lapsed before a renewal landed: stopping every key");
+                        s.lose();
+                    }
                 }
                 Ok(true)
             }
@@ -618,20 +712,46 @@ impl<P: Peers> Divider<P> {
         }
         let now = Instant::now();
         let mut expire = Vec::new();
+        let mut next_expiry: Option<Instant> = None;
+        {
+            let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, (_, rec)) in &records {
+                if rec.state != MemberState::Live {
+                    dead.insert(&rec.session);
+                }
+                if let Some(prev) = st.live_seen.get(id).filter(|prev| !rec.is_live_session(prev)) {
+                    dead.insert(prev);
+                }
+            }
+        }
+        st.live_seen = records
+            .iter()
+            .filter(|(_, (_, r))| r.state == MemberState::Live)
+            .map(|(id, (_, r))| (id.clone(), r.session.clone()))
+            .collect();
         for (id, (v, rec)) in &records {
             let o = Observed::saw(st.observed.get(id).copied(), *v, now);
             st.observed.insert(id.clone(), o);
             let local = local.get(id).is_some_and(|s| *s == rec.session);
-            if rec.state == MemberState::Live && !local && o.expired(now, rec.observer_timing(self.settings.timing)) {
+            if rec.state != MemberState::Live || local {
+                continue;
+            }
+            let timing = rec.observer_timing(self.settings.timing);
+            if o.expired(now, timing) {
                 expire.push((id.clone(), *v, rec.clone()));
+            } else {
+                let at = o.expires_at(timing);
+                next_expiry = Some(next_expiry.map_or(at, |n| n.min(at)));
             }
         }
+        st.next_expiry = next_expiry;
         for (id, v, mut rec) in expire {
             rec.state = MemberState::Expired;
             rec.changed = v + 1;
             match self.registers.compare_and_set(&self.layout.member(&id), v, rec.encode()).await {
                 Ok(Written::Applied { version }) => {
                     tracing::info!(divider = %self.name, member = %id, "member lease expired");
+                    self.dead.lock().unwrap_or_else(|e| e.into_inner()).insert(&rec.session);
                     records.insert(id, (version, rec));
                 }
                 Ok(Written::Conflict { current: Some(e) }) => {
@@ -647,12 +767,31 @@ impl<P: Peers> Divider<P> {
         }
         let kv = self.refresh_keys(st).await?;
         let mut handbacks = BTreeMap::new();
+        let mut collect = Vec::new();
         for key in self.list_all(&self.layout.handback_prefix()).await? {
             if let Some(e) = self.registers.read(&self.layout.handback(&key)).await? {
-                let sessions = String::from_utf8_lossy(&e.value).lines().map(str::to_string).collect();
-                handbacks.insert(key, sessions);
+                let sessions: BTreeSet<String> =
+                    String::from_utf8_lossy(&e.value).lines().map(str::to_string).collect();
+                // A marker whose sessions are all dead changes no assignment (dead sessions are
+                // no members): it is deleted at the version read, so a handback landing
+                // meanwhile makes the delete fail and the marker stays.
+                let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+                if sessions.iter().all(|s| dead.contains(s)) {
+                    collect.push((key, e.version));
+                } else {
+                    handbacks.insert(key, sessions);
+                }
             }
         }
+        for (key, version) in collect.into_iter().take(PARALLEL) {
+            if let Err(e) = self.registers.delete(&self.layout.handback(&key), version).await {
+                tracing::debug!(divider = %self.name, key, error = %e, "handback marker not collected yet");
+            }
+        }
+        self.metrics
+            .handback_markers
+            .get_or_create(&super::metrics::DividerLabels { divider: self.name.clone() })
+            .set(handbacks.len() as i64);
         let handbacks_changed = st.handbacks != handbacks;
         st.handbacks = handbacks;
         let version = records.values().fold(kv, |acc, (_, r)| acc.saturating_add(r.changed));
@@ -723,6 +862,27 @@ impl<P: Peers> Divider<P> {
             }
         }
         drop(sessions);
+        let claims: Vec<(String, String, String)> = {
+            let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+            if blocked.len() > table.keys.len() + MAX_DEAD {
+                blocked.clear();
+            }
+            claims
+                .into_iter()
+                .filter(|(_, _, key)| match blocked.get(key) {
+                    Some((om, os, count))
+                        if records.get(om).is_some_and(|(_, r)| r.is_live_session(os) && r.released == *count) =>
+                    {
+                        false
+                    }
+                    Some(_) => {
+                        blocked.remove(key);
+                        true
+                    }
+                    None => true,
+                })
+                .collect()
+        };
         let released: Vec<(String, String, u64)> = stream::iter(releases)
             .map(|(m, session, key, token, done)| async move {
                 match self.release_record(&m, &session, &key, token, done).await {
@@ -733,19 +893,38 @@ impl<P: Peers> Divider<P> {
                     }
                 }
             })
-            .buffer_unordered(PARALLEL)
+            .buffer_unordered(CLAIM_PARALLEL)
             .filter_map(|r| async move { r })
             .collect()
             .await;
-        for (m, key, token) in released {
-            if let Some(s) = self.sessions.lock().await.get_mut(&m) {
-                s.released(&key, token);
+        if !released.is_empty() {
+            let mut sessions = self.sessions.lock().await;
+            for (m, key, token) in released {
+                if let Some(s) = sessions.get_mut(&m) {
+                    s.released(&key, token);
+                }
             }
+            // Renew now: the record carries the new release count, which tells claimers waiting
+            // on these keys to try again (and a leaving session that released its last key
+            // writes `left`).
+            self.renew_now.notify_one();
         }
         let waiting = claims.len();
         let mut started = 0;
-        // Starts go out as claims land (a first tick may claim tens of thousands of keys).
+        // Starts go out as claims land (a first tick may claim tens of thousands of keys). A
+        // pass issues claims for at most a tick, then the loop refreshes the table at once and
+        // goes on with what is left, so a long first pass never hides expiries or moves.
+        let budget = Instant::now() + self.settings.tick();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut2 = cut.clone();
         let claimed = stream::iter(claims)
+            .take_while(move |_| {
+                let go = Instant::now() < budget;
+                if !go {
+                    cut2.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                futures::future::ready(go)
+            })
             .map(|(m, session, key)| async move {
                 match self.claim(records, &m, &session, &key).await {
                     Ok(Some(token)) => Some((m, session, key, token)),
@@ -756,7 +935,7 @@ impl<P: Peers> Divider<P> {
                     }
                 }
             })
-            .buffer_unordered(PARALLEL)
+            .buffer_unordered(CLAIM_PARALLEL)
             .filter_map(|r| async move { r })
             .ready_chunks(CLAIM_BATCH);
         tokio::pin!(claimed);
@@ -782,6 +961,9 @@ impl<P: Peers> Divider<P> {
                 break;
             }
         }
+        if cut.load(std::sync::atomic::Ordering::SeqCst) {
+            self.refresh_soon();
+        }
         let owned: usize = self.sessions.lock().await.values().map(|s| s.holdings.len()).sum();
         self.metrics.keys(&self.name, owned, waiting.saturating_sub(started));
     }
@@ -794,6 +976,11 @@ impl<P: Peers> Divider<P> {
 
     /// Claims `key` for `(member, session)` if its owner released it or lost its session;
     /// returns the new token.
+    ///
+    /// The first attempt is a create, as if the key had never been owned (every key of a new
+    /// divider): one round instead of a read and a write. When it conflicts, the reply carries
+    /// what the register holds (a linearizable read, like [`Registers::read`]), and the claim
+    /// judges that exactly as it would a read, then writes at its version.
     async fn claim(
         &self,
         records: &Records,
@@ -802,30 +989,56 @@ impl<P: Peers> Divider<P> {
         key: &str,
     ) -> Result<Option<u64>, RegisterError> {
         let okey = self.layout.owner(key);
-        let expect = match self.registers.read(&okey).await? {
-            None => 0,
-            Some(e) => match OwnerRecord::decode(&e.value) {
-                // Ours already: a claim whose reply was lost.
-                Ok(r) if r.state == OwnerState::Owned && r.member == member && r.session == session => {
-                    return Ok(Some(e.version))
-                }
-                Ok(r) if r.state == OwnerState::Owned && Self::owner_alive(records, &r) => return Ok(None),
-                // The tick's records may predate the owner's join: only a fresh read of its
-                // member record may declare its session dead (sessions never come back).
-                Ok(r) if r.state == OwnerState::Owned && self.session_alive(&r).await? => return Ok(None),
-                _ => e.version,
-            },
-        };
         let rec = OwnerRecord {
             member: member.to_string(),
             session: session.to_string(),
             state: OwnerState::Owned,
             token: 0,
         };
-        Ok(match self.put(&okey, expect, rec.encode()).await? {
-            Written::Applied { version } => Some(version),
-            Written::Conflict { .. } => None,
-        })
+        let mut expect = 0;
+        for attempt in 0..2 {
+            let current = match self.put(&okey, expect, rec.encode()).await? {
+                Written::Applied { version } => return Ok(Some(version)),
+                Written::Conflict { current } => current,
+            };
+            if attempt == 1 {
+                break;
+            }
+            let Some(e) = current else {
+                expect = 0;
+                continue;
+            };
+            expect = e.version;
+            match OwnerRecord::decode(&e.value) {
+                // Ours already: a claim whose reply was lost.
+                Ok(r) if r.state == OwnerState::Owned && r.member == member && r.session == session => {
+                    return Ok(Some(e.version))
+                }
+                Ok(r) if r.state == OwnerState::Owned && Self::owner_alive(records, &r) => {
+                    if let Some((_, m)) = records.get(&r.member) {
+                        let wait = (r.member.clone(), r.session.clone(), m.released);
+                        self.blocked.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string(), wait);
+                    }
+                    return Ok(None);
+                }
+                Ok(r) if r.state == OwnerState::Owned => {
+                    // The tick's records may predate the owner's join: only a session known dead
+                    // (see [`DeadSessions`]), or a fresh read of its member record, made after
+                    // this read of the owner record, may declare it dead (sessions never come
+                    // back).
+                    let known_dead = self.dead.lock().unwrap_or_else(|e| e.into_inner()).contains(&r.session);
+                    if !known_dead {
+                        if self.session_alive(&r).await? {
+                            return Ok(None);
+                        }
+                        self.dead.lock().unwrap_or_else(|e| e.into_inner()).insert(&r.session);
+                    }
+                }
+                // Released, or a record that does not decode: claimable.
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 
     /// Writes `owner/K` released by `(member, session)` at `token` (removing the key first when
@@ -903,6 +1116,7 @@ impl<P: Peers> Divider<P> {
             events: tx,
             metrics: self.metrics.clone(),
             stops_sent: HashMap::new(),
+            releases: 0,
             leaving: false,
             flushing: false,
             app_gone: false,
@@ -1095,6 +1309,44 @@ impl<P: Peers> Divider<P> {
         }
     }
 
+    /// Every session on this sidecar leaves (SIGTERM): affinity 0 is written first, so every
+    /// other sidecar's table moves the keys at once and claims each one at its next pass after
+    /// its release lands; then `Stop{LEAVING}` for every key, the releases as the app confirms
+    /// (or at the stop timeout, the app being told its token is dead), and `left`. Returns once
+    /// every such session is gone, or at `deadline`. Sessions whose app already went away keep
+    /// their keys fenced until their lease ends, as without a leave.
+    pub async fn leave_all(&self, deadline: Instant) {
+        let members: Vec<String> =
+            self.sessions.lock().await.iter().filter(|(_, s)| !s.gone && !s.app_gone).map(|(m, _)| m.clone()).collect();
+        for m in &members {
+            if let Err(e) = self.update_affinity(m, |_| Ok(0)).await {
+                tracing::debug!(divider = %self.name, member = %m, error = %e, "affinity 0 not written before leaving");
+            }
+            let _ = self
+                .with_session(m, |s| {
+                    s.leaving = true;
+                    Ok(())
+                })
+                .await;
+        }
+        self.refresh_soon();
+        loop {
+            let left = {
+                let sessions = self.sessions.lock().await;
+                members.iter().filter(|m| sessions.get(*m).is_some_and(|s| !s.app_gone)).count()
+            };
+            if left == 0 {
+                tracing::info!(divider = %self.name, sessions = members.len(), "every session left");
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(divider = %self.name, sessions = left, "sessions still leaving at the deadline");
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), self.changed.notified()).await;
+        }
+    }
+
     /// The owner of `key` now (linearizable reads of its owner and member records).
     pub async fn lookup(&self, key: &str) -> Result<Owner, DividerError> {
         self.layout.check_key(key).map_err(DividerError::Invalid)?;
@@ -1125,16 +1377,16 @@ impl<P: Peers> Divider<P> {
                 let (reg, present_when_exists) =
                     if is_static { (self.layout.removed(k), false) } else { (self.layout.added(k), true) };
                 let want_exists = add == present_when_exists;
-                let current = self.registers.read(&reg).await?;
-                Ok(match (current, want_exists) {
-                    (None, true) => matches!(self.registers.create(&reg, Vec::new()).await?, Written::Applied { .. }),
-                    (Some(e), false) => {
-                        matches!(self.registers.delete(&reg, e.version).await?, Written::Applied { .. })
-                    }
-                    _ => false,
+                if want_exists {
+                    // A create conflicts when the register exists: nothing to change.
+                    return Ok(matches!(self.registers.create(&reg, Vec::new()).await?, Written::Applied { .. }));
+                }
+                Ok(match self.registers.read(&reg).await? {
+                    Some(e) => matches!(self.registers.delete(&reg, e.version).await?, Written::Applied { .. }),
+                    None => false,
                 })
             })
-            .buffer_unordered(PARALLEL)
+            .buffer_unordered(CLAIM_PARALLEL)
             .collect()
             .await;
         let mut changed = 0u32;
@@ -1207,5 +1459,17 @@ mod tests {
         assert_eq!(page(&keys, "b", "b2", 2), (vec!["b3".into()], None));
         assert_eq!(page(&keys, "", "", 10).0.len(), 5);
         assert!(affinity_from(-1).is_err() && affinity_from(i64::from(u32::MAX) + 1).is_err());
+    }
+
+    #[test]
+    fn dead_sessions_are_bounded_and_forget_the_oldest_first() {
+        let mut d = DeadSessions::default();
+        for i in 0..MAX_DEAD + 10 {
+            d.insert(&format!("s{i}"));
+        }
+        d.insert("s20");
+        assert_eq!(d.set.len(), MAX_DEAD);
+        assert!(!d.contains("s0") && !d.contains("s9"), "the oldest are forgotten");
+        assert!(d.contains("s10") && d.contains(&format!("s{}", MAX_DEAD + 9)));
     }
 }

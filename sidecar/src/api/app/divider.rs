@@ -23,7 +23,8 @@ use crate::node::Node;
 pub const MAX_PAGE: usize = 10_000;
 const DEFAULT_PAGE: usize = 1000;
 
-/// The dividers this sidecar serves, configured by `args` (and its config file, already loaded).
+/// The dividers this sidecar serves, configured by `args` (and its config file, already loaded);
+/// the server also makes their sessions leave on SIGTERM ([`Dividers::leave_all`]).
 pub fn dividers(
     args: &DividerArgs,
     config: Option<DividerConfig>,
