@@ -180,9 +180,13 @@ def cmd_columns(a):
         columns = [c["name"].upper() for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
         out = k.run("get", resource, name).stdout.splitlines()
         ensure(len(out) == 2, f"kubectl get {resource} {name}: unexpected output {out}")
-        header, row = out[0].split(), out[1].split()
+        header = out[0].split()
         ensure(header == ["NAME", *columns], f"{resource}: columns {header}, CRD says {columns}")
-        cells = dict(zip(header, row))
+        # Cells by the header's column offsets: kubectl leaves an unset integer column blank,
+        # which splitting on whitespace would shift.
+        starts = [out[0].index(f"{h} " if i + 1 < len(header) else h) for i, h in enumerate(header)]
+        ends = starts[1:] + [None]
+        cells = {h: out[1][a:b].strip() for h, a, b in zip(header, starts, ends)}
         print(f"{resource}/{name}: {cells}")
         wants = dict(kv.split("=") for kv in filter(None, expects.split(",")))
         for col in columns:
@@ -190,7 +194,9 @@ def cmd_columns(a):
             if wants.get(col) != "<none>":
                 ensure(cells.get(col) not in (None, "", "<none>"), f"{resource}/{name}: column {col} is empty")
         for col, want in wants.items():
-            ensure(cells.get(col) == want, f"{resource}/{name}: column {col} is {cells.get(col)!r}, expected {want!r}")
+            got = cells.get(col)
+            ok = got in ("", "<none>") if want == "<none>" else got == want
+            ensure(ok, f"{resource}/{name}: column {col} is {got!r}, expected {want!r}")
 
 
 # --- conditions ------------------------------------------------------------------------------------

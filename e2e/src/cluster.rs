@@ -54,6 +54,22 @@ fn free_ports(count: u16) -> u16 {
     }
 }
 
+/// The Prometheus text of the admin `/metrics` at `admin` (empty when it cannot be read).
+pub async fn scrape_metrics(admin: String) -> String {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(admin).ok()?;
+        conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text).ok()?;
+        Some(text)
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
 where
@@ -244,19 +260,7 @@ impl TestCluster {
 
     /// The Prometheus text of member `i`'s admin `/metrics` (empty when it does not answer).
     pub async fn scrape_metrics(&self, i: usize) -> String {
-        let admin = self.dev.member(i).admin_addr.clone();
-        tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Write};
-            let mut conn = std::net::TcpStream::connect(admin).ok()?;
-            conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-            let mut text = String::new();
-            conn.read_to_string(&mut text).ok()?;
-            Some(text)
-        })
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+        scrape_metrics(self.dev.member(i).admin_addr.clone()).await
     }
 
     /// The last lines of member `i`'s log (for failure messages).

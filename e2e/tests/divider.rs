@@ -582,14 +582,17 @@ async fn affinity_zero_gets_nothing_flush_moves_everything_and_cancel_leaves() {
     eventually(Duration::from_secs(10), "divider metrics on /metrics", || {
         let admin = admin.clone();
         async move {
-            let text = metrics_text(admin).await;
+            let text = ordo_e2e::cluster::scrape_metrics(admin).await;
             needles.iter().all(|n| text.contains(n))
         }
     })
     .await;
     // busy's handback marker is live while busy's session lives.
     let one_marker = "ordo_divider_handback_markers{divider=\"stocks\"} 1\n";
-    assert!(metrics_text(admin.clone()).await.contains(one_marker), "busy's handback marker not counted");
+    assert!(
+        ordo_e2e::cluster::scrape_metrics(admin.clone()).await.contains(one_marker),
+        "busy's handback marker not counted"
+    );
 
     // Flush returns only once every key of busy is confirmed and owned by idle.
     dv.flush(get("busy")).await.expect("flush");
@@ -618,27 +621,11 @@ async fn affinity_zero_gets_nothing_flush_moves_everything_and_cancel_leaves() {
     let no_marker = "ordo_divider_handback_markers{divider=\"stocks\"} 0\n";
     eventually(Duration::from_secs(20), "busy's handback marker collected", || {
         let admin = admin.clone();
-        async move { metrics_text(admin).await.contains(no_marker) }
+        async move { ordo_e2e::cluster::scrape_metrics(admin).await.contains(no_marker) }
     })
     .await;
     again.stop().await;
     check_history(&history.lock().unwrap()).unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// The text of the admin port's `/metrics` (empty when it cannot be read).
-async fn metrics_text(admin: String) -> String {
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(admin).ok()?;
-        conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-        let mut text = String::new();
-        conn.read_to_string(&mut text).ok()?;
-        Some(text)
-    })
-    .await
-    .ok()
-    .flatten()
-    .unwrap_or_default()
 }
 
 /// Sends garbage bytes (not protobuf) in a valid gRPC frame to the unary call `path`; returns

@@ -508,6 +508,8 @@ struct Dirty {
     registers: HashSet<String>,
     fences: bool,
     meta: bool,
+    /// Pages of a catch-up copy: written straight to redb (durably), not through the log.
+    bulk: bool,
 }
 
 impl Writer {
@@ -606,6 +608,7 @@ impl Writer {
                 defer(reply, Ok(()))
             }
             Op::InstallPage { registers, reply } => {
+                dirty.bulk = true;
                 for (k, r) in &registers {
                     if let Err(e) = self.load(k, reader) {
                         return defer(reply, Err(e));
@@ -645,7 +648,8 @@ impl Writer {
 
     /// Makes the batch durable: a log record and a redb commit without sync, or a checkpoint
     /// (a durable redb commit that starts the log's next generation) when the record does not
-    /// fit, fences or metadata changed, or the store closes.
+    /// fit, fences or metadata changed, the batch installs catch-up pages (written once, not
+    /// twice), or the store closes.
     fn persist(&mut self, dirty: &Dirty) -> Result<(), StoreError> {
         let rows: Vec<(&str, Vec<u8>)> = dirty
             .registers
@@ -653,8 +657,11 @@ impl Writer {
             .filter_map(|k| self.state.registers.get(k).map(|r| (k.as_str(), encode_register(r))))
             .collect();
         let pairs = || rows.iter().map(|(k, v)| (*k, v.as_slice()));
-        let checkpoint =
-            dirty.fences || dirty.meta || self.closing.is_some() || !self.wal.fits(Wal::payload_len(pairs()));
+        let checkpoint = dirty.fences
+            || dirty.meta
+            || dirty.bulk
+            || self.closing.is_some()
+            || !self.wal.fits(Wal::payload_len(pairs()));
         let mut txn = self.db.begin_write().map_err(db_err)?;
         if checkpoint {
             let next = self.wal.generation() + 1;

@@ -2,11 +2,12 @@
 //! a durable redb commit (six page writes and a sync).
 //!
 //! # How it is used ([`super::store`])
-//! A batch of acceptor writes goes to redb in a commit with `Durability::None` (visible to
-//! readers, not yet durable), then its registers' new states go here as one record, appended and
-//! synced before any reply is sent. Every so often (the log is full, the store closes, or a batch
-//! changes fences or metadata) the store makes a durable redb commit that also records a new
-//! *generation* in redb's metadata, and the log starts over in that generation.
+//! The new states of the registers a batch of acceptor writes changed go here as one record,
+//! appended and synced; then to redb in a commit with `Durability::None` (visible to readers,
+//! not yet durable); then the replies go out. Every so often (the log is full, the store
+//! closes, a batch changes fences or metadata, or installs catch-up pages) the store makes a
+//! durable redb commit instead, which also records a new *generation* in redb's metadata, and
+//! the log starts over in that generation.
 //!
 //! # Why nothing acknowledged is lost, and nothing goes back in time
 //! - A reply is sent only after its batch is durable: in the log (its record synced) or in redb
