@@ -54,24 +54,25 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SegmentError + '_ {
 
 /// CRC-32 (IEEE) of `data`.
 pub fn crc32(data: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, slot) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-            }
-            *slot = c;
-        }
-        t
-    });
-    !data.iter().fold(!0u32, |c, &b| table[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8))
+    // A byte-at-a-time table took 12% of the CPU of a peak append benchmark; crc32fast computes
+    // the same checksum (the standard check value is tested below) with SIMD where present.
+    crc32fast::hash(data)
 }
 
 /// Encodes one record (frame and body).
 pub fn encode_record(e: &LogEntry) -> Vec<u8> {
-    let mut body = Vec::with_capacity(BODY_HEADER + e.data.len());
+    let mut out = Vec::with_capacity(FRAME + BODY_HEADER + e.data.len());
+    encode_record_into(&mut out, e);
+    out
+}
+
+/// Appends one encoded record (frame and body) to `out`; returns its length.
+pub fn encode_record_into(out: &mut Vec<u8>, e: &LogEntry) -> usize {
+    let start = out.len();
+    // The frame goes first and is filled in once the body's length and CRC are known.
+    out.extend_from_slice(&[0u8; FRAME]);
+    let body_at = out.len();
+    let body = out;
     for v in [e.lsn, e.epoch, e.producer_id, e.producer_epoch, e.batch_seq] {
         body.extend_from_slice(&v.to_le_bytes());
     }
@@ -90,11 +91,11 @@ pub fn encode_record(e: &LogEntry) -> Vec<u8> {
         word = FENCED;
     }
     body.extend_from_slice(&e.data);
-    let mut out = Vec::with_capacity(FRAME + body.len());
-    out.extend_from_slice(&(body.len() as u32 | word).to_le_bytes());
-    out.extend_from_slice(&crc32(&body).to_le_bytes());
-    out.extend_from_slice(&body);
-    out
+    let body_len = body.len() - body_at;
+    let crc = crc32(&body[body_at..]);
+    body[start..start + 4].copy_from_slice(&(body_len as u32 | word).to_le_bytes());
+    body[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    body.len() - start
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -212,6 +213,12 @@ pub struct Segment {
     unsynced: Vec<u64>,
     /// Files were created or removed since the last sync.
     dir_changed: bool,
+    /// Records appended to the active file but not yet written to it: [`Segment::append`]
+    /// gathers a write's records into one `write` call (one per record cost a third of a peak
+    /// benchmark's CPU). Written before a sync, a cut and a roll; reads see them here. Records
+    /// still pending when the segment is dropped were never synced, so never acknowledged: they
+    /// are lost as in a crash (a stale handle must not write into a file another one owns).
+    pending: Vec<u8>,
 }
 
 fn segment_name(start: u64) -> String {
@@ -303,6 +310,7 @@ impl Segment {
             roll_bytes: DEFAULT_SEGMENT_BYTES,
             unsynced: Vec::new(),
             dir_changed: false,
+            pending: Vec::new(),
         };
         let mut broken = false;
         for start in starts {
@@ -459,6 +467,7 @@ impl Segment {
             )));
         }
         if self.files.last().is_none_or(|f| f.end >= self.roll_bytes && !f.offsets.is_empty()) {
+            self.flush_pending()?;
             let path = self.dir.join(segment_name(e.lsn));
             let file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io(&path))?;
             file.set_len(0).map_err(io(&path))?;
@@ -466,12 +475,10 @@ impl Segment {
             self.files.push(SegmentFile { start: e.lsn, path, file, offsets: Vec::new(), end: 0, written });
             self.dir_changed = true;
         }
-        let rec = encode_record(e);
+        let len = encode_record_into(&mut self.pending, e);
         let active = self.files.last_mut().expect("a file exists");
-        active.file.write_all(&rec).map_err(io(&active.path))?;
         let at = active.end;
-        active.end += rec.len() as u64;
-        active.written = SystemTime::now();
+        active.end += len as u64;
         if self.unsynced.last() != Some(&active.start) {
             self.unsynced.push(active.start);
         }
@@ -479,8 +486,21 @@ impl Segment {
         Ok(())
     }
 
+    /// Writes the records gathered by [`Segment::append`] to the active file (one `write`).
+    pub fn flush_pending(&mut self) -> Result<(), SegmentError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let active = self.files.last_mut().expect("pending records belong to the active file");
+        active.file.write_all(&self.pending).map_err(io(&active.path))?;
+        active.written = SystemTime::now();
+        self.pending.clear();
+        Ok(())
+    }
+
     /// Removes every entry from `lsn` on (written, not yet synced); `lsn` must be above the base.
     pub fn truncate_from(&mut self, lsn: u64) -> Result<(), SegmentError> {
+        self.flush_pending()?;
         if lsn > self.last_lsn() {
             return Ok(());
         }
@@ -531,7 +551,14 @@ impl Segment {
             let at = f.offsets[k];
             let next = f.offsets.get(k + 1).copied().unwrap_or(f.end);
             let mut rec = vec![0u8; (next - at) as usize];
-            f.file.read_exact_at(&mut rec, at).map_err(io(&f.path))?;
+            // Records not yet written to the active file are read from the pending buffer.
+            let written_end = if i + 1 == self.files.len() { f.end - self.pending.len() as u64 } else { f.end };
+            if at >= written_end {
+                let (from, n) = ((at - written_end) as usize, rec.len());
+                rec.copy_from_slice(&self.pending[from..from + n]);
+            } else {
+                f.file.read_exact_at(&mut rec, at).map_err(io(&f.path))?;
+            }
             let e = decode_body(&rec[FRAME..], u32_at(&rec, 0) & FENCED != 0)
                 .ok_or_else(|| SegmentError::Invalid(format!("record of LSN {lsn} is unreadable")))?;
             bytes += e.data.len();
@@ -544,6 +571,7 @@ impl Segment {
     /// Makes every write so far durable (`fdatasync` of the files written, and of the
     /// directory when files were created or removed).
     pub fn sync(&mut self) -> Result<(), SegmentError> {
+        self.flush_pending()?;
         for start in std::mem::take(&mut self.unsynced) {
             if let Some(f) = self.files.iter().find(|f| f.start == start) {
                 f.file.sync_data().map_err(io(&f.path))?;
@@ -588,6 +616,7 @@ impl Segment {
     /// `store`). Durable on return.
     pub fn reset(&mut self, base: u64, base_epoch: u64) -> Result<(), SegmentError> {
         write_durably(&self.dir, "base", &checked(&[base, base_epoch]))?;
+        self.pending.clear();
         for f in self.files.drain(..) {
             std::fs::remove_file(&f.path).map_err(io(&f.path))?;
         }
@@ -656,6 +685,7 @@ mod tests {
                 written.push(e);
             }
             assert_eq!(s.read(1, 10, usize::MAX).unwrap(), written);
+            s.sync().unwrap();
         }
         let s = Segment::open(dir.path(), false).unwrap();
         assert_eq!(s.torn_bytes, 0, "a fenced record is not a torn one");
@@ -663,6 +693,29 @@ mod tests {
         let mut empty_divider = entry(1, 1, b"");
         empty_divider.fence = Some(Fence { divider: String::new(), key: "k".into(), token: 1 });
         assert_eq!(decode_body(&encode_record(&empty_divider)[FRAME..], true), Some(empty_divider));
+    }
+
+    #[test]
+    fn records_gathered_for_one_write_are_readable_cut_and_written_at_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segment::open(dir.path(), true).unwrap();
+        s.set_roll_bytes(4096);
+        let data = vec![7u8; 1000];
+        for lsn in 1..=10 {
+            s.append(&entry(lsn, 1, &data)).unwrap();
+        }
+        // Rolled past 4 KiB: earlier files were written at the roll, the active one's tail
+        // is still gathered; reads see all of it.
+        assert!(s.files().len() > 1);
+        let got = s.read(1, 100, 1 << 20).unwrap();
+        assert_eq!(got.iter().map(|e| e.lsn).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+        s.truncate_from(9).unwrap();
+        s.append(&entry(9, 2, b"after the cut")).unwrap();
+        assert_eq!(s.read(9, 10, 1 << 20).unwrap()[0].data, b"after the cut");
+        s.sync().unwrap();
+        let s = Segment::open(dir.path(), false).unwrap();
+        assert_eq!((s.last_lsn(), s.epoch_at(9)), (9, 2));
+        assert_eq!(s.read(8, 10, 1 << 20).unwrap().iter().map(|e| e.lsn).collect::<Vec<_>>(), vec![8, 9]);
     }
 
     #[test]
