@@ -389,6 +389,10 @@ fn load(db: &Database, member: &str) -> Result<(HashMap<String, u64>, StoreMeta)
             meta.insert("incarnation", inc).map_err(db_err)?;
             meta.insert("caught_up", 0).map_err(db_err)?;
             fences.insert(member, inc).map_err(db_err)?;
+            // A random first generation: a write-ahead log left behind by an earlier store in
+            // this directory (its redb file lost) never matches, so a new store replays nothing
+            // and invents no state.
+            meta.insert(WAL_GENERATION, rand::random::<u64>() >> 2).map_err(db_err)?;
         }
     }
     txn.commit().map_err(db_err)?;
@@ -775,6 +779,31 @@ mod tests {
                 other => panic!("k{k}: the promise of an acknowledged accept was lost: {other:?}"),
             }
         }
+    }
+
+    /// A store whose redb file was lost starts empty even though the write-ahead log of the
+    /// store before it is still there: it does not replay another store's records (theirs are
+    /// never of the new store's generation: every open moves a store past the generation it
+    /// replayed, and a new store starts at a random one). Fails if replay ignores generations.
+    #[tokio::test]
+    async fn a_new_store_does_not_replay_a_log_left_by_an_earlier_one() {
+        if std::env::var(CRASH_CHILD).is_ok() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "quorum::store::tests::acknowledged_writes_survive_a_crash_between_checkpoints"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(CRASH_CHILD, dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        std::fs::remove_file(dir.path().join("ordo.redb")).unwrap();
+        assert!(dir.path().join("ordo.wal").exists());
+        let store = RegisterStore::open(dir.path(), "m0").unwrap();
+        assert!(!store.meta().caught_up, "a new store catches up before it votes");
+        let page = store.scan(None, 100).await.unwrap();
+        assert!(page.registers.is_empty(), "a new store replayed {} registers of another", page.registers.len());
     }
 
     /// With a cache of 4 registers, 300 registers are evicted and read back from disk: every
