@@ -751,6 +751,19 @@ mod tests {
         std::process::exit(0);
     }
 
+    /// Runs [`crash_child`] on `dir` in a child process (this test binary again) and checks
+    /// that it acknowledged every write before it exited.
+    fn crash_child_in(dir: &Path) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "quorum::store::tests::acknowledged_writes_survive_a_crash_between_checkpoints"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(CRASH_CHILD, dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.contains("acknowledged 250"), "child: {stdout} {:?}", out);
+    }
+
     /// Fails when the log is not replayed at open (the last 50 acknowledged writes, and their
     /// promises, come back older or not at all).
     #[tokio::test]
@@ -759,14 +772,7 @@ mod tests {
             return crash_child(Path::new(&dir)).await;
         }
         let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "quorum::store::tests::acknowledged_writes_survive_a_crash_between_checkpoints"])
-            .args(["--nocapture", "--test-threads=1"])
-            .env(CRASH_CHILD, dir.path())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && stdout.contains("acknowledged 250"), "child: {stdout} {:?}", out);
+        crash_child_in(dir.path());
         let store = RegisterStore::open(dir.path(), "m0").unwrap();
         let page = store.scan(None, 100).await.unwrap();
         assert_eq!(page.registers.len(), 50);
@@ -791,13 +797,7 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "quorum::store::tests::acknowledged_writes_survive_a_crash_between_checkpoints"])
-            .args(["--nocapture", "--test-threads=1"])
-            .env(CRASH_CHILD, dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        crash_child_in(dir.path());
         std::fs::remove_file(dir.path().join("ordo.redb")).unwrap();
         assert!(dir.path().join("ordo.wal").exists());
         let store = RegisterStore::open(dir.path(), "m0").unwrap();
