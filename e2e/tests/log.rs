@@ -875,6 +875,77 @@ async fn membership_3_to_5_to_3_while_appending_loses_and_duplicates_nothing() {
     assert_eq!(log.len(), acked.len() * 2, "every acknowledged batch once, nothing else");
 }
 
+/// A stream placed on both members that leave a 5 -> 3 change moves to the staying members
+/// during the joint epoch, while two appenders write to it; then both leaving members are
+/// killed with `kill -9` and the stream goes on, with every acknowledged entry. Without the move
+/// the stream keeps one replica of three (ack quorum 2) and every later append fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_move_off_members_that_leave_while_appending() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut cluster = TestCluster::start(TestOptions { members: 3, slots: 5, ..Default::default() }).await;
+    cluster.dev.spawn(3).unwrap();
+    cluster.dev.spawn(4).unwrap();
+    cluster.change_members(&[0, 1, 2], &[0, 1, 2, 3, 4]).await;
+    let ids: Vec<String> = (0..5).map(|i| cluster.dev.member(i).id.clone()).collect();
+    let leaving = [ids[3].clone(), ids[4].clone()];
+    // A stream name whose three replicas include both leaving members.
+    let stream = (0..10_000)
+        .map(|i| format!("moving-{i}"))
+        .find(|s| {
+            let r = ordo_sidecar::log::placement::replicas(s, &ids, 3);
+            leaving.iter().all(|l| r.contains(l))
+        })
+        .expect("a stream name placed on both leaving members");
+    let info = create_rf3(&cluster, &stream).await;
+    assert!(leaving.iter().all(|l| info.replicas.contains(l)), "placed on {:?}", info.replicas);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for member in 0..2usize {
+        let channel = cluster.client(member).await.channel();
+        let (stop, stream) = (stop.clone(), stream.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut round = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let producer = 1000 * (member as u64 + 1) + round;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let (a, _) = run_appender(channel.clone(), stream.clone(), producer, 20, 2, 4, deadline).await;
+                assert_eq!(a.len(), 20, "producer {producer} got every batch acknowledged");
+                acked.extend(a);
+                round += 1;
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.change_members(&[0, 1, 2, 3, 4], &[0, 1, 2]).await;
+    let moved = describe(&cluster, 0, &stream).await;
+    assert!(
+        moved.replicas.iter().all(|r| ids[..3].contains(r)),
+        "after the change the stream lives on the staying members, not {:?}",
+        moved.replicas
+    );
+    cluster.dev.kill9(3);
+    cluster.dev.kill9(4);
+    // Appends go on without the members that left.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("appender"));
+    }
+    let log = read_all(&cluster, 2, &stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), acked.len() * 2, "every acknowledged batch once, nothing else");
+    let mut moves = 0.0;
+    for i in 0..3 {
+        moves += sample(&cluster.scrape_metrics(i).await, "ordo_log_moves_total").unwrap_or(0.0);
+    }
+    assert_eq!(moves, 1.0, "one member moved the stream");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_replica_is_rebuilt_and_then_carries_a_takeover() {
     let mut cluster = TestCluster::start(opts()).await;

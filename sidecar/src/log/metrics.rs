@@ -50,6 +50,8 @@ pub struct LogMetrics {
     pub replica_lag_max_entries: Gauge,
     /// Seals this member's replicas accepted (a new primary's epoch).
     pub seals: Counter,
+    /// Streams moved off leaving members (by this member as mover).
+    pub moves: Counter,
     /// Primaries started on this member, by result.
     pub recoveries: Family<ResultLabels, Counter>,
     /// Trim points moved by primaries on this member, by cause.
@@ -80,6 +82,7 @@ impl LogMetrics {
             replica_lag_entries: Gauge::default(),
             replica_lag_max_entries: Gauge::default(),
             seals: Counter::default(),
+            moves: Counter::default(),
             recoveries: Family::default(),
             trims: Family::default(),
             segments_deleted: Counter::default(),
@@ -110,6 +113,7 @@ impl LogMetrics {
             "Largest lag of one stream this member replicates",
             m.replica_lag_max_entries.clone(),
         );
+        r.register("log_moves", "Streams this member moved off members that leave", m.moves.clone());
         r.register("log_seals", "Seals at a new epoch accepted by this member's replicas", m.seals.clone());
         r.register("log_recoveries", "Primaries started (recoveries) on this member, by result", m.recoveries.clone());
         r.register("log_trims", "Trim points moved by primaries on this member, by cause", m.trims.clone());

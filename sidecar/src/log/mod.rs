@@ -119,8 +119,18 @@
 //! the base is not durable) and `retention_by_bytes_keeps_disk_bounded_while_appending`
 //! (retention semantics: [`retention`]).
 //!
+//! # Membership changes
+//!
+//! A stream's replicas are chosen when it is created; during the joint epoch of a membership
+//! change, every stream with a replica on a leaving member moves to members that stay before
+//! the epoch counts as migrated (so before the leaving members go). The new replica set is
+//! written into the epoch register by the same compare-and-set that ends the old primary's
+//! epoch, and every later takeover carries it. Protocol, argument and tests:
+//! [`router::relocate`](crate::log::router).
+//!
 //! # Not built yet
-//! - Replicas are chosen when a stream is created and not moved on membership changes.
+//! - Replicas do not move when members join (new members take new streams only), nor to
+//!   replace a member that is down for good without a membership change.
 //! - The primary's producer and fence tables are rebuilt by reading the retained local log at
 //!   takeover: a retry of a batch, or a fence, that was trimmed away is no longer recognised.
 

@@ -178,9 +178,24 @@ struct Waiter {
 }
 
 enum Cmd {
-    Append { batch: Batch, reply: AppendResultTx },
-    Durable { replica: usize, lsn: u64 },
-    Deposed { by: u64, replica: String },
+    Append {
+        batch: Batch,
+        reply: AppendResultTx,
+    },
+    Durable {
+        replica: usize,
+        lsn: u64,
+    },
+    Deposed {
+        by: u64,
+        replica: String,
+    },
+    /// A replica the stream is moving to: replicated to, not counted ([`Primary::add_replicas`]).
+    AddReplica,
+    /// Refuse appends (with this reason) or take them again.
+    Pause(Option<String>),
+    /// Stop serving for good (the stream moved on).
+    StepDown(String),
 }
 
 struct Shared {
@@ -190,7 +205,14 @@ struct Shared {
     deposed_tx: watch::Sender<Option<String>>,
     /// The trim point (first available LSN); replication tells the replicas when it moves.
     first_tx: watch::Sender<u64>,
+    /// Every replica replicated to: the stream's, then those it is moving to.
+    replicas: Mutex<Vec<String>>,
+    /// Durable LSN of each of `replicas` (this epoch's acknowledgements).
+    matched_tx: watch::Sender<Vec<u64>>,
 }
+
+/// Starts the replication task to the replica at an index of [`Shared::replicas`].
+type SpawnReplica = Arc<dyn Fn(usize, String) + Send + Sync>;
 
 /// A running primary (cheap to clone).
 #[derive(Clone)]
@@ -201,6 +223,9 @@ pub struct Primary {
     tx: mpsc::UnboundedSender<Cmd>,
     shared: Arc<Shared>,
     store: ReplicaStore,
+    spawn_replica: SpawnReplica,
+    replicas: Vec<String>,
+    ack_quorum: usize,
 }
 
 impl Primary {
@@ -232,27 +257,34 @@ impl Primary {
             commit_tx,
             deposed_tx,
             first_tx: watch::channel(cfg.first_lsn.max(1)).0,
+            replicas: Mutex::new(cfg.replicas.clone()),
+            matched_tx: watch::channel(vec![0; cfg.replicas.len()]).0,
         });
+        let spawn_replica: SpawnReplica = {
+            let (cfg, shared, store, tx) = (cfg.clone(), shared.clone(), store.clone(), tx.clone());
+            let (start, recovered) = (recovered.e_start, recovered.last);
+            Arc::new(move |index, replica| {
+                // From the re-replicated tail: every replica must take the entries of this epoch
+                // (a replica whose log differs earlier answers with a divergence).
+                let local = (replica == cfg.me).then(|| store.clone());
+                let link = ReplicaTask {
+                    index,
+                    replica,
+                    stream: cfg.stream.clone(),
+                    epoch: cfg.epoch,
+                    next: start,
+                    recovered,
+                    replica_base: 0,
+                    reset: false,
+                    shared: shared.clone(),
+                    store: store.clone(),
+                    tx: tx.clone(),
+                };
+                tokio::spawn(link.run(peers.clone(), local));
+            })
+        };
         for (i, r) in cfg.replicas.iter().enumerate() {
-            // From the re-replicated tail: every replica must take the entries of this epoch
-            // (a replica whose log differs earlier answers with a divergence).
-            let start = recovered.e_start;
-            let link = ReplicaTask {
-                index: i,
-                replica: r.clone(),
-                stream: cfg.stream.clone(),
-                epoch: cfg.epoch,
-                next: start,
-                recovered: recovered.last,
-                replica_base: 0,
-                reset: false,
-                shared: shared.clone(),
-                store: store.clone(),
-                tx: tx.clone(),
-            };
-            let peers = peers.clone();
-            let local = (*r == cfg.me).then(|| store.clone());
-            tokio::spawn(link.run(peers, local));
+            spawn_replica(i, r.clone());
         }
         let actor = Actor {
             cfg: cfg.clone(),
@@ -268,6 +300,7 @@ impl Primary {
             e_start: recovered.e_start,
             waiters: BTreeMap::new(),
             deposed: None,
+            paused: None,
         };
         tokio::spawn(actor.run(rx));
         // Recovery ends when the recovered tail is committed under this epoch: until then the
@@ -285,7 +318,91 @@ impl Primary {
             return Err(LogError::Unavailable(why));
         }
         tracing::info!(stream = %cfg.stream, epoch = cfg.epoch, last = recovered.last, from = recovered.e_start, "log primary recovered the stream");
-        Ok(Self { epoch: cfg.epoch, stream: cfg.stream, tx, shared, store })
+        Ok(Self {
+            epoch: cfg.epoch,
+            stream: cfg.stream,
+            tx,
+            shared,
+            store,
+            spawn_replica,
+            replicas: cfg.replicas.clone(),
+            ack_quorum: cfg.ack_quorum,
+        })
+    }
+
+    /// The stream's replicas (this epoch's).
+    pub fn replicas(&self) -> &[String] {
+        &self.replicas
+    }
+
+    /// Its ack quorum.
+    pub fn ack_quorum(&self) -> usize {
+        self.ack_quorum
+    }
+
+    /// Starts replicating to `names` too (those not replicated to yet), without counting their
+    /// answers toward the ack quorum: replicas a move will hand the stream to. A replica that
+    /// lacks the stream rebuilds it from this primary's log (from the trim point).
+    pub fn add_replicas(&self, names: &[String]) {
+        let mut all = self.shared.replicas.lock().expect("replicas lock");
+        for n in names {
+            if all.contains(n) {
+                continue;
+            }
+            all.push(n.clone());
+            // Queued before the task starts, so the actor knows the index before any answer.
+            let _ = self.tx.send(Cmd::AddReplica);
+            (self.spawn_replica)(all.len() - 1, n.clone());
+        }
+    }
+
+    /// What each replica replicated to holds durably of this epoch's log, by id.
+    pub fn matched(&self) -> Vec<(String, u64)> {
+        let all = self.shared.replicas.lock().expect("replicas lock").clone();
+        let m = self.shared.matched_tx.borrow();
+        all.into_iter().enumerate().map(|(i, r)| (r, m.get(i).copied().unwrap_or(0))).collect()
+    }
+
+    /// Waits until `done(self)` holds (checked after every durable answer and commit) or `wait`
+    /// passes; true when it held.
+    pub async fn wait_until(&self, wait: Duration, done: impl Fn(&Primary) -> bool) -> bool {
+        let mut m = self.shared.matched_tx.subscribe();
+        let mut c = self.shared.commit_tx.subscribe();
+        let mut deposed = self.shared.deposed_tx.subscribe();
+        tokio::time::timeout(wait, async {
+            loop {
+                if done(self) {
+                    return true;
+                }
+                if deposed.borrow_and_update().is_some() {
+                    return false;
+                }
+                tokio::select! {
+                    r = m.changed() => if r.is_err() { return false },
+                    r = c.changed() => if r.is_err() { return false },
+                    r = deposed.changed() => if r.is_err() { return false },
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Last assigned LSN (committed or not).
+    pub fn last(&self) -> u64 {
+        *self.shared.last_tx.borrow()
+    }
+
+    /// Refuses new appends with `reason` (`None`: takes them again). Appends already queued
+    /// before the pause go on to commit.
+    pub fn pause(&self, reason: Option<String>) {
+        let _ = self.tx.send(Cmd::Pause(reason));
+    }
+
+    /// Stops serving for good: pending and later appends fail with `why`, and the router settles
+    /// the stream's primary again.
+    pub fn step_down(&self, why: String) {
+        let _ = self.tx.send(Cmd::StepDown(why));
     }
 
     /// Queues a batch (in call order) and returns where its answer will arrive.
@@ -546,6 +663,7 @@ struct Actor {
     e_start: u64,
     waiters: BTreeMap<u64, Vec<Waiter>>,
     deposed: Option<String>,
+    paused: Option<String>,
 }
 
 impl Actor {
@@ -554,29 +672,45 @@ impl Actor {
             match cmd {
                 Cmd::Append { batch, reply } => self.append(batch, reply),
                 Cmd::Durable { replica, lsn } => {
-                    self.matched[replica] = self.matched[replica].max(lsn);
+                    if let Some(m) = self.matched.get_mut(replica) {
+                        *m = (*m).max(lsn);
+                    }
+                    self.shared.matched_tx.send_replace(self.matched.clone());
                     self.advance_commit();
                 }
+                Cmd::AddReplica => {
+                    self.matched.push(0);
+                    self.shared.matched_tx.send_replace(self.matched.clone());
+                }
+                Cmd::Pause(reason) => self.paused = reason,
                 Cmd::Deposed { by, replica } => {
                     let why = format!(
                         "primary of stream {} at epoch {} was deposed: replica {replica} is sealed at epoch {by}",
                         self.cfg.stream, self.cfg.epoch
                     );
                     tracing::warn!("{why}");
-                    for (_, ws) in std::mem::take(&mut self.waiters) {
-                        for w in ws {
-                            let _ = w.reply.send(Err(LogError::Unavailable(why.clone())));
-                        }
-                    }
-                    self.deposed = Some(why.clone());
-                    self.shared.deposed_tx.send_replace(Some(why));
+                    self.step_down(why);
+                }
+                Cmd::StepDown(why) => {
+                    tracing::info!(stream = %self.cfg.stream, epoch = self.cfg.epoch, "{why}");
+                    self.step_down(why);
                 }
             }
         }
     }
 
+    fn step_down(&mut self, why: String) {
+        for (_, ws) in std::mem::take(&mut self.waiters) {
+            for w in ws {
+                let _ = w.reply.send(Err(LogError::Unavailable(why.clone())));
+            }
+        }
+        self.deposed = Some(why.clone());
+        self.shared.deposed_tx.send_replace(Some(why));
+    }
+
     fn append(&mut self, batch: Batch, reply: AppendResultTx) {
-        if let Some(why) = &self.deposed {
+        if let Some(why) = self.deposed.as_ref().or(self.paused.as_ref()) {
             let _ = reply.send(Err(LogError::Unavailable(why.clone())));
             return;
         }
@@ -636,7 +770,8 @@ impl Actor {
     }
 
     fn advance_commit(&mut self) {
-        let mut m = self.matched.clone();
+        // Only the stream's replicas count (not those a move is adding).
+        let mut m = self.matched[..self.cfg.replicas.len()].to_vec();
         m.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = m.get(self.cfg.ack_quorum - 1).copied().unwrap_or(0);
         // Only entries of this epoch commit by counting (older ones commit with them).

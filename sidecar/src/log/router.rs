@@ -24,6 +24,9 @@ use crate::quorum::register::{RegisterError, Registers, Written};
 use crate::quorum::transport::Peers;
 use crate::validate::validate_name;
 
+mod relocate;
+pub use relocate::target_replicas;
+
 /// Attempts to settle who the primary is before giving up on a request.
 const ROUTE_ATTEMPTS: usize = 4;
 /// How often the primaries on this member apply retention.
@@ -118,6 +121,46 @@ impl StreamMeta {
     }
 }
 
+/// The value of a stream's epoch register: its primary and, once the stream moved off its first
+/// replicas, the replicas of this epoch. The replica set lives beside the epoch because both
+/// change by one compare-and-set: a primary that took over from version `v` seals the replicas
+/// that version names, and a move writes new replicas only while version `v` is still current
+/// (see [`relocate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochValue {
+    /// The primary (the member that wrote this version, or the one a move named).
+    pub primary: String,
+    /// The replicas, when they differ from the metadata's (the stream moved).
+    pub replicas: Option<Vec<String>>,
+}
+
+impl EpochValue {
+    /// The register value: `primary` or `primary;replicas=a,b,c` (names never hold `;`).
+    pub fn encode(&self) -> Vec<u8> {
+        match &self.replicas {
+            None => self.primary.clone().into_bytes(),
+            Some(r) => format!("{};replicas={}", self.primary, r.join(",")).into_bytes(),
+        }
+    }
+
+    /// Parses a register value.
+    pub fn decode(raw: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(raw);
+        match text.split_once(";replicas=") {
+            Some((p, r)) => EpochValue {
+                primary: p.to_string(),
+                replicas: Some(r.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()),
+            },
+            None => EpochValue { primary: text.to_string(), replicas: None },
+        }
+    }
+
+    /// The replicas of a stream with metadata `meta` under `epoch` (none yet: the metadata's).
+    pub fn replicas_of(epoch: Option<&EpochValue>, meta: &StreamMeta) -> Vec<String> {
+        epoch.and_then(|v| v.replicas.clone()).unwrap_or_else(|| meta.replicas.clone())
+    }
+}
+
 /// What a stream looks like from here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamInfo {
@@ -148,6 +191,13 @@ pub trait RemotePrimaries: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(Vec<LogEntry>, u64, u64), LogError>> + Send;
     /// Trims at `to`.
     fn primary_trim(&self, to: &str, stream: &str, before: u64) -> impl Future<Output = Result<u64, LogError>> + Send;
+    /// Asks `to` (a replica of the stream) to move the stream to `replicas` as its primary.
+    fn primary_move(
+        &self,
+        to: &str,
+        stream: &str,
+        replicas: &[String],
+    ) -> impl Future<Output = Result<(), LogError>> + Send;
 }
 
 /// Where a stream's primary is, from this sidecar.
@@ -195,6 +245,9 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         }
         let registers = Registers::new(node.proposer.clone(), settings.timeout);
         let router = Arc::new(Self { node, registers, store, peers, settings, slots: Mutex::new(HashMap::new()) });
+        if router.store.is_some() {
+            router.node.add_migration_step(Arc::new(relocate::LogMoves(Arc::downgrade(&router))));
+        }
         if router.settings.retention.enabled() && router.store.is_some() {
             tokio::spawn(Self::retain(Arc::downgrade(&router)));
         }
@@ -425,10 +478,12 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         let meta = self.meta(stream, false).await?;
         let (_, first, last) = self.read(stream, 0, 0, Duration::ZERO, false).await.unwrap_or((Vec::new(), 1, 0));
         let ep = self.registers.read(&epoch_key(stream)).await.map_err(register_error)?;
-        let (primary, epoch) = ep.map_or((String::new(), 0), |e| (String::from_utf8_lossy(&e.value).into(), e.version));
+        let (value, epoch) = ep.map_or((None, 0), |e| (Some(EpochValue::decode(&e.value)), e.version));
+        let replicas = EpochValue::replicas_of(value.as_ref(), &meta);
+        let primary = value.map(|v| v.primary).unwrap_or_default();
         Ok(StreamInfo {
             name: stream.to_string(),
-            meta: StreamMeta { first_lsn: first, ..meta },
+            meta: StreamMeta { first_lsn: first, replicas, ..meta },
             primary,
             epoch,
             last_lsn: last,
@@ -556,11 +611,13 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         }
         let meta = self.meta(stream, create && self.settings.auto_create).await?;
         let me = self.node.id.as_str();
-        let is_replica = self.node.role == Role::Member && meta.replicas.iter().any(|r| r == me);
         let mut last_err = String::new();
         for _ in 0..ROUTE_ATTEMPTS {
             let ep = self.registers.read(&epoch_key(stream)).await.map_err(register_error)?;
-            let named = ep.as_ref().map(|e| String::from_utf8_lossy(&e.value).to_string());
+            let value = ep.as_ref().map(|e| EpochValue::decode(&e.value));
+            let replicas = EpochValue::replicas_of(value.as_ref(), &meta);
+            let is_replica = self.node.role == Role::Member && replicas.iter().any(|r| r == me);
+            let named = value.as_ref().map(|v| v.primary.clone());
             let local_active = match cached.as_ref() {
                 Some(Route::Local(p)) if p.deposed().is_none() && ep.as_ref().is_some_and(|e| e.version == p.epoch) => {
                     Some(p.clone())
@@ -576,7 +633,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 Some(n) if !self.is_down(n) || !is_replica => Some(n.clone()),
                 Some(_) => None, // the named primary is down and this member holds the stream
                 None => {
-                    let first_up = meta.replicas.iter().find(|r| r.as_str() == me || !self.is_down(r)).cloned();
+                    let first_up = replicas.iter().find(|r| r.as_str() == me || !self.is_down(r)).cloned();
                     match first_up {
                         Some(r) if r == me && is_replica => None,
                         Some(r) => Some(r),
@@ -588,11 +645,13 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 *cached = Some(Route::Remote(to.clone()));
                 return Ok(Route::Remote(to));
             }
-            // Take over: the CAS's resulting version is the new epoch.
+            // Take over: the CAS's resulting version is the new epoch; the replicas stay those
+            // of the version it replaces.
             let fresh_stream = ep.is_none();
+            let mine = EpochValue { primary: me.to_string(), replicas: value.and_then(|v| v.replicas) }.encode();
             let write = match &ep {
-                Some(e) => self.registers.compare_and_set(&epoch_key(stream), e.version, me.as_bytes().to_vec()).await,
-                None => self.registers.create(&epoch_key(stream), me.as_bytes().to_vec()).await,
+                Some(e) => self.registers.compare_and_set(&epoch_key(stream), e.version, mine).await,
+                None => self.registers.create(&epoch_key(stream), mine).await,
             };
             let epoch = match write.map_err(register_error)? {
                 Written::Applied { version } => version,
@@ -605,7 +664,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
             let cfg = PrimaryConfig {
                 stream: stream.to_string(),
                 me: me.to_string(),
-                replicas: meta.replicas.clone(),
+                replicas,
                 ack_quorum: meta.ack_quorum as usize,
                 epoch,
                 first_lsn: meta.first_lsn,
