@@ -293,3 +293,30 @@ async fn a_lagging_replica_is_rebuilt_from_the_trim_point_of_a_trimmed_primary()
     assert!(matches!(c.read(149, 1, Duration::ZERO).await, Err(LogError::Trimmed { first: 150, .. })));
     assert_eq!(c.submit(batch(0, 0, &["next"])).await.unwrap().unwrap(), vec![203]);
 }
+
+/// Replicas a move adds are replicated to (a new one rebuilds the whole log) but do not count
+/// toward the ack quorum before the move's switch: otherwise an entry could be acknowledged by
+/// copies the old replica set's recoveries never look at. Verified to fail when they count.
+#[tokio::test]
+async fn replicas_a_move_adds_catch_up_but_do_not_count_toward_the_ack_quorum() {
+    let peers = MemPeers::new(&["a", "b", "c", "d"]);
+    // Ack quorum 3 with c cut off: nothing commits unless d counts.
+    peers.set_cut(&["c"]);
+    let cfg = PrimaryConfig { ack_quorum: 3, ..cfg("a", 1) };
+    let a = Primary::start(cfg, peers.store("a"), peers.clone()).await.unwrap();
+    let pending: Vec<_> = (0..5).map(|seq| a.submit(batch(1, seq, &["x", "y"]))).collect();
+    a.add_replicas(&["d".to_string()]);
+    let held = |p: &Primary, who: &str| p.matched().iter().find(|(r, _)| r == who).map_or(0, |(_, m)| *m);
+    assert!(a.wait_until(Duration::from_secs(5), |p| held(p, "d") >= 10).await, "d holds the whole log");
+    assert!(a.wait_until(Duration::from_secs(5), |p| held(p, "b") >= 10).await, "b holds the whole log");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.commit(), 0, "acknowledged by a, b and the added d");
+    // d rebuilt the stream from the primary's log.
+    let got = peers.store("d").fetch("s", None, 1, 100).await.unwrap();
+    assert_eq!(got.entries.len(), 10);
+    // c comes back (a new link): the stream's own replicas commit it.
+    peers.set_cut(&[]);
+    for p in pending {
+        tokio::time::timeout(Duration::from_secs(5), p).await.expect("acknowledged").unwrap().unwrap();
+    }
+}
