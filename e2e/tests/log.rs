@@ -506,6 +506,44 @@ async fn reads_through_a_paused_and_replaced_primary_are_not_stale() {
     assert_eq!(got.len(), 4, "a replaced primary answered a stale read: {got:?}");
 }
 
+/// Pages of committed entries are read from any replica's own disk: with the primary paused
+/// (SIGSTOP), both other members answer a page of 50 entries at once, equal to what was
+/// acknowledged. Verified to fail (the reads wait on the paused primary) without replica reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn committed_pages_are_read_from_any_replica_while_the_primary_is_paused() {
+    let cluster = TestCluster::start(opts()).await;
+    let stream = "replica-reads";
+    create_rf3(&cluster, stream).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (acked, _) = run_appender(cluster.client(0).await.channel(), stream.into(), 7, 20, 5, 4, deadline).await;
+    assert_eq!(acked.len(), 20);
+    let primary = member_index(&cluster, &describe(&cluster, 0, stream).await.primary);
+    // The replicas learn the last commit point shortly after the last append.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = cluster.dev.member(primary).pid.to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill").arg(format!("-{sig}")).arg(&pid).status().expect("kill");
+    };
+    signal("STOP");
+    let expected: Vec<String> = acked.iter().flat_map(|a| a.payloads.clone()).collect();
+    for i in (0..3).filter(|&i| i != primary) {
+        let mut c = log_client(&cluster, i).await;
+        let req = pb::ReadRequest { stream: stream.into(), from: 51, max: 50 };
+        let got = tokio::time::timeout(Duration::from_secs(2), c.read(req)).await;
+        let got = got.unwrap_or_else(|_| panic!("member {i} waited on the paused primary")).expect("read").into_inner();
+        let data: Vec<String> = got.entries.iter().map(|e| String::from_utf8_lossy(&e.data).to_string()).collect();
+        assert_eq!(data, expected[50..100].to_vec(), "member {i} answered the acknowledged entries 51..=100");
+        assert_eq!(got.entries[0].lsn, 51);
+        assert!(got.last_lsn >= 100, "its commit point {} covers the page", got.last_lsn);
+    }
+    signal("CONT");
+    let mut served = 0.0;
+    for i in (0..3).filter(|&i| i != primary) {
+        served += sample(&cluster.scrape_metrics(i).await, "ordo_log_replica_reads_total").unwrap_or(0.0);
+    }
+    assert!(served >= 2.0, "the replicas counted the reads they served ({served})");
+}
+
 /// The next Start of a member session (skipping Joined), within 30 s.
 async fn next_start(m: &mut ordo_client::divider::Membership) -> (String, u64) {
     use ordo_client::divider::DividerEvent;

@@ -52,6 +52,8 @@ pub struct LogMetrics {
     pub seals: Counter,
     /// Streams moved off leaving members (by this member as mover).
     pub moves: Counter,
+    /// Reads this member's replica answered without the primary.
+    pub replica_reads: Counter,
     /// Primaries started on this member, by result.
     pub recoveries: Family<ResultLabels, Counter>,
     /// Trim points moved by primaries on this member, by cause.
@@ -83,6 +85,7 @@ impl LogMetrics {
             replica_lag_max_entries: Gauge::default(),
             seals: Counter::default(),
             moves: Counter::default(),
+            replica_reads: Counter::default(),
             recoveries: Family::default(),
             trims: Family::default(),
             segments_deleted: Counter::default(),
@@ -112,6 +115,11 @@ impl LogMetrics {
             "log_replica_lag_max_entries",
             "Largest lag of one stream this member replicates",
             m.replica_lag_max_entries.clone(),
+        );
+        r.register(
+            "log_replica_reads",
+            "Reads answered by this member's replica without the primary",
+            m.replica_reads.clone(),
         );
         r.register("log_moves", "Streams this member moved off members that leave", m.moves.clone());
         r.register("log_seals", "Seals at a new epoch accepted by this member's replicas", m.seals.clone());

@@ -26,6 +26,10 @@ const MAX_SEND_BYTES: usize = 1 << 20;
 const REPLICA_WINDOW: usize = 16;
 /// Entries per recovery read.
 const FETCH_CHUNK: u32 = 1000;
+/// A replica that was sent everything learns a new commit point after at most this long (with
+/// an empty message), so it can serve reads up to it (see `LogRouter::replica_read`). Under
+/// load the commit point rides on the next entries instead.
+const COMMIT_NOTICE: Duration = Duration::from_millis(20);
 
 /// One replication message from a primary to a replica.
 #[derive(Debug, Clone)]
@@ -920,10 +924,14 @@ impl ReplicaTask {
     async fn drive(&mut self, mut link: ReplicaLink) -> Result<(), String> {
         let mut last_rx = self.shared.last_tx.subscribe();
         let mut first_rx = self.shared.first_tx.subscribe();
+        let mut commit_rx = self.shared.commit_tx.subscribe();
         let mut deposed = self.shared.deposed_tx.subscribe();
         let mut inflight = 0usize;
         // The trim point this replica was last told (0: not yet on this link).
         let mut told_first = 0;
+        // The commit point it was last told, and when an empty message will tell a newer one.
+        let mut told_commit = 0;
+        let mut notice_at: Option<tokio::time::Instant> = None;
         loop {
             // Marked seen before gathering, so an append after this point wakes the select.
             last_rx.borrow_and_update();
@@ -935,6 +943,7 @@ impl ReplicaTask {
                 }
                 let n = entries.len() as u64;
                 let msg = self.message(prev_epoch, entries, reset, first);
+                told_commit = msg.commit;
                 link.tx.send(msg).await.map_err(|_| "link closed".to_string())?;
                 told_first = first;
                 self.next += n;
@@ -944,9 +953,24 @@ impl ReplicaTask {
                 // Nothing to send but a new trim point (or a new link): the replica deletes
                 // what lies below it now, not at the next append.
                 let prev_epoch = self.shared.tail.lock().expect("tail lock").epoch_at(self.next - 1);
-                link.tx.send(self.message(prev_epoch, Vec::new(), false, first)).await.map_err(|_| "link closed")?;
+                let msg = self.message(prev_epoch, Vec::new(), false, first);
+                told_commit = msg.commit;
+                link.tx.send(msg).await.map_err(|_| "link closed")?;
                 told_first = first;
                 inflight += 1;
+            }
+            let commit = *commit_rx.borrow_and_update();
+            if told_commit >= commit {
+                notice_at = None;
+            } else if notice_at.is_some_and(|t| t <= tokio::time::Instant::now()) && inflight < REPLICA_WINDOW {
+                let prev_epoch = self.shared.tail.lock().expect("tail lock").epoch_at(self.next - 1);
+                let msg = self.message(prev_epoch, Vec::new(), false, first);
+                told_commit = msg.commit;
+                link.tx.send(msg).await.map_err(|_| "link closed")?;
+                inflight += 1;
+                notice_at = None;
+            } else if notice_at.is_none() {
+                notice_at = Some(tokio::time::Instant::now() + COMMIT_NOTICE);
             }
             tokio::select! {
                 ack = link.rx.recv() => {
@@ -977,6 +1001,8 @@ impl ReplicaTask {
                 }
                 r = last_rx.changed() => if r.is_err() { return Ok(()) },
                 r = first_rx.changed() => if r.is_err() { return Ok(()) },
+                r = commit_rx.changed() => if r.is_err() { return Ok(()) },
+                _ = tokio::time::sleep_until(notice_at.unwrap_or_else(tokio::time::Instant::now)), if notice_at.is_some() => {}
                 _ = deposed.changed() => return Ok(()),
             }
         }

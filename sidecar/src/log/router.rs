@@ -501,6 +501,9 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         local_only: bool,
     ) -> Result<(Vec<LogEntry>, u64, u64), LogError> {
         validate_stream(stream)?;
+        if let Some(got) = self.replica_read(stream, from, max).await {
+            return Ok(got);
+        }
         let slot = self.slot(stream);
         let mut attempt = 0;
         loop {
@@ -524,6 +527,32 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
             }
             return r;
         }
+    }
+
+    /// A read this member's own replica answers without the primary: a whole page (`max`
+    /// entries from `from`) of entries it knows are committed (see
+    /// [`ReplicaStore::known_committed`]). Committed entries never change, and the primary
+    /// would answer the same page, so such a read is as fresh as one through the primary; only
+    /// its last LSN is this replica's commit point, a lower bound of the primary's (and a trim
+    /// racing with the read may not have reached this replica yet: it returns the entries).
+    /// Reads that reach beyond it, reads of the first available LSN (`from` 0) or below the
+    /// trim point, and `Tail`, go to the primary. So readers that catch up (a `Subscribe` far
+    /// behind, paged reads of old entries) are served by every replica, even while the primary
+    /// is down. Test: `e2e/tests/log.rs::committed_pages_are_read_from_any_replica_while_the_primary_is_paused`
+    /// (verified to fail, waiting on the paused primary, without this path).
+    async fn replica_read(&self, stream: &str, from: u64, max: u32) -> Option<(Vec<LogEntry>, u64, u64)> {
+        let store = self.store.as_ref()?;
+        let (first, commit) = store.known_committed(stream)?;
+        if from == 0 || max == 0 || from < first.max(1) || from + u64::from(max) - 1 > commit {
+            return None;
+        }
+        let got = store.fetch(stream, None, from, max as usize).await.ok()?;
+        let dense = got.entries.len() == max as usize && got.entries.iter().zip(from..).all(|(e, l)| e.lsn == l);
+        if !dense {
+            return None; // reset or trimmed here meanwhile: the primary answers
+        }
+        self.node.metrics.log.replica_reads.inc();
+        Some((got.entries, first.max(1), commit))
     }
 
     /// Reads are linearizable: a primary learns that it was replaced only when a replica refuses

@@ -13,6 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
@@ -146,7 +147,14 @@ enum Op {
 pub struct ReplicaStore {
     tx: std_mpsc::Sender<Op>,
     root: PathBuf,
+    known: Known,
 }
+
+/// What this replica knows to be committed, by stream: `(trim point, commit point)` as the
+/// primaries' writes told it, the commit point capped at the end of the log it matched with
+/// that primary's (Raft's follower commit rule), so every entry up to it here is committed.
+/// Kept in memory: a restarted replica knows nothing until the next write.
+type Known = Arc<Mutex<HashMap<String, (u64, u64)>>>;
 
 impl ReplicaStore {
     /// Opens the store under `root` (one directory per stream) and starts its writer.
@@ -154,17 +162,25 @@ impl ReplicaStore {
         std::fs::create_dir_all(root)
             .map_err(|source| SegmentError::Io { path: root.display().to_string(), source })?;
         let (tx, rx) = std_mpsc::channel();
+        let known = Known::default();
         let writer = Writer {
             root: root.to_path_buf(),
             segments: HashMap::new(),
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             metrics: LogMetrics::default(),
+            known: known.clone(),
         };
         std::thread::Builder::new()
             .name("ordo-log-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|source| SegmentError::Io { path: root.display().to_string(), source })?;
-        Ok(Self { tx, root: root.to_path_buf() })
+        Ok(Self { tx, root: root.to_path_buf(), known })
+    }
+
+    /// `(trim point, commit point)` of `stream` as this replica knows them (see [`Known`]);
+    /// `None` before a primary's write told it.
+    pub fn known_committed(&self, stream: &str) -> Option<(u64, u64)> {
+        self.known.lock().expect("known lock").get(stream).copied()
     }
 
     /// Directory of the store.
@@ -264,6 +280,7 @@ struct Writer {
     segments: HashMap<String, Segment>,
     segment_bytes: u64,
     metrics: LogMetrics,
+    known: Known,
 }
 
 type Reply = Box<dyn FnOnce(bool) + Send>;
@@ -381,11 +398,16 @@ impl Writer {
 
     fn append(&mut self, stream: &str, w: ReplicaWrite) -> Result<AppendReply, StoreError> {
         let metrics = self.metrics.clone();
-        let commit = w.commit;
+        let (commit, first) = (w.commit, w.first_lsn);
         let seg = self.segment(stream, false)?;
         let r = apply_write(seg, w, &metrics);
         if let Ok(AppendReply::Durable(lsn)) = &r {
             metrics.replica_lag(stream, commit.saturating_sub(*lsn));
+            // The log here matches the primary's through `lsn`, and the primary's is committed
+            // through `commit`.
+            let mut known = self.known.lock().expect("known lock");
+            let k = known.entry(stream.to_string()).or_default();
+            *k = (k.0.max(first), k.1.max(commit.min(*lsn)));
         }
         r
     }
