@@ -1247,6 +1247,56 @@ async fn retention_by_bytes_keeps_disk_bounded_while_appending() {
     assert!(sample(&text, "ordo_log_segments_deleted_total").unwrap_or(0.0) >= 1.0, "{text}");
 }
 
+/// Retention by age: a segment file goes once its last write is older than the limit, on every
+/// replica; the active file stays however old it is, so the newest entries remain readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_by_age_drops_old_files_and_keeps_the_active_one() {
+    let age = Duration::from_secs(4);
+    let cluster = TestCluster::start(TestOptions {
+        members: 3,
+        extra_args: vec![format!("--streams-retention-seconds={}", age.as_secs())],
+        ..Default::default()
+    })
+    .await;
+    let stream = "aged";
+    let info = create_rf3(&cluster, stream).await;
+    let primary = member_index(&cluster, &info.primary);
+    // 9 MiB: one full 8 MiB segment file and the start of the next, as fast as it goes.
+    let channel = cluster.client(primary).await.channel();
+    let started = Instant::now();
+    let acked = fill(channel, stream, 5, 36, 8, 32 << 10, Duration::ZERO).await;
+    let tail = || {
+        let c = &cluster;
+        async move {
+            let t = log_client(c, primary).await.tail(pb::TailRequest { stream: stream.into() }).await;
+            t.expect("tail").into_inner()
+        }
+    };
+    let young = tail().await;
+    if started.elapsed() < age {
+        assert_eq!(young.first_lsn, 1, "nothing is older than {age:?} yet");
+    }
+    assert_eq!(young.last_lsn, 36 * 8);
+    eventually(Duration::from_secs(30), "the old file is trimmed", || async { tail().await.first_lsn > 1 }).await;
+    let first = tail().await.first_lsn;
+    assert!(first <= 36 * 8, "the active file stays: first LSN {first}");
+    for i in 0..3 {
+        eventually(Duration::from_secs(20), "every replica deletes the old file", || {
+            let dir = stream_dir(&cluster, i, stream);
+            async move { dir_bytes(&dir) < 4 << 20 }
+        })
+        .await;
+    }
+    // Older than the limit now, but the newest entries stay.
+    tokio::time::sleep(age + Duration::from_secs(2)).await;
+    let later = tail().await;
+    assert_eq!((later.first_lsn, later.last_lsn), (first, 36 * 8), "the active file is never trimmed by age");
+    let log = read_from(&cluster, primary, stream, first).await;
+    check_from(&acked, &log, first);
+    let text = cluster.scrape_metrics(primary).await;
+    assert!(sample(&text, "ordo_log_trims_total{cause=\"retention\"}").unwrap_or(0.0) >= 1.0, "{text}");
+}
+
 /// The log metrics move: appends, batch sizes and ack latency on the sidecars that served
 /// them, a seal on each surviving replica and a recovery on the new primary after `kill -9` of
 /// the old one, and an app trim.
