@@ -1146,11 +1146,14 @@ async fn trim_reclaims_disk_on_every_replica_and_survives_a_restart() {
     let info = create_rf3(&cluster, stream).await;
     let primary = member_index(&cluster, &info.primary);
     let down = (0..3).find(|&i| i != primary).expect("a replica");
-    // 24 MiB: 96 batches of 8 entries of 32 KiB (segment files roll at 8 MiB).
+    // Producer 2 writes one batch, then 24 MiB: 96 batches of 8 entries of 32 KiB (segment
+    // files roll at 8 MiB).
     let channel = cluster.client(primary).await.channel();
-    let acked = fill(channel, stream, 1, 96, 8, 32 << 10, Duration::ZERO).await;
-    let last = acked.last().and_then(|a| a.lsns.last().copied()).expect("acknowledged");
-    assert_eq!(last, 96 * 8);
+    let early = fill(channel.clone(), stream, 2, 1, 1, 16, Duration::ZERO).await;
+    let mut acked = fill(channel, stream, 1, 96, 8, 32 << 10, Duration::ZERO).await;
+    acked.extend(early.clone());
+    let last = acked.iter().flat_map(|a| a.lsns.iter().copied()).max().expect("acknowledged");
+    assert_eq!(last, 96 * 8 + 1);
     let before: Vec<u64> = (0..3).map(|i| dir_bytes(&stream_dir(&cluster, i, stream))).collect();
     assert!(before.iter().all(|b| *b >= 24 << 20), "every replica holds the stream: {before:?}");
     // One replica is down while the stream is trimmed.
@@ -1198,6 +1201,23 @@ async fn trim_reclaims_disk_on_every_replica_and_survives_a_restart() {
     check_from(&acked, &log, first);
     let restarted: Vec<u64> = (0..3).map(|i| dir_bytes(&stream_dir(&cluster, i, stream))).collect();
     assert!(restarted.iter().all(|b| *b <= 9 << 20), "nothing trimmed came back: {restarted:?}");
+    // A late retry of producer 2's only batch, trimmed from every replica: the new primary
+    // knows it from the history stored at the trim and answers its original LSN (verified to
+    // write it again without the history).
+    let retry = pb::AppendRequest {
+        stream: stream.into(),
+        entries: early[0].payloads.iter().map(|p| p.clone().into_bytes()).collect(),
+        pipeline_size: 1,
+        producer_id: 2,
+        producer_epoch: 1,
+        batch_seq: 0,
+        fence: None,
+    };
+    let mut responses = c.append(tokio_stream::iter(vec![retry])).await.expect("append").into_inner();
+    let r = responses.next().await.expect("a result").expect("the stream stays up");
+    assert!(r.error.is_none(), "the retry failed: {:?}", r.error);
+    assert_eq!(r.lsns, early[0].lsns, "the retried batch was written again");
+    assert_eq!(c.tail(pb::TailRequest { stream: stream.into() }).await.expect("tail").into_inner().last_lsn, last);
 }
 
 /// With `--streams-retention-bytes` of 4 MiB, a stream appended at a steady rate far past that

@@ -3,7 +3,8 @@
 //!
 //! Layout: [`segment`] (one stream's CRC-framed segment files on one replica), [`store`] (the
 //! replica rules and the group-committing writer), [`producer`] (idempotent producers),
-//! [`primary`] (epoch, seal, recovery, pipelined replication, ack quorum), [`router`] (stream
+//! [`history`] (what trimmed entries said of producers and fences), [`primary`] (epoch, seal,
+//! recovery, pipelined replication, ack quorum), [`router`] (stream
 //! metadata in registers, who is primary, forwarding from any sidecar), [`placement`] (which
 //! members hold a stream), [`retention`] (how far a primary trims on its own), [`metrics`].
 //! gRPC adapters: `api::app::log` and `api::log_peer`.
@@ -131,10 +132,12 @@
 //! # Not built yet
 //! - Replicas do not move when members join (new members take new streams only), nor to
 //!   replace a member that is down for good without a membership change.
-//! - The primary's producer and fence tables are rebuilt by reading the retained local log at
-//!   takeover: a retry of a batch, or a fence, that was trimmed away is no longer recognised.
+//! - A trim stores what its trimmed entries said of producers and fences ([`history`]) only up
+//!   to 512 KiB; beyond that, or when storing it failed, later primaries treat producers whose
+//!   entries were trimmed as unknown.
 
 pub mod fence;
+pub mod history;
 pub mod metrics;
 pub mod placement;
 pub mod primary;
@@ -246,6 +249,11 @@ pub type AppendResultTx = tokio::sync::oneshot::Sender<AppendResult>;
 /// Register key of a stream's metadata.
 pub fn meta_key(stream: &str) -> String {
     format!("log/{stream}/meta")
+}
+
+/// Register key of a stream's [`history::History`] (what trimmed entries said).
+pub fn history_key(stream: &str) -> String {
+    format!("log/{stream}/history")
 }
 
 /// Register key of a stream's epoch (its version is the primary's epoch).

@@ -12,6 +12,7 @@ use futures::future::join_all;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::fence::FenceTable;
+use super::history::History;
 use super::metrics::LogMetrics;
 use super::producer::{ProducerTable, Verdict};
 use super::segment::{epoch_at, matching_prefix};
@@ -155,6 +156,8 @@ pub struct PrimaryConfig {
     pub timeout: Duration,
     /// The epoch register was just created: no earlier primary existed, so no entry either.
     pub fresh_stream: bool,
+    /// What trimmed entries said (the stream's history register), if stored.
+    pub history: Option<History>,
     /// Where the primary counts what it does.
     pub metrics: LogMetrics,
 }
@@ -200,6 +203,11 @@ enum Cmd {
     Pause(Option<String>),
     /// Stop serving for good (the stream moved on).
     StepDown(String),
+    /// The tables' part that only entries below an LSN carry.
+    History {
+        first: u64,
+        reply: oneshot::Sender<History>,
+    },
 }
 
 struct Shared {
@@ -295,7 +303,7 @@ impl Primary {
             shared: shared.clone(),
             producers: {
                 let mut p = recovered.producers;
-                p.set_history_trimmed(cfg.first_lsn > 1);
+                p.set_history_trimmed(recovered.history_gap);
                 p
             },
             fences: recovered.fences,
@@ -337,6 +345,14 @@ impl Primary {
     /// The stream's replicas (this epoch's).
     pub fn replicas(&self) -> &[String] {
         &self.replicas
+    }
+
+    /// What its producer and fence tables know that only entries below `first` say (for the
+    /// stream's history register before a trim at `first`); `None` once it stopped.
+    pub async fn history(&self, first: u64) -> Option<History> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::History { first, reply }).ok()?;
+        rx.await.ok()
     }
 
     /// Its ack quorum.
@@ -497,6 +513,8 @@ struct Recovered {
     retagged: Vec<LogEntry>,
     producers: ProducerTable,
     fences: FenceTable,
+    /// Entries between what the history covers and the local log's start are unknown.
+    history_gap: bool,
 }
 
 /// Recovery: seal, choose, copy, re-replicate (see the module docs of [`super`]).
@@ -629,9 +647,18 @@ async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: 
             state.last_lsn
         )));
     }
-    // Producer and fence state from the log itself (what is left of it after trims).
+    // Producer and fence state: the history of trimmed entries, then the log itself (what is
+    // left of it after trims).
     let mut producers = ProducerTable::default();
     let mut fences = FenceTable::default();
+    let mut covered_below = 1;
+    if let Some(h) = &cfg.history {
+        h.seed(&mut producers, &mut fences);
+        if h.complete {
+            covered_below = h.first;
+        }
+    }
+    let history_gap = state.base_lsn + 1 > covered_below;
     let mut from = 1;
     while from <= h {
         let got = store.fetch(stream, None, from, FETCH_CHUNK as usize).await.map_err(store_unavailable)?;
@@ -642,7 +669,7 @@ async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: 
             fences.observe(e);
         }
     }
-    Ok(Recovered { last: h, e_start, epochs: state.epochs, retagged, producers, fences })
+    Ok(Recovered { last: h, e_start, epochs: state.epochs, retagged, producers, fences, history_gap })
 }
 
 fn expect_durable(stream: &str, r: Result<AppendReply, StoreError>) -> Result<(), LogError> {
@@ -687,6 +714,9 @@ impl Actor {
                     self.shared.matched_tx.send_replace(self.matched.clone());
                 }
                 Cmd::Pause(reason) => self.paused = reason,
+                Cmd::History { first, reply } => {
+                    let _ = reply.send(History::capture(&self.producers, &self.fences, first));
+                }
                 Cmd::Deposed { by, replica } => {
                     let why = format!(
                         "primary of stream {} at epoch {} was deposed: replica {replica} is sealed at epoch {by}",
@@ -729,10 +759,10 @@ impl Actor {
                     let _ = reply.send(Err(LogError::Fenced(why)));
                     return;
                 }
-                self.fences.record(batch.fence.as_ref());
                 let batch_bytes: usize = batch.entries.iter().map(Vec::len).sum();
                 let mut tail = self.shared.tail.lock().expect("tail lock");
                 let first = tail.last + 1;
+                self.fences.record(batch.fence.as_ref(), first);
                 let epoch = self.cfg.epoch;
                 if tail.epochs.last().is_none_or(|e| e.epoch != epoch) {
                     tail.epochs.push(EpochStart { epoch, start_lsn: first });

@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::history::{History, MAX_HISTORY_BYTES};
 use super::placement;
 use super::primary::{LogPeers, Primary, PrimaryConfig};
 use super::retention::Retention;
 use super::store::ReplicaStore;
-use super::{epoch_key, meta_key, AppendResult, AppendResultTx, Batch, LogEntry, LogError};
+use super::{epoch_key, history_key, meta_key, AppendResult, AppendResultTx, Batch, LogEntry, LogError};
 use crate::config::Role;
 use crate::node::{Node, PeerView};
 use crate::quorum::register::{RegisterError, Registers, Written};
@@ -609,6 +610,9 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 "cannot trim before {before}: the last committed LSN of {stream} is {commit}"
             )));
         }
+        if before > p.first_lsn() {
+            self.store_history(stream, &p, before).await;
+        }
         for _ in 0..ROUTE_ATTEMPTS {
             let cur = self.registers.read(&meta_key(stream)).await.map_err(register_error)?;
             let Some(cur) = cur else { return Err(LogError::NotFound(stream.to_string())) };
@@ -626,6 +630,45 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
             }
         }
         Err(LogError::Unavailable(format!("stream {stream}: the trim point kept changing")))
+    }
+
+    /// Stores what the primary's tables know of the entries below `before` in the stream's
+    /// history register, unless it holds a history at `before` or higher already (see
+    /// [`super::history`]). Best effort: without it, later primaries treat the trimmed
+    /// producers as unknown, as before histories existed.
+    async fn store_history(&self, stream: &str, p: &Primary, before: u64) {
+        let Some(h) = p.history(before).await else { return };
+        let raw = h.encode();
+        if raw.len() > MAX_HISTORY_BYTES {
+            tracing::warn!(
+                stream,
+                bytes = raw.len(),
+                "stream history too large to store; trimmed producers will be forgotten"
+            );
+            return;
+        }
+        for _ in 0..ROUTE_ATTEMPTS {
+            let cur = match self.registers.read(&history_key(stream)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(stream, error = %e, "could not read the stream history");
+                    return;
+                }
+            };
+            let write = match &cur {
+                Some(c) if History::decode(&c.value).is_ok_and(|old| old.first >= before) => return,
+                Some(c) => self.registers.compare_and_set(&history_key(stream), c.version, raw.clone()).await,
+                None => self.registers.create(&history_key(stream), raw.clone()).await,
+            };
+            match write {
+                Ok(Written::Applied { .. }) => return,
+                Ok(Written::Conflict { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(stream, error = %e, "could not store the stream history");
+                    return;
+                }
+            }
+        }
     }
 
     /// Who serves the stream: the cached route, or settled from the epoch register (taking
@@ -690,6 +733,16 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 }
             };
             let store = self.store.clone().ok_or_else(|| LogError::Unavailable("no local log store".into()))?;
+            let history = match self.registers.read(&history_key(stream)).await.map_err(register_error)? {
+                Some(v) => match History::decode(&v.value) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        tracing::warn!(stream, error = %e, "ignoring an unreadable stream history");
+                        None
+                    }
+                },
+                None => None,
+            };
             let cfg = PrimaryConfig {
                 stream: stream.to_string(),
                 me: me.to_string(),
@@ -699,6 +752,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 first_lsn: meta.first_lsn,
                 timeout: self.settings.timeout,
                 fresh_stream,
+                history,
                 metrics: self.node.metrics.log.clone(),
             };
             let p = Primary::start(cfg, store, self.peers.clone()).await?;
