@@ -453,15 +453,21 @@ fn apply_write(seg: &mut Segment, w: ReplicaWrite, metrics: &LogMetrics) -> Resu
                 base_lsn: seg.base_lsn(),
             });
         }
-        let mut lsn = prev_lsn;
-        for e in entries {
-            lsn += 1;
+        // The whole write is checked before anything changes: a malformed one changes nothing
+        // (found by `arbitrary_operations_keep_the_replica_consistent`: a valid entry before a
+        // malformed one was kept unsynced, and lost or not at a reopen depending on timing).
+        for (i, e) in entries.iter().enumerate() {
+            let lsn = prev_lsn + 1 + i as u64;
             if e.lsn != lsn || e.epoch == 0 || e.epoch > epoch {
                 return Err(StoreError::Invalid(format!(
                     "entry {} (epoch {}) where LSN {lsn} of an epoch up to {epoch} was expected",
                     e.lsn, e.epoch
                 )));
             }
+        }
+        let mut lsn = prev_lsn;
+        for e in entries {
+            lsn += 1;
             if lsn <= seg.last_lsn() {
                 if seg.epoch_at(lsn) == e.epoch {
                     continue; // already held (a resend): the same entry by log matching
