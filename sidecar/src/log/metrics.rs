@@ -50,7 +50,7 @@ pub struct LogMetrics {
     pub replica_lag_max_entries: Gauge,
     /// Seals this member's replicas accepted (a new primary's epoch).
     pub seals: Counter,
-    /// Streams moved off leaving members (by this member as mover).
+    /// Streams this member's primaries moved off leaving members.
     pub moves: Counter,
     /// Reads this member's replica answered without the primary.
     pub replica_reads: Counter,
@@ -121,7 +121,11 @@ impl LogMetrics {
             "Reads answered by this member's replica without the primary",
             m.replica_reads.clone(),
         );
-        r.register("log_moves", "Streams this member moved off members that leave", m.moves.clone());
+        r.register(
+            "log_moves",
+            "Streams whose primary on this member moved them off members that leave",
+            m.moves.clone(),
+        );
         r.register("log_seals", "Seals at a new epoch accepted by this member's replicas", m.seals.clone());
         r.register("log_recoveries", "Primaries started (recoveries) on this member, by result", m.recoveries.clone());
         r.register("log_trims", "Trim points moved by primaries on this member, by cause", m.trims.clone());

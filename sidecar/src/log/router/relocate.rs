@@ -139,7 +139,6 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
             match r {
                 Ok(()) => {
                     tracing::info!(stream, from = ?replicas, to = ?target, by = %c, "stream moved its replicas");
-                    self.node.metrics.log.moves.inc();
                     return Ok(true);
                 }
                 Err(e) => errors.push(format!("{c}: {e}")),
@@ -207,6 +206,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         let written = self.registers.compare_and_set(&epoch_key(stream), p.epoch, value).await;
         match written {
             Ok(Written::Applied { version }) => {
+                self.node.metrics.log.moves.inc();
                 p.step_down(format!("stream {stream} moved to {target:?} at epoch {version}"));
                 *slot.route.lock().await = None;
                 if target.contains(&me) {
