@@ -985,6 +985,65 @@ async fn streams_move_off_members_that_leave_while_appending() {
     assert_eq!(log.len(), acked.len() * 2, "every acknowledged batch once, nothing else");
 }
 
+/// `ordoctl log move` moves a stream onto two members that joined while an appender writes to
+/// it; then the two members it left are killed with `kill -9` and the stream goes on with every
+/// acknowledged entry. Bad targets are refused and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_moves_onto_members_that_joined_through_ordoctl() {
+    let mut cluster = TestCluster::start(TestOptions { members: 3, slots: 5, ..Default::default() }).await;
+    let stream = "rebalanced";
+    let info = create_rf3(&cluster, stream).await;
+    cluster.dev.spawn(3).unwrap();
+    cluster.dev.spawn(4).unwrap();
+    cluster.change_members(&[0, 1, 2], &[0, 1, 2, 3, 4]).await;
+    let ids: Vec<String> = (0..5).map(|i| cluster.dev.member(i).id.clone()).collect();
+    // Keep one old replica (not member 0, which the appender uses), add both new members.
+    let kept = info.replicas.iter().find(|r| **r != ids[0]).expect("a replica besides member 0").clone();
+    let target = vec![kept.clone(), ids[3].clone(), ids[4].clone()];
+    let dropped: Vec<usize> = (0..3).filter(|&i| ids[i] != kept).collect();
+    let socket = cluster.dev.member(0).socket.clone();
+
+    // Bad targets: refused, nothing moves.
+    let mut c = log_client(&cluster, 0).await;
+    for bad in [vec![kept.clone(), ids[3].clone()], vec![kept.clone(), ids[3].clone(), "nobody".into()]] {
+        let r = c.move_stream(pb::MoveStreamRequest { name: stream.into(), replicas: bad.clone() }).await;
+        let e = r.expect_err("a bad target is refused");
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}: {e}");
+    }
+    assert_eq!(describe(&cluster, 0, stream).await.replicas, info.replicas);
+
+    let channel = cluster.client(0).await.channel();
+    let appender = tokio::spawn(run_appender(
+        channel.clone(),
+        stream.into(),
+        11,
+        60,
+        2,
+        4,
+        Instant::now() + Duration::from_secs(60),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let replicas = target.join(",");
+    let moved =
+        tokio::task::spawn_blocking(move || ordoctl_json(&socket, &["move", stream, "--replicas", &replicas], None))
+            .await
+            .unwrap();
+    assert_eq!(moved["replicas"], serde_json::json!(target), "{moved}");
+    let (mut acked, _) = appender.await.expect("appender");
+    assert_eq!(acked.len(), 60, "every batch acknowledged across the move");
+    for &i in dropped.iter().filter(|&&i| i != 0) {
+        cluster.dev.kill9(i);
+    }
+    // Member 0 left the stream's replicas too but stays in the cluster: it forwards.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (more, _) = run_appender(channel, stream.into(), 12, 10, 2, 4, deadline).await;
+    assert_eq!(more.len(), 10, "the stream goes on without the replicas it left");
+    acked.extend(more);
+    let log = read_all(&cluster, 3, stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), acked.len() * 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_replica_is_rebuilt_and_then_carries_a_takeover() {
     let mut cluster = TestCluster::start(opts()).await;

@@ -125,6 +125,21 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
             )));
         }
         let target = target_replicas(stream, &replicas, members, rf);
+        self.move_to(stream, &target).await.map(|()| true)
+    }
+
+    /// Moves `stream` to the replicas `target` (an app's `MoveStream`): through its primary, or
+    /// a replica of its current set that takes over when none runs. Returns at once when the
+    /// stream lives on `target` already.
+    pub async fn move_to(self: &Arc<Self>, stream: &str, target: &[String]) -> Result<(), LogError> {
+        let meta = self.meta(stream, false).await?;
+        check_target(stream, target, meta.replication_factor, &self.node.config())?;
+        let ep = self.registers.read(&epoch_key(stream)).await.map_err(register_error)?;
+        let value = ep.as_ref().map(|e| EpochValue::decode(&e.value));
+        let replicas = EpochValue::replicas_of(value.as_ref(), &meta);
+        if replicas == target {
+            return Ok(());
+        }
         // The named primary first, then the other replicas (one takes over when none runs).
         let mut candidates: Vec<String> =
             value.map(|v| v.primary).into_iter().filter(|p| replicas.contains(p)).collect();
@@ -132,15 +147,16 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         let mut errors = Vec::new();
         for c in candidates {
             let r = if c == self.node.id {
-                self.move_local(stream, &target).await
+                self.move_local(stream, target).await
             } else {
-                self.peers.primary_move(&c, stream, &target).await
+                self.peers.primary_move(&c, stream, target).await
             };
             match r {
                 Ok(()) => {
                     tracing::info!(stream, from = ?replicas, to = ?target, by = %c, "stream moved its replicas");
-                    return Ok(true);
+                    return Ok(());
                 }
+                Err(e @ LogError::Invalid(_)) => return Err(e),
                 Err(e) => errors.push(format!("{c}: {e}")),
             }
         }
@@ -151,17 +167,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
     /// this member is a replica); see the module docs.
     pub async fn move_local(self: &Arc<Self>, stream: &str, target: &[String]) -> Result<(), LogError> {
         let meta = self.meta(stream, false).await?;
-        let cfg = self.node.config();
-        let distinct: std::collections::BTreeSet<&String> = target.iter().collect();
-        if target.len() != meta.replication_factor as usize
-            || distinct.len() != target.len()
-            || target.iter().any(|t| !cfg.current.members.iter().any(|m| &m.id == t))
-        {
-            return Err(LogError::Invalid(format!(
-                "cannot move stream {stream} to {target:?}: {} distinct members of the current configuration are needed",
-                meta.replication_factor
-            )));
-        }
+        check_target(stream, target, meta.replication_factor, &self.node.config())?;
         let slot = self.slot(stream);
         let p = match self.route(stream, &slot, false).await? {
             Route::Local(p) => p,
@@ -229,6 +235,19 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
             }
         }
     }
+}
+
+/// Checks new replicas: `rf` distinct members of `cfg`'s current set.
+fn check_target(stream: &str, target: &[String], rf: u32, cfg: &MembersFile) -> Result<(), LogError> {
+    let distinct: std::collections::BTreeSet<&String> = target.iter().collect();
+    let unknown: Vec<&String> = target.iter().filter(|t| !cfg.current.members.iter().any(|m| &m.id == *t)).collect();
+    if target.len() != rf as usize || distinct.len() != target.len() || !unknown.is_empty() {
+        return Err(LogError::Invalid(format!(
+            "cannot move stream {stream} to {target:?}: it needs {rf} distinct members of the current configuration{}",
+            if unknown.is_empty() { String::new() } else { format!(" ({unknown:?} are not members)") }
+        )));
+    }
+    Ok(())
 }
 
 /// The joint-epoch step that moves streams off leaving members.
