@@ -130,8 +130,8 @@
 //! [`router::relocate`](crate::log::router).
 //!
 //! # Not built yet
-//! - Replicas do not move when members join (new members take new streams only), nor to
-//!   replace a member that is down for good without a membership change.
+//! - Replicas move onto members that join only by hand (`MoveStream`, `ordoctl log move`); new
+//!   members take new streams.
 //! - A trim stores what its trimmed entries said of producers and fences ([`history`]) only up
 //!   to 512 KiB; beyond that, or when storing it failed, later primaries treat producers whose
 //!   entries were trimmed as unknown.

@@ -1,4 +1,5 @@
-//! Moving a stream's replicas off members that leave the cluster.
+//! Moving a stream's replicas: off members that leave the cluster (on its own), or to any
+//! replicas an operator names (`MoveStream`, `ordoctl log move`; same protocol).
 //!
 //! A stream's replicas are chosen when it is created. When the SeqCluster's membership changes,
 //! a member that leaves may hold replicas of streams; once it is gone, those streams would run
@@ -45,7 +46,10 @@
 //! Tests: `e2e/tests/log.rs::streams_move_off_members_that_leave_while_appending` (a stream on
 //! both leaving members of 5 -> 3, the checker over every acknowledged append, then every
 //! leaving member killed: the stream goes on with all its entries; verified to fail when the
-//! move is skipped), and `tests::the_new_set_keeps_staying_replicas_and_fills_in_placement_order`.
+//! move is skipped), `e2e/tests/log.rs::a_stream_moves_onto_members_that_joined_through_ordoctl`
+//! (an appender across a move by hand, then the replicas left are killed; verified to fail
+//! when the new replicas are not copied to), `log::primary::tests::replicas_a_move_adds_catch_up_but_do_not_count_toward_the_ack_quorum`,
+//! and `tests::the_new_set_keeps_staying_replicas_and_fills_in_placement_order`.
 
 use std::sync::{Arc, Weak};
 
