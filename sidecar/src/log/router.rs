@@ -126,7 +126,7 @@ impl StreamMeta {
 /// replicas, the replicas of this epoch. The replica set lives beside the epoch because both
 /// change by one compare-and-set: a primary that took over from version `v` seals the replicas
 /// that version names, and a move writes new replicas only while version `v` is still current
-/// (see [`relocate`]).
+/// (see the `relocate` module).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpochValue {
     /// The primary (the member that wrote this version, or the one a move named).

@@ -177,7 +177,7 @@ impl ReplicaStore {
         Ok(Self { tx, root: root.to_path_buf(), known })
     }
 
-    /// `(trim point, commit point)` of `stream` as this replica knows them (see [`Known`]);
+    /// `(trim point, commit point)` of `stream` as this replica knows them (see `Known`);
     /// `None` before a primary's write told it.
     pub fn known_committed(&self, stream: &str) -> Option<(u64, u64)> {
         self.known.lock().expect("known lock").get(stream).copied()
