@@ -317,6 +317,12 @@ const STAGES: [(&str, &str, bool); 6] = [
     ("ordo_log_commit_segments", "segments fdatasynced per group commit", false),
 ];
 
+/// The sidecars' counters reported beside [`STAGES`].
+const COUNTERS: [(&str, &str); 2] = [
+    ("ordo_log_appended_entries_total", "entries appended by primaries"),
+    ("ordo_log_replicated_from_store_total", "entries a primary read back from its store to replicate"),
+];
+
 /// One Prometheus histogram summed over members: cumulative counts per upper bound, sum, count.
 #[derive(Debug, Clone, Default)]
 struct PromHist {
@@ -333,19 +339,23 @@ impl PromHist {
     }
 }
 
-/// [`STAGES`] as the members report them.
+/// [`STAGES`] and [`COUNTERS`] as the members report them.
 #[derive(Debug, Clone, Default)]
-struct Stages(Vec<PromHist>);
+struct Stages(Vec<PromHist>, Vec<f64>);
 
 impl Stages {
     async fn scrape(ordo: &OrdoCluster) -> Self {
-        let mut s = Stages(vec![PromHist::default(); STAGES.len()]);
+        let empty = || Stages(vec![PromHist::default(); STAGES.len()], vec![0.0; COUNTERS.len()]);
+        let mut s = empty();
         for text in ordo.metrics().await {
-            let mut member = Stages(vec![PromHist::default(); STAGES.len()]);
+            let mut member = empty();
             for line in text.lines().filter(|l| !l.starts_with('#')) {
                 let Some((name, value)) = line.rsplit_once(' ') else { continue };
                 let Ok(v) = value.trim().parse::<f64>() else { continue };
                 let (metric, labels) = name.split_once('{').unwrap_or((name, ""));
+                if let Some(i) = COUNTERS.iter().position(|(c, _)| *c == metric) {
+                    member.1[i] += v;
+                }
                 for (i, (stage, _, _)) in STAGES.iter().enumerate() {
                     let Some(suffix) = metric.strip_prefix(stage) else { continue };
                     let h = &mut member.0[i];
@@ -376,7 +386,10 @@ impl Stages {
             };
             PromHist { buckets, sum: a.sum + sign * b.sum, count: a.count + sign * b.count }
         };
-        Stages(self.0.iter().zip(&o.0).map(|(a, b)| add(a, b)).collect())
+        Stages(
+            self.0.iter().zip(&o.0).map(|(a, b)| add(a, b)).collect(),
+            self.1.iter().zip(&o.1).map(|(a, b)| a + sign * b).collect(),
+        )
     }
 
     fn since(&self, before: &Stages) -> Stages {
@@ -397,6 +410,9 @@ impl std::fmt::Display for Stages {
                 h.quantile(0.5) * scale,
                 h.quantile(0.99) * scale
             )?;
+        }
+        for ((_, what), v) in COUNTERS.iter().zip(&self.1) {
+            writeln!(f, "  - {what}: {v:.0}")?;
         }
         Ok(())
     }

@@ -55,6 +55,8 @@ pub struct LogMetrics {
     pub commit_seconds: Histogram,
     /// Segments `fdatasync`ed by one group commit.
     pub commit_segments: Histogram,
+    /// Entries a primary read back from its store to replicate them (no longer in memory).
+    pub replicated_from_store: Counter,
     /// Entries this member's replicas lack behind the commit point their primaries reported,
     /// summed over the streams it replicates.
     pub replica_lag_entries: Gauge,
@@ -94,6 +96,7 @@ impl LogMetrics {
             write_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
             commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
             commit_segments: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            replicated_from_store: Counter::default(),
             replica_lag_entries: Gauge::default(),
             replica_lag_max_entries: Gauge::default(),
             seals: Counter::default(),
@@ -134,6 +137,11 @@ impl LogMetrics {
         );
         r.register("log_commit_seconds", "One group commit of this member's log store", m.commit_seconds.clone());
         r.register("log_commit_segments", "Segments fdatasynced by one group commit", m.commit_segments.clone());
+        r.register(
+            "log_replicated_from_store",
+            "Entries a primary read back from its store to replicate them",
+            m.replicated_from_store.clone(),
+        );
         r.register(
             "log_replica_lag_entries",
             "Entries this member's replicas lack behind their primaries' commit point, summed over streams",

@@ -764,6 +764,7 @@ impl ReplicaTask {
             };
             let n = ((last - self.next + 1) as usize).min(MAX_SEND_ENTRIES);
             let got = self.store.fetch(&self.stream, None, self.next, n).await.map_err(|e| e.to_string())?;
+            self.metrics.replicated_from_store.inc_by(got.entries.len() as u64);
             if got.entries.first().is_some_and(|e| e.lsn == self.next) {
                 return Ok(Some((prev_epoch, got.entries, std::mem::take(&mut self.reset))));
             }
