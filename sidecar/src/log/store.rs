@@ -3,21 +3,9 @@
 //! one writer thread that applies every operation in arrival order and **group-commits**: it
 //! takes everything queued while the disk was busy, writes it, `fdatasync`s each touched
 //! segment once (the segments side by side, on sync threads), and only then replies, after
-//! every sync of the commit succeeded. A batch is never acknowledged before it is durable.
-//!
-//! Up to [`COMMITS_IN_FLIGHT`] commits overlap: the writer applies and starts syncing the next
-//! group while the syncs of the one before still run. **Why every answer still implies
-//! durability of everything before it**: answers go out from one thread in commit order, each
-//! after its own commit's syncs and (by that order) every earlier commit's; a commit's syncs
-//! start after its operations were applied, so each file is synced in a state that contains
-//! them (or later operations on top, which a crash could have persisted in the serial order
-//! too: unsynced writes may reach the disk at any time). Operations that must be durable at
-//! once (seals, bases, rebuild markers) are synced inline, as before. Tests:
-//! `a_write_is_answered_only_after_its_sync` (a commit waits for every sync and fails when one
-//! fails; verified to fail when it does not wait), `commits_are_answered_in_order_after_their_syncs`
-//! (verified to fail when commits are answered as their syncs finish),
-//! `answers_keep_the_order_of_the_operations`, and the store, primary and `e2e/tests/log.rs`
-//! checkers.
+//! every sync of the commit succeeded. A batch is never acknowledged before it is durable
+//! (test: `a_write_is_answered_only_after_its_sync`, verified to fail when a commit does not
+//! wait for its syncs; `answers_keep_the_order_of_the_operations`).
 //!
 //! Trimming is physical here: every write and seal from a primary carries the stream's trim
 //! point, and the replica deletes the segment files wholly below it (never the active one),
@@ -179,20 +167,10 @@ impl ReplicaStore {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             metrics: LogMetrics::default(),
         };
-        let (commits_tx, commits) = std_mpsc::channel();
-        let (tokens_tx, tokens) = std_mpsc::sync_channel(COMMITS_IN_FLIGHT);
-        for _ in 0..COMMITS_IN_FLIGHT {
-            let _ = tokens_tx.send(());
-        }
-        let thread_error = |source| SegmentError::Io { path: root.display().to_string(), source };
-        std::thread::Builder::new()
-            .name("ordo-log-answer".into())
-            .spawn(move || answer(commits, tokens_tx))
-            .map_err(thread_error)?;
         std::thread::Builder::new()
             .name("ordo-log-writer".into())
-            .spawn(move || writer.run(rx, commits_tx, tokens))
-            .map_err(thread_error)?;
+            .spawn(move || writer.run(rx))
+            .map_err(|source| SegmentError::Io { path: root.display().to_string(), source })?;
         Ok(Self { tx, root: root.to_path_buf() })
     }
 
@@ -332,39 +310,51 @@ impl SyncPool {
         Self { jobs, queue: Arc::new(Mutex::new(queue)), threads: 0 }
     }
 
-    /// Starts every job at once (on sync threads) and returns what waits for them.
-    fn start(&mut self, jobs: Vec<Job>) -> Syncing {
+    /// Runs every job, all at once, and returns the first error (after every job finished).
+    fn run_all(&mut self, mut jobs: Vec<Job>) -> Result<(), SegmentError> {
+        let Some(mine) = jobs.pop() else { return Ok(()) };
         self.grow(jobs.len().min(SYNC_THREADS));
         let (done_tx, done) = std_mpsc::channel();
-        let mut syncing = Syncing { done, sent: 0, failed: None };
+        let mut sent = 0;
+        let mut first_err = None;
         for job in jobs {
             match self.jobs.send((job, done_tx.clone())) {
-                Ok(()) => syncing.sent += 1,
+                Ok(()) => sent += 1,
                 // No sync thread could start (see `grow`): run it here.
                 Err(std_mpsc::SendError((job, _))) => {
                     if let Err(e) = job() {
-                        syncing.failed.get_or_insert(e);
+                        first_err.get_or_insert(e);
                     }
                 }
             }
         }
-        syncing
-    }
-
-    /// Runs every job, all at once, and returns the first error (after every job finished).
-    #[cfg(test)]
-    fn run_all(&mut self, jobs: Vec<Job>) -> Result<(), SegmentError> {
-        self.start(jobs).wait()
+        drop(done_tx);
+        if let Err(e) = mine() {
+            first_err.get_or_insert(e);
+        }
+        for _ in 0..sent {
+            match done.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(SegmentError::Invalid("a sync thread died".into()));
+                    break;
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Starts sync threads until `want` run (a thread that cannot start leaves the work to the
-    /// writer, which then syncs one after the other).
+    /// writer, which then syncs one after the other as before).
     fn grow(&mut self, want: usize) {
         while self.threads < want {
             let queue = self.queue.clone();
             let started = std::thread::Builder::new().name("ordo-log-sync".into()).stack_size(64 << 10).spawn(move || {
                 loop {
-                    // The writer dropped the pool and every queued job ran: nothing more to sync.
+                    // The writer dropped the pool: nothing more to sync.
                     let Ok((job, done)) = queue.lock().map_err(drop).and_then(|q| q.recv().map_err(drop)) else {
                         return;
                     };
@@ -383,97 +373,10 @@ impl SyncPool {
     }
 }
 
-/// The syncs of one group commit, started.
-struct Syncing {
-    done: std_mpsc::Receiver<Result<(), SegmentError>>,
-    sent: usize,
-    failed: Option<SegmentError>,
-}
-
-impl Syncing {
-    /// Waits for every sync and returns the first error.
-    fn wait(mut self) -> Result<(), SegmentError> {
-        for _ in 0..self.sent {
-            match self.done.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    self.failed.get_or_insert(e);
-                }
-                Err(_) => {
-                    self.failed.get_or_insert(SegmentError::Invalid("a sync thread died".into()));
-                    break;
-                }
-            }
-        }
-        self.failed.map_or(Ok(()), Err)
-    }
-}
-
-/// Group commits whose syncs may run at once: while one commit's `fdatasync`s run, the writer
-/// applies what arrived meanwhile and starts its syncs too, instead of letting it wait for the
-/// whole commit before (on the benchmark machine a write waited about two commits). Answers
-/// still go out in commit order, each after its own syncs and every earlier commit's.
-const COMMITS_IN_FLIGHT: usize = 2;
-
-/// One group commit on its way to its answers.
-struct Commit {
-    replies: Vec<Reply>,
-    syncing: Result<Syncing, SegmentError>,
-    started: Instant,
-    queued: Vec<Instant>,
-    segments: usize,
-    metrics: LogMetrics,
-}
-
-impl Commit {
-    /// Waits for the commit's syncs, then answers (or exits when a sync failed).
-    fn finish(self) {
-        let ok = match self.syncing.and_then(Syncing::wait) {
-            Ok(()) => true,
-            Err(e) => {
-                // Data the kernel failed to write may be lost: do not acknowledge anything,
-                // and stop (as the register store does) rather than go on with a file whose
-                // contents are unknown.
-                tracing::error!(error = %e, "fdatasync of a log segment failed; exiting");
-                false
-            }
-        };
-        for r in self.replies {
-            r(ok);
-        }
-        if !ok {
-            std::process::exit(70);
-        }
-        if self.segments > 0 {
-            self.metrics.commit_seconds.observe(self.started.elapsed().as_secs_f64());
-            self.metrics.commit_segments.observe(self.segments as f64);
-        }
-        for q in self.queued {
-            self.metrics.write_seconds.observe(q.elapsed().as_secs_f64());
-        }
-    }
-}
-
-/// Answers the commits in order (its own thread, so that the writer goes on applying).
-fn answer(commits: std_mpsc::Receiver<Commit>, tokens: std_mpsc::SyncSender<()>) {
-    for c in commits {
-        c.finish();
-        let _ = tokens.send(());
-    }
-}
-
 impl Writer {
-    /// Applies operations in arrival order, group-committing what queued while the commits
-    /// before were in flight; `commits` goes to [`answer`], which hands back a token of
-    /// `tokens` per finished commit.
-    fn run(mut self, rx: std_mpsc::Receiver<Op>, commits: std_mpsc::Sender<Commit>, tokens: std_mpsc::Receiver<()>) {
+    fn run(mut self, rx: std_mpsc::Receiver<Op>) {
         let mut pool = SyncPool::new();
         while let Ok(first) = rx.recv() {
-            // Fewer than COMMITS_IN_FLIGHT commits are in flight (meanwhile, operations queue
-            // up for this group).
-            if tokens.recv().is_err() {
-                return;
-            }
             let mut ops = vec![first];
             while let Ok(op) = rx.try_recv() {
                 ops.push(op);
@@ -486,20 +389,41 @@ impl Writer {
             let mut dirty = HashSet::new();
             let replies: Vec<Reply> = ops.into_iter().map(|op| self.apply(op, &mut dirty)).collect();
             let mut jobs = Vec::with_capacity(dirty.len());
-            let mut prepared = Ok(());
+            let mut synced = Ok(());
             for stream in &dirty {
                 if let Some(seg) = self.segments.get_mut(stream) {
                     match seg.prepare_sync() {
                         Ok(job) => jobs.push(Box::new(move || job.run()) as Job),
-                        Err(e) => prepared = Err(e),
+                        Err(e) => synced = Err(e),
                     }
                 }
             }
             let segments = jobs.len();
-            let syncing = prepared.map(|()| pool.start(jobs));
-            let commit = Commit { replies, syncing, started, queued, segments, metrics: self.metrics.clone() };
-            if commits.send(commit).is_err() {
-                return;
+            if synced.is_ok() {
+                synced = pool.run_all(jobs);
+            }
+            let ok = match synced {
+                Ok(()) => true,
+                Err(e) => {
+                    // Data the kernel failed to write may be lost: do not acknowledge
+                    // anything, and stop (as the register store does) rather than go on
+                    // with a file whose contents are unknown.
+                    tracing::error!(error = %e, "fdatasync of a log segment failed; exiting");
+                    false
+                }
+            };
+            for r in replies {
+                r(ok);
+            }
+            if !ok {
+                std::process::exit(70);
+            }
+            if segments > 0 {
+                self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                self.metrics.commit_segments.observe(segments as f64);
+            }
+            for q in queued {
+                self.metrics.write_seconds.observe(q.elapsed().as_secs_f64());
             }
         }
     }
@@ -724,42 +648,6 @@ mod tests {
         assert!(pool.run_all(jobs).is_err(), "a failed sync must fail the commit");
         assert_eq!(done.load(Ordering::SeqCst), 8);
         assert!(pool.threads <= SYNC_THREADS);
-    }
-
-    /// Commits are answered in commit order, each only after its own syncs, even when a later
-    /// commit's syncs finish first.
-    #[test]
-    fn commits_are_answered_in_order_after_their_syncs() {
-        let (commits_tx, commits) = std_mpsc::channel();
-        let (tokens_tx, tokens) = std_mpsc::sync_channel(COMMITS_IN_FLIGHT);
-        let answering = std::thread::spawn(move || answer(commits, tokens_tx));
-        let (answered_tx, answered) = std_mpsc::channel();
-        let mut syncs = Vec::new();
-        for id in 0..2 {
-            let (done_tx, done) = std_mpsc::channel();
-            syncs.push(done_tx);
-            let answered_tx = answered_tx.clone();
-            let reply: Reply = Box::new(move |ok| answered_tx.send((id, ok)).unwrap());
-            let commit = Commit {
-                replies: vec![reply],
-                syncing: Ok(Syncing { done, sent: 1, failed: None }),
-                started: Instant::now(),
-                queued: Vec::new(),
-                segments: 1,
-                metrics: LogMetrics::default(),
-            };
-            commits_tx.send(commit).unwrap();
-        }
-        // The later commit's sync finishes first: nobody is answered yet.
-        syncs[1].send(Ok(())).unwrap();
-        assert!(answered.recv_timeout(std::time::Duration::from_millis(50)).is_err());
-        syncs[0].send(Ok(())).unwrap();
-        let wait = std::time::Duration::from_secs(5);
-        assert_eq!(answered.recv_timeout(wait).unwrap(), (0, true));
-        assert_eq!(answered.recv_timeout(wait).unwrap(), (1, true));
-        assert!(tokens.recv_timeout(wait).is_ok() && tokens.recv_timeout(wait).is_ok(), "a token per commit");
-        drop(commits_tx);
-        answering.join().unwrap();
     }
 
     /// Writes to many streams, queued in one order, are answered in that order across
