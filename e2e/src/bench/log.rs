@@ -308,12 +308,13 @@ async fn open_loop(
 
 /// The sidecars' per-stage histograms, in the order a batch passes them: name, what it covers,
 /// and whether it is in seconds (else a count).
-const STAGES: [(&str, &str, bool); 6] = [
+const STAGES: [(&str, &str, bool); 7] = [
     ("ordo_log_ack_seconds", "sidecar the app writes to: batch queued to answer (forwarding included)", true),
     ("ordo_log_primary_ack_seconds", "primary: batch on its queue to commit", true),
     ("ordo_log_replicate_seconds", "primary to a replica (its own disk too): message to durable answer", true),
     ("ordo_log_write_seconds", "a member's store: write queued to durable (wait + group commit)", true),
     ("ordo_log_commit_seconds", "a member's store: one group commit (writes + fdatasyncs)", true),
+    ("ordo_log_sync_seconds", "a member's store: the fdatasyncs of one group commit", true),
     ("ordo_log_commit_segments", "segments fdatasynced per group commit", false),
 ];
 
@@ -451,7 +452,9 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     if args.half_peak_rate.is_some() && cells.len() != 1 {
-        bail!("--half-peak-rate runs one cell: give one value each of --streams, --entry-bytes, --batches, --pipelines");
+        bail!(
+            "--half-peak-rate runs one cell: give one value each of --streams, --entry-bytes, --batches, --pipelines"
+        );
     }
 
     if wants("fsync") {

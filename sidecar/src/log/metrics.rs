@@ -53,6 +53,8 @@ pub struct LogMetrics {
     pub write_seconds: Histogram,
     /// One group commit of this member's log store: writes and `fdatasync`s.
     pub commit_seconds: Histogram,
+    /// The `fdatasync`s of one group commit (side by side).
+    pub sync_seconds: Histogram,
     /// Segments `fdatasync`ed by one group commit.
     pub commit_segments: Histogram,
     /// Entries a primary read back from its store to replicate them (no longer in memory).
@@ -95,6 +97,7 @@ impl LogMetrics {
             replicate_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
             write_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
             commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
+            sync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
             commit_segments: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             replicated_from_store: Counter::default(),
             replica_lag_entries: Gauge::default(),
@@ -136,6 +139,7 @@ impl LogMetrics {
             m.write_seconds.clone(),
         );
         r.register("log_commit_seconds", "One group commit of this member's log store", m.commit_seconds.clone());
+        r.register("log_sync_seconds", "The fdatasyncs of one group commit", m.sync_seconds.clone());
         r.register("log_commit_segments", "Segments fdatasynced by one group commit", m.commit_segments.clone());
         r.register(
             "log_replicated_from_store",

@@ -352,15 +352,16 @@ impl SyncPool {
     fn grow(&mut self, want: usize) {
         while self.threads < want {
             let queue = self.queue.clone();
-            let started = std::thread::Builder::new().name("ordo-log-sync".into()).stack_size(64 << 10).spawn(move || {
-                loop {
-                    // The writer dropped the pool: nothing more to sync.
-                    let Ok((job, done)) = queue.lock().map_err(drop).and_then(|q| q.recv().map_err(drop)) else {
-                        return;
-                    };
-                    let _ = done.send(job());
-                }
-            });
+            let started =
+                std::thread::Builder::new().name("ordo-log-sync".into()).stack_size(64 << 10).spawn(move || {
+                    loop {
+                        // The writer dropped the pool: nothing more to sync.
+                        let Ok((job, done)) = queue.lock().map_err(drop).and_then(|q| q.recv().map_err(drop)) else {
+                            return;
+                        };
+                        let _ = done.send(job());
+                    }
+                });
             if started.is_err() {
                 // Without a thread the queued jobs would wait forever: stop queueing.
                 let (jobs, _) = std_mpsc::channel();
@@ -399,9 +400,11 @@ impl Writer {
                 }
             }
             let segments = jobs.len();
+            let syncing = Instant::now();
             if synced.is_ok() {
                 synced = pool.run_all(jobs);
             }
+            let sync_seconds = syncing.elapsed().as_secs_f64();
             let ok = match synced {
                 Ok(()) => true,
                 Err(e) => {
@@ -420,6 +423,7 @@ impl Writer {
             }
             if segments > 0 {
                 self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                self.metrics.sync_seconds.observe(sync_seconds);
                 self.metrics.commit_segments.observe(segments as f64);
             }
             for q in queued {
