@@ -237,13 +237,22 @@ impl OrdoCluster {
     /// Sums the quorum counters of every member (members that do not answer are skipped).
     pub async fn quorum_stats(&self) -> QuorumStats {
         let mut s = QuorumStats::default();
+        for text in self.metrics().await {
+            s.add_metrics(&text);
+        }
+        s
+    }
+
+    /// Each member's Prometheus `/metrics` text (members that do not answer are skipped).
+    pub async fn metrics(&self) -> Vec<String> {
+        let mut texts = Vec::new();
         for addr in &self.admin {
             if let Ok(mut h) = super::http::Http::connect(addr).await {
                 if let Ok(text) = h.get("/metrics").await {
-                    s.add_metrics(&text);
+                    texts.push(text);
                 }
             }
         }
-        s
+        texts
     }
 }

@@ -43,6 +43,22 @@ pub struct LogMetrics {
     pub batches_in_flight: Gauge,
     /// From a batch queued on this sidecar to its answer (acknowledged or failed).
     pub ack_seconds: Histogram,
+    /// At a stream's primary, from a batch on its queue to its commit (ack quorum durable).
+    pub primary_ack_seconds: Histogram,
+    /// From a replication message sent by a primary to the replica's durable answer (the
+    /// primary's own disk included).
+    pub replicate_seconds: Histogram,
+    /// From a write queued at this member's log store to its durable answer (the wait for the
+    /// group commit before it, plus its own).
+    pub write_seconds: Histogram,
+    /// One group commit of this member's log store: writes and `fdatasync`s.
+    pub commit_seconds: Histogram,
+    /// The `fdatasync`s of one group commit (side by side).
+    pub sync_seconds: Histogram,
+    /// Segments `fdatasync`ed by one group commit.
+    pub commit_segments: Histogram,
+    /// Entries a primary read back from its store to replicate them (no longer in memory).
+    pub replicated_from_store: Counter,
     /// Entries this member's replicas lack behind the commit point their primaries reported,
     /// summed over the streams it replicates.
     pub replica_lag_entries: Gauge,
@@ -81,6 +97,13 @@ impl LogMetrics {
             batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             batches_in_flight: Gauge::default(),
             ack_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
+            primary_ack_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
+            replicate_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
+            write_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
+            commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
+            sync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
+            commit_segments: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            replicated_from_store: Counter::default(),
             replica_lag_entries: Gauge::default(),
             replica_lag_max_entries: Gauge::default(),
             seals: Counter::default(),
@@ -106,6 +129,29 @@ impl LogMetrics {
             m.batches_in_flight.clone(),
         );
         r.register("log_ack_seconds", "From a batch queued on this sidecar to its answer", m.ack_seconds.clone());
+        r.register(
+            "log_primary_ack_seconds",
+            "At a stream's primary, from a batch on its queue to its commit",
+            m.primary_ack_seconds.clone(),
+        );
+        r.register(
+            "log_replicate_seconds",
+            "From a replication message sent by a primary to the replica's durable answer",
+            m.replicate_seconds.clone(),
+        );
+        r.register(
+            "log_write_seconds",
+            "From a write queued at this member's log store to its durable answer",
+            m.write_seconds.clone(),
+        );
+        r.register("log_commit_seconds", "One group commit of this member's log store", m.commit_seconds.clone());
+        r.register("log_sync_seconds", "The fdatasyncs of one group commit", m.sync_seconds.clone());
+        r.register("log_commit_segments", "Segments fdatasynced by one group commit", m.commit_segments.clone());
+        r.register(
+            "log_replicated_from_store",
+            "Entries a primary read back from its store to replicate them",
+            m.replicated_from_store.clone(),
+        );
         r.register(
             "log_replica_lag_entries",
             "Entries this member's replicas lack behind their primaries' commit point, summed over streams",

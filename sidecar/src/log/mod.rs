@@ -39,7 +39,8 @@
 //! on disk. An entry of epoch `E` at LSN `x` is **committed**, and its batch acknowledged, once
 //! AQ replicas (the primary's own disk counting as one) answered durably up to `x`; everything
 //! before it is committed with it. Replicas `fdatasync` before answering, and one writer thread
-//! per member groups the fsyncs of all streams and batches that arrive while the disk is busy.
+//! per member groups the fsyncs of all streams and batches that arrive while the disk is busy
+//! (one `fdatasync` per touched segment, the segments' side by side on sync threads).
 //!
 //! # Guarantees, why they hold, and the tests that catch their violation
 //!

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -182,12 +182,14 @@ struct Waiter {
     first_lsn: u64,
     len: u32,
     reply: AppendResultTx,
+    queued: Instant,
 }
 
 enum Cmd {
     Append {
         batch: Batch,
         reply: AppendResultTx,
+        queued: Instant,
     },
     Durable {
         replica: usize,
@@ -291,6 +293,7 @@ impl Primary {
                     shared: shared.clone(),
                     store: store.clone(),
                     tx: tx.clone(),
+                    metrics: cfg.metrics.clone(),
                 };
                 tokio::spawn(link.run(peers.clone(), local));
             })
@@ -428,7 +431,8 @@ impl Primary {
     /// Queues a batch (in call order) and returns where its answer will arrive.
     pub fn submit(&self, batch: Batch) -> oneshot::Receiver<AppendResult> {
         let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Cmd::Append { reply, .. })) = self.tx.send(Cmd::Append { batch, reply }) {
+        let cmd = Cmd::Append { batch, reply, queued: Instant::now() };
+        if let Err(mpsc::error::SendError(Cmd::Append { reply, .. })) = self.tx.send(cmd) {
             let _ = reply.send(Err(LogError::Unavailable("the primary stopped".into())));
         }
         rx
@@ -701,7 +705,7 @@ impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         while let Some(cmd) = rx.recv().await {
             match cmd {
-                Cmd::Append { batch, reply } => self.append(batch, reply),
+                Cmd::Append { batch, reply, queued } => self.append(batch, reply, queued),
                 Cmd::Durable { replica, lsn } => {
                     if let Some(m) = self.matched.get_mut(replica) {
                         *m = (*m).max(lsn);
@@ -743,7 +747,7 @@ impl Actor {
         self.shared.deposed_tx.send_replace(Some(why));
     }
 
-    fn append(&mut self, batch: Batch, reply: AppendResultTx) {
+    fn append(&mut self, batch: Batch, reply: AppendResultTx, queued: Instant) {
         if let Some(why) = self.deposed.as_ref().or(self.paused.as_ref()) {
             let _ = reply.send(Err(LogError::Unavailable(why.clone())));
             return;
@@ -753,7 +757,7 @@ impl Actor {
             Verdict::Refuse(why) => {
                 let _ = reply.send(Err(LogError::Refused(why)));
             }
-            Verdict::Duplicate { first_lsn, len } => self.wait(first_lsn, len, reply),
+            Verdict::Duplicate { first_lsn, len } => self.wait(first_lsn, len, reply, queued),
             Verdict::Append => {
                 if let Err(why) = self.fences.check(&self.cfg.stream, batch.fence.as_ref()) {
                     let _ = reply.send(Err(LogError::Fenced(why)));
@@ -789,17 +793,17 @@ impl Actor {
                 self.cfg.metrics.batch_entries.observe(f64::from(len));
                 self.producers.record(batch.producer_id, batch.producer_epoch, batch.batch_seq, first, len);
                 self.shared.last_tx.send_replace(last);
-                self.wait(first, len, reply);
+                self.wait(first, len, reply, queued);
             }
         }
     }
 
-    fn wait(&mut self, first_lsn: u64, len: u32, reply: AppendResultTx) {
+    fn wait(&mut self, first_lsn: u64, len: u32, reply: AppendResultTx, queued: Instant) {
         let last = first_lsn + u64::from(len) - 1;
         if last <= self.commit {
             let _ = reply.send(Ok((first_lsn..=last).collect()));
         } else {
-            self.waiters.entry(last).or_default().push(Waiter { first_lsn, len, reply });
+            self.waiters.entry(last).or_default().push(Waiter { first_lsn, len, reply, queued });
         }
     }
 
@@ -819,6 +823,7 @@ impl Actor {
             for w in ws {
                 let last = w.first_lsn + u64::from(w.len) - 1;
                 let _ = w.reply.send(Ok((w.first_lsn..=last).collect()));
+                self.cfg.metrics.primary_ack_seconds.observe(w.queued.elapsed().as_secs_f64());
             }
         }
         // Entries committed and on the local disk are read from the store from now on.
@@ -849,6 +854,7 @@ struct ReplicaTask {
     shared: Arc<Shared>,
     store: ReplicaStore,
     tx: mpsc::UnboundedSender<Cmd>,
+    metrics: LogMetrics,
 }
 
 impl ReplicaTask {
@@ -928,6 +934,7 @@ impl ReplicaTask {
             };
             let n = ((last - self.next + 1) as usize).min(MAX_SEND_ENTRIES);
             let got = self.store.fetch(&self.stream, None, self.next, n).await.map_err(|e| e.to_string())?;
+            self.metrics.replicated_from_store.inc_by(got.entries.len() as u64);
             if got.entries.first().is_some_and(|e| e.lsn == self.next) {
                 return Ok(Some((prev_epoch, got.entries, std::mem::take(&mut self.reset))));
             }
@@ -956,7 +963,8 @@ impl ReplicaTask {
         let mut first_rx = self.shared.first_tx.subscribe();
         let mut commit_rx = self.shared.commit_tx.subscribe();
         let mut deposed = self.shared.deposed_tx.subscribe();
-        let mut inflight = 0usize;
+        // When each message in flight was sent (answers come in order).
+        let mut inflight: VecDeque<Instant> = VecDeque::with_capacity(REPLICA_WINDOW);
         // The trim point this replica was last told (0: not yet on this link).
         let mut told_first = 0;
         // The commit point it was last told, and when an empty message will tell a newer one.
@@ -966,7 +974,7 @@ impl ReplicaTask {
             // Marked seen before gathering, so an append after this point wakes the select.
             last_rx.borrow_and_update();
             let first = *first_rx.borrow_and_update();
-            while inflight < REPLICA_WINDOW {
+            while inflight.len() < REPLICA_WINDOW {
                 let Some((prev_epoch, entries, reset)) = self.gather().await? else { break };
                 if entries.is_empty() {
                     break;
@@ -977,9 +985,9 @@ impl ReplicaTask {
                 link.tx.send(msg).await.map_err(|_| "link closed".to_string())?;
                 told_first = first;
                 self.next += n;
-                inflight += 1;
+                inflight.push_back(Instant::now());
             }
-            if told_first < first && inflight < REPLICA_WINDOW {
+            if told_first < first && inflight.len() < REPLICA_WINDOW {
                 // Nothing to send but a new trim point (or a new link): the replica deletes
                 // what lies below it now, not at the next append.
                 let prev_epoch = self.shared.tail.lock().expect("tail lock").epoch_at(self.next - 1);
@@ -987,17 +995,17 @@ impl ReplicaTask {
                 told_commit = msg.commit;
                 link.tx.send(msg).await.map_err(|_| "link closed")?;
                 told_first = first;
-                inflight += 1;
+                inflight.push_back(Instant::now());
             }
             let commit = *commit_rx.borrow_and_update();
             if told_commit >= commit {
                 notice_at = None;
-            } else if notice_at.is_some_and(|t| t <= tokio::time::Instant::now()) && inflight < REPLICA_WINDOW {
+            } else if notice_at.is_some_and(|t| t <= tokio::time::Instant::now()) && inflight.len() < REPLICA_WINDOW {
                 let prev_epoch = self.shared.tail.lock().expect("tail lock").epoch_at(self.next - 1);
                 let msg = self.message(prev_epoch, Vec::new(), false, first);
                 told_commit = msg.commit;
                 link.tx.send(msg).await.map_err(|_| "link closed")?;
-                inflight += 1;
+                inflight.push_back(Instant::now());
                 notice_at = None;
             } else if notice_at.is_none() {
                 notice_at = Some(tokio::time::Instant::now() + COMMIT_NOTICE);
@@ -1005,7 +1013,9 @@ impl ReplicaTask {
             tokio::select! {
                 ack = link.rx.recv() => {
                     let Some(ack) = ack else { return Err("link closed".into()) };
-                    inflight = inflight.saturating_sub(1);
+                    if let Some(sent) = inflight.pop_front() {
+                        self.metrics.replicate_seconds.observe(sent.elapsed().as_secs_f64());
+                    }
                     match ack.reply {
                         AppendReply::Durable(lsn) => {
                             let _ = self.tx.send(Cmd::Durable { replica: self.index, lsn });
