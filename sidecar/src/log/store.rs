@@ -146,6 +146,10 @@ enum Op {
         max: usize,
         reply: oneshot::Sender<Result<FetchReply, StoreError>>,
     },
+    /// Finish what was queued before, answer, and stop touching the disk.
+    Close {
+        done: std_mpsc::Sender<()>,
+    },
 }
 
 /// Every stream this member replicates, behind one group-committing writer thread.
@@ -175,6 +179,7 @@ impl ReplicaStore {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             metrics: LogMetrics::default(),
             known: known.clone(),
+            closed: false,
         };
         std::thread::Builder::new()
             .name("ordo-log-writer".into())
@@ -187,6 +192,14 @@ impl ReplicaStore {
     /// `None` before a primary's write told it.
     pub fn known_committed(&self, stream: &str) -> Option<(u64, u64)> {
         self.known.lock().expect("known lock").get(stream).copied()
+    }
+
+    /// Stops the writer once everything queued before is written and synced, waiting up to
+    /// `wait`; true when it stopped. Every later call on any handle fails with `Closed`. For
+    /// owners that delete the directory afterwards (tests): the writer never touches it again.
+    pub fn close_blocking(&self, wait: std::time::Duration) -> bool {
+        let (done, stopped) = std_mpsc::channel();
+        self.tx.send(Op::Close { done }).is_ok() && stopped.recv_timeout(wait).is_ok()
     }
 
     /// Directory of the store.
@@ -297,6 +310,8 @@ struct Writer {
     segment_bytes: u64,
     metrics: LogMetrics,
     known: Known,
+    /// A `Close` was applied: later operations are dropped (their callers see `Closed`).
+    closed: bool,
 }
 
 type Reply = Box<dyn FnOnce(bool) + Send>;
@@ -458,6 +473,9 @@ impl Writer {
             if !ok {
                 std::process::exit(70);
             }
+            if self.closed {
+                return;
+            }
             if segments > 0 {
                 self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
                 self.metrics.sync_seconds.observe(sync_seconds);
@@ -486,7 +504,17 @@ impl Writer {
                 let _ = tx.send(if ok { v } else { Err(StoreError::Closed) });
             })
         }
+        if self.closed {
+            drop(op); // its reply sender goes: the caller sees `Closed`
+            return Box::new(|_| {});
+        }
         match op {
+            Op::Close { done } => {
+                self.closed = true;
+                Box::new(move |_| {
+                    let _ = done.send(());
+                })
+            }
             Op::Seal { stream, epoch, fresh, first_lsn, reply } => {
                 later(reply, self.seal(&stream, epoch, fresh, first_lsn))
             }
@@ -834,6 +862,20 @@ mod tests {
         };
         assert_eq!(s.write("t", again).await, Ok(AppendReply::Durable(501)));
         assert_eq!(s.state("t").await.unwrap().base_lsn, 499);
+    }
+
+    #[tokio::test]
+    async fn a_closed_store_finishes_what_was_queued_and_never_touches_its_directory_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ReplicaStore::open(dir.path()).unwrap();
+        let queued = s.write_queued("c", ReplicaWrite { epoch: 1, entries: vec![e(1, 1)], ..Default::default() });
+        assert!(s.close_blocking(std::time::Duration::from_secs(10)));
+        assert_eq!(queued.await.unwrap(), Ok(AppendReply::Durable(1)), "queued before the close");
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        // A write after the close fails instead of recreating files (or exiting the process).
+        let later = s.write("d", ReplicaWrite { epoch: 1, entries: vec![e(1, 1)], ..Default::default() }).await;
+        assert_eq!(later, Err(StoreError::Closed));
+        assert!(!dir.path().exists());
     }
 
     #[derive(Debug, Clone)]

@@ -9,6 +9,20 @@ struct MemPeers {
     stores: Mutex<HashMap<String, ReplicaStore>>,
     cut: Mutex<HashSet<String>>,
     dirs: Mutex<Vec<tempfile::TempDir>>,
+    /// Stores replaced by [`MemPeers::wipe`].
+    retired: Mutex<Vec<ReplicaStore>>,
+}
+
+/// The writers stop before their directories go: replication tasks of a finished test may
+/// still have writes queued, and a writer that finds its directory gone exits the process
+/// (as it must in production).
+impl Drop for MemPeers {
+    fn drop(&mut self) {
+        let stores: Vec<ReplicaStore> = self.stores.lock().unwrap().values().cloned().collect();
+        for s in stores.iter().chain(self.retired.lock().unwrap().iter()) {
+            s.close_blocking(Duration::from_secs(10));
+        }
+    }
 }
 
 impl MemPeers {
@@ -20,7 +34,12 @@ impl MemPeers {
             stores.insert(id.to_string(), ReplicaStore::open(d.path()).unwrap());
             dirs.push(d);
         }
-        Arc::new(Self { stores: Mutex::new(stores), cut: Mutex::new(HashSet::new()), dirs: Mutex::new(dirs) })
+        Arc::new(Self {
+            stores: Mutex::new(stores),
+            cut: Mutex::new(HashSet::new()),
+            dirs: Mutex::new(dirs),
+            retired: Mutex::new(Vec::new()),
+        })
     }
 
     fn store(&self, id: &str) -> ReplicaStore {
@@ -30,8 +49,9 @@ impl MemPeers {
     /// Replaces `id`'s disk with an empty one.
     fn wipe(&self, id: &str) {
         let d = tempfile::tempdir().unwrap();
-        self.stores.lock().unwrap().insert(id.to_string(), ReplicaStore::open(d.path()).unwrap());
+        let old = self.stores.lock().unwrap().insert(id.to_string(), ReplicaStore::open(d.path()).unwrap());
         self.dirs.lock().unwrap().push(d);
+        self.retired.lock().unwrap().extend(old);
     }
 
     fn reach(&self, to: &str) -> Result<ReplicaStore, String> {
