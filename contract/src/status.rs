@@ -37,6 +37,10 @@ pub struct StatusReport {
     pub ready: bool,
     /// Process id.
     pub pid: u32,
+    /// Why the joint epoch's migration has not finished, as its last attempt failed (for
+    /// example a log stream that cannot move); `None` when it did not fail. Optional: a sidecar
+    /// that predates it reports none.
+    pub migration_error: Option<String>,
 }
 
 /// A `/status` body that does not parse as a [`StatusReport`].
@@ -166,6 +170,7 @@ mod tests {
             migrated_epoch: 2,
             ready: true,
             pid: 42,
+            migration_error: None,
         }
     }
 
@@ -176,6 +181,12 @@ mod tests {
         assert_eq!(v["role"], "member");
         assert_eq!(v["migrated_epoch"], 2);
         assert_eq!(StatusReport::from_json(json.as_bytes()).unwrap(), report());
+        let failing = StatusReport { migration_error: Some("log streams: x".into()), ..report() };
+        assert_eq!(StatusReport::from_json(failing.to_json().as_bytes()).unwrap(), failing);
+        // A sidecar that predates the field reports none.
+        let old = json.replace(",\"migration_error\":null", "");
+        assert!(!old.contains("migration_error"), "{old}");
+        assert_eq!(StatusReport::from_json(old.as_bytes()).unwrap(), report());
     }
 
     fn divider(version: u64, members: &[(&str, u32, u64)], held: &[(&str, u64)]) -> DividerReport {

@@ -173,3 +173,36 @@ async fn rendered_workdivider_pod_starts_a_sidecar_and_a_bad_divider_config_stop
         assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
     }
 }
+
+/// A membership change that cannot finish says why in the `/status` report the operator reads
+/// (and shows in the SeqCluster's status): here a stream with replication factor 3 cannot move
+/// when only 2 members stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_that_cannot_finish_says_why_in_the_status_the_operator_reads() {
+    let mut cluster = TestCluster::start(TestOptions { members: 3, ..Default::default() }).await;
+    let mut log = ordo_proto::v1::log_client::LogClient::new(cluster.client(0).await.channel());
+    let req = ordo_proto::v1::CreateStreamRequest { name: "wide".into(), replication_factor: 3, ack_quorum: 2 };
+    log.create_stream(req).await.expect("create");
+    let joint = cluster.dev.write_members(&[0, 1], Some(&[0, 1, 2])).expect("joint members file");
+    // The stream's mover is one of the two members that stay.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let report = 'found: loop {
+        for i in 0..2 {
+            let member = cluster.dev.member(i);
+            let (host, port) = member.admin_addr.rsplit_once(':').unwrap();
+            let probe = HttpMemberProbe { port: port.parse().unwrap(), timeout: Duration::from_secs(5) };
+            if let Some(r) = probe
+                .status(host)
+                .await
+                .filter(|r| r.epoch == joint && r.migration_error.as_ref().is_some_and(|e| e.contains("wide")))
+            {
+                break 'found r;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no member says why stream wide cannot move");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(report.migrated_epoch < joint, "{report:?}");
+    let why = report.migration_error.unwrap();
+    assert!(why.contains("wide") && why.contains("replication factor 3"), "{why}");
+}

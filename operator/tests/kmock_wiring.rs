@@ -105,6 +105,7 @@ impl MemberProbe for FollowingProbe {
                 migrated_epoch: file.epoch,
                 ready: member,
                 pid: ordinal as u32 + 1,
+                migration_error: None,
             })
         })
     }

@@ -138,6 +138,7 @@ fn reports(name: &str, ids: std::ops::Range<i32>, epoch: u64, migrated: u64, cau
                 migrated_epoch: migrated,
                 ready: caught_up,
                 pid: 1,
+                migration_error: None,
             },
         );
     }

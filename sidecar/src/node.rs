@@ -76,6 +76,7 @@ pub struct Node<P: Peers> {
     draining: std::sync::atomic::AtomicBool,
     peer_views: Mutex<BTreeMap<String, PeerView>>,
     migration_steps: Mutex<Vec<Arc<dyn MigrationStep>>>,
+    migration_error: Mutex<Option<String>>,
 }
 
 /// Status of this sidecar and its view of the peers.
@@ -93,6 +94,8 @@ pub struct NodeStatus {
     pub caught_up: bool,
     /// Highest migrated joint epoch.
     pub migrated_epoch: u64,
+    /// Why the last attempt of the joint epoch's migration failed, if it did.
+    pub migration_error: Option<String>,
     /// The configuration.
     pub config: Arc<MembersFile>,
     /// Peers by id.
@@ -130,6 +133,7 @@ impl<P: Peers> Node<P> {
             draining: std::sync::atomic::AtomicBool::new(false),
             peer_views: Mutex::new(BTreeMap::new()),
             migration_steps: Mutex::new(Vec::new()),
+            migration_error: Mutex::new(None),
         })
     }
 
@@ -195,6 +199,7 @@ impl<P: Peers> Node<P> {
 
     /// Status snapshot.
     pub fn status(&self) -> NodeStatus {
+        let migrated_epoch = self.store.as_ref().map_or(self.epoch(), |s| s.meta().migrated_epoch);
         NodeStatus {
             id: self.id.clone(),
             role: match self.role {
@@ -204,7 +209,13 @@ impl<P: Peers> Node<P> {
             epoch: self.epoch(),
             ready: self.ready(),
             caught_up: self.caught_up(),
-            migrated_epoch: self.store.as_ref().map_or(self.epoch(), |s| s.meta().migrated_epoch),
+            migrated_epoch,
+            // Only while the current epoch's migration is unfinished.
+            migration_error: if migrated_epoch < self.epoch() {
+                self.migration_error.lock().expect("migration error lock").clone()
+            } else {
+                None
+            },
             config: self.config(),
             peers: self.peer_views.lock().expect("peer views").clone(),
         }
@@ -304,6 +315,7 @@ impl<P: Peers> Node<P> {
                     Ok(n) => self.run_migration_steps(&cfg).await.map(|()| n).map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
+                *self.migration_error.lock().expect("migration error lock") = migrated.as_ref().err().cloned();
                 match migrated {
                     Ok(n) => {
                         if let Err(e) = store.set_meta(None, Some(cfg.epoch)).await {

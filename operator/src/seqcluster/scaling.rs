@@ -149,9 +149,15 @@ pub fn plan(name: &str, desired: &MemberSetStatus, applied: Option<&MembershipSt
         }
         (MembershipPhase::Joint, Some(previous)) => {
             let replicas = widest(current, previous);
+            // Each lagging member, with why its last attempt failed when it says so (a log stream
+            // that cannot move, for example).
             let lagging: Vec<String> = (0..current.members)
                 .map(|i| member_id(name, i))
                 .filter(|id| !reports.get(id).is_some_and(|r| r.epoch as i64 == e && r.migrated_epoch as i64 >= e))
+                .map(|id| match reports.get(&id).and_then(|r| r.migration_error.as_deref()) {
+                    Some(why) => format!("{id} ({why})"),
+                    None => id,
+                })
                 .collect();
             if !lagging.is_empty() {
                 return wait(
@@ -234,6 +240,7 @@ mod tests {
             migrated_epoch: migrated,
             ready: true,
             pid: 1,
+            migration_error: None,
         }
     }
 
@@ -281,6 +288,14 @@ mod tests {
         r.get_mut("s-4").unwrap().migrated_epoch = 1;
         let p = plan("s", &set(5), Some(&joint), &r);
         assert!(matches!(p.step, Step::Waiting("WaitingForMigration", ref m) if m.contains("s-4")));
+        // A member that says why its migration fails: the reason reaches the status message.
+        r.get_mut("s-4").unwrap().migration_error = Some("log streams: stream orders cannot move".into());
+        let p = plan("s", &set(5), Some(&joint), &r);
+        assert!(
+            matches!(p.step, Step::Waiting("WaitingForMigration", ref m) if m.contains("s-4 (log streams: stream orders cannot move)")),
+            "{:?}",
+            p.step
+        );
         assert_eq!(p.membership, joint);
         // All migrated: epoch 3 with the new members alone.
         let p = plan("s", &set(5), Some(&joint), &reports(5, 2, 2));

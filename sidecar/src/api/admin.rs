@@ -82,6 +82,7 @@ pub fn status_report(node: &Node<GrpcPeers>) -> StatusReport {
         migrated_epoch: st.migrated_epoch,
         ready: st.ready,
         pid: std::process::id(),
+        migration_error: st.migration_error,
     }
 }
 
