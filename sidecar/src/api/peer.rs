@@ -111,6 +111,11 @@ pub fn change_to_pb(c: &Change) -> pb::Change {
     use pb::change::Kind;
     let kind = match c {
         Change::Read => Kind::Read(pb::ChangeRead {}),
+        Change::Replace { replace, value, write_id } => Kind::Replace(pb::ChangeReplace {
+            replace: replace.clone(),
+            value: value.clone(),
+            write_id: write_id.to_be_bytes().to_vec(),
+        }),
         Change::Add { n, start } => Kind::Add(pb::ChangeAdd { n: *n, start: *start }),
         Change::Write { expect_version, value, write_id } => Kind::Write(pb::ChangeWrite {
             expect_version: *expect_version,
@@ -142,6 +147,19 @@ pub fn change_from_pb(c: pb::Change) -> Result<Change, String> {
                 .map(u128::from_be_bytes)
                 .map_err(|_| format!("write_id must be 16 bytes, got {}", w.write_id.len()))?;
             Ok(Change::Write { expect_version: w.expect_version, value: w.present.then_some(w.value), write_id })
+        }
+        Kind::Replace(r) => {
+            let max = crate::quorum::register::MAX_VALUE_BYTES;
+            if r.value.len() > max || r.replace.iter().map(Vec::len).sum::<usize>() > max {
+                return Err(format!("a replace's value and the values it may replace are limited to {max} bytes each"));
+            }
+            if r.replace.len() > crate::quorum::change::MAX_REPLACE {
+                return Err(format!("a replace lists at most {} values", crate::quorum::change::MAX_REPLACE));
+            }
+            let write_id = <[u8; 16]>::try_from(r.write_id.as_slice())
+                .map(u128::from_be_bytes)
+                .map_err(|_| format!("write_id must be 16 bytes, got {}", r.write_id.len()))?;
+            Ok(Change::Replace { replace: r.replace, value: r.value, write_id })
         }
     }
 }
