@@ -1535,7 +1535,7 @@ mod tests {
         };
         let want: Vec<Vec<u8>> = (3..MAX_RECENT_DEAD + 3).map(owned).collect();
         assert_eq!(d.replaceable(), want);
-        assert!(MAX_RECENT_DEAD <= crate::quorum::change::MAX_REPLACE);
+        const { assert!(MAX_RECENT_DEAD <= crate::quorum::change::MAX_REPLACE) };
         // A session only inserted without its member (a claim's fresh read) is dead but not
         // listed; nothing else is ever listed.
         d.insert("s-other");

@@ -179,16 +179,10 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    type Reply = std::pin::Pin<Box<dyn Future<Output = Result<Vec<Result<String, PeerError>>, PeerError>> + Send>>;
+
     /// A member that answers each request with its own key after a pause, counting bundles.
-    fn member(
-        bundles: Arc<AtomicUsize>,
-    ) -> impl Fn(
-        Vec<String>,
-        Duration,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<Result<String, PeerError>>, PeerError>> + Send>>
-           + Send
-           + Sync
-           + 'static {
+    fn member(bundles: Arc<AtomicUsize>) -> impl Fn(Vec<String>, Duration) -> Reply + Send + Sync + 'static {
         move |reqs: Vec<String>, _| {
             bundles.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move {
