@@ -1046,6 +1046,38 @@ mod tests {
     }
 
     #[test]
+    fn changes_round_trip_and_bad_replaces_are_refused() {
+        let changes = [
+            Change::Read,
+            Change::Add { n: 3, start: 9 },
+            Change::Write { expect_version: 4, value: Some(b"v".to_vec()), write_id: 7 },
+            Change::Write { expect_version: 4, value: None, write_id: 8 },
+            Change::Replace { replace: vec![b"a".to_vec(), Vec::new()], value: b"new".to_vec(), write_id: u128::MAX },
+        ];
+        for c in changes {
+            assert_eq!(change_from_pb(change_to_pb(&c)).unwrap(), c);
+        }
+        let replace = |n: usize, id: Vec<u8>| pb::Change {
+            kind: Some(pb::change::Kind::Replace(pb::ChangeReplace {
+                replace: vec![b"x".to_vec(); n],
+                value: b"v".to_vec(),
+                write_id: id,
+            })),
+        };
+        assert!(change_from_pb(replace(crate::quorum::change::MAX_REPLACE, vec![0; 16])).is_ok());
+        assert!(change_from_pb(replace(crate::quorum::change::MAX_REPLACE + 1, vec![0; 16])).is_err());
+        assert!(change_from_pb(replace(1, vec![0; 15])).unwrap_err().contains("16 bytes"));
+    }
+
+    #[test]
+    fn bundles_are_bounded_and_name_one_epoch() {
+        assert!(check_bundle(3, [3u64, 3, 3].into_iter()).is_ok());
+        assert!(check_bundle(3, [3u64, 4].into_iter()).is_err());
+        assert!(check_bundle(3, vec![3u64; bundle::MAX_CALLS].into_iter()).is_ok());
+        assert!(check_bundle(3, vec![3u64; bundle::MAX_CALLS + 1].into_iter()).is_err());
+    }
+
+    #[test]
     fn accept_validation() {
         let ok = pb::AcceptRequest {
             epoch: 1,
