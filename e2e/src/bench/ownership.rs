@@ -334,7 +334,7 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
     let mut waiting: Vec<&String> = orphans.iter().collect();
     eventually(limit(n), "every orphaned key owned again", || {
         let o = o.lock().expect("owners");
-        waiting.retain(|k| !o.get(*k).is_some_and(|m| *m != victim));
+        waiting.retain(|k| o.get(*k).is_none_or(|m| *m == victim));
         waiting.is_empty()
     })
     .await?;
@@ -374,7 +374,7 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
         let mut waiting: Vec<&String> = moving.iter().collect();
         eventually(limit(n), "every key of the leaving app owned again", || {
             let o = o.lock().expect("owners");
-            waiting.retain(|k| !o.get(*k).is_some_and(|m| *m != leaver));
+            waiting.retain(|k| o.get(*k).is_none_or(|m| *m == leaver));
             waiting.is_empty()
         })
         .await?;
