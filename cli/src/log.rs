@@ -83,6 +83,14 @@ pub enum LogCmd {
     },
     /// Names of all streams.
     List,
+    /// Move a stream to other replicas (e.g. onto members that joined); prints it as `describe`.
+    Move {
+        /// Stream name.
+        name: String,
+        /// The new replicas: member ids, comma-separated, as many as the replication factor.
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<String>,
+    },
 }
 
 /// What `append --stdin` appended.
@@ -231,24 +239,8 @@ pub async fn run(client: Client, cmd: LogCmd, json: bool) -> Result<()> {
                 println!("{name}: first available LSN is now {first}");
             }
         }
-        LogCmd::Describe { name } => {
-            let i = client.describe_stream(&name).await?;
-            if json {
-                println!("{}", info_json(&i));
-            } else {
-                println!(
-                    "{}: replication factor {}, ack quorum {}, replicas {}, primary {} (epoch {}), LSNs {}..={}",
-                    i.name,
-                    i.replication_factor,
-                    i.ack_quorum,
-                    i.replicas.join(","),
-                    if i.primary.is_empty() { "none yet" } else { &i.primary },
-                    i.epoch,
-                    i.first_lsn,
-                    i.last_lsn
-                );
-            }
-        }
+        LogCmd::Describe { name } => print_info(&client.describe_stream(&name).await?, json),
+        LogCmd::Move { name, replicas } => print_info(&client.move_stream(&name, &replicas).await?, json),
         LogCmd::List => {
             let names = client.list_streams().await?;
             if json {
@@ -261,4 +253,23 @@ pub async fn run(client: Client, cmd: LogCmd, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints a stream's settings, replicas, primary and tail.
+fn print_info(i: &ordo_proto::v1::StreamInfo, json: bool) {
+    if json {
+        println!("{}", info_json(i));
+    } else {
+        println!(
+            "{}: replication factor {}, ack quorum {}, replicas {}, primary {} (epoch {}), LSNs {}..={}",
+            i.name,
+            i.replication_factor,
+            i.ack_quorum,
+            i.replicas.join(","),
+            if i.primary.is_empty() { "none yet" } else { &i.primary },
+            i.epoch,
+            i.first_lsn,
+            i.last_lsn
+        );
+    }
 }

@@ -348,6 +348,13 @@ impl Client {
         Ok(self.log().describe_stream(pb::DescribeStreamRequest { name: name.into() }).await?.into_inner())
     }
 
+    /// Moves `name` to the replicas `replicas` (distinct members, as many as its replication
+    /// factor); returns the stream as it is after the move.
+    pub async fn move_stream(&self, name: &str, replicas: &[String]) -> Result<pb::StreamInfo, ClientError> {
+        let req = pb::MoveStreamRequest { name: name.into(), replicas: replicas.to_vec() };
+        Ok(self.log().move_stream(req).await?.into_inner())
+    }
+
     /// Names of all streams.
     pub async fn list_streams(&self) -> Result<Vec<String>, ClientError> {
         Ok(self.log().list_streams(pb::ListStreamsRequest {}).await?.into_inner().names)

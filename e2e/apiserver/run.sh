@@ -385,6 +385,12 @@ next_id() { "$ordoctl_bin" --socket="http://$member_prefix.$1:7070" -o json seq 
 members_are() { # members_are N PHASE
   [[ "$(kc -n "$ns" get seqc ids -o jsonpath='{.status.membership.current.members}/{.status.membership.phase}/{.status.readyMembers}')" == "$1/$2/$1" ]]
 }
+# The conditions are functions so that wait_for evaluates them on every try (an argument like
+# "$(kc get ...)" would be evaluated once, before the first try).
+sts_replicas_are() { [[ "$(kc -n "$ns" get sts "$1" -o jsonpath='{.status.replicas}')" == "$2" ]]; }
+pods_gone() { [[ -z "$(kc -n "$ns" get pod "$@" --ignore-not-found -o name)" ]]; }
+claims_gone() { [[ -z "$(kc -n "$ns" get pvc "$@" --ignore-not-found -o name)" ]]; }
+sts_spec_replicas_are() { [[ "$(kc -n "$ns" get sts "$1" -o jsonpath='{.spec.replicas}')" == "$2" ]]; }
 check_scaling() {
   local before mid after
   before="$(next_id 1)"
@@ -395,10 +401,9 @@ check_scaling() {
   mid="$(next_id 5)"
   kc -n "$ns" patch seqc ids --type=merge -p '{"spec":{"replicas":3}}'
   wait_for "3 members, Stable, 3 ready" members_are 3 Stable
-  wait_for "StatefulSet ids at 3 replicas" test "$(kc -n "$ns" get sts ids -o jsonpath='{.status.replicas}')" = 3
-  wait_for "pods ids-3 and ids-4 gone" test -z "$(kc -n "$ns" get pod ids-3 ids-4 --ignore-not-found -o name)"
-  wait_for "claims of ids-3 and ids-4 deleted (whenScaled: Delete)" \
-    test -z "$(kc -n "$ns" get pvc data-ids-3 data-ids-4 --ignore-not-found -o name)"
+  wait_for "StatefulSet ids at 3 replicas" sts_replicas_are ids 3
+  wait_for "pods ids-3 and ids-4 gone" pods_gone ids-3 ids-4
+  wait_for "claims of ids-3 and ids-4 deleted (whenScaled: Delete)" claims_gone data-ids-3 data-ids-4
   py "$here/checks.py" pdb --kubectl "$KUBECTL" --namespace "$ns" --name ids --pods 3 --min-available 2
   after="$(next_id 2)"
   log "IDs from the quorum: $before before, $mid at 5 members, $after back at 3"
@@ -425,8 +430,7 @@ check_leader_failover() {
   local since
   since="$(now)"
   kc -n "$ns" patch wdiv stocks --type=merge -p '{"spec":{"replicas":3}}'
-  wait_for "StatefulSet stocks at 3 replicas (applied by operator-b)" \
-    test "$(kc -n "$ns" get sts stocks -o jsonpath='{.spec.replicas}')" = 3
+  wait_for "StatefulSet stocks at 3 replicas (applied by operator-b)" sts_spec_replicas_are stocks 3
   py "$here/checks.py" wrote --audit "$audit" --token-file "$work/operator-b.token" --from "$since" --resource statefulsets
   local denied
   denied="$(forbidden_calls)"

@@ -506,6 +506,44 @@ async fn reads_through_a_paused_and_replaced_primary_are_not_stale() {
     assert_eq!(got.len(), 4, "a replaced primary answered a stale read: {got:?}");
 }
 
+/// Pages of committed entries are read from any replica's own disk: with the primary paused
+/// (SIGSTOP), both other members answer a page of 50 entries at once, equal to what was
+/// acknowledged. Verified to fail (the reads wait on the paused primary) without replica reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn committed_pages_are_read_from_any_replica_while_the_primary_is_paused() {
+    let cluster = TestCluster::start(opts()).await;
+    let stream = "replica-reads";
+    create_rf3(&cluster, stream).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (acked, _) = run_appender(cluster.client(0).await.channel(), stream.into(), 7, 20, 5, 4, deadline).await;
+    assert_eq!(acked.len(), 20);
+    let primary = member_index(&cluster, &describe(&cluster, 0, stream).await.primary);
+    // The replicas learn the last commit point shortly after the last append.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = cluster.dev.member(primary).pid.to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill").arg(format!("-{sig}")).arg(&pid).status().expect("kill");
+    };
+    signal("STOP");
+    let expected: Vec<String> = acked.iter().flat_map(|a| a.payloads.clone()).collect();
+    for i in (0..3).filter(|&i| i != primary) {
+        let mut c = log_client(&cluster, i).await;
+        let req = pb::ReadRequest { stream: stream.into(), from: 51, max: 50 };
+        let got = tokio::time::timeout(Duration::from_secs(2), c.read(req)).await;
+        let got = got.unwrap_or_else(|_| panic!("member {i} waited on the paused primary")).expect("read").into_inner();
+        let data: Vec<String> = got.entries.iter().map(|e| String::from_utf8_lossy(&e.data).to_string()).collect();
+        assert_eq!(data, expected[50..100].to_vec(), "member {i} answered the acknowledged entries 51..=100");
+        assert_eq!(got.entries[0].lsn, 51);
+        assert!(got.last_lsn >= 100, "its commit point {} covers the page", got.last_lsn);
+    }
+    signal("CONT");
+    let mut served = 0.0;
+    for i in (0..3).filter(|&i| i != primary) {
+        served += sample(&cluster.scrape_metrics(i).await, "ordo_log_replica_reads_total").unwrap_or(0.0);
+    }
+    assert!(served >= 2.0, "the replicas counted the reads they served ({served})");
+}
+
 /// The next Start of a member session (skipping Joined), within 30 s.
 async fn next_start(m: &mut ordo_client::divider::Membership) -> (String, u64) {
     use ordo_client::divider::DividerEvent;
@@ -875,6 +913,137 @@ async fn membership_3_to_5_to_3_while_appending_loses_and_duplicates_nothing() {
     assert_eq!(log.len(), acked.len() * 2, "every acknowledged batch once, nothing else");
 }
 
+/// A stream placed on both members that leave a 5 -> 3 change moves to the staying members
+/// during the joint epoch, while two appenders write to it; then both leaving members are
+/// killed with `kill -9` and the stream goes on, with every acknowledged entry. Without the move
+/// the stream keeps one replica of three (ack quorum 2) and every later append fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_move_off_members_that_leave_while_appending() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut cluster = TestCluster::start(TestOptions { members: 3, slots: 5, ..Default::default() }).await;
+    cluster.dev.spawn(3).unwrap();
+    cluster.dev.spawn(4).unwrap();
+    cluster.change_members(&[0, 1, 2], &[0, 1, 2, 3, 4]).await;
+    let ids: Vec<String> = (0..5).map(|i| cluster.dev.member(i).id.clone()).collect();
+    let leaving = [ids[3].clone(), ids[4].clone()];
+    // A stream name whose three replicas include both leaving members.
+    let stream = (0..10_000)
+        .map(|i| format!("moving-{i}"))
+        .find(|s| {
+            let r = ordo_sidecar::log::placement::replicas(s, &ids, 3);
+            leaving.iter().all(|l| r.contains(l))
+        })
+        .expect("a stream name placed on both leaving members");
+    let info = create_rf3(&cluster, &stream).await;
+    assert!(leaving.iter().all(|l| info.replicas.contains(l)), "placed on {:?}", info.replicas);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for member in 0..2usize {
+        let channel = cluster.client(member).await.channel();
+        let (stop, stream) = (stop.clone(), stream.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut round = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let producer = 1000 * (member as u64 + 1) + round;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let (a, _) = run_appender(channel.clone(), stream.clone(), producer, 20, 2, 4, deadline).await;
+                assert_eq!(a.len(), 20, "producer {producer} got every batch acknowledged");
+                acked.extend(a);
+                round += 1;
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.change_members(&[0, 1, 2, 3, 4], &[0, 1, 2]).await;
+    let moved = describe(&cluster, 0, &stream).await;
+    assert!(
+        moved.replicas.iter().all(|r| ids[..3].contains(r)),
+        "after the change the stream lives on the staying members, not {:?}",
+        moved.replicas
+    );
+    // The stream's primary moved it once (it may run on a member that leaves).
+    let mut moves = 0.0;
+    for i in 0..5 {
+        moves += sample(&cluster.scrape_metrics(i).await, "ordo_log_moves_total").unwrap_or(0.0);
+    }
+    assert_eq!(moves, 1.0, "one primary moved the stream");
+    cluster.dev.kill9(3);
+    cluster.dev.kill9(4);
+    // Appends go on without the members that left.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("appender"));
+    }
+    let log = read_all(&cluster, 2, &stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), acked.len() * 2, "every acknowledged batch once, nothing else");
+}
+
+/// `ordoctl log move` moves a stream onto two members that joined while an appender writes to
+/// it; then the two members it left are killed with `kill -9` and the stream goes on with every
+/// acknowledged entry. Bad targets are refused and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_moves_onto_members_that_joined_through_ordoctl() {
+    let mut cluster = TestCluster::start(TestOptions { members: 3, slots: 5, ..Default::default() }).await;
+    let stream = "rebalanced";
+    let info = create_rf3(&cluster, stream).await;
+    cluster.dev.spawn(3).unwrap();
+    cluster.dev.spawn(4).unwrap();
+    cluster.change_members(&[0, 1, 2], &[0, 1, 2, 3, 4]).await;
+    let ids: Vec<String> = (0..5).map(|i| cluster.dev.member(i).id.clone()).collect();
+    // Keep one old replica (not member 0, which the appender uses), add both new members.
+    let kept = info.replicas.iter().find(|r| **r != ids[0]).expect("a replica besides member 0").clone();
+    let target = vec![kept.clone(), ids[3].clone(), ids[4].clone()];
+    let dropped: Vec<usize> = (0..3).filter(|&i| ids[i] != kept).collect();
+    let socket = cluster.dev.member(0).socket.clone();
+
+    // Bad targets: refused, nothing moves.
+    let mut c = log_client(&cluster, 0).await;
+    for bad in [vec![kept.clone(), ids[3].clone()], vec![kept.clone(), ids[3].clone(), "nobody".into()]] {
+        let r = c.move_stream(pb::MoveStreamRequest { name: stream.into(), replicas: bad.clone() }).await;
+        let e = r.expect_err("a bad target is refused");
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}: {e}");
+    }
+    assert_eq!(describe(&cluster, 0, stream).await.replicas, info.replicas);
+
+    let channel = cluster.client(0).await.channel();
+    let appender = tokio::spawn(run_appender(
+        channel.clone(),
+        stream.into(),
+        11,
+        60,
+        2,
+        4,
+        Instant::now() + Duration::from_secs(60),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let replicas = target.join(",");
+    let moved =
+        tokio::task::spawn_blocking(move || ordoctl_json(&socket, &["move", stream, "--replicas", &replicas], None))
+            .await
+            .unwrap();
+    assert_eq!(moved["replicas"], serde_json::json!(target), "{moved}");
+    let (mut acked, _) = appender.await.expect("appender");
+    assert_eq!(acked.len(), 60, "every batch acknowledged across the move");
+    for &i in dropped.iter().filter(|&&i| i != 0) {
+        cluster.dev.kill9(i);
+    }
+    // Member 0 left the stream's replicas too but stays in the cluster: it forwards.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (more, _) = run_appender(channel, stream.into(), 12, 10, 2, 4, deadline).await;
+    assert_eq!(more.len(), 10, "the stream goes on without the replicas it left");
+    acked.extend(more);
+    let log = read_all(&cluster, 3, stream).await;
+    check(&acked, &log);
+    assert_eq!(log.len(), acked.len() * 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_replica_is_rebuilt_and_then_carries_a_takeover() {
     let mut cluster = TestCluster::start(opts()).await;
@@ -1037,11 +1206,14 @@ async fn trim_reclaims_disk_on_every_replica_and_survives_a_restart() {
     let info = create_rf3(&cluster, stream).await;
     let primary = member_index(&cluster, &info.primary);
     let down = (0..3).find(|&i| i != primary).expect("a replica");
-    // 24 MiB: 96 batches of 8 entries of 32 KiB (segment files roll at 8 MiB).
+    // Producer 2 writes one batch, then 24 MiB: 96 batches of 8 entries of 32 KiB (segment
+    // files roll at 8 MiB).
     let channel = cluster.client(primary).await.channel();
-    let acked = fill(channel, stream, 1, 96, 8, 32 << 10, Duration::ZERO).await;
-    let last = acked.last().and_then(|a| a.lsns.last().copied()).expect("acknowledged");
-    assert_eq!(last, 96 * 8);
+    let early = fill(channel.clone(), stream, 2, 1, 1, 16, Duration::ZERO).await;
+    let mut acked = fill(channel, stream, 1, 96, 8, 32 << 10, Duration::ZERO).await;
+    acked.extend(early.clone());
+    let last = acked.iter().flat_map(|a| a.lsns.iter().copied()).max().expect("acknowledged");
+    assert_eq!(last, 96 * 8 + 1);
     let before: Vec<u64> = (0..3).map(|i| dir_bytes(&stream_dir(&cluster, i, stream))).collect();
     assert!(before.iter().all(|b| *b >= 24 << 20), "every replica holds the stream: {before:?}");
     // One replica is down while the stream is trimmed.
@@ -1089,6 +1261,23 @@ async fn trim_reclaims_disk_on_every_replica_and_survives_a_restart() {
     check_from(&acked, &log, first);
     let restarted: Vec<u64> = (0..3).map(|i| dir_bytes(&stream_dir(&cluster, i, stream))).collect();
     assert!(restarted.iter().all(|b| *b <= 9 << 20), "nothing trimmed came back: {restarted:?}");
+    // A late retry of producer 2's only batch, trimmed from every replica: the new primary
+    // knows it from the history stored at the trim and answers its original LSN (verified to
+    // write it again without the history).
+    let retry = pb::AppendRequest {
+        stream: stream.into(),
+        entries: early[0].payloads.iter().map(|p| p.clone().into_bytes()).collect(),
+        pipeline_size: 1,
+        producer_id: 2,
+        producer_epoch: 1,
+        batch_seq: 0,
+        fence: None,
+    };
+    let mut responses = c.append(tokio_stream::iter(vec![retry])).await.expect("append").into_inner();
+    let r = responses.next().await.expect("a result").expect("the stream stays up");
+    assert!(r.error.is_none(), "the retry failed: {:?}", r.error);
+    assert_eq!(r.lsns, early[0].lsns, "the retried batch was written again");
+    assert_eq!(c.tail(pb::TailRequest { stream: stream.into() }).await.expect("tail").into_inner().last_lsn, last);
 }
 
 /// With `--streams-retention-bytes` of 4 MiB, a stream appended at a steady rate far past that
@@ -1136,6 +1325,56 @@ async fn retention_by_bytes_keeps_disk_bounded_while_appending() {
     let text = cluster.scrape_metrics(primary).await;
     assert!(sample(&text, "ordo_log_trims_total{cause=\"retention\"}").unwrap_or(0.0) >= 1.0, "{text}");
     assert!(sample(&text, "ordo_log_segments_deleted_total").unwrap_or(0.0) >= 1.0, "{text}");
+}
+
+/// Retention by age: a segment file goes once its last write is older than the limit, on every
+/// replica; the active file stays however old it is, so the newest entries remain readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_by_age_drops_old_files_and_keeps_the_active_one() {
+    let age = Duration::from_secs(4);
+    let cluster = TestCluster::start(TestOptions {
+        members: 3,
+        extra_args: vec![format!("--streams-retention-seconds={}", age.as_secs())],
+        ..Default::default()
+    })
+    .await;
+    let stream = "aged";
+    let info = create_rf3(&cluster, stream).await;
+    let primary = member_index(&cluster, &info.primary);
+    // 9 MiB: one full 8 MiB segment file and the start of the next, as fast as it goes.
+    let channel = cluster.client(primary).await.channel();
+    let started = Instant::now();
+    let acked = fill(channel, stream, 5, 36, 8, 32 << 10, Duration::ZERO).await;
+    let tail = || {
+        let c = &cluster;
+        async move {
+            let t = log_client(c, primary).await.tail(pb::TailRequest { stream: stream.into() }).await;
+            t.expect("tail").into_inner()
+        }
+    };
+    let young = tail().await;
+    if started.elapsed() < age {
+        assert_eq!(young.first_lsn, 1, "nothing is older than {age:?} yet");
+    }
+    assert_eq!(young.last_lsn, 36 * 8);
+    eventually(Duration::from_secs(30), "the old file is trimmed", || async { tail().await.first_lsn > 1 }).await;
+    let first = tail().await.first_lsn;
+    assert!(first <= 36 * 8, "the active file stays: first LSN {first}");
+    for i in 0..3 {
+        eventually(Duration::from_secs(20), "every replica deletes the old file", || {
+            let dir = stream_dir(&cluster, i, stream);
+            async move { dir_bytes(&dir) < 4 << 20 }
+        })
+        .await;
+    }
+    // Older than the limit now, but the newest entries stay.
+    tokio::time::sleep(age + Duration::from_secs(2)).await;
+    let later = tail().await;
+    assert_eq!((later.first_lsn, later.last_lsn), (first, 36 * 8), "the active file is never trimmed by age");
+    let log = read_from(&cluster, primary, stream, first).await;
+    check_from(&acked, &log, first);
+    let text = cluster.scrape_metrics(primary).await;
+    assert!(sample(&text, "ordo_log_trims_total{cause=\"retention\"}").unwrap_or(0.0) >= 1.0, "{text}");
 }
 
 /// The log metrics move: appends, batch sizes and ack latency on the sidecars that served

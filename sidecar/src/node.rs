@@ -43,6 +43,16 @@ pub struct Endpoints {
     pub admin_addr: String,
 }
 
+/// Work a member does in a joint epoch besides rewriting registers (log streams move their
+/// replicas off leaving members): the epoch counts as migrated, and the members that leave may
+/// go, only once every step succeeded.
+pub trait MigrationStep: Send + Sync {
+    /// What it moves, for logs.
+    fn name(&self) -> &'static str;
+    /// Runs the step for the joint configuration `cfg`; a summary, or why it must be retried.
+    fn run<'a>(&'a self, cfg: &'a MembersFile) -> futures::future::BoxFuture<'a, Result<String, String>>;
+}
+
 /// Shared state of a running sidecar.
 pub struct Node<P: Peers> {
     /// Member or proposer id.
@@ -65,6 +75,7 @@ pub struct Node<P: Peers> {
     ready_tx: watch::Sender<bool>,
     draining: std::sync::atomic::AtomicBool,
     peer_views: Mutex<BTreeMap<String, PeerView>>,
+    migration_steps: Mutex<Vec<Arc<dyn MigrationStep>>>,
 }
 
 /// Status of this sidecar and its view of the peers.
@@ -118,7 +129,24 @@ impl<P: Peers> Node<P> {
             ready_tx,
             draining: std::sync::atomic::AtomicBool::new(false),
             peer_views: Mutex::new(BTreeMap::new()),
+            migration_steps: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Adds a step every joint epoch's migration runs after the registers' (register before
+    /// [`Node::spawn_background`]).
+    pub fn add_migration_step(&self, step: Arc<dyn MigrationStep>) {
+        self.migration_steps.lock().expect("steps lock").push(step);
+    }
+
+    /// Runs every migration step for `cfg`; why the first failing one failed.
+    async fn run_migration_steps(&self, cfg: &MembersFile) -> Result<(), String> {
+        let steps = self.migration_steps.lock().expect("steps lock").clone();
+        for step in steps {
+            let summary = step.run(cfg).await.map_err(|e| format!("{}: {e}", step.name()))?;
+            tracing::info!(epoch = cfg.epoch, step = step.name(), "{summary}");
+        }
+        Ok(())
     }
 
     /// Current configuration.
@@ -270,8 +298,13 @@ impl<P: Peers> Node<P> {
                     progress = (cfg.epoch, migration::Progress::default());
                 }
                 let peers = self.peers.as_ref();
-                match migration::migrate(&self.id, &self.proposer, peers, &cfg, migration::PAGE, &mut progress.1).await
-                {
+                let migrated =
+                    migration::migrate(&self.id, &self.proposer, peers, &cfg, migration::PAGE, &mut progress.1).await;
+                let migrated = match migrated {
+                    Ok(n) => self.run_migration_steps(&cfg).await.map(|()| n).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match migrated {
                     Ok(n) => {
                         if let Err(e) = store.set_meta(None, Some(cfg.epoch)).await {
                             tracing::error!(error = %e, "could not record the migration");

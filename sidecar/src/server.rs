@@ -152,7 +152,6 @@ async fn run(args: SidecarArgs) -> Result<()> {
         metrics.clone(),
         endpoints,
     );
-    node.spawn_background();
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = |mut rx: watch::Receiver<bool>| async move {
@@ -166,6 +165,8 @@ async fn run(args: SidecarArgs) -> Result<()> {
         log_peers,
         crate::log::router::LogSettings::from_args(&args.log, args.request_timeout()),
     );
+    // After the log router registered its migration step.
+    node.spawn_background();
 
     let dividers = app::divider::dividers(&args.divider, divider_config, args.request_timeout(), &node);
     // Every primitive's app services; health reports each by name, following readiness.

@@ -8,13 +8,20 @@
 //! message), Redis `XADD` with `appendfsync always` (one node, pipelined), and the disk's raw
 //! `write + fdatasync` rate. For peers without batches, a "batch" is that many messages written
 //! at once and counted when its last acknowledgement arrives. Then Ordo's peak cell is run again
-//! open loop at half its peak rate, for the p99 goal.
+//! open loop at half its peak rate, for the p99 goal: the appenders' sends spread evenly over
+//! the interval, each batch's latency measured from the time it was due.
 //!
 //! ```text
 //! ordo-bench log [--secs S] [--streams 1,16] [--entry-bytes 100,1024] [--batches 1,16,256]
 //!                [--pipelines 1,2,8] [--only ordo,jetstream-always,jetstream-default,redis,fsync]
 //!                [--sidecar PATH] [--nats-server PATH] [--redis-server PATH] [--out DIR]
+//!                [--half-peak-rate ENTRIES_PER_SEC]
 //! ```
+//! `--half-peak-rate` skips Ordo's closed-loop cells and runs only the open-loop row, at that
+//! rate, in the shape of the one cell given: two sidecar binaries compared at the same offered
+//! load. The open-loop row also reports, from the sidecars' latency histograms, where the time
+//! went (the sidecar the app writes to, the primary's queue to commit, each replica's round
+//! trip, the store's wait and group commit, the segments per commit).
 //! Writes `log.md`, `log.json` and `log.svg` (entries/s per cell and system) under `--out`.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -34,7 +41,7 @@ use super::peers::{self, Measured, NatsCluster, Redis};
 
 const USAGE: &str = "usage: ordo-bench log [--secs S] [--streams 1,16] [--entry-bytes 100,1024] \
 [--batches 1,16,256] [--pipelines 1,2,8] [--only ordo,jetstream-always,jetstream-default,redis,fsync] \
-[--sidecar PATH] [--nats-server PATH] [--redis-server PATH] [--out DIR]";
+[--sidecar PATH] [--nats-server PATH] [--redis-server PATH] [--out DIR] [--half-peak-rate ENTRIES_PER_SEC]";
 
 /// Systems in table order.
 const SYSTEMS: [&str; 5] = ["ordo", "jetstream-always", "jetstream-default", "redis", "fsync"];
@@ -50,6 +57,8 @@ struct Args {
     nats: Option<String>,
     redis: Option<String>,
     out: PathBuf,
+    /// Run only Ordo's open-loop row, at this many entries/s, in the shape of the one cell.
+    half_peak_rate: Option<f64>,
 }
 
 fn list(v: &str) -> anyhow::Result<Vec<usize>> {
@@ -68,6 +77,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
         nats: None,
         redis: None,
         out: PathBuf::from("bench-out"),
+        half_peak_rate: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -83,12 +93,16 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
             "--nats-server" => a.nats = Some(value()?),
             "--redis-server" => a.redis = Some(value()?),
             "--out" => a.out = PathBuf::from(value()?),
+            "--half-peak-rate" => a.half_peak_rate = Some(value()?.parse()?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
             _ => bail!("unknown argument {arg:?}\n{USAGE}"),
         }
+    }
+    if a.half_peak_rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        bail!("--half-peak-rate must be positive");
     }
     if a.secs.is_nan() || a.secs <= 0.0 {
         bail!("--secs must be positive");
@@ -155,15 +169,28 @@ fn failed(system: &str, cell: Cell, why: String) -> Row {
     Row { note: Some(why), ..row(system, cell, &Measured::default(), 1.0) }
 }
 
+/// When an open-loop appender sends: one batch every `interval`, the first at `phase` after the
+/// start (appenders of one run are spread evenly over the interval rather than all sending at
+/// the same instant, which would offer the rate as bursts).
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    interval: Duration,
+    phase: Duration,
+}
+
 /// Appends to one Ordo stream through `socket` until `until`: up to `pipeline` batches in flight
-/// on one Append stream, or, with `interval`, one batch every `interval` (open loop, still at
-/// most `pipeline` in flight). A sender task sends; this task reads the results.
+/// on one Append stream, or, with `pacing`, open loop (still at most `pipeline` in flight). A
+/// sender task sends; this task reads the results.
+///
+/// Open loop, a batch's latency runs from the time it was due, not from when it was sent: a
+/// batch held back by a full pipeline (or a late timer) counts its wait (no coordinated
+/// omission).
 async fn ordo_appender(
     socket: &str,
     stream: &str,
     payload: &[u8],
     cell: Cell,
-    interval: Option<Duration>,
+    pacing: Option<Pacing>,
     until: Instant,
 ) -> anyhow::Result<Measured> {
     let client = ordo_client::Client::connect(socket).await?;
@@ -177,16 +204,23 @@ async fn ordo_appender(
         let entries: Vec<Vec<u8>> = vec![payload.to_vec(); cell.batch];
         let producer_id = rand::random::<u64>() | 1;
         tokio::spawn(async move {
-            let mut next = Instant::now();
+            let mut next = Instant::now() + pacing.map_or(Duration::ZERO, |p| p.phase);
             for seq in 0u64.. {
-                permits.acquire().await?.forget();
-                if let Some(i) = interval {
-                    tokio::time::sleep_until(next).await;
-                    next += i;
-                }
-                if Instant::now() >= until {
+                // Open loop: due at `next`, whether or not the pipeline has room then.
+                let due = next;
+                if pacing.is_some() && due >= until {
                     break;
                 }
+                permits.acquire().await?.forget();
+                if let Some(p) = pacing {
+                    tokio::time::sleep_until(due).await;
+                    next += p.interval;
+                }
+                let now = Instant::now();
+                if pacing.is_none() && now >= until {
+                    break;
+                }
+                let due = if pacing.is_some() { due } else { now };
                 let req = pb::AppendRequest {
                     stream: stream.clone(),
                     entries: entries.clone(),
@@ -196,7 +230,7 @@ async fn ordo_appender(
                     batch_seq: seq,
                     fence: None,
                 };
-                sent.lock().expect("sent").push_back((seq, Instant::now()));
+                sent.lock().expect("sent").push_back((seq, due));
                 tx.send(req).await.context("the Append stream closed")?;
             }
             anyhow::Ok(())
@@ -242,6 +276,149 @@ async fn ordo_appender(
     }
 }
 
+/// Ordo open loop at `rate` entries/s in `cell`'s shape on fresh streams; returns the figures
+/// and where the time went (the sidecars' stage histograms over the run, all members).
+async fn open_loop(
+    ordo: &OrdoCluster,
+    log: &mut LogClient<tonic::transport::Channel>,
+    cell: Cell,
+    rate: f64,
+    secs: Duration,
+) -> anyhow::Result<(Measured, String)> {
+    let batches_per_sec = rate / cell.batch as f64 / cell.streams as f64;
+    let interval = Duration::from_secs_f64(1.0 / batches_per_sec.max(1.0));
+    let names: Vec<String> = (0..cell.streams).map(|s| format!("bench-half-{s}")).collect();
+    for n in &names {
+        let req = pb::CreateStreamRequest { name: n.clone(), replication_factor: 3, ack_quorum: 2 };
+        log.create_stream(req).await?;
+    }
+    let before = Stages::scrape(ordo).await;
+    let until = Instant::now() + secs;
+    let payload = vec![0x6fu8; cell.entry];
+    let sockets = ordo.sockets.clone();
+    let m = run_all(cell.streams, |s| {
+        let (socket, name, payload) = (sockets[s % sockets.len()].clone(), names[s].clone(), payload.clone());
+        let pacing = Pacing { interval, phase: interval.mul_f64(s as f64 / cell.streams as f64) };
+        async move { ordo_appender(&socket, &name, &payload, cell, Some(pacing), until).await }
+    })
+    .await?;
+    let stages = Stages::scrape(ordo).await.since(&before);
+    Ok((m, stages.to_string()))
+}
+
+/// The sidecars' per-stage histograms, in the order a batch passes them: name, what it covers,
+/// and whether it is in seconds (else a count).
+const STAGES: [(&str, &str, bool); 7] = [
+    ("ordo_log_ack_seconds", "sidecar the app writes to: batch queued to answer (forwarding included)", true),
+    ("ordo_log_primary_ack_seconds", "primary: batch on its queue to commit", true),
+    ("ordo_log_replicate_seconds", "primary to a replica (its own disk too): message to durable answer", true),
+    ("ordo_log_write_seconds", "a member's store: write queued to durable (wait + group commit)", true),
+    ("ordo_log_commit_seconds", "a member's store: one group commit (writes + fdatasyncs)", true),
+    ("ordo_log_sync_seconds", "a member's store: the fdatasyncs of one group commit", true),
+    ("ordo_log_commit_segments", "segments fdatasynced per group commit", false),
+];
+
+/// The sidecars' counters reported beside [`STAGES`].
+const COUNTERS: [(&str, &str); 2] = [
+    ("ordo_log_appended_entries_total", "entries appended by primaries"),
+    ("ordo_log_replicated_from_store_total", "entries a primary read back from its store to replicate"),
+];
+
+/// One Prometheus histogram summed over members: cumulative counts per upper bound, sum, count.
+#[derive(Debug, Clone, Default)]
+struct PromHist {
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+impl PromHist {
+    /// The smallest bucket bound at or above the `q` quantile.
+    fn quantile(&self, q: f64) -> f64 {
+        let target = q * self.count;
+        self.buckets.iter().find(|(_, c)| *c >= target).map_or(f64::NAN, |(le, _)| *le)
+    }
+}
+
+/// [`STAGES`] and [`COUNTERS`] as the members report them.
+#[derive(Debug, Clone, Default)]
+struct Stages(Vec<PromHist>, Vec<f64>);
+
+impl Stages {
+    async fn scrape(ordo: &OrdoCluster) -> Self {
+        let empty = || Stages(vec![PromHist::default(); STAGES.len()], vec![0.0; COUNTERS.len()]);
+        let mut s = empty();
+        for text in ordo.metrics().await {
+            let mut member = empty();
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                let Some((name, value)) = line.rsplit_once(' ') else { continue };
+                let Ok(v) = value.trim().parse::<f64>() else { continue };
+                let (metric, labels) = name.split_once('{').unwrap_or((name, ""));
+                if let Some(i) = COUNTERS.iter().position(|(c, _)| *c == metric) {
+                    member.1[i] += v;
+                }
+                for (i, (stage, _, _)) in STAGES.iter().enumerate() {
+                    let Some(suffix) = metric.strip_prefix(stage) else { continue };
+                    let h = &mut member.0[i];
+                    match suffix {
+                        "_sum" => h.sum = v,
+                        "_count" => h.count = v,
+                        "_bucket" => {
+                            let le = labels.split("le=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
+                            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) };
+                            h.buckets.push((le, v));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            s = s.combine(&member, 1.0);
+        }
+        s
+    }
+
+    /// Adds `sign` times `o` (bucket bounds are the same on every member and scrape).
+    fn combine(&self, o: &Stages, sign: f64) -> Stages {
+        let add = |a: &PromHist, b: &PromHist| {
+            let buckets = if a.buckets.is_empty() {
+                b.buckets.iter().map(|(le, c)| (*le, sign * c)).collect()
+            } else {
+                a.buckets.iter().zip(&b.buckets).map(|((le, x), (_, y))| (*le, x + sign * y)).collect()
+            };
+            PromHist { buckets, sum: a.sum + sign * b.sum, count: a.count + sign * b.count }
+        };
+        Stages(
+            self.0.iter().zip(&o.0).map(|(a, b)| add(a, b)).collect(),
+            self.1.iter().zip(&o.1).map(|(a, b)| a + sign * b).collect(),
+        )
+    }
+
+    fn since(&self, before: &Stages) -> Stages {
+        self.combine(before, -1.0)
+    }
+}
+
+impl std::fmt::Display for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for ((_, what, seconds), h) in STAGES.iter().zip(&self.0) {
+            let (scale, unit) = if *seconds { (1e3, " ms") } else { (1.0, "") };
+            let mean = if h.count > 0.0 { h.sum / h.count } else { 0.0 };
+            writeln!(
+                f,
+                "  - {what}: {:.0} observed, mean {:.2}{unit}, p50 <= {:.2}{unit}, p99 <= {:.2}{unit}",
+                h.count,
+                mean * scale,
+                h.quantile(0.5) * scale,
+                h.quantile(0.99) * scale
+            )?;
+        }
+        for ((_, what), v) in COUNTERS.iter().zip(&self.1) {
+            writeln!(f, "  - {what}: {v:.0}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs `streams` appenders at once and merges their figures.
 async fn run_all<F, Fut>(streams: usize, mut make: F) -> anyhow::Result<Measured>
 where
@@ -274,6 +451,11 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
     }
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
+    if args.half_peak_rate.is_some() && cells.len() != 1 {
+        bail!(
+            "--half-peak-rate runs one cell: give one value each of --streams, --entry-bytes, --batches, --pipelines"
+        );
+    }
 
     if wants("fsync") {
         for &entry in &args.entry_bytes {
@@ -291,7 +473,8 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
         let ordo = OrdoCluster::start(&sidecar, &tmp.path().join("ordo"), 3, &[]).await?;
         let client = ordo_client::Client::connect(&ordo.sockets[0]).await?;
         let mut log = LogClient::new(client.channel());
-        for (i, cell) in cells.iter().enumerate() {
+        let closed_loop = if args.half_peak_rate.is_some() { &[][..] } else { &cells[..] };
+        for (i, cell) in closed_loop.iter().enumerate() {
             let names: Vec<String> = (0..cell.streams).map(|s| format!("bench-{i}-{s}")).collect();
             let mut created = Ok(());
             for n in &names {
@@ -316,41 +499,34 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
             .await;
             push(&mut rows, "ordo", *cell, result, args.secs);
         }
-        // p99 at half the peak rate, open loop, in the peak cell's shape.
-        if let Some(peak) = rows
-            .iter()
-            .filter(|r| r.system == "ordo" && r.note.is_none())
-            .max_by(|a, b| a.entries_per_sec.total_cmp(&b.entries_per_sec))
-            .cloned()
-        {
-            let cell = Cell { streams: peak.streams, entry: peak.entry_bytes, batch: peak.batch, pipeline: 8 };
-            let batches_per_sec = peak.entries_per_sec / 2.0 / cell.batch as f64 / cell.streams as f64;
-            let interval = Duration::from_secs_f64(1.0 / batches_per_sec.max(1.0));
-            let names: Vec<String> = (0..cell.streams).map(|s| format!("bench-half-{s}")).collect();
-            for n in &names {
-                let req = pb::CreateStreamRequest { name: n.clone(), replication_factor: 3, ack_quorum: 2 };
-                log.create_stream(req).await?;
-            }
-            let until = Instant::now() + secs;
-            let payload = vec![0x6fu8; cell.entry];
-            let sockets = ordo.sockets.clone();
-            let result = run_all(cell.streams, |s| {
-                let (socket, name, payload) = (sockets[s % sockets.len()].clone(), names[s].clone(), payload.clone());
-                async move { ordo_appender(&socket, &name, &payload, cell, Some(interval), until).await }
-            })
-            .await;
-            match result {
-                Ok(m) => {
+        // p99 at half the peak rate, open loop, in the peak cell's shape (or at the rate given).
+        let half = match args.half_peak_rate {
+            Some(rate) => Some((cells[0], rate)),
+            None => rows
+                .iter()
+                .filter(|r| r.system == "ordo" && r.note.is_none())
+                .max_by(|a, b| a.entries_per_sec.total_cmp(&b.entries_per_sec))
+                .map(|peak| {
+                    let cell = Cell { streams: peak.streams, entry: peak.entry_bytes, batch: peak.batch, pipeline: 8 };
+                    (cell, peak.entries_per_sec / 2.0)
+                }),
+        };
+        if let Some((cell, rate)) = half {
+            let offered = if args.half_peak_rate.is_some() { "given" } else { "half the peak" };
+            match open_loop(&ordo, &mut log, cell, rate, secs).await {
+                Ok((m, stages)) => {
                     let r = row("ordo-half-peak", cell, &m, args.secs);
-                    notes.push(format!(
-                        "Ordo at half its peak rate ({}, open loop, {:.0} entries/s offered): {:.0} entries/s, \
-                         p50 {:.2} ms, p99 {:.2} ms (goal: p99 <= 5 ms)",
+                    let note = format!(
+                        "Ordo at half its peak rate ({}, open loop, {rate:.0} entries/s offered ({offered}), latency \
+                         from each batch's due time): {:.0} entries/s, p50 {:.2} ms, p99 {:.2} ms (goal: p99 <= 5 ms)",
                         cell.label(),
-                        peak.entries_per_sec / 2.0,
                         r.entries_per_sec,
                         r.p50_us / 1e3,
                         r.p99_us / 1e3
-                    ));
+                    );
+                    eprintln!("{note}\n{stages}");
+                    notes.push(note);
+                    notes.push(format!("Where the time went at half the peak rate (all members):\n{stages}"));
                     rows.push(r);
                 }
                 Err(e) => notes.push(format!("Ordo at half its peak rate: failed: {e:#}")),

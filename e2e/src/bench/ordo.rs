@@ -250,18 +250,33 @@ impl OrdoCluster {
     pub async fn quorum_stats(&self) -> QuorumStats {
         quorum_stats_of(&self.admin).await
     }
+
+    /// Each member's Prometheus `/metrics` text (members that do not answer are skipped).
+    pub async fn metrics(&self) -> Vec<String> {
+        metrics_of(&self.admin).await
+    }
+}
+
+/// The Prometheus `/metrics` text of the sidecars at these admin addresses (those that do not
+/// answer are skipped).
+pub async fn metrics_of(admin: &[String]) -> Vec<String> {
+    let mut texts = Vec::new();
+    for addr in admin {
+        if let Ok(mut h) = super::http::Http::connect(addr).await {
+            if let Ok(text) = h.get("/metrics").await {
+                texts.push(text);
+            }
+        }
+    }
+    texts
 }
 
 /// Sums the quorum counters of the sidecars at these admin addresses (those that do not answer
 /// are skipped).
 pub async fn quorum_stats_of(admin: &[String]) -> QuorumStats {
     let mut s = QuorumStats::default();
-    for addr in admin {
-        if let Ok(mut h) = super::http::Http::connect(addr).await {
-            if let Ok(text) = h.get("/metrics").await {
-                s.add_metrics(&text);
-            }
-        }
+    for text in metrics_of(admin).await {
+        s.add_metrics(&text);
     }
     s
 }

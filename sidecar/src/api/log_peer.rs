@@ -325,6 +325,13 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
         let first = self.router.trim(&r.stream, r.before, true).await.map_err(log_status)?;
         Ok(Response::new(pb::TrimResponse { stream: r.stream, first_lsn: first }))
     }
+
+    async fn primary_move(&self, req: Request<pb::MoveRequest>) -> Result<Response<pb::MoveResponse>, Status> {
+        let r = req.into_inner();
+        crate::log::router::validate_stream(&r.stream).map_err(log_status)?;
+        self.router.move_local(&r.stream, &r.replicas).await.map_err(log_status)?;
+        Ok(Response::new(pb::MoveResponse {}))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -613,5 +620,17 @@ impl RemotePrimaries for GrpcLogPeers {
             .map_err(|s| status_error(&s))?
             .into_inner();
         Ok(r.first_lsn)
+    }
+
+    async fn primary_move(&self, to: &str, stream: &str, replicas: &[String]) -> Result<(), LogError> {
+        let mut c = self.client(to).map_err(LogError::Unavailable)?;
+        let req = pb::MoveRequest { stream: stream.into(), replicas: replicas.to_vec() };
+        // The move waits for new replicas to catch up (several timeouts) and then for the tail.
+        let wait = self.timeout() * 8;
+        tokio::time::timeout(wait, c.primary_move(req))
+            .await
+            .map_err(|_| LogError::Unavailable(format!("{to}: move timed out")))?
+            .map_err(|s| status_error(&s))?;
+        Ok(())
     }
 }

@@ -38,10 +38,11 @@ pub fn validate(f: &Fence) -> Result<(), String> {
     Ok(())
 }
 
-/// The highest token appended per `(divider, key)` of one stream.
+/// The highest token appended per `(divider, key)` of one stream, with the LSN of the first
+/// entry that carried it.
 #[derive(Debug, Clone, Default)]
 pub struct FenceTable {
-    highest: HashMap<(String, String), u64>,
+    highest: HashMap<(String, String), (u64, u64)>,
 }
 
 impl FenceTable {
@@ -49,7 +50,7 @@ impl FenceTable {
     pub fn check(&self, stream: &str, fence: Option<&Fence>) -> Result<(), String> {
         let Some(f) = fence else { return Ok(()) };
         match self.highest.get(&(f.divider.clone(), f.key.clone())) {
-            Some(&h) if f.token < h => Err(format!(
+            Some(&(h, _)) if f.token < h => Err(format!(
                 "fenced: token {} of key {:?} (divider {:?}) is older than token {h} already appended to stream {stream:?}; \
                  this owner lost the key",
                 f.token, f.key, f.divider
@@ -58,17 +59,34 @@ impl FenceTable {
         }
     }
 
-    /// Records an appended fence.
-    pub fn record(&mut self, fence: Option<&Fence>) {
+    /// Records a fence appended at `lsn`.
+    pub fn record(&mut self, fence: Option<&Fence>, lsn: u64) {
         if let Some(f) = fence {
-            let h = self.highest.entry((f.divider.clone(), f.key.clone())).or_insert(0);
-            *h = (*h).max(f.token);
+            let h = self.highest.entry((f.divider.clone(), f.key.clone())).or_insert((0, 0));
+            if f.token > h.0 {
+                *h = (f.token, lsn);
+            }
         }
     }
 
     /// Rebuilds the table from entries of the log.
     pub fn observe(&mut self, e: &LogEntry) {
-        self.record(e.fence.as_ref());
+        self.record(e.fence.as_ref(), e.lsn);
+    }
+
+    /// The fences whose highest token was appended below `first`, as `(fence, lsn)`: what a
+    /// primary needs to remember of the entries a trim at `first` removes.
+    pub fn below(&self, first: u64) -> Vec<(Fence, u64)> {
+        let mut out: Vec<(Fence, u64)> = self
+            .highest
+            .iter()
+            .filter(|(_, (_, lsn))| *lsn < first)
+            .map(|((divider, key), (token, lsn))| {
+                (Fence { divider: divider.clone(), key: key.clone(), token: *token }, *lsn)
+            })
+            .collect();
+        out.sort_by_key(|(_, lsn)| *lsn);
+        out
     }
 
     /// Keys with a fence.
@@ -94,10 +112,10 @@ mod tests {
     fn a_lower_token_is_refused_after_a_higher_one_and_the_table_is_rebuilt() {
         let mut t = FenceTable::default();
         assert!(t.check("s", Some(&f("k", 3))).is_ok());
-        t.record(Some(&f("k", 3)));
+        t.record(Some(&f("k", 3)), 1);
         assert!(t.check("s", Some(&f("k", 3))).is_ok(), "the same owner goes on");
         assert!(t.check("s", Some(&f("k", 5))).is_ok(), "a newer owner is let in");
-        t.record(Some(&f("k", 5)));
+        t.record(Some(&f("k", 5)), 2);
         let why = t.check("s", Some(&f("k", 3))).unwrap_err();
         assert!(why.starts_with("fenced: token 3 of key \"k\"") && why.contains("token 5"), "{why}");
         assert!(t.check("s", Some(&f("other", 1))).is_ok(), "per key");
@@ -111,6 +129,9 @@ mod tests {
         }
         assert!(rebuilt.check("s", Some(&f("k", 4))).is_err(), "the highest survives, not the last");
         assert_eq!(rebuilt.len(), 1);
+        // The highest token was appended at LSN 2: a trim at 3 must remember it, one at 2 not.
+        assert_eq!(rebuilt.below(3), vec![(f("k", 5), 2)]);
+        assert!(rebuilt.below(2).is_empty());
     }
 
     #[test]

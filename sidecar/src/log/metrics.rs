@@ -43,6 +43,22 @@ pub struct LogMetrics {
     pub batches_in_flight: Gauge,
     /// From a batch queued on this sidecar to its answer (acknowledged or failed).
     pub ack_seconds: Histogram,
+    /// At a stream's primary, from a batch on its queue to its commit (ack quorum durable).
+    pub primary_ack_seconds: Histogram,
+    /// From a replication message sent by a primary to the replica's durable answer (the
+    /// primary's own disk included).
+    pub replicate_seconds: Histogram,
+    /// From a write queued at this member's log store to its durable answer (the wait for the
+    /// group commit before it, plus its own).
+    pub write_seconds: Histogram,
+    /// One group commit of this member's log store: writes and `fdatasync`s.
+    pub commit_seconds: Histogram,
+    /// The `fdatasync`s of one group commit (side by side).
+    pub sync_seconds: Histogram,
+    /// Segments `fdatasync`ed by one group commit.
+    pub commit_segments: Histogram,
+    /// Entries a primary read back from its store to replicate them (no longer in memory).
+    pub replicated_from_store: Counter,
     /// Entries this member's replicas lack behind the commit point their primaries reported,
     /// summed over the streams it replicates.
     pub replica_lag_entries: Gauge,
@@ -50,6 +66,10 @@ pub struct LogMetrics {
     pub replica_lag_max_entries: Gauge,
     /// Seals this member's replicas accepted (a new primary's epoch).
     pub seals: Counter,
+    /// Streams this member's primaries moved off leaving members.
+    pub moves: Counter,
+    /// Reads this member's replica answered without the primary.
+    pub replica_reads: Counter,
     /// Primaries started on this member, by result.
     pub recoveries: Family<ResultLabels, Counter>,
     /// Trim points moved by primaries on this member, by cause.
@@ -77,9 +97,18 @@ impl LogMetrics {
             batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             batches_in_flight: Gauge::default(),
             ack_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
+            primary_ack_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
+            replicate_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
+            write_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
+            commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
+            sync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
+            commit_segments: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            replicated_from_store: Counter::default(),
             replica_lag_entries: Gauge::default(),
             replica_lag_max_entries: Gauge::default(),
             seals: Counter::default(),
+            moves: Counter::default(),
+            replica_reads: Counter::default(),
             recoveries: Family::default(),
             trims: Family::default(),
             segments_deleted: Counter::default(),
@@ -101,6 +130,29 @@ impl LogMetrics {
         );
         r.register("log_ack_seconds", "From a batch queued on this sidecar to its answer", m.ack_seconds.clone());
         r.register(
+            "log_primary_ack_seconds",
+            "At a stream's primary, from a batch on its queue to its commit",
+            m.primary_ack_seconds.clone(),
+        );
+        r.register(
+            "log_replicate_seconds",
+            "From a replication message sent by a primary to the replica's durable answer",
+            m.replicate_seconds.clone(),
+        );
+        r.register(
+            "log_write_seconds",
+            "From a write queued at this member's log store to its durable answer",
+            m.write_seconds.clone(),
+        );
+        r.register("log_commit_seconds", "One group commit of this member's log store", m.commit_seconds.clone());
+        r.register("log_sync_seconds", "The fdatasyncs of one group commit", m.sync_seconds.clone());
+        r.register("log_commit_segments", "Segments fdatasynced by one group commit", m.commit_segments.clone());
+        r.register(
+            "log_replicated_from_store",
+            "Entries a primary read back from its store to replicate them",
+            m.replicated_from_store.clone(),
+        );
+        r.register(
             "log_replica_lag_entries",
             "Entries this member's replicas lack behind their primaries' commit point, summed over streams",
             m.replica_lag_entries.clone(),
@@ -109,6 +161,16 @@ impl LogMetrics {
             "log_replica_lag_max_entries",
             "Largest lag of one stream this member replicates",
             m.replica_lag_max_entries.clone(),
+        );
+        r.register(
+            "log_replica_reads",
+            "Reads answered by this member's replica without the primary",
+            m.replica_reads.clone(),
+        );
+        r.register(
+            "log_moves",
+            "Streams whose primary on this member moved them off members that leave",
+            m.moves.clone(),
         );
         r.register("log_seals", "Seals at a new epoch accepted by this member's replicas", m.seals.clone());
         r.register("log_recoveries", "Primaries started (recoveries) on this member, by result", m.recoveries.clone());

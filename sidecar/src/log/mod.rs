@@ -3,7 +3,8 @@
 //!
 //! Layout: [`segment`] (one stream's CRC-framed segment files on one replica), [`store`] (the
 //! replica rules and the group-committing writer), [`producer`] (idempotent producers),
-//! [`primary`] (epoch, seal, recovery, pipelined replication, ack quorum), [`router`] (stream
+//! [`history`] (what trimmed entries said of producers and fences), [`primary`] (epoch, seal,
+//! recovery, pipelined replication, ack quorum), [`router`] (stream
 //! metadata in registers, who is primary, forwarding from any sidecar), [`placement`] (which
 //! members hold a stream), [`retention`] (how far a primary trims on its own), [`metrics`].
 //! gRPC adapters: `api::app::log` and `api::log_peer`.
@@ -38,7 +39,8 @@
 //! on disk. An entry of epoch `E` at LSN `x` is **committed**, and its batch acknowledged, once
 //! AQ replicas (the primary's own disk counting as one) answered durably up to `x`; everything
 //! before it is committed with it. Replicas `fdatasync` before answering, and one writer thread
-//! per member groups the fsyncs of all streams and batches that arrive while the disk is busy.
+//! per member groups the fsyncs of all streams and batches that arrive while the disk is busy
+//! (one `fdatasync` per touched segment, the segments' side by side on sync threads).
 //!
 //! # Guarantees, why they hold, and the tests that catch their violation
 //!
@@ -119,12 +121,24 @@
 //! the base is not durable) and `retention_by_bytes_keeps_disk_bounded_while_appending`
 //! (retention semantics: [`retention`]).
 //!
+//! # Membership changes
+//!
+//! A stream's replicas are chosen when it is created; during the joint epoch of a membership
+//! change, every stream with a replica on a leaving member moves to members that stay before
+//! the epoch counts as migrated (so before the leaving members go). The new replica set is
+//! written into the epoch register by the same compare-and-set that ends the old primary's
+//! epoch, and every later takeover carries it. Protocol, argument and tests:
+//! [`router::relocate`](crate::log::router).
+//!
 //! # Not built yet
-//! - Replicas are chosen when a stream is created and not moved on membership changes.
-//! - The primary's producer and fence tables are rebuilt by reading the retained local log at
-//!   takeover: a retry of a batch, or a fence, that was trimmed away is no longer recognised.
+//! - Replicas move onto members that join only by hand (`MoveStream`, `ordoctl log move`); new
+//!   members take new streams.
+//! - A trim stores what its trimmed entries said of producers and fences ([`history`]) only up
+//!   to 512 KiB; beyond that, or when storing it failed, later primaries treat producers whose
+//!   entries were trimmed as unknown.
 
 pub mod fence;
+pub mod history;
 pub mod metrics;
 pub mod placement;
 pub mod primary;
@@ -236,6 +250,11 @@ pub type AppendResultTx = tokio::sync::oneshot::Sender<AppendResult>;
 /// Register key of a stream's metadata.
 pub fn meta_key(stream: &str) -> String {
     format!("log/{stream}/meta")
+}
+
+/// Register key of a stream's [`history::History`] (what trimmed entries said).
+pub fn history_key(stream: &str) -> String {
+    format!("log/{stream}/history")
 }
 
 /// Register key of a stream's epoch (its version is the primary's epoch).

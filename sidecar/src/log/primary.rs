@@ -6,12 +6,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::fence::FenceTable;
+use super::history::History;
 use super::metrics::LogMetrics;
 use super::producer::{ProducerTable, Verdict};
 use super::segment::{epoch_at, matching_prefix};
@@ -26,6 +27,10 @@ const MAX_SEND_BYTES: usize = 1 << 20;
 const REPLICA_WINDOW: usize = 16;
 /// Entries per recovery read.
 const FETCH_CHUNK: u32 = 1000;
+/// A replica that was sent everything learns a new commit point after at most this long (with
+/// an empty message), so it can serve reads up to it (see `LogRouter::replica_read`). Under
+/// load the commit point rides on the next entries instead.
+const COMMIT_NOTICE: Duration = Duration::from_millis(20);
 
 /// One replication message from a primary to a replica.
 #[derive(Debug, Clone)]
@@ -151,6 +156,8 @@ pub struct PrimaryConfig {
     pub timeout: Duration,
     /// The epoch register was just created: no earlier primary existed, so no entry either.
     pub fresh_stream: bool,
+    /// What trimmed entries said (the stream's history register), if stored.
+    pub history: Option<History>,
     /// Where the primary counts what it does.
     pub metrics: LogMetrics,
 }
@@ -175,12 +182,34 @@ struct Waiter {
     first_lsn: u64,
     len: u32,
     reply: AppendResultTx,
+    queued: Instant,
 }
 
 enum Cmd {
-    Append { batch: Batch, reply: AppendResultTx },
-    Durable { replica: usize, lsn: u64 },
-    Deposed { by: u64, replica: String },
+    Append {
+        batch: Batch,
+        reply: AppendResultTx,
+        queued: Instant,
+    },
+    Durable {
+        replica: usize,
+        lsn: u64,
+    },
+    Deposed {
+        by: u64,
+        replica: String,
+    },
+    /// A replica the stream is moving to: replicated to, not counted ([`Primary::add_replicas`]).
+    AddReplica,
+    /// Refuse appends (with this reason) or take them again.
+    Pause(Option<String>),
+    /// Stop serving for good (the stream moved on).
+    StepDown(String),
+    /// The tables' part that only entries below an LSN carry.
+    History {
+        first: u64,
+        reply: oneshot::Sender<History>,
+    },
 }
 
 struct Shared {
@@ -190,7 +219,14 @@ struct Shared {
     deposed_tx: watch::Sender<Option<String>>,
     /// The trim point (first available LSN); replication tells the replicas when it moves.
     first_tx: watch::Sender<u64>,
+    /// Every replica replicated to: the stream's, then those it is moving to.
+    replicas: Mutex<Vec<String>>,
+    /// Durable LSN of each of `replicas` (this epoch's acknowledgements).
+    matched_tx: watch::Sender<Vec<u64>>,
 }
+
+/// Starts the replication task to the replica at an index of [`Shared::replicas`].
+type SpawnReplica = Arc<dyn Fn(usize, String) + Send + Sync>;
 
 /// A running primary (cheap to clone).
 #[derive(Clone)]
@@ -201,6 +237,9 @@ pub struct Primary {
     tx: mpsc::UnboundedSender<Cmd>,
     shared: Arc<Shared>,
     store: ReplicaStore,
+    spawn_replica: SpawnReplica,
+    replicas: Vec<String>,
+    ack_quorum: usize,
 }
 
 impl Primary {
@@ -232,34 +271,42 @@ impl Primary {
             commit_tx,
             deposed_tx,
             first_tx: watch::channel(cfg.first_lsn.max(1)).0,
+            replicas: Mutex::new(cfg.replicas.clone()),
+            matched_tx: watch::channel(vec![0; cfg.replicas.len()]).0,
         });
+        let spawn_replica: SpawnReplica = {
+            let (cfg, shared, store, tx) = (cfg.clone(), shared.clone(), store.clone(), tx.clone());
+            let (start, recovered) = (recovered.e_start, recovered.last);
+            Arc::new(move |index, replica| {
+                // From the re-replicated tail: every replica must take the entries of this epoch
+                // (a replica whose log differs earlier answers with a divergence).
+                let local = (replica == cfg.me).then(|| store.clone());
+                let link = ReplicaTask {
+                    index,
+                    replica,
+                    stream: cfg.stream.clone(),
+                    epoch: cfg.epoch,
+                    next: start,
+                    recovered,
+                    replica_base: 0,
+                    reset: false,
+                    shared: shared.clone(),
+                    store: store.clone(),
+                    tx: tx.clone(),
+                    metrics: cfg.metrics.clone(),
+                };
+                tokio::spawn(link.run(peers.clone(), local));
+            })
+        };
         for (i, r) in cfg.replicas.iter().enumerate() {
-            // From the re-replicated tail: every replica must take the entries of this epoch
-            // (a replica whose log differs earlier answers with a divergence).
-            let start = recovered.e_start;
-            let link = ReplicaTask {
-                index: i,
-                replica: r.clone(),
-                stream: cfg.stream.clone(),
-                epoch: cfg.epoch,
-                next: start,
-                recovered: recovered.last,
-                replica_base: 0,
-                reset: false,
-                shared: shared.clone(),
-                store: store.clone(),
-                tx: tx.clone(),
-            };
-            let peers = peers.clone();
-            let local = (*r == cfg.me).then(|| store.clone());
-            tokio::spawn(link.run(peers, local));
+            spawn_replica(i, r.clone());
         }
         let actor = Actor {
             cfg: cfg.clone(),
             shared: shared.clone(),
             producers: {
                 let mut p = recovered.producers;
-                p.set_history_trimmed(cfg.first_lsn > 1);
+                p.set_history_trimmed(recovered.history_gap);
                 p
             },
             fences: recovered.fences,
@@ -268,6 +315,7 @@ impl Primary {
             e_start: recovered.e_start,
             waiters: BTreeMap::new(),
             deposed: None,
+            paused: None,
         };
         tokio::spawn(actor.run(rx));
         // Recovery ends when the recovered tail is committed under this epoch: until then the
@@ -285,13 +333,106 @@ impl Primary {
             return Err(LogError::Unavailable(why));
         }
         tracing::info!(stream = %cfg.stream, epoch = cfg.epoch, last = recovered.last, from = recovered.e_start, "log primary recovered the stream");
-        Ok(Self { epoch: cfg.epoch, stream: cfg.stream, tx, shared, store })
+        Ok(Self {
+            epoch: cfg.epoch,
+            stream: cfg.stream,
+            tx,
+            shared,
+            store,
+            spawn_replica,
+            replicas: cfg.replicas.clone(),
+            ack_quorum: cfg.ack_quorum,
+        })
+    }
+
+    /// The stream's replicas (this epoch's).
+    pub fn replicas(&self) -> &[String] {
+        &self.replicas
+    }
+
+    /// What its producer and fence tables know that only entries below `first` say (for the
+    /// stream's history register before a trim at `first`); `None` once it stopped.
+    pub async fn history(&self, first: u64) -> Option<History> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::History { first, reply }).ok()?;
+        rx.await.ok()
+    }
+
+    /// Its ack quorum.
+    pub fn ack_quorum(&self) -> usize {
+        self.ack_quorum
+    }
+
+    /// Starts replicating to `names` too (those not replicated to yet), without counting their
+    /// answers toward the ack quorum: replicas a move will hand the stream to. A replica that
+    /// lacks the stream rebuilds it from this primary's log (from the trim point).
+    pub fn add_replicas(&self, names: &[String]) {
+        let mut all = self.shared.replicas.lock().expect("replicas lock");
+        for n in names {
+            if all.contains(n) {
+                continue;
+            }
+            all.push(n.clone());
+            // Queued before the task starts, so the actor knows the index before any answer.
+            let _ = self.tx.send(Cmd::AddReplica);
+            (self.spawn_replica)(all.len() - 1, n.clone());
+        }
+    }
+
+    /// What each replica replicated to holds durably of this epoch's log, by id.
+    pub fn matched(&self) -> Vec<(String, u64)> {
+        let all = self.shared.replicas.lock().expect("replicas lock").clone();
+        let m = self.shared.matched_tx.borrow();
+        all.into_iter().enumerate().map(|(i, r)| (r, m.get(i).copied().unwrap_or(0))).collect()
+    }
+
+    /// Waits until `done(self)` holds (checked after every durable answer and commit) or `wait`
+    /// passes; true when it held.
+    pub async fn wait_until(&self, wait: Duration, done: impl Fn(&Primary) -> bool) -> bool {
+        let mut m = self.shared.matched_tx.subscribe();
+        let mut c = self.shared.commit_tx.subscribe();
+        let mut deposed = self.shared.deposed_tx.subscribe();
+        tokio::time::timeout(wait, async {
+            loop {
+                if done(self) {
+                    return true;
+                }
+                if deposed.borrow_and_update().is_some() {
+                    return false;
+                }
+                tokio::select! {
+                    r = m.changed() => if r.is_err() { return false },
+                    r = c.changed() => if r.is_err() { return false },
+                    r = deposed.changed() => if r.is_err() { return false },
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Last assigned LSN (committed or not).
+    pub fn last(&self) -> u64 {
+        *self.shared.last_tx.borrow()
+    }
+
+    /// Refuses new appends with `reason` (`None`: takes them again). Appends already queued
+    /// before the pause go on to commit.
+    pub fn pause(&self, reason: Option<String>) {
+        let _ = self.tx.send(Cmd::Pause(reason));
+    }
+
+    /// Stops serving for good: pending and later appends fail with `why`, and the router settles
+    /// the stream's primary again.
+    pub fn step_down(&self, why: String) {
+        let _ = self.tx.send(Cmd::StepDown(why));
     }
 
     /// Queues a batch (in call order) and returns where its answer will arrive.
     pub fn submit(&self, batch: Batch) -> oneshot::Receiver<AppendResult> {
         let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Cmd::Append { reply, .. })) = self.tx.send(Cmd::Append { batch, reply }) {
+        let cmd = Cmd::Append { batch, reply, queued: Instant::now() };
+        if let Err(mpsc::error::SendError(Cmd::Append { reply, .. })) = self.tx.send(cmd) {
             let _ = reply.send(Err(LogError::Unavailable("the primary stopped".into())));
         }
         rx
@@ -376,6 +517,8 @@ struct Recovered {
     retagged: Vec<LogEntry>,
     producers: ProducerTable,
     fences: FenceTable,
+    /// Entries between what the history covers and the local log's start are unknown.
+    history_gap: bool,
 }
 
 /// Recovery: seal, choose, copy, re-replicate (see the module docs of [`super`]).
@@ -508,9 +651,18 @@ async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: 
             state.last_lsn
         )));
     }
-    // Producer and fence state from the log itself (what is left of it after trims).
+    // Producer and fence state: the history of trimmed entries, then the log itself (what is
+    // left of it after trims).
     let mut producers = ProducerTable::default();
     let mut fences = FenceTable::default();
+    let mut covered_below = 1;
+    if let Some(h) = &cfg.history {
+        h.seed(&mut producers, &mut fences);
+        if h.complete {
+            covered_below = h.first;
+        }
+    }
+    let history_gap = state.base_lsn + 1 > covered_below;
     let mut from = 1;
     while from <= h {
         let got = store.fetch(stream, None, from, FETCH_CHUNK as usize).await.map_err(store_unavailable)?;
@@ -521,7 +673,7 @@ async fn recover<P: LogPeers>(cfg: &PrimaryConfig, store: &ReplicaStore, peers: 
             fences.observe(e);
         }
     }
-    Ok(Recovered { last: h, e_start, epochs: state.epochs, retagged, producers, fences })
+    Ok(Recovered { last: h, e_start, epochs: state.epochs, retagged, producers, fences, history_gap })
 }
 
 fn expect_durable(stream: &str, r: Result<AppendReply, StoreError>) -> Result<(), LogError> {
@@ -546,16 +698,28 @@ struct Actor {
     e_start: u64,
     waiters: BTreeMap<u64, Vec<Waiter>>,
     deposed: Option<String>,
+    paused: Option<String>,
 }
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         while let Some(cmd) = rx.recv().await {
             match cmd {
-                Cmd::Append { batch, reply } => self.append(batch, reply),
+                Cmd::Append { batch, reply, queued } => self.append(batch, reply, queued),
                 Cmd::Durable { replica, lsn } => {
-                    self.matched[replica] = self.matched[replica].max(lsn);
+                    if let Some(m) = self.matched.get_mut(replica) {
+                        *m = (*m).max(lsn);
+                    }
+                    self.shared.matched_tx.send_replace(self.matched.clone());
                     self.advance_commit();
+                }
+                Cmd::AddReplica => {
+                    self.matched.push(0);
+                    self.shared.matched_tx.send_replace(self.matched.clone());
+                }
+                Cmd::Pause(reason) => self.paused = reason,
+                Cmd::History { first, reply } => {
+                    let _ = reply.send(History::capture(&self.producers, &self.fences, first));
                 }
                 Cmd::Deposed { by, replica } => {
                     let why = format!(
@@ -563,20 +727,28 @@ impl Actor {
                         self.cfg.stream, self.cfg.epoch
                     );
                     tracing::warn!("{why}");
-                    for (_, ws) in std::mem::take(&mut self.waiters) {
-                        for w in ws {
-                            let _ = w.reply.send(Err(LogError::Unavailable(why.clone())));
-                        }
-                    }
-                    self.deposed = Some(why.clone());
-                    self.shared.deposed_tx.send_replace(Some(why));
+                    self.step_down(why);
+                }
+                Cmd::StepDown(why) => {
+                    tracing::info!(stream = %self.cfg.stream, epoch = self.cfg.epoch, "{why}");
+                    self.step_down(why);
                 }
             }
         }
     }
 
-    fn append(&mut self, batch: Batch, reply: AppendResultTx) {
-        if let Some(why) = &self.deposed {
+    fn step_down(&mut self, why: String) {
+        for (_, ws) in std::mem::take(&mut self.waiters) {
+            for w in ws {
+                let _ = w.reply.send(Err(LogError::Unavailable(why.clone())));
+            }
+        }
+        self.deposed = Some(why.clone());
+        self.shared.deposed_tx.send_replace(Some(why));
+    }
+
+    fn append(&mut self, batch: Batch, reply: AppendResultTx, queued: Instant) {
+        if let Some(why) = self.deposed.as_ref().or(self.paused.as_ref()) {
             let _ = reply.send(Err(LogError::Unavailable(why.clone())));
             return;
         }
@@ -585,16 +757,16 @@ impl Actor {
             Verdict::Refuse(why) => {
                 let _ = reply.send(Err(LogError::Refused(why)));
             }
-            Verdict::Duplicate { first_lsn, len } => self.wait(first_lsn, len, reply),
+            Verdict::Duplicate { first_lsn, len } => self.wait(first_lsn, len, reply, queued),
             Verdict::Append => {
                 if let Err(why) = self.fences.check(&self.cfg.stream, batch.fence.as_ref()) {
                     let _ = reply.send(Err(LogError::Fenced(why)));
                     return;
                 }
-                self.fences.record(batch.fence.as_ref());
                 let batch_bytes: usize = batch.entries.iter().map(Vec::len).sum();
                 let mut tail = self.shared.tail.lock().expect("tail lock");
                 let first = tail.last + 1;
+                self.fences.record(batch.fence.as_ref(), first);
                 let epoch = self.cfg.epoch;
                 if tail.epochs.last().is_none_or(|e| e.epoch != epoch) {
                     tail.epochs.push(EpochStart { epoch, start_lsn: first });
@@ -621,22 +793,23 @@ impl Actor {
                 self.cfg.metrics.batch_entries.observe(f64::from(len));
                 self.producers.record(batch.producer_id, batch.producer_epoch, batch.batch_seq, first, len);
                 self.shared.last_tx.send_replace(last);
-                self.wait(first, len, reply);
+                self.wait(first, len, reply, queued);
             }
         }
     }
 
-    fn wait(&mut self, first_lsn: u64, len: u32, reply: AppendResultTx) {
+    fn wait(&mut self, first_lsn: u64, len: u32, reply: AppendResultTx, queued: Instant) {
         let last = first_lsn + u64::from(len) - 1;
         if last <= self.commit {
             let _ = reply.send(Ok((first_lsn..=last).collect()));
         } else {
-            self.waiters.entry(last).or_default().push(Waiter { first_lsn, len, reply });
+            self.waiters.entry(last).or_default().push(Waiter { first_lsn, len, reply, queued });
         }
     }
 
     fn advance_commit(&mut self) {
-        let mut m = self.matched.clone();
+        // Only the stream's replicas count (not those a move is adding).
+        let mut m = self.matched[..self.cfg.replicas.len()].to_vec();
         m.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = m.get(self.cfg.ack_quorum - 1).copied().unwrap_or(0);
         // Only entries of this epoch commit by counting (older ones commit with them).
@@ -650,6 +823,7 @@ impl Actor {
             for w in ws {
                 let last = w.first_lsn + u64::from(w.len) - 1;
                 let _ = w.reply.send(Ok((w.first_lsn..=last).collect()));
+                self.cfg.metrics.primary_ack_seconds.observe(w.queued.elapsed().as_secs_f64());
             }
         }
         // Entries committed and on the local disk are read from the store from now on.
@@ -680,6 +854,7 @@ struct ReplicaTask {
     shared: Arc<Shared>,
     store: ReplicaStore,
     tx: mpsc::UnboundedSender<Cmd>,
+    metrics: LogMetrics,
 }
 
 impl ReplicaTask {
@@ -759,6 +934,7 @@ impl ReplicaTask {
             };
             let n = ((last - self.next + 1) as usize).min(MAX_SEND_ENTRIES);
             let got = self.store.fetch(&self.stream, None, self.next, n).await.map_err(|e| e.to_string())?;
+            self.metrics.replicated_from_store.inc_by(got.entries.len() as u64);
             if got.entries.first().is_some_and(|e| e.lsn == self.next) {
                 return Ok(Some((prev_epoch, got.entries, std::mem::take(&mut self.reset))));
             }
@@ -785,38 +961,61 @@ impl ReplicaTask {
     async fn drive(&mut self, mut link: ReplicaLink) -> Result<(), String> {
         let mut last_rx = self.shared.last_tx.subscribe();
         let mut first_rx = self.shared.first_tx.subscribe();
+        let mut commit_rx = self.shared.commit_tx.subscribe();
         let mut deposed = self.shared.deposed_tx.subscribe();
-        let mut inflight = 0usize;
+        // When each message in flight was sent (answers come in order).
+        let mut inflight: VecDeque<Instant> = VecDeque::with_capacity(REPLICA_WINDOW);
         // The trim point this replica was last told (0: not yet on this link).
         let mut told_first = 0;
+        // The commit point it was last told, and when an empty message will tell a newer one.
+        let mut told_commit = 0;
+        let mut notice_at: Option<tokio::time::Instant> = None;
         loop {
             // Marked seen before gathering, so an append after this point wakes the select.
             last_rx.borrow_and_update();
             let first = *first_rx.borrow_and_update();
-            while inflight < REPLICA_WINDOW {
+            while inflight.len() < REPLICA_WINDOW {
                 let Some((prev_epoch, entries, reset)) = self.gather().await? else { break };
                 if entries.is_empty() {
                     break;
                 }
                 let n = entries.len() as u64;
                 let msg = self.message(prev_epoch, entries, reset, first);
+                told_commit = msg.commit;
                 link.tx.send(msg).await.map_err(|_| "link closed".to_string())?;
                 told_first = first;
                 self.next += n;
-                inflight += 1;
+                inflight.push_back(Instant::now());
             }
-            if told_first < first && inflight < REPLICA_WINDOW {
+            if told_first < first && inflight.len() < REPLICA_WINDOW {
                 // Nothing to send but a new trim point (or a new link): the replica deletes
                 // what lies below it now, not at the next append.
                 let prev_epoch = self.shared.tail.lock().expect("tail lock").epoch_at(self.next - 1);
-                link.tx.send(self.message(prev_epoch, Vec::new(), false, first)).await.map_err(|_| "link closed")?;
+                let msg = self.message(prev_epoch, Vec::new(), false, first);
+                told_commit = msg.commit;
+                link.tx.send(msg).await.map_err(|_| "link closed")?;
                 told_first = first;
-                inflight += 1;
+                inflight.push_back(Instant::now());
+            }
+            let commit = *commit_rx.borrow_and_update();
+            if told_commit >= commit {
+                notice_at = None;
+            } else if notice_at.is_some_and(|t| t <= tokio::time::Instant::now()) && inflight.len() < REPLICA_WINDOW {
+                let prev_epoch = self.shared.tail.lock().expect("tail lock").epoch_at(self.next - 1);
+                let msg = self.message(prev_epoch, Vec::new(), false, first);
+                told_commit = msg.commit;
+                link.tx.send(msg).await.map_err(|_| "link closed")?;
+                inflight.push_back(Instant::now());
+                notice_at = None;
+            } else if notice_at.is_none() {
+                notice_at = Some(tokio::time::Instant::now() + COMMIT_NOTICE);
             }
             tokio::select! {
                 ack = link.rx.recv() => {
                     let Some(ack) = ack else { return Err("link closed".into()) };
-                    inflight = inflight.saturating_sub(1);
+                    if let Some(sent) = inflight.pop_front() {
+                        self.metrics.replicate_seconds.observe(sent.elapsed().as_secs_f64());
+                    }
                     match ack.reply {
                         AppendReply::Durable(lsn) => {
                             let _ = self.tx.send(Cmd::Durable { replica: self.index, lsn });
@@ -842,6 +1041,8 @@ impl ReplicaTask {
                 }
                 r = last_rx.changed() => if r.is_err() { return Ok(()) },
                 r = first_rx.changed() => if r.is_err() { return Ok(()) },
+                r = commit_rx.changed() => if r.is_err() { return Ok(()) },
+                _ = tokio::time::sleep_until(notice_at.unwrap_or_else(tokio::time::Instant::now)), if notice_at.is_some() => {}
                 _ = deposed.changed() => return Ok(()),
             }
         }

@@ -2,14 +2,15 @@
 //! numbers its batches 0, 1, 2, ...; the primary remembers the last [`KEPT_BATCHES`] batches of
 //! each producer, so a retried batch is answered with its original LSNs instead of being
 //! written again. The table is rebuilt from the log's own entries (which carry the producer
-//! fields) whenever a primary takes over.
+//! fields) whenever a primary takes over, on top of the history a trim stored of the entries it
+//! removed ([`super::history`]).
 //!
 //! A producer the table does not know must start at batch 0: a later batch first means the
 //! earlier ones are still on their way (at a primary change, a batch routed to the new primary
 //! can overtake the retries of the batches before it), and writing it would put the producer's
-//! batches out of order. Only when the log was trimmed before this primary rebuilt the table
-//! (its producers may have been trimmed away with their entries) is an unknown producer taken
-//! at any batch.
+//! batches out of order. Only when trimmed entries are not covered by a stored history (its
+//! producers may have been trimmed away with their entries) is an unknown producer taken at
+//! any batch.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -17,6 +18,9 @@ use super::LogEntry;
 
 /// Batches remembered per producer (at least the largest pipeline, 8).
 pub const KEPT_BATCHES: usize = 16;
+
+/// One producer's batches: `(id, epoch, [(seq, first_lsn, len)])`.
+pub type ProducerBatches = (u64, u64, Vec<(u64, u64, u32)>);
 
 /// What to do with a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +107,9 @@ impl ProducerTable {
             return;
         }
         let p = self.producers.entry(id).or_default();
+        if epoch < p.epoch {
+            return; // a producer's epochs only grow along the log; seen through a history first
+        }
         if epoch > p.epoch {
             *p = ProducerState { epoch, batches: VecDeque::new() };
         }
@@ -113,6 +120,27 @@ impl ProducerTable {
         while p.batches.len() > KEPT_BATCHES {
             p.batches.pop_front();
         }
+    }
+
+    /// The producers' batches that start below `first`, as `(id, epoch, [(seq, first_lsn, len)])`:
+    /// what a primary needs to remember of the entries a trim at `first` removes (batches from
+    /// `first` on are in the log that stays; only the current epoch of each producer is kept).
+    pub fn below(&self, first: u64) -> Vec<ProducerBatches> {
+        let mut out: Vec<ProducerBatches> = self
+            .producers
+            .iter()
+            .filter_map(|(id, p)| {
+                let kept: Vec<(u64, u64, u32)> = p.batches.iter().filter(|b| b.1 < first).copied().collect();
+                (!kept.is_empty()).then_some((*id, p.epoch, kept))
+            })
+            .collect();
+        out.sort_by_key(|(id, _, _)| *id);
+        out
+    }
+
+    /// True when the table may miss producers whose entries were trimmed.
+    pub fn history_trimmed(&self) -> bool {
+        self.history_trimmed
     }
 
     /// Marks the table as rebuilt from a trimmed log (unknown producers are then taken at any

@@ -13,16 +13,20 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::history::{History, MAX_HISTORY_BYTES};
 use super::placement;
 use super::primary::{LogPeers, Primary, PrimaryConfig};
 use super::retention::Retention;
 use super::store::ReplicaStore;
-use super::{epoch_key, meta_key, AppendResult, AppendResultTx, Batch, LogEntry, LogError};
+use super::{epoch_key, history_key, meta_key, AppendResult, AppendResultTx, Batch, LogEntry, LogError};
 use crate::config::Role;
 use crate::node::{Node, PeerView};
 use crate::quorum::register::{RegisterError, Registers, Written};
 use crate::quorum::transport::Peers;
 use crate::validate::validate_name;
+
+mod relocate;
+pub use relocate::target_replicas;
 
 /// Attempts to settle who the primary is before giving up on a request.
 const ROUTE_ATTEMPTS: usize = 4;
@@ -118,6 +122,46 @@ impl StreamMeta {
     }
 }
 
+/// The value of a stream's epoch register: its primary and, once the stream moved off its first
+/// replicas, the replicas of this epoch. The replica set lives beside the epoch because both
+/// change by one compare-and-set: a primary that took over from version `v` seals the replicas
+/// that version names, and a move writes new replicas only while version `v` is still current
+/// (see the `relocate` module).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochValue {
+    /// The primary (the member that wrote this version, or the one a move named).
+    pub primary: String,
+    /// The replicas, when they differ from the metadata's (the stream moved).
+    pub replicas: Option<Vec<String>>,
+}
+
+impl EpochValue {
+    /// The register value: `primary` or `primary;replicas=a,b,c` (names never hold `;`).
+    pub fn encode(&self) -> Vec<u8> {
+        match &self.replicas {
+            None => self.primary.clone().into_bytes(),
+            Some(r) => format!("{};replicas={}", self.primary, r.join(",")).into_bytes(),
+        }
+    }
+
+    /// Parses a register value.
+    pub fn decode(raw: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(raw);
+        match text.split_once(";replicas=") {
+            Some((p, r)) => EpochValue {
+                primary: p.to_string(),
+                replicas: Some(r.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()),
+            },
+            None => EpochValue { primary: text.to_string(), replicas: None },
+        }
+    }
+
+    /// The replicas of a stream with metadata `meta` under `epoch` (none yet: the metadata's).
+    pub fn replicas_of(epoch: Option<&EpochValue>, meta: &StreamMeta) -> Vec<String> {
+        epoch.and_then(|v| v.replicas.clone()).unwrap_or_else(|| meta.replicas.clone())
+    }
+}
+
 /// What a stream looks like from here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamInfo {
@@ -148,6 +192,13 @@ pub trait RemotePrimaries: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(Vec<LogEntry>, u64, u64), LogError>> + Send;
     /// Trims at `to`.
     fn primary_trim(&self, to: &str, stream: &str, before: u64) -> impl Future<Output = Result<u64, LogError>> + Send;
+    /// Asks `to` (a replica of the stream) to move the stream to `replicas` as its primary.
+    fn primary_move(
+        &self,
+        to: &str,
+        stream: &str,
+        replicas: &[String],
+    ) -> impl Future<Output = Result<(), LogError>> + Send;
 }
 
 /// Where a stream's primary is, from this sidecar.
@@ -195,6 +246,9 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         }
         let registers = Registers::new(node.proposer.clone(), settings.timeout);
         let router = Arc::new(Self { node, registers, store, peers, settings, slots: Mutex::new(HashMap::new()) });
+        if router.store.is_some() {
+            router.node.add_migration_step(Arc::new(relocate::LogMoves(Arc::downgrade(&router))));
+        }
         if router.settings.retention.enabled() && router.store.is_some() {
             tokio::spawn(Self::retain(Arc::downgrade(&router)));
         }
@@ -425,10 +479,12 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         let meta = self.meta(stream, false).await?;
         let (_, first, last) = self.read(stream, 0, 0, Duration::ZERO, false).await.unwrap_or((Vec::new(), 1, 0));
         let ep = self.registers.read(&epoch_key(stream)).await.map_err(register_error)?;
-        let (primary, epoch) = ep.map_or((String::new(), 0), |e| (String::from_utf8_lossy(&e.value).into(), e.version));
+        let (value, epoch) = ep.map_or((None, 0), |e| (Some(EpochValue::decode(&e.value)), e.version));
+        let replicas = EpochValue::replicas_of(value.as_ref(), &meta);
+        let primary = value.map(|v| v.primary).unwrap_or_default();
         Ok(StreamInfo {
             name: stream.to_string(),
-            meta: StreamMeta { first_lsn: first, ..meta },
+            meta: StreamMeta { first_lsn: first, replicas, ..meta },
             primary,
             epoch,
             last_lsn: last,
@@ -446,6 +502,9 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         local_only: bool,
     ) -> Result<(Vec<LogEntry>, u64, u64), LogError> {
         validate_stream(stream)?;
+        if let Some(got) = self.replica_read(stream, from, max).await {
+            return Ok(got);
+        }
         let slot = self.slot(stream);
         let mut attempt = 0;
         loop {
@@ -469,6 +528,32 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
             }
             return r;
         }
+    }
+
+    /// A read this member's own replica answers without the primary: a whole page (`max`
+    /// entries from `from`) of entries it knows are committed (see
+    /// [`ReplicaStore::known_committed`]). Committed entries never change, and the primary
+    /// would answer the same page, so such a read is as fresh as one through the primary; only
+    /// its last LSN is this replica's commit point, a lower bound of the primary's (and a trim
+    /// racing with the read may not have reached this replica yet: it returns the entries).
+    /// Reads that reach beyond it, reads of the first available LSN (`from` 0) or below the
+    /// trim point, and `Tail`, go to the primary. So readers that catch up (a `Subscribe` far
+    /// behind, paged reads of old entries) are served by every replica, even while the primary
+    /// is down. Test: `e2e/tests/log.rs::committed_pages_are_read_from_any_replica_while_the_primary_is_paused`
+    /// (verified to fail, waiting on the paused primary, without this path).
+    async fn replica_read(&self, stream: &str, from: u64, max: u32) -> Option<(Vec<LogEntry>, u64, u64)> {
+        let store = self.store.as_ref()?;
+        let (first, commit) = store.known_committed(stream)?;
+        if from == 0 || max == 0 || from < first.max(1) || from + u64::from(max) - 1 > commit {
+            return None;
+        }
+        let got = store.fetch(stream, None, from, max as usize).await.ok()?;
+        let dense = got.entries.len() == max as usize && got.entries.iter().zip(from..).all(|(e, l)| e.lsn == l);
+        if !dense {
+            return None; // reset or trimmed here meanwhile: the primary answers
+        }
+        self.node.metrics.log.replica_reads.inc();
+        Some((got.entries, first.max(1), commit))
     }
 
     /// Reads are linearizable: a primary learns that it was replaced only when a replica refuses
@@ -525,6 +610,9 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 "cannot trim before {before}: the last committed LSN of {stream} is {commit}"
             )));
         }
+        if before > p.first_lsn() {
+            self.store_history(stream, &p, before).await;
+        }
         for _ in 0..ROUTE_ATTEMPTS {
             let cur = self.registers.read(&meta_key(stream)).await.map_err(register_error)?;
             let Some(cur) = cur else { return Err(LogError::NotFound(stream.to_string())) };
@@ -544,6 +632,45 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         Err(LogError::Unavailable(format!("stream {stream}: the trim point kept changing")))
     }
 
+    /// Stores what the primary's tables know of the entries below `before` in the stream's
+    /// history register, unless it holds a history at `before` or higher already (see
+    /// [`super::history`]). Best effort: without it, later primaries treat the trimmed
+    /// producers as unknown, as before histories existed.
+    async fn store_history(&self, stream: &str, p: &Primary, before: u64) {
+        let Some(h) = p.history(before).await else { return };
+        let raw = h.encode();
+        if raw.len() > MAX_HISTORY_BYTES {
+            tracing::warn!(
+                stream,
+                bytes = raw.len(),
+                "stream history too large to store; trimmed producers will be forgotten"
+            );
+            return;
+        }
+        for _ in 0..ROUTE_ATTEMPTS {
+            let cur = match self.registers.read(&history_key(stream)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(stream, error = %e, "could not read the stream history");
+                    return;
+                }
+            };
+            let write = match &cur {
+                Some(c) if History::decode(&c.value).is_ok_and(|old| old.first >= before) => return,
+                Some(c) => self.registers.compare_and_set(&history_key(stream), c.version, raw.clone()).await,
+                None => self.registers.create(&history_key(stream), raw.clone()).await,
+            };
+            match write {
+                Ok(Written::Applied { .. }) => return,
+                Ok(Written::Conflict { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(stream, error = %e, "could not store the stream history");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Who serves the stream: the cached route, or settled from the epoch register (taking
     /// over when this member should be the primary).
     async fn route(&self, stream: &str, slot: &StreamSlot, create: bool) -> Result<Route, LogError> {
@@ -556,11 +683,13 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         }
         let meta = self.meta(stream, create && self.settings.auto_create).await?;
         let me = self.node.id.as_str();
-        let is_replica = self.node.role == Role::Member && meta.replicas.iter().any(|r| r == me);
         let mut last_err = String::new();
         for _ in 0..ROUTE_ATTEMPTS {
             let ep = self.registers.read(&epoch_key(stream)).await.map_err(register_error)?;
-            let named = ep.as_ref().map(|e| String::from_utf8_lossy(&e.value).to_string());
+            let value = ep.as_ref().map(|e| EpochValue::decode(&e.value));
+            let replicas = EpochValue::replicas_of(value.as_ref(), &meta);
+            let is_replica = self.node.role == Role::Member && replicas.iter().any(|r| r == me);
+            let named = value.as_ref().map(|v| v.primary.clone());
             let local_active = match cached.as_ref() {
                 Some(Route::Local(p)) if p.deposed().is_none() && ep.as_ref().is_some_and(|e| e.version == p.epoch) => {
                     Some(p.clone())
@@ -576,7 +705,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 Some(n) if !self.is_down(n) || !is_replica => Some(n.clone()),
                 Some(_) => None, // the named primary is down and this member holds the stream
                 None => {
-                    let first_up = meta.replicas.iter().find(|r| r.as_str() == me || !self.is_down(r)).cloned();
+                    let first_up = replicas.iter().find(|r| r.as_str() == me || !self.is_down(r)).cloned();
                     match first_up {
                         Some(r) if r == me && is_replica => None,
                         Some(r) => Some(r),
@@ -588,11 +717,13 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 *cached = Some(Route::Remote(to.clone()));
                 return Ok(Route::Remote(to));
             }
-            // Take over: the CAS's resulting version is the new epoch.
+            // Take over: the CAS's resulting version is the new epoch; the replicas stay those
+            // of the version it replaces.
             let fresh_stream = ep.is_none();
+            let mine = EpochValue { primary: me.to_string(), replicas: value.and_then(|v| v.replicas) }.encode();
             let write = match &ep {
-                Some(e) => self.registers.compare_and_set(&epoch_key(stream), e.version, me.as_bytes().to_vec()).await,
-                None => self.registers.create(&epoch_key(stream), me.as_bytes().to_vec()).await,
+                Some(e) => self.registers.compare_and_set(&epoch_key(stream), e.version, mine).await,
+                None => self.registers.create(&epoch_key(stream), mine).await,
             };
             let epoch = match write.map_err(register_error)? {
                 Written::Applied { version } => version,
@@ -602,15 +733,26 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 }
             };
             let store = self.store.clone().ok_or_else(|| LogError::Unavailable("no local log store".into()))?;
+            let history = match self.registers.read(&history_key(stream)).await.map_err(register_error)? {
+                Some(v) => match History::decode(&v.value) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        tracing::warn!(stream, error = %e, "ignoring an unreadable stream history");
+                        None
+                    }
+                },
+                None => None,
+            };
             let cfg = PrimaryConfig {
                 stream: stream.to_string(),
                 me: me.to_string(),
-                replicas: meta.replicas.clone(),
+                replicas,
                 ack_quorum: meta.ack_quorum as usize,
                 epoch,
                 first_lsn: meta.first_lsn,
                 timeout: self.settings.timeout,
                 fresh_stream,
+                history,
                 metrics: self.node.metrics.log.clone(),
             };
             let p = Primary::start(cfg, store, self.peers.clone()).await?;

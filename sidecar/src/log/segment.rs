@@ -221,6 +221,26 @@ pub struct Segment {
     pending: Vec<u8>,
 }
 
+/// The `fdatasync`s that make a segment's writes durable ([`Segment::prepare_sync`]): the
+/// files written, then the directory when files were created or removed.
+pub struct SyncJob {
+    files: Vec<(File, PathBuf)>,
+    dir: Option<PathBuf>,
+}
+
+impl SyncJob {
+    /// Runs the syncs, in order.
+    pub fn run(self) -> Result<(), SegmentError> {
+        for (f, path) in &self.files {
+            f.sync_data().map_err(io(path))?;
+        }
+        if let Some(dir) = &self.dir {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
 fn segment_name(start: u64) -> String {
     format!("{SEGMENT_PREFIX}{start:020}")
 }
@@ -571,16 +591,23 @@ impl Segment {
     /// Makes every write so far durable (`fdatasync` of the files written, and of the
     /// directory when files were created or removed).
     pub fn sync(&mut self) -> Result<(), SegmentError> {
+        self.prepare_sync()?.run()
+    }
+
+    /// Writes what is pending and returns the `fdatasync`s that make every write so far
+    /// durable, detached from the segment so that a group commit runs the syncs of many
+    /// segments side by side ([`super::store`]). Until the returned job ran without error,
+    /// nothing written so far may be acknowledged.
+    pub fn prepare_sync(&mut self) -> Result<SyncJob, SegmentError> {
         self.flush_pending()?;
+        let mut files = Vec::new();
         for start in std::mem::take(&mut self.unsynced) {
             if let Some(f) = self.files.iter().find(|f| f.start == start) {
-                f.file.sync_data().map_err(io(&f.path))?;
+                files.push((f.file.try_clone().map_err(io(&f.path))?, f.path.clone()));
             }
         }
-        if std::mem::take(&mut self.dir_changed) {
-            sync_dir(&self.dir)?;
-        }
-        Ok(())
+        let dir = std::mem::take(&mut self.dir_changed).then(|| self.dir.clone());
+        Ok(SyncJob { files, dir })
     }
 
     /// Deletes every file whose entries all lie below `first` (the trim point), never the

@@ -240,6 +240,13 @@ impl pb::log_server::Log for LogService {
         Ok(Response::new(info_to_pb(self.router.describe(&r.name).await.map_err(log_status)?)))
     }
 
+    async fn move_stream(&self, req: Request<pb::MoveStreamRequest>) -> Result<Response<pb::StreamInfo>, Status> {
+        let r = req.into_inner();
+        validate_stream(&r.name).map_err(log_status)?;
+        self.router.move_to(&r.name, &r.replicas).await.map_err(log_status)?;
+        Ok(Response::new(info_to_pb(self.router.describe(&r.name).await.map_err(log_status)?)))
+    }
+
     async fn list_streams(
         &self,
         _req: Request<pb::ListStreamsRequest>,

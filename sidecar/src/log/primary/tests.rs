@@ -70,6 +70,7 @@ fn cfg(me: &str, epoch: u64) -> PrimaryConfig {
         first_lsn: 1,
         timeout: Duration::from_millis(500),
         fresh_stream: epoch == 1,
+        history: None,
         metrics: LogMetrics::default(),
     }
 }
@@ -292,4 +293,74 @@ async fn a_lagging_replica_is_rebuilt_from_the_trim_point_of_a_trimmed_primary()
     assert_eq!(got, data[149..].to_vec());
     assert!(matches!(c.read(149, 1, Duration::ZERO).await, Err(LogError::Trimmed { first: 150, .. })));
     assert_eq!(c.submit(batch(0, 0, &["next"])).await.unwrap().unwrap(), vec![203]);
+}
+
+/// Replicas a move adds are replicated to (a new one rebuilds the whole log) but do not count
+/// toward the ack quorum before the move's switch: otherwise an entry could be acknowledged by
+/// copies the old replica set's recoveries never look at. Verified to fail when they count.
+#[tokio::test]
+async fn replicas_a_move_adds_catch_up_but_do_not_count_toward_the_ack_quorum() {
+    let peers = MemPeers::new(&["a", "b", "c", "d"]);
+    // Ack quorum 3 with c cut off: nothing commits unless d counts.
+    peers.set_cut(&["c"]);
+    let cfg = PrimaryConfig { ack_quorum: 3, ..cfg("a", 1) };
+    let a = Primary::start(cfg, peers.store("a"), peers.clone()).await.unwrap();
+    let pending: Vec<_> = (0..5).map(|seq| a.submit(batch(1, seq, &["x", "y"]))).collect();
+    a.add_replicas(&["d".to_string()]);
+    let held = |p: &Primary, who: &str| p.matched().iter().find(|(r, _)| r == who).map_or(0, |(_, m)| *m);
+    assert!(a.wait_until(Duration::from_secs(5), |p| held(p, "d") >= 10).await, "d holds the whole log");
+    assert!(a.wait_until(Duration::from_secs(5), |p| held(p, "b") >= 10).await, "b holds the whole log");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.commit(), 0, "acknowledged by a, b and the added d");
+    // d rebuilt the stream from the primary's log.
+    let got = peers.store("d").fetch("s", None, 1, 100).await.unwrap();
+    assert_eq!(got.entries.len(), 10);
+    // c comes back (a new link): the stream's own replicas commit it.
+    peers.set_cut(&[]);
+    for p in pending {
+        tokio::time::timeout(Duration::from_secs(5), p).await.expect("acknowledged").unwrap().unwrap();
+    }
+}
+
+/// A producer's retry of a batch whose first entry was trimmed from the new primary's log is
+/// answered with its original LSNs, because the new primary seeds its tables with the history
+/// stored at the trim. Verified without the history: the retry of producer 2 (all of whose
+/// batches were trimmed) is written a second time, and that of producer 1 is refused as older
+/// than the batches kept.
+#[tokio::test]
+async fn a_retry_of_a_trimmed_batch_is_recognised_after_a_takeover() {
+    let peers = MemPeers::new(&["a", "b", "c"]);
+    for id in ["a", "b", "c"] {
+        // Small segment files, so that a trim deletes some.
+        peers.store(id).configure(1024, LogMetrics::default());
+    }
+    let a = start(&peers, "a", 1).await;
+    let big = "x".repeat(600);
+    assert_eq!(a.submit(batch(2, 0, &[&big])).await.unwrap(), Ok(vec![1]));
+    for seq in 0..6 {
+        let lsns = a.submit(batch(1, seq, &[&big, &big])).await.unwrap().unwrap();
+        assert_eq!(lsns, vec![2 * seq + 2, 2 * seq + 3]);
+    }
+    let history = a.history(10).await.expect("a history");
+    a.set_first_lsn(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let base = loop {
+        let base = peers.store("b").state("s").await.unwrap().base_lsn;
+        if base >= 4 {
+            break base;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "b did not delete its files below 10");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let cfg = PrimaryConfig { first_lsn: 10, history: Some(history), ..cfg("b", 2) };
+    let b = Primary::start(cfg, peers.store("b"), peers.clone()).await.unwrap();
+    // Producer 2's only batch, and producer 1's last batch starting at or below b's base, are
+    // gone from b's log; their retries are recognised.
+    assert_eq!(b.submit(batch(2, 0, &[&big])).await.unwrap(), Ok(vec![1]), "written again");
+    let seq = (base - 2) / 2;
+    let retried = b.submit(batch(1, seq, &[&big, &big])).await.unwrap();
+    assert_eq!(retried, Ok(vec![2 * seq + 2, 2 * seq + 3]), "producer 1's retry of batch {seq}");
+    // The producers go on where they were.
+    assert_eq!(b.submit(batch(1, 6, &["next"])).await.unwrap(), Ok(vec![14]));
+    assert_eq!(b.submit(batch(2, 1, &["next"])).await.unwrap(), Ok(vec![15]));
 }
