@@ -171,6 +171,8 @@ pub struct QuorumStats {
     pub batched: f64,
     /// Sidecar buffer refills.
     pub refills: f64,
+    /// Batches of changes forwarded to another member's proposer.
+    pub forwards: f64,
 }
 
 impl QuorumStats {
@@ -186,6 +188,7 @@ impl QuorumStats {
                 "ordo_quorum_round_seconds_sum" => self.round_secs += v,
                 "ordo_quorum_round_batch_sum" => self.batched += v,
                 "ordo_sequence_buffer_refills_total" => self.refills += v,
+                "ordo_quorum_forwards_total" => self.forwards += v,
                 _ => {}
             }
         }
@@ -202,6 +205,7 @@ impl QuorumStats {
             avg_round_ms: per_round(self.round_secs - before.round_secs) * 1e3,
             avg_batch: per_round(self.batched - before.batched),
             refills: self.refills - before.refills,
+            forwards: self.forwards - before.forwards,
         }
     }
 }
@@ -221,14 +225,22 @@ pub struct QuorumDelta {
     pub avg_batch: f64,
     /// Sidecar buffer refills.
     pub refills: f64,
+    /// Batches forwarded to another member's proposer.
+    pub forwards: f64,
 }
 
 impl std::fmt::Display for QuorumDelta {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "quorum: {:.0} rounds ok, {:.0} failed, {:.0} conflicts, {:.2} ms/round, {:.1} changes/round, {:.0} refills",
-            self.rounds_ok, self.rounds_failed, self.conflicts, self.avg_round_ms, self.avg_batch, self.refills
+            "quorum: {:.0} rounds ok, {:.0} failed, {:.0} conflicts, {:.2} ms/round, {:.1} changes/round, {:.0} refills, {:.0} forwards",
+            self.rounds_ok,
+            self.rounds_failed,
+            self.conflicts,
+            self.avg_round_ms,
+            self.avg_batch,
+            self.refills,
+            self.forwards
         )
     }
 }
@@ -236,23 +248,35 @@ impl std::fmt::Display for QuorumDelta {
 impl OrdoCluster {
     /// Sums the quorum counters of every member (members that do not answer are skipped).
     pub async fn quorum_stats(&self) -> QuorumStats {
-        let mut s = QuorumStats::default();
-        for text in self.metrics().await {
-            s.add_metrics(&text);
-        }
-        s
+        quorum_stats_of(&self.admin).await
     }
 
     /// Each member's Prometheus `/metrics` text (members that do not answer are skipped).
     pub async fn metrics(&self) -> Vec<String> {
-        let mut texts = Vec::new();
-        for addr in &self.admin {
-            if let Ok(mut h) = super::http::Http::connect(addr).await {
-                if let Ok(text) = h.get("/metrics").await {
-                    texts.push(text);
-                }
+        metrics_of(&self.admin).await
+    }
+}
+
+/// The Prometheus `/metrics` text of the sidecars at these admin addresses (those that do not
+/// answer are skipped).
+pub async fn metrics_of(admin: &[String]) -> Vec<String> {
+    let mut texts = Vec::new();
+    for addr in admin {
+        if let Ok(mut h) = super::http::Http::connect(addr).await {
+            if let Ok(text) = h.get("/metrics").await {
+                texts.push(text);
             }
         }
-        texts
     }
+    texts
+}
+
+/// Sums the quorum counters of the sidecars at these admin addresses (those that do not answer
+/// are skipped).
+pub async fn quorum_stats_of(admin: &[String]) -> QuorumStats {
+    let mut s = QuorumStats::default();
+    for text in metrics_of(admin).await {
+        s.add_metrics(&text);
+    }
+    s
 }

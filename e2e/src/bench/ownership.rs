@@ -9,7 +9,9 @@
 //! planned scale-down: SIGTERM of a second app's sidecar, which hands its keys over before it
 //! exits; the longest a key of it stayed unowned (its old app's Stop to the new owner's Start)
 //! and the time until every one of them has a new owner. Phase limits grow with the keys
-//! (100k keys work).
+//! (100k keys work). Each Ordo run also prints where its recovery went: detection (the kill to
+//! the first orphan's new `Start`) and claims (from there to the last), with the quorum rounds,
+//! conflicts and forwards the surviving apps' sidecars and the members ran meanwhile.
 //!
 //! etcd: 3 members; each app holds a lease (TTL = the divider's lease) kept alive every TTL/3 and
 //! owns a key by a transaction `create_revision(key) == 0 -> put(key, app, lease)`; survivors poll
@@ -35,7 +37,7 @@ use tokio::time::Instant;
 use super::etcd::{b64, etcd_binary, EtcdCluster};
 use super::hist::Hist;
 use super::http::Http;
-use super::ordo::{sidecar_binary, OrdoCluster};
+use super::ordo::{quorum_stats_of, sidecar_binary, OrdoCluster};
 
 const USAGE: &str = "usage: ordo-bench ownership [--keys 100,10000] [--runs 5] [--apps 3] [--lease-ms 3000] \
 [--idle-secs 10] [--only ordo,etcd] [--sidecar PATH] [--etcd PATH] [--out DIR]";
@@ -148,6 +150,8 @@ async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut done: F
 struct AppSidecar {
     child: std::process::Child,
     socket: String,
+    /// Its admin HTTP address (for its quorum counters: app sidecars propose too).
+    admin: String,
 }
 
 impl Drop for AppSidecar {
@@ -166,6 +170,9 @@ fn app_sidecar(
 ) -> anyhow::Result<AppSidecar> {
     let socket = dir.join(format!("{id}.sock")).display().to_string();
     let log = std::fs::File::create(dir.join(format!("{id}.log")))?;
+    // A free port picked now (a race with other processes is harmless: the sidecar then fails
+    // to start and the run reports it).
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
     let child = std::process::Command::new(sidecar)
         .arg("--role=client")
         .arg(format!("--id={id}"))
@@ -173,7 +180,7 @@ fn app_sidecar(
         .arg(format!("--peer-token-file={}", cluster.dev.token_file().display()))
         .arg(format!("--socket={socket}"))
         .arg("--app-listen=off")
-        .arg("--admin-listen=127.0.0.1:0")
+        .arg(format!("--admin-listen={admin}"))
         .arg("--log-format=text")
         .args(extra)
         .env_remove("ORDO_SOCKET")
@@ -182,7 +189,7 @@ fn app_sidecar(
         .stderr(log)
         .spawn()
         .context("starting a client-role sidecar")?;
-    Ok(AppSidecar { child, socket })
+    Ok(AppSidecar { child, socket, admin })
 }
 
 async fn ready_client(socket: &str) -> anyhow::Result<Client> {
@@ -249,6 +256,9 @@ struct OrdoRun {
     idle_rounds_per_sec: Option<f64>,
     /// Planned scale-down: the longest gap of one key, and the time until all moved.
     scale_down: Option<(Duration, Duration)>,
+    /// Where the recovery's time went: the first orphan's new Start (detection) and the rest
+    /// (claims), with the quorum rounds the survivors and the members ran meanwhile.
+    detail: Option<String>,
 }
 
 async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idle: bool) -> anyhow::Result<OrdoRun> {
@@ -302,6 +312,8 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
         let o = owners.lock().expect("owners");
         o.iter().filter(|(_, m)| **m == victim).map(|(k, _)| k.clone()).collect()
     };
+    let survivors: Vec<String> = apps[..apps.len() - 1].iter().map(|a| a.admin.clone()).collect();
+    let (apps_before, members_before) = (quorum_stats_of(&survivors).await, cluster.quorum_stats().await);
     let mut dead = apps.pop().context("an app")?;
     let killed = Instant::now();
     let _ = dead.child.kill();
@@ -316,12 +328,34 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
         }
     }
     let o = owners.clone();
+    // Only the keys not yet seen owned again are checked (a new owner of an orphan keeps it
+    // while nothing else changes), so the check does not cost O(orphans) every 5 ms on the
+    // machine whose sidecars are being measured.
+    let mut waiting: Vec<&String> = orphans.iter().collect();
     eventually(limit(n), "every orphaned key owned again", || {
         let o = o.lock().expect("owners");
-        orphans.iter().all(|k| o.get(k).is_some_and(|m| *m != victim))
+        waiting.retain(|k| o.get(*k).is_none_or(|m| *m == victim));
+        waiting.is_empty()
     })
     .await?;
     let recovery = killed.elapsed();
+    let detail = {
+        let first = {
+            let t = times.lock().expect("times");
+            orphans.iter().filter_map(|k| t.start.get(k)).filter(|s| **s >= killed).min().copied()
+        };
+        let apps_delta = quorum_stats_of(&survivors).await.since(&apps_before);
+        let members_delta = cluster.quorum_stats().await.since(&members_before);
+        first.map(|f| {
+            format!(
+                "{} orphans; first new Start {:.0} ms after the kill, the last {:.0} ms after the first; \
+                 surviving apps' {apps_delta}; members' {members_delta}",
+                orphans.len(),
+                (f - killed).as_secs_f64() * 1e3,
+                (recovery.saturating_sub(f - killed)).as_secs_f64() * 1e3,
+            )
+        })
+    };
     // Planned scale-down: SIGTERM of the next app's sidecar (as when Kubernetes removes its
     // pod); its sidecar stops the app's keys, releases them as they are confirmed, leaves.
     let scale_down = if apps.len() >= 2 {
@@ -337,9 +371,11 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
             bail!("kill -TERM failed");
         }
         let o = owners.clone();
+        let mut waiting: Vec<&String> = moving.iter().collect();
         eventually(limit(n), "every key of the leaving app owned again", || {
             let o = o.lock().expect("owners");
-            moving.iter().all(|k| o.get(k).is_some_and(|m| *m != leaver))
+            waiting.retain(|k| o.get(*k).is_none_or(|m| *m == leaver));
+            waiting.is_empty()
         })
         .await?;
         let all_moved = term.elapsed();
@@ -358,7 +394,7 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
     for s in sessions {
         s.abort();
     }
-    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec, scale_down })
+    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec, scale_down, detail })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -539,7 +575,7 @@ async fn etcd_run(args: &Args, bin: &Path, dir: &Path, n: usize, measure_idle: b
     for t in tasks {
         t.abort();
     }
-    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec: idle, scale_down: None })
+    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec: idle, scale_down: None, detail: None })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -590,6 +626,9 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
                                 ))
                                 .unwrap_or_default()
                         );
+                        if let Some(d) = &r.detail {
+                            eprintln!("  recovery: {d}");
+                        }
                         if let Some((g, all)) = r.scale_down {
                             gap.record(g.as_nanos() as u64);
                             moved.push(all.as_secs_f64() * 1e3);

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::membership::Member;
 use crate::node::Node;
 use crate::quorum::acceptor::{AcceptReply, PrepareReply, RegisterState, Voter};
+use crate::quorum::bundle::{self, Bundler};
 use crate::quorum::change::{Change, ChangeError, Outcome};
 pub use crate::quorum::register::{validate_key, MAX_KEY_BYTES, MAX_PAGE};
 use crate::quorum::store::{check_page_limit, Page, RegisterStore, StoreError};
@@ -110,6 +111,11 @@ pub fn change_to_pb(c: &Change) -> pb::Change {
     use pb::change::Kind;
     let kind = match c {
         Change::Read => Kind::Read(pb::ChangeRead {}),
+        Change::Replace { replace, value, write_id } => Kind::Replace(pb::ChangeReplace {
+            replace: replace.clone(),
+            value: value.clone(),
+            write_id: write_id.to_be_bytes().to_vec(),
+        }),
         Change::Add { n, start } => Kind::Add(pb::ChangeAdd { n: *n, start: *start }),
         Change::Write { expect_version, value, write_id } => Kind::Write(pb::ChangeWrite {
             expect_version: *expect_version,
@@ -141,6 +147,19 @@ pub fn change_from_pb(c: pb::Change) -> Result<Change, String> {
                 .map(u128::from_be_bytes)
                 .map_err(|_| format!("write_id must be 16 bytes, got {}", w.write_id.len()))?;
             Ok(Change::Write { expect_version: w.expect_version, value: w.present.then_some(w.value), write_id })
+        }
+        Kind::Replace(r) => {
+            let max = crate::quorum::register::MAX_VALUE_BYTES;
+            if r.value.len() > max || r.replace.iter().map(Vec::len).sum::<usize>() > max {
+                return Err(format!("a replace's value and the values it may replace are limited to {max} bytes each"));
+            }
+            if r.replace.len() > crate::quorum::change::MAX_REPLACE {
+                return Err(format!("a replace lists at most {} values", crate::quorum::change::MAX_REPLACE));
+            }
+            let write_id = <[u8; 16]>::try_from(r.write_id.as_slice())
+                .map(u128::from_be_bytes)
+                .map_err(|_| format!("write_id must be 16 bytes, got {}", r.write_id.len()))?;
+            Ok(Change::Replace { replace: r.replace, value: r.value, write_id })
         }
     }
 }
@@ -308,6 +327,60 @@ impl PeerService {
         Ok(())
     }
 
+    /// Handles one Prepare (alone or from a bundle): a store refusal becomes the reply.
+    async fn prepare_one(&self, key: String, ballot: Ballot) -> Result<pb::PrepareResponse, Status> {
+        let reply = match with_store(self.store.prepare(key, ballot)).await? {
+            Ok(reply) => reply,
+            Err(refused) => return Ok(refused),
+        };
+        let incarnation = self.store.meta().incarnation;
+        Ok(match reply {
+            PrepareReply::Promised { accepted, value } => pb::PrepareResponse {
+                ok: true,
+                accepted: ballot_to_pb(&accepted),
+                has_value: value.is_some(),
+                value: value.unwrap_or_default(),
+                incarnation,
+                ..Default::default()
+            },
+            PrepareReply::Rejected { promised } => {
+                pb::PrepareResponse { ok: false, promised: ballot_to_pb(&promised), incarnation, ..Default::default() }
+            }
+        })
+    }
+
+    /// Handles one Accept (alone or from a bundle): a store refusal becomes the reply.
+    async fn accept_one(&self, m: AcceptMsg) -> Result<pb::AcceptResponse, Status> {
+        let reply = match with_store(self.store.accept(m.key, m.ballot, m.value, m.promise_next, m.voters)).await? {
+            Ok(reply) => reply,
+            Err(refused) => return Ok(refused),
+        };
+        let incarnation = self.store.meta().incarnation;
+        Ok(match reply {
+            AcceptReply::Accepted { fences } => pb::AcceptResponse {
+                ok: true,
+                incarnation,
+                fences: fences
+                    .into_iter()
+                    .map(|v| pb::Voter { member: v.member, incarnation: v.incarnation })
+                    .collect(),
+                ..Default::default()
+            },
+            AcceptReply::Rejected { promised } => {
+                pb::AcceptResponse { ok: false, promised: ballot_to_pb(&promised), incarnation, ..Default::default() }
+            }
+            AcceptReply::StaleVoter { member, counted, current } => pb::AcceptResponse {
+                incarnation,
+                refusal: refusal(pb::refusal::Reason::StaleVoter(pb::StaleVoter {
+                    member,
+                    counted_incarnation: counted,
+                    current_incarnation: current,
+                })),
+                ..Default::default()
+            },
+        })
+    }
+
     /// Refuses to vote when this member is not in its own configuration.
     fn check_voting(&self) -> Result<(), pb::Refusal> {
         self.check_member(&self.node.id)
@@ -376,11 +449,29 @@ macro_rules! refusable {
 refusable!(
     pb::PrepareResponse,
     pb::AcceptResponse,
+    pb::PrepareManyResponse,
+    pb::AcceptManyResponse,
     pb::FenceResponse,
     pb::DumpResponse,
     pb::ProposeResponse,
     pb::ListKeysResponse
 );
+
+/// Checks a bundle's size and that every request in it names the bundle's epoch.
+fn check_bundle(epoch: u64, epochs: impl ExactSizeIterator<Item = u64>) -> Result<(), Status> {
+    if epochs.len() > bundle::MAX_CALLS {
+        return Err(Status::invalid_argument(format!(
+            "a bundle of {} requests; the limit is {}",
+            epochs.len(),
+            bundle::MAX_CALLS
+        )));
+    }
+    let mut epochs = epochs;
+    if epochs.any(|e| e != epoch) {
+        return Err(Status::invalid_argument("every request of a bundle must name the bundle's epoch"));
+    }
+    Ok(())
+}
 
 /// Runs a store call; a refusal becomes the response.
 async fn with_store<T, R: Refusable>(
@@ -404,24 +495,7 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
         refuse!(self.check_voting(), pb::PrepareResponse);
         validate_key(&r.key).map_err(Status::invalid_argument)?;
         let ballot = ballot_from_pb(r.ballot, "prepare").map_err(Status::invalid_argument)?;
-        let reply = match with_store(self.store.prepare(r.key, ballot)).await? {
-            Ok(reply) => reply,
-            Err(refused) => return Ok(Response::new(refused)),
-        };
-        let incarnation = self.store.meta().incarnation;
-        Ok(Response::new(match reply {
-            PrepareReply::Promised { accepted, value } => pb::PrepareResponse {
-                ok: true,
-                accepted: ballot_to_pb(&accepted),
-                has_value: value.is_some(),
-                value: value.unwrap_or_default(),
-                incarnation,
-                ..Default::default()
-            },
-            PrepareReply::Rejected { promised } => {
-                pb::PrepareResponse { ok: false, promised: ballot_to_pb(&promised), incarnation, ..Default::default() }
-            }
-        }))
+        Ok(Response::new(self.prepare_one(r.key, ballot).await?))
     }
 
     async fn accept(&self, req: Request<pb::AcceptRequest>) -> Result<Response<pb::AcceptResponse>, Status> {
@@ -429,34 +503,48 @@ impl pb::quorum_peer_server::QuorumPeer for PeerService {
         refuse!(self.check_epoch(r.epoch), pb::AcceptResponse);
         refuse!(self.check_voting(), pb::AcceptResponse);
         let m = accept_from_pb(r).map_err(Status::invalid_argument)?;
-        let reply = match with_store(self.store.accept(m.key, m.ballot, m.value, m.promise_next, m.voters)).await? {
-            Ok(reply) => reply,
-            Err(refused) => return Ok(Response::new(refused)),
-        };
-        let incarnation = self.store.meta().incarnation;
-        Ok(Response::new(match reply {
-            AcceptReply::Accepted { fences } => pb::AcceptResponse {
-                ok: true,
-                incarnation,
-                fences: fences
-                    .into_iter()
-                    .map(|v| pb::Voter { member: v.member, incarnation: v.incarnation })
-                    .collect(),
-                ..Default::default()
-            },
-            AcceptReply::Rejected { promised } => {
-                pb::AcceptResponse { ok: false, promised: ballot_to_pb(&promised), incarnation, ..Default::default() }
-            }
-            AcceptReply::StaleVoter { member, counted, current } => pb::AcceptResponse {
-                incarnation,
-                refusal: refusal(pb::refusal::Reason::StaleVoter(pb::StaleVoter {
-                    member,
-                    counted_incarnation: counted,
-                    current_incarnation: current,
-                })),
-                ..Default::default()
-            },
-        }))
+        Ok(Response::new(self.accept_one(m).await?))
+    }
+
+    async fn prepare_many(
+        &self,
+        req: Request<pb::PrepareManyRequest>,
+    ) -> Result<Response<pb::PrepareManyResponse>, Status> {
+        let r = req.into_inner();
+        refuse!(self.check_epoch(r.epoch), pb::PrepareManyResponse);
+        refuse!(self.check_voting(), pb::PrepareManyResponse);
+        check_bundle(r.epoch, r.requests.iter().map(|q| q.epoch))?;
+        // Every request is checked before any is handled: a bad bundle changes nothing.
+        let msgs = r
+            .requests
+            .into_iter()
+            .map(|q| {
+                validate_key(&q.key)?;
+                Ok((q.key, ballot_from_pb(q.ballot, "prepare")?))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(Status::invalid_argument)?;
+        let replies =
+            futures::future::try_join_all(msgs.into_iter().map(|(key, ballot)| self.prepare_one(key, ballot))).await?;
+        Ok(Response::new(pb::PrepareManyResponse { replies, refusal: None }))
+    }
+
+    async fn accept_many(
+        &self,
+        req: Request<pb::AcceptManyRequest>,
+    ) -> Result<Response<pb::AcceptManyResponse>, Status> {
+        let r = req.into_inner();
+        refuse!(self.check_epoch(r.epoch), pb::AcceptManyResponse);
+        refuse!(self.check_voting(), pb::AcceptManyResponse);
+        check_bundle(r.epoch, r.requests.iter().map(|q| q.epoch))?;
+        let msgs = r
+            .requests
+            .into_iter()
+            .map(accept_from_pb)
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(Status::invalid_argument)?;
+        let replies = futures::future::try_join_all(msgs.into_iter().map(|m| self.accept_one(m))).await?;
+        Ok(Response::new(pb::AcceptManyResponse { replies, refusal: None }))
     }
 
     async fn fence(&self, req: Request<pb::FenceRequest>) -> Result<Response<pb::FenceResponse>, Status> {
@@ -546,6 +634,11 @@ pub struct GrpcPeers {
     local: OnceLock<(String, RegisterStore)>,
     token: String,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Prepares and Accepts to one member at once go in one message ([`bundle`]).
+    prepares: Bundler<pb::PrepareRequest, pb::PrepareResponse>,
+    accepts: Bundler<pb::AcceptRequest, pb::AcceptResponse>,
+    /// Peers that answered a bundle with UNIMPLEMENTED (an older version): calls go one by one.
+    unbundled: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 type AuthClient = QuorumPeerClient<InterceptedService<Channel, AuthHeader>>;
@@ -564,7 +657,14 @@ impl tonic::service::Interceptor for AuthHeader {
 impl GrpcPeers {
     /// A client presenting `token`.
     pub fn new(token: String) -> Self {
-        Self { local: OnceLock::new(), token, channels: Mutex::new(HashMap::new()) }
+        Self {
+            local: OnceLock::new(),
+            token,
+            channels: Mutex::new(HashMap::new()),
+            prepares: Bundler::default(),
+            accepts: Bundler::default(),
+            unbundled: Arc::default(),
+        }
     }
 
     /// Routes calls for member `id` to `store` in-process.
@@ -601,6 +701,47 @@ impl GrpcPeers {
         let header = MetadataValue::try_from(format!("Bearer {}", self.token))
             .map_err(|_| PeerError::Refused("peer token is not valid header text".into()))?;
         Ok(QuorumPeerClient::with_interceptor(channel, AuthHeader(header)).max_decoding_message_size(64 << 20))
+    }
+}
+
+impl GrpcPeers {
+    /// True unless the peer answered a bundle with UNIMPLEMENTED.
+    fn bundles_to(&self, to: &Member) -> bool {
+        !self.unbundled.lock().expect("unbundled lock").contains(&to.peer_addr)
+    }
+}
+
+/// Sends `reqs` to one peer: a lone request as a plain call (`one`), several as one bundle
+/// (`many`: replies and the bundle's refusal). A peer without bundles (UNIMPLEMENTED) is
+/// remembered in `unbundled` and this bundle fails as unreachable (its rounds retry, one by
+/// one from then on).
+async fn bundled<Req, Rep, One, OneFut, Many, ManyFut>(
+    mut reqs: Vec<Req>,
+    timeout: Duration,
+    addr: &str,
+    unbundled: &Mutex<std::collections::HashSet<String>>,
+    one: One,
+    many: Many,
+) -> Result<Vec<Result<Rep, PeerError>>, PeerError>
+where
+    One: FnOnce(Req) -> OneFut,
+    OneFut: std::future::Future<Output = Result<Rep, PeerError>>,
+    Many: FnOnce(Vec<Req>) -> ManyFut,
+    ManyFut: std::future::Future<Output = Result<(Vec<Rep>, Option<pb::Refusal>), Status>>,
+{
+    if reqs.len() == 1 {
+        let req = reqs.pop().expect("one request");
+        return Ok(vec![one(req).await]);
+    }
+    match tokio::time::timeout(timeout, many(reqs)).await {
+        Ok(Ok((_, Some(refused)))) => Err(refusal_error(refused)),
+        Ok(Ok((replies, None))) => Ok(replies.into_iter().map(Ok).collect()),
+        Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+            unbundled.lock().expect("unbundled lock").insert(addr.to_string());
+            Err(PeerError::Unreachable(format!("{addr} does not take bundles; calls go one by one from now on")))
+        }
+        Ok(Err(s)) => Err(peer_error(s)),
+        Err(_) => Err(PeerError::Unreachable(format!("no answer within {} ms", timeout.as_millis()))),
     }
 }
 
@@ -692,7 +833,38 @@ impl Peers for GrpcPeers {
         }
         let mut c = self.client(to)?;
         let req = pb::PrepareRequest { epoch, key: key.to_string(), ballot: ballot_to_pb(ballot) };
-        let r = call(timeout, c.prepare(timed(req, timeout)), |r| r.refusal.take()).await?;
+        let mut r = if self.bundles_to(to) {
+            let size = prost::Message::encoded_len(&req);
+            let (addr, unbundled) = (to.peer_addr.clone(), self.unbundled.clone());
+            let send = move |reqs: Vec<pb::PrepareRequest>, t: Duration| {
+                let (mut c, mut lone, addr, unbundled) = (c.clone(), c.clone(), addr.clone(), unbundled.clone());
+                async move {
+                    bundled(
+                        reqs,
+                        t,
+                        &addr,
+                        &unbundled,
+                        |req| async move { call(t, lone.prepare(timed(req, t)), |_| None).await },
+                        |requests| {
+                            let req = pb::PrepareManyRequest { epoch, requests };
+                            async move {
+                                c.prepare_many(timed(req, t))
+                                    .await
+                                    .map(|r| r.into_inner())
+                                    .map(|r| (r.replies, r.refusal))
+                            }
+                        },
+                    )
+                    .await
+                }
+            };
+            self.prepares.call(&format!("{}/{epoch}", to.peer_addr), req, size, timeout, send).await?
+        } else {
+            call(timeout, c.prepare(timed(req, timeout)), |_| None).await?
+        };
+        if let Some(refused) = r.refusal.take() {
+            return Err(refusal_error(refused));
+        }
         let reply = if r.ok {
             PrepareReply::Promised { accepted: opt_ballot(r.accepted), value: r.has_value.then_some(r.value) }
         } else {
@@ -736,7 +908,35 @@ impl Peers for GrpcPeers {
             voters: voters.iter().map(|v| pb::Voter { member: v.member.clone(), incarnation: v.incarnation }).collect(),
         };
         // A stale voter is an answer of the acceptor (the round must not count it), not a failure.
-        let r = call(timeout, c.accept(timed(req, timeout)), |_| None).await?;
+        let r = if self.bundles_to(to) {
+            let size = prost::Message::encoded_len(&req);
+            let (addr, unbundled) = (to.peer_addr.clone(), self.unbundled.clone());
+            let send = move |reqs: Vec<pb::AcceptRequest>, t: Duration| {
+                let (mut c, mut lone, addr, unbundled) = (c.clone(), c.clone(), addr.clone(), unbundled.clone());
+                async move {
+                    bundled(
+                        reqs,
+                        t,
+                        &addr,
+                        &unbundled,
+                        |req| async move { call(t, lone.accept(timed(req, t)), |_| None).await },
+                        |requests| {
+                            let req = pb::AcceptManyRequest { epoch, requests };
+                            async move {
+                                c.accept_many(timed(req, t))
+                                    .await
+                                    .map(|r| r.into_inner())
+                                    .map(|r| (r.replies, r.refusal))
+                            }
+                        },
+                    )
+                    .await
+                }
+            };
+            self.accepts.call(&format!("{}/{epoch}", to.peer_addr), req, size, timeout, send).await?
+        } else {
+            call(timeout, c.accept(timed(req, timeout)), |_| None).await?
+        };
         use pb::refusal::Reason;
         match r.refusal {
             None if r.ok => {
@@ -843,6 +1043,38 @@ mod tests {
         assert!(validate_key("seq//x").is_err());
         assert!(validate_key("").is_err());
         assert!(validate_key(&"a".repeat(300)).is_err());
+    }
+
+    #[test]
+    fn changes_round_trip_and_bad_replaces_are_refused() {
+        let changes = [
+            Change::Read,
+            Change::Add { n: 3, start: 9 },
+            Change::Write { expect_version: 4, value: Some(b"v".to_vec()), write_id: 7 },
+            Change::Write { expect_version: 4, value: None, write_id: 8 },
+            Change::Replace { replace: vec![b"a".to_vec(), Vec::new()], value: b"new".to_vec(), write_id: u128::MAX },
+        ];
+        for c in changes {
+            assert_eq!(change_from_pb(change_to_pb(&c)).unwrap(), c);
+        }
+        let replace = |n: usize, id: Vec<u8>| pb::Change {
+            kind: Some(pb::change::Kind::Replace(pb::ChangeReplace {
+                replace: vec![b"x".to_vec(); n],
+                value: b"v".to_vec(),
+                write_id: id,
+            })),
+        };
+        assert!(change_from_pb(replace(crate::quorum::change::MAX_REPLACE, vec![0; 16])).is_ok());
+        assert!(change_from_pb(replace(crate::quorum::change::MAX_REPLACE + 1, vec![0; 16])).is_err());
+        assert!(change_from_pb(replace(1, vec![0; 15])).unwrap_err().contains("16 bytes"));
+    }
+
+    #[test]
+    fn bundles_are_bounded_and_name_one_epoch() {
+        assert!(check_bundle(3, [3u64, 3, 3].into_iter()).is_ok());
+        assert!(check_bundle(3, [3u64, 4].into_iter()).is_err());
+        assert!(check_bundle(3, vec![3u64; bundle::MAX_CALLS].into_iter()).is_ok());
+        assert!(check_bundle(3, vec![3u64; bundle::MAX_CALLS + 1].into_iter()).is_err());
     }
 
     #[test]

@@ -45,10 +45,20 @@
 //!    from the version read writes `owned` by this session; the new version is the token, and
 //!    the app gets `Start{key, token}`.
 //!
-//! **Claims at scale.** A claim's first attempt is a create, as if the key were new: one round
-//! for a fresh key. When it conflicts, the reply carries what `owner/K` holds, a linearizable
-//! read like any other, and the claim judges it exactly as it would a read, then writes at its
-//! version. Up to 128 claims (and releases) are in flight at once, each on its own register;
+//! **Claims at scale.** A claim's first attempt is one conditional write
+//! ([`crate::quorum::register::Registers::replace`]): it applies when `owner/K` is absent (a
+//! fresh key) or holds exactly the record `owned` by one of the last 8 sessions found dead
+//! (`DeadSessions::replaceable` in [`runtime`]: the keys of a member that just died, claimed
+//! after its expiry without reading them first). Why that is the claim rule: such a record
+//! names a session known dead, and sessions never come back, so *any* version of it is
+//! claimable, exactly what a read followed by a compare-and-set at the version read would
+//! have concluded; the write is one Paxos round of `owner/K` like any other, and its new
+//! version is the previous one plus one, so tokens still strictly increase. Only sessions that
+//! go into the dead set are listed (the rule of the next paragraph), never one merely absent
+//! from a read. When the write does not apply, the reply carries what `owner/K` holds, a
+//! linearizable read like any other, and the claim judges it exactly as it would a read, then
+//! writes at its version. Up to 512 claims (and releases) are in flight at once, each on its
+//! own register (their quorum messages travel in bundles, [`crate::quorum::bundle`]);
 //! a pass issues claims for at most a tick, then the table is refreshed at once and the rest
 //! follow, so a pass of 100k keys never hides an expiry or a move. A claim that found a key
 //! owned by a live session does not retry it every pass: member records carry the number of
@@ -144,12 +154,14 @@
 //!    observers read the member records every `poll = lease / 8`, so an observer first reads a
 //!    renewal at most a poll after it was written; it schedules a refresh at the exact moment
 //!    `first_seen + lease + margin` rather than waiting for the next poll, expires the member
-//!    by one compare-and-set, and claims its keys in the same pass (a create that conflicts,
-//!    then a compare-and-set: two rounds per key, 128 keys in flight). After `kill -9`, which
+//!    by one compare-and-set, and claims its keys in the same pass (one conditional write per
+//!    key, 512 keys in flight). After `kill -9`, which
 //!    comes at most a renewal interval (`lease / 4`) after the last renewal: between
 //!    `lease + margin - lease / 4` and `lease + margin + poll` (defaults 2.55 s to 3.675 s),
-//!    plus the claims, which grow with the dead member's keys (about 1,500 rounds/s on the
-//!    2-core test machine: see `docs/benchmarks.md`). After a planned move: the app's confirm
+//!    plus the claims, which grow with the dead member's keys: one round per key, about
+//!    5,000-7,000 keys/s on the loaded 2-core test machine (release; 3,325 keys in 0.47-0.6 s,
+//!    `ordo-bench ownership`, which splits a recovery into detection and claims). After a
+//!    planned move: the app's confirm
 //!    time (at most the stop timeout) plus the release, a poll, and the claim.
 //!    *Test*: the e2e test waits for full ownership after `kill -9` and checks the bound (with
 //!    slack for a loaded machine); `sigterm_of_a_members_sidecar_hands_its_keys_over_before_any_lease_could_expire`
@@ -165,8 +177,9 @@
 //!    while a session has less than a tick of right left. Not yet measured in a release build.
 //!
 //! Checked on purpose: with claims ignoring a live owner, with observers expiring a member
-//! after `lease / 2` instead of `lease + margin`, and with every session read (live ones too)
-//! trusted as dead by claims, the e2e checker reports overlapping owners.
+//! after `lease / 2` instead of `lease + margin`, with every session read (live ones too)
+//! trusted as dead by claims, and with the records of live sessions listed as replaceable by
+//! the one-round claim, the e2e checker reports overlapping owners.
 //!
 //! Not covered: a sidecar whose clock runs more than `margin / lease` fast relative to the
 //! others (the documented drift bound); an app that ignores its `Lease` deadline (its writes

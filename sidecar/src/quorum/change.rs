@@ -9,6 +9,7 @@
 //! - [`Change::Write`] (versioned registers): every write carries a unique `write_id`, stored with
 //!   the value; a write that finds its own id in the current value reports success without
 //!   writing again. So a retried write is applied once.
+//! - [`Change::Replace`] (versioned registers) carries a write id too: applied once.
 //! - [`Change::Read`] changes nothing.
 
 /// A change to a register's value, applied by the proposer to the current value.
@@ -35,7 +36,23 @@ pub enum Change {
         /// Unique id of this write (makes retries idempotent).
         write_id: u128,
     },
+    /// A versioned write conditioned on the value instead of the version: applies when the
+    /// register is absent or deleted, or its live value is exactly one of `replace`. One round
+    /// where a compare-and-set needs a read first (the divider's claim of a key whose record
+    /// names a session known dead: any version of that record may be replaced). The version
+    /// still counts up by one, like every write.
+    Replace {
+        /// Live values that may be replaced (at most [`MAX_REPLACE`]).
+        replace: Vec<Vec<u8>>,
+        /// The new value.
+        value: Vec<u8>,
+        /// Unique id of this write (makes retries idempotent).
+        write_id: u128,
+    },
 }
+
+/// Most values one [`Change::Replace`] may replace.
+pub const MAX_REPLACE: usize = 16;
 
 /// What one change saw and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,23 +189,41 @@ impl Change {
                 Ok(Outcome { before: before.clone(), after: Some(y.to_be_bytes().to_vec()), applied: true })
             }
             Change::Write { expect_version, value, write_id } => {
-                let cur = Versioned::decode(current)?;
-                if cur.as_ref().is_some_and(|c| c.write_id == *write_id) {
-                    // This very write was applied by an earlier round: report it, do not repeat it.
-                    return unchanged(true);
-                }
-                if Versioned::live_version(cur.as_ref()) != *expect_version {
-                    return unchanged(false);
-                }
-                let base = cur.map_or(0, |c| c.version);
-                let version = base
-                    .checked_add(1)
-                    .ok_or_else(|| ChangeError::Invalid("register version would overflow u64".into()))?;
-                let next = Versioned { version, write_id: *write_id, value: value.clone() };
-                Ok(Outcome { before: before.clone(), after: Some(next.encode()), applied: true })
+                versioned_write(current, *write_id, value, |cur| Versioned::live_version(cur) == *expect_version)
+            }
+            Change::Replace { replace, value, write_id } => {
+                let value = Some(value.clone());
+                versioned_write(current, *write_id, &value, |cur| match cur.and_then(|c| c.value.as_ref()) {
+                    None => true,
+                    Some(live) => replace.iter().any(|r| r == live),
+                })
             }
         }
     }
+}
+
+/// A write of `value` with id `write_id` to the versioned register holding `current`, applied
+/// when `applies` holds for its state; reported applied without writing again when the
+/// register already holds this very write (an earlier round of it was chosen).
+fn versioned_write(
+    current: Option<&[u8]>,
+    write_id: u128,
+    value: &Option<Vec<u8>>,
+    applies: impl FnOnce(Option<&Versioned>) -> bool,
+) -> Result<Outcome, ChangeError> {
+    let before = current.map(<[u8]>::to_vec);
+    let cur = Versioned::decode(current)?;
+    if cur.as_ref().is_some_and(|c| c.write_id == write_id) {
+        return Ok(Outcome { after: before.clone(), before, applied: true });
+    }
+    if !applies(cur.as_ref()) {
+        return Ok(Outcome { after: before.clone(), before, applied: false });
+    }
+    let base = cur.map_or(0, |c| c.version);
+    let version =
+        base.checked_add(1).ok_or_else(|| ChangeError::Invalid("register version would overflow u64".into()))?;
+    let next = Versioned { version, write_id, value: value.clone() };
+    Ok(Outcome { before, after: Some(next.encode()), applied: true })
 }
 
 /// Applies `changes` in order to `current`; returns the new value and each outcome. A change
@@ -255,6 +290,39 @@ mod tests {
         // Re-created after a delete: the version keeps counting (fencing tokens never repeat).
         let again = write(0, Some(b"c"), 6).apply(deleted.after.as_deref()).unwrap();
         assert_eq!(state(&again).version, 4);
+    }
+
+    #[test]
+    fn replace_applies_only_to_an_absent_register_or_a_listed_value_and_counts_versions() {
+        let replace = |values: &[&[u8]], value: &[u8], id| Change::Replace {
+            replace: values.iter().map(|v| v.to_vec()).collect(),
+            value: value.to_vec(),
+            write_id: id,
+        };
+        // Absent: applies, version 1.
+        let first = replace(&[b"dead"], b"mine", 1).apply(None).unwrap();
+        assert!(first.applied);
+        assert_eq!(state(&first).version, 1);
+        // A live value not listed: not applied, nothing changes.
+        let other = replace(&[b"dead"], b"theirs", 2).apply(first.after.as_deref()).unwrap();
+        assert!(!other.applied);
+        assert_eq!(other.after, first.after);
+        // A listed value: applied at the next version (a fencing token above the last one).
+        let taken = replace(&[b"x", b"mine"], b"next", 3).apply(first.after.as_deref()).unwrap();
+        assert!(taken.applied);
+        assert_eq!(state(&taken), Versioned { version: 2, write_id: 3, value: Some(b"next".to_vec()) });
+        // The same write again (its round adopted by a later one): applied once.
+        let retry = replace(&[b"x", b"mine"], b"next", 3).apply(taken.after.as_deref()).unwrap();
+        assert!(retry.applied);
+        assert_eq!(retry.after, taken.after);
+        // Deleted: applies, and the version keeps counting.
+        let deleted = write(2, None, 4).apply(taken.after.as_deref()).unwrap();
+        let again = replace(&[], b"new", 5).apply(deleted.after.as_deref()).unwrap();
+        assert!(again.applied);
+        assert_eq!(state(&again).version, 4);
+        // A counter is refused.
+        let counter = Change::Add { n: 1, start: 1 }.apply(None).unwrap();
+        assert!(replace(&[], b"v", 6).apply(counter.after.as_deref()).is_err());
     }
 
     #[test]

@@ -30,7 +30,9 @@
 //!
 //! **Batching**: concurrent changes to one register on one sidecar are applied in order to the
 //! value of a single round ([`change::apply_batch`]); acceptors group-commit every message that
-//! arrives while the disk is busy into one fsync ([`store`]).
+//! arrives while the disk is busy into one fsync ([`store`]); and the Prepares (Accepts) of
+//! different registers bound for one member at once travel in one message ([`bundle`]: a
+//! transport bundle, each register still its own instance, so nothing below changes).
 //!
 //! **Ambiguity**: a change that reached an acceptor and then missed its deadline may still be
 //! chosen later (a later round adopts the highest accepted value). Its caller gets
@@ -63,6 +65,7 @@
 
 pub mod acceptor;
 pub mod ballot;
+pub mod bundle;
 pub mod catchup;
 pub mod change;
 pub mod migration;

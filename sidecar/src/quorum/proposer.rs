@@ -14,7 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -96,6 +96,9 @@ pub(super) struct Inner<P> {
     pub(super) metrics: Arc<Metrics>,
     /// Simulation only: pipeline at non-adjacent ballots (unsafe; see [`super::round`]).
     non_adjacent: AtomicBool,
+    /// The highest ballot round this proposer has seen on any register (its own rounds and
+    /// refusals): a new worker starts above it, see [`Worker::fresh`].
+    round_hint: AtomicU64,
 }
 
 impl<P: Peers> Proposer<P> {
@@ -112,6 +115,7 @@ impl<P: Peers> Proposer<P> {
                 suspects: Mutex::new(HashMap::new()),
                 metrics,
                 non_adjacent: AtomicBool::new(false),
+                round_hint: AtomicU64::new(0),
             }),
         }
     }
@@ -237,10 +241,19 @@ struct Worker<P: Peers> {
     forwards: Arc<Mutex<ForwardQueue>>,
     /// Until when another proposer is known to write this register (a lost round).
     contended_until: Option<Instant>,
+    /// No round of this worker has resolved yet. Its first ballot is a guess (above the rounds
+    /// this proposer saw elsewhere, [`Inner::round_hint`]): a register last written by another
+    /// proposer, even one that died long ago (a divider member's keys after `kill -9`), may hold
+    /// a promise above it. Losing that first Prepare is how the worker learns the register's
+    /// ballots, not a sign that another proposer is active now: the worker retries at once above
+    /// the refusal, without backing off, forwarding or counting the register as contended. A
+    /// second loss counts as usual. Liveness only: any ballot is safe.
+    fresh: bool,
 }
 
 impl<P: Peers> Worker<P> {
     fn new(inner: Arc<Inner<P>>, key: String) -> Self {
+        let max_round = inner.round_hint.load(Ordering::Relaxed);
         Self {
             inner,
             key,
@@ -249,13 +262,14 @@ impl<P: Peers> Worker<P> {
             rounds: FuturesOrdered::new(),
             unresolved: Vec::new(),
             tip: None,
-            max_round: 0,
+            max_round,
             round_time: Duration::from_millis(2),
             attempt: 0,
             retry_at: None,
             last_error: None,
             forwards: Arc::new(Mutex::new(ForwardQueue::default())),
             contended_until: None,
+            fresh: true,
         }
     }
 
@@ -433,6 +447,7 @@ impl<P: Peers> Worker<P> {
         self.round_time = (self.round_time * 7 + took) / 8;
         match r {
             Resolution::Chosen { prepared } => {
+                self.fresh = false;
                 self.inner.metrics.observe_round(took, true, flight.batch.len());
                 if took > Duration::from_millis(200) {
                     tracing::debug!(key = %self.key, batch = flight.batch.len(), took_ms = took.as_millis() as u64, "slow round");
@@ -442,7 +457,10 @@ impl<P: Peers> Worker<P> {
                     answer(earlier.batch, earlier.outcomes.expect("chained rounds keep their outcomes"));
                 }
                 let (outcomes, tip) = match prepared {
-                    Some((outcomes, tip)) => (outcomes, Some(tip)),
+                    Some((outcomes, tip)) => {
+                        self.inner.round_hint.fetch_max(tip.ballot.round, Ordering::Relaxed);
+                        (outcomes, Some(tip))
+                    }
                     None => (flight.outcomes.take().expect("chained rounds keep their outcomes"), flight.tip.take()),
                 };
                 // The chain goes on from the last round sent once it is chosen (the tip is unset
@@ -459,6 +477,17 @@ impl<P: Peers> Worker<P> {
                 // A round refused because an acceptor already took this chain's next round (the
                 // two accepts crossed on the way) is resolved by that round, not a conflict.
                 let own = failure.holder.as_deref() == Some(self.inner.id.as_str()) && !self.rounds.is_empty();
+                // The first Prepare of a fresh worker lost to a promise it could not know of.
+                let discovery = std::mem::take(&mut self.fresh) && failure.conflict && !sent && self.rounds.is_empty();
+                self.inner.round_hint.fetch_max(failure.seen_round, Ordering::Relaxed);
+                if discovery {
+                    self.inner.metrics.conflicts.inc();
+                    self.max_round = self.max_round.max(failure.seen_round);
+                    for p in flight.batch.into_iter().rev() {
+                        self.queue.push_front(p);
+                    }
+                    return;
+                }
                 if failure.conflict && !own {
                     self.inner.metrics.conflicts.inc();
                     self.contended_until = Some(Instant::now() + CONTENDED_FOR);

@@ -247,6 +247,31 @@ impl<P: Peers> Registers<P> {
         self.write(key, 0, Some(value)).await
     }
 
+    /// Sets `value` if the register is absent or deleted, or its live value is exactly one of
+    /// `replace` (at most [`MAX_REPLACE`](super::change::MAX_REPLACE)): a compare-and-set
+    /// against values, in one round where [`Registers::compare_and_set`] needs a read first. On
+    /// a conflict, the register's value and version.
+    pub async fn replace(&self, key: &str, replace: Vec<Vec<u8>>, value: Vec<u8>) -> Result<Written, RegisterError> {
+        if replace.len() > super::change::MAX_REPLACE {
+            return Err(RegisterError::Invalid(format!(
+                "at most {} values may be replaced, got {}",
+                super::change::MAX_REPLACE,
+                replace.len()
+            )));
+        }
+        validate_value(&value)?;
+        for r in &replace {
+            validate_value(r)?;
+        }
+        let write_id = rand::random::<u128>();
+        let (_, after, applied) = self.run(key, Change::Replace { replace, value, write_id }).await?;
+        Ok(if applied {
+            Written::Applied { version: after.map_or(0, |v| v.version) }
+        } else {
+            Written::Conflict { current: entry(after) }
+        })
+    }
+
     /// Deletes the value if the register is at `version`.
     pub async fn delete(&self, key: &str, version: u64) -> Result<Written, RegisterError> {
         if version == 0 {
