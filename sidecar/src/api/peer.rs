@@ -709,6 +709,40 @@ impl GrpcPeers {
     fn bundles_to(&self, to: &Member) -> bool {
         !self.unbundled.lock().expect("unbundled lock").contains(&to.peer_addr)
     }
+
+    /// Sends `req` to `to` with `one` (alone), or through `bundler` with whatever else is bound
+    /// for `to` at this epoch at the same moment (`many`, then [`bundled`]) when `to` takes
+    /// bundles.
+    #[allow(clippy::too_many_arguments)]
+    async fn one_or_bundled<Req, Rep, One, OneFut, Many, ManyFut>(
+        &self,
+        bundler: &Bundler<Req, Rep>,
+        to: &Member,
+        epoch: u64,
+        req: Req,
+        timeout: Duration,
+        one: One,
+        many: Many,
+    ) -> Result<Rep, PeerError>
+    where
+        Req: prost::Message + Send + 'static,
+        Rep: Send + 'static,
+        One: Fn(Req, Duration) -> OneFut + Clone + Send + Sync + 'static,
+        OneFut: std::future::Future<Output = Result<Rep, PeerError>> + Send + 'static,
+        Many: Fn(Vec<Req>, Duration) -> ManyFut + Clone + Send + Sync + 'static,
+        ManyFut: std::future::Future<Output = Result<(Vec<Rep>, Option<pb::Refusal>), Status>> + Send + 'static,
+    {
+        if !self.bundles_to(to) {
+            return one(req, timeout).await;
+        }
+        let size = req.encoded_len();
+        let (addr, unbundled) = (to.peer_addr.clone(), self.unbundled.clone());
+        let send = move |reqs: Vec<Req>, t: Duration| {
+            let (one, many, addr, unbundled) = (one.clone(), many.clone(), addr.clone(), unbundled.clone());
+            async move { bundled(reqs, t, &addr, &unbundled, |req| one(req, t), |requests| many(requests, t)).await }
+        };
+        bundler.call(&format!("{}/{epoch}", to.peer_addr), req, size, timeout, send).await
+    }
 }
 
 /// Sends `reqs` to one peer: a lone request as a plain call (`one`), several as one bundle
@@ -831,37 +865,31 @@ impl Peers for GrpcPeers {
             let r = store.prepare(key.to_string(), ballot.clone()).await.map_err(local_error)?;
             return Ok((r, store.meta().incarnation));
         }
-        let mut c = self.client(to)?;
+        let c = self.client(to)?;
         let req = pb::PrepareRequest { epoch, key: key.to_string(), ballot: ballot_to_pb(ballot) };
-        let mut r = if self.bundles_to(to) {
-            let size = prost::Message::encoded_len(&req);
-            let (addr, unbundled) = (to.peer_addr.clone(), self.unbundled.clone());
-            let send = move |reqs: Vec<pb::PrepareRequest>, t: Duration| {
-                let (mut c, mut lone, addr, unbundled) = (c.clone(), c.clone(), addr.clone(), unbundled.clone());
-                async move {
-                    bundled(
-                        reqs,
-                        t,
-                        &addr,
-                        &unbundled,
-                        |req| async move { call(t, lone.prepare(timed(req, t)), |_| None).await },
-                        |requests| {
-                            let req = pb::PrepareManyRequest { epoch, requests };
-                            async move {
-                                c.prepare_many(timed(req, t))
-                                    .await
-                                    .map(|r| r.into_inner())
-                                    .map(|r| (r.replies, r.refusal))
-                            }
-                        },
-                    )
-                    .await
-                }
-            };
-            self.prepares.call(&format!("{}/{epoch}", to.peer_addr), req, size, timeout, send).await?
-        } else {
-            call(timeout, c.prepare(timed(req, timeout)), |_| None).await?
-        };
+        let mut r = self
+            .one_or_bundled(
+                &self.prepares,
+                to,
+                epoch,
+                req,
+                timeout,
+                {
+                    let c = c.clone();
+                    move |req, t| {
+                        let mut c = c.clone();
+                        async move { call(t, c.prepare(timed(req, t)), |_| None).await }
+                    }
+                },
+                move |requests, t| {
+                    let mut c = c.clone();
+                    async move {
+                        let r = c.prepare_many(timed(pb::PrepareManyRequest { epoch, requests }, t)).await?;
+                        Ok(r.into_inner()).map(|r| (r.replies, r.refusal))
+                    }
+                },
+            )
+            .await?;
         if let Some(refused) = r.refusal.take() {
             return Err(refusal_error(refused));
         }
@@ -897,7 +925,7 @@ impl Peers for GrpcPeers {
                 .map_err(local_error)?;
             return Ok((r, store.meta().incarnation));
         }
-        let mut c = self.client(to)?;
+        let c = self.client(to)?;
         let req = pb::AcceptRequest {
             epoch,
             key: key.to_string(),
@@ -908,35 +936,29 @@ impl Peers for GrpcPeers {
             voters: voters.iter().map(|v| pb::Voter { member: v.member.clone(), incarnation: v.incarnation }).collect(),
         };
         // A stale voter is an answer of the acceptor (the round must not count it), not a failure.
-        let r = if self.bundles_to(to) {
-            let size = prost::Message::encoded_len(&req);
-            let (addr, unbundled) = (to.peer_addr.clone(), self.unbundled.clone());
-            let send = move |reqs: Vec<pb::AcceptRequest>, t: Duration| {
-                let (mut c, mut lone, addr, unbundled) = (c.clone(), c.clone(), addr.clone(), unbundled.clone());
-                async move {
-                    bundled(
-                        reqs,
-                        t,
-                        &addr,
-                        &unbundled,
-                        |req| async move { call(t, lone.accept(timed(req, t)), |_| None).await },
-                        |requests| {
-                            let req = pb::AcceptManyRequest { epoch, requests };
-                            async move {
-                                c.accept_many(timed(req, t))
-                                    .await
-                                    .map(|r| r.into_inner())
-                                    .map(|r| (r.replies, r.refusal))
-                            }
-                        },
-                    )
-                    .await
-                }
-            };
-            self.accepts.call(&format!("{}/{epoch}", to.peer_addr), req, size, timeout, send).await?
-        } else {
-            call(timeout, c.accept(timed(req, timeout)), |_| None).await?
-        };
+        let r = self
+            .one_or_bundled(
+                &self.accepts,
+                to,
+                epoch,
+                req,
+                timeout,
+                {
+                    let c = c.clone();
+                    move |req, t| {
+                        let mut c = c.clone();
+                        async move { call(t, c.accept(timed(req, t)), |_| None).await }
+                    }
+                },
+                move |requests, t| {
+                    let mut c = c.clone();
+                    async move {
+                        let r = c.accept_many(timed(pb::AcceptManyRequest { epoch, requests }, t)).await?;
+                        Ok(r.into_inner()).map(|r| (r.replies, r.refusal))
+                    }
+                },
+            )
+            .await?;
         use pb::refusal::Reason;
         match r.refusal {
             None if r.ok => {
