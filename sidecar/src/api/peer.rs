@@ -1142,4 +1142,31 @@ mod tests {
             }
         }
     }
+
+    /// A member that does not know bundles (an older version answers UNIMPLEMENTED): the
+    /// bundle fails once, the member is remembered, and later calls to it go one by one; a lone
+    /// request never goes as a bundle.
+    #[tokio::test]
+    async fn a_member_without_bundles_gets_calls_one_by_one_after_its_first_refusal() {
+        let unbundled = Mutex::new(std::collections::HashSet::new());
+        let one = |req: u32| async move { Ok::<u32, PeerError>(req * 10) };
+        let refusing =
+            |_reqs: Vec<u32>| async { Err::<(Vec<u32>, Option<pb::Refusal>), Status>(Status::unimplemented("no")) };
+        let t = Duration::from_secs(1);
+        // One request: sent alone, whatever the peer takes.
+        let r = bundled(vec![7u32], t, "m:1", &unbundled, one, refusing).await.unwrap();
+        assert!(matches!(r.as_slice(), [Ok(70)]));
+        assert!(unbundled.lock().unwrap().is_empty());
+        // Two: the bundle is refused as unknown; the calls fail (their rounds retry) and the peer
+        // is remembered.
+        let r = bundled(vec![1u32, 2], t, "m:1", &unbundled, one, refusing).await;
+        assert!(matches!(r, Err(PeerError::Unreachable(ref m)) if m.contains("one by one")), "{r:?}");
+        assert!(unbundled.lock().unwrap().contains("m:1"));
+        // A bundle the peer takes: each reply goes to its request, in order.
+        let taking = |reqs: Vec<u32>| async move { Ok((reqs.iter().map(|r| r + 1).collect(), None)) };
+        let r = bundled(vec![1u32, 2, 3], t, "m:2", &unbundled, one, taking).await.unwrap();
+        let got: Vec<u32> = r.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(got, vec![2, 3, 4]);
+        assert!(!unbundled.lock().unwrap().contains("m:2"));
+    }
 }
