@@ -3,7 +3,7 @@
 // Usage: node sequencer_client.js SOCKET PROTO_DIR SEQUENCE
 //
 // Calls grpc.health.v1 Check, Next (buffered and strict), Stream and Current; then Registers
-// (Create, Read, CompareAndSet), Log (CreateStream, a pipelined bidirectional Append, Read, Tail)
+// (Create, Read, CompareAndSet), Log (CreateStream, a pipelined bidirectional Append, Read, Tail, MoveStream)
 // and Divider (AddKeys, Watch until every key started, Lookup, Cancel); checks what it got, and
 // prints one JSON object: {"ranges": [[start, end], ...], "current": N, "health": "SERVING",
 // "registers": "ok", "log": "ok", "divider": "ok"}.
@@ -95,6 +95,13 @@ async function useLog(target, creds, protoDir, sequence) {
   check(data === 'abcdef', `Read returns the entries: ${data}`);
   const tail = await unary(log, 'Tail', { stream: name });
   check(Number(tail.lastLsn) === 6, `Tail: ${JSON.stringify(tail)}`);
+  // MoveStream onto the replicas it has is a no-op that answers the stream; two replicas for a
+  // replication factor of 3 is INVALID_ARGUMENT.
+  const moved = await unary(log, 'MoveStream', { name, replicas: info.replicas });
+  check(JSON.stringify(moved.replicas) === JSON.stringify(info.replicas) && Number(moved.lastLsn) === 6,
+    `MoveStream: ${JSON.stringify(moved)}`);
+  const bad = await unary(log, 'MoveStream', { name, replicas: info.replicas.slice(0, 2) }).then(() => null, (e) => e);
+  check(bad && bad.code === grpc.status.INVALID_ARGUMENT, `two replicas are INVALID_ARGUMENT: ${bad && bad.code}`);
   log.close();
   return 'ok';
 }

@@ -8,7 +8,7 @@ and Current, lists services through server reflection v1alpha (what grpcio-refle
 grpcui, Postman and older grpcurl ask), checks what it got, and prints one JSON object:
 {"ranges": [[start, end], ...], "current": N, "health": "SERVING", "services": [...],
 "registers": "ok", "log": "ok", "divider": "ok"} (Create, Read and CompareAndSet on ordo.v1.Registers
-when the sidecar serves it; CreateStream, a pipelined Append stream, Read and Tail on ordo.v1.Log;
+when the sidecar serves it; CreateStream, a pipelined Append stream, Read, Tail and MoveStream on ordo.v1.Log;
 AddKeys, Watch until every key started, Lookup and Cancel on ordo.v1.Divider).
 Run by e2e/tests/foreign_clients.rs; exits non-zero with a message on any failure.
 """
@@ -84,6 +84,15 @@ def use_log(channel, sequence):
     check([e.data for e in read.entries] == [d for b in batches for d in b], f"Read returns the entries: {read}")
     tail = log.Tail(lp.TailRequest(stream=name), timeout=DEADLINE_S)
     check(tail.last_lsn == 6, f"Tail: {tail}")
+    # MoveStream onto the replicas it has is a no-op that answers the stream; two replicas for a
+    # replication factor of 3 is INVALID_ARGUMENT.
+    moved = log.MoveStream(lp.MoveStreamRequest(name=name, replicas=list(info.replicas)), timeout=DEADLINE_S)
+    check(list(moved.replicas) == list(info.replicas) and moved.last_lsn == 6, f"MoveStream: {moved}")
+    try:
+        log.MoveStream(lp.MoveStreamRequest(name=name, replicas=list(info.replicas)[:2]), timeout=DEADLINE_S)
+        check(False, "MoveStream with two replicas was accepted")
+    except grpc.RpcError as e:
+        check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"two replicas are INVALID_ARGUMENT: {e.code()}")
     return "ok"
 
 
