@@ -874,26 +874,28 @@ async fn memory_stays_bounded_while_clients_flood_appends() {
     eprintln!("flood: {appended} batches of 256 KiB appended; peak member RSS {} MiB", peak >> 20);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn membership_3_to_5_to_3_while_appending_loses_and_duplicates_nothing() {
+/// Two appenders (through members 0 and 1) writing rounds of 20 batches to `stream`, each round
+/// a new producer and every batch acknowledged within `per_round`, until the returned flag is
+/// set; each task returns what it got acknowledged.
+async fn appenders_until_stopped(
+    cluster: &TestCluster,
+    stream: &str,
+    per_round: Duration,
+) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, Vec<tokio::task::JoinHandle<Vec<Acked>>>) {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
 
-    let mut cluster = TestCluster::start(TestOptions { members: 3, slots: 5, ..Default::default() }).await;
-    let stream = "members";
-    create_rf3(&cluster, stream).await;
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for member in 0..2usize {
         let channel = cluster.client(member).await.channel();
-        let stop = stop.clone();
+        let (stop, stream) = (stop.clone(), stream.to_string());
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             let mut round = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 let producer = 1000 * (member as u64 + 1) + round;
-                let deadline = Instant::now() + Duration::from_secs(60);
-                let (a, _) = run_appender(channel.clone(), stream.into(), producer, 20, 2, 4, deadline).await;
+                let deadline = Instant::now() + per_round;
+                let (a, _) = run_appender(channel.clone(), stream.clone(), producer, 20, 2, 4, deadline).await;
                 assert_eq!(a.len(), 20, "producer {producer} got every batch acknowledged");
                 acked.extend(a);
                 round += 1;
@@ -901,6 +903,17 @@ async fn membership_3_to_5_to_3_while_appending_loses_and_duplicates_nothing() {
             acked
         }));
     }
+    (stop, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_3_to_5_to_3_while_appending_loses_and_duplicates_nothing() {
+    use std::sync::atomic::Ordering;
+
+    let mut cluster = TestCluster::start(TestOptions { members: 3, slots: 5, ..Default::default() }).await;
+    let stream = "members";
+    create_rf3(&cluster, stream).await;
+    let (stop, tasks) = appenders_until_stopped(&cluster, stream, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.dev.spawn(3).unwrap();
     cluster.dev.spawn(4).unwrap();
@@ -928,8 +941,7 @@ async fn membership_3_to_5_to_3_while_appending_loses_and_duplicates_nothing() {
 /// the stream keeps one replica of three (ack quorum 2) and every later append fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streams_move_off_members_that_leave_while_appending() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
     let mut cluster = TestCluster::start(TestOptions { members: 3, slots: 5, ..Default::default() }).await;
     cluster.dev.spawn(3).unwrap();
@@ -947,25 +959,7 @@ async fn streams_move_off_members_that_leave_while_appending() {
         .expect("a stream name placed on both leaving members");
     let info = create_rf3(&cluster, &stream).await;
     assert!(leaving.iter().all(|l| info.replicas.contains(l)), "placed on {:?}", info.replicas);
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for member in 0..2usize {
-        let channel = cluster.client(member).await.channel();
-        let (stop, stream) = (stop.clone(), stream.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut round = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                let producer = 1000 * (member as u64 + 1) + round;
-                let deadline = Instant::now() + Duration::from_secs(20);
-                let (a, _) = run_appender(channel.clone(), stream.clone(), producer, 20, 2, 4, deadline).await;
-                assert_eq!(a.len(), 20, "producer {producer} got every batch acknowledged");
-                acked.extend(a);
-                round += 1;
-            }
-            acked
-        }));
-    }
+    let (stop, tasks) = appenders_until_stopped(&cluster, &stream, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.change_members(&[0, 1, 2, 3, 4], &[0, 1, 2]).await;
     let moved = describe(&cluster, 0, &stream).await;
