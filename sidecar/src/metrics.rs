@@ -51,6 +51,9 @@ pub struct Metrics {
     pub forwards: Counter,
     /// Sequence buffer refills.
     pub refills: Counter,
+    /// Sequence allocations whose range came back below IDs this sidecar had already returned
+    /// (overtaken by a later one): their requests were allocated again.
+    pub allocations_overtaken: Counter,
     /// IDs handed out to apps.
     pub ids_issued: Counter,
     /// Peers that answered the last probe.
@@ -86,6 +89,7 @@ impl Metrics {
         let conflicts = Counter::default();
         let forwards = Counter::default();
         let refills = Counter::default();
+        let allocations_overtaken = Counter::default();
         let ids_issued = Counter::default();
         let peers_reachable = Gauge::default();
         let caught_up = Gauge::default();
@@ -103,6 +107,11 @@ impl Metrics {
             forwards.clone(),
         );
         registry.register("sequence_buffer_refills", "Sequence buffer refills", refills.clone());
+        registry.register(
+            "sequence_allocations_overtaken",
+            "Sequence allocations that came back below IDs already returned here (allocated again)",
+            allocations_overtaken.clone(),
+        );
         registry.register("sequence_ids_issued", "IDs handed out to apps", ids_issued.clone());
         registry.register(
             "peers_reachable",
@@ -124,6 +133,7 @@ impl Metrics {
             conflicts,
             forwards,
             refills,
+            allocations_overtaken,
             ids_issued,
             peers_reachable,
             caught_up,

@@ -8,36 +8,72 @@
 //! starts above every ID it returned before for that sequence. Gaps are allowed; going back
 //! is not.
 //!
-//! Argument. A buffer has **at most one quorum allocation in flight**, and each one asks the
-//! counter for a range at or above `Ranges::install_floor` (one past everything the buffer holds
-//! or returned; the lower bound of [`crate::quorum::change::Change::Add`], IDs skipped up to it
-//! are a gap). So every allocation's range lies above every ID this buffer ever held, and
-//! allocations complete in the order they start. One allocation serves every direct request
-//! queued when it started (each gets its slice, in order, and the floor rises past them: buffered
-//! IDs below are discarded) and, after them, the buffer's refill. Buffered IDs are handed out by
-//! `Ranges::take`, which keeps `current.start >= floor` and moves both together. All of it
-//! happens under the `ranges` lock; no lock is held across a quorum round.
+//! Argument. `Ranges::floor` is one past the highest ID this buffer returned, and every range
+//! is handed out under the `ranges` lock only if it starts at or above `floor`, which then rises
+//! past it; no lock is held across a quorum round.
+//! - Buffered IDs are handed out by `Ranges::take`, which keeps `current.start >= floor` and
+//!   moves both together; a refill is installed less whatever lies below `install_floor` (one
+//!   past everything the buffer holds or returned).
+//! - Direct requests (strict, or larger than a range) are served by **quorum allocations
+//!   pipelined per sequence**: up to [`ALLOCATIONS_IN_FLIGHT`] at once, each serving every direct
+//!   request queued when it started (and, when the buffer is in use and no refill is in flight,
+//!   the buffer's refill after them). Each asks the counter for a range at or above
+//!   `install_floor` (the lower bound of [`crate::quorum::change::Change::Add`]; IDs skipped up to
+//!   it are a gap). Allocations in flight together may **complete in any order**: the register
+//!   applies them in an order this sidecar does not control (a change forwarded to the
+//!   register's home, another proposed here after a forward timed out, two forwards in flight).
+//!   So an allocation's slices go to its requests only when its range starts at or above
+//!   `floor` at the time it completes; otherwise it was overtaken by one that completed first,
+//!   its IDs are a gap, and its requests go back to the front of the queue for a new allocation
+//!   (metric `ordo_sequence_allocations_overtaken_total`). The slices of one allocation are
+//!   handed out in order and the floor rises past them, discarding buffered IDs below.
+//!
+//! The order of completion is thus never trusted: the check against `floor` alone keeps the
+//! invariant, whatever the quorum layer does.
 //!
 //! Strict requests stay linearizable: a direct request's IDs come from an allocation that starts
-//! after the request arrived and completes before it returns. Direct requests that arrive while
-//! an allocation is in flight wait for the next one, so concurrent strict requests on one sidecar
-//! are batched into one quorum round (one more round of latency at most).
+//! after the request arrived and completes before it returns (an overtaken request's new
+//! allocation starts later still). Direct requests that arrive while [`ALLOCATIONS_IN_FLIGHT`]
+//! allocations are in flight wait for the next one to start, so concurrent strict requests on
+//! one sidecar are batched, and the proposer folds the allocations it has queued into one round.
 //!
 //! Tests: `ranges_only_move_forward`, `a_direct_allocation_raises_the_floor`,
-//! `one_allocation_serves_queued_directs_in_order_then_the_buffer` below; end to end
-//! `e2e/tests/sequencer.rs::ids_from_one_sidecar_never_go_backwards` and
+//! `one_allocation_serves_queued_directs_in_order_then_the_buffer`, and for pipelining
+//! `an_overtaken_allocation_is_allocated_again_not_handed_out` (fails when the floor check is
+//! removed) and `pipelined_allocations_completing_in_random_order_never_go_back` below; end to
+//! end `e2e/tests/sequencer.rs::ids_from_one_sidecar_never_go_backwards` and
 //! `no_id_twice_with_racing_range_sizes_and_strict`, checked by
 //! `e2e/src/checker.rs::check_increasing_per_sidecar`.
 
+use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{oneshot, Mutex, Notify};
 use tokio::time::Instant;
 
-use super::{RangeAllocator, SeqError};
+use super::SeqError;
 use crate::metrics::Metrics;
-use crate::quorum::transport::Peers;
+
+/// Quorum allocations of one sequence a sidecar keeps in flight at once.
+pub const ALLOCATIONS_IN_FLIGHT: usize = 4;
+
+/// Where a buffer's ranges come from: the sequence's counter register
+/// ([`super::RangeAllocator`]), or a scripted source in tests.
+pub trait Allocate: Send + Sync + 'static {
+    /// `n` contiguous IDs at or above `floor`, by `deadline`.
+    fn allocate_by(
+        &self,
+        name: &str,
+        n: u64,
+        floor: u64,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Range<u64>, SeqError>> + Send;
+
+    /// Deadline of one request.
+    fn timeout(&self) -> Duration;
+}
 
 /// A refill holds at least this many of the largest requests seen.
 const REQUESTS_PER_REFILL: u64 = 4;
@@ -59,8 +95,10 @@ struct Ranges {
     next: Option<Range<u64>>,
     /// One past the highest ID returned: nothing below this may be handed out any more.
     floor: u64,
-    /// A quorum allocation is in flight (at most one).
-    allocating: bool,
+    /// Quorum allocations in flight (at most [`ALLOCATIONS_IN_FLIGHT`]).
+    in_flight: usize,
+    /// One of them carries a refill of the buffer (at most one does).
+    refilling: bool,
     /// Direct requests waiting for the next allocation, in arrival order.
     directs: Vec<Direct>,
     /// IDs wanted by requests waiting for a refill: the next refill is at least this large.
@@ -70,6 +108,9 @@ struct Ranges {
     /// Counts finished refills, so waiters can tell whether the one they waited for failed.
     refills: u64,
     failure: Option<(u64, SeqError)>,
+    /// Every range handed out, in order (tests check it only goes up).
+    #[cfg(test)]
+    handed_out: Vec<Range<u64>>,
 }
 
 impl Ranges {
@@ -108,6 +149,8 @@ impl Ranges {
         let r = self.current.start..self.current.start + count;
         self.current.start += count;
         self.floor = self.floor.max(r.end);
+        #[cfg(test)]
+        self.handed_out.push(r.clone());
         Some(r)
     }
 
@@ -124,25 +167,25 @@ impl Ranges {
 }
 
 /// The buffer of one sequence on this sidecar.
-pub struct RangeBuffer<P: Peers> {
+pub struct RangeBuffer<A: Allocate> {
     name: String,
     range_size: u64,
-    allocator: RangeAllocator<P>,
+    allocator: A,
     ranges: Mutex<Ranges>,
     refilled: Notify,
     metrics: Arc<Metrics>,
 }
 
-impl<P: Peers> RangeBuffer<P> {
+impl<A: Allocate> RangeBuffer<A> {
     /// An empty buffer.
-    pub fn new(name: String, range_size: u64, allocator: RangeAllocator<P>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(name: String, range_size: u64, allocator: A, metrics: Arc<Metrics>) -> Self {
         Self { name, range_size, allocator, ranges: Mutex::new(Ranges::default()), refilled: Notify::new(), metrics }
     }
 
     /// Takes `count` contiguous IDs. Requests larger than a range are allocated directly.
     pub async fn take(self: &Arc<Self>, count: u64) -> Result<Range<u64>, SeqError> {
         if count > self.range_size {
-            return self.direct(count, Instant::now() + self.allocator.timeout).await;
+            return self.direct(count, Instant::now() + self.allocator.timeout()).await;
         }
         loop {
             let notified = self.refilled.notified();
@@ -194,10 +237,10 @@ impl<P: Peers> RangeBuffer<P> {
         }
     }
 
-    /// Starts the buffer's next quorum allocation unless one is in flight: every queued direct
-    /// request, then a refill when the buffer is in use.
+    /// Starts a quorum allocation unless [`ALLOCATIONS_IN_FLIGHT`] are in flight: every queued
+    /// direct request, then a refill when the buffer is in use and no refill is in flight.
     fn allocate(self: &Arc<Self>, ranges: &mut Ranges) {
-        if ranges.allocating {
+        if ranges.in_flight >= ALLOCATIONS_IN_FLIGHT {
             return;
         }
         let directs = std::mem::take(&mut ranges.directs);
@@ -207,61 +250,281 @@ impl<P: Peers> RangeBuffer<P> {
         // a few of them, so each caller does not cost a quorum round. Direct requests discard
         // the buffer below them, so the buffer is refilled with them whenever it is in use.
         let low = ranges.next.is_none() && ranges.current.end - ranges.current.start < self.range_size / 2 + 1;
-        let refill = if ranges.waiting > 0 || (ranges.largest > 0 && (low || !directs.is_empty())) {
-            self.range_size.max(ranges.waiting).max(ranges.largest.saturating_mul(REQUESTS_PER_REFILL))
-        } else {
-            0
-        };
+        let refill =
+            if !ranges.refilling && (ranges.waiting > 0 || (ranges.largest > 0 && (low || !directs.is_empty()))) {
+                self.range_size.max(ranges.waiting).max(ranges.largest.saturating_mul(REQUESTS_PER_REFILL))
+            } else {
+                0
+            };
         if directs.is_empty() && refill == 0 {
             return;
         }
-        ranges.allocating = true;
+        ranges.in_flight += 1;
+        ranges.refilling |= refill > 0;
         let floor = ranges.install_floor();
         let size = direct_ids.saturating_add(refill);
         let deadline =
-            directs.iter().map(|d| d.deadline).min().unwrap_or_else(|| Instant::now() + self.allocator.timeout);
+            directs.iter().map(|d| d.deadline).min().unwrap_or_else(|| Instant::now() + self.allocator.timeout());
         let me = self.clone();
         tokio::spawn(async move {
             let result = me.allocator.allocate_by(&me.name, size, floor, deadline).await;
             let mut ranges = me.ranges.lock().await;
-            ranges.allocating = false;
-            match result {
-                Ok(r) => {
-                    let mut at = r.start;
-                    for d in directs {
-                        let _ = d.reply.send(Ok(at..at + d.count));
-                        at += d.count;
-                    }
-                    ranges.raise_floor(at);
-                    if refill > 0 {
-                        me.metrics.refills.inc();
-                        ranges.refills += 1;
-                        ranges.failure = None;
-                        ranges.install(at..r.end);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(sequence = %me.name, error = %e, "allocation failed");
-                    for d in directs {
-                        let _ = d.reply.send(Err(e.clone()));
-                    }
-                    if refill > 0 {
-                        ranges.refills += 1;
-                        ranges.failure = Some((ranges.refills, e));
-                    }
-                }
-            }
-            // Whatever arrived meanwhile goes in the next allocation.
+            me.complete(&mut ranges, result, directs, refill);
+            // Whatever arrived meanwhile (or was overtaken) goes in the next allocation.
             me.allocate(&mut ranges);
             drop(ranges);
             me.refilled.notify_waiters();
         });
+    }
+
+    /// Hands out the range of a finished allocation: `directs` in order, then `refill` IDs to
+    /// the buffer; directs overtaken by a range already returned are queued again.
+    fn complete(&self, ranges: &mut Ranges, result: Result<Range<u64>, SeqError>, directs: Vec<Direct>, refill: u64) {
+        ranges.in_flight -= 1;
+        if refill > 0 {
+            ranges.refilling = false;
+            ranges.refills += 1;
+        }
+        match result {
+            Ok(r) => {
+                let direct_ids = directs.iter().fold(0u64, |n, d| n.saturating_add(d.count));
+                if directs.is_empty() {
+                    // A refill alone: installed below, above what the buffer holds.
+                } else if r.start >= ranges.floor {
+                    let mut at = r.start;
+                    for d in directs {
+                        #[cfg(test)]
+                        ranges.handed_out.push(at..at + d.count);
+                        let _ = d.reply.send(Ok(at..at + d.count));
+                        at += d.count;
+                    }
+                    ranges.raise_floor(at);
+                } else {
+                    // Overtaken: an allocation that completed first returned IDs above this
+                    // range. These IDs are a gap; the requests get a new allocation, first.
+                    self.metrics.allocations_overtaken.inc();
+                    let mut again = directs;
+                    again.append(&mut ranges.directs);
+                    ranges.directs = again;
+                }
+                if refill > 0 {
+                    self.metrics.refills.inc();
+                    ranges.failure = None;
+                    ranges.install(r.start.saturating_add(direct_ids)..r.end);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(sequence = %self.name, error = %e, "allocation failed");
+                for d in directs {
+                    let _ = d.reply.send(Err(e.clone()));
+                }
+                if refill > 0 {
+                    ranges.failure = Some((ranges.refills, e));
+                }
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex as StdMutex;
+
+    use rand::{Rng, SeedableRng};
+
+    /// An allocation the test answers by hand: (count, floor, where the range goes).
+    type Call = (u64, u64, oneshot::Sender<Range<u64>>);
+
+    /// Allocations that complete when, and with what, the test says.
+    #[derive(Clone, Default)]
+    struct Scripted(Arc<StdMutex<Vec<Call>>>);
+
+    impl Allocate for Scripted {
+        async fn allocate_by(&self, _: &str, n: u64, floor: u64, _: Instant) -> Result<Range<u64>, SeqError> {
+            let (tx, rx) = oneshot::channel();
+            self.0.lock().unwrap().push((n, floor, tx));
+            rx.await.map_err(|_| SeqError::Timeout("dropped by the test".into()))
+        }
+
+        fn timeout(&self) -> Duration {
+            Duration::from_secs(5)
+        }
+    }
+
+    impl Scripted {
+        /// Waits (bounded) until `n` allocations are pending, and takes them in call order.
+        async fn pending(&self, n: usize) -> Vec<Call> {
+            for _ in 0..10_000 {
+                if self.0.lock().unwrap().len() >= n {
+                    return self.0.lock().unwrap().drain(..).collect();
+                }
+                tokio::task::yield_now().await;
+            }
+            panic!("{n} allocations never started");
+        }
+    }
+
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn an_overtaken_allocation_is_allocated_again_not_handed_out() {
+        let alloc = Scripted::default();
+        let buf = Arc::new(RangeBuffer::new("s".into(), 10, alloc.clone(), Arc::new(Metrics::new())));
+        let a = tokio::spawn({
+            let buf = buf.clone();
+            async move { buf.direct(1, deadline()).await }
+        });
+        let first = alloc.pending(1).await;
+        let b = tokio::spawn({
+            let buf = buf.clone();
+            async move { buf.direct(1, deadline()).await }
+        });
+        let second = alloc.pending(1).await;
+        // Both are in flight at once (pipelined); the register applied A's first (50) but B's
+        // answer arrives first (100).
+        let [(_, _, to_a)] = <[Call; 1]>::try_from(first).ok().unwrap();
+        let [(_, _, to_b)] = <[Call; 1]>::try_from(second).ok().unwrap();
+        to_b.send(100..101).unwrap();
+        assert_eq!(b.await.unwrap().unwrap(), 100..101);
+        to_a.send(50..51).unwrap();
+        // A's range lies below what B returned: A is allocated again, above it.
+        let again = alloc.pending(1).await;
+        let [(n, floor, to_a)] = <[Call; 1]>::try_from(again).ok().unwrap();
+        assert_eq!(n, 1);
+        assert!(floor >= 101, "the new allocation asks above everything returned, got floor {floor}");
+        to_a.send(floor..floor + 1).unwrap();
+        assert_eq!(a.await.unwrap().unwrap(), floor..floor + 1);
+        assert_eq!(buf.metrics.allocations_overtaken.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refill_keeps_the_rest_of_the_current_range() {
+        let alloc = Scripted::default();
+        let buf = Arc::new(RangeBuffer::new("s".into(), 10, alloc.clone(), Arc::new(Metrics::new())));
+        let first = tokio::spawn({
+            let buf = buf.clone();
+            async move { buf.take(1).await }
+        });
+        let [(n, _, tx)] = <[Call; 1]>::try_from(alloc.pending(1).await).ok().unwrap();
+        tx.send(1..1 + n).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), 1..2);
+        for i in 2..8 {
+            assert_eq!(buf.take(1).await.unwrap(), i..i + 1);
+        }
+        // Half used: the next range is on its way; when it lands, the rest of this one is kept.
+        let [(n, floor, tx)] = <[Call; 1]>::try_from(alloc.pending(1).await).ok().unwrap();
+        tx.send(floor..floor + n).unwrap();
+        for _ in 0..100 {
+            if buf.ranges.lock().await.next.is_some() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(buf.take(1).await.unwrap(), 8..9, "IDs left in the current range are not skipped");
+    }
+
+    /// A counter register that applies each allocation after a random number of scheduler turns
+    /// and answers after another: allocations in flight together complete in random order.
+    #[derive(Clone)]
+    struct Jittery {
+        next: Arc<StdMutex<u64>>,
+        rng: Arc<StdMutex<rand::rngs::StdRng>>,
+    }
+
+    impl Allocate for Jittery {
+        async fn allocate_by(&self, _: &str, n: u64, floor: u64, _: Instant) -> Result<Range<u64>, SeqError> {
+            let (apply, answer) = {
+                let mut rng = self.rng.lock().unwrap();
+                (rng.random_range(0..40u32), rng.random_range(0..40u32))
+            };
+            for _ in 0..apply {
+                tokio::task::yield_now().await;
+            }
+            let r = {
+                let mut next = self.next.lock().unwrap();
+                let start = (*next).max(floor);
+                *next = start + n;
+                start..start + n
+            };
+            for _ in 0..answer {
+                tokio::task::yield_now().await;
+            }
+            Ok(r)
+        }
+
+        fn timeout(&self) -> Duration {
+            Duration::from_secs(5)
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_allocations_completing_in_random_order_never_go_back() {
+        for seed in 0..20u64 {
+            let alloc = Jittery {
+                next: Arc::new(StdMutex::new(1)),
+                rng: Arc::new(StdMutex::new(rand::rngs::StdRng::seed_from_u64(seed))),
+            };
+            let buf = Arc::new(RangeBuffer::new("s".into(), 16, alloc, Arc::new(Metrics::new())));
+            // (ticket when the call started, ticket when it returned, range)
+            let clock = Arc::new(AtomicU64::new(0));
+            let log = Arc::new(StdMutex::new(Vec::new()));
+            let mut tasks = Vec::new();
+            for c in 0..12u64 {
+                let (buf, clock, log) = (buf.clone(), clock.clone(), log.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(seed * 100 + c);
+                    for _ in 0..60 {
+                        let count = [1, 1, 3, 20][rng.random_range(0..4)];
+                        let started = clock.fetch_add(1, Ordering::SeqCst);
+                        let r = if rng.random_bool(0.3) {
+                            buf.direct(count, deadline()).await
+                        } else {
+                            buf.take(count).await
+                        }
+                        .expect("allocation");
+                        assert_eq!(r.end - r.start, count);
+                        let returned = clock.fetch_add(1, Ordering::SeqCst);
+                        log.lock().unwrap().push((started, returned, r));
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let log = log.lock().unwrap().clone();
+            // In the order this sidecar handed them out, ranges only go up.
+            let handed_out = buf.ranges.lock().await.handed_out.clone();
+            assert_eq!(handed_out.len(), log.len());
+            for w in handed_out.windows(2) {
+                assert!(w[0].end <= w[1].start, "seed {seed}: {:?} handed out after {:?}", w[1], w[0]);
+            }
+            // And in real time: everything returned before a call started lies below its range.
+            let mut by_return = log.clone();
+            by_return.sort_by_key(|e| e.1);
+            let mut highest: Vec<(u64, u64)> = Vec::new(); // (return ticket, highest end so far)
+            for (_, returned, r) in &by_return {
+                let end = highest.last().map_or(0, |h| h.1).max(r.end);
+                highest.push((*returned, end));
+            }
+            for (started, _, r) in &log {
+                let i = highest.partition_point(|(t, _)| t < started);
+                if i > 0 {
+                    let below = highest[i - 1].1;
+                    assert!(r.start >= below, "seed {seed}: {r:?} starts below {below}, returned before it was asked");
+                }
+            }
+            let mut all: Vec<Range<u64>> = log.iter().map(|e| e.2.clone()).collect();
+            all.sort_by_key(|r| r.start);
+            for w in all.windows(2) {
+                assert!(w[0].end <= w[1].start, "seed {seed}: {:?} and {:?} overlap", w[0], w[1]);
+            }
+        }
+    }
 
     #[test]
     fn ranges_only_move_forward() {

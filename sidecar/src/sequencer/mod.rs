@@ -84,13 +84,19 @@ fn key(name: &str) -> String {
     format!("seq/{name}")
 }
 
-impl<P: Peers> RangeAllocator<P> {
+impl<P: Peers> buffer::Allocate for RangeAllocator<P> {
     /// Allocates `n` contiguous IDs at or above `floor` through a quorum round that ends by
     /// `deadline` (IDs skipped below `floor` are a gap, never reused).
-    pub async fn allocate_by(&self, name: &str, n: u64, floor: u64, deadline: Instant) -> Result<Range<u64>, SeqError> {
+    async fn allocate_by(&self, name: &str, n: u64, floor: u64, deadline: Instant) -> Result<Range<u64>, SeqError> {
         Ok(self.registers.add(&key(name), n, floor.max(FIRST_ID), deadline).await?)
     }
 
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+impl<P: Peers> RangeAllocator<P> {
     /// The next ID the quorum would hand out (linearizable read).
     pub async fn current(&self, name: &str) -> Result<u64, SeqError> {
         self.registers.counter(&key(name)).await?.ok_or_else(|| SeqError::NotFound(name.to_string()))
@@ -101,7 +107,7 @@ impl<P: Peers> RangeAllocator<P> {
 pub struct Sequencer<P: Peers> {
     allocator: RangeAllocator<P>,
     config: SequencerConfig,
-    buffers: Mutex<HashMap<String, Arc<RangeBuffer<P>>>>,
+    buffers: Mutex<HashMap<String, Arc<RangeBuffer<RangeAllocator<P>>>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -157,7 +163,7 @@ impl<P: Peers> Sequencer<P> {
         self.allocator.current(name).await
     }
 
-    fn buffer(&self, name: &str) -> Arc<RangeBuffer<P>> {
+    fn buffer(&self, name: &str) -> Arc<RangeBuffer<RangeAllocator<P>>> {
         let mut buffers = self.buffers.lock().expect("buffers lock");
         buffers
             .entry(name.to_string())
