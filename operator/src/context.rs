@@ -1,6 +1,6 @@
 //! What every reconcile shares, the error classes and the requeue policy per class.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -8,6 +8,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
 
+use crate::children::{Applied, Cached, Children};
 use crate::metrics::Metrics;
 use crate::probe::MemberProbe;
 
@@ -22,6 +23,10 @@ pub struct Context {
     pub probe: Arc<dyn MemberProbe>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Watch caches of the children, set once the controllers run.
+    pub children: Arc<OnceLock<Children>>,
+    /// What this process last applied to each child.
+    pub applied: Arc<Applied>,
 }
 
 impl Context {
@@ -29,7 +34,22 @@ impl Context {
     pub fn new(client: Client, probe: Arc<dyn MemberProbe>, metrics: Arc<Metrics>) -> Self {
         let reporter =
             Reporter { controller: crate::labels::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        Self { recorder: Recorder::new(client.clone(), reporter), client, probe, metrics }
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            probe,
+            metrics,
+            children: Arc::new(OnceLock::new()),
+            applied: Arc::new(Applied::default()),
+        }
+    }
+
+    /// Applies a child unless it is unchanged since this process applied it ([`crate::children`]).
+    pub async fn apply_child<K>(&self, obj: &K) -> Result<K, kube::Error>
+    where
+        K: Cached + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.applied.apply(&self.client, self.children.get(), obj).await
     }
 
     /// Publishes an Event; a failure to publish is logged, never fails the reconcile.

@@ -12,6 +12,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{predicates, watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
+use crate::children::Children;
 use crate::context::{Context, ReconcileError};
 use crate::crd::{SeqCluster, WorkDivider};
 use crate::labels::FIELD_MANAGER;
@@ -19,6 +20,19 @@ use crate::{seqcluster, workdivider};
 
 fn owned() -> watcher::Config {
     watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"))
+}
+
+/// A watch of the children of kind `K` the operator manages, feeding a cache; the stream
+/// triggers their owners' reconciles.
+fn cached_children<K>(
+    client: &Client,
+) -> (reflector::Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let stream = watcher(Api::<K>::all(client.clone()), owned()).default_backoff().reflect(writer).touched_objects();
+    (reader, stream)
 }
 
 fn error_policy<K>(kind: &'static str) -> impl Fn(Arc<K>, &ReconcileError, Arc<Context>) -> Action {
@@ -45,12 +59,26 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .predicate_filter(predicates::generation, Default::default());
     // Secrets are not watched (that would need list/watch on every Secret in the cluster): the
     // peer token is re-applied on every reconcile and the periodic resync restores a deleted one.
+    // The SeqCluster controller's watches of children also fill the caches that let both
+    // controllers skip re-applying unchanged children (`crate::children`).
+    let (sts_store, sts_stream) = cached_children::<StatefulSet>(&client);
+    let (cm_store, cm_stream) = cached_children::<ConfigMap>(&client);
+    let (svc_store, svc_stream) = cached_children::<Service>(&client);
+    let (pdb_store, pdb_stream) = cached_children::<PodDisruptionBudget>(&client);
+    let (np_store, np_stream) = cached_children::<NetworkPolicy>(&client);
+    let _ = ctx.children.set(Children {
+        statefulsets: sts_store,
+        config_maps: cm_store,
+        services: svc_store,
+        pdbs: pdb_store,
+        network_policies: np_store,
+    });
     let seqclusters = Controller::for_stream(sc_stream, sc_reader)
-        .owns(Api::<StatefulSet>::all(client.clone()), owned())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned())
-        .owns(Api::<Service>::all(client.clone()), owned())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
+        .owns_stream(sts_stream)
+        .owns_stream(cm_stream)
+        .owns_stream(svc_stream)
+        .owns_stream(pdb_stream)
+        .owns_stream(np_stream)
         .graceful_shutdown_on(shutdown.clone())
         .run(seqcluster::apply::reconcile, error_policy::<SeqCluster>(seqcluster::apply::KIND), ctx.clone())
         .for_each(|res| async move {

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod children;
 pub mod conditions;
 pub mod context;
 pub mod controller;

@@ -156,9 +156,26 @@ where
     F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
     Fut: std::future::Future<Output = Result<Action, ReconcileError>>,
 {
+    run_in(obj, script, probe, reconcile, |_| {}).await
+}
+
+/// [`run`] with a context adjusted by `setup` (watch caches, what was applied before).
+async fn run_in<K: serde::Serialize, F, Fut>(
+    obj: &Arc<K>,
+    script: Vec<Expect>,
+    probe: TableProbe,
+    reconcile: F,
+    setup: impl FnOnce(&mut Context),
+) -> Result<Action, ReconcileError>
+where
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: std::future::Future<Output = Result<Action, ReconcileError>>,
+{
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "prod");
-    let ctx = Arc::new(Context::new(client, Arc::new(probe), Arc::new(Metrics::default())));
+    let mut ctx = Context::new(client, Arc::new(probe), Arc::new(Metrics::default()));
+    setup(&mut ctx);
+    let ctx = Arc::new(ctx);
     let expected = script.len();
     let verifier = verifier(handle, script, serde_json::to_value(obj.as_ref()).unwrap());
     let result = tokio::time::timeout(Duration::from_secs(10), reconcile(obj.clone(), ctx.clone()))
@@ -392,6 +409,118 @@ async fn seqcluster_status_is_only_written_when_it_changes() {
     // No status PATCH, no Event: a settled cluster resyncs slowly.
     let action = run(&sc, sc_script(&sc, script), probe, seqcluster::apply::reconcile).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+}
+
+/// What the API server holds after our apply: the applied body at `version`.
+fn live(body: &Value, version: &str) -> Value {
+    let mut obj = body.clone();
+    obj["metadata"]["resourceVersion"] = json!(version);
+    obj
+}
+
+#[tokio::test]
+async fn unchanged_children_are_not_re_sent_while_the_watch_cache_holds_what_was_applied() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::{ConfigMap, Service};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use kube::runtime::reflector::store;
+    use kube::runtime::watcher::Event;
+    use ordo_operator::children::{Applied, Children};
+
+    let mut sc = seqc_with(3, Some(stable(1, 3)));
+    let probe = || reports("ids", 0..3, 1, 1, true);
+    let plan = seqcluster::scaling::plan(
+        "ids",
+        &MemberSetStatus { members: 3, ..Default::default() },
+        Some(&stable(1, 3)),
+        &probe().0.lock().unwrap().values().map(|r| (r.id.clone(), r.clone())).collect(),
+    );
+    let reports_by_id = probe().0.lock().unwrap().values().map(|r| (r.id.clone(), r.clone())).collect();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    sc.status = Some(seqcluster::status::observed("ids", None, Some(1), &plan, &reports_by_id, now));
+    let sc = Arc::new(sc);
+
+    // Watch caches the test fills as the API server's watch would.
+    let (sts, mut sts_w) = store::<StatefulSet>();
+    let (cms, mut cms_w) = store::<ConfigMap>();
+    let (svcs, mut svcs_w) = store::<Service>();
+    let (pdbs, mut pdbs_w) = store::<PodDisruptionBudget>();
+    let (nps, mut nps_w) = store::<NetworkPolicy>();
+    let children = Children { statefulsets: sts, config_maps: cms, services: svcs, pdbs, network_policies: nps };
+    let applied = Arc::new(Applied::default());
+    let setup = |children: &Children, applied: &Arc<Applied>| {
+        let (children, applied) = (children.clone(), applied.clone());
+        move |ctx: &mut Context| {
+            let _ = ctx.children.set(children);
+            ctx.applied = applied;
+        }
+    };
+    // The API server answers each apply with the object at resourceVersion "7".
+    let bodies: Arc<Mutex<BTreeMap<String, Value>>> = Arc::default();
+    let answered = |path: &str, bodies: &Arc<Mutex<BTreeMap<String, Value>>>| {
+        let (path, bodies) = (path.to_string(), bodies.clone());
+        expect("PATCH", path.clone()).check(move |b| {
+            bodies.lock().unwrap().insert(path.clone(), b.clone());
+        })
+    };
+    let token = || expect("GET", "/api/v1/namespaces/prod/secrets/ids-peer-token").respond(200, secret_with_token());
+    let paths = [
+        "/api/v1/namespaces/prod/services/ids-peers",
+        "/api/v1/namespaces/prod/configmaps/ids-members",
+        "/apis/apps/v1/namespaces/prod/statefulsets/ids",
+        "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/ids",
+        "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/ids-peers",
+    ];
+    // 1. Nothing in the caches yet: everything is applied. The mock echoes each body; the
+    //    test records them to build what the watch will show.
+    let mut script = vec![token()];
+    script.extend(paths[..2].iter().map(|p| answered(p, &bodies)));
+    script.push(expect("PATCH", "/api/v1/namespaces/prod/secrets/ids-peer-token"));
+    script.extend(paths[2..].iter().map(|p| answered(p, &bodies)));
+    run_in(&sc, sc_script(&sc, script), probe(), seqcluster::apply::reconcile, setup(&children, &applied))
+        .await
+        .unwrap();
+    // The echoed bodies carried no resourceVersion, so nothing is recorded as applied yet: the
+    // next reconcile applies again, this time answered at version "7".
+    let mut script = vec![token()];
+    for (i, p) in paths.iter().enumerate() {
+        if i == 2 {
+            script.push(expect("PATCH", "/api/v1/namespaces/prod/secrets/ids-peer-token"));
+        }
+        let body = bodies.lock().unwrap()[*p].clone();
+        script.push(expect("PATCH", *p).respond(200, live(&body, "7")));
+    }
+    run_in(&sc, sc_script(&sc, script), probe(), seqcluster::apply::reconcile, setup(&children, &applied))
+        .await
+        .unwrap();
+    // 2. The watch shows every child at version 7: only the unwatched Secret is applied.
+    fn show<K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned>(
+        w: &mut kube::runtime::reflector::store::Writer<K>,
+        v: Value,
+    ) {
+        w.apply_watcher_event(&Event::Apply(serde_json::from_value(v).unwrap()));
+    }
+    let at = |p: &str, v: &str| live(&bodies.lock().unwrap()[p], v);
+    show(&mut svcs_w, at(paths[0], "7"));
+    show(&mut cms_w, at(paths[1], "7"));
+    show(&mut sts_w, at(paths[2], "7"));
+    show(&mut pdbs_w, at(paths[3], "7"));
+    show(&mut nps_w, at(paths[4], "7"));
+    let script = vec![token(), expect("PATCH", "/api/v1/namespaces/prod/secrets/ids-peer-token")];
+    run_in(&sc, sc_script(&sc, script), probe(), seqcluster::apply::reconcile, setup(&children, &applied))
+        .await
+        .unwrap();
+    // 3. Someone edits the ConfigMap (version 8): it alone is applied again.
+    show(&mut cms_w, at(paths[1], "8"));
+    let script = vec![
+        token(),
+        expect("PATCH", paths[1]).respond(200, at(paths[1], "8")),
+        expect("PATCH", "/api/v1/namespaces/prod/secrets/ids-peer-token"),
+    ];
+    run_in(&sc, sc_script(&sc, script), probe(), seqcluster::apply::reconcile, setup(&children, &applied))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -127,17 +127,17 @@ pub async fn reconcile(sc: Arc<SeqCluster>, ctx: Arc<Context>) -> Result<Action,
         apply_status(&ctx.client, &sc, &next).await.map_err(ReconcileError::api("write status"))?;
     }
 
-    apply(&ctx.client, &objects.service).await.map_err(ReconcileError::api("apply peer Service"))?;
-    apply(&ctx.client, &objects.config_map).await.map_err(ReconcileError::api("apply members ConfigMap"))?;
+    ctx.apply_child(&objects.service).await.map_err(ReconcileError::api("apply peer Service"))?;
+    ctx.apply_child(&objects.config_map).await.map_err(ReconcileError::api("apply members ConfigMap"))?;
     apply(&ctx.client, &objects.secret).await.map_err(ReconcileError::api("apply peer-token Secret"))?;
-    apply(&ctx.client, &objects.statefulset).await.map_err(ReconcileError::api("apply StatefulSet"))?;
+    ctx.apply_child(&objects.statefulset).await.map_err(ReconcileError::api("apply StatefulSet"))?;
     match &objects.pdb {
-        Some(pdb) => apply(&ctx.client, pdb).await.map(|_| ()),
+        Some(pdb) => ctx.apply_child(pdb).await.map(|_| ()),
         None => delete_if_exists::<PodDisruptionBudget>(&ctx.client, &valid.namespace, &valid.name).await,
     }
     .map_err(ReconcileError::api("apply PodDisruptionBudget"))?;
     match &objects.network_policy {
-        Some(np) => apply(&ctx.client, np).await.map(|_| ()),
+        Some(np) => ctx.apply_child(np).await.map(|_| ()),
         None => {
             delete_if_exists::<NetworkPolicy>(&ctx.client, &valid.namespace, &peers_service_name(&valid.name)).await
         }

@@ -13,7 +13,7 @@ use super::status::{self, SeqClusterProblem};
 use super::validate::validate;
 use crate::context::{Context, ReconcileError, POLL_WHILE_PROGRESSING, RESYNC, WAIT_FOR_DEPENDENCY};
 use crate::crd::{SeqCluster, WorkDivider};
-use crate::ssa::{apply, apply_status};
+use crate::ssa::apply_status;
 
 /// Kind label for metrics and logs.
 pub const KIND: &str = "WorkDivider";
@@ -83,9 +83,9 @@ pub async fn reconcile(wd: Arc<WorkDivider>, ctx: Arc<Context>) -> Result<Action
         crate::seqcluster::validate::log_args(&sc.spec.logs, u32::try_from(sc.spec.replicas).unwrap_or(1))
     });
     let objects = build(&valid, &membership, &logs);
-    apply(&ctx.client, &objects.service).await.map_err(ReconcileError::api("apply Service"))?;
-    apply(&ctx.client, &objects.config_map).await.map_err(ReconcileError::api("apply ConfigMap"))?;
-    let sts = apply(&ctx.client, &objects.statefulset).await.map_err(ReconcileError::api("apply StatefulSet"))?;
+    ctx.apply_child(&objects.service).await.map_err(ReconcileError::api("apply Service"))?;
+    ctx.apply_child(&objects.config_map).await.map_err(ReconcileError::api("apply ConfigMap"))?;
+    let sts = ctx.apply_child(&objects.statefulset).await.map_err(ReconcileError::api("apply StatefulSet"))?;
 
     let reports = probe_pods(&ctx, &valid.namespace, &valid.name, valid.replicas).await;
     let counts = ordo_contract::status::DividerReport::merge(&reports);
