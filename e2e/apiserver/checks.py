@@ -305,6 +305,23 @@ def cmd_idle(a):
     ensure(len(other) <= max_other, f"{len(other)} object writes while idle (at most {max_other}): {other[:10]}")
 
 
+def cmd_unready(a):
+    """An object polled every few seconds because it is not ready re-sends none of its unchanged
+    children: only the peer-token Secret (not watched, always applied) may be written."""
+    start, end = parse_time(a.__dict__["from"]), parse_time(a.to)
+    mine = [w for w in operator_writes(a.audit, start, end) if f"/{a.name}" in w[3]]
+    children = [w for w in mine if w[0] not in ("secrets", "events") and w[1] != "status"]
+    secrets = [w for w in mine if w[0] == "secrets"]
+    print(
+        f"operator writes for {a.name} over {a.seconds:.0f}s while it is not ready: {len(mine)} in all; "
+        f"peer-token Secret {len(secrets)}, other children {len(children)}"
+    )
+    # The polls happened (the Secret is applied on each): otherwise the window proves nothing.
+    ensure(len(secrets) >= 2, f"only {len(secrets)} reconciles of {a.name} in {a.seconds}s: is it polled?")
+    # A resync of every child may fall in the window once; a poll re-sending them would be 5 each.
+    ensure(len(children) <= len(CHILD_KINDS), f"{len(children)} child writes while nothing changed: {children[:10]}")
+
+
 # --- PodDisruptionBudget ----------------------------------------------------------------------------
 def cmd_pdb(a):
     k = Kubectl(a.kubectl, a.namespace)
@@ -443,6 +460,7 @@ def main():
     add("columns", cmd_columns, kube + "crd+ object+")
     add("conditions", cmd_conditions, kube + "object+")
     add("idle", cmd_idle, "audit from to seconds:f lease-renew-seconds:f resync-objects:i")
+    add("unready", cmd_unready, "audit from to seconds:f name")
     add("pdb", cmd_pdb, kube + "name pods:i min-available:i timeout=60")
     add("standby", cmd_standby, "audit token-file from to")
     add("wrote", cmd_wrote, "audit token-file from resource")

@@ -18,6 +18,8 @@
 #      RBAC authorizer judges every request; the samples become Available
 #   4a children applied by field manager ordo-operator with controller owner references; status
 #      conditions and printer columns through kubectl get
+#   4e an unready SeqCluster (ledger, whose pods never answer /status) polled every 5 s writes
+#      only its peer-token Secret, not its unchanged children, from the audit log
 #   4b deleting a SeqCluster lets the garbage collector remove every child and its pods
 #   4c no hot loop: the operators' writes over an idle window, from the audit log
 #   5  SeqCluster 3 -> 5 -> 3 through the joint epochs with real sidecars; IDs keep increasing;
@@ -438,6 +440,17 @@ check_leader_failover() {
 }
 
 # ---------------------------------------------------------------------------------------------
+check_unready_quiet() {
+  # ledger's pods run under kwok and never answer /status: the operator polls it every 5 s.
+  [[ "$(kc -n "$ns" get seqc ledger -o jsonpath='{.status.readyMembers}')" != "5" ]] ||
+    fail "SeqCluster ledger is ready: this check needs an unready one"
+  local from to
+  from="$(now)"
+  sleep 20
+  to="$(now)"
+  py "$here/checks.py" unready --audit "$audit" --from "$from" --to "$to" --seconds 20 --name ledger
+}
+
 check_gc_ledger() {
   py "$here/checks.py" gc --kubectl "$KUBECTL" --namespace "$ns" --timeout "$wait_timeout" --delete SeqCluster/ledger
 }
@@ -462,6 +475,7 @@ check "1a helm install and upgrade: CRDs established, Deployment, RBAC, ServiceA
 check "2 samples: server-side dry run, apply, defaults, every CEL rule's rejection message" check_samples
 check "3 operator with the ServiceAccount token: RBAC allows every request it makes" check_operator_rbac
 check "4a reconcile: children by field manager ordo-operator, owner references, conditions, printer columns" check_reconcile
+check "4e an unready SeqCluster (ledger) polled every 5 s does not re-send unchanged children" check_unready_quiet
 check "4b delete SeqCluster ledger: the garbage collector removes every child (PDB, NetworkPolicy too)" check_gc_ledger
 check "4c no hot loop: operator writes over an idle ${idle_seconds}s window" check_idle
 check "5 scaling 3 -> 5 -> 3 through the joint epoch with real sidecars; PDB status" check_scaling
