@@ -173,9 +173,44 @@ pub struct QuorumStats {
     pub refills: f64,
     /// Batches of changes forwarded to another member's proposer.
     pub forwards: f64,
+    /// CPU time of the machine: busy and in all (every core), seconds, from `/proc/stat`.
+    pub machine_busy_secs: f64,
+    /// See `machine_busy_secs`.
+    pub machine_total_secs: f64,
+    /// CPU time of this benchmark process (the clients), seconds.
+    pub bench_cpu_secs: f64,
 }
 
+/// Clock ticks per second of `/proc` CPU times (USER_HZ, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
 impl QuorumStats {
+    /// Reads the machine's and this process's CPU times (zero where `/proc` is missing).
+    fn add_cpu(&mut self) {
+        if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
+            let ticks: Vec<f64> = stat
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|t| t.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal (guest time is inside user).
+            let total: f64 = ticks.iter().take(8).sum();
+            let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+            self.machine_busy_secs = (total - idle) / USER_HZ;
+            self.machine_total_secs = total / USER_HZ;
+        }
+        if let Ok(me) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name (which may hold spaces): utime and stime are the
+            // 12th and 13th.
+            let rest = me.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<f64> = rest.split_whitespace().filter_map(|t| t.parse().ok()).collect();
+            self.bench_cpu_secs = (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / USER_HZ;
+        }
+    }
+
     fn add_metrics(&mut self, text: &str) {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((name, value)) = line.rsplit_once(' ') else { continue };
@@ -206,6 +241,15 @@ impl QuorumStats {
             avg_batch: per_round(self.batched - before.batched),
             refills: self.refills - before.refills,
             forwards: self.forwards - before.forwards,
+            machine_busy: {
+                let total = self.machine_total_secs - before.machine_total_secs;
+                if total > 0.0 {
+                    (self.machine_busy_secs - before.machine_busy_secs) / total
+                } else {
+                    0.0
+                }
+            },
+            bench_cpu_secs: self.bench_cpu_secs - before.bench_cpu_secs,
         }
     }
 }
@@ -227,20 +271,26 @@ pub struct QuorumDelta {
     pub refills: f64,
     /// Batches forwarded to another member's proposer.
     pub forwards: f64,
+    /// Fraction of the machine's CPU (all cores) busy meanwhile, whoever used it.
+    pub machine_busy: f64,
+    /// CPU seconds the benchmark process (the clients) used meanwhile.
+    pub bench_cpu_secs: f64,
 }
 
 impl std::fmt::Display for QuorumDelta {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "quorum: {:.0} rounds ok, {:.0} failed, {:.0} conflicts, {:.2} ms/round, {:.1} changes/round, {:.0} refills, {:.0} forwards",
+            "quorum: {:.0} rounds ok, {:.0} failed, {:.0} conflicts, {:.2} ms/round, {:.1} changes/round, {:.0} refills, {:.0} forwards; machine CPU {:.0}% busy, clients {:.2} CPU s",
             self.rounds_ok,
             self.rounds_failed,
             self.conflicts,
             self.avg_round_ms,
             self.avg_batch,
             self.refills,
-            self.forwards
+            self.forwards,
+            self.machine_busy * 100.0,
+            self.bench_cpu_secs
         )
     }
 }
@@ -278,5 +328,6 @@ pub async fn quorum_stats_of(admin: &[String]) -> QuorumStats {
     for text in metrics_of(admin).await {
         s.add_metrics(&text);
     }
+    s.add_cpu();
     s
 }

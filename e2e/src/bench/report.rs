@@ -219,13 +219,13 @@ impl Report {
             );
         }
         let _ = writeln!(s, "\n## Quorum activity behind the Ordo rows (all members, from `/metrics`)\n");
-        let _ = writeln!(s, "| system | range | clients | IDs/s | rounds ok | failed | conflicts | ms/round | changes/round | buffer refills |");
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "| system | range | clients | IDs/s | rounds ok | failed | conflicts | ms/round | changes/round | buffer refills | machine CPU busy | clients' CPU s |");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &self.rows {
             if let Some(q) = &r.quorum {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {:.0} |",
+                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {:.0} | {:.0}% | {:.2} |",
                     r.system,
                     r.range,
                     r.clients,
@@ -235,7 +235,9 @@ impl Report {
                     q.conflicts,
                     q.avg_round_ms,
                     q.avg_batch,
-                    q.refills
+                    q.refills,
+                    q.machine_busy * 100.0,
+                    q.bench_cpu_secs
                 );
             }
         }
