@@ -1,11 +1,18 @@
 //! The replica side of every stream on this member: the rules a replica follows (refuse older
 //! epochs, accept only entries that continue the primary's log, cut a conflicting suffix) and
 //! one writer thread that applies every operation in arrival order and **group-commits**: it
-//! takes everything queued while the disk was busy, writes it, `fdatasync`s each touched
-//! segment once (the segments side by side, on sync threads), and only then replies, after
-//! every sync of the commit succeeded. A batch is never acknowledged before it is durable
-//! (test: `a_write_is_answered_only_after_its_sync`, verified to fail when a commit does not
-//! wait for its syncs; `answers_keep_the_order_of_the_operations`).
+//! takes everything queued since the last commit, writes it, starts one `fdatasync` per touched
+//! segment (side by side, on sync threads) and hands the commit to a committer thread, which
+//! replies once every sync of the commit succeeded, commits in order; meanwhile the writer
+//! applies the next commit (at most `COMMITS_IN_FLIGHT`). An operation is applied only after
+//! every earlier one and answered only after every earlier answer, so a seal still answers
+//! after the writes it follows are durable. A batch is never acknowledged before it is durable
+//! (tests: `a_write_is_answered_only_after_its_sync`, verified to fail when a commit does not
+//! wait for its syncs; `a_pipelined_commit_is_answered_only_after_its_syncs`, verified to fail
+//! when the committer answers before the syncs finish; `answers_keep_the_order_of_the_operations`).
+//! A rebuilt replica syncs every file of the stream before it drops its rebuilding marker (an
+//! earlier commit's syncs may still be running; not caught by a test: it needs a crash between
+//! two commits).
 //!
 //! Trimming is physical here: every write and seal from a primary carries the stream's trim
 //! point, and the replica deletes the segment files wholly below it (never the active one),
