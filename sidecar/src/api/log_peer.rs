@@ -19,7 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::peer::{AuthHeader, GrpcPeers};
-use crate::log::primary::{local_link, LogPeers, ReplicaLink, ReplicateAck, ReplicateMsg};
+use crate::log::primary::{LogPeers, ReplicaLink, ReplicateAck, ReplicateMsg};
 use crate::log::router::{validate_stream, LogRouter, RemotePrimaries};
 use crate::log::store::{AppendReply, FetchReply, ReplicaStore, SealReply};
 use crate::log::{AppendResult, AppendResultTx, Batch, EpochStart, Fence, LogEntry, LogError};
@@ -29,6 +29,9 @@ use crate::node::Node;
 const MAX_MESSAGE: usize = 64 << 20;
 /// Batches forwarded to one primary and not yet answered, per forwarding stream.
 const FORWARD_WINDOW: usize = 64;
+/// Replication writes a replica link has queued on the store and not yet answered (the
+/// primary keeps at most 16 messages in flight per replica).
+const REPLICA_PENDING: usize = 32;
 
 /// The log router as the gRPC services see it.
 pub type Router = LogRouter<GrpcPeers, GrpcLogPeers>;
@@ -224,10 +227,14 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
         let store = self.store.clone();
         let (out_tx, out_rx) = mpsc::channel::<Result<pb::ReplicateResponse, Status>>(64);
         tokio::spawn(async move {
-            let mut link: Option<(String, ReplicaLink)> = None;
+            // One task per link: writes go straight to the store's queue and their answers are
+            // awaited here, in order (two tasks and two channels in between cost a wake-up each
+            // per message on a busy machine). At most `REPLICA_PENDING` writes wait at once.
+            let mut stream: Option<String> = None;
+            let mut pending = futures::stream::FuturesOrdered::new();
             loop {
                 tokio::select! {
-                    msg = inbound.next() => {
+                    msg = inbound.next(), if pending.len() < REPLICA_PENDING => {
                         let m = match msg {
                             Some(Ok(m)) => m,
                             _ => return,
@@ -236,11 +243,11 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
                             let _ = out_tx.send(Err(log_status(e))).await;
                             return;
                         }
-                        if link.as_ref().is_some_and(|(s, _)| *s != m.stream) {
+                        if stream.as_ref().is_some_and(|s| *s != m.stream) {
                             let _ = out_tx.send(Err(Status::invalid_argument("one replication stream per log stream"))).await;
                             return;
                         }
-                        let (_, l) = link.get_or_insert_with(|| (m.stream.clone(), local_link(store.clone(), m.stream.clone())));
+                        let name = stream.get_or_insert_with(|| m.stream.clone());
                         let msg = ReplicateMsg {
                             epoch: m.epoch,
                             prev_lsn: m.prev_lsn,
@@ -251,21 +258,22 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
                             first_lsn: m.first_lsn,
                             reset: m.reset,
                         };
-                        if l.tx.send(msg).await.is_err() {
-                            return;
-                        }
+                        let prev_lsn = msg.prev_lsn;
+                        let answer = store.write_queued(name, msg.into_write());
+                        pending.push_back(async move { (prev_lsn, answer.await) });
                     }
-                    ack = async { match link.as_mut() { Some((_, l)) => l.rx.recv().await, None => std::future::pending().await } } => {
-                        let Some(ack) = ack else { return };
+                    Some((prev_lsn, answer)) = pending.next() => {
+                        // The store closed (the sidecar is stopping): the primary sees the link break.
+                        let Ok(Ok(reply)) = answer else { return };
                         use pb::replicate_response::Result as R;
-                        let result = match ack.reply {
+                        let result = match reply {
                             AppendReply::Durable(l) => R::DurableLsn(l),
                             AppendReply::Sealed(e) => R::SealedEpoch(e),
                             AppendReply::Diverged { last_lsn, epochs, base_lsn } => {
                                 R::Diverged(pb::Divergence { last_lsn, epochs: epochs_to_pb(epochs), base_lsn })
                             }
                         };
-                        let resp = pb::ReplicateResponse { prev_lsn: ack.prev_lsn, result: Some(result) };
+                        let resp = pb::ReplicateResponse { prev_lsn, result: Some(result) };
                         if out_tx.send(Ok(resp)).await.is_err() {
                             return;
                         }

@@ -40,7 +40,8 @@
 //! AQ replicas (the primary's own disk counting as one) answered durably up to `x`; everything
 //! before it is committed with it. Replicas `fdatasync` before answering, and one writer thread
 //! per member groups the fsyncs of all streams and batches that arrive while the disk is busy
-//! (one `fdatasync` per touched segment, the segments' side by side on sync threads).
+//! (one `fdatasync` per touched segment, the segments' side by side on sync threads, while the
+//! writer applies the next group).
 //!
 //! # Guarantees, why they hold, and the tests that catch their violation
 //!

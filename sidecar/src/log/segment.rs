@@ -594,6 +594,19 @@ impl Segment {
         self.prepare_sync()?.run()
     }
 
+    /// Makes every record in every file durable, also those whose syncs an earlier group
+    /// commit still runs ([`Segment::prepare_sync`] handed them out): for a fact that needs the
+    /// whole log on disk, such as the end of a rebuild.
+    pub fn sync_every_file(&mut self) -> Result<(), SegmentError> {
+        self.flush_pending()?;
+        self.unsynced.clear();
+        for f in &self.files {
+            f.file.sync_data().map_err(io(&f.path))?;
+        }
+        self.dir_changed = false;
+        sync_dir(&self.dir)
+    }
+
     /// Writes what is pending and returns the `fdatasync`s that make every write so far
     /// durable, detached from the segment so that a group commit runs the syncs of many
     /// segments side by side ([`super::store`]). Until the returned job ran without error,

@@ -1,11 +1,18 @@
 //! The replica side of every stream on this member: the rules a replica follows (refuse older
 //! epochs, accept only entries that continue the primary's log, cut a conflicting suffix) and
 //! one writer thread that applies every operation in arrival order and **group-commits**: it
-//! takes everything queued while the disk was busy, writes it, `fdatasync`s each touched
-//! segment once (the segments side by side, on sync threads), and only then replies, after
-//! every sync of the commit succeeded. A batch is never acknowledged before it is durable
-//! (test: `a_write_is_answered_only_after_its_sync`, verified to fail when a commit does not
-//! wait for its syncs; `answers_keep_the_order_of_the_operations`).
+//! takes everything queued since the last commit, writes it, starts one `fdatasync` per touched
+//! segment (side by side, on sync threads) and hands the commit to a committer thread, which
+//! replies once every sync of the commit succeeded, commits in order; meanwhile the writer
+//! applies the next commit (at most `COMMITS_IN_FLIGHT`). An operation is applied only after
+//! every earlier one and answered only after every earlier answer, so a seal still answers
+//! after the writes it follows are durable. A batch is never acknowledged before it is durable
+//! (tests: `a_write_is_answered_only_after_its_sync`, verified to fail when a commit does not
+//! wait for its syncs; `a_pipelined_commit_is_answered_only_after_its_syncs`, verified to fail
+//! when the committer answers before the syncs finish; `answers_keep_the_order_of_the_operations`).
+//! A rebuilt replica syncs every file of the stream before it drops its rebuilding marker (an
+//! earlier commit's syncs may still be running; not caught by a test: it needs a crash between
+//! two commits).
 //!
 //! Trimming is physical here: every write and seal from a primary carries the stream's trim
 //! point, and the replica deletes the segment files wholly below it (never the active one),
@@ -316,8 +323,8 @@ struct Writer {
 
 type Reply = Box<dyn FnOnce(bool) + Send>;
 
-/// How many `fdatasync`s of one group commit run at once (the writer and `SYNC_WAYS - 1` sync
-/// threads, each syncing its share of the segments one after the other). Measured on the
+/// How many `fdatasync`s of one group commit run at once (`SYNC_WAYS` sync threads, each
+/// syncing its share of the segments one after the other). Measured on the
 /// benchmark machine with 16 files: one after the other 5.7-12 ms (median), 4 at once 3.9-6.4
 /// ms, 16 at once 5.8-6.3 ms; more threads only add wake-ups, which cost most on a busy machine.
 const SYNC_WAYS: usize = 4;
@@ -357,46 +364,35 @@ impl SyncPool {
 
     /// Runs every job, [`SYNC_WAYS`] at a time, and returns the first error (after every job
     /// finished).
+    #[cfg(test)]
     fn run_all(&mut self, jobs: Vec<Job>) -> Result<(), SegmentError> {
+        self.start(jobs).wait()
+    }
+
+    /// Starts every job on the sync threads, [`SYNC_WAYS`] at a time; [`Syncing::wait`]
+    /// returns once all finished.
+    fn start(&mut self, jobs: Vec<Job>) -> Syncing {
         let ways = jobs.len().min(SYNC_WAYS);
         let mut shares: Vec<Vec<Job>> = (0..ways).map(|_| Vec::new()).collect();
         for (i, job) in jobs.into_iter().enumerate() {
             shares[i % ways].push(job);
         }
-        let mut jobs: Vec<Job> = shares.into_iter().map(|share| Box::new(move || in_turn(share)) as Job).collect();
-        let Some(mine) = jobs.pop() else { return Ok(()) };
-        self.grow(jobs.len());
+        self.grow(ways);
         let (done_tx, done) = std_mpsc::channel();
-        let mut sent = 0;
-        let mut first_err = None;
-        for job in jobs {
+        let mut syncing = Syncing { done, sent: 0, first_err: None };
+        for share in shares {
+            let job = Box::new(move || in_turn(share)) as Job;
             match self.jobs.send((job, done_tx.clone())) {
-                Ok(()) => sent += 1,
+                Ok(()) => syncing.sent += 1,
                 // No sync thread could start (see `grow`): run it here.
                 Err(std_mpsc::SendError((job, _))) => {
                     if let Err(e) = job() {
-                        first_err.get_or_insert(e);
+                        syncing.first_err.get_or_insert(e);
                     }
                 }
             }
         }
-        drop(done_tx);
-        if let Err(e) = mine() {
-            first_err.get_or_insert(e);
-        }
-        for _ in 0..sent {
-            match done.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    first_err.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_err.get_or_insert(SegmentError::Invalid("a sync thread died".into()));
-                    break;
-                }
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        syncing
     }
 
     /// Starts sync threads until `want` run (a thread that cannot start leaves the work to the
@@ -426,9 +422,93 @@ impl SyncPool {
     }
 }
 
+/// The syncs of one group commit, started by [`SyncPool::start`].
+struct Syncing {
+    done: std_mpsc::Receiver<Result<(), SegmentError>>,
+    sent: usize,
+    first_err: Option<SegmentError>,
+}
+
+impl Syncing {
+    /// Waits for every sync and returns the first error.
+    fn wait(mut self) -> Result<(), SegmentError> {
+        for _ in 0..self.sent {
+            match self.done.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    self.first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    self.first_err.get_or_insert(SegmentError::Invalid("a sync thread died".into()));
+                    break;
+                }
+            }
+        }
+        self.first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Group commits whose syncs may run while the writer applies the next ones. Without it, a
+/// write that arrived while a commit's `fdatasync`s ran waited for them and then for its own;
+/// with it, the next commit's syncs start at once (the disk and the filesystem join concurrent
+/// `fdatasync`s), so a write waits for about one sync.
+const COMMITS_IN_FLIGHT: usize = 2;
+
+/// A group commit handed to the committer thread: its answers go out, in commit order, once its
+/// syncs (and every earlier commit's) succeeded.
+struct Commit {
+    syncing: Result<Syncing, SegmentError>,
+    replies: Vec<Reply>,
+    started: Instant,
+    syncs_started: Instant,
+    segments: usize,
+    queued: Vec<Instant>,
+    metrics: LogMetrics,
+}
+
+impl Commit {
+    /// Waits for the syncs, then answers; exits the process when one failed.
+    fn finish(self) {
+        let synced = self.syncing.and_then(Syncing::wait);
+        let sync_seconds = self.syncs_started.elapsed().as_secs_f64();
+        let ok = match synced {
+            Ok(()) => true,
+            Err(e) => {
+                // Data the kernel failed to write may be lost: do not acknowledge anything, and
+                // stop (as the register store does) rather than go on with a file whose
+                // contents are unknown.
+                tracing::error!(error = %e, "fdatasync of a log segment failed; exiting");
+                false
+            }
+        };
+        for r in self.replies {
+            r(ok);
+        }
+        if !ok {
+            std::process::exit(70);
+        }
+        if self.segments > 0 {
+            self.metrics.commit_seconds.observe(self.started.elapsed().as_secs_f64());
+            self.metrics.sync_seconds.observe(sync_seconds);
+            self.metrics.commit_segments.observe(self.segments as f64);
+        }
+        for q in self.queued {
+            self.metrics.write_seconds.observe(q.elapsed().as_secs_f64());
+        }
+    }
+}
+
 impl Writer {
     fn run(mut self, rx: std_mpsc::Receiver<Op>) {
         let mut pool = SyncPool::new();
+        let (commits, to_finish) = std_mpsc::sync_channel::<Commit>(COMMITS_IN_FLIGHT - 1);
+        let committer = std::thread::Builder::new().name("ordo-log-commit".into()).spawn(move || {
+            while let Ok(c) = to_finish.recv() {
+                c.finish();
+            }
+        });
+        // Without a committer thread, each commit finishes before the next one starts.
+        let mut commits = committer.is_ok().then_some(commits);
         while let Ok(first) = rx.recv() {
             let mut ops = vec![first];
             while let Ok(op) = rx.try_recv() {
@@ -452,37 +532,27 @@ impl Writer {
                 }
             }
             let segments = jobs.len();
-            let syncing = Instant::now();
-            if synced.is_ok() {
-                synced = pool.run_all(jobs);
-            }
-            let sync_seconds = syncing.elapsed().as_secs_f64();
-            let ok = match synced {
-                Ok(()) => true,
-                Err(e) => {
-                    // Data the kernel failed to write may be lost: do not acknowledge
-                    // anything, and stop (as the register store does) rather than go on
-                    // with a file whose contents are unknown.
-                    tracing::error!(error = %e, "fdatasync of a log segment failed; exiting");
-                    false
-                }
+            let commit = Commit {
+                syncs_started: Instant::now(),
+                syncing: synced.map(|()| pool.start(jobs)),
+                replies,
+                started,
+                segments,
+                queued,
+                metrics: self.metrics.clone(),
             };
-            for r in replies {
-                r(ok);
-            }
-            if !ok {
-                std::process::exit(70);
+            // Answers leave in commit order: the committer finishes commits one after the other.
+            let unsent = match &commits {
+                Some(tx) => tx.send(commit).err().map(|std_mpsc::SendError(c)| c),
+                None => Some(commit),
+            };
+            if let Some(commit) = unsent {
+                // No committer (it could not start or is gone): finish here, in order.
+                commits = None;
+                commit.finish();
             }
             if self.closed {
                 return;
-            }
-            if segments > 0 {
-                self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-                self.metrics.sync_seconds.observe(sync_seconds);
-                self.metrics.commit_segments.observe(segments as f64);
-            }
-            for q in queued {
-                self.metrics.write_seconds.observe(q.elapsed().as_secs_f64());
             }
         }
     }
@@ -659,8 +729,9 @@ fn apply_write(seg: &mut Segment, w: ReplicaWrite, metrics: &LogMetrics) -> Resu
         trim(seg, first_lsn, metrics)?;
         if seg.rebuilding() && lsn >= complete_through {
             // It holds the primary's log through a commit point that covers everything any
-            // earlier epoch acknowledged: it counts again (entries synced before the marker goes).
-            seg.sync().map_err(|e| StoreError::Invalid(e.to_string()))?;
+            // earlier epoch acknowledged: it counts again (entries synced before the marker goes,
+            // also those an earlier group commit is still syncing).
+            seg.sync_every_file().map_err(|e| StoreError::Invalid(e.to_string()))?;
             seg.finish_rebuild().map_err(|e| StoreError::Invalid(e.to_string()))?;
         }
         Ok(AppendReply::Durable(lsn))
@@ -727,7 +798,43 @@ mod tests {
             .collect();
         assert!(pool.run_all(jobs).is_err(), "a failed sync must fail the commit");
         assert_eq!(done.load(Ordering::SeqCst), 8);
-        assert!(pool.threads < SYNC_WAYS);
+        assert!(pool.threads <= SYNC_WAYS);
+    }
+
+    /// A commit handed to the committer answers only once its syncs finished, even while the
+    /// writer goes on with the next commit, and not at all when a sync failed.
+    #[test]
+    fn a_pipelined_commit_is_answered_only_after_its_syncs() {
+        let mut pool = SyncPool::new();
+        let (release, gate) = std_mpsc::channel::<()>();
+        let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let job: Job = {
+            let synced = synced.clone();
+            Box::new(move || {
+                gate.recv().expect("released");
+                synced.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            })
+        };
+        let (answered_tx, answered) = std_mpsc::channel();
+        let commit = Commit {
+            syncing: Ok(pool.start(vec![job])),
+            replies: vec![Box::new(move |ok| answered_tx.send(ok).expect("test waits"))],
+            started: Instant::now(),
+            syncs_started: Instant::now(),
+            segments: 1,
+            queued: Vec::new(),
+            metrics: LogMetrics::default(),
+        };
+        let committer = std::thread::spawn(move || commit.finish());
+        assert!(
+            answered.recv_timeout(std::time::Duration::from_millis(200)).is_err(),
+            "answered before its sync finished"
+        );
+        release.send(()).unwrap();
+        assert_eq!(answered.recv_timeout(std::time::Duration::from_secs(10)), Ok(true));
+        assert!(synced.load(std::sync::atomic::Ordering::SeqCst));
+        committer.join().unwrap();
     }
 
     /// Writes to many streams, queued in one order, are answered in that order across
