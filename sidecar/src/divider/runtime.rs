@@ -340,6 +340,9 @@ struct Release {
     done: bool,
 }
 
+/// A claim to make: (member, session, key).
+type Claim = (String, String, String);
+
 /// Member records by id: (version, record).
 type Records = BTreeMap<String, (u64, MemberRecord)>;
 
@@ -952,11 +955,11 @@ impl<P: Peers> Divider<P> {
         let budget = Instant::now() + self.settings.tick();
         // One compare-and-set per bucket takes every key of the bucket this sidecar claims. The
         // buckets go in a random order, so two claimers rarely meet on one bucket at once.
-        let mut claim_buckets: BTreeMap<u32, Vec<(String, String, String)>> = BTreeMap::new();
+        let mut claim_buckets: BTreeMap<u32, Vec<Claim>> = BTreeMap::new();
         for c in claims {
             claim_buckets.entry(owner_bucket(&c.2)).or_default().push(c);
         }
-        let mut claim_buckets: Vec<(u64, u32, Vec<(String, String, String)>)> =
+        let mut claim_buckets: Vec<(u64, u32, Vec<Claim>)> =
             claim_buckets.into_iter().map(|(b, group)| (rand::random::<u64>(), b, group)).collect();
         claim_buckets.sort_unstable_by_key(|(order, b, _)| (*order, *b));
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1056,7 +1059,7 @@ impl<P: Peers> Divider<P> {
         records: &Records,
         table: &AssignmentTable,
         bucket: u32,
-        claims: &[(String, String, String)],
+        claims: &[Claim],
     ) -> Result<Vec<(String, String, String, u64)>, DividerError> {
         let mut current = self.registers.read(&self.layout.owners(bucket)).await?;
         // Sessions a fresh read (made after a read of this bucket) found live: skipped.
