@@ -247,6 +247,20 @@ fn run_app(mut m: ordo_client::divider::Membership, owners: Owners, times: Share
                 Err(_) => break,
             }
         }
+        // The stream ended (the sidecar went away, e.g. at the end of a planned leave, possibly
+        // with Stops the app had not read yet): the app stops every key it still works on now,
+        // which is when their unowned gap starts.
+        let now = Instant::now();
+        let mut o = owners.lock().expect("owners");
+        let mut t = times.lock().expect("times");
+        o.retain(|k, m| {
+            if *m == me {
+                t.stop.insert(k.clone(), now);
+                false
+            } else {
+                true
+            }
+        });
     })
 }
 
@@ -379,6 +393,12 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
         })
         .await?;
         let all_moved = term.elapsed();
+        // The leaving app reads its Stops one by one (confirming each); a slow app may still be
+        // reading them when a key's new owner starts it (a Stop it did not confirm in time
+        // timed out, and the key moved). Wait until it has read its stream to the end.
+        if let Some(task) = sessions.last_mut() {
+            let _ = tokio::time::timeout(limit(n), task).await;
+        }
         let t = times.lock().expect("times");
         let mut worst = Duration::ZERO;
         for k in &moving {

@@ -5,7 +5,7 @@
 //!   start(key, token) -> Owned --stop(reason)--> Stopping --confirm(token)------> Releasing
 //!                          |                        `--deadline passed (TIMEOUT)--^   |
 //!                          `--release(token) by the app -------------------------^   |
-//!                                                   release written to owner/K --> gone
+//!                                                   release written to its bucket --> gone
 //! ```
 //!
 //! A key leaves `Owned`/`Stopping` only by the app's confirm or release with the right token, or

@@ -36,9 +36,13 @@ impl Layout {
     pub fn members_prefix(&self) -> String {
         format!("{}members/", self.base)
     }
-    /// `divider/D/owner/K`.
-    pub fn owner(&self, key: &str) -> String {
-        format!("{}owner/{key}", self.base)
+    /// `divider/D/owners/N`: the owner records of the keys of bucket `N` ([`owner_bucket`]).
+    pub fn owners(&self, bucket: u32) -> String {
+        format!("{}owners/{bucket}", self.base)
+    }
+    /// The bucket register holding `key`'s owner record.
+    pub fn owners_of(&self, key: &str) -> String {
+        self.owners(owner_bucket(key))
     }
     /// `divider/D/keys/K` (a key added at run time).
     pub fn added(&self, key: &str) -> String {
@@ -73,9 +77,19 @@ impl Layout {
     /// parts are names, so it fits in a register name.
     pub fn check_key(&self, key: &str) -> Result<(), String> {
         validate_work_key(key).map_err(|e| format!("key {key:?}: {e}"))?;
-        validate_register_key(&self.owner(key))
+        validate_register_key(&self.added(key))
             .map_err(|_| format!("key {key:?}: every `/`-separated part must start with a letter or digit"))
     }
+}
+
+/// Number of owner buckets of a divider: every sidecar must agree on it (it is part of the
+/// register layout). 256 buckets keep a bucket of a 100k-key divider at about 400 records
+/// (~10 KB), and a dead member's keys are claimed in at most 256 writes per claimer.
+pub const OWNER_BUCKETS: u32 = 256;
+
+/// The owner bucket of `key` (a stable hash, the same on every sidecar and version).
+pub fn owner_bucket(key: &str) -> u32 {
+    (ordo_contract::assign::hash_bytes(key.as_bytes()) % u64::from(OWNER_BUCKETS)) as u32
 }
 
 /// State of a member session.
@@ -109,7 +123,7 @@ pub struct MemberRecord {
     pub lease_ms: u64,
     /// See `lease_ms`.
     pub margin_ms: u64,
-    /// Releases of `owner/K` this session has written so far (0 in formats `m1`, `m2`). Only a
+    /// Owner records this session has released so far (0 in formats `m1`, `m2`). Only a
     /// hint for claimers: a claim that found a key owned by this live session waits until the
     /// count moves rather than retrying every pass (no safety rests on it).
     pub released: u64,
@@ -124,7 +138,7 @@ pub enum OwnerState {
     Released,
 }
 
-/// `divider/D/owner/K`.
+/// The owner record of one key, inside its bucket ([`OwnerBucket`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnerRecord {
     /// Member id.
@@ -133,8 +147,17 @@ pub struct OwnerRecord {
     pub session: String,
     /// Owned or released.
     pub state: OwnerState,
-    /// Token of the ownership this record is about (0 while owned: the version is the token).
+    /// Token of the ownership this record is about: the bucket's version written by the claim
+    /// that made this owner.
     pub token: u64,
+}
+
+/// `divider/D/owners/N`: the owner records of the keys of bucket `N`, by key. A key without a
+/// record was never owned (or its released record was pruned after the key left the key set).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnerBucket {
+    /// Owner record of each key.
+    pub owners: std::collections::BTreeMap<String, OwnerRecord>,
 }
 
 /// A record that does not decode.
@@ -229,26 +252,62 @@ impl MemberRecord {
     }
 }
 
-impl OwnerRecord {
-    /// Encoded form.
+impl OwnerBucket {
+    /// Encoded form: `b1`, then one line per `(member, session)` named (`s MEMBER SESSION`),
+    /// then one per key (`k KEY SESSION_INDEX o|r TOKEN`), so a session shared by hundreds of
+    /// keys is written once.
     pub fn encode(&self) -> Vec<u8> {
-        let state = match self.state {
-            OwnerState::Owned => "owned",
-            OwnerState::Released => "released",
-        };
-        format!("o1\n{}\n{}\n{state}\n{}", self.member, self.session, self.token).into_bytes()
+        let mut sessions: std::collections::BTreeMap<(&str, &str), usize> = std::collections::BTreeMap::new();
+        let mut head = String::from("b1");
+        let mut body = String::new();
+        for (key, r) in &self.owners {
+            let next = sessions.len();
+            let i = *sessions.entry((r.member.as_str(), r.session.as_str())).or_insert_with(|| {
+                head.push_str(&format!("\ns {} {}", r.member, r.session));
+                next
+            });
+            let state = match r.state {
+                OwnerState::Owned => 'o',
+                OwnerState::Released => 'r',
+            };
+            body.push_str(&format!("\nk {key} {i} {state} {}", r.token));
+        }
+        head.push_str(&body);
+        head.into_bytes()
     }
 
-    /// Decodes [`OwnerRecord::encode`]'s output.
+    /// Decodes [`OwnerBucket::encode`]'s output.
     pub fn decode(raw: &[u8]) -> Result<Self, RecordError> {
-        let f = fields(raw, "o1", 5)?;
-        let state = match f[3].as_str() {
-            "owned" => OwnerState::Owned,
-            "released" => OwnerState::Released,
-            s => return Err(RecordError(format!("owner state {s:?}"))),
-        };
-        let token = f[4].parse().map_err(|_| RecordError(format!("token {:?}", f[4])))?;
-        Ok(Self { member: f[1].clone(), session: f[2].clone(), state, token })
+        let text = std::str::from_utf8(raw).map_err(|_| RecordError("not UTF-8".into()))?;
+        let mut lines = text.split('\n');
+        if lines.next() != Some("b1") {
+            return Err(RecordError("owner bucket: expected tag b1".into()));
+        }
+        let bad = |l: &str| RecordError(format!("owner bucket line {l:?}"));
+        let mut sessions: Vec<(String, String)> = Vec::new();
+        let mut owners = std::collections::BTreeMap::new();
+        for line in lines {
+            let f: Vec<&str> = line.split(' ').collect();
+            match f.as_slice() {
+                ["s", member, session] => sessions.push((member.to_string(), session.to_string())),
+                ["k", key, i, state, token] => {
+                    let (member, session) =
+                        i.parse::<usize>().ok().and_then(|i| sessions.get(i)).ok_or_else(|| bad(line))?;
+                    let state = match *state {
+                        "o" => OwnerState::Owned,
+                        "r" => OwnerState::Released,
+                        _ => return Err(bad(line)),
+                    };
+                    let token = token.parse().map_err(|_| bad(line))?;
+                    let rec = OwnerRecord { member: member.clone(), session: session.clone(), state, token };
+                    if owners.insert(key.to_string(), rec).is_some() {
+                        return Err(bad(line));
+                    }
+                }
+                _ => return Err(bad(line)),
+            }
+        }
+        Ok(Self { owners })
     }
 }
 
@@ -302,11 +361,31 @@ mod tests {
         // A record written before the timing was recorded still reads, with no timing.
         let old = MemberRecord::decode(b"m1\ns1\nlive\n7\n4\n10.0.0.1:80").unwrap();
         assert_eq!((old.lease_ms, old.margin_ms, old.address.as_str()), (0, 0, "10.0.0.1:80"));
-        let o = OwnerRecord { member: "a".into(), session: "s".into(), state: OwnerState::Released, token: 9 };
-        assert_eq!(OwnerRecord::decode(&o.encode()).unwrap(), o);
+        let rec = |m: &str, s: &str, state, token| OwnerRecord { member: m.into(), session: s.into(), state, token };
+        let mut b = OwnerBucket::default();
+        b.owners.insert("k1".into(), rec("a", "s1", OwnerState::Owned, 9));
+        b.owners.insert("k2".into(), rec("b", "s2", OwnerState::Released, 4));
+        b.owners.insert("eu/k3".into(), rec("a", "s1", OwnerState::Owned, 7));
+        assert_eq!(OwnerBucket::decode(&b.encode()).unwrap(), b);
+        assert_eq!(OwnerBucket::decode(b"b1").unwrap(), OwnerBucket::default());
         assert!(MemberRecord::decode(b"m1\ns\nzombie\n1\n0\n").is_err());
-        assert!(OwnerRecord::decode(b"x").is_err());
-        assert!(OwnerRecord::decode(&[0xff, 0xfe]).is_err());
+        for bad in
+            [&b"x"[..], &[0xff, 0xfe], b"b1\nk k1 0 o 1", b"b1\ns a s\nk k1 0 x 1", b"b1\ns a s\nk k 0 o 1\nk k 0 o 2"]
+        {
+            assert!(OwnerBucket::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn buckets_are_stable_and_spread_keys() {
+        // Part of the register layout: a change would split one key's records over two buckets.
+        assert_eq!(owner_bucket("k-000000"), owner_bucket("k-000000"));
+        let mut count = vec![0u32; OWNER_BUCKETS as usize];
+        for i in 0..100_000 {
+            count[owner_bucket(&format!("k-{i:06}")) as usize] += 1;
+        }
+        let (lo, hi) = (count.iter().min().unwrap(), count.iter().max().unwrap());
+        assert!(*lo > 300 && *hi < 500, "bucket sizes {lo}..{hi} at 100k keys");
     }
 
     #[test]

@@ -28,7 +28,9 @@ use super::handoff::{HandoffError, Holdings, StopReason};
 use super::keys::{check_batch, key_set, static_keys};
 use super::lease::{HolderLease, LeaseTiming, Observed};
 use super::metrics::DividerMetrics;
-use super::records::{check_address, Layout, MemberRecord, MemberState, OwnerRecord, OwnerState};
+use super::records::{
+    check_address, owner_bucket, Layout, MemberRecord, MemberState, OwnerBucket, OwnerRecord, OwnerState,
+};
 use super::table::{AssignmentTable, TableMember};
 use crate::quorum::register::{Entry, RegisterError, Registers, Written, MAX_PAGE};
 use crate::quorum::transport::Peers;
@@ -36,16 +38,17 @@ use ordo_contract::validate::validate_name;
 
 /// Register calls one tick runs at once (member reads, key changes).
 const PARALLEL: usize = 32;
-/// Claims and releases in flight at once: each is one or two rounds of its own register, so
-/// the quorum runs them side by side: their Prepares and Accepts travel to each member in
-/// bundles ([`crate::quorum::bundle`]) and its acceptors group-commit them. 128 -> 512 took the
-/// claims of 3,325 keys from 1.0-1.6 s to 0.45-0.7 s (release, loaded 2-core machine).
+/// Owner buckets claimed (or released) in at once: each is a read and a compare-and-set of its
+/// own bucket register, so the quorum runs them side by side (their Prepares and Accepts travel
+/// to each member in bundles, [`crate::quorum::bundle`], and its acceptors group-commit them).
+/// At least [`super::records::OWNER_BUCKETS`]: a pass then writes every bucket at once.
 const CLAIM_PARALLEL: usize = 512;
+/// Compare-and-set attempts of one bucket in one pass (a conflict with another claimer or a
+/// release retries on the value the conflict reply carries; what is left waits for the next
+/// pass).
+const BUCKET_ATTEMPTS: usize = 4;
 /// Most sessions remembered as dead (see [`DeadSessions`]).
 const MAX_DEAD: usize = 4096;
-/// Sessions most recently found dead whose owner records a claim may replace without reading
-/// them first (see [`DeadSessions::replaceable`]).
-const MAX_RECENT_DEAD: usize = 8;
 /// Most dividers one sidecar serves (each has a loop and a table).
 pub const MAX_DIVIDERS: usize = 64;
 /// Most claims applied at once (the rest keep landing meanwhile).
@@ -327,6 +330,19 @@ impl Session {
 }
 
 type Sessions = BTreeMap<String, Session>;
+/// A release the handoff loop writes: the owner record of `key` at `token` becomes `released`
+/// (and the key leaves the key set first when `done`).
+struct Release {
+    member: String,
+    session: String,
+    key: String,
+    token: u64,
+    done: bool,
+}
+
+/// A claim to make: (member, session, key).
+type Claim = (String, String, String);
+
 /// Member records by id: (version, record).
 type Records = BTreeMap<String, (u64, MemberRecord)>;
 
@@ -357,9 +373,6 @@ struct ViewState {
 struct DeadSessions {
     set: HashSet<String>,
     order: VecDeque<String>,
-    /// The last [`MAX_RECENT_DEAD`] sessions found dead, with their member: the keys of a
-    /// member that just died are claimed by replacing its owner records ([`Self::replaceable`]).
-    recent: VecDeque<(String, String)>,
 }
 
 impl DeadSessions {
@@ -374,29 +387,6 @@ impl DeadSessions {
             }
         }
         true
-    }
-
-    /// `session` of `member` is over (same rule as [`Self::insert`]).
-    fn insert_member(&mut self, member: &str, session: &str) {
-        if self.insert(session) {
-            self.recent.push_back((member.to_string(), session.to_string()));
-            while self.recent.len() > MAX_RECENT_DEAD {
-                self.recent.pop_front();
-            }
-        }
-    }
-
-    /// The owner records a claim may replace outright: `owned` by a session recently found
-    /// dead (encoded exactly as its claim wrote them). Sessions never come back, so any
-    /// version of such a record is claimable, as [`Divider::claim`] would judge it after a read.
-    fn replaceable(&self) -> Vec<Vec<u8>> {
-        self.recent
-            .iter()
-            .map(|(member, session)| {
-                OwnerRecord { member: member.clone(), session: session.clone(), state: OwnerState::Owned, token: 0 }
-                    .encode()
-            })
-            .collect()
     }
 
     fn contains(&self, session: &str) -> bool {
@@ -750,10 +740,10 @@ impl<P: Peers> Divider<P> {
             let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
             for (id, (_, rec)) in &records {
                 if rec.state != MemberState::Live {
-                    dead.insert_member(id, &rec.session);
+                    dead.insert(&rec.session);
                 }
                 if let Some(prev) = st.live_seen.get(id).filter(|prev| !rec.is_live_session(prev)) {
-                    dead.insert_member(id, prev);
+                    dead.insert(prev);
                 }
             }
         }
@@ -784,14 +774,14 @@ impl<P: Peers> Divider<P> {
             match self.registers.compare_and_set(&self.layout.member(&id), v, rec.encode()).await {
                 Ok(Written::Applied { version }) => {
                     tracing::info!(divider = %self.name, member = %id, "member lease expired");
-                    self.dead.lock().unwrap_or_else(|e| e.into_inner()).insert_member(&id, &rec.session);
+                    self.dead.lock().unwrap_or_else(|e| e.into_inner()).insert(&rec.session);
                     records.insert(id, (version, rec));
                 }
                 Ok(Written::Conflict { current: Some(e) }) => {
                     if let Ok(r) = MemberRecord::decode(&e.value) {
                         // Expired by another sidecar first (or replaced by a new session).
                         if r.state != MemberState::Live || r.session != rec.session {
-                            self.dead.lock().unwrap_or_else(|e| e.into_inner()).insert_member(&id, &rec.session);
+                            self.dead.lock().unwrap_or_else(|e| e.into_inner()).insert(&rec.session);
                         }
                         records.insert(id, (e.version, r));
                     }
@@ -920,18 +910,29 @@ impl<P: Peers> Divider<P> {
                 })
                 .collect()
         };
-        let released: Vec<(String, String, u64)> = stream::iter(releases)
-            .map(|(m, session, key, token, done)| async move {
-                match self.release_record(&m, &session, &key, token, done).await {
-                    Ok(()) => Some((m, key, token)),
+        let mut release_buckets: BTreeMap<u32, Vec<Release>> = BTreeMap::new();
+        for (m, session, key, token, done) in releases {
+            release_buckets.entry(owner_bucket(&key)).or_default().push(Release {
+                member: m,
+                session,
+                key,
+                token,
+                done,
+            });
+        }
+        let table_ref = &table;
+        let released: Vec<(String, String, u64)> = stream::iter(release_buckets)
+            .map(|(bucket, group)| async move {
+                match self.release_bucket(table_ref, bucket, &group).await {
+                    Ok(()) => group.into_iter().map(|r| (r.member, r.key, r.token)).collect(),
                     Err(e) => {
-                        tracing::debug!(divider = %self.name, key, error = %e, "release not written yet");
-                        None
+                        tracing::debug!(divider = %self.name, bucket, error = %e, "releases not written yet");
+                        Vec::new()
                     }
                 }
             })
             .buffer_unordered(CLAIM_PARALLEL)
-            .filter_map(|r| async move { r })
+            .flat_map(stream::iter)
             .collect()
             .await;
         if !released.is_empty() {
@@ -952,11 +953,18 @@ impl<P: Peers> Divider<P> {
         // pass issues claims for at most a tick, then the loop refreshes the table at once and
         // goes on with what is left, so a long first pass never hides expiries or moves.
         let budget = Instant::now() + self.settings.tick();
-        let replaceable = self.dead.lock().unwrap_or_else(|e| e.into_inner()).replaceable();
-        let replaceable = &replaceable;
+        // One compare-and-set per bucket takes every key of the bucket this sidecar claims. The
+        // buckets go in a random order, so two claimers rarely meet on one bucket at once.
+        let mut claim_buckets: BTreeMap<u32, Vec<Claim>> = BTreeMap::new();
+        for c in claims {
+            claim_buckets.entry(owner_bucket(&c.2)).or_default().push(c);
+        }
+        let mut claim_buckets: Vec<(u64, u32, Vec<Claim>)> =
+            claim_buckets.into_iter().map(|(b, group)| (rand::random::<u64>(), b, group)).collect();
+        claim_buckets.sort_unstable_by_key(|(order, b, _)| (*order, *b));
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cut2 = cut.clone();
-        let claimed = stream::iter(claims)
+        let claimed = stream::iter(claim_buckets)
             .take_while(move |_| {
                 let go = Instant::now() < budget;
                 if !go {
@@ -964,18 +972,17 @@ impl<P: Peers> Divider<P> {
                 }
                 futures::future::ready(go)
             })
-            .map(|(m, session, key)| async move {
-                match self.claim(records, replaceable, &m, &session, &key).await {
-                    Ok(Some(token)) => Some((m, session, key, token)),
-                    Ok(None) => None,
+            .map(|(_, bucket, group)| async move {
+                match self.claim_bucket(records, table_ref, bucket, &group).await {
+                    Ok(won) => won,
                     Err(e) => {
-                        tracing::debug!(divider = %self.name, key, error = %e, "claim failed");
-                        None
+                        tracing::debug!(divider = %self.name, bucket, error = %e, "claims failed");
+                        Vec::new()
                     }
                 }
             })
             .buffer_unordered(CLAIM_PARALLEL)
-            .filter_map(|r| async move { r })
+            .flat_map(stream::iter)
             .ready_chunks(CLAIM_BATCH);
         tokio::pin!(claimed);
         while let Some(batch) = claimed.next().await {
@@ -1005,6 +1012,7 @@ impl<P: Peers> Divider<P> {
         }
         let owned: usize = self.sessions.lock().await.values().map(|s| s.holdings.len()).sum();
         self.metrics.keys(&self.name, owned, waiting.saturating_sub(started));
+        tracing::debug!(divider = %self.name, waiting, started, owned, ms = now.elapsed().as_millis() as u64, "handoff pass");
     }
 
     /// True when a fresh read shows the owner record's session live.
@@ -1013,102 +1021,154 @@ impl<P: Peers> Divider<P> {
         Ok(m.and_then(|m| MemberRecord::decode(&m.value).ok()).is_some_and(|m| m.is_live_session(&rec.session)))
     }
 
-    /// Claims `key` for `(member, session)` if its owner released it or lost its session;
-    /// returns the new token.
-    ///
-    /// The first attempt is one round instead of a read and a write: a create, as if the key
-    /// had never been owned (every key of a new divider), which also replaces a record `owned`
-    /// by a session recently found dead (`replaceable`, see [`DeadSessions::replaceable`]: the
-    /// keys of a member that just died). When it conflicts, the reply carries what the register
-    /// holds (a linearizable read, like [`Registers::read`]), and the claim judges that exactly
-    /// as it would a read, then writes at its version.
-    async fn claim(
-        &self,
-        records: &Records,
-        replaceable: &[Vec<u8>],
-        member: &str,
-        session: &str,
-        key: &str,
-    ) -> Result<Option<u64>, RegisterError> {
-        let okey = self.layout.owner(key);
-        let rec = OwnerRecord {
-            member: member.to_string(),
-            session: session.to_string(),
-            state: OwnerState::Owned,
-            token: 0,
-        };
-        let mut expect = 0;
-        for attempt in 0..2 {
-            let written = if attempt == 0 && !replaceable.is_empty() {
-                self.registers.replace(&okey, replaceable.to_vec(), rec.encode()).await?
-            } else {
-                self.put(&okey, expect, rec.encode()).await?
-            };
-            let current = match written {
-                Written::Applied { version } => return Ok(Some(version)),
-                Written::Conflict { current } => current,
-            };
-            if attempt == 1 {
-                break;
-            }
-            let Some(e) = current else {
-                expect = 0;
-                continue;
-            };
-            expect = e.version;
-            match OwnerRecord::decode(&e.value) {
-                // Ours already: a claim whose reply was lost.
-                Ok(r) if r.state == OwnerState::Owned && r.member == member && r.session == session => {
-                    return Ok(Some(e.version))
-                }
-                Ok(r) if r.state == OwnerState::Owned && Self::owner_alive(records, &r) => {
-                    if let Some((_, m)) = records.get(&r.member) {
-                        let wait = (r.member.clone(), r.session.clone(), m.released);
-                        self.blocked.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string(), wait);
-                    }
-                    return Ok(None);
-                }
-                Ok(r) if r.state == OwnerState::Owned => {
-                    // The tick's records may predate the owner's join: only a session known dead
-                    // (see [`DeadSessions`]), or a fresh read of its member record, made after
-                    // this read of the owner record, may declare it dead (sessions never come
-                    // back).
-                    let known_dead = self.dead.lock().unwrap_or_else(|e| e.into_inner()).contains(&r.session);
-                    if !known_dead {
-                        if self.session_alive(&r).await? {
-                            return Ok(None);
-                        }
-                        self.dead.lock().unwrap_or_else(|e| e.into_inner()).insert(&r.session);
-                    }
-                }
-                // Released, or a record that does not decode: claimable.
-                _ => {}
-            }
+    /// The bucket register `bucket` as read (or as a conflict reply carried it): its version
+    /// (0: never written) and its owner records.
+    fn bucket_of(&self, bucket: u32, entry: Option<&Entry>) -> Result<(u64, OwnerBucket), DividerError> {
+        match entry {
+            None => Ok((0, OwnerBucket::default())),
+            Some(e) => OwnerBucket::decode(&e.value)
+                .map(|b| (e.version, b))
+                .map_err(|err| DividerError::Precondition(format!("{}: {err}", self.layout.owners(bucket)))),
         }
-        Ok(None)
     }
 
-    /// Writes `owner/K` released by `(member, session)` at `token` (removing the key first when
-    /// `done`). A record that moved on already counts as released.
-    async fn release_record(
+    /// Writes bucket `bucket` at `version` (0: create), first pruning released records of keys
+    /// no longer in the key set (a key without a record is claimable, as a released one is).
+    async fn write_bucket(
         &self,
-        member: &str,
-        session: &str,
-        key: &str,
-        token: u64,
-        done: bool,
-    ) -> Result<(), DividerError> {
-        if done {
-            self.change_keys(std::slice::from_ref(&key.to_string()), false).await?;
+        table: &AssignmentTable,
+        bucket: u32,
+        version: u64,
+        mut b: OwnerBucket,
+    ) -> Result<Written, DividerError> {
+        b.owners.retain(|key, r| r.state == OwnerState::Owned || table.contains(key));
+        Ok(self.put(&self.layout.owners(bucket), version, b.encode()).await?)
+    }
+
+    /// Claims the keys of `claims` (`(member, session, key)`, all in bucket `bucket`) whose
+    /// owner released them or lost its session, in one compare-and-set of the bucket at the
+    /// version read; returns the keys claimed with their token.
+    ///
+    /// The token of a claim is the version this write gives the bucket (the version read plus
+    /// one; never below any token the bucket holds plus one), so a key's tokens strictly
+    /// increase: a later claim of it is a later write of its bucket. A conflict (another claimer
+    /// or a release wrote the bucket meanwhile) is judged again on the value the conflict reply
+    /// carries (a linearizable read), up to [`BUCKET_ATTEMPTS`] times.
+    async fn claim_bucket(
+        &self,
+        records: &Records,
+        table: &AssignmentTable,
+        bucket: u32,
+        claims: &[Claim],
+    ) -> Result<Vec<(String, String, String, u64)>, DividerError> {
+        let mut current = self.registers.read(&self.layout.owners(bucket)).await?;
+        // Sessions a fresh read (made after a read of this bucket) found live: skipped.
+        let mut alive: HashSet<String> = HashSet::new();
+        for _ in 0..BUCKET_ATTEMPTS {
+            let (version, mut b) = self.bucket_of(bucket, current.as_ref())?;
+            let mut won = Vec::new();
+            let mut take = Vec::new();
+            for (member, session, key) in claims {
+                match b.owners.get(key) {
+                    // Ours already: a claim whose reply was lost.
+                    Some(r) if r.state == OwnerState::Owned && r.member == *member && r.session == *session => {
+                        won.push((member.clone(), session.clone(), key.clone(), r.token));
+                    }
+                    Some(r) if r.state == OwnerState::Owned && Self::owner_alive(records, r) => {
+                        if let Some((_, m)) = records.get(&r.member) {
+                            let wait = (r.member.clone(), r.session.clone(), m.released);
+                            self.blocked.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), wait);
+                        }
+                    }
+                    Some(r) if r.state == OwnerState::Owned => {
+                        // The tick's records may predate the owner's join: only a session known
+                        // dead (see [`DeadSessions`]), or a fresh read of its member record made
+                        // after this read of the bucket, may declare it dead (sessions never
+                        // come back).
+                        if alive.contains(&r.session) {
+                            continue;
+                        }
+                        let known_dead = self.dead.lock().unwrap_or_else(|e| e.into_inner()).contains(&r.session);
+                        if !known_dead {
+                            if self.session_alive(r).await? {
+                                alive.insert(r.session.clone());
+                                continue;
+                            }
+                            self.dead.lock().unwrap_or_else(|e| e.into_inner()).insert(&r.session);
+                        }
+                        take.push((member, session, key));
+                    }
+                    // Released, or never owned: claimable.
+                    _ => take.push((member, session, key)),
+                }
+            }
+            if take.is_empty() {
+                return Ok(won);
+            }
+            let highest = b.owners.values().map(|r| r.token).max().unwrap_or(0);
+            let token = version.max(highest).checked_add(1).ok_or_else(|| {
+                DividerError::OutOfRange(format!("{}: token would overflow", self.layout.owners(bucket)))
+            })?;
+            for (member, session, key) in &take {
+                let rec = OwnerRecord {
+                    member: member.to_string(),
+                    session: session.to_string(),
+                    state: OwnerState::Owned,
+                    token,
+                };
+                b.owners.insert(key.to_string(), rec);
+            }
+            match self.write_bucket(table, bucket, version, b).await? {
+                Written::Applied { .. } => {
+                    won.extend(take.into_iter().map(|(m, s, k)| (m.clone(), s.clone(), k.clone(), token)));
+                    return Ok(won);
+                }
+                Written::Conflict { current: c } => current = c,
+            }
         }
-        let rec = OwnerRecord {
-            member: member.to_string(),
-            session: session.to_string(),
-            state: OwnerState::Released,
-            token,
-        };
-        self.registers.compare_and_set(&self.layout.owner(key), token, rec.encode()).await?;
-        Ok(())
+        Err(DividerError::Timeout(format!(
+            "{}: {BUCKET_ATTEMPTS} compare-and-sets conflicted; the claims wait for the next pass",
+            self.layout.owners(bucket)
+        )))
+    }
+
+    /// Writes the records of `releases` (all in bucket `bucket`) `released`, in one
+    /// compare-and-set of the bucket, removing each `done` key from the key set first. A record
+    /// that moved on (another owner, or another token) already counts as released.
+    async fn release_bucket(
+        &self,
+        table: &AssignmentTable,
+        bucket: u32,
+        releases: &[Release],
+    ) -> Result<(), DividerError> {
+        let done: Vec<String> = releases.iter().filter(|r| r.done).map(|r| r.key.clone()).collect();
+        if !done.is_empty() {
+            self.change_keys(&done, false).await?;
+        }
+        let mut current = self.registers.read(&self.layout.owners(bucket)).await?;
+        for _ in 0..BUCKET_ATTEMPTS {
+            let (version, mut b) = self.bucket_of(bucket, current.as_ref())?;
+            let mut changed = false;
+            for r in releases {
+                if let Some(o) = b.owners.get_mut(&r.key).filter(|o| {
+                    o.state == OwnerState::Owned && o.member == r.member && o.session == r.session && o.token == r.token
+                }) {
+                    o.state = OwnerState::Released;
+                    changed = true;
+                }
+            }
+            if !changed {
+                return Ok(());
+            }
+            match self.write_bucket(table, bucket, version, b).await? {
+                Written::Applied { .. } => return Ok(()),
+                Written::Conflict { current: c } => current = c,
+            }
+        }
+        Err(DividerError::Timeout(format!(
+            "{}: {BUCKET_ATTEMPTS} compare-and-sets conflicted; the releases wait for the next pass",
+            self.layout.owners(bucket)
+        )))
     }
 
     // ---- calls from apps ----
@@ -1397,19 +1457,21 @@ impl<P: Peers> Divider<P> {
     /// The owner of `key` now (linearizable reads of its owner and member records).
     pub async fn lookup(&self, key: &str) -> Result<Owner, DividerError> {
         self.layout.check_key(key).map_err(DividerError::Invalid)?;
-        let Some(e) = self.registers.read(&self.layout.owner(key)).await? else {
+        let bucket = owner_bucket(key);
+        let entry = self.registers.read(&self.layout.owners(bucket)).await?;
+        let (_, b) = self.bucket_of(bucket, entry.as_ref())?;
+        let Some(rec) = b.owners.get(key) else {
             return Ok(Owner { member: None, address: String::new(), token: 0 });
         };
-        let rec = OwnerRecord::decode(&e.value).map_err(|err| DividerError::Precondition(err.to_string()))?;
         if rec.state == OwnerState::Released {
             return Ok(Owner { member: None, address: String::new(), token: rec.token });
         }
         let member = self.registers.read(&self.layout.member(&rec.member)).await?;
         match member.and_then(|m| MemberRecord::decode(&m.value).ok()) {
             Some(m) if m.is_live_session(&rec.session) => {
-                Ok(Owner { member: Some(rec.member), address: m.address, token: e.version })
+                Ok(Owner { member: Some(rec.member.clone()), address: m.address, token: rec.token })
             }
-            _ => Ok(Owner { member: None, address: String::new(), token: e.version }),
+            _ => Ok(Owner { member: None, address: String::new(), token: rec.token }),
         }
     }
 
@@ -1518,27 +1580,5 @@ mod tests {
         assert_eq!(d.set.len(), MAX_DEAD);
         assert!(!d.contains("s0") && !d.contains("s9"), "the oldest are forgotten");
         assert!(d.contains("s10") && d.contains(&format!("s{}", MAX_DEAD + 9)));
-    }
-
-    #[test]
-    fn replaceable_records_are_those_of_the_latest_sessions_found_dead_as_their_claims_wrote_them() {
-        let mut d = DeadSessions::default();
-        assert!(d.replaceable().is_empty());
-        for i in 0..MAX_RECENT_DEAD + 3 {
-            d.insert_member(&format!("m{i}"), &format!("s{i}"));
-        }
-        // Known dead already: not listed again.
-        d.insert_member("m5", "s5");
-        let owned = |i: usize| {
-            OwnerRecord { member: format!("m{i}"), session: format!("s{i}"), state: OwnerState::Owned, token: 0 }
-                .encode()
-        };
-        let want: Vec<Vec<u8>> = (3..MAX_RECENT_DEAD + 3).map(owned).collect();
-        assert_eq!(d.replaceable(), want);
-        const { assert!(MAX_RECENT_DEAD <= crate::quorum::change::MAX_REPLACE) };
-        // A session only inserted without its member (a claim's fresh read) is dead but not
-        // listed; nothing else is ever listed.
-        d.insert("s-other");
-        assert_eq!(d.replaceable(), want);
     }
 }
