@@ -157,7 +157,18 @@ pub struct SequencerArgs {
     /// Largest `count` one Next request may ask for.
     #[arg(long, env = "ORDO_MAX_COUNT", default_value_t = 1_000_000)]
     pub max_count: u64,
+
+    /// Quorum allocations of one sequence this sidecar keeps in flight for strict (and
+    /// larger-than-a-range) requests, 1..=16. More lowers strict latency where cores are idle;
+    /// on a CPU-bound machine one, serving every queued request at once, is fastest.
+    #[arg(long, env = "ORDO_SEQUENCE_ALLOCATIONS_IN_FLIGHT", default_value_t = DEFAULT_ALLOCATIONS_IN_FLIGHT)]
+    pub sequence_allocations_in_flight: usize,
 }
+
+/// Default of `--sequence-allocations-in-flight` (measured best on 2 cores: `docs/benchmarks.md`).
+pub const DEFAULT_ALLOCATIONS_IN_FLIGHT: usize = 1;
+/// Largest `--sequence-allocations-in-flight`.
+pub const MAX_ALLOCATIONS_IN_FLIGHT: usize = 16;
 
 /// Default replication factor of a log stream (capped at the cluster's size by the operator).
 pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
@@ -419,6 +430,11 @@ impl SequencerArgs {
         let max_range = self.max_count.saturating_mul(1024);
         if self.range_size == 0 || self.range_size > max_range {
             return Err(ConfigError::OutOfRange(format!("--range-size must be in 1..={max_range}")));
+        }
+        if !(1..=MAX_ALLOCATIONS_IN_FLIGHT).contains(&self.sequence_allocations_in_flight) {
+            return Err(ConfigError::OutOfRange(format!(
+                "--sequence-allocations-in-flight must be in 1..={MAX_ALLOCATIONS_IN_FLIGHT}"
+            )));
         }
         Ok(())
     }

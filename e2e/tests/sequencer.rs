@@ -132,8 +132,13 @@ async fn no_id_twice_with_racing_range_sizes_and_strict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ids_from_one_sidecar_never_go_backwards() {
     let mut o = opts(3);
-    // Small buffers refill often, so refills race with the direct rounds.
-    o.member_args = vec![vec!["--range-size=16".into()], vec!["--range-size=64".into()], vec![]];
+    // Small buffers refill often, so refills race with the direct rounds; two members keep
+    // several allocations in flight (which may complete out of order), one keeps the default.
+    o.member_args = vec![
+        vec!["--range-size=16".into(), "--sequence-allocations-in-flight=4".into()],
+        vec!["--range-size=64".into(), "--sequence-allocations-in-flight=16".into()],
+        vec![],
+    ];
     let cluster = TestCluster::start(o).await;
     let log: Log = Arc::default();
     let (clients, calls) = (12, 30);

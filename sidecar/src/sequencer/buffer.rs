@@ -15,8 +15,8 @@
 //!   moves both together; a refill is installed less whatever lies below `install_floor` (one
 //!   past everything the buffer holds or returned).
 //! - Direct requests (strict, or larger than a range) are served by **quorum allocations
-//!   pipelined per sequence**: up to [`ALLOCATIONS_IN_FLIGHT`] at once, each serving every direct
-//!   request queued when it started (and, when the buffer is in use and no refill is in flight,
+//!   pipelined per sequence**: up to `allocations_in_flight` at once
+//!   (`--sequence-allocations-in-flight`), each serving every direct request queued when it started (and, when the buffer is in use and no refill is in flight,
 //!   the buffer's refill after them). Each asks the counter for a range at or above
 //!   `install_floor` (the lower bound of [`crate::quorum::change::Change::Add`]; IDs skipped up to
 //!   it are a gap). Allocations in flight together may **complete in any order**: the register
@@ -31,9 +31,15 @@
 //! The order of completion is thus never trusted: the check against `floor` alone keeps the
 //! invariant, whatever the quorum layer does.
 //!
+//! The default is one allocation in flight. Measured on 2 quiet cores (`docs/benchmarks.md`,
+//! same run): strict with 32 clients is CPU-bound (the machine 90-95% busy at about 0.9 ms of
+//! CPU per quorum round, whatever its size), and one allocation serving every queued request
+//! gives the largest rounds: 10.0k IDs/s against 8.6k with 2, 7.2-7.7k with 4 and 8. More in
+//! flight pays where cores are idle and rounds, not CPU, are the limit.
+//!
 //! Strict requests stay linearizable: a direct request's IDs come from an allocation that starts
 //! after the request arrived and completes before it returns (an overtaken request's new
-//! allocation starts later still). Direct requests that arrive while [`ALLOCATIONS_IN_FLIGHT`]
+//! allocation starts later still). Direct requests that arrive while that many
 //! allocations are in flight wait for the next one to start, so concurrent strict requests on
 //! one sidecar are batched, and the proposer folds the allocations it has queued into one round.
 //!
@@ -55,9 +61,6 @@ use tokio::time::Instant;
 
 use super::SeqError;
 use crate::metrics::Metrics;
-
-/// Quorum allocations of one sequence a sidecar keeps in flight at once.
-pub const ALLOCATIONS_IN_FLIGHT: usize = 4;
 
 /// Where a buffer's ranges come from: the sequence's counter register
 /// ([`super::RangeAllocator`]), or a scripted source in tests.
@@ -95,7 +98,7 @@ struct Ranges {
     next: Option<Range<u64>>,
     /// One past the highest ID returned: nothing below this may be handed out any more.
     floor: u64,
-    /// Quorum allocations in flight (at most [`ALLOCATIONS_IN_FLIGHT`]).
+    /// Quorum allocations in flight (at most `RangeBuffer::allocations_in_flight`).
     in_flight: usize,
     /// One of them carries a refill of the buffer (at most one does).
     refilling: bool,
@@ -170,6 +173,7 @@ impl Ranges {
 pub struct RangeBuffer<A: Allocate> {
     name: String,
     range_size: u64,
+    allocations_in_flight: usize,
     allocator: A,
     ranges: Mutex<Ranges>,
     refilled: Notify,
@@ -178,8 +182,22 @@ pub struct RangeBuffer<A: Allocate> {
 
 impl<A: Allocate> RangeBuffer<A> {
     /// An empty buffer.
-    pub fn new(name: String, range_size: u64, allocator: A, metrics: Arc<Metrics>) -> Self {
-        Self { name, range_size, allocator, ranges: Mutex::new(Ranges::default()), refilled: Notify::new(), metrics }
+    pub fn new(
+        name: String,
+        range_size: u64,
+        allocations_in_flight: usize,
+        allocator: A,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            name,
+            range_size,
+            allocations_in_flight: allocations_in_flight.max(1),
+            allocator,
+            ranges: Mutex::new(Ranges::default()),
+            refilled: Notify::new(),
+            metrics,
+        }
     }
 
     /// Takes `count` contiguous IDs. Requests larger than a range are allocated directly.
@@ -237,10 +255,10 @@ impl<A: Allocate> RangeBuffer<A> {
         }
     }
 
-    /// Starts a quorum allocation unless [`ALLOCATIONS_IN_FLIGHT`] are in flight: every queued
+    /// Starts a quorum allocation unless `allocations_in_flight` are in flight: every queued
     /// direct request, then a refill when the buffer is in use and no refill is in flight.
     fn allocate(self: &Arc<Self>, ranges: &mut Ranges) {
-        if ranges.in_flight >= ALLOCATIONS_IN_FLIGHT {
+        if ranges.in_flight >= self.allocations_in_flight {
             return;
         }
         let directs = std::mem::take(&mut ranges.directs);
@@ -374,7 +392,7 @@ mod tests {
     #[tokio::test]
     async fn an_overtaken_allocation_is_allocated_again_not_handed_out() {
         let alloc = Scripted::default();
-        let buf = Arc::new(RangeBuffer::new("s".into(), 10, alloc.clone(), Arc::new(Metrics::new())));
+        let buf = Arc::new(RangeBuffer::new("s".into(), 10, 4, alloc.clone(), Arc::new(Metrics::new())));
         let a = tokio::spawn({
             let buf = buf.clone();
             async move { buf.direct(1, deadline()).await }
@@ -405,7 +423,7 @@ mod tests {
     #[tokio::test]
     async fn a_refill_keeps_the_rest_of_the_current_range() {
         let alloc = Scripted::default();
-        let buf = Arc::new(RangeBuffer::new("s".into(), 10, alloc.clone(), Arc::new(Metrics::new())));
+        let buf = Arc::new(RangeBuffer::new("s".into(), 10, 4, alloc.clone(), Arc::new(Metrics::new())));
         let first = tokio::spawn({
             let buf = buf.clone();
             async move { buf.take(1).await }
@@ -469,7 +487,7 @@ mod tests {
                 next: Arc::new(StdMutex::new(1)),
                 rng: Arc::new(StdMutex::new(rand::rngs::StdRng::seed_from_u64(seed))),
             };
-            let buf = Arc::new(RangeBuffer::new("s".into(), 16, alloc, Arc::new(Metrics::new())));
+            let buf = Arc::new(RangeBuffer::new("s".into(), 16, 4, alloc, Arc::new(Metrics::new())));
             // (ticket when the call started, ticket when it returned, range)
             let clock = Arc::new(AtomicU64::new(0));
             let log = Arc::new(StdMutex::new(Vec::new()));

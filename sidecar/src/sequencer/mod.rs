@@ -64,6 +64,8 @@ pub struct SequencerConfig {
     pub range_overrides: BTreeMap<String, u64>,
     /// Largest count of one request.
     pub max_count: u64,
+    /// Quorum allocations per sequence in flight at once (see [`buffer`]).
+    pub allocations_in_flight: usize,
     /// Deadline of one request.
     pub timeout: Duration,
 }
@@ -171,6 +173,7 @@ impl<P: Peers> Sequencer<P> {
                 Arc::new(RangeBuffer::new(
                     name.to_string(),
                     self.range_size(name),
+                    self.config.allocations_in_flight,
                     self.allocator.clone(),
                     self.metrics.clone(),
                 ))

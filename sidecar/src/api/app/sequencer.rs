@@ -23,6 +23,7 @@ pub fn services(args: &SequencerArgs, timeout: Duration, node: &Arc<Node<GrpcPee
         range_size: args.range_size,
         range_overrides: args.range_overrides(),
         max_count: args.max_count,
+        allocations_in_flight: args.sequence_allocations_in_flight,
         timeout,
     };
     let sequencer = Arc::new(Sequencer::new(node.proposer.clone(), config, node.metrics.clone()));
