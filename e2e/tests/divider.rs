@@ -505,6 +505,8 @@ async fn never_two_owners_under_kill9_sigstop_affinity_and_key_changes() {
     let l = c1.divider_api().lookup(pb::LookupRequest { key: ka.clone(), ..Default::default() }).await.expect("lookup");
     let l = l.into_inner();
     assert_eq!((l.owner.as_str(), l.token, l.address.as_str()), ("a", ta, "addr-a"));
+    // Tokens start above 2^32, above every token of the per-key layout owner buckets replaced.
+    assert!(ta > 1 << 32, "token {ta} not above the token base");
 
     for app in [a, b, d, s, k] {
         app.stop().await;

@@ -35,10 +35,13 @@
 //! key changes hands (claim, release).
 //!
 //! **The fencing token** of a key is the version of its bucket written by the claim that made
-//! the current owner: the claim reads the bucket at version `v` and writes it by a
-//! compare-and-set at `v`, recording token `max(v, highest token in the bucket) + 1` (which is
-//! the new version, buckets never being deleted) in the records it takes. It is handed to the
-//! app in `Start{key, token}`, kept in the record, and checked on `ConfirmStop` and `Release`.
+//! the current owner, plus [`records::TOKEN_BASE`] (2^32): the claim reads the bucket at version
+//! `v` and writes it by a compare-and-set at `v`, recording token
+//! `max(v + TOKEN_BASE, highest token in the bucket) + 1` (which is the new version plus
+//! `TOKEN_BASE`, buckets never being deleted) in the records it takes. It is handed to the app
+//! in `Start{key, token}`, kept in the record, and checked on `ConfirmStop` and `Release`. The
+//! base keeps tokens above those of the per-key layout this one replaced (a key's own register
+//! version), so a downstream's highest-token check survives the upgrade.
 //!
 //! # The handoff
 //!
@@ -104,10 +107,11 @@
 //! `ConfirmStop` and token, and `check_history` verifies them.
 //!
 //! 1. **Tokens strictly increase per key.** A claim of K reads K's bucket at version `v` and
-//!    writes it by a compare-and-set at `v` with token `max(v, highest token in the bucket) + 1`.
-//!    Every earlier token of K was written by an earlier write of the bucket, at a version at
-//!    most `v`, and it is at most that write's version (by induction: `max(v', highest) + 1` is
-//!    `v' + 1` while the bucket holds no token above its version, which each write keeps true),
+//!    writes it by a compare-and-set at `v` with token `max(v + B, highest token in the bucket)
+//!    + 1` (`B` = `TOKEN_BASE`). Every earlier token of K was written by an earlier write of the
+//!    bucket, at a version at most `v`, and it is at most that write's version plus `B` (by
+//!    induction: `max(v' + B, highest) + 1` is `v' + B + 1` while the bucket holds no token
+//!    above its version plus `B`, which each write keeps true),
 //!    so the new token is above it; a pruned record took nothing with it that `v` does not
 //!    bound. *Test*: `check_history`: per key, the tokens of successive `Start`s strictly
 //!    increase (checked on purpose: with a re-claimed key keeping its old token, five of the

@@ -87,6 +87,13 @@ impl Layout {
 /// (~10 KB), and a dead member's keys are claimed in at most 256 writes per claimer.
 pub const OWNER_BUCKETS: u32 = 256;
 
+/// Tokens start above this: a token is its bucket write's version plus `TOKEN_BASE`. The per-key
+/// layout before owner buckets used a key's own register version as its token, which never
+/// comes near 2^32 (4 billion changes of one key's owner), so tokens issued after an upgrade
+/// from it still exceed every token issued before, and a downstream that keeps the highest token
+/// per key accepts the new owners.
+pub const TOKEN_BASE: u64 = 1 << 32;
+
 /// The owner bucket of `key` (a stable hash, the same on every sidecar and version).
 pub fn owner_bucket(key: &str) -> u32 {
     (ordo_contract::assign::hash_bytes(key.as_bytes()) % u64::from(OWNER_BUCKETS)) as u32

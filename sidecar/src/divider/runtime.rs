@@ -29,7 +29,7 @@ use super::keys::{check_batch, key_set, static_keys};
 use super::lease::{HolderLease, LeaseTiming, Observed};
 use super::metrics::DividerMetrics;
 use super::records::{
-    check_address, owner_bucket, Layout, MemberRecord, MemberState, OwnerBucket, OwnerRecord, OwnerState,
+    check_address, owner_bucket, Layout, MemberRecord, MemberState, OwnerBucket, OwnerRecord, OwnerState, TOKEN_BASE,
 };
 use super::table::{AssignmentTable, TableMember};
 use crate::quorum::register::{Entry, RegisterError, Registers, Written, MAX_PAGE};
@@ -1049,8 +1049,8 @@ impl<P: Peers> Divider<P> {
     /// owner released them or lost its session, in one compare-and-set of the bucket at the
     /// version read; returns the keys claimed with their token.
     ///
-    /// The token of a claim is the version this write gives the bucket (the version read plus
-    /// one; never below any token the bucket holds plus one), so a key's tokens strictly
+    /// The token of a claim is the version this write gives the bucket plus [`TOKEN_BASE`] (the
+    /// version read plus `TOKEN_BASE + 1`; never below any token the bucket holds plus one), so a key's tokens strictly
     /// increase: a later claim of it is a later write of its bucket. A conflict (another claimer
     /// or a release wrote the bucket meanwhile) is judged again on the value the conflict reply
     /// carries (a linearizable read), up to [`BUCKET_ATTEMPTS`] times.
@@ -1106,9 +1106,10 @@ impl<P: Peers> Divider<P> {
                 return Ok(won);
             }
             let highest = b.owners.values().map(|r| r.token).max().unwrap_or(0);
-            let token = version.max(highest).checked_add(1).ok_or_else(|| {
-                DividerError::OutOfRange(format!("{}: token would overflow", self.layout.owners(bucket)))
-            })?;
+            let token =
+                version.checked_add(TOKEN_BASE).map(|t| t.max(highest)).and_then(|t| t.checked_add(1)).ok_or_else(
+                    || DividerError::OutOfRange(format!("{}: token would overflow", self.layout.owners(bucket))),
+                )?;
             for (member, session, key) in &take {
                 let rec = OwnerRecord {
                     member: member.to_string(),
