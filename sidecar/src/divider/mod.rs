@@ -107,8 +107,8 @@
 //! `ConfirmStop` and token, and `check_history` verifies them.
 //!
 //! 1. **Tokens strictly increase per key.** A claim of K reads K's bucket at version `v` and
-//!    writes it by a compare-and-set at `v` with token `max(v + B, highest token in the bucket)
-//!    + 1` (`B` = `TOKEN_BASE`). Every earlier token of K was written by an earlier write of the
+//!    writes it by a compare-and-set at `v` with token
+//!    `max(v + B, highest token in the bucket) + 1` (`B` = `TOKEN_BASE`). Every earlier token of K was written by an earlier write of the
 //!    bucket, at a version at most `v`, and it is at most that write's version plus `B` (by
 //!    induction: `max(v' + B, highest) + 1` is `v' + B + 1` while the bucket holds no token
 //!    above its version plus `B`, which each write keeps true),
