@@ -305,7 +305,6 @@ impl<A: Allocate> RangeBuffer<A> {
         }
         match result {
             Ok(r) => {
-                let direct_ids = directs.iter().fold(0u64, |n, d| n.saturating_add(d.count));
                 if directs.is_empty() {
                     // A refill alone: installed below, above what the buffer holds.
                 } else if r.start >= ranges.floor {
@@ -328,7 +327,8 @@ impl<A: Allocate> RangeBuffer<A> {
                 if refill > 0 {
                     self.metrics.refills.inc();
                     ranges.failure = None;
-                    ranges.install(r.start.saturating_add(direct_ids)..r.end);
+                    // The refill is the tail of the range, after the directs' slices.
+                    ranges.install(r.end.saturating_sub(refill)..r.end);
                 }
             }
             Err(e) => {
