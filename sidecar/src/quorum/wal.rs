@@ -3,8 +3,9 @@
 //!
 //! # How it is used ([`super::store`])
 //! The new states of the registers a batch of acceptor writes changed go here as one record,
-//! appended and synced; then to redb in a commit with `Durability::None` (visible to readers,
-//! not yet durable); then the replies go out. Every so often (the log is full, the store
+//! appended and synced; then the replies go out; then the batch goes to redb in a commit with
+//! `Durability::None` (visible to readers, which wait for it through a barrier, not yet
+//! durable). Every so often (the log is full, the store
 //! closes, a batch changes fences or metadata, or installs catch-up pages) the store makes a
 //! durable redb commit instead, which also records a new *generation* in redb's metadata, and
 //! the log starts over in that generation.
