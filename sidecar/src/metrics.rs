@@ -162,10 +162,64 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String cannot fail");
+        if let Some(process) = process_metrics() {
+            // Before the terminating `# EOF` line of the OpenMetrics text.
+            let at = out.rfind("# EOF").unwrap_or(out.len());
+            out.insert_str(at, &process);
+        }
         out
     }
 }
 
+/// The standard `process_*` metrics of this process, from `/proc/self` (Linux; `None`
+/// elsewhere): CPU seconds (user + system), resident memory and threads.
+fn process_metrics() -> Option<String> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces and parentheses); utime and stime
+    // are fields 14 and 15 of the file, in USER_HZ ticks (100 on Linux).
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    let cpu = (ticks(11)? + ticks(12)?) as f64 / 100.0;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].split_whitespace().next()?.parse::<u64>().ok()
+    };
+    let rss = field("VmRSS:")? * 1024;
+    let threads = field("Threads:")?;
+    Some(format!(
+        "# HELP process_cpu_seconds Total user and system CPU time spent in seconds.\n\
+         # TYPE process_cpu_seconds counter\n\
+         # UNIT process_cpu_seconds seconds\n\
+         process_cpu_seconds_total {cpu}\n\
+         # HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+         # TYPE process_resident_memory_bytes gauge\n\
+         process_resident_memory_bytes {rss}\n\
+         # HELP process_threads Number of OS threads in the process.\n\
+         # TYPE process_threads gauge\n\
+         process_threads {threads}\n"
+    ))
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.00005, 2.0, 18))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_carries_process_metrics_before_its_end() {
+        let text = Metrics::new().encode();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        for name in ["process_cpu_seconds_total ", "process_resident_memory_bytes ", "process_threads "] {
+            let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing"));
+            let v: f64 = line[name.len()..].parse().unwrap();
+            assert!(v >= 0.0, "{line}");
+        }
+        let rss: f64 =
+            text.lines().find_map(|l| l.strip_prefix("process_resident_memory_bytes ")).unwrap().parse().unwrap();
+        assert!(rss > 1e6, "a running test process holds more than 1 MB: {rss}");
+    }
 }

@@ -179,6 +179,8 @@ pub struct QuorumStats {
     pub machine_total_secs: f64,
     /// CPU time of this benchmark process (the clients), seconds.
     pub bench_cpu_secs: f64,
+    /// CPU time of the members (their `process_cpu_seconds_total`), seconds.
+    pub members_cpu_secs: f64,
 }
 
 /// Clock ticks per second of `/proc` CPU times (USER_HZ, 100 on Linux).
@@ -224,6 +226,7 @@ impl QuorumStats {
                 "ordo_quorum_round_batch_sum" => self.batched += v,
                 "ordo_sequence_buffer_refills_total" => self.refills += v,
                 "ordo_quorum_forwards_total" => self.forwards += v,
+                "process_cpu_seconds_total" => self.members_cpu_secs += v,
                 _ => {}
             }
         }
@@ -250,6 +253,7 @@ impl QuorumStats {
                 }
             },
             bench_cpu_secs: self.bench_cpu_secs - before.bench_cpu_secs,
+            members_cpu_ms_per_round: per_round(self.members_cpu_secs - before.members_cpu_secs) * 1e3,
         }
     }
 }
@@ -275,13 +279,16 @@ pub struct QuorumDelta {
     pub machine_busy: f64,
     /// CPU seconds the benchmark process (the clients) used meanwhile.
     pub bench_cpu_secs: f64,
+    /// CPU the members used meanwhile per round, milliseconds (all members; includes serving
+    /// the clients' calls).
+    pub members_cpu_ms_per_round: f64,
 }
 
 impl std::fmt::Display for QuorumDelta {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "quorum: {:.0} rounds ok, {:.0} failed, {:.0} conflicts, {:.2} ms/round, {:.1} changes/round, {:.0} refills, {:.0} forwards; machine CPU {:.0}% busy, clients {:.2} CPU s",
+            "quorum: {:.0} rounds ok, {:.0} failed, {:.0} conflicts, {:.2} ms/round, {:.1} changes/round, {:.0} refills, {:.0} forwards; machine CPU {:.0}% busy, clients {:.2} CPU s, members {:.2} CPU ms/round",
             self.rounds_ok,
             self.rounds_failed,
             self.conflicts,
@@ -290,7 +297,8 @@ impl std::fmt::Display for QuorumDelta {
             self.refills,
             self.forwards,
             self.machine_busy * 100.0,
-            self.bench_cpu_secs
+            self.bench_cpu_secs,
+            self.members_cpu_ms_per_round
         )
     }
 }
