@@ -68,6 +68,8 @@ pub struct Metrics {
     pub divider: crate::divider::metrics::DividerMetrics,
     /// The log streams' metrics.
     pub log: crate::log::metrics::LogMetrics,
+    /// The quorum store's writes (this member's acceptor).
+    pub store: crate::quorum::store::StoreMetrics,
 }
 
 impl Default for Metrics {
@@ -123,6 +125,7 @@ impl Metrics {
         registry.register("config_epoch", "Configuration epoch", epoch.clone());
         let divider = crate::divider::metrics::DividerMetrics::register(&mut registry);
         let log = crate::log::metrics::LogMetrics::register(&mut registry);
+        let store = crate::quorum::store::StoreMetrics::register(&mut registry);
         Self {
             registry,
             requests,
@@ -141,6 +144,7 @@ impl Metrics {
             epoch,
             divider,
             log,
+            store,
         }
     }
 

@@ -18,7 +18,7 @@ use crate::config::{LogFormat, Role, SidecarArgs};
 use crate::membership::MembersFile;
 use crate::metrics::Metrics;
 use crate::node::{Endpoints, Node};
-use crate::quorum::store::RegisterStore;
+use crate::quorum::store::{RegisterStore, StoreOptions};
 
 /// Streams a peer connection may see reset before the server accepted them (h2 closes the
 /// connection beyond this).
@@ -115,8 +115,8 @@ async fn run(args: SidecarArgs) -> Result<()> {
     let store = match args.role {
         Role::Member => {
             let dir = args.data_dir.as_ref().context("data dir")?;
-            let store =
-                RegisterStore::open(dir, &id).with_context(|| format!("opening the store in {}", dir.display()))?;
+            let store = RegisterStore::open_observed(dir, &id, StoreOptions::default(), metrics.store.clone())
+                .with_context(|| format!("opening the store in {}", dir.display()))?;
             peers.set_local(id.clone(), store.clone());
             Some(store)
         }

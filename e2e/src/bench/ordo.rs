@@ -181,6 +181,10 @@ pub struct QuorumStats {
     pub bench_cpu_secs: f64,
     /// CPU time of the members (their `process_cpu_seconds_total`), seconds.
     pub members_cpu_secs: f64,
+    /// Batches the members' quorum stores made durable, and their summed time, seconds.
+    pub store_batches: f64,
+    /// See `store_batches`.
+    pub store_batch_secs: f64,
 }
 
 /// Clock ticks per second of `/proc` CPU times (USER_HZ, 100 on Linux).
@@ -227,6 +231,8 @@ impl QuorumStats {
                 "ordo_sequence_buffer_refills_total" => self.refills += v,
                 "ordo_quorum_forwards_total" => self.forwards += v,
                 "process_cpu_seconds_total" => self.members_cpu_secs += v,
+                "ordo_quorum_store_batch_seconds_sum" => self.store_batch_secs += v,
+                "ordo_quorum_store_batch_seconds_count" => self.store_batches += v,
                 _ => {}
             }
         }
@@ -254,6 +260,14 @@ impl QuorumStats {
             },
             bench_cpu_secs: self.bench_cpu_secs - before.bench_cpu_secs,
             members_cpu_ms_per_round: per_round(self.members_cpu_secs - before.members_cpu_secs) * 1e3,
+            store_batch_ms: {
+                let batches = self.store_batches - before.store_batches;
+                if batches > 0.0 {
+                    (self.store_batch_secs - before.store_batch_secs) / batches * 1e3
+                } else {
+                    0.0
+                }
+            },
         }
     }
 }
@@ -282,13 +296,15 @@ pub struct QuorumDelta {
     /// CPU the members used meanwhile per round, milliseconds (all members; includes serving
     /// the clients' calls).
     pub members_cpu_ms_per_round: f64,
+    /// Mean time of a quorum store batch (apply and make durable), milliseconds.
+    pub store_batch_ms: f64,
 }
 
 impl std::fmt::Display for QuorumDelta {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "quorum: {:.0} rounds ok, {:.0} failed, {:.0} conflicts, {:.2} ms/round, {:.1} changes/round, {:.0} refills, {:.0} forwards; machine CPU {:.0}% busy, clients {:.2} CPU s, members {:.2} CPU ms/round",
+            "quorum: {:.0} rounds ok, {:.0} failed, {:.0} conflicts, {:.2} ms/round, {:.1} changes/round, {:.0} refills, {:.0} forwards; machine CPU {:.0}% busy, clients {:.2} CPU s, members {:.2} CPU ms/round, store {:.3} ms/batch",
             self.rounds_ok,
             self.rounds_failed,
             self.conflicts,
@@ -298,7 +314,8 @@ impl std::fmt::Display for QuorumDelta {
             self.forwards,
             self.machine_busy * 100.0,
             self.bench_cpu_secs,
-            self.members_cpu_ms_per_round
+            self.members_cpu_ms_per_round,
+            self.store_batch_ms
         )
     }
 }

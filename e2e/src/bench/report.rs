@@ -219,13 +219,13 @@ impl Report {
             );
         }
         let _ = writeln!(s, "\n## Quorum activity behind the Ordo rows (all members, from `/metrics`)\n");
-        let _ = writeln!(s, "| system | range | clients | IDs/s | rounds ok | failed | conflicts | ms/round | changes/round | buffer refills | machine CPU busy | clients' CPU s | members' CPU ms/round |");
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "| system | range | clients | IDs/s | rounds ok | failed | conflicts | ms/round | changes/round | buffer refills | machine CPU busy | clients' CPU s | members' CPU ms/round | store ms/batch |");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &self.rows {
             if let Some(q) = &r.quorum {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {:.0} | {:.0}% | {:.2} | {:.2} |",
+                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {:.0} | {:.0}% | {:.2} | {:.2} | {:.3} |",
                     r.system,
                     r.range,
                     r.clients,
@@ -238,7 +238,8 @@ impl Report {
                     q.refills,
                     q.machine_busy * 100.0,
                     q.bench_cpu_secs,
-                    q.members_cpu_ms_per_round
+                    q.members_cpu_ms_per_round,
+                    q.store_batch_ms
                 );
             }
         }

@@ -39,6 +39,9 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -77,6 +80,50 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         Self { cache_registers: 65_536, page_cache_bytes: 64 << 20, wal_bytes: 4 << 20 }
+    }
+}
+
+/// What the store's writer reports (registered on the sidecar's `/metrics`).
+#[derive(Clone)]
+pub struct StoreMetrics {
+    /// Time from a batch's first message taken to its replies: applying it and making it
+    /// durable (the log record's `fdatasync`, or a checkpoint).
+    pub batch_seconds: Histogram,
+    /// Messages (acceptor calls) folded into one batch.
+    pub batch_messages: Histogram,
+    /// Batches made durable by a checkpoint (a durable redb commit) instead of a log record.
+    pub checkpoints: Counter,
+}
+
+impl StoreMetrics {
+    /// Metrics not registered anywhere (tests, tools).
+    pub fn unregistered() -> Self {
+        Self {
+            batch_seconds: Histogram::new(exponential_buckets(0.000_025, 2.0, 18)),
+            batch_messages: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            checkpoints: Counter::default(),
+        }
+    }
+
+    /// Registers the store's metrics (`ordo_quorum_store_*`).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::unregistered();
+        registry.register(
+            "quorum_store_batch_seconds",
+            "Time for the quorum store to apply a batch of acceptor calls and make it durable",
+            m.batch_seconds.clone(),
+        );
+        registry.register(
+            "quorum_store_batch_messages",
+            "Acceptor calls folded into one durable batch",
+            m.batch_messages.clone(),
+        );
+        registry.register(
+            "quorum_store_checkpoints",
+            "Batches made durable by a checkpoint (durable redb commit) instead of a log record",
+            m.checkpoints.clone(),
+        );
+        m
     }
 }
 
@@ -224,6 +271,16 @@ impl RegisterStore {
 
     /// Opens (or creates) the store in `dir` with `options`.
     pub fn open_with(dir: &Path, member: &str, options: StoreOptions) -> Result<Self, StoreError> {
+        Self::open_observed(dir, member, options, StoreMetrics::unregistered())
+    }
+
+    /// Opens (or creates) the store in `dir` with `options`, reporting to `metrics`.
+    pub fn open_observed(
+        dir: &Path,
+        member: &str,
+        options: StoreOptions,
+        metrics: StoreMetrics,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage(format!("{}: {e}", dir.display())))?;
         let db = redb::Builder::new()
             .set_cache_size(options.page_cache_bytes)
@@ -245,6 +302,7 @@ impl RegisterStore {
             meta_tx,
             closing: None,
             wal,
+            metrics,
         };
         std::thread::Builder::new()
             .name("ordo-store".into())
@@ -511,6 +569,7 @@ struct Writer {
     closing: Option<oneshot::Sender<Result<(), StoreError>>>,
     /// Write-ahead log of register changes between checkpoints.
     wal: Wal,
+    metrics: StoreMetrics,
 }
 
 /// The registers table as of the last commit, opened at a batch's first cache miss.
@@ -553,6 +612,7 @@ fn exit_on_storage_failure(e: &StoreError, replies: Vec<Deferred>) -> ! {
 impl Writer {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
         while let Some(first) = rx.blocking_recv() {
+            let started = std::time::Instant::now();
             let mut ops = vec![first];
             while ops.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -570,6 +630,8 @@ impl Writer {
                 Ok(deferred) => deferred,
                 Err(e) => exit_on_storage_failure(&e, replies),
             };
+            self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics.batch_messages.observe(replies.len() as f64);
             if dirty.meta {
                 let _ = self.meta_tx.send(self.meta);
             }
@@ -742,6 +804,7 @@ impl Writer {
         if !checkpoint {
             return Ok(Some(txn));
         }
+        self.metrics.checkpoints.inc();
         txn.commit().map_err(db_err)?;
         self.wal.restart(self.wal.generation() + 1);
         Ok(None)
