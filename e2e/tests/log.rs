@@ -906,33 +906,88 @@ async fn appenders_until_stopped(
     (stop, tasks)
 }
 
+/// Replicas each member of `ids` holds over `streams`, as `describe` through member 0 reports.
+async fn replica_counts(cluster: &TestCluster, streams: &[&str], ids: &[String]) -> Vec<usize> {
+    let mut counts = vec![0; ids.len()];
+    for s in streams {
+        let Ok(info) = log_client(cluster, 0).await.describe_stream(pb::DescribeStreamRequest { name: s.to_string() }).await
+        else {
+            return vec![0; ids.len()];
+        };
+        for r in &info.get_ref().replicas {
+            if let Some(i) = ids.iter().position(|id| id == r) {
+                counts[i] += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// Three streams appended to while the cluster grows 3 -> 5 and shrinks back: the rebalance
+/// moves replicas of the existing streams onto the two new members (the fewest moves that leave
+/// every member within one of the mean: 9 replicas over 5 members, 3 moves), the moves off the
+/// leaving members bring them back, and the checker finds every acknowledged append once in
+/// each stream. With `--streams-rebalance-moves=0` the new members get nothing and the bounded
+/// wait fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn membership_3_to_5_to_3_while_appending_loses_and_duplicates_nothing() {
     use std::sync::atomic::Ordering;
 
     let mut cluster = TestCluster::start(TestOptions { members: 3, slots: 5, ..Default::default() }).await;
-    let stream = "members";
-    create_rf3(&cluster, stream).await;
-    let (stop, tasks) = appenders_until_stopped(&cluster, stream, Duration::from_secs(60)).await;
+    let streams = ["members", "members-b", "members-c"];
+    let mut running = Vec::new();
+    for s in streams {
+        create_rf3(&cluster, s).await;
+        running.push(appenders_until_stopped(&cluster, s, Duration::from_secs(60)).await);
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.dev.spawn(3).unwrap();
     cluster.dev.spawn(4).unwrap();
+    let ids: Vec<String> = (0..5).map(|i| cluster.dev.member(i).id.clone()).collect();
+    let started = Instant::now();
     cluster.change_members(&[0, 1, 2], &[0, 1, 2, 3, 4]).await;
+    let changed = started.elapsed();
     // A new member serves the stream too (through the primary).
-    let tail = log_client(&cluster, 4).await.tail(pb::TailRequest { stream: stream.into() }).await;
+    let tail = log_client(&cluster, 4).await.tail(pb::TailRequest { stream: streams[0].into() }).await;
     assert!(tail.is_ok_and(|t| t.get_ref().last_lsn > 0));
+    // The rebalance spreads the existing streams: each member holds 1 or 2 of the 9 replicas.
+    let mut counts = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        counts = replica_counts(&cluster, &streams, &ids).await;
+        if counts.iter().all(|c| (1..=2).contains(c)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counts.iter().all(|c| (1..=2).contains(c)), "replicas per member after growing to 5: {counts:?}");
+    let balanced = started.elapsed();
+    let mut moved = 0.0;
+    for i in 0..5 {
+        moved += sample(&cluster.scrape_metrics(i).await, "ordo_log_rebalance_moves_total").unwrap_or(0.0);
+    }
+    assert_eq!(moved, 3.0, "the fewest replica moves: three members over their share of 9 over 5");
+    eprintln!(
+        "rebalance 3 -> 5 while appending: change settled in {} ms, replicas {counts:?} spread {} ms after it began",
+        changed.as_millis(),
+        balanced.as_millis()
+    );
     cluster.change_members(&[0, 1, 2, 3, 4], &[0, 1, 2]).await;
     cluster.dev.stop(3, Duration::from_secs(5));
     cluster.dev.stop(4, Duration::from_secs(5));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut acked = Vec::new();
-    for t in tasks {
-        acked.extend(t.await.expect("appender"));
+    for (stop, _) in &running {
+        stop.store(true, Ordering::SeqCst);
     }
-    let log = read_all(&cluster, 2, stream).await;
-    check(&acked, &log);
-    assert_eq!(log.len(), acked.len() * 2, "every acknowledged batch once, nothing else");
+    for (s, (_, tasks)) in streams.iter().zip(running) {
+        let mut acked = Vec::new();
+        for t in tasks {
+            acked.extend(t.await.expect("appender"));
+        }
+        let log = read_all(&cluster, 2, s).await;
+        check(&acked, &log);
+        assert_eq!(log.len(), acked.len() * 2, "{s}: every acknowledged batch once, nothing else");
+    }
 }
 
 /// A stream placed on both members that leave a 5 -> 3 change moves to the staying members
