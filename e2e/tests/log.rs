@@ -910,7 +910,8 @@ async fn appenders_until_stopped(
 async fn replica_counts(cluster: &TestCluster, streams: &[&str], ids: &[String]) -> Vec<usize> {
     let mut counts = vec![0; ids.len()];
     for s in streams {
-        let Ok(info) = log_client(cluster, 0).await.describe_stream(pb::DescribeStreamRequest { name: s.to_string() }).await
+        let Ok(info) =
+            log_client(cluster, 0).await.describe_stream(pb::DescribeStreamRequest { name: s.to_string() }).await
         else {
             return vec![0; ids.len()];
         };

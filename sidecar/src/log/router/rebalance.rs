@@ -12,7 +12,7 @@
 //! below, so a stream on the first and not on the second always exists). That is
 //! `sum(max(0, count - share))` moves, the least any balanced result needs; a cluster already
 //! balanced moves nothing. Among the streams that could move, one whose placement under the
-//! new membership ([`super::placement`]) wants the receiving member and not the giving one
+//! new membership ([`crate::log::placement`]) wants the receiving member and not the giving one
 //! goes first, then by name. The moved replica takes the place of the one it replaces (so a
 //! stream's preferred primary changes only when that one moves). The plan is a pure function
 //! of the replica sets and the members, so every sidecar that reads the same registers plans
