@@ -30,16 +30,28 @@
 //! of the epoch register from the primary's epoch). Passes repeat until one finds nothing to
 //! move; a failed move is planned again by the next pass.
 //!
-//! The **driver** is the member of the configuration with the lowest id that this sidecar
-//! does not see as down (itself always counts as up); other members only watch, and take over
-//! when the driver stops answering. So one member drives while the members agree on who is
-//! up. When they disagree (a partition), two may drive at once, which is safe: both plan from
-//! the registers, every move is the same compare-and-set from the primary's epoch (of two
-//! moves of one stream from one epoch, one applies and the other fails and steps its primary
-//! down), and the moves of one primary run one at a time (its stream's move lock), so no move
-//! runs its catch-up and quiet check against another's un-paused appends. Since both drivers
-//! plan the same function of the same state, they agree on the targets rather than undo each
-//! other.
+//! The **driver** is the member of the configuration with the lowest id, and it runs a pass
+//! only while it sees every member up (a move onto a member that is down cannot finish; the
+//! rebalance waits for the cluster to be whole, it does not repair a lost member). Every
+//! sidecar with the same configuration names the same driver, so one member drives. Two
+//! sidecars can both believe they drive only while their configurations differ (one has not
+//! loaded the new members file yet), and that is safe: both plan from the registers, every
+//! move is the same compare-and-set from the primary's epoch (of two moves of one stream from
+//! one epoch, one applies and the other fails and steps its primary down), and the moves of
+//! one primary run one at a time (its stream's move lock), so no move runs its catch-up and
+//! quiet check against another's un-paused appends. Since both plan the same function of the
+//! same state, they agree on the targets rather than undo each other.
+//!
+//! A membership change can begin while a move runs. The move checks its target against the
+//! configuration again right before its compare-and-set and gives up when a target member is
+//! leaving. A move whose write still lands after the joint epoch's relocation looked at the
+//! stream (the write was already under way) leaves one replica on a leaving member; the next
+//! pass, on the plain configuration that follows, moves it off (the plan first gives every
+//! stream with a replica outside the members the target `relocate` would have chosen). Until
+//! then the stream has `RF - 1` live replicas, which keeps every acknowledged entry when
+//! `AQ >= 2` (at the write, `AQ` replicas of the target held every entry, so at least `AQ - 1`
+//! live ones do, and any `RF - AQ + 1` of the live ones include one of them); a stream with
+//! `AQ = 1` waits for the member that left.
 //!
 //! # Why nothing acknowledged is lost, nothing duplicated, LSNs stay dense
 //!
@@ -62,7 +74,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::{placement, LogRouter, RemotePrimaries};
+use super::{placement, target_replicas, LogRouter, RemotePrimaries};
 use crate::log::primary::LogPeers;
 use crate::log::LogError;
 use crate::membership::MembersFile;
@@ -70,7 +82,7 @@ use crate::quorum::transport::Peers;
 
 /// Wait before the next pass after one that moved replicas or failed.
 const NEXT_PASS: Duration = Duration::from_secs(1);
-/// How often a member that is not the driver, or has a pass pending, looks again.
+/// How often a member with a pass pending that did not drive it looks again.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 /// The moves that balance `streams` (each with its current replicas) over `members`: each
@@ -79,8 +91,19 @@ pub fn plan_rebalance(streams: &BTreeMap<String, Vec<String>>, members: &[String
     if members.is_empty() {
         return Vec::new();
     }
+    // A stream with a replica outside the members (a move that raced with the change that
+    // removed it) first moves off it, as `relocate` would have; one whose replication factor
+    // exceeds the members stays as it is (relocate refuses it, and the change waits).
+    let mut assign: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (s, r) in streams {
+        if r.iter().all(|m| members.contains(m)) {
+            assign.insert(s, r.clone());
+        } else if r.len() <= members.len() {
+            assign.insert(s, target_replicas(s, r, members, r.len()));
+        }
+    }
     let mut counts: BTreeMap<&str, usize> = members.iter().map(|m| (m.as_str(), 0)).collect();
-    for replicas in streams.values() {
+    for replicas in assign.values() {
         for r in replicas {
             if let Some(c) = counts.get_mut(r.as_str()) {
                 *c += 1;
@@ -94,12 +117,6 @@ pub fn plan_rebalance(streams: &BTreeMap<String, Vec<String>>, members: &[String
     by_load.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     let share: BTreeMap<&str, usize> =
         by_load.iter().enumerate().map(|(i, (m, _))| (*m, q + usize::from(i < extra))).collect();
-    // Streams that live on members only (the others are relocate's to move first).
-    let mut assign: BTreeMap<&str, Vec<String>> = streams
-        .iter()
-        .filter(|(_, r)| r.iter().all(|m| counts.contains_key(m.as_str())))
-        .map(|(s, r)| (s.as_str(), r.clone()))
-        .collect();
     let placed: BTreeMap<&str, Vec<String>> =
         assign.iter().map(|(s, r)| (*s, placement::replicas(s, members, r.len()))).collect();
     for _ in 0..total {
@@ -189,8 +206,8 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         }
         let mut members: Vec<String> = cfg.current.members.iter().map(|m| m.id.clone()).collect();
         members.sort();
-        let me = self.node.id.as_str();
-        if members.iter().find(|m| m.as_str() == me || !self.is_down(m)).is_none_or(|d| d != me) {
+        // The lowest id drives, and only while it sees every member up.
+        if members.first().is_none_or(|d| *d != self.node.id) || members.iter().any(|m| self.is_down(m)) {
             return Ok(Pass::Waiting);
         }
         let mut streams = BTreeMap::new();
@@ -310,9 +327,17 @@ mod tests {
                 assert!(old == new || !two[s].contains(new), "{s}: {:?} -> {t:?} reordered replicas", two[s]);
             }
         }
-        // A stream with a replica outside the members is relocate's: never planned.
-        let stray: BTreeMap<String, Vec<String>> =
-            [("x".to_string(), vec!["m-0".into(), "gone".into()]), ("y".to_string(), ids(2))].into();
-        assert!(plan_rebalance(&stray, &ids(4)).iter().all(|(s, _)| s != "x"));
+        // A stream with a replica outside the members moves off it; one that cannot (more
+        // replicas than members) stays.
+        let stray: BTreeMap<String, Vec<String>> = [
+            ("x".to_string(), vec!["m-0".into(), "gone".into()]),
+            ("y".to_string(), ids(2)),
+            ("z".to_string(), vec!["m-0".into(), "m-1".into(), "m-2".into(), "m-3".into(), "gone".into()]),
+        ]
+        .into();
+        let mut after = stray.clone();
+        apply(&mut after, &plan_rebalance(&stray, &ids(4)));
+        assert!(after["x"].contains(&"m-0".to_string()) && !after["x"].contains(&"gone".to_string()), "{after:?}");
+        assert_eq!(after["z"], stray["z"]);
     }
 }

@@ -205,6 +205,12 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 timeout.as_millis()
             )));
         }
+        // A membership change that began during the catch-up may have taken a target member out
+        // (a rebalance planned before it): then the move is abandoned and planned again.
+        if let Err(e) = check_target(stream, target, meta.replication_factor, &self.node.config()) {
+            p.pause(None);
+            return Err(LogError::Unavailable(format!("the membership changed during the move: {e}")));
+        }
         let me = self.node.id.clone();
         let primary = if target.contains(&me) { me.clone() } else { target[0].clone() };
         let value = EpochValue { primary, replicas: Some(target.to_vec()) }.encode();
