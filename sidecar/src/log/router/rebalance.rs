@@ -65,7 +65,9 @@
 //! `e2e/tests/log.rs::membership_3_to_5_to_3_while_appending_loses_and_duplicates_nothing`
 //! (three streams appended to while the cluster grows to 5: the new members get replicas, all
 //! members within one of the mean, then back to 3; the checker over every acknowledged append
-//! and read; verified to fail when the rebalance is switched off).
+//! and read; verified to fail, with counts `[3, 3, 3, 0, 0]`, when the rebalance is switched
+//! off) and `e2e/tests/log.rs::two_moves_of_one_stream_at_once_lose_and_duplicate_nothing`
+//! (two moves of one stream at once while appending, as two drivers would start them).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
