@@ -27,8 +27,9 @@
 //! `--streams-rebalance-moves` streams at once (default 2; 0 switches the rebalance off), each
 //! through the stream's primary with the safe move of `relocate` (the new replicas rebuild
 //! from the primary's log and count only once they hold it; the switch is a compare-and-set
-//! of the epoch register from the primary's epoch). Passes repeat until one finds nothing to
-//! move; a failed move is planned again by the next pass.
+//! of the epoch register from the primary's epoch). Passes repeat, a second apart, until one
+//! finds nothing to move; a failed move is planned again by the next pass, the wait doubling
+//! while passes keep failing (up to 30 s).
 //!
 //! The **driver** is the member of the configuration with the lowest id, and it runs a pass
 //! only while it sees every member up (a move onto a member that is down cannot finish; the
@@ -82,8 +83,11 @@ use crate::log::LogError;
 use crate::membership::MembersFile;
 use crate::quorum::transport::Peers;
 
-/// Wait before the next pass after one that moved replicas or failed.
+/// Wait before the next pass after one that moved replicas; doubled after each pass in a row
+/// with a failure, up to [`MAX_BACKOFF`].
 const NEXT_PASS: Duration = Duration::from_secs(1);
+/// Longest wait between passes that keep failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a member with a pass pending that did not drive it looks again.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 
@@ -160,8 +164,8 @@ enum Pass {
     Waiting,
     /// Nothing to move.
     Balanced,
-    /// Moved streams (or tried to): plan again.
-    Moved,
+    /// Moved streams (or tried to): plan again. True when a move failed.
+    Moved(bool),
 }
 
 impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
@@ -169,18 +173,26 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
     /// the streams balanced (ends with the router).
     pub(super) async fn rebalance_loop(router: Weak<Self>, mut config: watch::Receiver<Arc<MembersFile>>) {
         let mut pending = true;
+        let mut failing = 0u32;
         loop {
             let mut wait = WATCH_EVERY;
             if pending {
                 let Some(r) = router.upgrade() else { return };
-                match r.rebalance_pass().await {
-                    Ok(Pass::Balanced) => pending = false,
-                    Ok(Pass::Waiting) => {}
-                    Ok(Pass::Moved) => wait = NEXT_PASS,
+                let pass = r.rebalance_pass().await;
+                drop(r);
+                failing = match &pass {
+                    Ok(Pass::Moved(true)) => failing.saturating_add(1),
                     Err(e) => {
                         tracing::warn!(error = %e, "stream rebalance pass failed; retrying");
-                        wait = NEXT_PASS;
+                        failing.saturating_add(1)
                     }
+                    _ => 0,
+                };
+                match pass {
+                    Ok(Pass::Balanced) => pending = false,
+                    Ok(Pass::Waiting) => {}
+                    _ if failing > 0 => wait = NEXT_PASS.saturating_mul(1 << (failing - 1).min(5)).min(MAX_BACKOFF),
+                    _ => wait = NEXT_PASS,
                 }
             }
             tokio::select! {
@@ -238,6 +250,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
             .buffer_unordered(self.settings.rebalance_moves.max(1))
             .collect()
             .await;
+        let mut failed = false;
         for (stream, target, r) in results {
             match r {
                 Ok(()) => {
@@ -245,12 +258,13 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                     tracing::info!(stream, from = ?streams[&stream], to = ?target, "rebalanced a stream");
                 }
                 Err(e) => {
+                    failed = true;
                     metrics.rebalance_failures.inc();
                     tracing::warn!(stream, to = ?target, error = %e, "rebalance move failed; the next pass plans again");
                 }
             }
         }
-        Ok(Pass::Moved)
+        Ok(Pass::Moved(failed))
     }
 }
 
