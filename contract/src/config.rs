@@ -184,6 +184,10 @@ pub const DEFAULT_MAX_BATCH_ENTRIES: u32 = 4096;
 pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 32 << 20;
 /// Largest entry, batch or in-flight limit a sidecar accepts (the peer message limit is 64 MiB).
 pub const MAX_LOG_BYTES_LIMIT: u64 = 48 << 20;
+/// Default of `--streams-rebalance-moves`: stream moves the rebalancer runs at once.
+pub const DEFAULT_REBALANCE_MOVES: u32 = 2;
+/// Largest `--streams-rebalance-moves`.
+pub const MAX_REBALANCE_MOVES: u32 = 16;
 
 /// Log stream flags: defaults for streams created without their own settings, limits, retention.
 /// The operator renders them from `SeqCluster.spec.logs` with [`LogArgs::to_args`].
@@ -223,6 +227,11 @@ pub struct LogArgs {
     /// Refuse appends to unknown streams instead of creating them with the defaults above.
     #[arg(long = "streams-no-auto-create", env = "ORDO_STREAMS_NO_AUTO_CREATE")]
     pub no_auto_create: bool,
+    /// After a membership change, move stream replicas (onto members that joined, off crowded
+    /// ones) until every member holds within one of the mean, this many streams at once;
+    /// 0 switches the rebalance off (replicas then move onto new members only by hand).
+    #[arg(long = "streams-rebalance-moves", env = "ORDO_STREAMS_REBALANCE_MOVES", default_value_t = DEFAULT_REBALANCE_MOVES)]
+    pub rebalance_moves: u32,
 }
 
 impl Default for LogArgs {
@@ -237,6 +246,7 @@ impl Default for LogArgs {
             retention_seconds: 0,
             retention_bytes: 0,
             no_auto_create: false,
+            rebalance_moves: DEFAULT_REBALANCE_MOVES,
         }
     }
 }
@@ -265,6 +275,12 @@ impl LogArgs {
         if self.max_batch_entries == 0 {
             return Err(ConfigError::OutOfRange("--streams-max-batch-entries must be at least 1".into()));
         }
+        if self.rebalance_moves > MAX_REBALANCE_MOVES {
+            return Err(ConfigError::OutOfRange(format!(
+                "--streams-rebalance-moves must be in 0..={MAX_REBALANCE_MOVES} (0: off), got {}",
+                self.rebalance_moves
+            )));
+        }
         let (entry, batch, inflight) = (self.max_entry_bytes, self.max_batch_bytes, self.max_inflight_bytes);
         if !(entry >= 1 && entry <= batch && batch <= inflight && inflight <= MAX_LOG_BYTES_LIMIT) {
             return Err(ConfigError::OutOfRange(format!(
@@ -286,6 +302,7 @@ impl LogArgs {
             format!("--streams-max-inflight-bytes={}", self.max_inflight_bytes),
             format!("--streams-retention-seconds={}", self.retention_seconds),
             format!("--streams-retention-bytes={}", self.retention_bytes),
+            format!("--streams-rebalance-moves={}", self.rebalance_moves),
         ];
         if let Some(ack) = self.ack_quorum {
             args.push(format!("--streams-ack-quorum={ack}"));
@@ -624,6 +641,7 @@ mod tests {
             retention_seconds: 3600,
             retention_bytes: 1 << 30,
             no_auto_create: true,
+            rebalance_moves: 0,
         };
         let rendered = custom.to_args();
         let mut all: Vec<&str> = base.to_vec();
@@ -642,5 +660,6 @@ mod tests {
         assert!(bad(&|l| l.max_entry_bytes = l.max_batch_bytes + 1).contains("--streams-max-entry-bytes"));
         assert!(bad(&|l| l.max_inflight_bytes = MAX_LOG_BYTES_LIMIT + 1).contains("48"));
         assert!(bad(&|l| l.max_batch_entries = 0).contains("--streams-max-batch-entries"));
+        assert!(bad(&|l| l.rebalance_moves = MAX_REBALANCE_MOVES + 1).contains("--streams-rebalance-moves"));
     }
 }

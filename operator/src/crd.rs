@@ -85,7 +85,8 @@ pub struct SeqClusterSpec {
     validation = Rule::new("!has(self.ackQuorum) || self.ackQuorum >= 1").message("logs.ackQuorum must be at least 1").field_path(".ackQuorum"),
     validation = Rule::new("self.maxEntryBytes >= 1 && self.maxEntryBytes <= self.maxBatchBytes && self.maxBatchBytes <= self.maxInflightBytes && self.maxInflightBytes <= 50331648").message("logs limits must satisfy 1 <= maxEntryBytes <= maxBatchBytes <= maxInflightBytes <= 50331648 (48Mi)").field_path(".maxEntryBytes"),
     validation = Rule::new("self.maxBatchEntries >= 1 && self.maxBatchEntries <= 1000000").message("logs.maxBatchEntries must be between 1 and 1000000").field_path(".maxBatchEntries"),
-    validation = Rule::new("self.retentionSeconds >= 0 && self.retentionBytes >= 0").message("logs.retentionSeconds and logs.retentionBytes must be 0 (no limit) or more")
+    validation = Rule::new("self.retentionSeconds >= 0 && self.retentionBytes >= 0").message("logs.retentionSeconds and logs.retentionBytes must be 0 (no limit) or more"),
+    validation = Rule::new("!has(self.rebalanceMoves) || (self.rebalanceMoves >= 0 && self.rebalanceMoves <= 16)").message("logs.rebalanceMoves must be between 0 (off) and 16").field_path(".rebalanceMoves")
 )]
 pub struct LogsSpec {
     /// Replicas of a stream created without its own setting; `min(3, replicas)` when unset.
@@ -117,6 +118,10 @@ pub struct LogsSpec {
     /// Create a stream on its first append, with these defaults.
     #[serde(default = "default_true")]
     pub auto_create: bool,
+    /// After a membership change, move stream replicas until every member holds within one of
+    /// the mean, this many streams at once; 0 switches the rebalance off.
+    #[serde(default = "default_rebalance_moves")]
+    pub rebalance_moves: i64,
 }
 
 impl Default for LogsSpec {
@@ -131,6 +136,7 @@ impl Default for LogsSpec {
             retention_seconds: 0,
             retention_bytes: 0,
             auto_create: true,
+            rebalance_moves: default_rebalance_moves(),
         }
     }
 }
@@ -493,6 +499,9 @@ fn default_max_batch_bytes() -> i64 {
 }
 fn default_max_batch_entries() -> i64 {
     i64::from(ordo_contract::config::DEFAULT_MAX_BATCH_ENTRIES)
+}
+fn default_rebalance_moves() -> i64 {
+    i64::from(ordo_contract::config::DEFAULT_REBALANCE_MOVES)
 }
 fn default_max_inflight_bytes() -> i64 {
     ordo_contract::config::DEFAULT_MAX_INFLIGHT_BYTES as i64

@@ -176,11 +176,18 @@ fn log_stream_settings_default_to_the_cluster_size_and_render_as_flags() {
     let args = sidecar_of(o.statefulset.spec.template.spec.as_ref().unwrap()).args.clone().unwrap();
     assert!(args.contains(&"--streams-replication-factor=3".to_string()), "{args:?}");
     assert!(!args.iter().any(|a| a.starts_with("--streams-no-auto-create")));
+    assert!(args.contains(&"--streams-rebalance-moves=2".to_string()), "rebalance on by default: {args:?}");
     let (v, o) = sc_objects("seqcluster-full.yaml");
     assert_eq!((v.logs.replication_factor, v.logs.ack_quorum, v.logs.max_batch_entries), (5, Some(3), 512));
     assert_eq!((v.logs.retention_seconds, v.logs.no_auto_create), (86_400, true));
     let args = sidecar_of(o.statefulset.spec.template.spec.as_ref().unwrap()).args.clone().unwrap();
-    for flag in ["--streams-ack-quorum=3", "--streams-max-entry-bytes=65536", "--streams-no-auto-create"] {
+    assert_eq!(v.logs.rebalance_moves, 4);
+    for flag in [
+        "--streams-ack-quorum=3",
+        "--streams-max-entry-bytes=65536",
+        "--streams-no-auto-create",
+        "--streams-rebalance-moves=4",
+    ] {
         assert!(args.contains(&flag.to_string()), "{flag} missing from {args:?}");
     }
     // One member: the default replication factor shrinks to it.

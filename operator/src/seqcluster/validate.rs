@@ -114,5 +114,6 @@ pub fn log_args(logs: &LogsSpec, replicas: u32) -> LogArgs {
         retention_seconds: bytes(logs.retention_seconds),
         retention_bytes: bytes(logs.retention_bytes),
         no_auto_create: !logs.auto_create,
+        rebalance_moves: u32::try_from(logs.rebalance_moves).unwrap_or(u32::MAX),
     }
 }

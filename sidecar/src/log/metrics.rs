@@ -66,8 +66,15 @@ pub struct LogMetrics {
     pub replica_lag_max_entries: Gauge,
     /// Seals this member's replicas accepted (a new primary's epoch).
     pub seals: Counter,
-    /// Streams this member's primaries moved off leaving members.
+    /// Streams this member's primaries moved to new replicas (off leaving members, by a
+    /// rebalance, or by hand).
     pub moves: Counter,
+    /// Replicas the rebalancer on this member (the driver) moved onto other members.
+    pub rebalance_moves: Counter,
+    /// Stream moves of the rebalancer on this member that failed (planned again).
+    pub rebalance_failures: Counter,
+    /// Replica moves the last plan of the rebalancer on this member asked for (0: balanced).
+    pub rebalance_pending: Gauge,
     /// Reads this member's replica answered without the primary.
     pub replica_reads: Counter,
     /// Primaries started on this member, by result.
@@ -108,6 +115,9 @@ impl LogMetrics {
             replica_lag_max_entries: Gauge::default(),
             seals: Counter::default(),
             moves: Counter::default(),
+            rebalance_moves: Counter::default(),
+            rebalance_failures: Counter::default(),
+            rebalance_pending: Gauge::default(),
             replica_reads: Counter::default(),
             recoveries: Family::default(),
             trims: Family::default(),
@@ -169,8 +179,23 @@ impl LogMetrics {
         );
         r.register(
             "log_moves",
-            "Streams whose primary on this member moved them off members that leave",
+            "Streams whose primary on this member moved them to new replicas (off leaving members, rebalance, by hand)",
             m.moves.clone(),
+        );
+        r.register(
+            "log_rebalance_moves",
+            "Replicas the stream rebalancer on this member moved onto other members",
+            m.rebalance_moves.clone(),
+        );
+        r.register(
+            "log_rebalance_failures",
+            "Stream moves of the rebalancer on this member that failed and are planned again",
+            m.rebalance_failures.clone(),
+        );
+        r.register(
+            "log_rebalance_pending",
+            "Replica moves the last plan of the stream rebalancer on this member asked for",
+            m.rebalance_pending.clone(),
         );
         r.register("log_seals", "Seals at a new epoch accepted by this member's replicas", m.seals.clone());
         r.register("log_recoveries", "Primaries started (recoveries) on this member, by result", m.recoveries.clone());

@@ -131,9 +131,19 @@
 //! epoch, and every later takeover carries it. Protocol, argument and tests:
 //! [`router::relocate`](crate::log::router).
 //!
+//! Once the change is done, existing streams **rebalance** onto members that joined: one
+//! driver (the lowest-id member, while it sees every member up) plans the fewest replica moves that bring every
+//! member within one replica of the mean and runs them, a bounded number at once
+//! (`--streams-rebalance-moves`, 0: off), each the same move. **Guarantee**: nothing
+//! acknowledged is lost, nothing duplicated, LSNs stay dense through a rebalance, since each
+//! move is the relocate move (its argument holds for any target of `RF` current members) and
+//! two moves of one stream are ordered by the compare-and-set of its epoch register (two
+//! drivers at once are safe; one primary runs one move at a time). A move that races with the
+//! next membership change is dropped before its write, or, when the write was under way, moved
+//! off the leaving member by the next pass (no entry lost when `AQ >= 2`). Plan, driver and tests:
+//! [`router::rebalance`](crate::log::router::plan_rebalance).
+//!
 //! # Not built yet
-//! - Replicas move onto members that join only by hand (`MoveStream`, `ordoctl log move`); new
-//!   members take new streams.
 //! - A trim stores what its trimmed entries said of producers and fences ([`history`]) only up
 //!   to 512 KiB; beyond that, or when storing it failed, later primaries treat producers whose
 //!   entries were trimmed as unknown.

@@ -25,7 +25,9 @@ use crate::quorum::register::{RegisterError, Registers, Written};
 use crate::quorum::transport::Peers;
 use crate::validate::validate_name;
 
+mod rebalance;
 mod relocate;
+pub use rebalance::plan_rebalance;
 pub use relocate::target_replicas;
 
 /// Attempts to settle who the primary is before giving up on a request.
@@ -52,6 +54,8 @@ pub struct LogSettings {
     pub timeout: Duration,
     /// How much of each stream its primary keeps on its own.
     pub retention: Retention,
+    /// Streams the rebalancer moves at once after a membership change (0: no rebalance).
+    pub rebalance_moves: usize,
 }
 
 impl LogSettings {
@@ -69,6 +73,7 @@ impl LogSettings {
                 bytes: a.retention_bytes,
                 age: (a.retention_seconds > 0).then(|| Duration::from_secs(a.retention_seconds)),
             },
+            rebalance_moves: a.rebalance_moves as usize,
         }
     }
 }
@@ -213,6 +218,10 @@ type Queued = (Batch, bool, AppendResultTx);
 struct StreamSlot {
     route: tokio::sync::Mutex<Option<Route>>,
     queue: mpsc::UnboundedSender<Queued>,
+    /// Held through a move by this member's primary: two moves of one primary at once (a
+    /// rebalance and a `MoveStream`, or two rebalancers) would let one's un-pause break the
+    /// other's quiet log.
+    moving: tokio::sync::Mutex<()>,
 }
 
 /// The log streams as this sidecar serves them.
@@ -251,6 +260,9 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         }
         if router.settings.retention.enabled() && router.store.is_some() {
             tokio::spawn(Self::retain(Arc::downgrade(&router)));
+        }
+        if router.settings.rebalance_moves > 0 && router.store.is_some() {
+            tokio::spawn(Self::rebalance_loop(Arc::downgrade(&router), router.node.watch_config()));
         }
         router
     }
@@ -332,7 +344,8 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
             return s.clone();
         }
         let (queue, rx) = mpsc::unbounded_channel();
-        let slot = Arc::new(StreamSlot { route: tokio::sync::Mutex::new(None), queue });
+        let slot =
+            Arc::new(StreamSlot { route: tokio::sync::Mutex::new(None), queue, moving: tokio::sync::Mutex::new(()) });
         slots.insert(stream.to_string(), slot.clone());
         tokio::spawn(self.clone().run_queue(stream.to_string(), slot.clone(), rx));
         slot
@@ -414,6 +427,15 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
             None if create => self.create(stream, 0, 0).await,
             None => Err(LogError::NotFound(stream.to_string())),
         }
+    }
+
+    /// The stream's metadata, its epoch register's value, and its replicas under that epoch.
+    async fn current_replicas(&self, stream: &str) -> Result<(StreamMeta, Option<EpochValue>, Vec<String>), LogError> {
+        let meta = self.meta(stream, false).await?;
+        let ep = self.registers.read(&epoch_key(stream)).await.map_err(register_error)?;
+        let value = ep.as_ref().map(|e| EpochValue::decode(&e.value));
+        let replicas = EpochValue::replicas_of(value.as_ref(), &meta);
+        Ok((meta, value, replicas))
     }
 
     /// Creates a stream (idempotent with the same settings; 0 takes the defaults).

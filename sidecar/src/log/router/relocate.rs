@@ -113,10 +113,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
     /// Moves `stream` off replicas outside `members`, through its primary; false when all its
     /// replicas are members already.
     pub async fn relocate(self: &Arc<Self>, stream: &str, members: &[String]) -> Result<bool, LogError> {
-        let meta = self.meta(stream, false).await?;
-        let ep = self.registers.read(&epoch_key(stream)).await.map_err(register_error)?;
-        let value = ep.as_ref().map(|e| EpochValue::decode(&e.value));
-        let replicas = EpochValue::replicas_of(value.as_ref(), &meta);
+        let (meta, _, replicas) = self.current_replicas(stream).await?;
         if replicas.iter().all(|r| members.contains(r)) {
             return Ok(false);
         }
@@ -136,11 +133,8 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
     /// a replica of its current set that takes over when none runs. Returns at once when the
     /// stream lives on `target` already.
     pub async fn move_to(self: &Arc<Self>, stream: &str, target: &[String]) -> Result<(), LogError> {
-        let meta = self.meta(stream, false).await?;
+        let (meta, value, replicas) = self.current_replicas(stream).await?;
         check_target(stream, target, meta.replication_factor, &self.node.config())?;
-        let ep = self.registers.read(&epoch_key(stream)).await.map_err(register_error)?;
-        let value = ep.as_ref().map(|e| EpochValue::decode(&e.value));
-        let replicas = EpochValue::replicas_of(value.as_ref(), &meta);
         if replicas == target {
             return Ok(());
         }
@@ -173,6 +167,7 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
         let meta = self.meta(stream, false).await?;
         check_target(stream, target, meta.replication_factor, &self.node.config())?;
         let slot = self.slot(stream);
+        let _moving = slot.moving.lock().await;
         let p = match self.route(stream, &slot, false).await? {
             Route::Local(p) => p,
             Route::Remote(to) => {
@@ -209,6 +204,12 @@ impl<P: Peers, L: LogPeers + RemotePrimaries> LogRouter<P, L> {
                 "stream {stream}: {aq} of {target:?} did not hold the whole log within {} ms",
                 timeout.as_millis()
             )));
+        }
+        // A membership change that began during the catch-up may have taken a target member out
+        // (a rebalance planned before it): then the move is abandoned and planned again.
+        if let Err(e) = check_target(stream, target, meta.replication_factor, &self.node.config()) {
+            p.pause(None);
+            return Err(LogError::Unavailable(format!("the membership changed during the move: {e}")));
         }
         let me = self.node.id.clone();
         let primary = if target.contains(&me) { me.clone() } else { target[0].clone() };
