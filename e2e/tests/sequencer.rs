@@ -436,8 +436,15 @@ async fn sigterm_drains_and_exits_cleanly_and_stream_works() {
         prev = m.end;
     }
     drop(stream);
+    // Strict calls through every member: the members hold exchange streams to one another.
+    for i in 0..3 {
+        cluster.client(i).await.next("streamed", 1, true).await.unwrap();
+    }
     let status = cluster.dev.stop(1, Duration::from_secs(10)).unwrap();
     assert!(status.success(), "SIGTERM exit status {status}");
+    // The peers' long-lived streams did not hold the drain open until its timeout.
+    let log = cluster.log_tail(1);
+    assert!(log.contains("stopped") && !log.contains("drain timed out"), "{log}");
     // Two of three still serve.
     c.next("streamed", 1, true).await.unwrap();
 }

@@ -213,7 +213,7 @@ async fn run(args: SidecarArgs) -> Result<()> {
         let l = tokio::net::TcpListener::bind(args.peer_listen)
             .await
             .with_context(|| format!("binding peer {}", args.peer_listen))?;
-        let svc = PeerService::server(node.clone(), store.clone(), token.clone());
+        let svc = PeerService::server(node.clone(), store.clone(), token.clone(), shutdown_rx.clone());
         let log_svc =
             log_store.clone().map(|s| crate::api::log_peer::LogPeerService::server(log_router.clone(), s, token));
         // Rounds stop waiting once a quorum answered, which resets the slower peers' streams;
