@@ -238,7 +238,11 @@ impl<P: Peers> Dividers<P> {
             static_keys: configured.map(|c| static_keys(&c.keys)).unwrap_or_default(),
             default_affinity: configured.map_or(1, |c| u32::try_from(c.default_affinity).unwrap_or(u32::MAX)),
             sessions: Mutex::new(BTreeMap::new()),
+            record_writes: Mutex::new(()),
             view: Mutex::new(ViewState::default()),
+            observed: StdMutex::new(HashMap::new()),
+            keyset: Mutex::new(KeySetState::default()),
+            guard: watch::channel(LayoutGuard::Unknown).0,
             dead: StdMutex::new(DeadSessions::default()),
             blocked: StdMutex::new(HashMap::new()),
             table: watch::channel(Arc::new(AssignmentTable::default())).0,
@@ -313,11 +317,29 @@ impl Session {
             lease_ms: u64::try_from(timing.lease.as_millis()).unwrap_or(u64::MAX),
             margin_ms: u64::try_from(timing.margin.as_millis()).unwrap_or(u64::MAX),
             released: self.releases,
+            per_key_layout: false,
         };
         if let Some(last) = self.written.as_ref().filter(|last| !last.differs(&r)) {
             r.changed = last.changed;
         }
         r
+    }
+
+    /// Notices an app that went away (its stream closed): it can no longer be told anything,
+    /// and by the protocol it stops every key once its stream ends (the client library says
+    /// `LeaseExpired`). Keys it confirmed or released are released by the next handoff pass;
+    /// every key it may still work on is treated as told to stop now: released once the stop
+    /// timeout passes (a key already stopping keeps its earlier deadline), or when the right
+    /// ends, whichever is first. Returns true when it just went away.
+    fn notice_app_gone(&mut self, now: Instant, timeout: Duration) -> bool {
+        if self.app_gone || !self.events.is_closed() {
+            return false;
+        }
+        self.app_gone = true;
+        for (key, _) in self.holdings.working() {
+            self.holdings.stop(&key, now, timeout);
+        }
+        true
     }
 
     /// The right ended or was taken: every key is dropped, the app told.
@@ -349,18 +371,48 @@ type Records = BTreeMap<String, (u64, MemberRecord)>;
 /// What the handoff loop read from the registers.
 #[derive(Default)]
 struct ViewState {
-    observed: HashMap<String, Observed>,
     /// Member records read by the last refresh: id -> (version, record).
     records: Arc<Records>,
-    keyset_version: Option<u64>,
-    added: Vec<String>,
-    removed: BTreeSet<String>,
+    /// The key set the table was last computed from.
     keys: Arc<Vec<String>>,
     handbacks: BTreeMap<String, BTreeSet<String>>,
     /// The live session each member had at the last refresh.
     live_seen: HashMap<String, String>,
     /// The earliest moment an observed member may be declared expired.
     next_expiry: Option<Instant>,
+}
+
+/// The key set as last read: the key-set counter it was read at, and the keys.
+#[derive(Default)]
+struct KeySetState {
+    version: Option<u64>,
+    keys: Arc<Vec<String>>,
+}
+
+/// The mixed-version guard's verdict on a divider (see "Mixed versions" in [`super`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LayoutGuard {
+    /// No refresh has read the member records yet.
+    Unknown,
+    /// No live member of a sidecar of the per-key owner layout.
+    Clear,
+    /// These members are live sessions of sidecars that may use the per-key owner layout.
+    Blocked(Vec<String>),
+}
+
+impl LayoutGuard {
+    /// The error apps get while the guard blocks the divider.
+    fn error(&self, divider: &str) -> Option<DividerError> {
+        match self {
+            LayoutGuard::Blocked(members) => Some(DividerError::Precondition(format!(
+                "divider {divider:?}: member(s) {members:?} run a sidecar of the older per-key owner layout \
+                 (member record format before m4), which cannot share a divider with this one (a key could \
+                 get two owners); this sidecar serves no keys of it until they are gone: stop every pod of \
+                 the divider before upgrading"
+            ))),
+            LayoutGuard::Unknown | LayoutGuard::Clear => None,
+        }
+    }
 }
 
 /// Sessions known to be over for good: named by a member record that is `left` or `expired`,
@@ -413,11 +465,22 @@ pub struct Divider<P: Peers> {
     settings: DividerSettings,
     static_keys: Vec<String>,
     default_affinity: u32,
-    /// Member sessions; held for member-record writes (one writer per record) and short
-    /// updates, never across a tick's claims.
+    /// Member sessions; held for short updates only, never across a register call (see
+    /// "Locks" in [`super`]): app calls (ConfirmStop, Release, ...) take it.
     sessions: Mutex<Sessions>,
-    /// Held by the handoff loop's refresh.
+    /// Held across every write of a member record of a session on this sidecar (renewal,
+    /// re-join, affinity, join, leave), so each record has one writer at a time. App calls
+    /// that do not write a member record never take it.
+    record_writes: Mutex<()>,
+    /// Held by the handoff loop's refresh (its reads, expiries and marker deletes); no app call
+    /// takes it.
     view: Mutex<ViewState>,
+    /// When this sidecar first read each member record version (short updates only).
+    observed: StdMutex<HashMap<String, Observed>>,
+    /// The key set; held across the reads of the key-set counter and lists only.
+    keyset: Mutex<KeySetState>,
+    /// The mixed-version guard, set by every refresh.
+    guard: watch::Sender<LayoutGuard>,
     /// Sessions known dead.
     dead: StdMutex<DeadSessions>,
     /// Keys a claim found owned by a live session: key -> (member, session, its release count
@@ -495,14 +558,12 @@ impl<P: Peers> Divider<P> {
     async fn renew_loop(self: Arc<Self>) {
         loop {
             {
-                let mut sessions = self.sessions.lock().await;
-                let names: Vec<String> = sessions.keys().cloned().collect();
+                let _writer = self.record_writes.lock().await;
+                let names: Vec<String> = self.sessions.lock().await.keys().cloned().collect();
                 for m in &names {
-                    if let Some(s) = sessions.get_mut(m) {
-                        self.tend(m, s).await;
-                    }
+                    self.tend(m).await;
                 }
-                sessions.retain(|_, s| !s.gone);
+                self.sessions.lock().await.retain(|_, s| !s.gone);
             }
             self.changed.notify_waiters();
             tokio::select! {
@@ -571,24 +632,37 @@ impl<P: Peers> Divider<P> {
         Ok(out)
     }
 
-    /// Writes the session's record with `state` at its known version. `Ok(false)`: the record
-    /// moved (expired by an observer, or taken over): the session is over.
-    async fn write_session(&self, member: &str, s: &mut Session, state: MemberState) -> Result<bool, DividerError> {
-        let key = self.layout.member(member);
-        let expect = match s.version {
-            Some(v) => v,
-            None => match self.registers.read(&key).await? {
-                Some(Entry { version, value })
-                    if MemberRecord::decode(&value).is_ok_and(|r| r.is_live_session(&s.session)) =>
-                {
-                    version
-                }
-                _ => return Ok(false),
-            },
-        };
-        let sent = Instant::now();
-        let record = s.record(state, expect);
-        match self.put(&key, expect, record.encode()).await {
+    /// The version to write `member`'s record at: the session's known version, or (after a
+    /// write whose outcome is unknown) the version a fresh read shows while the record still
+    /// names the live session. `None`: the record moved on, the session is over.
+    async fn expected_version(
+        &self,
+        member: &str,
+        known: Option<u64>,
+        session: &str,
+    ) -> Result<Option<u64>, DividerError> {
+        if known.is_some() {
+            return Ok(known);
+        }
+        Ok(match self.registers.read(&self.layout.member(member)).await? {
+            Some(Entry { version, value }) if MemberRecord::decode(&value).is_ok_and(|r| r.is_live_session(session)) => {
+                Some(version)
+            }
+            _ => None,
+        })
+    }
+
+    /// Applies the outcome of writing `record` (with `state`, sent at `sent`) to the session.
+    fn apply_write(
+        &self,
+        member: &str,
+        s: &mut Session,
+        state: MemberState,
+        record: MemberRecord,
+        sent: Instant,
+        outcome: Result<Written, RegisterError>,
+    ) -> Result<bool, DividerError> {
+        match outcome {
             Ok(Written::Applied { version }) => {
                 s.version = Some(version);
                 s.written = Some(record);
@@ -616,51 +690,122 @@ impl<P: Peers> Divider<P> {
         }
     }
 
+    /// Writes the record of a session not shared yet (a join) with `state` at its known version.
+    /// `Ok(false)`: the record moved (taken over): the session is over.
+    async fn write_session(&self, member: &str, s: &mut Session, state: MemberState) -> Result<bool, DividerError> {
+        let Some(expect) = self.expected_version(member, s.version, &s.session).await? else {
+            return Ok(false);
+        };
+        let sent = Instant::now();
+        let record = s.record(state, expect);
+        let outcome = self.put(&self.layout.member(member), expect, record.encode()).await;
+        self.apply_write(member, s, state, record, sent, outcome)
+    }
+
+    /// Writes the record of `member`'s session on this sidecar with `state`. The caller holds
+    /// `record_writes` (one writer per record); `sessions` is held only to take the record to
+    /// write and to apply the outcome, never across the write, so app calls (ConfirmStop,
+    /// Release, ...) never wait for a quorum round here. What may change meanwhile cannot
+    /// change the record: session, version and affinity change only under `record_writes`; a
+    /// release landing meanwhile raises the release count, and its renewal (`renew_now`)
+    /// writes it next. `Ok(false)`: the record moved (expired, taken over) or the session is no
+    /// longer here.
+    async fn write_member(&self, member: &str, state: MemberState) -> Result<bool, DividerError> {
+        let (known, session) = match self.sessions.lock().await.get(member) {
+            Some(s) => (s.version, s.session.clone()),
+            None => return Ok(false),
+        };
+        let Some(expect) = self.expected_version(member, known, &session).await? else {
+            return Ok(false);
+        };
+        let (record, sent) = match self.sessions.lock().await.get(member).filter(|s| s.session == session) {
+            Some(s) => (s.record(state, expect), Instant::now()),
+            None => return Ok(false),
+        };
+        let outcome = self.put(&self.layout.member(member), expect, record.encode()).await;
+        let mut sessions = self.sessions.lock().await;
+        match sessions.get_mut(member).filter(|s| s.session == session) {
+            Some(s) => self.apply_write(member, s, state, record, sent, outcome),
+            None => Ok(false),
+        }
+    }
+
     /// Starts a new session for `member` over whatever its record holds (the old session, if
-    /// any, is dead from this write on: its keys become claimable).
-    async fn rejoin(&self, member: &str, s: &mut Session) -> Result<(), DividerError> {
+    /// any, is dead from this write on: its keys become claimable). The caller holds
+    /// `record_writes`.
+    async fn rejoin(&self, member: &str) -> Result<(), DividerError> {
         let current = self.registers.read(&self.layout.member(member)).await?;
-        s.version = Some(current.map_or(0, |e| e.version));
-        s.session = new_session_id();
-        if self.write_session(member, s, MemberState::Live).await? {
-            s.lost = false;
-            s.send(Event::Joined { member: member.to_string(), session: s.session.clone(), affinity: s.affinity });
-            s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) });
+        match self.sessions.lock().await.get_mut(member) {
+            Some(s) => {
+                s.version = Some(current.map_or(0, |e| e.version));
+                s.session = new_session_id();
+            }
+            None => return Ok(()),
+        }
+        if self.write_member(member, MemberState::Live).await? {
+            if let Some(s) = self.sessions.lock().await.get_mut(member) {
+                s.lost = false;
+                s.send(Event::Joined { member: member.to_string(), session: s.session.clone(), affinity: s.affinity });
+                s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) });
+            }
         }
         Ok(())
     }
 
-    async fn tend(&self, member: &str, s: &mut Session) {
+    /// One renewal tick of a session (the caller holds `record_writes`): what to write is
+    /// judged under `sessions`, the write runs without it.
+    async fn tend(&self, member: &str) {
         let now = Instant::now();
-        if !s.app_gone && s.events.is_closed() {
-            // The app closed its stream: by the protocol it stopped everything. Its keys stay
-            // fenced by the live session until the right ends, then the member leaves.
-            s.app_gone = true;
-            s.holdings.drop_all();
-        }
-        if s.app_gone || (s.leaving && s.holdings.is_empty()) {
-            if (s.leaving && s.holdings.is_empty()) || s.lease.ended(now) {
-                match self.write_session(member, s, MemberState::Left).await {
-                    Ok(_) => s.gone = true,
-                    Err(e) => tracing::debug!(divider = %self.name, member, error = %e, "leave not written yet"),
+        let timeout = self.settings.stop_timeout;
+        let leave = {
+            let mut sessions = self.sessions.lock().await;
+            let Some(s) = sessions.get_mut(member) else { return };
+            s.notice_app_gone(now, timeout);
+            if s.app_gone {
+                for (key, token) in s.holdings.timed_out(now) {
+                    tracing::debug!(divider = %self.name, member, key, token, "stop timeout of an abandoned key");
                 }
             }
+            // Leave once nothing is held (a cancelled session, or an abandoned one whose keys
+            // are all released), or once the right of an abandoned session ended.
+            let empty = (s.leaving || s.app_gone) && s.holdings.is_empty();
+            empty || (s.app_gone && s.lease.ended(now))
+        };
+        if leave {
+            match self.write_member(member, MemberState::Left).await {
+                Ok(_) => {
+                    if let Some(s) = self.sessions.lock().await.get_mut(member) {
+                        s.gone = true;
+                    }
+                }
+                Err(e) => tracing::debug!(divider = %self.name, member, error = %e, "leave not written yet"),
+            }
+        }
+        let lost = {
+            let mut sessions = self.sessions.lock().await;
+            let Some(s) = sessions.get_mut(member) else { return };
+            // An abandoned session is not renewed: its keys are released as their stops time
+            // out, and the right ends at the latest by the lease.
             if s.app_gone || s.gone {
                 return;
             }
-        }
-        if !s.lost && s.lease.ended(now) {
-            tracing::warn!(divider = %self.name, member, "lease ran out before a renewal: stopping every key");
-            s.lose();
-        }
-        if s.lost {
-            if let Err(e) = self.rejoin(member, s).await {
+            if !s.lost && s.lease.ended(now) {
+                tracing::warn!(divider = %self.name, member, "lease ran out before a renewal: stopping every key");
+                s.lose();
+            }
+            s.lost
+        };
+        if lost {
+            if let Err(e) = self.rejoin(member).await {
                 tracing::debug!(divider = %self.name, member, error = %e, "re-join failed");
             }
             return;
         }
         let sent = Instant::now();
-        match self.write_session(member, s, MemberState::Live).await {
+        let outcome = self.write_member(member, MemberState::Live).await;
+        let mut sessions = self.sessions.lock().await;
+        let Some(s) = sessions.get_mut(member) else { return };
+        match outcome {
             Ok(true) => {
                 self.metrics.renewal("ok", sent.elapsed());
                 s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) });
@@ -699,15 +844,17 @@ impl<P: Peers> Divider<P> {
         self.changed.notify_waiters();
     }
 
-    async fn refresh_keys(&self, st: &mut ViewState) -> Result<u64, RegisterError> {
+    /// The key-set counter and the key set, read again when the counter moved.
+    async fn refresh_keys(&self) -> Result<(u64, Arc<Vec<String>>), RegisterError> {
+        let mut st = self.keyset.lock().await;
         let kv = self.registers.counter(&self.layout.keyset()).await?.unwrap_or(0);
-        if st.keyset_version != Some(kv) {
-            st.added = self.list_all(&self.layout.added_prefix()).await?;
-            st.removed = self.list_all(&self.layout.removed_prefix()).await?.into_iter().collect();
-            st.keys = Arc::new(key_set(&self.static_keys, &st.added, &st.removed));
-            st.keyset_version = Some(kv);
+        if st.version != Some(kv) {
+            let added = self.list_all(&self.layout.added_prefix()).await?;
+            let removed: BTreeSet<String> = self.list_all(&self.layout.removed_prefix()).await?.into_iter().collect();
+            st.keys = Arc::new(key_set(&self.static_keys, &added, &removed));
+            st.version = Some(kv);
         }
-        Ok(kv)
+        Ok((kv, st.keys.clone()))
     }
 
     async fn refresh(&self, st: &mut ViewState, local: &BTreeMap<String, String>) -> Result<(), RegisterError> {
@@ -752,19 +899,22 @@ impl<P: Peers> Divider<P> {
             .filter(|(_, (_, r))| r.state == MemberState::Live)
             .map(|(id, (_, r))| (id.clone(), r.session.clone()))
             .collect();
-        for (id, (v, rec)) in &records {
-            let o = Observed::saw(st.observed.get(id).copied(), *v, now);
-            st.observed.insert(id.clone(), o);
-            let local = local.get(id).is_some_and(|s| *s == rec.session);
-            if rec.state != MemberState::Live || local {
-                continue;
-            }
-            let timing = rec.observer_timing(self.settings.timing);
-            if o.expired(now, timing) {
-                expire.push((id.clone(), *v, rec.clone()));
-            } else {
-                let at = o.expires_at(timing);
-                next_expiry = Some(next_expiry.map_or(at, |n| n.min(at)));
+        {
+            let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, (v, rec)) in &records {
+                let o = Observed::saw(observed.get(id).copied(), *v, now);
+                observed.insert(id.clone(), o);
+                let local = local.get(id).is_some_and(|s| *s == rec.session);
+                if rec.state != MemberState::Live || local {
+                    continue;
+                }
+                let timing = rec.observer_timing(self.settings.timing);
+                if o.expired(now, timing) {
+                    expire.push((id.clone(), *v, rec.clone()));
+                } else {
+                    let at = o.expires_at(timing);
+                    next_expiry = Some(next_expiry.map_or(at, |n| n.min(at)));
+                }
             }
         }
         st.next_expiry = next_expiry;
@@ -792,7 +942,9 @@ impl<P: Peers> Divider<P> {
                 Err(e) => tracing::debug!(divider = %self.name, member = %id, error = %e, "expiry not written"),
             }
         }
-        let kv = self.refresh_keys(st).await?;
+        self.judge_layout(&records);
+        let (kv, keys) = self.refresh_keys().await?;
+        st.keys = keys;
         let mut handbacks = BTreeMap::new();
         let mut collect = Vec::new();
         for key in self.list_all(&self.layout.handback_prefix()).await? {
@@ -842,6 +994,48 @@ impl<P: Peers> Divider<P> {
         Ok(())
     }
 
+    /// The mixed-version guard: blocks the divider while a member record read by this refresh
+    /// is a live session of a sidecar that may use the per-key owner layout. Costs nothing
+    /// beyond the member reads every refresh makes anyway.
+    fn judge_layout(&self, records: &Records) {
+        let old: Vec<String> =
+            records.iter().filter(|(_, (_, r))| r.live_per_key_layout()).map(|(id, _)| id.clone()).collect();
+        self.metrics
+            .per_key_layout_members
+            .get_or_create(&super::metrics::DividerLabels { divider: self.name.clone() })
+            .set(old.len() as i64);
+        let verdict = if old.is_empty() { LayoutGuard::Clear } else { LayoutGuard::Blocked(old) };
+        self.guard.send_if_modified(|g| {
+            if *g == verdict {
+                return false;
+            }
+            match (&verdict, verdict.error(&self.name)) {
+                (_, Some(e)) => tracing::error!(divider = %self.name, "{e}"),
+                (LayoutGuard::Clear, None) if matches!(g, LayoutGuard::Blocked(_)) => {
+                    tracing::info!(divider = %self.name, "no sidecar of the per-key owner layout is live any more: serving keys")
+                }
+                _ => {}
+            }
+            *g = verdict;
+            true
+        });
+    }
+
+    /// Waits (up to a request timeout) for the first refresh's verdict of the mixed-version
+    /// guard; the error apps get while it blocks the divider.
+    async fn layout_refusal(&self) -> Option<DividerError> {
+        let mut rx = self.guard.subscribe();
+        let _ = tokio::time::timeout(self.settings.request_timeout, rx.wait_for(|g| *g != LayoutGuard::Unknown)).await;
+        let g = rx.borrow().clone();
+        match g {
+            LayoutGuard::Unknown => Some(DividerError::Timeout(format!(
+                "divider {:?}: the member records were not read yet; retry",
+                self.name
+            ))),
+            g => g.error(&self.name),
+        }
+    }
+
     /// True when the owner record names a session that is live in `records`.
     fn owner_alive(records: &Records, rec: &OwnerRecord) -> bool {
         records.get(&rec.member).is_some_and(|(_, m)| m.is_live_session(&rec.session))
@@ -852,9 +1046,33 @@ impl<P: Peers> Divider<P> {
         let now = Instant::now();
         let mut claims = Vec::new();
         let mut releases = Vec::new();
+        let blocked = matches!(*self.guard.borrow(), LayoutGuard::Blocked(_));
         let mut sessions = self.sessions.lock().await;
         for (m, s) in sessions.iter_mut() {
-            if s.gone || s.app_gone || s.lost || s.lease.ended(now) {
+            if s.notice_app_gone(now, self.settings.stop_timeout) {
+                // Wakes the renewal loop: it leaves at once when nothing is held.
+                self.renew_now.notify_one();
+            }
+            if s.gone || s.lost || s.lease.ended(now) {
+                continue;
+            }
+            if blocked {
+                // A sidecar of the per-key layout ignores these owner buckets and may claim
+                // any key: every key held here stops at once (its token dead), and nothing is
+                // claimed until the guard clears.
+                if !s.holdings.is_empty() {
+                    tracing::warn!(divider = %self.name, member = %m, "stopping every key: a sidecar of the per-key owner layout is live");
+                    s.lose();
+                }
+                continue;
+            }
+            if s.app_gone {
+                // Nothing to tell or claim; what the app confirmed or released, and keys whose
+                // stop timed out, are released (see `Session::notice_app_gone`).
+                s.holdings.timed_out(now);
+                for (key, token, done) in s.holdings.releasing() {
+                    releases.push((m.clone(), s.session.clone(), key, token, done));
+                }
                 continue;
             }
             for (key, _) in s.holdings.working() {
@@ -1184,8 +1402,13 @@ impl<P: Peers> Divider<P> {
         validate_name(member).map_err(|e| DividerError::Invalid(format!("member {member:?}: {e}")))?;
         check_address(address).map_err(DividerError::Invalid)?;
         let affinity = affinity.map(affinity_from).transpose()?.unwrap_or(self.default_affinity);
-        let mut sessions = self.sessions.lock().await;
-        if sessions.contains_key(member) {
+        if let Some(e) = self.layout_refusal().await {
+            return Err(e);
+        }
+        // Joins write a member record: `record_writes` (not `sessions`) is held across it, and
+        // makes the check below and the insert one step against other joins.
+        let _writer = self.record_writes.lock().await;
+        if self.sessions.lock().await.contains_key(member) {
             return Err(DividerError::AlreadyExists(format!("member {member:?} already has a live session here")));
         }
         let key = self.layout.member(member);
@@ -1197,10 +1420,9 @@ impl<P: Peers> Divider<P> {
                 let live = rec.as_ref().is_some_and(|r| r.state == MemberState::Live);
                 let timing = rec.as_ref().map_or(self.settings.timing, |r| r.observer_timing(self.settings.timing));
                 let dead = self
-                    .view
-                    .lock()
-                    .await
                     .observed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
                     .get(member)
                     .is_some_and(|o| o.version == e.version && o.expired(Instant::now(), timing));
                 if live && !dead {
@@ -1236,8 +1458,7 @@ impl<P: Peers> Divider<P> {
         }
         s.send(Event::Joined { member: member.to_string(), session: s.session.clone(), affinity });
         s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) });
-        sessions.insert(member.to_string(), s);
-        drop(sessions);
+        self.sessions.lock().await.insert(member.to_string(), s);
         self.refresh_soon();
         Ok(rx)
     }
@@ -1321,14 +1542,34 @@ impl<P: Peers> Divider<P> {
         member: &str,
         f: impl FnOnce(u32) -> Result<u32, DividerError>,
     ) -> Result<u32, DividerError> {
+        self.write_affinity(member, f, false).await
+    }
+
+    /// [`Divider::update_affinity`]; `abandoned` also allows a session whose app went away (a
+    /// planned leave lowers its affinity so the others' tables move its keys at once).
+    async fn write_affinity(
+        &self,
+        member: &str,
+        f: impl FnOnce(u32) -> Result<u32, DividerError>,
+        abandoned: bool,
+    ) -> Result<u32, DividerError> {
+        let _writer = self.record_writes.lock().await;
+        let not_found = || DividerError::NotFound(format!("member {member:?} has no session on this sidecar"));
+        let old = {
+            let mut sessions = self.sessions.lock().await;
+            // An abandoned session whose right ended is not renewed (it only leaves).
+            let s = sessions
+                .get_mut(member)
+                .filter(|s| !s.gone && (!s.app_gone || (abandoned && !s.lease.ended(Instant::now()))))
+                .ok_or_else(not_found)?;
+            let old = s.affinity;
+            s.affinity = f(old)?;
+            old
+        };
+        let outcome = self.write_member(member, MemberState::Live).await;
         let mut sessions = self.sessions.lock().await;
-        let s = sessions
-            .get_mut(member)
-            .filter(|s| !s.gone && !s.app_gone)
-            .ok_or_else(|| DividerError::NotFound(format!("member {member:?} has no session on this sidecar")))?;
-        let old = s.affinity;
-        s.affinity = f(old)?;
-        let ok = match self.write_session(member, s, MemberState::Live).await {
+        let s = sessions.get_mut(member).ok_or_else(not_found)?;
+        let ok = match outcome {
             Ok(true) => true,
             Ok(false) => {
                 s.lose();
@@ -1420,28 +1661,27 @@ impl<P: Peers> Divider<P> {
     /// Every session on this sidecar leaves (SIGTERM): affinity 0 is written first, so every
     /// other sidecar's table moves the keys at once and claims each one at its next pass after
     /// its release lands; then `Stop{LEAVING}` for every key, the releases as the app confirms
-    /// (or at the stop timeout, the app being told its token is dead), and `left`. Returns once
-    /// every such session is gone, or at `deadline`. Sessions whose app already went away keep
-    /// their keys fenced until their lease ends, as without a leave.
+    /// (or at the stop timeout, the app being told its token is dead), and `left`. A session
+    /// whose app already went away leaves the same way, without the Stops it can no longer get:
+    /// what its app confirmed is released at once, the rest at the stop timeout counted from
+    /// when the app went away (see `Session::notice_app_gone`), then `left`. Returns once every
+    /// session is gone, or at `deadline`.
     pub async fn leave_all(&self, deadline: Instant) {
         let members: Vec<String> =
-            self.sessions.lock().await.iter().filter(|(_, s)| !s.gone && !s.app_gone).map(|(m, _)| m.clone()).collect();
+            self.sessions.lock().await.iter().filter(|(_, s)| !s.gone).map(|(m, _)| m.clone()).collect();
         for m in &members {
-            if let Err(e) = self.update_affinity(m, |_| Ok(0)).await {
+            if let Err(e) = self.write_affinity(m, |_| Ok(0), true).await {
                 tracing::debug!(divider = %self.name, member = %m, error = %e, "affinity 0 not written before leaving");
             }
-            let _ = self
-                .with_session(m, |s| {
-                    s.leaving = true;
-                    Ok(())
-                })
-                .await;
+            if let Some(s) = self.sessions.lock().await.get_mut(m) {
+                s.leaving = true;
+            }
         }
         self.refresh_soon();
         loop {
             let left = {
                 let sessions = self.sessions.lock().await;
-                members.iter().filter(|m| sessions.get(*m).is_some_and(|s| !s.app_gone)).count()
+                members.iter().filter(|m| sessions.get(*m).is_some_and(|s| !s.gone)).count()
             };
             if left == 0 {
                 tracing::info!(divider = %self.name, sessions = members.len(), "every session left");
@@ -1538,11 +1778,7 @@ impl<P: Peers> Divider<P> {
         after: &str,
         limit: usize,
     ) -> Result<(Vec<String>, Option<String>), DividerError> {
-        let keys = {
-            let mut view = self.view.lock().await;
-            self.refresh_keys(&mut view).await?;
-            view.keys.clone()
-        };
+        let (_, keys) = self.refresh_keys().await?;
         Ok(page(&keys, prefix, after, limit))
     }
 }

@@ -13,6 +13,21 @@ use ordo_sidecar::quorum::transport::{KeyPage, PeerError, Peers, ProbeInfo};
 use ordo_sidecar::quorum::Ballot;
 use rand::{Rng, SeedableRng};
 
+/// A register client of proposer `id` over the simulated network (its configuration never
+/// changes).
+pub fn registers(
+    net: &std::sync::Arc<SimNet>,
+    cfg: &MembersFile,
+    id: &str,
+    timeout: Duration,
+) -> ordo_sidecar::quorum::register::Registers<SimNet> {
+    let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(cfg.clone()));
+    std::mem::forget(tx); // the configuration never changes here
+    let metrics = std::sync::Arc::new(ordo_sidecar::metrics::Metrics::new());
+    let proposer = ordo_sidecar::quorum::proposer::Proposer::new(id.into(), net.clone(), rx, metrics);
+    ordo_sidecar::quorum::register::Registers::new(proposer, timeout)
+}
+
 /// Epoch 1 with `ids` as members (majority quorums) at simulated addresses.
 pub fn members(ids: &[String]) -> MembersFile {
     MembersFile {
