@@ -213,8 +213,8 @@ type Owners = Arc<Mutex<HashMap<String, String>>>;
 struct Times {
     start: HashMap<String, Instant>,
     stop: HashMap<String, Instant>,
-    /// Each accepted `ConfirmStop`: (member, when its reply came).
-    confirmed: Vec<(String, Instant)>,
+    /// Each accepted `ConfirmStop`: (member, when its reply came, how long the call took).
+    confirmed: Vec<(String, Instant, Duration)>,
 }
 
 type SharedTimes = Arc<Mutex<Times>>;
@@ -237,8 +237,9 @@ fn run_app(mut m: ordo_client::divider::Membership, owners: Owners, times: Share
                             o.remove(&key);
                         }
                     }
+                    let sent = Instant::now();
                     if m.confirm_stop(&key, token).await.is_ok() {
-                        times.lock().expect("times").confirmed.push((me.clone(), Instant::now()));
+                        times.lock().expect("times").confirmed.push((me.clone(), Instant::now(), sent.elapsed()));
                     }
                 }
                 Ok(DividerEvent::LeaseExpired { keys }) => {
@@ -277,8 +278,10 @@ struct OrdoRun {
     /// Planned scale-down: the longest gap of one key, and the time until all moved.
     scale_down: Option<(Duration, Duration)>,
     /// Planned scale-down: the leaving app's accepted confirms per second (it confirms each
-    /// Stop by its own call, one at a time), from its first Stop to its last confirm.
+    /// Stop by its own call, one at a time), from its first Stop to its last confirm, and the
+    /// p50 / p99 / max of one call's latency, ms.
     leave_confirms_per_sec: Option<f64>,
+    leave_confirm_ms: Option<(f64, f64, f64)>,
     /// Where the recovery's time went: the first orphan's new Start (detection) and the rest
     /// (claims), with the quorum rounds the survivors and the members ran meanwhile.
     detail: Option<String>,
@@ -382,6 +385,7 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
     // Planned scale-down: SIGTERM of the next app's sidecar (as when Kubernetes removes its
     // pod); its sidecar stops the app's keys, releases them as they are confirmed, leaves.
     let mut leave_confirms_per_sec = None;
+    let mut leave_confirm_ms = None;
     let scale_down = if apps.len() >= 2 {
         let leaver = format!("app-{}", apps.len() - 1);
         let moving: Vec<String> = {
@@ -419,12 +423,16 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
             worst = worst.max(start.saturating_duration_since(*stop));
             first_stop = Some(first_stop.map_or(*stop, |f| f.min(*stop)));
         }
-        let confirms: Vec<Instant> =
-            t.confirmed.iter().filter(|(m, at)| *m == leaver && *at >= term).map(|(_, at)| *at).collect();
-        leave_confirms_per_sec = match (first_stop, confirms.iter().max()) {
+        let confirms: Vec<(Instant, Duration)> =
+            t.confirmed.iter().filter(|(m, at, _)| *m == leaver && *at >= term).map(|(_, at, took)| (*at, *took)).collect();
+        leave_confirms_per_sec = match (first_stop, confirms.iter().map(|(at, _)| at).max()) {
             (Some(f), Some(last)) if *last > f => Some(confirms.len() as f64 / (*last - f).as_secs_f64()),
             _ => None,
         };
+        let mut took: Vec<f64> = confirms.iter().map(|(_, d)| d.as_secs_f64() * 1e3).collect();
+        took.sort_by(f64::total_cmp);
+        let q = |p: f64| took[((took.len() - 1) as f64 * p) as usize];
+        leave_confirm_ms = (!took.is_empty()).then(|| (q(0.5), q(0.99), q(1.0)));
         Some((worst, all_moved))
     } else {
         None
@@ -432,7 +440,7 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
     for s in sessions {
         s.abort();
     }
-    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec, scale_down, leave_confirms_per_sec, detail })
+    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec, scale_down, leave_confirms_per_sec, leave_confirm_ms, detail })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -613,7 +621,7 @@ async fn etcd_run(args: &Args, bin: &Path, dir: &Path, n: usize, measure_idle: b
     for t in tasks {
         t.abort();
     }
-    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec: idle, scale_down: None, leave_confirms_per_sec: None, detail: None })
+    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec: idle, scale_down: None, leave_confirms_per_sec: None, leave_confirm_ms: None, detail: None })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -653,7 +661,7 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
                 match r {
                     Ok(r) => {
                         eprintln!(
-                            "{system} {n} keys run {run}: all owned after {:.0} ms, orphans owned again {:.0} ms after the kill{}{}{}",
+                            "{system} {n} keys run {run}: all owned after {:.0} ms, orphans owned again {:.0} ms after the kill{}{}{}{}",
                             r.initial.as_secs_f64() * 1e3,
                             r.recovery.as_secs_f64() * 1e3,
                             r.idle_rounds_per_sec.map(|w| format!(", idle {w:.1} writes/s")).unwrap_or_default(),
@@ -666,6 +674,11 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
                                 .unwrap_or_default(),
                             r.leave_confirms_per_sec
                                 .map(|c| format!(", the leaving app confirmed {c:.0} stops/s"))
+                                .unwrap_or_default(),
+                            r.leave_confirm_ms
+                                .map(|(p50, p99, max)| format!(
+                                    " (one ConfirmStop call: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms)"
+                                ))
                                 .unwrap_or_default()
                         );
                         if let Some(c) = r.leave_confirms_per_sec {

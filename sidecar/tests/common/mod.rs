@@ -50,6 +50,9 @@ pub enum Drop {
     Requests,
     /// Every reply (acceptors apply what they receive; nobody hears back).
     Replies,
+    /// Nothing moves: every message waits until the mode changes (a stalled network), then
+    /// goes on as in the new mode.
+    Stall,
 }
 
 /// In-memory acceptors with a lossy, slow network.
@@ -82,10 +85,17 @@ impl SimNet {
             (rng.random_range(0..300u64), rng.random_bool(self.loss))
         };
         tokio::time::sleep(Duration::from_micros(delay)).await;
-        match *self.drop.lock().unwrap() {
-            Drop::Random => !lost,
-            Drop::Requests => reply,
-            Drop::Replies => !reply,
+        loop {
+            let mode = *self.drop.lock().unwrap();
+            return match mode {
+                Drop::Random => !lost,
+                Drop::Requests => reply,
+                Drop::Replies => !reply,
+                Drop::Stall => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+            };
         }
     }
 
