@@ -112,7 +112,9 @@ async fn confirms_never_wait_for_a_quorum_write_and_are_released_by_one_write_pe
     }
     net.set_drop(Drop::Random);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !d.assigned("m").await.expect("assigned").is_empty() || !d.report().await.held_here.iter().all(|h| h.keys == 0) {
+    while !d.assigned("m").await.expect("assigned").is_empty()
+        || !d.report().await.held_here.iter().all(|h| h.keys == 0)
+    {
         assert!(Instant::now() < deadline, "the confirmed keys were not released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

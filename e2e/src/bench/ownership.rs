@@ -423,8 +423,12 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
             worst = worst.max(start.saturating_duration_since(*stop));
             first_stop = Some(first_stop.map_or(*stop, |f| f.min(*stop)));
         }
-        let confirms: Vec<(Instant, Duration)> =
-            t.confirmed.iter().filter(|(m, at, _)| *m == leaver && *at >= term).map(|(_, at, took)| (*at, *took)).collect();
+        let confirms: Vec<(Instant, Duration)> = t
+            .confirmed
+            .iter()
+            .filter(|(m, at, _)| *m == leaver && *at >= term)
+            .map(|(_, at, took)| (*at, *took))
+            .collect();
         leave_confirms_per_sec = match (first_stop, confirms.iter().map(|(at, _)| at).max()) {
             (Some(f), Some(last)) if *last > f => Some(confirms.len() as f64 / (*last - f).as_secs_f64()),
             _ => None,
@@ -621,7 +625,15 @@ async fn etcd_run(args: &Args, bin: &Path, dir: &Path, n: usize, measure_idle: b
     for t in tasks {
         t.abort();
     }
-    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec: idle, scale_down: None, leave_confirms_per_sec: None, leave_confirm_ms: None, detail: None })
+    Ok(OrdoRun {
+        initial,
+        recovery,
+        idle_rounds_per_sec: idle,
+        scale_down: None,
+        leave_confirms_per_sec: None,
+        leave_confirm_ms: None,
+        detail: None,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -645,7 +645,9 @@ impl<P: Peers> Divider<P> {
             return Ok(known);
         }
         Ok(match self.registers.read(&self.layout.member(member)).await? {
-            Some(Entry { version, value }) if MemberRecord::decode(&value).is_ok_and(|r| r.is_live_session(session)) => {
+            Some(Entry { version, value })
+                if MemberRecord::decode(&value).is_ok_and(|r| r.is_live_session(session)) =>
+            {
                 Some(version)
             }
             _ => None,
