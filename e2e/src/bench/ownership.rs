@@ -21,7 +21,11 @@
 //! ```text
 //! ordo-bench ownership [--keys 100,10000] [--runs 5] [--apps 3] [--lease-ms 3000]
 //!                      [--idle-secs 10] [--only ordo,etcd] [--sidecar PATH] [--etcd PATH] [--out DIR]
+//!                      [--pause-member-at-leave]
 //! ```
+//! `--pause-member-at-leave` pauses (SIGSTOP) one quorum member during the planned scale-down,
+//! so quorum rounds routed to it stall (up to a second): the leaving app's confirms show whether
+//! they wait for the leaving sidecar's quorum writes.
 //! Writes `ownership.md` and `ownership.json` under `--out`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -40,7 +44,7 @@ use super::http::Http;
 use super::ordo::{quorum_stats_of, sidecar_binary, OrdoCluster};
 
 const USAGE: &str = "usage: ordo-bench ownership [--keys 100,10000] [--runs 5] [--apps 3] [--lease-ms 3000] \
-[--idle-secs 10] [--only ordo,etcd] [--sidecar PATH] [--etcd PATH] [--out DIR]";
+[--idle-secs 10] [--only ordo,etcd] [--sidecar PATH] [--etcd PATH] [--out DIR] [--pause-member-at-leave]";
 const DIVIDER: &str = "bench";
 
 struct Args {
@@ -53,6 +57,7 @@ struct Args {
     sidecar: Option<String>,
     etcd: Option<String>,
     out: PathBuf,
+    pause_member_at_leave: bool,
 }
 
 fn parse(raw: &[String]) -> anyhow::Result<Args> {
@@ -66,6 +71,7 @@ fn parse(raw: &[String]) -> anyhow::Result<Args> {
         sidecar: None,
         etcd: None,
         out: PathBuf::from("bench-out"),
+        pause_member_at_leave: false,
     };
     let mut it = raw.iter();
     while let Some(arg) = it.next() {
@@ -82,6 +88,7 @@ fn parse(raw: &[String]) -> anyhow::Result<Args> {
             "--sidecar" => a.sidecar = Some(value()?),
             "--etcd" => a.etcd = Some(value()?),
             "--out" => a.out = PathBuf::from(value()?),
+            "--pause-member-at-leave" => a.pause_member_at_leave = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -393,6 +400,10 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
             o.iter().filter(|(_, m)| **m == leaver).map(|(k, _)| k.clone()).collect()
         };
         let app = apps.last().context("an app")?;
+        let paused = args.pause_member_at_leave.then_some(2);
+        if let Some(i) = paused {
+            cluster.dev.signal(i, "STOP");
+        }
         let term = Instant::now();
         let sent = std::process::Command::new("kill").arg("-TERM").arg(app.child.id().to_string()).status()?;
         if !sent.success() {
@@ -407,6 +418,9 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
         })
         .await?;
         let all_moved = term.elapsed();
+        if let Some(i) = paused {
+            cluster.dev.signal(i, "CONT");
+        }
         // The leaving app reads its Stops one by one (confirming each); a slow app may still be
         // reading them when a key's new owner starts it (a Stop it did not confirm in time
         // timed out, and the key moved). Wait until it has read its stream to the end.
@@ -783,6 +797,9 @@ fn markdown(rows: &[Row], args: &Args) -> String {
         args.runs,
         args.lease_ms + 1000
     );
+    if args.pause_member_at_leave {
+        s = s.replacen("\n\n| system |", "\n\nDuring the scale-down, one quorum member was paused (SIGSTOP).\n\n| system |", 1);
+    }
     for r in rows {
         match &r.note {
             Some(n) if r.runs == 0 => {

@@ -80,8 +80,9 @@
 //! predate its join (the double owner the checker once caught).
 //!
 //! **Planned leave (SIGTERM).** Before its servers stop, the sidecar makes every session on it
-//! leave ([`runtime::Dividers::leave_all`]): affinity 0 is written first, so every other
-//! sidecar moves the keys in its table at once; then `Stop{LEAVING}` for every key, each
+//! leave ([`runtime::Dividers::leave_all`]): `Stop{LEAVING}` for every key at once, and
+//! affinity 0 written meanwhile, so every other sidecar moves the keys in its table at once
+//! (the Stops do not wait for that write: a slow quorum would hold them back); each
 //! release written as the app confirms (or at the stop timeout, the app being told its token
 //! is dead), then `left`. The new owners claim each key at their next refresh after its
 //! release (the release count tells them), well before an expiry could. Bounded by the stop

@@ -342,6 +342,13 @@ impl Session {
         true
     }
 
+    /// Asks the app to stop `key` (when it works on it), with `reason`.
+    fn stop(&mut self, key: String, now: Instant, timeout: Duration, reason: StopReason) {
+        if let Some(token) = self.holdings.stop(&key, now, timeout) {
+            self.send(Event::Stop { key, token, reason });
+        }
+    }
+
     /// The right ended or was taken: every key is dropped, the app told.
     fn lose(&mut self) {
         for (key, token) in self.holdings.drop_all() {
@@ -1088,9 +1095,7 @@ impl<P: Peers> Divider<P> {
                     None
                 };
                 if let Some(reason) = reason {
-                    if let Some(token) = s.holdings.stop(&key, now, self.settings.stop_timeout) {
-                        s.send(Event::Stop { key, token, reason });
-                    }
+                    s.stop(key, now, self.settings.stop_timeout, reason);
                 }
             }
             for (key, token, done) in s.holdings.releasing() {
@@ -1660,9 +1665,9 @@ impl<P: Peers> Divider<P> {
         }
     }
 
-    /// Every session on this sidecar leaves (SIGTERM): affinity 0 is written first, so every
-    /// other sidecar's table moves the keys at once and claims each one at its next pass after
-    /// its release lands; then `Stop{LEAVING}` for every key, the releases as the app confirms
+    /// Every session on this sidecar leaves (SIGTERM): `Stop{LEAVING}` for every key goes out at
+    /// once, and affinity 0 is written meanwhile, so every other sidecar's table moves the keys
+    /// and claims each one at its next pass after its release lands; the releases as the app confirms
     /// (or at the stop timeout, the app being told its token is dead), and `left`. A session
     /// whose app already went away leaves the same way, without the Stops it can no longer get:
     /// what its app confirmed is released at once, the rest at the stop timeout counted from
@@ -1671,12 +1676,27 @@ impl<P: Peers> Divider<P> {
     pub async fn leave_all(&self, deadline: Instant) {
         let members: Vec<String> =
             self.sessions.lock().await.iter().filter(|(_, s)| !s.gone).map(|(m, _)| m.clone()).collect();
+        // The Stops go out at once, not from the handoff loop, whose refresh may be stalled by a
+        // slow quorum (a paused member), nor after the affinity writes, which only let the other
+        // sidecars move the keys sooner.
+        {
+            let now = Instant::now();
+            let mut sessions = self.sessions.lock().await;
+            for m in &members {
+                if let Some(s) = sessions.get_mut(m) {
+                    s.leaving = true;
+                    if !s.app_gone && !s.lost {
+                        for (key, _) in s.holdings.working() {
+                            s.stop(key, now, self.settings.stop_timeout, StopReason::Leaving);
+                        }
+                    }
+                }
+            }
+        }
+        self.wake.notify_one();
         for m in &members {
             if let Err(e) = self.write_affinity(m, |_| Ok(0), true).await {
                 tracing::debug!(divider = %self.name, member = %m, error = %e, "affinity 0 not written before leaving");
-            }
-            if let Some(s) = self.sessions.lock().await.get_mut(m) {
-                s.leaving = true;
             }
         }
         self.refresh_soon();
