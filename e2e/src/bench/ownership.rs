@@ -798,7 +798,11 @@ fn markdown(rows: &[Row], args: &Args) -> String {
         args.lease_ms + 1000
     );
     if args.pause_member_at_leave {
-        s = s.replacen("\n\n| system |", "\n\nDuring the scale-down, one quorum member was paused (SIGSTOP).\n\n| system |", 1);
+        s = s.replacen(
+            "\n\n| system |",
+            "\n\nDuring the scale-down, one quorum member was paused (SIGSTOP).\n\n| system |",
+            1,
+        );
     }
     for r in rows {
         match &r.note {

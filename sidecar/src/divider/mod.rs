@@ -91,7 +91,7 @@
 //! **An app that went away** (its `Watch` stream closed: the app ended it, was cancelled, or its
 //! process died) can no longer be told anything; by the protocol it stops every key when its
 //! stream ends (the client handle yields `LeaseExpired`). Its session is no longer renewed;
-//! keys it confirmed or released are released by the next handoff pass, and every other key is
+//! keys it confirmed or released are released by the release loop at once, and every other key is
 //! treated as told to stop at that moment: released once the stop timeout has passed (a key
 //! already stopping keeps its earlier deadline), so an app still finishing a key gets the same
 //! bound as for a Stop it was sent. Once nothing is held the session writes `left`; if the right
@@ -109,8 +109,9 @@
 //! waits) take `sessions` only, and `sessions` is never held across a register call: renewals,
 //! re-joins, affinity changes, joins and leaves take what to write under it, write without it,
 //! and apply the outcome under it again ([`runtime`]'s `write_member`). So a confirm never waits
-//! for a quorum round, and confirms arriving while a release is being written are folded into
-//! the next pass, one compare-and-set per bucket for all of them. Locks held across awaits:
+//! for a quorum round. Releases are written by their own loop (not behind a refresh, which a
+//! slow quorum can stall), and confirms arriving while a release is being written are folded
+//! into its next pass, one compare-and-set per bucket for all of them. Locks held across awaits:
 //!
 //! - `record_writes`: across every member-record write of the sessions on this sidecar (one
 //!   writer per record: nothing else can move the session, version or affinity meanwhile;
@@ -270,7 +271,7 @@
 //!
 //! [`records`] (register names and record encodings), [`lease`] (holder and observer clocks),
 //! [`handoff`] (the stop state machine of one session's keys), [`keys`] (the key set),
-//! [`table`] (the assignment table), [`runtime`] (sessions, the renewal and handoff loops, the
+//! [`table`] (the assignment table), [`runtime`] (sessions, the renewal, handoff and release loops, the
 //! calls apps make), [`metrics`]. The gRPC adapter is `crate::api::app::divider`.
 
 pub mod handoff;

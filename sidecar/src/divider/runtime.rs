@@ -1,5 +1,5 @@
 //! The divider runtime of one sidecar: the member sessions opened on it, their leases, the
-//! handoff of their keys, and the assignment table, driven by two loops per divider.
+//! handoff of their keys, and the assignment table, driven by three loops per divider.
 //!
 //! The renewal loop, every `lease / 4`: tend every session: renew its member record (one
 //! compare-and-set whatever the number of keys), tell the app how long its right lasts, drop
@@ -10,9 +10,14 @@
 //! expired (a join, affinity or key change wakes it at once): (1)
 //! read every member record and the key set, expire members whose record did not move for
 //! `lease + margin`, compute the [`AssignmentTable`]; (2) per session: stop keys assigned
-//! elsewhere, write the releases of keys the app is done with, claim keys assigned to it whose
-//! owner released them or lost its session. A confirm or release wakes step (2) alone. The
-//! safety argument is in [`super`].
+//! elsewhere, claim keys assigned to it whose owner released them or lost its session. A
+//! confirm or release wakes step (2) alone.
+//!
+//! The release loop, woken by confirms and releases (and every `lease / 8`): writes the
+//! releases of keys the apps are done with, one compare-and-set per bucket for every release
+//! pending, apart from the handoff loop so that a refresh stalled by a slow quorum does not
+//! hold them back. The safety argument is in [`super`]; the locks each loop holds across its
+//! awaits are listed there ("Locks").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -250,10 +255,12 @@ impl<P: Peers> Dividers<P> {
             refresh_now: std::sync::atomic::AtomicBool::new(false),
             changed: Notify::new(),
             renew_now: Notify::new(),
+            release_wake: Notify::new(),
             metrics: self.metrics.clone(),
         });
         tokio::spawn(d.clone().renew_loop());
         tokio::spawn(d.clone().handoff_loop());
+        tokio::spawn(d.clone().release_loop());
         map.insert(name.to_string(), d.clone());
         Ok(d)
     }
@@ -502,6 +509,8 @@ pub struct Divider<P: Peers> {
     changed: Notify,
     /// Wakes the renewal loop early (a leaving session released its last key: write `left`).
     renew_now: Notify,
+    /// Wakes the release loop (a confirm, a release, an app gone).
+    release_wake: Notify,
     metrics: DividerMetrics,
 }
 
@@ -829,7 +838,11 @@ impl<P: Peers> Divider<P> {
                 tracing::debug!(divider = %self.name, member, error = %e, "renewal failed");
             }
         }
-        for (key, token) in s.holdings.timed_out(Instant::now()) {
+        let timed_out = s.holdings.timed_out(Instant::now());
+        if !timed_out.is_empty() {
+            self.release_wake.notify_one();
+        }
+        for (key, token) in timed_out {
             s.send(Event::Stop { key, token, reason: StopReason::Timeout });
         }
     }
@@ -1054,12 +1067,13 @@ impl<P: Peers> Divider<P> {
         let table = self.table();
         let now = Instant::now();
         let mut claims = Vec::new();
-        let mut releases = Vec::new();
         let blocked = matches!(*self.guard.borrow(), LayoutGuard::Blocked(_));
         let mut sessions = self.sessions.lock().await;
         for (m, s) in sessions.iter_mut() {
             if s.notice_app_gone(now, self.settings.stop_timeout) {
-                // Wakes the renewal loop: it leaves at once when nothing is held.
+                // Wakes the release loop (what the app confirmed goes now) and the renewal
+                // loop (it leaves at once when nothing is held).
+                self.release_wake.notify_one();
                 self.renew_now.notify_one();
             }
             if s.gone || s.lost || s.lease.ended(now) {
@@ -1076,12 +1090,8 @@ impl<P: Peers> Divider<P> {
                 continue;
             }
             if s.app_gone {
-                // Nothing to tell or claim; what the app confirmed or released, and keys whose
-                // stop timed out, are released (see `Session::notice_app_gone`).
-                s.holdings.timed_out(now);
-                for (key, token, done) in s.holdings.releasing() {
-                    releases.push((m.clone(), s.session.clone(), key, token, done));
-                }
+                // Nothing to tell or claim; the release loop releases what the app confirmed or
+                // released, and keys whose stop timed out (see `Session::notice_app_gone`).
                 continue;
             }
             for (key, _) in s.holdings.working() {
@@ -1097,9 +1107,6 @@ impl<P: Peers> Divider<P> {
                 if let Some(reason) = reason {
                     s.stop(key, now, self.settings.stop_timeout, reason);
                 }
-            }
-            for (key, token, done) in s.holdings.releasing() {
-                releases.push((m.clone(), s.session.clone(), key, token, done));
             }
             let current = table.members.iter().any(|t| t.id == *m && t.session == s.session);
             // Claims wait while renewals struggle (less than a tick of right left): they compete
@@ -1135,43 +1142,7 @@ impl<P: Peers> Divider<P> {
                 })
                 .collect()
         };
-        let mut release_buckets: BTreeMap<u32, Vec<Release>> = BTreeMap::new();
-        for (m, session, key, token, done) in releases {
-            release_buckets.entry(owner_bucket(&key)).or_default().push(Release {
-                member: m,
-                session,
-                key,
-                token,
-                done,
-            });
-        }
         let table_ref = &table;
-        let released: Vec<(String, String, u64)> = stream::iter(release_buckets)
-            .map(|(bucket, group)| async move {
-                match self.release_bucket(table_ref, bucket, &group).await {
-                    Ok(()) => group.into_iter().map(|r| (r.member, r.key, r.token)).collect(),
-                    Err(e) => {
-                        tracing::debug!(divider = %self.name, bucket, error = %e, "releases not written yet");
-                        Vec::new()
-                    }
-                }
-            })
-            .buffer_unordered(CLAIM_PARALLEL)
-            .flat_map(stream::iter)
-            .collect()
-            .await;
-        if !released.is_empty() {
-            let mut sessions = self.sessions.lock().await;
-            for (m, key, token) in released {
-                if let Some(s) = sessions.get_mut(&m) {
-                    s.released(&key, token);
-                }
-            }
-            // Renew now: the record carries the new release count, which tells claimers waiting
-            // on these keys to try again (and a leaving session that released its last key
-            // writes `left`).
-            self.renew_now.notify_one();
-        }
         let waiting = claims.len();
         let mut started = 0;
         // Starts go out as claims land (a first tick may claim tens of thousands of keys). A
@@ -1238,6 +1209,75 @@ impl<P: Peers> Divider<P> {
         let owned: usize = self.sessions.lock().await.values().map(|s| s.holdings.len()).sum();
         self.metrics.keys(&self.name, owned, waiting.saturating_sub(started));
         tracing::debug!(divider = %self.name, waiting, started, owned, ms = now.elapsed().as_millis() as u64, "handoff pass");
+    }
+
+    /// Writes the releases of keys the apps are done with (confirmed, released, stop timed
+    /// out), apart from the handoff loop, whose refresh a slow quorum can stall: woken by
+    /// confirms and releases, it gathers for [`WAKE_GATHER`] and writes every release pending
+    /// then by one compare-and-set per bucket, so confirms arriving while a write is in flight
+    /// go into the next write of their bucket.
+    async fn release_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.release_wake.notified() => tokio::time::sleep(WAKE_GATHER).await,
+                _ = tokio::time::sleep(self.settings.poll()) => {}
+            }
+            self.write_releases().await;
+        }
+    }
+
+    /// One pass of [`Divider::release_loop`].
+    async fn write_releases(&self) {
+        let now = Instant::now();
+        let mut buckets: BTreeMap<u32, Vec<Release>> = BTreeMap::new();
+        {
+            let mut sessions = self.sessions.lock().await;
+            for (m, s) in sessions.iter_mut() {
+                // After its right ended a session writes nothing more but `left`.
+                if s.gone || s.lost || s.lease.ended(now) {
+                    continue;
+                }
+                if s.app_gone {
+                    s.holdings.timed_out(now);
+                }
+                for (key, token, done) in s.holdings.releasing() {
+                    let r = Release { member: m.clone(), session: s.session.clone(), key, token, done };
+                    buckets.entry(owner_bucket(&r.key)).or_default().push(r);
+                }
+            }
+        }
+        if buckets.is_empty() {
+            return;
+        }
+        let table = self.table();
+        let table_ref = &table;
+        let released: Vec<(String, String, u64)> = stream::iter(buckets)
+            .map(|(bucket, group)| async move {
+                match self.release_bucket(table_ref, bucket, &group).await {
+                    Ok(()) => group.into_iter().map(|r| (r.member, r.key, r.token)).collect(),
+                    Err(e) => {
+                        tracing::debug!(divider = %self.name, bucket, error = %e, "releases not written yet");
+                        Vec::new()
+                    }
+                }
+            })
+            .buffer_unordered(CLAIM_PARALLEL)
+            .flat_map(stream::iter)
+            .collect()
+            .await;
+        if !released.is_empty() {
+            let mut sessions = self.sessions.lock().await;
+            for (m, key, token) in released {
+                if let Some(s) = sessions.get_mut(&m) {
+                    s.released(&key, token);
+                }
+            }
+            // Renew now: the record carries the new release count, which tells claimers waiting
+            // on these keys to try again (and a leaving session that released its last key
+            // writes `left`).
+            self.renew_now.notify_one();
+        }
+        self.changed.notify_waiters();
     }
 
     /// True when a fresh read shows the owner record's session live.
@@ -1482,6 +1522,7 @@ impl<P: Peers> Divider<P> {
             .ok_or_else(|| DividerError::NotFound(format!("member {member:?} has no session on this sidecar")))?;
         let out = f(s)?;
         drop(sessions);
+        self.release_wake.notify_one();
         self.wake.notify_one();
         Ok(out)
     }
