@@ -460,6 +460,19 @@ impl DeadSessions {
     }
 }
 
+/// Which loops an app call wakes once it changed a session.
+#[derive(Debug, Clone, Copy)]
+enum Wake {
+    /// None (a read).
+    Nothing,
+    /// The release loop (a key the app is done with).
+    Releases,
+    /// The handoff loop (Stops to send).
+    Handoffs,
+    /// Both.
+    Both,
+}
+
 /// The owner of a key as [`Divider::lookup`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -1510,9 +1523,12 @@ impl<P: Peers> Divider<P> {
         Ok(rx)
     }
 
+    /// Runs `f` on `member`'s session (held by an app that is still there), then wakes the
+    /// loops `wake` names.
     async fn with_session<T>(
         &self,
         member: &str,
+        wake: Wake,
         f: impl FnOnce(&mut Session) -> Result<T, DividerError>,
     ) -> Result<T, DividerError> {
         let mut sessions = self.sessions.lock().await;
@@ -1522,21 +1538,25 @@ impl<P: Peers> Divider<P> {
             .ok_or_else(|| DividerError::NotFound(format!("member {member:?} has no session on this sidecar")))?;
         let out = f(s)?;
         drop(sessions);
-        self.release_wake.notify_one();
-        self.wake.notify_one();
+        if matches!(wake, Wake::Releases | Wake::Both) {
+            self.release_wake.notify_one();
+        }
+        if matches!(wake, Wake::Handoffs | Wake::Both) {
+            self.wake.notify_one();
+        }
         Ok(out)
     }
 
     /// The app confirmed the stop of `key` at `token`.
     pub async fn confirm_stop(&self, member: &str, key: &str, token: u64) -> Result<(), DividerError> {
-        self.with_session(member, |s| Ok(s.holdings.confirm(key, token)?)).await
+        self.with_session(member, Wake::Releases, |s| Ok(s.holdings.confirm(key, token)?)).await
     }
 
     /// The app gives `key` up: `done` removes it from the divider, otherwise it is handed back
     /// (assigned among the other members while this session lives).
     pub async fn release(&self, member: &str, key: &str, token: u64, done: bool) -> Result<(), DividerError> {
         let session = self
-            .with_session(member, |s| {
+            .with_session(member, Wake::Nothing, |s| {
                 match s.holdings.get(key) {
                     None => return Err(HandoffError::NotHeld(key.to_string()).into()),
                     Some(k) if k.token() != token => {
@@ -1563,12 +1583,12 @@ impl<P: Peers> Divider<P> {
                 return Err(DividerError::Precondition(format!("key {key:?} was handed back concurrently; retry")));
             }
         }
-        self.with_session(member, |s| Ok(s.holdings.release(key, token, done)?)).await
+        self.with_session(member, Wake::Both, |s| Ok(s.holdings.release(key, token, done)?)).await
     }
 
     /// Keys the member holds and works on (owned or stopping), with tokens.
     pub async fn assigned(&self, member: &str) -> Result<Vec<(String, u64)>, DividerError> {
-        self.with_session(member, |s| {
+        self.with_session(member, Wake::Nothing, |s| {
             Ok(s.holdings
                 .iter()
                 .filter(|(_, k)| !matches!(k, super::handoff::KeyState::Releasing { .. }))
@@ -1580,7 +1600,7 @@ impl<P: Peers> Divider<P> {
 
     /// The member's affinity.
     pub async fn affinity(&self, member: &str) -> Result<u32, DividerError> {
-        self.with_session(member, |s| Ok(s.affinity)).await
+        self.with_session(member, Wake::Nothing, |s| Ok(s.affinity)).await
     }
 
     /// Sets the member's affinity to `f(current)` and writes it (atomic per member: one
@@ -1644,7 +1664,7 @@ impl<P: Peers> Divider<P> {
     pub async fn flush(&self, member: &str) -> Result<(), DividerError> {
         let held: Vec<String> = self.assigned(member).await?.into_iter().map(|(k, _)| k).collect();
         self.update_affinity(member, |_| Ok(0)).await?;
-        self.with_session(member, |s| {
+        self.with_session(member, Wake::Handoffs, |s| {
             s.flushing = true;
             Ok(())
         })
@@ -1652,7 +1672,7 @@ impl<P: Peers> Divider<P> {
         let deadline = Instant::now() + self.settings.stop_timeout + 3 * self.settings.timing.lease;
         let mut pending: BTreeSet<String> = held.into_iter().collect();
         loop {
-            let empty = self.with_session(member, |s| Ok(s.holdings.is_empty())).await?;
+            let empty = self.with_session(member, Wake::Nothing, |s| Ok(s.holdings.is_empty())).await?;
             if empty {
                 let table = self.table();
                 let mut still = BTreeSet::new();
@@ -1668,7 +1688,7 @@ impl<P: Peers> Divider<P> {
                 pending = still;
                 if pending.is_empty() {
                     let _ = self
-                        .with_session(member, |s| {
+                        .with_session(member, Wake::Nothing, |s| {
                             s.flushing = false;
                             Ok(())
                         })
@@ -1689,7 +1709,7 @@ impl<P: Peers> Divider<P> {
     /// Leaves: stops every key, waits for the confirms (up to the stop timeout), writes the
     /// member record `left` and ends the session's stream.
     pub async fn cancel(&self, member: &str) -> Result<(), DividerError> {
-        self.with_session(member, |s| {
+        self.with_session(member, Wake::Handoffs, |s| {
             s.leaving = true;
             Ok(())
         })
