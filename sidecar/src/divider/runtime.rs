@@ -11,7 +11,7 @@
 //! read every member record and the key set, expire members whose record did not move for
 //! `lease + margin`, compute the [`AssignmentTable`]; (2) per session: stop keys assigned
 //! elsewhere, claim keys assigned to it whose owner released them or lost its session. A
-//! confirm or release wakes step (2) alone.
+//! `Release`, `Flush` or `Cancel` wakes step (2) alone.
 //!
 //! The release loop, woken by confirms and releases (and every `lease / 8`): writes the
 //! releases of keys the apps are done with, one compare-and-set per bucket for every release
@@ -334,7 +334,7 @@ impl Session {
 
     /// Notices an app that went away (its stream closed): it can no longer be told anything,
     /// and by the protocol it stops every key once its stream ends (the client library says
-    /// `LeaseExpired`). Keys it confirmed or released are released by the next handoff pass;
+    /// `LeaseExpired`). Keys it confirmed or released are released by the release loop at once;
     /// every key it may still work on is treated as told to stop now: released once the stop
     /// timeout passes (a key already stopping keeps its earlier deadline), or when the right
     /// ends, whichever is first. Returns true when it just went away.
