@@ -116,20 +116,25 @@ impl Setup {
 }
 
 async fn start(members: usize) -> Setup {
+    start_with(members, LEASE_MS, STOP_TIMEOUT_MS).await
+}
+
+/// [`start`] with another lease and stop timeout.
+async fn start_with(members: usize, lease_ms: u64, stop_timeout_ms: u64) -> Setup {
     let config_dir = tempfile::tempdir().expect("tempdir");
     let path: PathBuf = config_dir.path().join("divider.yaml");
     std::fs::write(
         &path,
         format!(
-            "divider: stocks\nseq_cluster: ids\nseq_cluster_epoch: 1\ndefault_affinity: 1\nlease_ms: {LEASE_MS}\nstop_timeout_ms: {STOP_TIMEOUT_MS}\nkeys: {{partitions: {PARTITIONS}, prefix: p-}}\n"
+            "divider: stocks\nseq_cluster: ids\nseq_cluster_epoch: 1\ndefault_affinity: 1\nlease_ms: {lease_ms}\nstop_timeout_ms: {stop_timeout_ms}\nkeys: {{partitions: {PARTITIONS}, prefix: p-}}\n"
         ),
     )
     .expect("write divider config");
     let args = vec![
         format!("--divider-config={}", path.display()),
-        format!("--divider-lease-ms={LEASE_MS}"),
+        format!("--divider-lease-ms={lease_ms}"),
         format!("--divider-drift-margin-ms={MARGIN_MS}"),
-        format!("--divider-stop-timeout-ms={STOP_TIMEOUT_MS}"),
+        format!("--divider-stop-timeout-ms={stop_timeout_ms}"),
     ];
     let cluster = TestCluster::start(TestOptions { members, extra_args: args.clone(), ..Default::default() }).await;
     Setup { cluster, args, config_dir }
@@ -1072,4 +1077,63 @@ async fn sigterm_of_a_members_sidecar_hands_its_keys_over_before_any_lease_could
         y_keys.len(),
         longest_gap(&h, from, to)
     );
+}
+
+/// An app that goes away (closes its Watch stream) without confirming anything: its sidecar
+/// hands its keys over once the stop timeout has passed since the app went away (the app may
+/// still have been finishing them; the stop timeout bounds that, as for a Stop it was sent),
+/// never earlier, and long before the lease could expire: (a) the sidecar keeps running, (b) the
+/// sidecar gets SIGTERM right after (it waits for those releases before it exits). The lease is
+/// long here, so neither the right's end nor an expiry could move the keys within the bound
+/// asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_of_an_app_that_went_away_move_after_the_stop_timeout_not_the_lease() {
+    const LONG_LEASE_MS: u64 = 12_000;
+    const SHORT_STOP_MS: u64 = 1_000;
+    let setup = start_with(3, LONG_LEASE_MS, SHORT_STOP_MS).await;
+    let history: Shared = Arc::default();
+    let (pod_y, mut pod_z) = (setup.client_sidecar("pod-y"), setup.client_sidecar("pod-z"));
+    let (cy, cz, c0) = (pod_y.client().await, pod_z.client().await, setup.cluster.client(0).await);
+    let confirm = AppOpts { affinity: 1, confirm: true };
+    let x = spawn_app(c0.clone(), "x", confirm, history.clone()).await;
+    let settle = Duration::from_secs(60);
+    let keys = all_keys(&c0).await;
+    let mut times = Vec::new();
+    for (cause, member, client) in [("app gone", "w1", cy), ("app gone, then SIGTERM", "w2", cz)] {
+        let leaver = spawn_app(client, member, confirm, history.clone()).await;
+        eventually(settle, "the leaver owns keys", || async { !leaver.held().is_empty() }).await;
+        wait_fully_owned(&[&x, &leaver], &c0, settle, "every key owned by x and the leaver").await;
+        let held = leaver.held();
+        let gone = Instant::now();
+        leaver.stop().await;
+        if cause.ends_with("SIGTERM") {
+            pod_z.signal("TERM");
+        }
+        eventually(settle, "x owns every key", || async { fully_owned(&[&x], &keys) }).await;
+        let took = gone.elapsed();
+        // Holding them until the right ends (or an expiry) could not move them before
+        // lease - margin - a renewal interval = 8.7 s after the app went away.
+        assert!(took < Duration::from_millis(LONG_LEASE_MS / 2), "{cause}: the keys moved only after {took:?}");
+        let h = history.lock().unwrap();
+        for (key, token) in &held {
+            let next = h.intervals.iter().find(|i| i.key == *key && i.member == "x" && i.token > *token);
+            let next = next.unwrap_or_else(|| panic!("{cause}: {key} not moved to x"));
+            assert!(
+                next.start >= gone + Duration::from_millis(SHORT_STOP_MS),
+                "{cause}: {key} started on x {:?} after w's app went away, before the stop timeout",
+                next.start - gone
+            );
+        }
+        times.push((cause, held.len(), took));
+    }
+    let status = pod_z.exited(Duration::from_millis(SHORT_STOP_MS + 5000)).await;
+    assert!(status.is_some_and(|s| s.success()), "the sidecar did not exit cleanly after SIGTERM: {status:?}");
+    drop(pod_y);
+    x.stop().await;
+    let h = history.lock().unwrap();
+    let n = check_history(&h).unwrap_or_else(|e| panic!("history violates the divider's guarantees:\n{e}"));
+    for (cause, keys, took) in times {
+        eprintln!("{cause}: {keys} keys owned by x {took:?} after w's app went away (lease {LONG_LEASE_MS} ms)");
+    }
+    eprintln!("{n} intervals checked");
 }

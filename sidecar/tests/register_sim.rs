@@ -10,22 +10,8 @@ use std::time::Duration;
 
 mod common;
 
-use common::{Drop, SimNet};
-use ordo_sidecar::metrics::Metrics;
-use ordo_sidecar::quorum::proposer::Proposer;
-use ordo_sidecar::quorum::register::{Entry, RegisterError, Registers, Written};
-use tokio::sync::watch;
-
-fn registers(
-    net: &Arc<SimNet>,
-    cfg: &ordo_sidecar::membership::MembersFile,
-    id: &str,
-    timeout: Duration,
-) -> Registers<SimNet> {
-    let (tx, rx) = watch::channel(Arc::new(cfg.clone()));
-    std::mem::forget(tx); // the configuration never changes here
-    Registers::new(Proposer::new(id.into(), net.clone(), rx, Arc::new(Metrics::new())), timeout)
-}
+use common::{registers, Drop, SimNet};
+use ordo_sidecar::quorum::register::{Entry, RegisterError, Written};
 
 /// What one client saw, for the checker.
 #[derive(Debug, Default)]

@@ -21,7 +21,11 @@
 //! ```text
 //! ordo-bench ownership [--keys 100,10000] [--runs 5] [--apps 3] [--lease-ms 3000]
 //!                      [--idle-secs 10] [--only ordo,etcd] [--sidecar PATH] [--etcd PATH] [--out DIR]
+//!                      [--pause-member-at-leave]
 //! ```
+//! `--pause-member-at-leave` pauses (SIGSTOP) one quorum member during the planned scale-down,
+//! so quorum rounds routed to it stall (up to a second): the leaving app's confirms show whether
+//! they wait for the leaving sidecar's quorum writes.
 //! Writes `ownership.md` and `ownership.json` under `--out`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -40,7 +44,7 @@ use super::http::Http;
 use super::ordo::{quorum_stats_of, sidecar_binary, OrdoCluster};
 
 const USAGE: &str = "usage: ordo-bench ownership [--keys 100,10000] [--runs 5] [--apps 3] [--lease-ms 3000] \
-[--idle-secs 10] [--only ordo,etcd] [--sidecar PATH] [--etcd PATH] [--out DIR]";
+[--idle-secs 10] [--only ordo,etcd] [--sidecar PATH] [--etcd PATH] [--out DIR] [--pause-member-at-leave]";
 const DIVIDER: &str = "bench";
 
 struct Args {
@@ -53,6 +57,7 @@ struct Args {
     sidecar: Option<String>,
     etcd: Option<String>,
     out: PathBuf,
+    pause_member_at_leave: bool,
 }
 
 fn parse(raw: &[String]) -> anyhow::Result<Args> {
@@ -66,6 +71,7 @@ fn parse(raw: &[String]) -> anyhow::Result<Args> {
         sidecar: None,
         etcd: None,
         out: PathBuf::from("bench-out"),
+        pause_member_at_leave: false,
     };
     let mut it = raw.iter();
     while let Some(arg) = it.next() {
@@ -82,6 +88,7 @@ fn parse(raw: &[String]) -> anyhow::Result<Args> {
             "--sidecar" => a.sidecar = Some(value()?),
             "--etcd" => a.etcd = Some(value()?),
             "--out" => a.out = PathBuf::from(value()?),
+            "--pause-member-at-leave" => a.pause_member_at_leave = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -118,6 +125,8 @@ struct Row {
     gap_p50_ms: f64,
     gap_p99_ms: f64,
     scale_down_ms: f64,
+    /// Planned scale-down: the leaving app's confirms per second, one call per Stop (median).
+    leave_confirms_per_sec: f64,
     runs: usize,
     note: Option<String>,
 }
@@ -211,6 +220,8 @@ type Owners = Arc<Mutex<HashMap<String, String>>>;
 struct Times {
     start: HashMap<String, Instant>,
     stop: HashMap<String, Instant>,
+    /// Each accepted `ConfirmStop`: (member, when its reply came, how long the call took).
+    confirmed: Vec<(String, Instant, Duration)>,
 }
 
 type SharedTimes = Arc<Mutex<Times>>;
@@ -233,7 +244,10 @@ fn run_app(mut m: ordo_client::divider::Membership, owners: Owners, times: Share
                             o.remove(&key);
                         }
                     }
-                    let _ = m.confirm_stop(&key, token).await;
+                    let sent = Instant::now();
+                    if m.confirm_stop(&key, token).await.is_ok() {
+                        times.lock().expect("times").confirmed.push((me.clone(), Instant::now(), sent.elapsed()));
+                    }
                 }
                 Ok(DividerEvent::LeaseExpired { keys }) => {
                     let mut o = owners.lock().expect("owners");
@@ -270,6 +284,11 @@ struct OrdoRun {
     idle_rounds_per_sec: Option<f64>,
     /// Planned scale-down: the longest gap of one key, and the time until all moved.
     scale_down: Option<(Duration, Duration)>,
+    /// Planned scale-down: the leaving app's accepted confirms per second (it confirms each
+    /// Stop by its own call, one at a time), from its first Stop to its last confirm, and the
+    /// p50 / p99 / max of one call's latency, ms.
+    leave_confirms_per_sec: Option<f64>,
+    leave_confirm_ms: Option<(f64, f64, f64)>,
     /// Where the recovery's time went: the first orphan's new Start (detection) and the rest
     /// (claims), with the quorum rounds the survivors and the members ran meanwhile.
     detail: Option<String>,
@@ -372,6 +391,8 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
     };
     // Planned scale-down: SIGTERM of the next app's sidecar (as when Kubernetes removes its
     // pod); its sidecar stops the app's keys, releases them as they are confirmed, leaves.
+    let mut leave_confirms_per_sec = None;
+    let mut leave_confirm_ms = None;
     let scale_down = if apps.len() >= 2 {
         let leaver = format!("app-{}", apps.len() - 1);
         let moving: Vec<String> = {
@@ -379,6 +400,10 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
             o.iter().filter(|(_, m)| **m == leaver).map(|(k, _)| k.clone()).collect()
         };
         let app = apps.last().context("an app")?;
+        let paused = args.pause_member_at_leave.then_some(2);
+        if let Some(i) = paused {
+            cluster.dev.signal(i, "STOP");
+        }
         let term = Instant::now();
         let sent = std::process::Command::new("kill").arg("-TERM").arg(app.child.id().to_string()).status()?;
         if !sent.success() {
@@ -393,6 +418,9 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
         })
         .await?;
         let all_moved = term.elapsed();
+        if let Some(i) = paused {
+            cluster.dev.signal(i, "CONT");
+        }
         // The leaving app reads its Stops one by one (confirming each); a slow app may still be
         // reading them when a key's new owner starts it (a Stop it did not confirm in time
         // timed out, and the key moved). Wait until it has read its stream to the end.
@@ -401,12 +429,28 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
         }
         let t = times.lock().expect("times");
         let mut worst = Duration::ZERO;
+        let mut first_stop: Option<Instant> = None;
         for k in &moving {
             let (Some(stop), Some(start)) = (t.stop.get(k), t.start.get(k)) else {
                 bail!("key {k} moved without a Stop at its old owner (it should have been told to stop)");
             };
             worst = worst.max(start.saturating_duration_since(*stop));
+            first_stop = Some(first_stop.map_or(*stop, |f| f.min(*stop)));
         }
+        let confirms: Vec<(Instant, Duration)> = t
+            .confirmed
+            .iter()
+            .filter(|(m, at, _)| *m == leaver && *at >= term)
+            .map(|(_, at, took)| (*at, *took))
+            .collect();
+        leave_confirms_per_sec = match (first_stop, confirms.iter().map(|(at, _)| at).max()) {
+            (Some(f), Some(last)) if *last > f => Some(confirms.len() as f64 / (*last - f).as_secs_f64()),
+            _ => None,
+        };
+        let mut took: Vec<f64> = confirms.iter().map(|(_, d)| d.as_secs_f64() * 1e3).collect();
+        took.sort_by(f64::total_cmp);
+        let q = |p: f64| took[((took.len() - 1) as f64 * p) as usize];
+        leave_confirm_ms = (!took.is_empty()).then(|| (q(0.5), q(0.99), q(1.0)));
         Some((worst, all_moved))
     } else {
         None
@@ -414,7 +458,7 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
     for s in sessions {
         s.abort();
     }
-    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec, scale_down, detail })
+    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec, scale_down, leave_confirms_per_sec, leave_confirm_ms, detail })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -595,7 +639,15 @@ async fn etcd_run(args: &Args, bin: &Path, dir: &Path, n: usize, measure_idle: b
     for t in tasks {
         t.abort();
     }
-    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec: idle, scale_down: None, detail: None })
+    Ok(OrdoRun {
+        initial,
+        recovery,
+        idle_rounds_per_sec: idle,
+        scale_down: None,
+        leave_confirms_per_sec: None,
+        leave_confirm_ms: None,
+        detail: None,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -622,6 +674,7 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
             let mut recovery = Hist::default();
             let mut gap = Hist::default();
             let mut moved = Vec::new();
+            let mut confirms = Vec::new();
             let mut idle = None;
             let mut failure = None;
             for run in 0..args.runs {
@@ -634,7 +687,7 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
                 match r {
                     Ok(r) => {
                         eprintln!(
-                            "{system} {n} keys run {run}: all owned after {:.0} ms, orphans owned again {:.0} ms after the kill{}{}",
+                            "{system} {n} keys run {run}: all owned after {:.0} ms, orphans owned again {:.0} ms after the kill{}{}{}{}",
                             r.initial.as_secs_f64() * 1e3,
                             r.recovery.as_secs_f64() * 1e3,
                             r.idle_rounds_per_sec.map(|w| format!(", idle {w:.1} writes/s")).unwrap_or_default(),
@@ -644,8 +697,19 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
                                     g.as_secs_f64() * 1e3,
                                     all.as_secs_f64() * 1e3
                                 ))
+                                .unwrap_or_default(),
+                            r.leave_confirms_per_sec
+                                .map(|c| format!(", the leaving app confirmed {c:.0} stops/s"))
+                                .unwrap_or_default(),
+                            r.leave_confirm_ms
+                                .map(|(p50, p99, max)| format!(
+                                    " (one ConfirmStop call: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms)"
+                                ))
                                 .unwrap_or_default()
                         );
+                        if let Some(c) = r.leave_confirms_per_sec {
+                            confirms.push(c);
+                        }
                         if let Some(d) = &r.detail {
                             eprintln!("  recovery: {d}");
                         }
@@ -665,6 +729,7 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
             }
             initial.sort_by(f64::total_cmp);
             moved.sort_by(f64::total_cmp);
+            confirms.sort_by(f64::total_cmp);
             rows.push(Row {
                 system: system.into(),
                 keys: n,
@@ -675,6 +740,7 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
                 gap_p50_ms: gap.quantile(0.5) as f64 / 1e6,
                 gap_p99_ms: gap.quantile(0.99) as f64 / 1e6,
                 scale_down_ms: moved.get(moved.len() / 2).copied().unwrap_or(0.0),
+                leave_confirms_per_sec: confirms.get(confirms.len() / 2).copied().unwrap_or(0.0),
                 runs: initial.len(),
                 note: failure,
             });
@@ -699,6 +765,7 @@ fn not_run(system: &str, keys: usize, why: String) -> Row {
         gap_p50_ms: 0.0,
         gap_p99_ms: 0.0,
         scale_down_ms: 0.0,
+        leave_confirms_per_sec: 0.0,
         runs: 0,
         note: Some(why),
     }
@@ -720,22 +787,30 @@ fn markdown(rows: &[Row], args: &Args) -> String {
          Ordo: recovery <= lease + 1 s = {} ms. Idle writes: quorum rounds (Ordo) or writing requests \
          (etcd) per second while every key is owned and nothing changes. Planned scale-down (Ordo): \
          SIGTERM of a second app's sidecar after the kill; the longest a key of it stayed unowned \
-         (its old app's Stop to the new owner's Start), and the time until all its keys moved.\n\n\
+         (its old app's Stop to the new owner's Start), the time until all its keys moved, and the \
+         leaving app's confirms per second (one `ConfirmStop` call per Stop, each awaited).\n\n\
          | system | keys | all owned after start (median) | recovery p50 | recovery p99 | idle writes/s | \
-         scale-down gap p50 | gap p99 | all moved (median) | runs |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         scale-down gap p50 | gap p99 | all moved (median) | leave confirms/s | runs |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         args.apps,
         args.lease_ms,
         args.runs,
         args.lease_ms + 1000
     );
+    if args.pause_member_at_leave {
+        s = s.replacen(
+            "\n\n| system |",
+            "\n\nDuring the scale-down, one quorum member was paused (SIGSTOP).\n\n| system |",
+            1,
+        );
+    }
     for r in rows {
         match &r.note {
             Some(n) if r.runs == 0 => {
-                s.push_str(&format!("| {} | {} | not run: {n} | | | | | | | 0 |\n", r.system, r.keys))
+                s.push_str(&format!("| {} | {} | not run: {n} | | | | | | | | 0 |\n", r.system, r.keys))
             }
             _ => s.push_str(&format!(
-                "| {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} | {} | {} | {} | {}{} |\n",
+                "| {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} | {} | {} | {} | {} | {}{} |\n",
                 r.system,
                 r.keys,
                 r.initial_ms,
@@ -745,6 +820,7 @@ fn markdown(rows: &[Row], args: &Args) -> String {
                 ms_or_dash(r.gap_p50_ms),
                 ms_or_dash(r.gap_p99_ms),
                 ms_or_dash(r.scale_down_ms),
+                if r.leave_confirms_per_sec > 0.0 { format!("{:.0}", r.leave_confirms_per_sec) } else { "-".into() },
                 r.runs,
                 r.note.as_ref().map(|n| format!(" (a run failed: {n})")).unwrap_or_default()
             )),

@@ -49,6 +49,9 @@ pub struct DividerMetrics {
     /// Handback markers this sidecar last read (markers whose sessions are all dead are
     /// collected).
     pub handback_markers: Family<DividerLabels, Gauge>,
+    /// Live member sessions of sidecars that may use the per-key owner layout, as the last
+    /// refresh read them: while above 0, this sidecar serves no keys of the divider.
+    pub per_key_layout_members: Family<DividerLabels, Gauge>,
 }
 
 impl DividerMetrics {
@@ -62,6 +65,7 @@ impl DividerMetrics {
             renewals: Family::default(),
             renewal_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             handback_markers: Family::default(),
+            per_key_layout_members: Family::default(),
         };
         registry.register("divider_keys_owned", "Keys held by member sessions on this sidecar", m.keys_owned.clone());
         registry.register(
@@ -81,6 +85,11 @@ impl DividerMetrics {
             "divider_handback_markers",
             "Handback markers read by the last refresh (collected once their sessions are dead)",
             m.handback_markers.clone(),
+        );
+        registry.register(
+            "divider_per_key_layout_members",
+            "Live members of sidecars of the per-key owner layout (while above 0, no keys are served here)",
+            m.per_key_layout_members.clone(),
         );
         m
     }

@@ -80,13 +80,74 @@
 //! predate its join (the double owner the checker once caught).
 //!
 //! **Planned leave (SIGTERM).** Before its servers stop, the sidecar makes every session on it
-//! leave ([`runtime::Dividers::leave_all`]): affinity 0 is written first, so every other
-//! sidecar moves the keys in its table at once; then `Stop{LEAVING}` for every key, each
+//! leave ([`runtime::Dividers::leave_all`]): `Stop{LEAVING}` for every key at once, and
+//! affinity 0 written meanwhile, so every other sidecar moves the keys in its table at once
+//! (the Stops do not wait for that write: a slow quorum would hold them back); each
 //! release written as the app confirms (or at the stop timeout, the app being told its token
 //! is dead), then `left`. The new owners claim each key at their next refresh after its
 //! release (the release count tells them), well before an expiry could. Bounded by the stop
 //! timeout plus [`runtime::LEAVE_SLACK`]; the operator's grace period covers it and the drain.
-//! A session whose app already went away keeps its keys fenced until its lease ends.
+//!
+//! **An app that went away** (its `Watch` stream closed: the app ended it, was cancelled, or its
+//! process died) can no longer be told anything; by the protocol it stops every key when its
+//! stream ends (the client handle yields `LeaseExpired`). Its session is no longer renewed;
+//! keys it confirmed or released are released by the release loop at once, and every other key is
+//! treated as told to stop at that moment: released once the stop timeout has passed (a key
+//! already stopping keeps its earlier deadline), so an app still finishing a key gets the same
+//! bound as for a Stop it was sent. Once nothing is held the session writes `left`; if the right
+//! ends first, `left` is written then, as before. A SIGTERM'd sidecar waits for these sessions
+//! too (affinity 0 first, so the others' tables move the keys at once). *Test*:
+//! `keys_of_an_app_that_went_away_move_after_the_stop_timeout_not_the_lease` (lease 12 s, stop
+//! timeout 1 s: the keys moved 3.4 s after the app went away, 2.1 s with a SIGTERM right after;
+//! 13.2 s and 12.7 s with such sessions kept fenced until their right ended; and no new owner
+//! starts a key before the stop timeout: with the keys released at once, one started 0.25 s
+//! after the app went away and the test failed).
+//!
+//! # Locks (which are held across an await, and why that is safe)
+//!
+//! App calls (`ConfirmStop`, `Release`, `ListAssigned`, `GetAffinity`, `Cancel`, `Flush`'s
+//! waits) take `sessions` only, and `sessions` is never held across a register call: renewals,
+//! re-joins, affinity changes, joins and leaves take what to write under it, write without it,
+//! and apply the outcome under it again ([`runtime`]'s `write_member`). So a confirm never waits
+//! for a quorum round. Releases are written by their own loop (not behind a refresh, which a
+//! slow quorum can stall), and confirms arriving while a release is being written are folded
+//! into its next pass, one compare-and-set per bucket for all of them. Locks held across awaits:
+//!
+//! - `record_writes`: across every member-record write of the sessions on this sidecar (one
+//!   writer per record: nothing else can move the session, version or affinity meanwhile;
+//!   a release landing meanwhile raises the release count, which the renewal it triggers
+//!   writes next). Taken by the renewal loop and by the calls that write a member record
+//!   (`Watch`, `SetAffinity`, `AlterAffinity`, `Flush`'s first step, the SIGTERM leave), which
+//!   wait at most for one round of renewals; never by the calls above.
+//! - `view`: across a refresh (member reads, expiries, marker deletes); no app call takes it.
+//! - `keyset`: across the key-set counter read and the key lists (reads): `ListKeys` waits for
+//!   a refresh reading the same.
+//!
+//! Every other lock (`dead`, `blocked`, `observed`, the divider map) is a short synchronous one.
+//! *Test*: `sidecar/tests/divider_runtime.rs::confirms_never_wait_for_a_quorum_write_and_are_released_by_one_write_per_bucket`
+//! (the network stalled while a renewal is in flight: 2,048 confirms return at once, and their
+//! releases cost at most 2 writes per bucket; fails with the renewal's write holding `sessions`:
+//! the first confirm waits, and with one release write per key: 9 writes for a bucket of 9).
+//!
+//! # Mixed versions (the per-key owner layout)
+//!
+//! Sidecars before owner buckets stored a key's owner in `divider/D/owner/K` and cannot see
+//! buckets; sidecars of the bucket layout cannot see those records. Side by side, a key could
+//! get two owners, so a divider is upgraded with every pod stopped. The guard: this layout tags
+//! its member records `m4` ([`records::MemberRecord::encode`]); a live record in an older format
+//! (`m1`-`m3`, which every older sidecar writes and keeps renewing; the first bucket-layout
+//! sidecars wrote `m3` too, so they count as old) makes this sidecar serve no keys of the
+//! divider: every key held here is stopped (`Stop{LEASE_LOST}`, the session re-joins and claims
+//! nothing), `Watch` is refused (FAILED_PRECONDITION naming the old members; a first `Watch`
+//! waits for the first member read), an error is logged and `divider_per_key_layout_members`
+//! says how many. It costs nothing in the steady state: the member records are read every poll
+//! anyway. Stale records of stopped old pods are expired after a lease like any member's. The
+//! other direction cannot be guarded (old sidecars cannot be changed): an old sidecar cannot
+//! decode `m4` records, skips those members, and claims keys through its own per-key records;
+//! started among new ones, it can own a key a new sidecar holds until that sidecar's next
+//! member read (at most a poll) stops it. *Test*:
+//! `sidecar/tests/divider_runtime.rs::a_live_member_of_the_per_key_layout_stops_every_key_here_until_it_is_gone`
+//! (an `m3` record written as an old sidecar writes it; fails with the guard never blocking).
 //!
 //! **Handback markers** are deleted once every session they name is known dead (they change
 //! no assignment then), at the version read, so a handback landing meanwhile keeps them.
@@ -210,7 +271,7 @@
 //!
 //! [`records`] (register names and record encodings), [`lease`] (holder and observer clocks),
 //! [`handoff`] (the stop state machine of one session's keys), [`keys`] (the key set),
-//! [`table`] (the assignment table), [`runtime`] (sessions, the renewal and handoff loops, the
+//! [`table`] (the assignment table), [`runtime`] (sessions, the renewal, handoff and release loops, the
 //! calls apps make), [`metrics`]. The gRPC adapter is `crate::api::app::divider`.
 
 pub mod handoff;

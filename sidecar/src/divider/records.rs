@@ -134,6 +134,12 @@ pub struct MemberRecord {
     /// hint for claimers: a claim that found a key owned by this live session waits until the
     /// count moves rather than retrying every pass (no safety rests on it).
     pub released: u64,
+    /// Read from a record of format `m1`, `m2` or `m3`: written by a sidecar that may keep its
+    /// owner records per key (`divider/D/owner/K`, the layout before owner buckets), which
+    /// this sidecar cannot see. Sidecars of the bucket layout write `m4` from now on (see
+    /// [`MemberRecord::encode`]); while such a record is live, they serve no keys (the mixed-
+    /// version guard of [`super`]). Never encoded.
+    pub per_key_layout: bool,
 }
 
 /// State of a key's ownership.
@@ -189,8 +195,10 @@ impl MemberRecord {
             MemberState::Left => "left",
             MemberState::Expired => "expired",
         };
+        // `m4` has the fields of `m3`; its tag says "owner buckets" (sidecars of the per-key
+        // layout cannot decode it, so they skip these records: see the guard in [`super`]).
         format!(
-            "m3\n{}\n{state}\n{}\n{}\n{}\n{}\n{}\n{}",
+            "m4\n{}\n{state}\n{}\n{}\n{}\n{}\n{}\n{}",
             self.session, self.affinity, self.changed, self.lease_ms, self.margin_ms, self.released, self.address
         )
         .into_bytes()
@@ -198,20 +206,23 @@ impl MemberRecord {
 
     /// Decodes [`MemberRecord::encode`]'s output.
     pub fn decode(raw: &[u8]) -> Result<Self, RecordError> {
-        // `m3` adds the release count to `m2`, which added the holder's timing to `m1`; older
-        // formats read with zeros.
-        let f = match fields(raw, "m3", 9) {
-            Ok(f) => f,
-            Err(_) => {
-                let (mut f, missing) = match fields(raw, "m2", 8) {
-                    Ok(f) => (f, 1),
-                    Err(_) => (fields(raw, "m1", 6)?, 3),
-                };
-                let address = f.pop().unwrap_or_default();
-                f.extend(std::iter::repeat_n("0".to_string(), missing));
-                f.push(address);
-                f
-            }
+        // `m4` is `m3` written by a sidecar of the bucket layout; `m3` adds the release count to
+        // `m2`, which added the holder's timing to `m1`; older formats read with zeros.
+        let (f, per_key_layout) = match fields(raw, "m4", 9) {
+            Ok(f) => (f, false),
+            Err(_) => match fields(raw, "m3", 9) {
+                Ok(f) => (f, true),
+                Err(_) => {
+                    let (mut f, missing) = match fields(raw, "m2", 8) {
+                        Ok(f) => (f, 1),
+                        Err(_) => (fields(raw, "m1", 6)?, 3),
+                    };
+                    let address = f.pop().unwrap_or_default();
+                    f.extend(std::iter::repeat_n("0".to_string(), missing));
+                    f.push(address);
+                    (f, true)
+                }
+            },
         };
         let state = match f[2].as_str() {
             "live" => MemberState::Live,
@@ -233,7 +244,14 @@ impl MemberRecord {
             lease_ms,
             margin_ms,
             released,
+            per_key_layout,
         })
+    }
+
+    /// True when this record is a live session of a sidecar that may use the per-key owner
+    /// layout (see [`MemberRecord::per_key_layout`]).
+    pub fn live_per_key_layout(&self) -> bool {
+        self.per_key_layout && self.state == MemberState::Live
     }
 
     /// The timing an observer judges this member's lease by: its own, lengthened to the holder's
@@ -342,6 +360,7 @@ mod tests {
             lease_ms: 10_000,
             margin_ms: 500,
             released: 0,
+            per_key_layout: false,
         };
         let t = m.observer_timing(own);
         assert_eq!((t.lease, t.margin), (Duration::from_millis(10_000), Duration::from_millis(500)));
@@ -361,10 +380,16 @@ mod tests {
             lease_ms: 3000,
             margin_ms: 300,
             released: 12,
+            per_key_layout: false,
         };
         assert_eq!(MemberRecord::decode(&m.encode()).unwrap(), m);
         let m2 = MemberRecord::decode(b"m2\ns1\nexpired\n7\n4\n3000\n300\n10.0.0.1:80").unwrap();
-        assert_eq!(m2, MemberRecord { released: 0, ..m.clone() });
+        assert_eq!(m2, MemberRecord { released: 0, per_key_layout: true, ..m.clone() });
+        // What a sidecar of the per-key owner layout wrote (its last format, `m3`) reads as such.
+        let m3 = MemberRecord::decode(b"m3\ns1\nlive\n7\n4\n3000\n300\n12\n10.0.0.1:80").unwrap();
+        assert_eq!(m3, MemberRecord { state: MemberState::Live, per_key_layout: true, ..m.clone() });
+        assert!(m3.live_per_key_layout() && !m2.live_per_key_layout());
+        assert!(m.encode().starts_with(b"m4\n"), "this layout writes m4");
         // A record written before the timing was recorded still reads, with no timing.
         let old = MemberRecord::decode(b"m1\ns1\nlive\n7\n4\n10.0.0.1:80").unwrap();
         assert_eq!((old.lease_ms, old.margin_ms, old.address.as_str()), (0, 0, "10.0.0.1:80"));

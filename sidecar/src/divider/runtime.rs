@@ -1,5 +1,5 @@
 //! The divider runtime of one sidecar: the member sessions opened on it, their leases, the
-//! handoff of their keys, and the assignment table, driven by two loops per divider.
+//! handoff of their keys, and the assignment table, driven by three loops per divider.
 //!
 //! The renewal loop, every `lease / 4`: tend every session: renew its member record (one
 //! compare-and-set whatever the number of keys), tell the app how long its right lasts, drop
@@ -10,9 +10,14 @@
 //! expired (a join, affinity or key change wakes it at once): (1)
 //! read every member record and the key set, expire members whose record did not move for
 //! `lease + margin`, compute the [`AssignmentTable`]; (2) per session: stop keys assigned
-//! elsewhere, write the releases of keys the app is done with, claim keys assigned to it whose
-//! owner released them or lost its session. A confirm or release wakes step (2) alone. The
-//! safety argument is in [`super`].
+//! elsewhere, claim keys assigned to it whose owner released them or lost its session. A
+//! `Release`, `Flush` or `Cancel` wakes step (2) alone.
+//!
+//! The release loop, woken by confirms and releases (and every `lease / 8`): writes the
+//! releases of keys the apps are done with, one compare-and-set per bucket for every release
+//! pending, apart from the handoff loop so that a refresh stalled by a slow quorum does not
+//! hold them back. The safety argument is in [`super`]; the locks each loop holds across its
+//! awaits are listed there ("Locks").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -238,7 +243,11 @@ impl<P: Peers> Dividers<P> {
             static_keys: configured.map(|c| static_keys(&c.keys)).unwrap_or_default(),
             default_affinity: configured.map_or(1, |c| u32::try_from(c.default_affinity).unwrap_or(u32::MAX)),
             sessions: Mutex::new(BTreeMap::new()),
+            record_writes: Mutex::new(()),
             view: Mutex::new(ViewState::default()),
+            observed: StdMutex::new(HashMap::new()),
+            keyset: Mutex::new(KeySetState::default()),
+            guard: watch::channel(LayoutGuard::Unknown).0,
             dead: StdMutex::new(DeadSessions::default()),
             blocked: StdMutex::new(HashMap::new()),
             table: watch::channel(Arc::new(AssignmentTable::default())).0,
@@ -246,10 +255,12 @@ impl<P: Peers> Dividers<P> {
             refresh_now: std::sync::atomic::AtomicBool::new(false),
             changed: Notify::new(),
             renew_now: Notify::new(),
+            release_wake: Notify::new(),
             metrics: self.metrics.clone(),
         });
         tokio::spawn(d.clone().renew_loop());
         tokio::spawn(d.clone().handoff_loop());
+        tokio::spawn(d.clone().release_loop());
         map.insert(name.to_string(), d.clone());
         Ok(d)
     }
@@ -313,11 +324,36 @@ impl Session {
             lease_ms: u64::try_from(timing.lease.as_millis()).unwrap_or(u64::MAX),
             margin_ms: u64::try_from(timing.margin.as_millis()).unwrap_or(u64::MAX),
             released: self.releases,
+            per_key_layout: false,
         };
         if let Some(last) = self.written.as_ref().filter(|last| !last.differs(&r)) {
             r.changed = last.changed;
         }
         r
+    }
+
+    /// Notices an app that went away (its stream closed): it can no longer be told anything,
+    /// and by the protocol it stops every key once its stream ends (the client library says
+    /// `LeaseExpired`). Keys it confirmed or released are released by the release loop at once;
+    /// every key it may still work on is treated as told to stop now: released once the stop
+    /// timeout passes (a key already stopping keeps its earlier deadline), or when the right
+    /// ends, whichever is first. Returns true when it just went away.
+    fn notice_app_gone(&mut self, now: Instant, timeout: Duration) -> bool {
+        if self.app_gone || !self.events.is_closed() {
+            return false;
+        }
+        self.app_gone = true;
+        for (key, _) in self.holdings.working() {
+            self.holdings.stop(&key, now, timeout);
+        }
+        true
+    }
+
+    /// Asks the app to stop `key` (when it works on it), with `reason`.
+    fn stop(&mut self, key: String, now: Instant, timeout: Duration, reason: StopReason) {
+        if let Some(token) = self.holdings.stop(&key, now, timeout) {
+            self.send(Event::Stop { key, token, reason });
+        }
     }
 
     /// The right ended or was taken: every key is dropped, the app told.
@@ -349,18 +385,48 @@ type Records = BTreeMap<String, (u64, MemberRecord)>;
 /// What the handoff loop read from the registers.
 #[derive(Default)]
 struct ViewState {
-    observed: HashMap<String, Observed>,
     /// Member records read by the last refresh: id -> (version, record).
     records: Arc<Records>,
-    keyset_version: Option<u64>,
-    added: Vec<String>,
-    removed: BTreeSet<String>,
+    /// The key set the table was last computed from.
     keys: Arc<Vec<String>>,
     handbacks: BTreeMap<String, BTreeSet<String>>,
     /// The live session each member had at the last refresh.
     live_seen: HashMap<String, String>,
     /// The earliest moment an observed member may be declared expired.
     next_expiry: Option<Instant>,
+}
+
+/// The key set as last read: the key-set counter it was read at, and the keys.
+#[derive(Default)]
+struct KeySetState {
+    version: Option<u64>,
+    keys: Arc<Vec<String>>,
+}
+
+/// The mixed-version guard's verdict on a divider (see "Mixed versions" in [`super`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LayoutGuard {
+    /// No refresh has read the member records yet.
+    Unknown,
+    /// No live member of a sidecar of the per-key owner layout.
+    Clear,
+    /// These members are live sessions of sidecars that may use the per-key owner layout.
+    Blocked(Vec<String>),
+}
+
+impl LayoutGuard {
+    /// The error apps get while the guard blocks the divider.
+    fn error(&self, divider: &str) -> Option<DividerError> {
+        match self {
+            LayoutGuard::Blocked(members) => Some(DividerError::Precondition(format!(
+                "divider {divider:?}: member(s) {members:?} run a sidecar of the older per-key owner layout \
+                 (member record format before m4), which cannot share a divider with this one (a key could \
+                 get two owners); this sidecar serves no keys of it until they are gone: stop every pod of \
+                 the divider before upgrading"
+            ))),
+            LayoutGuard::Unknown | LayoutGuard::Clear => None,
+        }
+    }
 }
 
 /// Sessions known to be over for good: named by a member record that is `left` or `expired`,
@@ -394,6 +460,19 @@ impl DeadSessions {
     }
 }
 
+/// Which loops an app call wakes once it changed a session.
+#[derive(Debug, Clone, Copy)]
+enum Wake {
+    /// None (a read).
+    Nothing,
+    /// The release loop (a key the app is done with).
+    Releases,
+    /// The handoff loop (Stops to send).
+    Handoffs,
+    /// Both.
+    Both,
+}
+
 /// The owner of a key as [`Divider::lookup`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -413,11 +492,22 @@ pub struct Divider<P: Peers> {
     settings: DividerSettings,
     static_keys: Vec<String>,
     default_affinity: u32,
-    /// Member sessions; held for member-record writes (one writer per record) and short
-    /// updates, never across a tick's claims.
+    /// Member sessions; held for short updates only, never across a register call (see
+    /// "Locks" in [`super`]): app calls (ConfirmStop, Release, ...) take it.
     sessions: Mutex<Sessions>,
-    /// Held by the handoff loop's refresh.
+    /// Held across every write of a member record of a session on this sidecar (renewal,
+    /// re-join, affinity, join, leave), so each record has one writer at a time. App calls
+    /// that do not write a member record never take it.
+    record_writes: Mutex<()>,
+    /// Held by the handoff loop's refresh (its reads, expiries and marker deletes); no app call
+    /// takes it.
     view: Mutex<ViewState>,
+    /// When this sidecar first read each member record version (short updates only).
+    observed: StdMutex<HashMap<String, Observed>>,
+    /// The key set; held across the reads of the key-set counter and lists only.
+    keyset: Mutex<KeySetState>,
+    /// The mixed-version guard, set by every refresh.
+    guard: watch::Sender<LayoutGuard>,
     /// Sessions known dead.
     dead: StdMutex<DeadSessions>,
     /// Keys a claim found owned by a live session: key -> (member, session, its release count
@@ -432,6 +522,8 @@ pub struct Divider<P: Peers> {
     changed: Notify,
     /// Wakes the renewal loop early (a leaving session released its last key: write `left`).
     renew_now: Notify,
+    /// Wakes the release loop (a confirm, a release, an app gone).
+    release_wake: Notify,
     metrics: DividerMetrics,
 }
 
@@ -495,14 +587,12 @@ impl<P: Peers> Divider<P> {
     async fn renew_loop(self: Arc<Self>) {
         loop {
             {
-                let mut sessions = self.sessions.lock().await;
-                let names: Vec<String> = sessions.keys().cloned().collect();
+                let _writer = self.record_writes.lock().await;
+                let names: Vec<String> = self.sessions.lock().await.keys().cloned().collect();
                 for m in &names {
-                    if let Some(s) = sessions.get_mut(m) {
-                        self.tend(m, s).await;
-                    }
+                    self.tend(m).await;
                 }
-                sessions.retain(|_, s| !s.gone);
+                self.sessions.lock().await.retain(|_, s| !s.gone);
             }
             self.changed.notify_waiters();
             tokio::select! {
@@ -571,24 +661,39 @@ impl<P: Peers> Divider<P> {
         Ok(out)
     }
 
-    /// Writes the session's record with `state` at its known version. `Ok(false)`: the record
-    /// moved (expired by an observer, or taken over): the session is over.
-    async fn write_session(&self, member: &str, s: &mut Session, state: MemberState) -> Result<bool, DividerError> {
-        let key = self.layout.member(member);
-        let expect = match s.version {
-            Some(v) => v,
-            None => match self.registers.read(&key).await? {
-                Some(Entry { version, value })
-                    if MemberRecord::decode(&value).is_ok_and(|r| r.is_live_session(&s.session)) =>
-                {
-                    version
-                }
-                _ => return Ok(false),
-            },
-        };
-        let sent = Instant::now();
-        let record = s.record(state, expect);
-        match self.put(&key, expect, record.encode()).await {
+    /// The version to write `member`'s record at: the session's known version, or (after a
+    /// write whose outcome is unknown) the version a fresh read shows while the record still
+    /// names the live session. `None`: the record moved on, the session is over.
+    async fn expected_version(
+        &self,
+        member: &str,
+        known: Option<u64>,
+        session: &str,
+    ) -> Result<Option<u64>, DividerError> {
+        if known.is_some() {
+            return Ok(known);
+        }
+        Ok(match self.registers.read(&self.layout.member(member)).await? {
+            Some(Entry { version, value })
+                if MemberRecord::decode(&value).is_ok_and(|r| r.is_live_session(session)) =>
+            {
+                Some(version)
+            }
+            _ => None,
+        })
+    }
+
+    /// Applies the outcome of writing `record` (with `state`, sent at `sent`) to the session.
+    fn apply_write(
+        &self,
+        member: &str,
+        s: &mut Session,
+        state: MemberState,
+        record: MemberRecord,
+        sent: Instant,
+        outcome: Result<Written, RegisterError>,
+    ) -> Result<bool, DividerError> {
+        match outcome {
             Ok(Written::Applied { version }) => {
                 s.version = Some(version);
                 s.written = Some(record);
@@ -616,51 +721,122 @@ impl<P: Peers> Divider<P> {
         }
     }
 
+    /// Writes the record of a session not shared yet (a join) with `state` at its known version.
+    /// `Ok(false)`: the record moved (taken over): the session is over.
+    async fn write_session(&self, member: &str, s: &mut Session, state: MemberState) -> Result<bool, DividerError> {
+        let Some(expect) = self.expected_version(member, s.version, &s.session).await? else {
+            return Ok(false);
+        };
+        let sent = Instant::now();
+        let record = s.record(state, expect);
+        let outcome = self.put(&self.layout.member(member), expect, record.encode()).await;
+        self.apply_write(member, s, state, record, sent, outcome)
+    }
+
+    /// Writes the record of `member`'s session on this sidecar with `state`. The caller holds
+    /// `record_writes` (one writer per record); `sessions` is held only to take the record to
+    /// write and to apply the outcome, never across the write, so app calls (ConfirmStop,
+    /// Release, ...) never wait for a quorum round here. What may change meanwhile cannot
+    /// change the record: session, version and affinity change only under `record_writes`; a
+    /// release landing meanwhile raises the release count, and its renewal (`renew_now`)
+    /// writes it next. `Ok(false)`: the record moved (expired, taken over) or the session is no
+    /// longer here.
+    async fn write_member(&self, member: &str, state: MemberState) -> Result<bool, DividerError> {
+        let (known, session) = match self.sessions.lock().await.get(member) {
+            Some(s) => (s.version, s.session.clone()),
+            None => return Ok(false),
+        };
+        let Some(expect) = self.expected_version(member, known, &session).await? else {
+            return Ok(false);
+        };
+        let (record, sent) = match self.sessions.lock().await.get(member).filter(|s| s.session == session) {
+            Some(s) => (s.record(state, expect), Instant::now()),
+            None => return Ok(false),
+        };
+        let outcome = self.put(&self.layout.member(member), expect, record.encode()).await;
+        let mut sessions = self.sessions.lock().await;
+        match sessions.get_mut(member).filter(|s| s.session == session) {
+            Some(s) => self.apply_write(member, s, state, record, sent, outcome),
+            None => Ok(false),
+        }
+    }
+
     /// Starts a new session for `member` over whatever its record holds (the old session, if
-    /// any, is dead from this write on: its keys become claimable).
-    async fn rejoin(&self, member: &str, s: &mut Session) -> Result<(), DividerError> {
+    /// any, is dead from this write on: its keys become claimable). The caller holds
+    /// `record_writes`.
+    async fn rejoin(&self, member: &str) -> Result<(), DividerError> {
         let current = self.registers.read(&self.layout.member(member)).await?;
-        s.version = Some(current.map_or(0, |e| e.version));
-        s.session = new_session_id();
-        if self.write_session(member, s, MemberState::Live).await? {
-            s.lost = false;
-            s.send(Event::Joined { member: member.to_string(), session: s.session.clone(), affinity: s.affinity });
-            s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) });
+        match self.sessions.lock().await.get_mut(member) {
+            Some(s) => {
+                s.version = Some(current.map_or(0, |e| e.version));
+                s.session = new_session_id();
+            }
+            None => return Ok(()),
+        }
+        if self.write_member(member, MemberState::Live).await? {
+            if let Some(s) = self.sessions.lock().await.get_mut(member) {
+                s.lost = false;
+                s.send(Event::Joined { member: member.to_string(), session: s.session.clone(), affinity: s.affinity });
+                s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) });
+            }
         }
         Ok(())
     }
 
-    async fn tend(&self, member: &str, s: &mut Session) {
+    /// One renewal tick of a session (the caller holds `record_writes`): what to write is
+    /// judged under `sessions`, the write runs without it.
+    async fn tend(&self, member: &str) {
         let now = Instant::now();
-        if !s.app_gone && s.events.is_closed() {
-            // The app closed its stream: by the protocol it stopped everything. Its keys stay
-            // fenced by the live session until the right ends, then the member leaves.
-            s.app_gone = true;
-            s.holdings.drop_all();
-        }
-        if s.app_gone || (s.leaving && s.holdings.is_empty()) {
-            if (s.leaving && s.holdings.is_empty()) || s.lease.ended(now) {
-                match self.write_session(member, s, MemberState::Left).await {
-                    Ok(_) => s.gone = true,
-                    Err(e) => tracing::debug!(divider = %self.name, member, error = %e, "leave not written yet"),
+        let timeout = self.settings.stop_timeout;
+        let leave = {
+            let mut sessions = self.sessions.lock().await;
+            let Some(s) = sessions.get_mut(member) else { return };
+            s.notice_app_gone(now, timeout);
+            if s.app_gone {
+                for (key, token) in s.holdings.timed_out(now) {
+                    tracing::debug!(divider = %self.name, member, key, token, "stop timeout of an abandoned key");
                 }
             }
+            // Leave once nothing is held (a cancelled session, or an abandoned one whose keys
+            // are all released), or once the right of an abandoned session ended.
+            let empty = (s.leaving || s.app_gone) && s.holdings.is_empty();
+            empty || (s.app_gone && s.lease.ended(now))
+        };
+        if leave {
+            match self.write_member(member, MemberState::Left).await {
+                Ok(_) => {
+                    if let Some(s) = self.sessions.lock().await.get_mut(member) {
+                        s.gone = true;
+                    }
+                }
+                Err(e) => tracing::debug!(divider = %self.name, member, error = %e, "leave not written yet"),
+            }
+        }
+        let lost = {
+            let mut sessions = self.sessions.lock().await;
+            let Some(s) = sessions.get_mut(member) else { return };
+            // An abandoned session is not renewed: its keys are released as their stops time
+            // out, and the right ends at the latest by the lease.
             if s.app_gone || s.gone {
                 return;
             }
-        }
-        if !s.lost && s.lease.ended(now) {
-            tracing::warn!(divider = %self.name, member, "lease ran out before a renewal: stopping every key");
-            s.lose();
-        }
-        if s.lost {
-            if let Err(e) = self.rejoin(member, s).await {
+            if !s.lost && s.lease.ended(now) {
+                tracing::warn!(divider = %self.name, member, "lease ran out before a renewal: stopping every key");
+                s.lose();
+            }
+            s.lost
+        };
+        if lost {
+            if let Err(e) = self.rejoin(member).await {
                 tracing::debug!(divider = %self.name, member, error = %e, "re-join failed");
             }
             return;
         }
         let sent = Instant::now();
-        match self.write_session(member, s, MemberState::Live).await {
+        let outcome = self.write_member(member, MemberState::Live).await;
+        let mut sessions = self.sessions.lock().await;
+        let Some(s) = sessions.get_mut(member) else { return };
+        match outcome {
             Ok(true) => {
                 self.metrics.renewal("ok", sent.elapsed());
                 s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) });
@@ -675,7 +851,11 @@ impl<P: Peers> Divider<P> {
                 tracing::debug!(divider = %self.name, member, error = %e, "renewal failed");
             }
         }
-        for (key, token) in s.holdings.timed_out(Instant::now()) {
+        let timed_out = s.holdings.timed_out(Instant::now());
+        if !timed_out.is_empty() {
+            self.release_wake.notify_one();
+        }
+        for (key, token) in timed_out {
             s.send(Event::Stop { key, token, reason: StopReason::Timeout });
         }
     }
@@ -699,15 +879,17 @@ impl<P: Peers> Divider<P> {
         self.changed.notify_waiters();
     }
 
-    async fn refresh_keys(&self, st: &mut ViewState) -> Result<u64, RegisterError> {
+    /// The key-set counter and the key set, read again when the counter moved.
+    async fn refresh_keys(&self) -> Result<(u64, Arc<Vec<String>>), RegisterError> {
+        let mut st = self.keyset.lock().await;
         let kv = self.registers.counter(&self.layout.keyset()).await?.unwrap_or(0);
-        if st.keyset_version != Some(kv) {
-            st.added = self.list_all(&self.layout.added_prefix()).await?;
-            st.removed = self.list_all(&self.layout.removed_prefix()).await?.into_iter().collect();
-            st.keys = Arc::new(key_set(&self.static_keys, &st.added, &st.removed));
-            st.keyset_version = Some(kv);
+        if st.version != Some(kv) {
+            let added = self.list_all(&self.layout.added_prefix()).await?;
+            let removed: BTreeSet<String> = self.list_all(&self.layout.removed_prefix()).await?.into_iter().collect();
+            st.keys = Arc::new(key_set(&self.static_keys, &added, &removed));
+            st.version = Some(kv);
         }
-        Ok(kv)
+        Ok((kv, st.keys.clone()))
     }
 
     async fn refresh(&self, st: &mut ViewState, local: &BTreeMap<String, String>) -> Result<(), RegisterError> {
@@ -752,19 +934,22 @@ impl<P: Peers> Divider<P> {
             .filter(|(_, (_, r))| r.state == MemberState::Live)
             .map(|(id, (_, r))| (id.clone(), r.session.clone()))
             .collect();
-        for (id, (v, rec)) in &records {
-            let o = Observed::saw(st.observed.get(id).copied(), *v, now);
-            st.observed.insert(id.clone(), o);
-            let local = local.get(id).is_some_and(|s| *s == rec.session);
-            if rec.state != MemberState::Live || local {
-                continue;
-            }
-            let timing = rec.observer_timing(self.settings.timing);
-            if o.expired(now, timing) {
-                expire.push((id.clone(), *v, rec.clone()));
-            } else {
-                let at = o.expires_at(timing);
-                next_expiry = Some(next_expiry.map_or(at, |n| n.min(at)));
+        {
+            let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, (v, rec)) in &records {
+                let o = Observed::saw(observed.get(id).copied(), *v, now);
+                observed.insert(id.clone(), o);
+                let local = local.get(id).is_some_and(|s| *s == rec.session);
+                if rec.state != MemberState::Live || local {
+                    continue;
+                }
+                let timing = rec.observer_timing(self.settings.timing);
+                if o.expired(now, timing) {
+                    expire.push((id.clone(), *v, rec.clone()));
+                } else {
+                    let at = o.expires_at(timing);
+                    next_expiry = Some(next_expiry.map_or(at, |n| n.min(at)));
+                }
             }
         }
         st.next_expiry = next_expiry;
@@ -792,7 +977,9 @@ impl<P: Peers> Divider<P> {
                 Err(e) => tracing::debug!(divider = %self.name, member = %id, error = %e, "expiry not written"),
             }
         }
-        let kv = self.refresh_keys(st).await?;
+        self.judge_layout(&records);
+        let (kv, keys) = self.refresh_keys().await?;
+        st.keys = keys;
         let mut handbacks = BTreeMap::new();
         let mut collect = Vec::new();
         for key in self.list_all(&self.layout.handback_prefix()).await? {
@@ -842,6 +1029,48 @@ impl<P: Peers> Divider<P> {
         Ok(())
     }
 
+    /// The mixed-version guard: blocks the divider while a member record read by this refresh
+    /// is a live session of a sidecar that may use the per-key owner layout. Costs nothing
+    /// beyond the member reads every refresh makes anyway.
+    fn judge_layout(&self, records: &Records) {
+        let old: Vec<String> =
+            records.iter().filter(|(_, (_, r))| r.live_per_key_layout()).map(|(id, _)| id.clone()).collect();
+        self.metrics
+            .per_key_layout_members
+            .get_or_create(&super::metrics::DividerLabels { divider: self.name.clone() })
+            .set(old.len() as i64);
+        let verdict = if old.is_empty() { LayoutGuard::Clear } else { LayoutGuard::Blocked(old) };
+        self.guard.send_if_modified(|g| {
+            if *g == verdict {
+                return false;
+            }
+            match (&verdict, verdict.error(&self.name)) {
+                (_, Some(e)) => tracing::error!(divider = %self.name, "{e}"),
+                (LayoutGuard::Clear, None) if matches!(g, LayoutGuard::Blocked(_)) => {
+                    tracing::info!(divider = %self.name, "no sidecar of the per-key owner layout is live any more: serving keys")
+                }
+                _ => {}
+            }
+            *g = verdict;
+            true
+        });
+    }
+
+    /// Waits (up to a request timeout) for the first refresh's verdict of the mixed-version
+    /// guard; the error apps get while it blocks the divider.
+    async fn layout_refusal(&self) -> Option<DividerError> {
+        let mut rx = self.guard.subscribe();
+        let _ = tokio::time::timeout(self.settings.request_timeout, rx.wait_for(|g| *g != LayoutGuard::Unknown)).await;
+        let g = rx.borrow().clone();
+        match g {
+            LayoutGuard::Unknown => Some(DividerError::Timeout(format!(
+                "divider {:?}: the member records were not read yet; retry",
+                self.name
+            ))),
+            g => g.error(&self.name),
+        }
+    }
+
     /// True when the owner record names a session that is live in `records`.
     fn owner_alive(records: &Records, rec: &OwnerRecord) -> bool {
         records.get(&rec.member).is_some_and(|(_, m)| m.is_live_session(&rec.session))
@@ -851,10 +1080,31 @@ impl<P: Peers> Divider<P> {
         let table = self.table();
         let now = Instant::now();
         let mut claims = Vec::new();
-        let mut releases = Vec::new();
+        let blocked = matches!(*self.guard.borrow(), LayoutGuard::Blocked(_));
         let mut sessions = self.sessions.lock().await;
         for (m, s) in sessions.iter_mut() {
-            if s.gone || s.app_gone || s.lost || s.lease.ended(now) {
+            if s.notice_app_gone(now, self.settings.stop_timeout) {
+                // Wakes the release loop (what the app confirmed goes now) and the renewal
+                // loop (it leaves at once when nothing is held).
+                self.release_wake.notify_one();
+                self.renew_now.notify_one();
+            }
+            if s.gone || s.lost || s.lease.ended(now) {
+                continue;
+            }
+            if blocked {
+                // A sidecar of the per-key layout ignores these owner buckets and may claim
+                // any key: every key held here stops at once (its token dead), and nothing is
+                // claimed until the guard clears.
+                if !s.holdings.is_empty() {
+                    tracing::warn!(divider = %self.name, member = %m, "stopping every key: a sidecar of the per-key owner layout is live");
+                    s.lose();
+                }
+                continue;
+            }
+            if s.app_gone {
+                // Nothing to tell or claim; the release loop releases what the app confirmed or
+                // released, and keys whose stop timed out (see `Session::notice_app_gone`).
                 continue;
             }
             for (key, _) in s.holdings.working() {
@@ -868,13 +1118,8 @@ impl<P: Peers> Divider<P> {
                     None
                 };
                 if let Some(reason) = reason {
-                    if let Some(token) = s.holdings.stop(&key, now, self.settings.stop_timeout) {
-                        s.send(Event::Stop { key, token, reason });
-                    }
+                    s.stop(key, now, self.settings.stop_timeout, reason);
                 }
-            }
-            for (key, token, done) in s.holdings.releasing() {
-                releases.push((m.clone(), s.session.clone(), key, token, done));
             }
             let current = table.members.iter().any(|t| t.id == *m && t.session == s.session);
             // Claims wait while renewals struggle (less than a tick of right left): they compete
@@ -910,43 +1155,7 @@ impl<P: Peers> Divider<P> {
                 })
                 .collect()
         };
-        let mut release_buckets: BTreeMap<u32, Vec<Release>> = BTreeMap::new();
-        for (m, session, key, token, done) in releases {
-            release_buckets.entry(owner_bucket(&key)).or_default().push(Release {
-                member: m,
-                session,
-                key,
-                token,
-                done,
-            });
-        }
         let table_ref = &table;
-        let released: Vec<(String, String, u64)> = stream::iter(release_buckets)
-            .map(|(bucket, group)| async move {
-                match self.release_bucket(table_ref, bucket, &group).await {
-                    Ok(()) => group.into_iter().map(|r| (r.member, r.key, r.token)).collect(),
-                    Err(e) => {
-                        tracing::debug!(divider = %self.name, bucket, error = %e, "releases not written yet");
-                        Vec::new()
-                    }
-                }
-            })
-            .buffer_unordered(CLAIM_PARALLEL)
-            .flat_map(stream::iter)
-            .collect()
-            .await;
-        if !released.is_empty() {
-            let mut sessions = self.sessions.lock().await;
-            for (m, key, token) in released {
-                if let Some(s) = sessions.get_mut(&m) {
-                    s.released(&key, token);
-                }
-            }
-            // Renew now: the record carries the new release count, which tells claimers waiting
-            // on these keys to try again (and a leaving session that released its last key
-            // writes `left`).
-            self.renew_now.notify_one();
-        }
         let waiting = claims.len();
         let mut started = 0;
         // Starts go out as claims land (a first tick may claim tens of thousands of keys). A
@@ -1013,6 +1222,75 @@ impl<P: Peers> Divider<P> {
         let owned: usize = self.sessions.lock().await.values().map(|s| s.holdings.len()).sum();
         self.metrics.keys(&self.name, owned, waiting.saturating_sub(started));
         tracing::debug!(divider = %self.name, waiting, started, owned, ms = now.elapsed().as_millis() as u64, "handoff pass");
+    }
+
+    /// Writes the releases of keys the apps are done with (confirmed, released, stop timed
+    /// out), apart from the handoff loop, whose refresh a slow quorum can stall: woken by
+    /// confirms and releases, it gathers for [`WAKE_GATHER`] and writes every release pending
+    /// then by one compare-and-set per bucket, so confirms arriving while a write is in flight
+    /// go into the next write of their bucket.
+    async fn release_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.release_wake.notified() => tokio::time::sleep(WAKE_GATHER).await,
+                _ = tokio::time::sleep(self.settings.poll()) => {}
+            }
+            self.write_releases().await;
+        }
+    }
+
+    /// One pass of [`Divider::release_loop`].
+    async fn write_releases(&self) {
+        let now = Instant::now();
+        let mut buckets: BTreeMap<u32, Vec<Release>> = BTreeMap::new();
+        {
+            let mut sessions = self.sessions.lock().await;
+            for (m, s) in sessions.iter_mut() {
+                // After its right ended a session writes nothing more but `left`.
+                if s.gone || s.lost || s.lease.ended(now) {
+                    continue;
+                }
+                if s.app_gone {
+                    s.holdings.timed_out(now);
+                }
+                for (key, token, done) in s.holdings.releasing() {
+                    let r = Release { member: m.clone(), session: s.session.clone(), key, token, done };
+                    buckets.entry(owner_bucket(&r.key)).or_default().push(r);
+                }
+            }
+        }
+        if buckets.is_empty() {
+            return;
+        }
+        let table = self.table();
+        let table_ref = &table;
+        let released: Vec<(String, String, u64)> = stream::iter(buckets)
+            .map(|(bucket, group)| async move {
+                match self.release_bucket(table_ref, bucket, &group).await {
+                    Ok(()) => group.into_iter().map(|r| (r.member, r.key, r.token)).collect(),
+                    Err(e) => {
+                        tracing::debug!(divider = %self.name, bucket, error = %e, "releases not written yet");
+                        Vec::new()
+                    }
+                }
+            })
+            .buffer_unordered(CLAIM_PARALLEL)
+            .flat_map(stream::iter)
+            .collect()
+            .await;
+        if !released.is_empty() {
+            let mut sessions = self.sessions.lock().await;
+            for (m, key, token) in released {
+                if let Some(s) = sessions.get_mut(&m) {
+                    s.released(&key, token);
+                }
+            }
+            // Renew now: the record carries the new release count, which tells claimers waiting
+            // on these keys to try again (and a leaving session that released its last key
+            // writes `left`).
+            self.renew_now.notify_one();
+        }
+        self.changed.notify_waiters();
     }
 
     /// True when a fresh read shows the owner record's session live.
@@ -1184,8 +1462,13 @@ impl<P: Peers> Divider<P> {
         validate_name(member).map_err(|e| DividerError::Invalid(format!("member {member:?}: {e}")))?;
         check_address(address).map_err(DividerError::Invalid)?;
         let affinity = affinity.map(affinity_from).transpose()?.unwrap_or(self.default_affinity);
-        let mut sessions = self.sessions.lock().await;
-        if sessions.contains_key(member) {
+        if let Some(e) = self.layout_refusal().await {
+            return Err(e);
+        }
+        // Joins write a member record: `record_writes` (not `sessions`) is held across it, and
+        // makes the check below and the insert one step against other joins.
+        let _writer = self.record_writes.lock().await;
+        if self.sessions.lock().await.contains_key(member) {
             return Err(DividerError::AlreadyExists(format!("member {member:?} already has a live session here")));
         }
         let key = self.layout.member(member);
@@ -1197,10 +1480,9 @@ impl<P: Peers> Divider<P> {
                 let live = rec.as_ref().is_some_and(|r| r.state == MemberState::Live);
                 let timing = rec.as_ref().map_or(self.settings.timing, |r| r.observer_timing(self.settings.timing));
                 let dead = self
-                    .view
-                    .lock()
-                    .await
                     .observed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
                     .get(member)
                     .is_some_and(|o| o.version == e.version && o.expired(Instant::now(), timing));
                 if live && !dead {
@@ -1236,15 +1518,17 @@ impl<P: Peers> Divider<P> {
         }
         s.send(Event::Joined { member: member.to_string(), session: s.session.clone(), affinity });
         s.send(Event::Lease { valid_for: s.lease.valid_for(Instant::now()) });
-        sessions.insert(member.to_string(), s);
-        drop(sessions);
+        self.sessions.lock().await.insert(member.to_string(), s);
         self.refresh_soon();
         Ok(rx)
     }
 
+    /// Runs `f` on `member`'s session (held by an app that is still there), then wakes the
+    /// loops `wake` names.
     async fn with_session<T>(
         &self,
         member: &str,
+        wake: Wake,
         f: impl FnOnce(&mut Session) -> Result<T, DividerError>,
     ) -> Result<T, DividerError> {
         let mut sessions = self.sessions.lock().await;
@@ -1254,20 +1538,25 @@ impl<P: Peers> Divider<P> {
             .ok_or_else(|| DividerError::NotFound(format!("member {member:?} has no session on this sidecar")))?;
         let out = f(s)?;
         drop(sessions);
-        self.wake.notify_one();
+        if matches!(wake, Wake::Releases | Wake::Both) {
+            self.release_wake.notify_one();
+        }
+        if matches!(wake, Wake::Handoffs | Wake::Both) {
+            self.wake.notify_one();
+        }
         Ok(out)
     }
 
     /// The app confirmed the stop of `key` at `token`.
     pub async fn confirm_stop(&self, member: &str, key: &str, token: u64) -> Result<(), DividerError> {
-        self.with_session(member, |s| Ok(s.holdings.confirm(key, token)?)).await
+        self.with_session(member, Wake::Releases, |s| Ok(s.holdings.confirm(key, token)?)).await
     }
 
     /// The app gives `key` up: `done` removes it from the divider, otherwise it is handed back
     /// (assigned among the other members while this session lives).
     pub async fn release(&self, member: &str, key: &str, token: u64, done: bool) -> Result<(), DividerError> {
         let session = self
-            .with_session(member, |s| {
+            .with_session(member, Wake::Nothing, |s| {
                 match s.holdings.get(key) {
                     None => return Err(HandoffError::NotHeld(key.to_string()).into()),
                     Some(k) if k.token() != token => {
@@ -1294,12 +1583,12 @@ impl<P: Peers> Divider<P> {
                 return Err(DividerError::Precondition(format!("key {key:?} was handed back concurrently; retry")));
             }
         }
-        self.with_session(member, |s| Ok(s.holdings.release(key, token, done)?)).await
+        self.with_session(member, Wake::Both, |s| Ok(s.holdings.release(key, token, done)?)).await
     }
 
     /// Keys the member holds and works on (owned or stopping), with tokens.
     pub async fn assigned(&self, member: &str) -> Result<Vec<(String, u64)>, DividerError> {
-        self.with_session(member, |s| {
+        self.with_session(member, Wake::Nothing, |s| {
             Ok(s.holdings
                 .iter()
                 .filter(|(_, k)| !matches!(k, super::handoff::KeyState::Releasing { .. }))
@@ -1311,7 +1600,7 @@ impl<P: Peers> Divider<P> {
 
     /// The member's affinity.
     pub async fn affinity(&self, member: &str) -> Result<u32, DividerError> {
-        self.with_session(member, |s| Ok(s.affinity)).await
+        self.with_session(member, Wake::Nothing, |s| Ok(s.affinity)).await
     }
 
     /// Sets the member's affinity to `f(current)` and writes it (atomic per member: one
@@ -1321,14 +1610,34 @@ impl<P: Peers> Divider<P> {
         member: &str,
         f: impl FnOnce(u32) -> Result<u32, DividerError>,
     ) -> Result<u32, DividerError> {
+        self.write_affinity(member, f, false).await
+    }
+
+    /// [`Divider::update_affinity`]; `abandoned` also allows a session whose app went away (a
+    /// planned leave lowers its affinity so the others' tables move its keys at once).
+    async fn write_affinity(
+        &self,
+        member: &str,
+        f: impl FnOnce(u32) -> Result<u32, DividerError>,
+        abandoned: bool,
+    ) -> Result<u32, DividerError> {
+        let _writer = self.record_writes.lock().await;
+        let not_found = || DividerError::NotFound(format!("member {member:?} has no session on this sidecar"));
+        let old = {
+            let mut sessions = self.sessions.lock().await;
+            // An abandoned session whose right ended is not renewed (it only leaves).
+            let s = sessions
+                .get_mut(member)
+                .filter(|s| !s.gone && (!s.app_gone || (abandoned && !s.lease.ended(Instant::now()))))
+                .ok_or_else(not_found)?;
+            let old = s.affinity;
+            s.affinity = f(old)?;
+            old
+        };
+        let outcome = self.write_member(member, MemberState::Live).await;
         let mut sessions = self.sessions.lock().await;
-        let s = sessions
-            .get_mut(member)
-            .filter(|s| !s.gone && !s.app_gone)
-            .ok_or_else(|| DividerError::NotFound(format!("member {member:?} has no session on this sidecar")))?;
-        let old = s.affinity;
-        s.affinity = f(old)?;
-        let ok = match self.write_session(member, s, MemberState::Live).await {
+        let s = sessions.get_mut(member).ok_or_else(not_found)?;
+        let ok = match outcome {
             Ok(true) => true,
             Ok(false) => {
                 s.lose();
@@ -1355,7 +1664,7 @@ impl<P: Peers> Divider<P> {
     pub async fn flush(&self, member: &str) -> Result<(), DividerError> {
         let held: Vec<String> = self.assigned(member).await?.into_iter().map(|(k, _)| k).collect();
         self.update_affinity(member, |_| Ok(0)).await?;
-        self.with_session(member, |s| {
+        self.with_session(member, Wake::Handoffs, |s| {
             s.flushing = true;
             Ok(())
         })
@@ -1363,7 +1672,7 @@ impl<P: Peers> Divider<P> {
         let deadline = Instant::now() + self.settings.stop_timeout + 3 * self.settings.timing.lease;
         let mut pending: BTreeSet<String> = held.into_iter().collect();
         loop {
-            let empty = self.with_session(member, |s| Ok(s.holdings.is_empty())).await?;
+            let empty = self.with_session(member, Wake::Nothing, |s| Ok(s.holdings.is_empty())).await?;
             if empty {
                 let table = self.table();
                 let mut still = BTreeSet::new();
@@ -1379,7 +1688,7 @@ impl<P: Peers> Divider<P> {
                 pending = still;
                 if pending.is_empty() {
                     let _ = self
-                        .with_session(member, |s| {
+                        .with_session(member, Wake::Nothing, |s| {
                             s.flushing = false;
                             Ok(())
                         })
@@ -1400,7 +1709,7 @@ impl<P: Peers> Divider<P> {
     /// Leaves: stops every key, waits for the confirms (up to the stop timeout), writes the
     /// member record `left` and ends the session's stream.
     pub async fn cancel(&self, member: &str) -> Result<(), DividerError> {
-        self.with_session(member, |s| {
+        self.with_session(member, Wake::Handoffs, |s| {
             s.leaving = true;
             Ok(())
         })
@@ -1417,31 +1726,45 @@ impl<P: Peers> Divider<P> {
         }
     }
 
-    /// Every session on this sidecar leaves (SIGTERM): affinity 0 is written first, so every
-    /// other sidecar's table moves the keys at once and claims each one at its next pass after
-    /// its release lands; then `Stop{LEAVING}` for every key, the releases as the app confirms
-    /// (or at the stop timeout, the app being told its token is dead), and `left`. Returns once
-    /// every such session is gone, or at `deadline`. Sessions whose app already went away keep
-    /// their keys fenced until their lease ends, as without a leave.
+    /// Every session on this sidecar leaves (SIGTERM): `Stop{LEAVING}` for every key goes out at
+    /// once, and affinity 0 is written meanwhile, so every other sidecar's table moves the keys
+    /// and claims each one at its next pass after its release lands; the releases as the app confirms
+    /// (or at the stop timeout, the app being told its token is dead), and `left`. A session
+    /// whose app already went away leaves the same way, without the Stops it can no longer get:
+    /// what its app confirmed is released at once, the rest at the stop timeout counted from
+    /// when the app went away (see `Session::notice_app_gone`), then `left`. Returns once every
+    /// session is gone, or at `deadline`.
     pub async fn leave_all(&self, deadline: Instant) {
         let members: Vec<String> =
-            self.sessions.lock().await.iter().filter(|(_, s)| !s.gone && !s.app_gone).map(|(m, _)| m.clone()).collect();
+            self.sessions.lock().await.iter().filter(|(_, s)| !s.gone).map(|(m, _)| m.clone()).collect();
+        // The Stops go out at once, not from the handoff loop, whose refresh may be stalled by a
+        // slow quorum (a paused member), nor after the affinity writes, which only let the other
+        // sidecars move the keys sooner.
+        {
+            let now = Instant::now();
+            let mut sessions = self.sessions.lock().await;
+            for m in &members {
+                if let Some(s) = sessions.get_mut(m) {
+                    s.leaving = true;
+                    if !s.app_gone && !s.lost {
+                        for (key, _) in s.holdings.working() {
+                            s.stop(key, now, self.settings.stop_timeout, StopReason::Leaving);
+                        }
+                    }
+                }
+            }
+        }
+        self.wake.notify_one();
         for m in &members {
-            if let Err(e) = self.update_affinity(m, |_| Ok(0)).await {
+            if let Err(e) = self.write_affinity(m, |_| Ok(0), true).await {
                 tracing::debug!(divider = %self.name, member = %m, error = %e, "affinity 0 not written before leaving");
             }
-            let _ = self
-                .with_session(m, |s| {
-                    s.leaving = true;
-                    Ok(())
-                })
-                .await;
         }
         self.refresh_soon();
         loop {
             let left = {
                 let sessions = self.sessions.lock().await;
-                members.iter().filter(|m| sessions.get(*m).is_some_and(|s| !s.app_gone)).count()
+                members.iter().filter(|m| sessions.get(*m).is_some_and(|s| !s.gone)).count()
             };
             if left == 0 {
                 tracing::info!(divider = %self.name, sessions = members.len(), "every session left");
@@ -1538,11 +1861,7 @@ impl<P: Peers> Divider<P> {
         after: &str,
         limit: usize,
     ) -> Result<(Vec<String>, Option<String>), DividerError> {
-        let keys = {
-            let mut view = self.view.lock().await;
-            self.refresh_keys(&mut view).await?;
-            view.keys.clone()
-        };
+        let (_, keys) = self.refresh_keys().await?;
         Ok(page(&keys, prefix, after, limit))
     }
 }

@@ -13,6 +13,21 @@ use ordo_sidecar::quorum::transport::{KeyPage, PeerError, Peers, ProbeInfo};
 use ordo_sidecar::quorum::Ballot;
 use rand::{Rng, SeedableRng};
 
+/// A register client of proposer `id` over the simulated network (its configuration never
+/// changes).
+pub fn registers(
+    net: &std::sync::Arc<SimNet>,
+    cfg: &MembersFile,
+    id: &str,
+    timeout: Duration,
+) -> ordo_sidecar::quorum::register::Registers<SimNet> {
+    let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(cfg.clone()));
+    std::mem::forget(tx); // the configuration never changes here
+    let metrics = std::sync::Arc::new(ordo_sidecar::metrics::Metrics::new());
+    let proposer = ordo_sidecar::quorum::proposer::Proposer::new(id.into(), net.clone(), rx, metrics);
+    ordo_sidecar::quorum::register::Registers::new(proposer, timeout)
+}
+
 /// Epoch 1 with `ids` as members (majority quorums) at simulated addresses.
 pub fn members(ids: &[String]) -> MembersFile {
     MembersFile {
@@ -35,6 +50,9 @@ pub enum Drop {
     Requests,
     /// Every reply (acceptors apply what they receive; nobody hears back).
     Replies,
+    /// Nothing moves: every message waits until the mode changes (a stalled network), then
+    /// goes on as in the new mode.
+    Stall,
 }
 
 /// In-memory acceptors with a lossy, slow network.
@@ -67,10 +85,17 @@ impl SimNet {
             (rng.random_range(0..300u64), rng.random_bool(self.loss))
         };
         tokio::time::sleep(Duration::from_micros(delay)).await;
-        match *self.drop.lock().unwrap() {
-            Drop::Random => !lost,
-            Drop::Requests => reply,
-            Drop::Replies => !reply,
+        loop {
+            let mode = *self.drop.lock().unwrap();
+            return match mode {
+                Drop::Random => !lost,
+                Drop::Requests => reply,
+                Drop::Replies => !reply,
+                Drop::Stall => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+            };
         }
     }
 
