@@ -36,6 +36,8 @@ pub const DEFAULT_PEER_PORT: u16 = 7071;
 pub const DEFAULT_ADMIN_PORT: u16 = 7072;
 /// Default number of IDs a sidecar leases per refill of a sequence's buffer.
 pub const DEFAULT_RANGE_SIZE: u64 = 1024;
+/// Most worker threads a sidecar may be given.
+pub const MAX_WORKER_THREADS: usize = 256;
 
 /// What this sidecar does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -110,6 +112,12 @@ pub struct SidecarArgs {
     /// How long SIGTERM waits for in-flight requests before exiting, in milliseconds.
     #[arg(long, env = "ORDO_DRAIN_TIMEOUT_MS", default_value_t = 5000)]
     pub drain_timeout_ms: u64,
+
+    /// Threads running the sidecar's requests and rounds (0: one per core available to the
+    /// process, which counts a container's CPU limit). Sidecars sharing one machine's cores
+    /// (`ordoctl dev`) do better with their share of them.
+    #[arg(long, env = "ORDO_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
 
     /// Log format.
     #[arg(long, env = "ORDO_LOG_FORMAT", value_enum, default_value = "auto")]
@@ -427,6 +435,12 @@ impl SidecarArgs {
         if self.request_timeout_ms < 10 {
             return Err(ConfigError::OutOfRange("--request-timeout-ms must be at least 10".into()));
         }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err(ConfigError::OutOfRange(format!(
+                "--worker-threads must be at most {MAX_WORKER_THREADS} (0: one per core), got {}",
+                self.worker_threads
+            )));
+        }
         self.sequencer.validate()?;
         self.log.validate()?;
         self.divider.validate()
@@ -509,6 +523,21 @@ mod tests {
         assert_eq!(a.sequencer.range_size, 1024);
         assert_eq!(a.divider.load(), Ok(None));
         a.validate().unwrap();
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_core_and_are_bounded() {
+        let member = ["--id", "m-0", "--data-dir", "/d", "--members-file", "/m.yaml", "--peer-token", "t"];
+        assert_eq!(parse(&member).worker_threads, 0, "0: one per core");
+        let with = |n: &str| {
+            let mut args = member.to_vec();
+            args.extend(["--worker-threads", n]);
+            parse(&args)
+        };
+        assert_eq!(with("1").worker_threads, 1);
+        with("1").validate().unwrap();
+        let e = with("257").validate().unwrap_err();
+        assert!(e.to_string().contains("--worker-threads must be at most 256"), "{e}");
     }
 
     #[test]

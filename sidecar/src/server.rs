@@ -28,7 +28,11 @@ const PEER_MAX_PENDING_RESETS: usize = 1024;
 pub fn main_with(args: SidecarArgs) -> Result<()> {
     init_tracing(args.log_format);
     args.validate()?;
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.worker_threads > 0 {
+        runtime.worker_threads(args.worker_threads);
+    }
+    runtime.enable_all().build()?.block_on(run(args))
 }
 
 fn init_tracing(format: LogFormat) {
