@@ -280,12 +280,7 @@ impl DevCluster {
             .args(self.opts.member_args.get(i).into_iter().flatten())
             .env_remove("ORDO_SOCKET")
             .stdin(Stdio::null());
-        // The members share this machine's cores: each gets its share of them as worker threads
-        // (unless the caller chose; a `--worker-threads` flag above beats the variable too).
-        if std::env::var_os("ORDO_WORKER_THREADS").is_none() {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            cmd.env("ORDO_WORKER_THREADS", (cores / self.procs.len().max(1)).max(1).to_string());
-        }
+
         if let Some(dir) = &self.opts.log_dir {
             std::fs::create_dir_all(dir).map_err(io("creating the log directory"))?;
             let log = std::fs::OpenOptions::new()

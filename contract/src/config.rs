@@ -114,8 +114,7 @@ pub struct SidecarArgs {
     pub drain_timeout_ms: u64,
 
     /// Threads running the sidecar's requests and rounds (0: one per core available to the
-    /// process, which counts a container's CPU limit). Sidecars sharing one machine's cores
-    /// (`ordoctl dev`) do better with their share of them.
+    /// process, which counts a container's CPU limit).
     #[arg(long, env = "ORDO_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 
