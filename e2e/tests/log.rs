@@ -278,6 +278,32 @@ async fn kill9_of_the_primary_mid_pipeline_loses_and_duplicates_nothing() {
     let _ = c.tail(pb::TailRequest { stream: stream.into() }).await;
 }
 
+/// SIGTERM of members that replicate a stream and forward appends: the long-lived replication
+/// and forwarding streams end with the sidecar, so its drain does not wait for its timeout
+/// (they held it for the full 5 s before), and the rest of the cluster goes on appending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_of_a_replica_is_not_held_open_by_the_peers_streams() {
+    let mut cluster = TestCluster::start(opts()).await;
+    let stream = "drained";
+    let info = create_rf3(&cluster, stream).await;
+    let primary = member_index(&cluster, &info.primary);
+    let replica = (0..3).find(|&i| i != primary).expect("a replica");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Through the replica: its appends are forwarded to the primary, which replicates to it.
+    let channel = cluster.client(replica).await.channel();
+    let (mut acked, _) = run_appender(channel, stream.into(), 3, 20, 4, 4, deadline).await;
+    assert_eq!(acked.len(), 20);
+    let status = cluster.dev.stop(replica, Duration::from_secs(10)).expect("stopped");
+    assert!(status.success(), "SIGTERM exit status {status}");
+    let log = cluster.log_tail(replica);
+    assert!(log.contains("stopped") && !log.contains("drain timed out"), "{log}");
+    let channel = cluster.client(primary).await.channel();
+    let (more, _) = run_appender(channel, stream.into(), 4, 10, 4, 4, deadline).await;
+    assert_eq!(more.len(), 10, "the two members left go on");
+    acked.extend(more);
+    check(&acked, &read_all(&cluster, primary, stream).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_of_every_member_and_a_restart_keep_every_acknowledged_entry() {
     let mut cluster = TestCluster::start(opts()).await;

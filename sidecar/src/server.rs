@@ -218,8 +218,9 @@ async fn run(args: SidecarArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding peer {}", args.peer_listen))?;
         let svc = PeerService::server(node.clone(), store.clone(), token.clone(), shutdown_rx.clone());
-        let log_svc =
-            log_store.clone().map(|s| crate::api::log_peer::LogPeerService::server(log_router.clone(), s, token));
+        let log_svc = log_store
+            .clone()
+            .map(|s| crate::api::log_peer::LogPeerService::server(log_router.clone(), s, token, shutdown_rx.clone()));
         // Rounds stop waiting once a quorum answered, which resets the slower peers' streams;
         // under load many are still queued, and h2's default (20 such resets) would close the
         // connection with every round on it. Bounded still (rapid-reset protection), and the

@@ -163,6 +163,10 @@ pub fn append_error(e: pb::AppendError) -> LogError {
 pub struct LogPeerService {
     router: Arc<Router>,
     store: ReplicaStore,
+    /// Turns true when the sidecar shuts down: the long-lived replication and forwarding
+    /// streams then end, so they do not hold the peer server's graceful shutdown open until the
+    /// drain timeout (the primaries see the links break, as when a replica stops).
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl LogPeerService {
@@ -171,15 +175,21 @@ impl LogPeerService {
         router: Arc<Router>,
         store: ReplicaStore,
         token: String,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> InterceptedService<pb::log_peer_server::LogPeerServer<LogPeerService>, impl tonic::service::Interceptor + Clone>
     {
-        let svc = pb::log_peer_server::LogPeerServer::new(LogPeerService { router, store })
+        let svc = pb::log_peer_server::LogPeerServer::new(LogPeerService { router, store, shutdown })
             .max_decoding_message_size(MAX_MESSAGE);
         InterceptedService::new(svc, crate::api::peer::token_check(token))
     }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Resolves once the sidecar shuts down (or the signal's sender is gone).
+async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
 
 #[tonic::async_trait]
 impl pb::log_peer_server::LogPeer for LogPeerService {
@@ -225,6 +235,7 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
     ) -> Result<Response<Self::ReplicateStream>, Status> {
         let mut inbound = req.into_inner();
         let store = self.store.clone();
+        let mut shutdown = self.shutdown.clone();
         let (out_tx, out_rx) = mpsc::channel::<Result<pb::ReplicateResponse, Status>>(64);
         tokio::spawn(async move {
             // One task per link: writes go straight to the store's queue and their answers are
@@ -234,6 +245,8 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
             let mut pending = futures::stream::FuturesOrdered::new();
             loop {
                 tokio::select! {
+                    // Stopping: the link ends (writes not answered yet count as lost messages).
+                    _ = stopping(&mut shutdown) => return,
                     msg = inbound.next(), if pending.len() < REPLICA_PENDING => {
                         let m = match msg {
                             Some(Ok(m)) => m,
@@ -294,8 +307,15 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
         let router = self.router.clone();
         let (out_tx, out_rx) = mpsc::channel::<Result<pb::AppendResponse, Status>>(FORWARD_WINDOW);
         let (pending_tx, mut pending) = mpsc::channel(FORWARD_WINDOW);
+        let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            while let Some(Ok(mut m)) = inbound.next().await {
+            // Stopping: take no more batches; those taken are answered, then the stream ends.
+            loop {
+                let next = tokio::select! {
+                    _ = stopping(&mut shutdown) => return,
+                    next = inbound.next() => next,
+                };
+                let Some(Ok(mut m)) = next else { return };
                 let batch = batch_of(&mut m);
                 let rx = router.submit(&m.stream, batch, true);
                 if pending_tx.send((m.stream, m.batch_seq, rx)).await.is_err() {
