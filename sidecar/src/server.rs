@@ -196,6 +196,7 @@ async fn run(args: SidecarArgs) -> Result<()> {
     let app_router = || {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(app::shutdown::EndStreamsAtShutdownLayer::new(shutdown_rx.clone()))
             .add_routes(app_routes.clone())
             .add_service(health_service.clone())
             .add_service(reflection.clone())

@@ -13,6 +13,7 @@ pub mod health;
 pub mod log;
 pub mod registers;
 pub mod sequencer;
+pub mod shutdown;
 
 use std::convert::Infallible;
 
