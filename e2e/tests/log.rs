@@ -304,6 +304,49 @@ async fn sigterm_of_a_replica_is_not_held_open_by_the_peers_streams() {
     check(&acked, &read_all(&cluster, primary, stream).await);
 }
 
+/// SIGTERM ends an app's long-lived streams (a Subscribe that waits for more, an Append
+/// stream with nothing in flight) with a clean UNAVAILABLE, so they neither hold the drain
+/// open until its timeout nor break as a transport error (fails without
+/// `api::app::shutdown`: the member logs "drain timed out" and the subscriber sees a broken
+/// stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_ends_the_apps_long_lived_streams_with_unavailable() {
+    let mut cluster = TestCluster::start(opts()).await;
+    let stream = "closing";
+    create_rf3(&cluster, stream).await;
+    let member = 1;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let channel = cluster.client(member).await.channel();
+    let (acked, _) = run_appender(channel, stream.into(), 5, 4, 2, 2, deadline).await;
+    assert_eq!(acked.len(), 4);
+    let mut c = log_client(&cluster, member).await;
+    let mut sub =
+        c.subscribe(pb::SubscribeRequest { stream: stream.into(), from: 1 }).await.expect("subscribe").into_inner();
+    let mut seen = 0;
+    while seen < 8 {
+        let m = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("entries in time");
+        seen += m.expect("a message").expect("entries").entries.len();
+    }
+    let (_tx, rx) = mpsc::channel::<pb::AppendRequest>(1);
+    let mut appends = c.append(ReceiverStream::new(rx)).await.expect("append").into_inner();
+
+    let status = cluster.dev.stop(member, Duration::from_secs(10)).expect("stopped");
+    assert!(status.success(), "SIGTERM exit status {status}");
+    let log = cluster.log_tail(member);
+    assert!(log.contains("stopped") && !log.contains("drain timed out"), "{log}");
+    let ends =
+        [("subscribe", sub.next().await.map(|r| r.map(drop))), ("append", appends.next().await.map(|r| r.map(drop)))];
+    for (what, end) in ends {
+        match end {
+            Some(Err(s)) => assert!(
+                s.code() == Code::Unavailable && s.message().contains("shutting down"),
+                "{what} ended with {s:?}"
+            ),
+            other => panic!("{what} ended with {other:?}, not UNAVAILABLE"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_of_every_member_and_a_restart_keep_every_acknowledged_entry() {
     let mut cluster = TestCluster::start(opts()).await;

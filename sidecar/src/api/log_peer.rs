@@ -186,11 +186,6 @@ impl LogPeerService {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Resolves once the sidecar shuts down (or the signal's sender is gone).
-async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
-}
-
 #[tonic::async_trait]
 impl pb::log_peer_server::LogPeer for LogPeerService {
     async fn seal(&self, req: Request<pb::SealRequest>) -> Result<Response<pb::SealResponse>, Status> {
@@ -246,7 +241,7 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
             loop {
                 tokio::select! {
                     // Stopping: the link ends (writes not answered yet count as lost messages).
-                    _ = stopping(&mut shutdown) => return,
+                    _ = crate::api::shutdown_begun(&mut shutdown) => return,
                     msg = inbound.next(), if pending.len() < REPLICA_PENDING => {
                         let m = match msg {
                             Some(Ok(m)) => m,
@@ -312,7 +307,7 @@ impl pb::log_peer_server::LogPeer for LogPeerService {
             // Stopping: take no more batches; those taken are answered, then the stream ends.
             loop {
                 let next = tokio::select! {
-                    _ = stopping(&mut shutdown) => return,
+                    _ = crate::api::shutdown_begun(&mut shutdown) => return,
                     next = inbound.next() => next,
                 };
                 let Some(Ok(mut m)) = next else { return };

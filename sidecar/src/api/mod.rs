@@ -7,3 +7,10 @@ pub mod app;
 pub mod authority;
 pub mod log_peer;
 pub mod peer;
+
+/// Resolves once the sidecar begins to shut down (`stop` turns true), or once the signal's
+/// sender is gone. The long-lived streams (peer exchanges, log replication and forwarding, the
+/// app's streams) end on it, so they never hold a server's graceful shutdown open.
+pub async fn shutdown_begun(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

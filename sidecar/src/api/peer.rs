@@ -686,7 +686,7 @@ async fn serve_exchange(
     let mut shutdown = svc.shutdown.clone();
     loop {
         tokio::select! {
-            _ = shutdown.wait_for(|s| *s), if reading => reading = false,
+            _ = crate::api::shutdown_begun(&mut shutdown), if reading => reading = false,
             m = inbound.next(), if reading && running.len() < EXCHANGE_CALLS_AT_ONCE => match m {
                 Some(Ok(m)) => running.push(exchange_one(svc.clone(), m)),
                 // The caller closed its side, or the stream broke: answer what runs, then end.
@@ -850,14 +850,67 @@ impl Exchange {
     }
 }
 
-/// The reply `pick` expects, or the call's error status.
-fn exchange_reply<T>(
-    r: Result<pb::exchange_reply::Reply, Status>,
-    pick: fn(pb::exchange_reply::Reply) -> Option<T>,
-) -> Result<T, Status> {
-    match r? {
+/// A hot peer call: it travels on the peer's exchange stream, or, to a peer without one (an
+/// older version), as the unary call of the same name. One description per call keeps the two
+/// paths from drifting apart ([`send`]).
+trait HotCall: Sized + Send + 'static {
+    type Reply: Send + 'static;
+    /// The exchange message carrying this request.
+    fn into_call(self) -> pb::exchange_request::Call;
+    /// This call's reply in an exchange reply, if it is of that kind.
+    fn reply(r: pb::exchange_reply::Reply) -> Option<Self::Reply>;
+    /// The unary call.
+    fn unary(
+        self,
+        c: &mut AuthClient,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<Response<Self::Reply>, Status>> + Send;
+}
+
+macro_rules! hot_call {
+    ($req:ident => $rep:ident, $variant:ident, $method:ident) => {
+        impl HotCall for pb::$req {
+            type Reply = pb::$rep;
+            fn into_call(self) -> pb::exchange_request::Call {
+                pb::exchange_request::Call::$variant(self)
+            }
+            fn reply(r: pb::exchange_reply::Reply) -> Option<pb::$rep> {
+                match r {
+                    pb::exchange_reply::Reply::$variant(r) => Some(r),
+                    _ => None,
+                }
+            }
+            fn unary(
+                self,
+                c: &mut AuthClient,
+                timeout: Duration,
+            ) -> impl std::future::Future<Output = Result<Response<pb::$rep>, Status>> + Send {
+                c.$method(timed(self, timeout))
+            }
+        }
+    };
+}
+
+hot_call!(PrepareRequest => PrepareResponse, Prepare, prepare);
+hot_call!(PrepareManyRequest => PrepareManyResponse, PrepareMany, prepare_many);
+hot_call!(AcceptRequest => AcceptResponse, Accept, accept);
+hot_call!(AcceptManyRequest => AcceptManyResponse, AcceptMany, accept_many);
+hot_call!(ProposeRequest => ProposeResponse, Propose, propose);
+
+/// Sends `req` on the exchange stream `ex`, or as its unary call through `c` when the peer has
+/// none; either way it waits up to `timeout`.
+async fn send<R: HotCall>(
+    ex: Option<Arc<Exchange>>,
+    mut c: AuthClient,
+    req: R,
+    timeout: Duration,
+) -> Result<Response<R::Reply>, Status> {
+    let Some(ex) = ex else { return req.unary(&mut c, timeout).await };
+    match ex.call(req.into_call(), timeout).await? {
         pb::exchange_reply::Reply::Error(e) => Err(Status::new(tonic::Code::from(e.code), e.message)),
-        other => pick(other).ok_or_else(|| Status::internal("an exchange reply of another kind")),
+        other => {
+            R::reply(other).map(Response::new).ok_or_else(|| Status::internal("an exchange reply of another kind"))
+        }
     }
 }
 
@@ -1079,28 +1132,15 @@ impl Peers for GrpcPeers {
         changes: &[Change],
         timeout: Duration,
     ) -> Result<Vec<Result<Outcome, ChangeError>>, PeerError> {
-        let mut c = self.client(to)?;
+        let c = self.client(to)?;
         let req = pb::ProposeRequest {
             epoch,
             key: key.to_string(),
             changes: changes.iter().map(change_to_pb).collect(),
             timeout_ms: timeout.as_millis() as u64,
         };
-        let r = match self.exchange(to, &c) {
-            Some(ex) => {
-                let r = ex.call(pb::exchange_request::Call::Propose(req), timeout).await;
-                let mut r = exchange_reply(r, |r| match r {
-                    pb::exchange_reply::Reply::Propose(r) => Some(r),
-                    _ => None,
-                })
-                .map_err(peer_error)?;
-                if let Some(refused) = r.refusal.take() {
-                    return Err(refusal_error(refused));
-                }
-                r
-            }
-            None => call(timeout, c.propose(timed(req, timeout)), |r| r.refusal.take()).await?,
-        };
+        let ex = self.exchange(to, &c);
+        let r = call(timeout, send(ex, c, req, timeout), |r| r.refusal.take()).await?;
         Ok(r.outcomes.into_iter().map(|o| outcome_from_pb(o, &to.id)).collect())
     }
 
@@ -1119,8 +1159,6 @@ impl Peers for GrpcPeers {
         let c = self.client(to)?;
         let ex = self.exchange(to, &c);
         let req = pb::PrepareRequest { epoch, key: key.to_string(), ballot: ballot_to_pb(ballot) };
-        use pb::exchange_reply::Reply;
-        use pb::exchange_request::Call;
         let mut r = self
             .one_or_bundled(
                 &self.prepares,
@@ -1130,30 +1168,12 @@ impl Peers for GrpcPeers {
                 timeout,
                 {
                     let (c, ex) = (c.clone(), ex.clone());
-                    move |req, t| {
-                        let (mut c, ex) = (c.clone(), ex.clone());
-                        async move {
-                            let Some(ex) = ex else { return call(t, c.prepare(timed(req, t)), |_| None).await };
-                            let r = ex.call(Call::Prepare(req), t).await;
-                            exchange_reply(r, |r| if let Reply::Prepare(r) = r { Some(r) } else { None })
-                                .map_err(peer_error)
-                        }
-                    }
+                    move |req, t| call(t, send(ex.clone(), c.clone(), req, t), |_| None)
                 },
                 move |requests, t| {
-                    let (mut c, ex) = (c.clone(), ex.clone());
+                    let (c, ex) = (c.clone(), ex.clone());
                     async move {
-                        let many = pb::PrepareManyRequest { epoch, requests };
-                        let r = match ex {
-                            Some(ex) => exchange_reply(ex.call(Call::PrepareMany(many), t).await, |r| {
-                                if let Reply::PrepareMany(r) = r {
-                                    Some(r)
-                                } else {
-                                    None
-                                }
-                            })?,
-                            None => c.prepare_many(timed(many, t)).await?.into_inner(),
-                        };
+                        let r = send(ex, c, pb::PrepareManyRequest { epoch, requests }, t).await?.into_inner();
                         Ok((r.replies, r.refusal))
                     }
                 },
@@ -1215,35 +1235,12 @@ impl Peers for GrpcPeers {
                 timeout,
                 {
                     let (c, ex) = (c.clone(), ex.clone());
-                    move |req, t| {
-                        let (mut c, ex) = (c.clone(), ex.clone());
-                        async move {
-                            let Some(ex) = ex else { return call(t, c.accept(timed(req, t)), |_| None).await };
-                            let r = ex.call(pb::exchange_request::Call::Accept(req), t).await;
-                            exchange_reply(
-                                r,
-                                |r| if let pb::exchange_reply::Reply::Accept(r) = r { Some(r) } else { None },
-                            )
-                            .map_err(peer_error)
-                        }
-                    }
+                    move |req, t| call(t, send(ex.clone(), c.clone(), req, t), |_| None)
                 },
                 move |requests, t| {
-                    let (mut c, ex) = (c.clone(), ex.clone());
+                    let (c, ex) = (c.clone(), ex.clone());
                     async move {
-                        let many = pb::AcceptManyRequest { epoch, requests };
-                        let r = match ex {
-                            Some(ex) => {
-                                exchange_reply(ex.call(pb::exchange_request::Call::AcceptMany(many), t).await, |r| {
-                                    if let pb::exchange_reply::Reply::AcceptMany(r) = r {
-                                        Some(r)
-                                    } else {
-                                        None
-                                    }
-                                })?
-                            }
-                            None => c.accept_many(timed(many, t)).await?.into_inner(),
-                        };
+                        let r = send(ex, c, pb::AcceptManyRequest { epoch, requests }, t).await?.into_inner();
                         Ok((r.replies, r.refusal))
                     }
                 },

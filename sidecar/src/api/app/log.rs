@@ -92,6 +92,12 @@ impl pb::log_server::Log for LogService {
             // of the batches before it.
             let mut malformed: Option<Status> = None;
             loop {
+                if !open && inflight.is_empty() {
+                    if let Some(s) = malformed.take() {
+                        let _ = out_tx.send(Err(s)).await;
+                    }
+                    return;
+                }
                 tokio::select! {
                     // A new batch is read only while the pipeline has room: backpressure.
                     msg = inbound.next(), if open && inflight.len() < pipeline && inflight_bytes < max_inflight => {
@@ -126,19 +132,18 @@ impl pb::log_server::Log for LogService {
                             (bytes, append_response(stream, seq, r))
                         });
                     }
+                    // The response is gone (the app went away, or the sidecar ended the
+                    // stream at shutdown): stop reading, so the app's open request side does
+                    // not hold the call (and a graceful shutdown) open.
+                    _ = out_tx.closed() => {
+                        in_flight.dec_by(inflight.len() as i64);
+                        return;
+                    }
                     Some((bytes, resp)) = inflight.next(), if !inflight.is_empty() => {
                         inflight_bytes -= bytes;
                         in_flight.dec();
                         if out_tx.send(Ok(resp)).await.is_err() {
                             in_flight.dec_by(inflight.len() as i64);
-                            return;
-                        }
-                    }
-                    else => {
-                        if !open && inflight.is_empty() {
-                            if let Some(s) = malformed.take() {
-                                let _ = out_tx.send(Err(s)).await;
-                            }
                             return;
                         }
                     }

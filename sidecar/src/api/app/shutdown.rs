@@ -11,7 +11,8 @@
 //!
 //! Unary calls are never cut: their responses complete (an `UNAVAILABLE` there would claim
 //! that a change which did apply never did). Checked by hand with `ordoctl dev` (a subscriber
-//! got UNAVAILABLE, the member exited in 0.1 s instead of 5 s); no e2e test yet.
+//! got UNAVAILABLE, the member exited in 0.1 s instead of 5 s) and by
+//! `e2e/tests/log.rs::sigterm_ends_the_apps_long_lived_streams_with_unavailable`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -99,9 +100,7 @@ struct EndAtShutdown {
 
 impl EndAtShutdown {
     fn new(inner: Body, mut stop: watch::Receiver<bool>) -> Self {
-        let stop = Box::pin(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
+        let stop = Box::pin(async move { crate::api::shutdown_begun(&mut stop).await });
         Self { inner, stop, ended: false }
     }
 }
@@ -117,6 +116,9 @@ impl HttpBody for EndAtShutdown {
         }
         if this.stop.as_mut().poll(cx).is_ready() {
             this.ended = true;
+            // Dropped now: a handler that feeds it sees its receiver gone and stops (an
+            // `Append` would otherwise go on reading the app's open request side).
+            this.inner = Body::empty();
             let mut trailers = http::HeaderMap::new();
             trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
             trailers.insert("grpc-message", http::HeaderValue::from_static("the%20sidecar%20is%20shutting%20down"));
