@@ -288,6 +288,45 @@ impl Membership {
         Ok(())
     }
 
+    /// Confirms the stops of `stops` (`(key, token)`) in one call: after a burst of Stops (a
+    /// leave, a Flush, a rebalance), one call per key would bound the handover by the app's round
+    /// trips. Returns the keys refused with their error (as [`Membership::confirm_stop`] would
+    /// have returned it); the others are confirmed. Take the Stops already received with
+    /// [`Membership::next_ready`].
+    pub async fn confirm_stops(&mut self, stops: &[(String, u64)]) -> Result<Vec<(String, ClientError)>, ClientError> {
+        let d = &self.divider;
+        let mut refused = Vec::new();
+        // The sidecar takes at most 10,000 per call.
+        for chunk in stops.chunks(10_000) {
+            let req = pb::ConfirmStopsRequest {
+                divider: d.name.clone(),
+                member: self.member.clone(),
+                stops: chunk.iter().map(|(key, token)| pb::KeyToken { key: key.clone(), token: *token }).collect(),
+            };
+            let r = d.api.clone().confirm_stops(req).await?.into_inner();
+            let no: HashMap<String, ClientError> = r
+                .refused
+                .into_iter()
+                .map(|k| (k.key, ClientError::Status(tonic::Status::new(tonic::Code::from(k.code), k.message))))
+                .collect();
+            for (key, _) in chunk {
+                if !no.contains_key(key) {
+                    self.held.remove(key);
+                }
+            }
+            refused.extend(no);
+        }
+        Ok(refused)
+    }
+
+    /// The next event if one has already arrived (or the lease's end is already due), without
+    /// waiting: with [`Membership::confirm_stops`], an app gathers a burst of Stops and confirms
+    /// them together.
+    pub fn next_ready(&mut self) -> Option<Result<DividerEvent, ClientError>> {
+        use futures::FutureExt;
+        self.next().now_or_never().flatten()
+    }
+
     /// Gives `key` up: `done` removes it from the divider, otherwise it goes to another member.
     pub async fn release(&mut self, key: &str, token: u64, done: bool) -> Result<(), ClientError> {
         let d = &self.divider;

@@ -173,6 +173,8 @@ struct History {
     /// Downstream: highest token written per key.
     downstream: HashMap<String, u64>,
     problems: Vec<String>,
+    /// `(member, key)` of every Stop with reason TIMEOUT: a stop not confirmed in time.
+    stop_timeouts: Vec<(String, String)>,
 }
 
 type Shared = Arc<Mutex<History>>;
@@ -275,6 +277,8 @@ struct AppOpts {
     affinity: i64,
     /// Confirm stops (otherwise wait for the stop timeout).
     confirm: bool,
+    /// Confirm the stops received so far together, in one ConfirmStops.
+    batch: bool,
 }
 
 async fn spawn_app(client: Client, member: &str, o: AppOpts, history: Shared) -> App {
@@ -294,6 +298,8 @@ async fn spawn_app(client: Client, member: &str, o: AppOpts, history: Shared) ->
         let mut deadline = Instant::now();
         let mut old: BTreeMap<String, u64> = BTreeMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(40));
+        // Stops to confirm together once no further message is ready (`o.batch`).
+        let mut pending: Vec<pb::KeyToken> = Vec::new();
         let end_all = |why: &'static str, old: &mut BTreeMap<String, u64>| {
             eprintln!("{m}: ending every key: {why}");
             let mut held = h.lock().unwrap();
@@ -305,6 +311,8 @@ async fn spawn_app(client: Client, member: &str, o: AppOpts, history: Shared) ->
         };
         loop {
             tokio::select! {
+                // Messages that arrived go first; the pending confirms once none is ready.
+                biased;
                 msg = stream.message() => match msg {
                     Ok(Some(pb::DividerEvent { event: Some(ev) })) => {
                         use pb::divider_event::Event as E;
@@ -321,13 +329,18 @@ async fn spawn_app(client: Client, member: &str, o: AppOpts, history: Shared) ->
                             E::Stop(s) => {
                                 let reason = pb::stop::Reason::try_from(s.reason).unwrap_or_default();
                                 let dead = matches!(reason, pb::stop::Reason::Timeout | pb::stop::Reason::LeaseLost);
+                                if reason == pb::stop::Reason::Timeout {
+                                    history.lock().unwrap().stop_timeouts.push((m.clone(), s.key.clone()));
+                                }
                                 if dead || o.confirm {
                                     let was = h.lock().unwrap().remove(&s.key);
                                     if was == Some(s.token) {
                                         history.lock().unwrap().end(&m, &s.key, s.token, if dead { "dead token" } else { "confirmed" });
                                         old.insert(s.key.clone(), s.token);
                                     }
-                                    if !dead {
+                                    if !dead && o.batch {
+                                        pending.push(pb::KeyToken { key: s.key, token: s.token });
+                                    } else if !dead {
                                         let req = pb::KeyTokenRequest { member: m.clone(), key: s.key, token: s.token, ..Default::default() };
                                         let _ = dc.confirm_stop(req).await;
                                     }
@@ -340,6 +353,15 @@ async fn spawn_app(client: Client, member: &str, o: AppOpts, history: Shared) ->
                     Ok(None) | Err(_) => {
                         end_all("stream ended", &mut old);
                         break;
+                    }
+                },
+                _ = std::future::ready(()), if !pending.is_empty() => {
+                    let stops = std::mem::take(&mut pending);
+                    let req = pb::ConfirmStopsRequest { member: m.clone(), stops, ..Default::default() };
+                    if let Ok(r) = dc.confirm_stops(req).await {
+                        for k in r.into_inner().refused {
+                            eprintln!("{m}: confirm of {} refused: {}", k.key, k.message);
+                        }
                     }
                 },
                 _ = tick.tick() => {
@@ -446,11 +468,12 @@ async fn never_two_owners_under_kill9_sigstop_affinity_and_key_changes() {
     let c0 = setup.cluster.client(0).await;
     let c1 = setup.cluster.client(1).await;
     let (cp, ck) = (paused.client().await, killed.client().await);
-    let confirm = AppOpts { affinity: 1, confirm: true };
+    let confirm = AppOpts { affinity: 1, confirm: true, batch: false };
     let a = spawn_app(c0.clone(), "a", confirm, history.clone()).await;
-    let b = spawn_app(c1.clone(), "b", AppOpts { affinity: 2, ..confirm }, history.clone()).await;
+    // b confirms its stops in batches (ConfirmStops), the others one by one.
+    let b = spawn_app(c1.clone(), "b", AppOpts { affinity: 2, batch: true, ..confirm }, history.clone()).await;
     // d never confirms: its keys move only after the stop timeout.
-    let d = spawn_app(c0.clone(), "d", AppOpts { affinity: 1, confirm: false }, history.clone()).await;
+    let d = spawn_app(c0.clone(), "d", AppOpts { affinity: 1, confirm: false, batch: false }, history.clone()).await;
     let s = spawn_app(cp.clone(), "s", confirm, history.clone()).await;
     let k = spawn_app(ck.clone(), "k", confirm, history.clone()).await;
     let settle = Duration::from_secs(40);
@@ -531,8 +554,10 @@ async fn affinity_zero_gets_nothing_flush_moves_everything_and_cancel_leaves() {
     let setup = start(1).await;
     let history: Shared = Arc::default();
     let c = setup.cluster.client(0).await;
-    let idle = spawn_app(c.clone(), "idle", AppOpts { affinity: 0, confirm: true }, history.clone()).await;
-    let busy = spawn_app(c.clone(), "busy", AppOpts { affinity: 3, confirm: true }, history.clone()).await;
+    let idle =
+        spawn_app(c.clone(), "idle", AppOpts { affinity: 0, confirm: true, batch: false }, history.clone()).await;
+    let busy =
+        spawn_app(c.clone(), "busy", AppOpts { affinity: 3, confirm: true, batch: false }, history.clone()).await;
     wait_fully_owned(&[&busy], &c, Duration::from_secs(30), "busy owns every key").await;
     assert!(idle.held().is_empty(), "affinity 0 got keys");
     let mut dv = c.divider_api();
@@ -621,7 +646,8 @@ async fn affinity_zero_gets_nothing_flush_moves_everything_and_cancel_leaves() {
     let e = dv.list_assigned(get("idle")).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     idle.task.await.expect("idle's stream ended");
-    let again = spawn_app(c.clone(), "idle", AppOpts { affinity: 1, confirm: true }, history.clone()).await;
+    let again =
+        spawn_app(c.clone(), "idle", AppOpts { affinity: 1, confirm: true, batch: false }, history.clone()).await;
     busy.stop().await;
     // busy's app went away: its session leaves once its right ended, and its handback marker,
     // naming only a dead session now, is collected.
@@ -652,7 +678,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let setup = start(1).await;
     let history: Shared = Arc::default();
     let c = setup.cluster.client(0).await;
-    let app = spawn_app(c.clone(), "m", AppOpts { affinity: 1, confirm: true }, history.clone()).await;
+    let app = spawn_app(c.clone(), "m", AppOpts { affinity: 1, confirm: true, batch: false }, history.clone()).await;
     wait_fully_owned(&[&app], &c, Duration::from_secs(30), "m owns every key").await;
     let keys_before = all_keys(&c).await;
     let (key, token) = app.held().into_iter().next().expect("a key");
@@ -671,6 +697,34 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     expect(dv.confirm_stop(kt("nope", token)).await, Code::NotFound, "not held");
     expect(dv.confirm_stop(kt(&key, token + 1)).await, Code::FailedPrecondition, "is not the current token");
     expect(dv.confirm_stop(kt(&key, token)).await, Code::FailedPrecondition, "was not asked to stop");
+    // ConfirmStops checks each key as ConfirmStop does and refuses only the bad ones.
+    let cs = |member: &str, stops: Vec<(&str, u64)>| pb::ConfirmStopsRequest {
+        member: member.into(),
+        stops: stops.into_iter().map(|(key, token)| pb::KeyToken { key: key.into(), token }).collect(),
+        ..Default::default()
+    };
+    let r = dv
+        .confirm_stops(cs("m", vec![("nope", token), (&key, token + 1), (&key, token)]))
+        .await
+        .expect("a ConfirmStops with bad keys answers per key")
+        .into_inner();
+    let refused: Vec<(&str, Code, &str)> =
+        r.refused.iter().map(|k| (k.key.as_str(), Code::from(k.code), k.message.as_str())).collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(
+        refused[0].0 == "nope" && refused[0].1 == Code::NotFound && refused[0].2.contains("not held"),
+        "{refused:?}"
+    );
+    assert!(
+        refused[1].1 == Code::FailedPrecondition && refused[1].2.contains("is not the current token"),
+        "{refused:?}"
+    );
+    assert!(refused[2].1 == Code::FailedPrecondition && refused[2].2.contains("was not asked to stop"), "{refused:?}");
+    let e = dv.confirm_stops(cs("ghost", vec![(&key, token)])).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let many: Vec<(&str, u64)> = vec![(key.as_str(), token); 10_001];
+    let e = dv.confirm_stops(cs("m", many)).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("at most 10000"), "{e:?}");
     let rel = |key: &str, token: u64, mode: pb::release_request::Mode| pb::ReleaseRequest {
         member: "m".into(),
         key: key.into(),
@@ -944,7 +998,7 @@ async fn a_member_cut_off_from_the_quorum_stops_its_keys_before_others_take_them
     })
     .await;
     let history: Shared = Arc::default();
-    let confirm = AppOpts { affinity: 1, confirm: true };
+    let confirm = AppOpts { affinity: 1, confirm: true, batch: false };
     let c0 = cluster.client(0).await;
     let a = spawn_app(c0.clone(), "a", confirm, history.clone()).await;
     let b = spawn_app(cluster.client(1).await, "b", confirm, history.clone()).await;
@@ -994,7 +1048,7 @@ async fn scaling_2_to_5_to_2_members_with_flush_before_leaving() {
     let setup = start(3).await;
     let history: Shared = Arc::default();
     let clients = [setup.cluster.client(0).await, setup.cluster.client(1).await, setup.cluster.client(2).await];
-    let confirm = AppOpts { affinity: 1, confirm: true };
+    let confirm = AppOpts { affinity: 1, confirm: true, batch: false };
     let settle = Duration::from_secs(40);
     let mut apps = Vec::new();
     for i in 0..2 {
@@ -1045,9 +1099,10 @@ async fn sigterm_of_a_members_sidecar_hands_its_keys_over_before_any_lease_could
     let pod_x = setup.client_sidecar("pod-x");
     let mut pod_y = setup.client_sidecar("pod-y");
     let (cx, cy, c0) = (pod_x.client().await, pod_y.client().await, setup.cluster.client(0).await);
-    let confirm = AppOpts { affinity: 1, confirm: true };
+    let confirm = AppOpts { affinity: 1, confirm: true, batch: false };
     let x = spawn_app(cx, "x", confirm, history.clone()).await;
-    let y = spawn_app(cy, "y", confirm, history.clone()).await;
+    // y, which leaves, confirms the burst of Stops together (ConfirmStops).
+    let y = spawn_app(cy, "y", AppOpts { batch: true, ..confirm }, history.clone()).await;
     let z = spawn_app(c0.clone(), "z", confirm, history.clone()).await;
     let settle = Duration::from_secs(40);
     eventually(settle, "every member owns keys", || async { [&x, &y, &z].iter().all(|a| !a.held().is_empty()) }).await;
@@ -1072,6 +1127,9 @@ async fn sigterm_of_a_members_sidecar_hands_its_keys_over_before_any_lease_could
     }
     let h = history.lock().unwrap();
     let n = check_history(&h).unwrap_or_else(|e| panic!("history violates the divider's guarantees:\n{e}"));
+    // Every Stop y got was confirmed in time (by its ConfirmStops calls), none timed out.
+    let timed_out: Vec<&(String, String)> = h.stop_timeouts.iter().filter(|(m, _)| m == "y").collect();
+    assert!(timed_out.is_empty(), "stops of y not confirmed within the stop timeout: {timed_out:?}");
     for (key, token) in &y_keys {
         let i = h.intervals.iter().find(|i| i.member == "y" && i.key == *key && i.token == *token);
         assert_eq!(i.map(|i| i.why), Some("confirmed"), "y's {key}@{token} did not end by a confirmed stop");
@@ -1099,7 +1157,7 @@ async fn keys_of_an_app_that_went_away_move_after_the_stop_timeout_not_the_lease
     let history: Shared = Arc::default();
     let (pod_y, mut pod_z) = (setup.client_sidecar("pod-y"), setup.client_sidecar("pod-z"));
     let (cy, cz, c0) = (pod_y.client().await, pod_z.client().await, setup.cluster.client(0).await);
-    let confirm = AppOpts { affinity: 1, confirm: true };
+    let confirm = AppOpts { affinity: 1, confirm: true, batch: false };
     let x = spawn_app(c0.clone(), "x", confirm, history.clone()).await;
     let settle = Duration::from_secs(60);
     let keys = all_keys(&c0).await;

@@ -44,7 +44,8 @@ use super::http::Http;
 use super::ordo::{quorum_stats_of, sidecar_binary, OrdoCluster};
 
 const USAGE: &str = "usage: ordo-bench ownership [--keys 100,10000] [--runs 5] [--apps 3] [--lease-ms 3000] \
-[--idle-secs 10] [--only ordo,etcd] [--sidecar PATH] [--etcd PATH] [--out DIR] [--pause-member-at-leave]";
+[--idle-secs 10] [--only ordo,etcd] [--sidecar PATH] [--etcd PATH] [--out DIR] [--pause-member-at-leave] \
+[--confirm batch|one]";
 const DIVIDER: &str = "bench";
 
 struct Args {
@@ -58,6 +59,9 @@ struct Args {
     etcd: Option<String>,
     out: PathBuf,
     pause_member_at_leave: bool,
+    /// The apps confirm the Stops already received in one ConfirmStops (`true`, the default)
+    /// or each by its own ConfirmStop.
+    confirm_batch: bool,
 }
 
 fn parse(raw: &[String]) -> anyhow::Result<Args> {
@@ -72,6 +76,7 @@ fn parse(raw: &[String]) -> anyhow::Result<Args> {
         etcd: None,
         out: PathBuf::from("bench-out"),
         pause_member_at_leave: false,
+        confirm_batch: true,
     };
     let mut it = raw.iter();
     while let Some(arg) = it.next() {
@@ -89,6 +94,13 @@ fn parse(raw: &[String]) -> anyhow::Result<Args> {
             "--etcd" => a.etcd = Some(value()?),
             "--out" => a.out = PathBuf::from(value()?),
             "--pause-member-at-leave" => a.pause_member_at_leave = true,
+            "--confirm" => {
+                a.confirm_batch = match value()?.as_str() {
+                    "batch" => true,
+                    "one" => false,
+                    other => bail!("--confirm must be batch or one, got {other:?}"),
+                }
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -226,55 +238,66 @@ struct Times {
 
 type SharedTimes = Arc<Mutex<Times>>;
 
-/// Runs one app's session: records Starts, confirms Stops at once.
-fn run_app(mut m: ordo_client::divider::Membership, owners: Owners, times: SharedTimes) -> tokio::task::JoinHandle<()> {
+/// Runs one app's session: records Starts, confirms Stops at once: with `batch`, the Stops
+/// already received together in one ConfirmStops, otherwise each by its own call.
+fn run_app(
+    mut m: ordo_client::divider::Membership,
+    owners: Owners,
+    times: SharedTimes,
+    batch: bool,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let me = m.member().to_string();
         while let Some(ev) = m.next().await {
-            match ev {
-                Ok(DividerEvent::Start { key, .. }) => {
-                    times.lock().expect("times").start.insert(key.clone(), Instant::now());
-                    owners.lock().expect("owners").insert(key, me.clone());
-                }
-                Ok(DividerEvent::Stop { key, token, .. }) => {
-                    times.lock().expect("times").stop.insert(key.clone(), Instant::now());
-                    {
+            let mut stops = Vec::new();
+            let mut ev = Some(ev);
+            while let Some(e) = ev.take() {
+                match e {
+                    Ok(DividerEvent::Start { key, .. }) => {
+                        times.lock().expect("times").start.insert(key.clone(), Instant::now());
+                        owners.lock().expect("owners").insert(key, me.clone());
+                    }
+                    Ok(DividerEvent::Stop { key, token, .. }) => {
+                        times.lock().expect("times").stop.insert(key.clone(), Instant::now());
                         let mut o = owners.lock().expect("owners");
                         if o.get(&key) == Some(&me) {
                             o.remove(&key);
                         }
+                        stops.push((key, token));
                     }
-                    let sent = Instant::now();
-                    if m.confirm_stop(&key, token).await.is_ok() {
-                        times.lock().expect("times").confirmed.push((me.clone(), Instant::now(), sent.elapsed()));
-                    }
-                }
-                Ok(DividerEvent::LeaseExpired { keys }) => {
-                    let mut o = owners.lock().expect("owners");
-                    for (k, _) in keys {
-                        if o.get(&k) == Some(&me) {
-                            o.remove(&k);
+                    Ok(DividerEvent::LeaseExpired { keys }) => {
+                        let mut o = owners.lock().expect("owners");
+                        for (k, _) in keys {
+                            if o.get(&k) == Some(&me) {
+                                o.remove(&k);
+                            }
                         }
                     }
+                    Ok(DividerEvent::Joined { .. }) => {}
+                    Err(_) => return,
                 }
-                Ok(DividerEvent::Joined { .. }) => {}
-                Err(_) => break,
+                if batch && stops.len() < 10_000 {
+                    ev = m.next_ready();
+                }
             }
-        }
-        // The stream ended (the sidecar went away, e.g. at the end of a planned leave, possibly
-        // with Stops the app had not read yet): the app stops every key it still works on now,
-        // which is when their unowned gap starts.
-        let now = Instant::now();
-        let mut o = owners.lock().expect("owners");
-        let mut t = times.lock().expect("times");
-        o.retain(|k, m| {
-            if *m == me {
-                t.stop.insert(k.clone(), now);
-                false
+            if stops.is_empty() {
+                continue;
+            }
+            let sent = Instant::now();
+            let confirmed: Vec<String> = if batch {
+                let Ok(refused) = m.confirm_stops(&stops).await else { continue };
+                let refused: std::collections::HashSet<String> = refused.into_iter().map(|(k, _)| k).collect();
+                stops.into_iter().map(|(k, _)| k).filter(|k| !refused.contains(k)).collect()
             } else {
-                true
-            }
-        });
+                let (key, token) = stops.pop().expect("one stop");
+                match m.confirm_stop(&key, token).await {
+                    Ok(()) => vec![key],
+                    Err(_) => Vec::new(),
+                }
+            };
+            let (at, took) = (Instant::now(), sent.elapsed());
+            times.lock().expect("times").confirmed.extend(confirmed.into_iter().map(|_| (me.clone(), at, took)));
+        }
     })
 }
 
@@ -284,9 +307,10 @@ struct OrdoRun {
     idle_rounds_per_sec: Option<f64>,
     /// Planned scale-down: the longest gap of one key, and the time until all moved.
     scale_down: Option<(Duration, Duration)>,
-    /// Planned scale-down: the leaving app's accepted confirms per second (it confirms each
-    /// Stop by its own call, one at a time), from its first Stop to its last confirm, and the
-    /// p50 / p99 / max of one call's latency, ms.
+    /// Planned scale-down: the leaving app's accepted confirms per second (it confirms the Stops
+    /// received so far in one ConfirmStops, or each by its own call with `--confirm one`, one
+    /// call at a time), from its first Stop to its last confirm, and the p50 / p99 / max of one
+    /// call's latency, ms (per key confirmed).
     leave_confirms_per_sec: Option<f64>,
     leave_confirm_ms: Option<(f64, f64, f64)>,
     /// Where the recovery's time went: the first orphan's new Start (detection) and the rest
@@ -317,7 +341,7 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
     for (i, app) in apps.iter().enumerate() {
         let c = ready_client(&app.socket).await?;
         let m = c.divider(DIVIDER).join(&format!("app-{i}"), Some(1), &format!("app-{i}:0")).await?;
-        sessions.push(run_app(m, owners.clone(), times.clone()));
+        sessions.push(run_app(m, owners.clone(), times.clone(), args.confirm_batch));
     }
     let o = owners.clone();
     eventually(limit(n), "every key owned", || o.lock().expect("owners").len() == n).await?;
@@ -703,7 +727,7 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
                                 .unwrap_or_default(),
                             r.leave_confirm_ms
                                 .map(|(p50, p99, max)| format!(
-                                    " (one ConfirmStop call: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms)"
+                                    " (one confirm call: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms)"
                                 ))
                                 .unwrap_or_default()
                         );
@@ -788,14 +812,19 @@ fn markdown(rows: &[Row], args: &Args) -> String {
          (etcd) per second while every key is owned and nothing changes. Planned scale-down (Ordo): \
          SIGTERM of a second app's sidecar after the kill; the longest a key of it stayed unowned \
          (its old app's Stop to the new owner's Start), the time until all its keys moved, and the \
-         leaving app's confirms per second (one `ConfirmStop` call per Stop, each awaited).\n\n\
+         leaving app's confirms per second ({}, each call awaited).\n\n\
          | system | keys | all owned after start (median) | recovery p50 | recovery p99 | idle writes/s | \
          scale-down gap p50 | gap p99 | all moved (median) | leave confirms/s | runs |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         args.apps,
         args.lease_ms,
         args.runs,
-        args.lease_ms + 1000
+        args.lease_ms + 1000,
+        if args.confirm_batch {
+            "the Stops received so far confirmed together in one `ConfirmStops` call"
+        } else {
+            "one `ConfirmStop` call per Stop"
+        }
     );
     if args.pause_member_at_leave {
         s = s.replacen(

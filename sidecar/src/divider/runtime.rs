@@ -1552,6 +1552,24 @@ impl<P: Peers> Divider<P> {
         self.with_session(member, Wake::Releases, |s| Ok(s.holdings.confirm(key, token)?)).await
     }
 
+    /// The app confirmed the stops of `stops` (`(key, token)`), in one pass over its session:
+    /// each is checked as [`Divider::confirm_stop`] checks it; returns the ones refused with
+    /// their error (the others are confirmed). A member without a session refuses the whole
+    /// call.
+    pub async fn confirm_stops(
+        &self,
+        member: &str,
+        stops: &[(String, u64)],
+    ) -> Result<Vec<(String, DividerError)>, DividerError> {
+        self.with_session(member, Wake::Releases, |s| {
+            Ok(stops
+                .iter()
+                .filter_map(|(key, token)| s.holdings.confirm(key, *token).err().map(|e| (key.clone(), e.into())))
+                .collect())
+        })
+        .await
+    }
+
     /// The app gives `key` up: `done` removes it from the divider, otherwise it is handed back
     /// (assigned among the other members while this session lives).
     pub async fn release(&self, member: &str, key: &str, token: u64, done: bool) -> Result<(), DividerError> {

@@ -55,6 +55,9 @@ pub fn services(dividers: Arc<Dividers<GrpcPeers>>) -> AppServices {
 }
 
 /// Maps a divider error to a gRPC status.
+/// Stops one ConfirmStops call may confirm.
+pub const MAX_CONFIRMS: usize = 10_000;
+
 pub fn divider_status(e: DividerError) -> Status {
     match e {
         DividerError::Invalid(m) => Status::invalid_argument(m),
@@ -144,6 +147,30 @@ impl pb::divider_server::Divider for DividerService {
         let d = self.divider(&r.divider)?;
         d.confirm_stop(self.member(&r.member), &r.key, r.token).await.map_err(divider_status)?;
         Ok(Response::new(pb::DividerAck {}))
+    }
+
+    async fn confirm_stops(
+        &self,
+        req: Request<pb::ConfirmStopsRequest>,
+    ) -> Result<Response<pb::ConfirmStopsResponse>, Status> {
+        let r = req.into_inner();
+        if r.stops.len() > MAX_CONFIRMS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_CONFIRMS} stops per ConfirmStops, got {}",
+                r.stops.len()
+            )));
+        }
+        let d = self.divider(&r.divider)?;
+        let stops: Vec<(String, u64)> = r.stops.into_iter().map(|s| (s.key, s.token)).collect();
+        let refused = d.confirm_stops(self.member(&r.member), &stops).await.map_err(divider_status)?;
+        let refused = refused
+            .into_iter()
+            .map(|(key, e)| {
+                let s = divider_status(e);
+                pb::RefusedKey { key, code: s.code() as i32, message: s.message().to_string() }
+            })
+            .collect();
+        Ok(Response::new(pb::ConfirmStopsResponse { refused }))
     }
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::DividerAck>, Status> {
