@@ -17,6 +17,10 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! With many keys, a member that leaves sends a burst of Stops; confirming each by its own call
+//! bounds the handover by the app's round trips. Take the Stops already received with
+//! [`Membership::next_ready`] and confirm them in one [`Membership::confirm_stops`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};

@@ -313,6 +313,8 @@ struct OrdoRun {
     /// call's latency, ms (per key confirmed).
     leave_confirms_per_sec: Option<f64>,
     leave_confirm_ms: Option<(f64, f64, f64)>,
+    /// Planned scale-down: when its phases (Stops read, confirms, new Starts) ran.
+    leave_timeline: Option<String>,
     /// Where the recovery's time went: the first orphan's new Start (detection) and the rest
     /// (claims), with the quorum rounds the survivors and the members ran meanwhile.
     detail: Option<String>,
@@ -417,6 +419,7 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
     // pod); its sidecar stops the app's keys, releases them as they are confirmed, leaves.
     let mut leave_confirms_per_sec = None;
     let mut leave_confirm_ms = None;
+    let mut leave_timeline = None;
     let scale_down = if apps.len() >= 2 {
         let leaver = format!("app-{}", apps.len() - 1);
         let moving: Vec<String> = {
@@ -475,6 +478,23 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
         took.sort_by(f64::total_cmp);
         let q = |p: f64| took[((took.len() - 1) as f64 * p) as usize];
         leave_confirm_ms = (!took.is_empty()).then(|| (q(0.5), q(0.99), q(1.0)));
+        // Where the leave's time went: each phase's first and last moment, from the SIGTERM.
+        let span = |at: &mut dyn Iterator<Item = Instant>| {
+            let ms: Vec<f64> = at.map(|i| i.saturating_duration_since(term).as_secs_f64() * 1e3).collect();
+            let (lo, hi) = ms.iter().fold((f64::MAX, 0f64), |(lo, hi), m| (lo.min(*m), hi.max(*m)));
+            if ms.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{lo:.0}..{hi:.0} ms")
+            }
+        };
+        leave_timeline = Some(format!(
+            "{} keys; after the SIGTERM: Stops read {}, confirms answered {}, new owners' Starts {}",
+            moving.len(),
+            span(&mut moving.iter().filter_map(|k| t.stop.get(k).copied())),
+            span(&mut confirms.iter().map(|(at, _)| *at)),
+            span(&mut moving.iter().filter_map(|k| t.start.get(k).copied()))
+        ));
         Some((worst, all_moved))
     } else {
         None
@@ -482,7 +502,16 @@ async fn ordo_run(args: &Args, sidecar: &Path, dir: &Path, n: usize, measure_idl
     for s in sessions {
         s.abort();
     }
-    Ok(OrdoRun { initial, recovery, idle_rounds_per_sec, scale_down, leave_confirms_per_sec, leave_confirm_ms, detail })
+    Ok(OrdoRun {
+        initial,
+        recovery,
+        idle_rounds_per_sec,
+        scale_down,
+        leave_confirms_per_sec,
+        leave_confirm_ms,
+        leave_timeline,
+        detail,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -670,6 +699,7 @@ async fn etcd_run(args: &Args, bin: &Path, dir: &Path, n: usize, measure_idle: b
         scale_down: None,
         leave_confirms_per_sec: None,
         leave_confirm_ms: None,
+        leave_timeline: None,
         detail: None,
     })
 }
@@ -736,6 +766,9 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
                         }
                         if let Some(d) = &r.detail {
                             eprintln!("  recovery: {d}");
+                        }
+                        if let Some(l) = &r.leave_timeline {
+                            eprintln!("  scale-down: {l}");
                         }
                         if let Some((g, all)) = r.scale_down {
                             gap.record(g.as_nanos() as u64);
