@@ -198,7 +198,9 @@ async fn ordo_appender(
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::AppendRequest>(cell.pipeline + 1);
     let mut responses = log.append(ReceiverStream::new(rx)).await?.into_inner();
     let permits = Arc::new(Semaphore::new(cell.pipeline));
-    let sent: Arc<Mutex<VecDeque<(u64, Instant)>>> = Arc::default();
+    // Per batch in flight: its sequence number, its due time, and when it could go (see
+    // `Measured::from_send`).
+    let sent: Arc<Mutex<VecDeque<(u64, Instant, Instant)>>> = Arc::default();
     let mut sender = {
         let (permits, sent, stream) = (permits.clone(), sent.clone(), stream.to_string());
         let entries: Vec<Vec<u8>> = vec![payload.to_vec(); cell.batch];
@@ -212,6 +214,8 @@ async fn ordo_appender(
                     break;
                 }
                 permits.acquire().await?.forget();
+                // The pipeline had room by the due time: any later send is the timer's doing.
+                let room_in_time = Instant::now() <= due;
                 if let Some(p) = pacing {
                     tokio::time::sleep_until(due).await;
                     next += p.interval;
@@ -221,6 +225,7 @@ async fn ordo_appender(
                     break;
                 }
                 let due = if pacing.is_some() { due } else { now };
+                let could_go = if room_in_time { now } else { due };
                 let req = pb::AppendRequest {
                     stream: stream.clone(),
                     entries: entries.clone(),
@@ -230,7 +235,7 @@ async fn ordo_appender(
                     batch_seq: seq,
                     fence: None,
                 };
-                sent.lock().expect("sent").push_back((seq, due));
+                sent.lock().expect("sent").push_back((seq, due, could_go));
                 tx.send(req).await.context("the Append stream closed")?;
             }
             anyhow::Ok(())
@@ -260,7 +265,7 @@ async fn ordo_appender(
         if let Some(e) = r.error {
             bail!("append refused: {} (code {})", e.message, e.code);
         }
-        let (want, t) = sent.lock().expect("sent").pop_front().context("a result with nothing in flight")?;
+        let (want, t, could_go) = sent.lock().expect("sent").pop_front().context("a result with nothing in flight")?;
         if r.batch_seq != want || r.lsns.len() != cell.batch {
             bail!(
                 "result for batch {} with {} LSNs, expected batch {want} with {}",
@@ -271,6 +276,7 @@ async fn ordo_appender(
         }
         permits.add_permits(1);
         m.hist.record(t.elapsed().as_nanos() as u64);
+        m.from_send.record(could_go.elapsed().as_nanos() as u64);
         m.entries += cell.batch as u64;
         m.bytes += (cell.batch * payload.len()) as u64;
     }
@@ -518,11 +524,15 @@ pub async fn main(raw: &[String]) -> anyhow::Result<()> {
                     let r = row("ordo-half-peak", cell, &m, args.secs);
                     let note = format!(
                         "Ordo at half its peak rate ({}, open loop, {rate:.0} entries/s offered ({offered}), latency \
-                         from each batch's due time): {:.0} entries/s, p50 {:.2} ms, p99 {:.2} ms (goal: p99 <= 5 ms)",
+                         from each batch's due time): {:.0} entries/s, p50 {:.2} ms, p99 {:.2} ms (goal: p99 <= 5 ms); \
+                         from the send (the generator's own timer lateness left out, waits for a pipeline slot \
+                         counted): p50 {:.2} ms, p99 {:.2} ms",
                         cell.label(),
                         r.entries_per_sec,
                         r.p50_us / 1e3,
-                        r.p99_us / 1e3
+                        r.p99_us / 1e3,
+                        m.from_send.quantile(0.5) as f64 / 1e6,
+                        m.from_send.quantile(0.99) as f64 / 1e6
                     );
                     eprintln!("{note}\n{stages}");
                     notes.push(note);

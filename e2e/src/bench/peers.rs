@@ -62,6 +62,10 @@ pub struct Measured {
     pub bytes: u64,
     /// Per-batch acknowledgement latency.
     pub hist: Hist,
+    /// Open loop only: the latency from the moment the batch could go, i.e. its due time when
+    /// the pipeline was full then (the system held it back: counted), else the moment the
+    /// generator's own timer let it go (its lateness, up to a timer tick, is not the system's).
+    pub from_send: Hist,
 }
 
 impl Measured {
@@ -70,6 +74,7 @@ impl Measured {
         self.entries += o.entries;
         self.bytes += o.bytes;
         self.hist.merge(&o.hist);
+        self.from_send.merge(&o.from_send);
     }
 }
 
