@@ -725,6 +725,12 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let many: Vec<(&str, u64)> = vec![(key.as_str(), token); 10_001];
     let e = dv.confirm_stops(cs("m", many)).await.unwrap_err();
     assert!(e.code() == Code::InvalidArgument && e.message().contains("at most 10000"), "{e:?}");
+    // The client splits a larger burst into calls the sidecar takes, and returns each refusal.
+    let mut n = c.divider("").join("n", Some(0), "addr-n").await.expect("join n");
+    let unknown: Vec<(String, u64)> = (0..10_001).map(|i| (format!("never-{i}"), 1)).collect();
+    let refused = n.confirm_stops(&unknown).await.expect("confirm_stops through the client");
+    assert_eq!(refused.len(), 10_001, "every unknown key is refused, in two calls");
+    assert!(refused.iter().all(|(_, e)| e.to_string().contains("not held")), "{:?}", refused.first());
     let rel = |key: &str, token: u64, mode: pb::release_request::Mode| pb::ReleaseRequest {
         member: "m".into(),
         key: key.into(),
