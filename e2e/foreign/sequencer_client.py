@@ -97,7 +97,8 @@ def use_log(channel, sequence):
 
 
 def use_divider(channel, sequence):
-    """AddKeys, Watch as a member until every key started, Lookup names it, Cancel."""
+    """AddKeys, Watch as a member until every key started, Lookup names it, Cancel (its stops
+    confirmed with ConfirmStops)."""
     from ordo.v1 import divider_pb2 as dp, divider_pb2_grpc as dg  # noqa: E402
 
     div = dg.DividerStub(channel)
@@ -118,8 +119,10 @@ def use_divider(channel, sequence):
     leaving = div.Cancel.future(dp.MemberRequest(divider=name, member=member), timeout=30)
     for ev in events:
         if ev.HasField("stop"):
-            div.ConfirmStop(dp.KeyTokenRequest(divider=name, member=member, key=ev.stop.key, token=ev.stop.token),
-                            timeout=DEADLINE_S)
+            # ConfirmStops (the Node client uses ConfirmStop): refused keys come back in the reply.
+            stop = dp.KeyToken(key=ev.stop.key, token=ev.stop.token)
+            r = div.ConfirmStops(dp.ConfirmStopsRequest(divider=name, member=member, stops=[stop]), timeout=DEADLINE_S)
+            check(not r.refused, f"ConfirmStops refused nothing: {list(r.refused)}")
         if leaving.done():
             break
     leaving.result()
