@@ -101,7 +101,11 @@ async fn python_grpcio_and_node_grpc_js_work_on_the_socket_with_default_settings
     }
     assert_eq!(py.registers.as_deref(), Some("ok"), "python grpcio: Create, Read, CompareAndSet on Registers");
     assert_eq!(py.log.as_deref(), Some("ok"), "python grpcio: CreateStream, pipelined Append, Read, Tail on Log");
-    assert_eq!(py.divider.as_deref(), Some("ok"), "python grpcio: AddKeys, Watch, Lookup, ConfirmStops, Cancel on Divider");
+    assert_eq!(
+        py.divider.as_deref(),
+        Some("ok"),
+        "python grpcio: AddKeys, Watch, Lookup, ConfirmStops, Cancel on Divider"
+    );
 
     // Node on another member, same sequence: its IDs are all new.
     let socket = cluster.dev.member(1).socket.clone();

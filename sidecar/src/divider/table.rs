@@ -69,6 +69,13 @@ impl AssignmentTable {
         self.owners[i].map(|m| &self.members[m as usize])
     }
 
+    /// One search for both questions: `None` when `key` is not in the key set, else its owner
+    /// (`Some(None)`: no member with affinity > 0).
+    pub fn lookup(&self, key: &str) -> Option<Option<&TableMember>> {
+        let i = self.keys.binary_search_by(|k| k.as_str().cmp(key)).ok()?;
+        Some(self.owners[i].map(|m| &self.members[m as usize]))
+    }
+
     /// True when the key is in the key set.
     pub fn contains(&self, key: &str) -> bool {
         self.keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok()
@@ -76,8 +83,13 @@ impl AssignmentTable {
 
     /// Keys assigned to `member`.
     pub fn keys_of(&self, member: &str) -> Vec<String> {
-        let Some(idx) = self.members.iter().position(|m| m.id == member) else { return Vec::new() };
-        self.keys.iter().zip(&self.owners).filter(|(_, o)| **o == Some(idx as u32)).map(|(k, _)| k.clone()).collect()
+        self.iter_keys_of(member).cloned().collect()
+    }
+
+    /// Keys assigned to `member`, borrowed (a pass over the table allocates nothing).
+    pub fn iter_keys_of<'a>(&'a self, member: &str) -> impl Iterator<Item = &'a String> + 'a {
+        let idx = self.members.iter().position(|m| m.id == member).map(|i| i as u32);
+        self.keys.iter().zip(&self.owners).filter(move |(_, o)| idx.is_some() && **o == idx).map(|(k, _)| k)
     }
 
     /// True when some member has affinity > 0.
@@ -106,5 +118,11 @@ mod tests {
         assert_eq!(t2.owner_of(&key).map(|m| m.id.as_str()), Some("b"));
         assert_eq!(t2.keys_of("a").len(), t.keys_of("a").len() - 1);
         assert!(t2.owner_of("nope").is_none() && !t2.contains("nope"));
+        assert!(t2.lookup("nope").is_none());
+        assert_eq!(t2.lookup(&key).flatten().map(|m| m.id.as_str()), Some("b"));
+        let z0 = AssignmentTable::compute(3, vec![m("z", 0)], t2.keys.clone(), &BTreeMap::new());
+        assert_eq!(z0.lookup(&key).map(|o| o.is_none()), Some(true), "in the key set, no owner");
+        assert_eq!(t2.iter_keys_of("a").count(), t2.keys_of("a").len());
+        assert_eq!(t2.iter_keys_of("nobody").count(), 0);
     }
 }
