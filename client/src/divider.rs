@@ -34,6 +34,9 @@ use crate::ClientError;
 
 pub use pb::stop::Reason as StopReason;
 
+/// Stops one `ConfirmStops` call carries at most (the sidecar refuses more).
+const CONFIRMS_PER_CALL: usize = 10_000;
+
 /// An event of a member session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DividerEvent {
@@ -300,8 +303,7 @@ impl Membership {
     pub async fn confirm_stops(&mut self, stops: &[(String, u64)]) -> Result<Vec<(String, ClientError)>, ClientError> {
         let d = &self.divider;
         let mut refused = Vec::new();
-        // The sidecar takes at most 10,000 per call.
-        for chunk in stops.chunks(10_000) {
+        for chunk in stops.chunks(CONFIRMS_PER_CALL) {
             let req = pb::ConfirmStopsRequest {
                 divider: d.name.clone(),
                 member: self.member.clone(),

@@ -54,10 +54,10 @@ pub fn services(dividers: Arc<Dividers<GrpcPeers>>) -> AppServices {
     AppServices::default().with_service(pb::divider_server::DividerServer::new(DividerService { dividers }))
 }
 
-/// Maps a divider error to a gRPC status.
 /// Stops one ConfirmStops call may confirm.
 pub const MAX_CONFIRMS: usize = 10_000;
 
+/// Maps a divider error to a gRPC status.
 pub fn divider_status(e: DividerError) -> Status {
     match e {
         DividerError::Invalid(m) => Status::invalid_argument(m),
